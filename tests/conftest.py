@@ -58,3 +58,22 @@ def aio_ramfs_dir(tmp_path: Path) -> Path:
         yield mountpoint
     finally:
         subprocess.run(["umount", str(mountpoint)], check=False)
+
+
+# --- fixtures for tests/test_packetio.py ------------------------------------
+
+@pytest.fixture
+def packetio_netns():
+    """A fresh, uniquely named network namespace, deleted afterwards (even
+    on failure).  Skips when not root or without /dev/net/tun."""
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces and TUN devices need root")
+    if not os.path.exists("/dev/net/tun"):
+        pytest.skip("/dev/net/tun is missing")
+    from iolib.netns import NetNamespace
+
+    ns = NetNamespace.create(prefix="tltest")
+    try:
+        yield ns
+    finally:
+        ns.delete()

@@ -1,0 +1,322 @@
+"""A TUN device that reads and writes whole IP packets, without blocking.
+
+`TunDevice` creates a layer-3 TUN interface (IFF_TUN | IFF_NO_PI), gives
+the kernel side its addresses and brings it up with pyroute2, optionally
+inside a network namespace (the device is created in the namespace, so the
+caller's namespace is never touched).  The user-level TCP/IP stack owns
+the other addresses of the subnets, so the kernel routes them to the TUN.
+With `vnet_hdr=True` every frame read or written starts with a
+virtio_net_hdr, which lets the kernel hand over and accept segmentation-
+offloaded packets of up to 64 KiB with the checksum left to finish.
+
+The packet path (read_*/write_*) never blocks: it returns None/False on
+EAGAIN, and a packet the kernel rejects is counted and dropped.  Creating
+and closing the device do brief blocking netlink calls: setup time only.
+This module never parses or answers traffic; that is the stack's job.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import ipaddress
+import os
+import struct
+import sys
+from dataclasses import dataclass
+from typing import Iterable, NamedTuple, Sequence
+
+from . import netns as _netns
+
+__all__ = [
+    "TunDevice",
+    "TunStats",
+    "VirtioNetHdr",
+    "internet_checksum",
+    "finish_partial_checksum",
+    "TUN_F_CSUM", "TUN_F_TSO4", "TUN_F_TSO6", "TUN_F_TSO_ECN", "TUN_F_USO4", "TUN_F_USO6",
+    "VIRTIO_NET_HDR_F_NEEDS_CSUM", "VIRTIO_NET_HDR_F_DATA_VALID",
+    "VIRTIO_NET_HDR_GSO_NONE", "VIRTIO_NET_HDR_GSO_TCPV4", "VIRTIO_NET_HDR_GSO_UDP",
+    "VIRTIO_NET_HDR_GSO_TCPV6", "VIRTIO_NET_HDR_GSO_UDP_L4", "VIRTIO_NET_HDR_GSO_ECN",
+]
+
+# linux/if_tun.h
+_TUNSETIFF = 0x400454CA
+_TUNSETOFFLOAD = 0x400454D0
+_TUNSETVNETHDRSZ = 0x400454D8
+_IFF_TUN = 0x0001
+_IFF_NO_PI = 0x1000
+_IFF_VNET_HDR = 0x4000
+TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
+TUN_F_TSO6 = 0x04
+TUN_F_TSO_ECN = 0x08
+TUN_F_USO4 = 0x20
+TUN_F_USO6 = 0x40
+
+# linux/virtio_net.h
+VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
+VIRTIO_NET_HDR_F_DATA_VALID = 2
+VIRTIO_NET_HDR_GSO_NONE = 0
+VIRTIO_NET_HDR_GSO_TCPV4 = 1
+VIRTIO_NET_HDR_GSO_UDP = 3
+VIRTIO_NET_HDR_GSO_TCPV6 = 4
+VIRTIO_NET_HDR_GSO_UDP_L4 = 5
+VIRTIO_NET_HDR_GSO_ECN = 0x80
+
+_IFNAMSIZ = 16
+_MAX_FRAME = 65535
+_DEFAULT_ADDRESSES = ("10.77.0.1/24", "fd77::1/64")
+# Legacy virtio headers are in the host's byte order (the kernel's
+# TUNSETVNETLE/BE would change that; we never set them).
+_VNET = struct.Struct("=BBHHHH")
+_VNET_MERGE = struct.Struct("=BBHHHHH")
+
+
+class VirtioNetHdr(NamedTuple):
+    """struct virtio_net_hdr: how the packet after it is offloaded."""
+
+    flags: int = 0
+    gso_type: int = VIRTIO_NET_HDR_GSO_NONE
+    hdr_len: int = 0
+    gso_size: int = 0
+    csum_start: int = 0
+    csum_offset: int = 0
+    num_buffers: int = 0  # only present in the 12-byte form
+
+    def pack(self, size: int = 10) -> bytes:
+        if size == 10:
+            return _VNET.pack(*self[:6])
+        if size == 12:
+            return _VNET_MERGE.pack(*self)
+        raise ValueError(f"virtio_net_hdr size must be 10 or 12, got {size!r}")
+
+    @classmethod
+    def unpack_from(cls, frame: bytes | memoryview, size: int = 10) -> VirtioNetHdr:
+        if len(frame) < size:
+            raise ValueError(f"frame of {len(frame)} bytes is shorter than its {size}-byte virtio_net_hdr")
+        if size == 10:
+            return cls(*_VNET.unpack_from(frame))
+        if size == 12:
+            return cls(*_VNET_MERGE.unpack_from(frame))
+        raise ValueError(f"virtio_net_hdr size must be 10 or 12, got {size!r}")
+
+
+@dataclass
+class TunStats:
+    packets_read: int = 0
+    bytes_read: int = 0
+    packets_written: int = 0
+    bytes_written: int = 0
+    writes_dropped: int = 0  # the kernel refused the packet (malformed, device down)
+
+
+def internet_checksum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
+    """The RFC 1071 ones'-complement checksum of data, as a big-endian int
+    ready for struct.pack('!H').  `initial` adds a partial sum (for
+    example a pseudo-header sum) in the same big-endian form."""
+    view = memoryview(data).cast("B")
+    if len(view) % 2:
+        view = memoryview(bytes(view) + b"\0")
+    # The ones'-complement sum is byte-order independent (RFC 1071 2.B), so
+    # add native 16-bit words at C speed and swap once at the end.
+    total = sum(view.cast("H"))
+    if sys.byteorder == "little":
+        total += ((initial & 0xFF) << 8) | ((initial >> 8) & 0xFF)
+    else:
+        total += initial
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    result = ~total & 0xFFFF
+    if sys.byteorder == "little":
+        result = ((result & 0xFF) << 8) | (result >> 8)
+    return result
+
+
+def finish_partial_checksum(header: VirtioNetHdr, packet: bytes | bytearray) -> bytes:
+    """Complete the checksum of a packet the kernel sent with NEEDS_CSUM:
+    the field at csum_start+csum_offset holds the pseudo-header sum, and the
+    checksum is folded over everything from csum_start."""
+    if not header.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+        return bytes(packet)
+    where = header.csum_start + header.csum_offset
+    if where + 2 > len(packet):
+        raise ValueError(f"csum_start {header.csum_start} + csum_offset {header.csum_offset} "
+                         f"lies outside a {len(packet)}-byte packet")
+    out = bytearray(packet)
+    checksum = internet_checksum(memoryview(out)[header.csum_start:])
+    struct.pack_into("!H", out, where, checksum)
+    return bytes(out)
+
+
+def _parse_interface(address: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+    try:
+        return ipaddress.ip_interface(address)
+    except ValueError:
+        raise ValueError(f"address {address!r} is not an 'ADDRESS/PREFIXLEN' interface address") from None
+
+
+class TunDevice:
+    """A TUN interface, its non-blocking fd, and the kernel-side addresses.
+
+    The device lives as long as the fd: `close()` (or leaving `with`)
+    removes it.  Frames are whole IP packets, each prefixed by a
+    virtio_net_hdr of `vnet_hdr_size` bytes when `vnet_hdr` is on.
+    """
+
+    def __init__(
+        self,
+        name: str = "tl0",
+        *,
+        netns: str | None = None,
+        addresses: Sequence[str] = _DEFAULT_ADDRESSES,
+        mtu: int = 1500,
+        vnet_hdr: bool = False,
+        vnet_hdr_size: int = 10,
+        offload: int = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6,
+    ) -> None:
+        encoded = name.encode() if isinstance(name, str) else b""
+        if not encoded or len(encoded) >= _IFNAMSIZ or b"/" in encoded or b" " in encoded or b"\0" in encoded:
+            raise ValueError(f"TUN name must be 1-15 bytes without '/', ' ' or NUL, got {name!r}")
+        if not isinstance(mtu, int) or not 68 <= mtu <= _MAX_FRAME:
+            raise ValueError(f"mtu must be an int in 68..65535, got {mtu!r}")
+        if vnet_hdr_size not in (10, 12):
+            raise ValueError(f"vnet_hdr_size must be 10 or 12, got {vnet_hdr_size!r}")
+        interfaces = [_parse_interface(a) for a in addresses]
+        if netns is not None and not _netns.netns_exists(netns):
+            raise FileNotFoundError(f"network namespace {netns!r} does not exist")
+        self.name = name
+        self.netns = netns
+        self.mtu = mtu
+        self.vnet_hdr = vnet_hdr
+        self.vnet_hdr_size = vnet_hdr_size if vnet_hdr else 0
+        self.offload = offload if vnet_hdr else 0
+        self.addresses = tuple(interfaces)
+        self.stats = TunStats()
+        # Offloaded (GSO) frames can be up to 64 KiB whatever the MTU.
+        self.read_size = (_MAX_FRAME if vnet_hdr else mtu) + self.vnet_hdr_size
+        if netns is None:
+            self._fd = self._setup()
+        else:
+            self._fd = _netns.run_in_netns(netns, self._setup)
+
+    def _setup(self) -> int:
+        """Runs in the target namespace: the device joins the namespace of
+        the thread that opens /dev/net/tun."""
+        from pyroute2 import IPRoute
+
+        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            flags = _IFF_TUN | _IFF_NO_PI | (_IFF_VNET_HDR if self.vnet_hdr else 0)
+            try:
+                fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH22x", self.name.encode(), flags))
+            except OSError as exc:
+                raise OSError(exc.errno, f"cannot create TUN device {self.name!r}: {exc.strerror}") from None
+            if self.vnet_hdr:
+                fcntl.ioctl(fd, _TUNSETVNETHDRSZ, struct.pack("i", self.vnet_hdr_size))
+                try:
+                    fcntl.ioctl(fd, _TUNSETOFFLOAD, self.offload)
+                except OSError as exc:
+                    raise OSError(exc.errno, f"kernel refused TUN offload flags {self.offload:#x}: "
+                                             f"{exc.strerror}") from None
+            if any(i.version == 6 for i in self.addresses):
+                # Without this the address stays "tentative" for a second or
+                # two and the kernel will not send from it.
+                with open(f"/proc/sys/net/ipv6/conf/{self.name}/accept_dad", "w") as f:
+                    f.write("0")
+            with IPRoute() as ipr:
+                index = ipr.link_lookup(ifname=self.name)[0]
+                ipr.link("set", index=index, mtu=self.mtu)
+                for interface in self.addresses:
+                    ipr.addr("add", index=index, address=str(interface.ip),
+                             prefixlen=interface.network.prefixlen)
+                ipr.link("set", index=index, state="up")
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    # -- packet path ----------------------------------------------------
+
+    def fileno(self) -> int:
+        if self._fd < 0:
+            raise ValueError(f"TUN device {self.name!r} is closed")
+        return self._fd
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    def read_packet(self) -> bytes | None:
+        """One frame from the kernel, or None when none is waiting."""
+        try:
+            frame = os.read(self._fd, self.read_size)
+        except BlockingIOError:
+            return None
+        self.stats.packets_read += 1
+        self.stats.bytes_read += len(frame)
+        return frame
+
+    def read_batch(self, max_packets: int = 64) -> list[bytes]:
+        """Up to max_packets frames, fewer (maybe none) when the queue empties."""
+        frames = []
+        read = os.read
+        fd = self._fd
+        size = self.read_size
+        try:
+            for _ in range(max_packets):
+                frames.append(read(fd, size))
+        except BlockingIOError:
+            pass
+        self.stats.packets_read += len(frames)
+        self.stats.bytes_read += sum(map(len, frames))
+        return frames
+
+    def write_packet(self, frame: bytes | bytearray | memoryview) -> bool:
+        """Hand one frame to the kernel.  False means EAGAIN: retry later.
+        A frame the kernel rejects (malformed, device down) is counted in
+        stats.writes_dropped and reported as consumed (True)."""
+        try:
+            written = os.write(self._fd, frame)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            if exc.errno in (errno.EINVAL, errno.EIO, errno.EFAULT, errno.EMSGSIZE):
+                self.stats.writes_dropped += 1
+                return True
+            raise
+        self.stats.packets_written += 1
+        self.stats.bytes_written += written
+        return True
+
+    def write_batch(self, frames: Iterable[bytes | bytearray | memoryview]) -> int:
+        """Write frames in order until EAGAIN; return how many were consumed."""
+        count = 0
+        for frame in frames:
+            if not self.write_packet(frame):
+                break
+            count += 1
+        return count
+
+    # -- teardown -------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the fd; the kernel deletes the (non-persistent) device."""
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+    def __enter__(self) -> TunDevice:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", -1) >= 0:
+            self.close()
+
+    def __repr__(self) -> str:
+        where = f" netns={self.netns!r}" if self.netns else ""
+        state = "closed" if self.closed else f"fd={self._fd}"
+        return f"<TunDevice {self.name!r}{where} {state}>"
