@@ -1,0 +1,1 @@
+"""threadlib benchmarks: peers side by side in the same run (see README.md)."""

@@ -1,0 +1,351 @@
+"""Shared benchmark machinery: free ports, C builds, pinned server processes
+with readiness checks, CPU and memory accounting, child-process runs, and
+Markdown tables with ratios and targets.
+
+It must never leave a server running (every start has a matching kill, also
+on error), never send traffic anywhere but 127.0.0.1, and never abort a whole
+run because one peer failed: a failing peer becomes a "failed: reason" row.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, NoReturn
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+BUILD = BENCH / "build"
+RESULTS = BENCH / "results"
+SERVER_CPU, LOAD_CPU = 0, 1
+HOST = "127.0.0.1"
+
+
+class Skip(Exception):
+    """A peer that cannot run here (a module missing): reported as 'skipped: reason'."""
+
+
+# ---------------------------------------------------------------- processes
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def pinned(argv: list[str], cpu: int) -> list[str]:
+    """argv run on one core (taskset), or unchanged if taskset is missing."""
+    return (["taskset", "-c", str(cpu)] + argv) if shutil.which("taskset") else argv
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("PYTHONHASHSEED", "0")
+    return env
+
+
+def build_c(name: str) -> Path:
+    """Compile bench/c/NAME.c with gcc -O2 into bench/build/NAME (if stale)."""
+    src, out = BENCH / "c" / f"{name}.c", BUILD / name
+    if not out.exists() or out.stat().st_mtime < src.stat().st_mtime:
+        BUILD.mkdir(exist_ok=True)
+        subprocess.run(["gcc", "-O2", "-Wall", "-o", str(out), str(src)], check=True,
+                       capture_output=True, text=True)
+    return out
+
+
+def group_pids(pgid: int) -> list[int]:
+    """Live processes in process group pgid (a server and any children it forked)."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[2]) == pgid:
+                pids.append(int(d))
+    return pids
+
+
+def schedstat_ns(pid: int | str) -> int:
+    """Nanoseconds on CPU of all live threads of pid (schedstat first field)."""
+    total = 0
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError, ValueError):
+                total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+    return total
+
+
+def stat_ns(pid: int | str) -> int:
+    """utime+stime of pid in ns (clock-tick resolution; includes dead threads)."""
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return (int(f[11]) + int(f[12])) * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+
+def self_cpu_ns() -> int:
+    return schedstat_ns("self")
+
+
+def rss_bytes() -> int:
+    """VmRSS of this process, from /proc/self/status."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+class Server:
+    """A server subprocess pinned to SERVER_CPU in its own process group.
+
+    Use as a context manager: started and checked ready on entry (a TCP
+    connect succeeds), killed (the whole group) on exit, also on error."""
+
+    def __init__(self, name: str, argv: list[str], port: int, cpu: int = SERVER_CPU,
+                 ready_timeout: float = 15.0):
+        self.name, self.argv, self.port, self.cpu = name, argv, port, cpu
+        self.ready_timeout = ready_timeout
+        self.proc: subprocess.Popen | None = None
+        self.log = tempfile.TemporaryFile(mode="w+")
+
+    def __enter__(self) -> "Server":
+        try:
+            self.proc = subprocess.Popen(pinned(self.argv, self.cpu), cwd=ROOT, env=child_env(),
+                                         stdin=subprocess.DEVNULL, stdout=self.log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def log_tail(self, n: int = 400) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        text = self.log.read().strip()
+        return text[-n:].replace("\n", " | ")
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"exited with {self.proc.returncode}: {self.log_tail()}")
+            with contextlib.suppress(OSError), socket.create_connection((HOST, self.port), 0.5):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"not ready after {self.ready_timeout}s: {self.log_tail()}")
+
+    def pids(self) -> list[int]:
+        return group_pids(self.proc.pid) if self.proc else []
+
+    def cpu_ns(self) -> tuple[int, int]:
+        """(schedstat ns, utime+stime ns) summed over the server's process group."""
+        pids = self.pids()
+        return sum(schedstat_ns(p) for p in pids), sum(stat_ns(p) for p in pids)
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"server died with {self.proc.returncode}: {self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        pgid = self.proc.pid
+        for sig, wait in ((signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(wait)
+            if self.proc.poll() is not None and not group_pids(pgid):
+                break
+        with contextlib.suppress(ProcessLookupError):   # stragglers (e.g. nginx workers)
+            os.killpg(pgid, signal.SIGKILL)
+
+
+def run_load(argv: list[str], timeout: float, cpu: int = LOAD_CPU) -> str:
+    """Run a load client pinned to LOAD_CPU; its stdout, or RuntimeError."""
+    try:
+        p = subprocess.run(pinned(argv, cpu), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"load client timed out after {timeout:.0f}s")
+    if p.returncode != 0:
+        raise RuntimeError(f"load client exit {p.returncode}: {(p.stderr or p.stdout).strip()[-300:]}")
+    return p.stdout
+
+
+def measure_server(server: Server, load: Callable[[], tuple[int, float]]) -> dict:
+    """Run load() -> (operations, seconds) against server; ops/s and server CPU µs/op."""
+    c0, s0 = server.cpu_ns()
+    ops, secs = load()
+    c1, s1 = server.cpu_ns()
+    server.check_alive()
+    if ops <= 0:
+        raise RuntimeError("no operations completed")
+    return {"ops": ops, "seconds": secs, "ops_s": ops / secs, "cpu_us": (c1 - c0) / 1e3 / ops,
+            "cpu_us_stat": (s1 - s0) / 1e3 / ops}
+
+
+def run_child(module: str, args: list[str], timeout: float, cpu: int = SERVER_CPU,
+              pyflags: tuple[str, ...] = ()) -> dict:
+    """Run `python [pyflags] -m module args` pinned to cpu; the JSON object on its last stdout line."""
+    argv = pinned([sys.executable, *pyflags, "-m", module] + args, cpu)
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                           env=child_env(), start_new_session=True)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"timed out after {timeout:.0f}s")
+    lines = p.stdout.strip().splitlines()
+    if p.returncode != 0 or not lines:
+        err = (p.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise RuntimeError(f"exit {p.returncode}: {err[-300:]}")
+    out = json.loads(lines[-1])
+    if "skip" in out:
+        raise Skip(out["skip"])
+    return out
+
+
+def emit(res: dict) -> NoReturn:
+    """In a child: print res as the JSON result line and exit at once, so that
+    millions of still-blocked threads are never torn down (call it from inside
+    the event loop being measured)."""
+    sys.stdout.write(json.dumps(res) + "\n")
+    sys.stdout.flush()
+    os._exit(0)
+
+
+def child_main(entries: dict[str, Callable[..., dict]], argv: list[str]) -> NoReturn:
+    """In a child: run entries[argv[0]](*argv[1:]) and emit its result."""
+    name, *args = argv
+    try:
+        emit(entries[name](*args) or {})
+    except Skip as e:
+        emit({"skip": str(e)})
+
+
+def safe(name: str, fn: Callable[[], dict], **extra) -> dict:
+    """fn() as a table row; an exception becomes a 'failed:'/'skipped:' row."""
+    t0 = time.monotonic()
+    try:
+        row = fn()
+    except Skip as e:
+        row = {"error": f"skipped: {e}"}
+    except Exception as e:  # a peer failing must not abort the run
+        if os.environ.get("BENCH_DEBUG"):
+            traceback.print_exc()
+        row = {"error": f"failed: {type(e).__name__}: {e}"[:300]}
+    row = {"name": name, **extra, **row}
+    print(f"  {name}: {row.get('error') or 'ok'} ({time.monotonic() - t0:.1f}s)", file=sys.stderr, flush=True)
+    return row
+
+
+def import_or_skip(modname: str):
+    """Import modname or raise Skip naming why."""
+    import importlib
+    try:
+        return importlib.import_module(modname)
+    except Exception as e:
+        raise Skip(f"{modname} does not import ({type(e).__name__}: {e})")
+
+
+# ---------------------------------------------------------------- output
+def fmt(v: Any, digits: int = 2) -> str:
+    if v is None or v == "":
+        return ""
+    if isinstance(v, str):
+        return v
+    if isinstance(v, int) or (isinstance(v, float) and abs(v) >= 1000):
+        return f"{v:,.0f}"
+    return f"{v:.{digits}f}"
+
+
+def target_cell(row: dict) -> str:
+    """'≤ 8.00 µs ✓' from row['target'] = [(key, '<='|'>=', value, unit), ...]."""
+    cells = []
+    for key, op, val, unit in row.get("target") or ():
+        got = row.get(key)
+        text = f"{'≤' if op == '<=' else '≥'} {fmt(val)}{unit}"
+        if got is not None and "error" not in row:
+            text += " ✓" if (got <= val if op == "<=" else got >= val) else " ✗"
+        cells.append(text)
+    return "; ".join(cells)
+
+
+def table(title: str, rows: list[dict], columns: list[tuple[str, str]], ref: str | None = None,
+          ratio_key: str = "ops_s", cpu_key: str = "cpu_us") -> str:
+    """A Markdown table. columns: (key, header). Adds 'ratio' (ratio_key vs the
+    ref row, higher is better) and 'CPU ratio' (cpu_key vs ref, lower is better)
+    columns when ref names a row that has numbers."""
+    refrow = next((r for r in rows if r["name"] == ref and "error" not in r), None)
+    cols = list(columns)
+    for r in rows:
+        if refrow and "error" not in r:
+            if refrow.get(ratio_key) and r.get(ratio_key) is not None:
+                r["ratio"] = r[ratio_key] / refrow[ratio_key]
+            if refrow.get(cpu_key) and r.get(cpu_key) is not None:
+                r["cpu_ratio"] = r[cpu_key] / refrow[cpu_key]
+    if refrow:
+        i = next((k for k, (key, _) in enumerate(cols) if key == ratio_key), len(cols) - 1) + 1
+        cols.insert(i, ("ratio", f"ratio vs {ref}"))
+        j = next((k for k, (key, _) in enumerate(cols) if key == cpu_key), len(cols) - 1) + 1
+        cols.insert(j, ("cpu_ratio", "CPU ratio"))
+    cols += [("_target", "target"), ("anchor", "anchor (earlier)")]
+    lines = [f"### {title}", "", "| name | " + " | ".join(h for _, h in cols) + " |",
+             "|---|" + "---:|" * len(cols)]
+    for r in rows:
+        if "error" in r:
+            cells = [r["error"]] + [""] * (len(cols) - 1)
+            cells[-2] = target_cell(r)
+            cells[-1] = fmt(r.get("anchor"))
+        else:
+            cells = [target_cell(r) if k == "_target" else fmt(r.get(k)) for k, _ in cols]
+        lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def machine_line() -> str:
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return (f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}, Linux {platform.release()}, "
+            f"{model}, nproc {os.cpu_count()}, Python {platform.python_version()}")
+
+
+def save_json(bench: str, data: dict) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{bench}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps({"machine": machine_line(), **data}, indent=1, default=str))
+    return path
+
+
+def arg_parser(doc: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
+    p.add_argument("--json", action="store_true", help="also write results to bench/results/")
+    p.add_argument("--only", default="", help="comma-separated peer names (substring match)")
+    return p
+
+
+def selected(name: str, only: str) -> bool:
+    return not only or any(s and s in name for s in only.split(","))

@@ -1,0 +1,255 @@
+"""Spawn benchmark: N threads (tasks, greenlets) each blocked on one Event.
+
+Reports µs per spawn (wall and CPU, from the first spawn until every thread
+has started and is blocked) and RSS bytes per blocked thread (VmRSS after
+minus VmRSS just before spawning, over N). Each peer runs alone in a fresh
+child process pinned to core 0. A separate row set runs 10M blocked threads
+in one process: threadlib and a plain-generators baseline only.
+
+It must never run two peers in one process, nor tear down the blocked
+threads at the end (the child exits at once).
+
+    python -m bench.spawn [--sizes 100000,1000000] [--big 10000000] [--json]
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+from bench import harness as H
+
+BIG_ONLY = ("threadlib", "generators")
+PEERS = ("asyncio", "uvloop", "gevent", "trio", "curio", "threadlib", "threadlib-async", "threadlib-green",
+         "generators")
+TARGETS = [("cpu_us", "<=", 2.5, " µs"), ("bytes", "<=", 450, " B")]
+ANCHORS = {"asyncio": "1176 B", "generators": "298 B"}
+
+
+# ---------------------------------------------------------------- children
+class Meter:
+    """Wall, CPU and RSS at the start of spawning; result() when all are blocked."""
+
+    def __init__(self, n: int):
+        self.n, self.count = n, 0
+        self.rss0, self.cpu0, self.t0 = H.rss_bytes(), H.self_cpu_ns(), time.perf_counter()
+
+    def result(self) -> dict:
+        t1, cpu1, rss1 = time.perf_counter(), H.self_cpu_ns(), H.rss_bytes()
+        return {"n": self.n, "wall_s": t1 - self.t0, "cpu_ns": cpu1 - self.cpu0,
+                "rss_before": self.rss0, "rss_after": rss1}
+
+
+def c_asyncio(n: str, loop: str = "asyncio") -> None:
+    import asyncio
+    if loop == "uvloop":
+        import uvloop
+        uvloop.install()
+    n = int(n)
+
+    async def waiter(ev, m):
+        m.count += 1
+        await ev.wait()
+
+    async def main():
+        ev = asyncio.Event()
+        m = Meter(n)
+        for _ in range(n):
+            asyncio.create_task(waiter(ev, m))
+        while m.count < n:
+            await asyncio.sleep(0)
+        H.emit(m.result())
+
+    asyncio.run(main())
+
+
+def c_uvloop(n: str) -> None:
+    c_asyncio(n, "uvloop")
+
+
+def c_gevent(n: str) -> None:
+    import gevent
+    import gevent.event
+    n = int(n)
+    ev = gevent.event.Event()
+
+    def waiter(m):
+        m.count += 1
+        ev.wait()
+
+    m = Meter(n)
+    for _ in range(n):
+        gevent.spawn(waiter, m)
+    while m.count < n:
+        gevent.sleep(0)
+    H.emit(m.result())
+
+
+def c_trio(n: str) -> None:
+    import trio
+    n = int(n)
+
+    async def waiter(ev, m):
+        m.count += 1
+        await ev.wait()
+
+    async def main():
+        ev = trio.Event()
+        async with trio.open_nursery() as nursery:
+            m = Meter(n)
+            for _ in range(n):
+                nursery.start_soon(waiter, ev, m)
+            while m.count < n:
+                await trio.sleep(0)
+            H.emit(m.result())
+
+    trio.run(main)
+
+
+def c_curio(n: str) -> None:
+    import curio
+    n = int(n)
+
+    async def waiter(ev, m):
+        m.count += 1
+        await ev.wait()
+
+    async def main():
+        ev = curio.Event()
+        m = Meter(n)
+        for _ in range(n):
+            await curio.spawn(waiter, ev, m, daemon=True)
+        while m.count < n:
+            await curio.sleep(0)
+        H.emit(m.result())
+
+    curio.run(main)
+
+
+def c_threadlib(n: str, flavour: str = "gen") -> None:
+    threadlib = H.import_or_skip("threadlib")
+    n = int(n)
+
+    def waiter(ev, m):
+        m.count += 1
+        yield from ev.wait()
+
+    async def awaiter(ev, m):
+        m.count += 1
+        await ev.wait()
+
+    def main():
+        ev = threadlib.Event()
+        m = Meter(n)
+        fn = waiter if flavour == "gen" else awaiter
+        for _ in range(n):
+            yield from threadlib.spawn(fn(ev, m))
+        while m.count < n:
+            yield from threadlib.sleep(0)
+        H.emit(m.result())
+
+    threadlib.run(main())
+
+
+def c_threadlib_async(n: str) -> None:
+    c_threadlib(n, "async")
+
+
+def c_threadlib_green(n: str) -> None:
+    threadlib = H.import_or_skip("threadlib")
+    green = H.import_or_skip("threadlib.green")
+    n = int(n)
+    for attr in ("spawn", "sleep", "Event", "run"):
+        if not hasattr(green, attr):
+            raise H.Skip(f"threadlib.green has no {attr}()")
+
+    def waiter(ev, m):
+        m.count += 1
+        ev.wait()
+
+    def main():
+        ev = green.Event()
+        m = Meter(n)
+        for _ in range(n):
+            green.spawn(waiter, ev, m)
+        while m.count < n:
+            green.sleep(0)
+        H.emit(m.result())
+
+    green.run(main)
+    del threadlib
+
+
+def c_generators(n: str) -> None:
+    """The floor: plain generator objects, each started and suspended at a yield."""
+    n = int(n)
+
+    def waiter(m):
+        m.count += 1
+        yield
+
+    m = Meter(n)
+    gens = []
+    append = gens.append
+    for _ in range(n):
+        g = waiter(m)
+        next(g)
+        append(g)
+    H.emit(m.result())
+
+
+ENTRIES = {name: globals()["c_" + name.replace("-", "_")] for name in PEERS}
+
+
+# ---------------------------------------------------------------- parent
+def measure(peer: str, n: int, timeout: float) -> dict:
+    # curio's reschedule_task() asserts `task not in ready` (a deque scan): quadratic in
+    # the number of ready tasks, so curio runs with -O (asserts off) here.
+    flags = ("-O",) if peer == "curio" else ()
+    r = H.run_child("bench.spawn", ["--child", peer, str(n)], timeout, pyflags=flags)
+    rss = r["rss_after"] - r["rss_before"]
+    return {"n": n, "us_spawn": r["wall_s"] * 1e6 / n, "ops_s": n / r["wall_s"],
+            "cpu_us": r["cpu_ns"] / 1e3 / n, "bytes": rss / n, "rss_gib": rss / 2**30}
+
+
+def label(n: int) -> str:
+    return f"{n // 1_000_000}M" if n % 1_000_000 == 0 else f"{n // 1000}k" if n % 1000 == 0 else str(n)
+
+
+def run(sizes: list[int], big: int, only: str = "", timeout: float = 600, save: bool = False) -> list[str]:
+    tables, results = [], {}
+    cols = [("n", "threads"), ("ops_s", "spawns/s"), ("us_spawn", "wall µs/spawn"),
+            ("cpu_us", "CPU µs/spawn"), ("bytes", "RSS B/thread")]
+    runs = [(n, [p for p in PEERS if H.selected(p, only)]) for n in sizes]
+    if big:
+        runs.append((big, [p for p in BIG_ONLY if H.selected(p, only)]))
+    for n, peers in runs:
+        rows = []
+        for peer in peers:
+            extra = {"anchor": ANCHORS.get(peer, "")}
+            if peer.startswith("threadlib"):
+                extra["target"] = TARGETS + ([("rss_gib", "<=", 6.0, " GiB")] if n == big else [])
+            rows.append(H.safe(f"{peer}", lambda: measure(peer, n, timeout), **extra))
+        c = cols + ([("rss_gib", "RSS GiB total")] if n == big else [])
+        ref = "asyncio" if n != big else "generators"
+        tables.append(H.table(f"spawn {label(n)} threads blocked on an Event", rows, c, ref=ref))
+        results[label(n)] = rows
+    if save:
+        H.save_json("spawn", results)
+    return tables
+
+
+def main(argv: list[str]) -> None:
+    if argv[:1] == ["--child"]:
+        H.child_main(ENTRIES, argv[1:])
+    p = H.arg_parser(__doc__)
+    p.add_argument("--sizes", default="100000,1000000", help="comma-separated thread counts for all peers")
+    p.add_argument("--big", type=int, default=10_000_000, help="threadlib+generators only run size (0: skip)")
+    p.add_argument("--timeout", type=float, default=600, help="per-peer child timeout, seconds")
+    a = p.parse_args(argv)
+    print(H.machine_line() + "\n")
+    for t in run([int(s) for s in a.sizes.split(",") if s], a.big, a.only, a.timeout, a.json):
+        print(t)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
