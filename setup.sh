@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Sets up everything threadlib needs on a fresh Debian machine, idempotently:
+# the Debian packages (libaio1 for Linux AIO, iproute2 for the TUN/netns
+# tests, curl and wrk for the interop tests) and a venv in .venv with the
+# package and its test extras installed.  Run as root (CI is).
+set -euo pipefail
+cd "$(dirname "$0")"
+need=()
+for pkg in libaio1 iproute2 curl wrk; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    echo "setup: installing Debian packages: ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
+.venv/bin/pip install -q -e ".[test]"

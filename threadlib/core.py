@@ -1,0 +1,155 @@
+"""The calls a thread makes to the runtime itself: spawn, sleep, join,
+timeouts, the clock.
+
+Each call that may wait is a generator function decorated with
+``types.coroutine``, so ``yield from spawn(...)`` and ``await spawn(...)``
+are the same call producing the same system calls. Nothing here touches
+the scheduler's internals: it yields system calls, or (for the few plain
+calls such as ``now()``) reads the scheduler running in this OS thread.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any, Iterable
+
+from .kernel import Scheduler, Thread, ThreadCancelled, _running_scheduler
+from .syscalls import GET_CURRENT, YIELD, Blocking, JoinAny, Sleep, Spawn
+
+
+def _as_coroutine(target: Any, args: tuple) -> Any:
+    if hasattr(target, "send") and hasattr(target, "throw"):
+        if args:
+            raise TypeError(f"spawn() got arguments for {target!r}, which is already a running generator")
+        return target
+    if callable(target):
+        return target(*args)
+    raise TypeError(f"spawn() needs a generator, a coroutine, or a function returning one; got {target!r}")
+
+
+@types.coroutine
+def spawn(target: Any, *args: Any, name: str | None = None) -> Thread:
+    """Start a thread running ``target`` (a generator or coroutine object,
+    or a function called with ``args``); return its Thread at once."""
+    return (yield Spawn(_as_coroutine(target, args), name))
+
+
+@types.coroutine
+def sleep(seconds: float) -> None:
+    """Wait ``seconds`` on the scheduler's clock; ``sleep(0)`` lets every
+    other ready thread run first."""
+    if seconds <= 0:
+        yield YIELD
+    else:
+        yield Sleep(seconds)
+
+
+@types.coroutine
+def current() -> Thread:
+    """The calling thread."""
+    return (yield GET_CURRENT)
+
+
+@types.coroutine
+def blocking(func: Any, *args: Any) -> Any:
+    """Run ``func(*args)`` on the blocking pool (an OS thread) and return
+    its result; other threads keep running meanwhile."""
+    return (yield Blocking(func, args))
+
+
+@types.coroutine
+def join_all(threads: Iterable[Thread]) -> list[Any]:
+    """Wait for every thread; return their results in order. The first
+    exception (in order) is raised once all have ended."""
+    threads = list(threads)
+    results = []
+    error = None
+    for t in threads:
+        try:
+            results.append((yield from t.join()))
+        except ThreadCancelled:
+            raise
+        except BaseException as exc:  # kept, raised after the others end
+            if error is None:
+                error = exc
+            results.append(None)
+    if error is not None:
+        raise error
+    return results
+
+
+@types.coroutine
+def join_any(threads: Iterable[Thread]) -> Thread:
+    """Wait until one of ``threads`` has ended; return that thread."""
+    threads = tuple(threads)
+    if not threads:
+        raise ValueError("join_any() needs at least one thread")
+    return (yield JoinAny(threads))
+
+
+def now() -> float:
+    """The scheduler's clock (monotonic seconds, or virtual time)."""
+    return _running_scheduler().clock.now()
+
+
+def current_thread() -> Thread:
+    """The running thread, without a system call (plain code may call it)."""
+    t = _running_scheduler().current
+    if t is None:
+        raise RuntimeError("current_thread() called outside a thread")
+    return t
+
+
+class timeout:
+    """``with timeout(seconds):`` -- every wait inside the block raises
+    ``TimeoutError`` once the deadline has passed.
+
+    Timeouts are deadlines, not durations: a block that waits many times
+    shares one deadline, and nested blocks keep the earliest. The deadline
+    is checked only at waits, so a thread that never waits is never
+    interrupted. ``expired`` tells afterwards whether this block's own
+    deadline is the one that fired. ``timeout(None)`` does nothing, so
+    library calls can take an optional ``timeout`` argument cheaply.
+    """
+
+    __slots__ = ("seconds", "deadline", "expired", "_thread", "_outer")
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self.deadline: float | None = None
+        self.expired = False
+
+    def __enter__(self) -> "timeout":
+        if self.seconds is None:
+            self._thread = None
+            return self
+        sched = _running_scheduler()
+        t = sched.current
+        if t is None:
+            raise RuntimeError("timeout() used outside a thread")
+        self.deadline = sched.clock.now() + self.seconds
+        self._thread = t
+        self._outer = t.deadline
+        if self._outer is None or self.deadline < self._outer:
+            t.deadline = self.deadline
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        t = self._thread
+        if t is None:
+            return False
+        t.deadline = self._outer
+        if exc_type is TimeoutError and _running_scheduler().clock.now() >= self.deadline:
+            self.expired = True
+        return False
+
+
+def timeout_at(deadline: float) -> timeout:
+    """Like ``timeout`` with an absolute deadline on the scheduler's clock."""
+    return timeout(deadline - now())
+
+
+def run(main: Any, *args: Any, scheduler: Scheduler | None = None) -> Any:
+    """Run ``main`` on a new default scheduler (or ``scheduler``) until it
+    ends; return its result or raise its exception."""
+    return (scheduler or Scheduler()).run(main, *args)

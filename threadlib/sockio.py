@@ -1,0 +1,491 @@
+"""Socket IO over the kernel's network stack, in threaded style.
+
+Every call first tries the non-blocking operation and yields
+``WaitRead``/``WaitWrite`` only on EAGAIN, so the common case costs one
+system call and no trip through the scheduler. Errors are the standard
+``OSError`` subclasses (ConnectionResetError, BrokenPipeError, ...).
+
+Servers reach sockets through a *network* object. ``KernelNetwork`` (the
+default, used by ``listen``/``connect`` below) is the kernel's TCP/IP; the
+user-level stack (``tcpsockio``) and simulated networks offer the same
+methods, so one server runs unchanged on each.
+
+This module never blocks the process: name resolution goes to the
+blocking pool, and every wait is a system call.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import os
+import socket
+import types
+from typing import Any
+
+from .core import timeout as _timeout
+from .kernel import current_scheduler
+from .syscalls import Blocking, Sleep, WaitRead, WaitWrite
+
+log = logging.getLogger("threadlib.sockio")
+
+__all__ = [
+    "KernelNetwork",
+    "kernel",
+    "Stream",
+    "Listener",
+    "DatagramSocket",
+    "listen",
+    "connect",
+    "udp",
+    "unix_listen",
+    "unix_connect",
+]
+
+# accept() errors that mean "out of a resource right now", not "this
+# listener is broken": back off and retry instead of ending the server.
+_ACCEPT_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+# accept() errors that concern only the one connection being accepted.
+_ACCEPT_CONNECTION_ERRORS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
+
+
+def _forget(fd: int) -> None:
+    sched = current_scheduler()
+    if sched is not None and sched.io is not None:
+        sched.io.forget_fd(fd)
+
+
+class _SocketBase:
+    __slots__ = ("_sock", "_fd", "_wait_read", "_wait_write")
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        self._fd = sock.fileno()
+        # Data-only system calls can be reused for every wait on this fd.
+        self._wait_read = WaitRead(self._fd)
+        self._wait_write = WaitWrite(self._fd)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    @property
+    def socket(self) -> socket.socket:
+        """The underlying (non-blocking) kernel socket."""
+        return self._sock
+
+    @property
+    def family(self) -> int:
+        return self._sock.family
+
+    @property
+    def local_address(self) -> Any:
+        return self._sock.getsockname()
+
+    def getsockopt(self, level: int, option: int, buflen: int = 0) -> Any:
+        return self._sock.getsockopt(level, option, buflen) if buflen else self._sock.getsockopt(level, option)
+
+    def setsockopt(self, level: int, option: int, value: Any) -> None:
+        self._sock.setsockopt(level, option, value)
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    def close(self) -> None:
+        """Close now (never waits). Threads waiting on it get OSError(EBADF)."""
+        fd = self._fd
+        if fd >= 0:
+            self._fd = -1
+            _forget(fd)
+            self._sock.close()
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Any:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} fd={self._fd}>"
+
+
+class Stream(_SocketBase):
+    """A connected stream socket (TCP over IPv4/IPv6, or Unix)."""
+
+    __slots__ = ()
+
+    @property
+    def peer_address(self) -> Any:
+        return self._sock.getpeername()
+
+    @types.coroutine
+    def recv(self, max_bytes: int = 65536, timeout: float | None = None) -> bytes:
+        """Up to ``max_bytes`` bytes; b'' once the peer has closed its side."""
+        sock = self._sock
+        while True:
+            try:
+                return sock.recv(max_bytes)
+            except BlockingIOError:
+                pass
+            if timeout is None:
+                yield self._wait_read
+            else:
+                with _timeout(timeout):
+                    yield self._wait_read
+
+    @types.coroutine
+    def recv_into(self, buffer: Any, nbytes: int = 0, timeout: float | None = None) -> int:
+        sock = self._sock
+        while True:
+            try:
+                return sock.recv_into(buffer, nbytes)
+            except BlockingIOError:
+                pass
+            if timeout is None:
+                yield self._wait_read
+            else:
+                with _timeout(timeout):
+                    yield self._wait_read
+
+    @types.coroutine
+    def recv_exactly(self, nbytes: int, timeout: float | None = None) -> bytes:
+        """Exactly ``nbytes`` bytes, or EOFError if the stream ends first."""
+        buf = bytearray(nbytes)
+        view = memoryview(buf)
+        got = 0
+        with _timeout(timeout):
+            while got < nbytes:
+                n = yield from self.recv_into(view[got:])
+                if n == 0:
+                    raise EOFError(f"stream ended after {got} of {nbytes} bytes")
+                got += n
+        return bytes(buf)
+
+    @types.coroutine
+    def send(self, data: Any, timeout: float | None = None) -> int:
+        """Send some of ``data``; return how many bytes went."""
+        sock = self._sock
+        while True:
+            try:
+                return sock.send(data)
+            except BlockingIOError:
+                pass
+            with _timeout(timeout):
+                yield self._wait_write
+
+    @types.coroutine
+    def sendall(self, data: Any, timeout: float | None = None) -> None:
+        """Send all of ``data`` (waiting for buffer space as needed)."""
+        sock = self._sock
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        total = len(data)
+        if sent == total:
+            return
+        view = memoryview(data).cast("B")
+        total = len(view)
+        with _timeout(timeout):
+            while sent < total:
+                try:
+                    sent += sock.send(view[sent:])
+                except BlockingIOError:
+                    yield self._wait_write
+
+    @types.coroutine
+    def sendfile(self, file: Any, offset: int = 0, count: int | None = None, timeout: float | None = None) -> int:
+        """Send ``count`` bytes (to end of file if None) of ``file`` (an
+        object with ``fileno()`` or an fd) from ``offset`` with
+        sendfile(2), zero-copy. Returns the bytes sent (fewer only at end
+        of file)."""
+        in_fd = file if isinstance(file, int) else file.fileno()
+        if count is None:
+            count = os.fstat(in_fd).st_size - offset
+        sent = 0
+        out_fd = self._fd
+        with _timeout(timeout):
+            while sent < count:
+                try:
+                    n = os.sendfile(out_fd, in_fd, offset + sent, min(count - sent, 1 << 30))
+                except BlockingIOError:
+                    yield self._wait_write
+                    continue
+                if n == 0:
+                    break  # the file is shorter than asked
+                sent += n
+        return sent
+
+    def shutdown(self, how: int = socket.SHUT_WR) -> None:
+        """Half-close: SHUT_WR sends FIN; SHUT_RD, SHUT_RDWR likewise."""
+        try:
+            self._sock.shutdown(how)
+        except OSError as exc:
+            if exc.errno != errno.ENOTCONN:
+                raise
+
+    def set_nodelay(self, on: bool = True) -> None:
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(on))
+
+
+class Listener(_SocketBase):
+    """A listening stream socket."""
+
+    __slots__ = ("_nodelay", "_backoff")
+
+    def __init__(self, sock: socket.socket, nodelay: bool = True) -> None:
+        super().__init__(sock)
+        self._nodelay = nodelay and sock.family in (socket.AF_INET, socket.AF_INET6)
+        self._backoff = 0.0
+
+    @property
+    def address(self) -> Any:
+        """The bound address, e.g. ``('127.0.0.1', 40123)``."""
+        addr = self._sock.getsockname()
+        return addr[:2] if isinstance(addr, tuple) else addr
+
+    @types.coroutine
+    def accept(self, timeout: float | None = None) -> tuple[Stream, Any]:
+        """The next connection and its peer address.
+
+        Running out of fds (EMFILE) or buffers makes accept back off (up to
+        a second) and retry; it never ends the server. A connection that
+        was aborted before it was accepted is skipped.
+        """
+        sock = self._sock
+        with _timeout(timeout):
+            while True:
+                try:
+                    fd, addr = sock._accept()
+                except BlockingIOError:
+                    yield self._wait_read
+                    continue
+                except OSError as exc:
+                    if exc.errno in _ACCEPT_CONNECTION_ERRORS:
+                        continue
+                    if exc.errno not in _ACCEPT_RESOURCE_ERRORS:
+                        raise
+                    # The pending connection stays queued; with edge-triggered
+                    # epoll no new event will come for it, so sleep and retry.
+                    self._backoff = min(1.0, max(0.01, self._backoff * 2))
+                    log.warning("accept on %s: %s; retrying in %.2fs", self.address, exc.strerror, self._backoff)
+                    yield Sleep(self._backoff)
+                    continue
+                self._backoff = 0.0
+                conn = socket.socket(sock.family, sock.type, sock.proto, fileno=fd)
+                if self._nodelay:
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                return Stream(conn), addr
+
+
+class DatagramSocket(_SocketBase):
+    """A UDP socket (or a Unix datagram socket)."""
+
+    __slots__ = ()
+
+    @types.coroutine
+    def recvfrom(self, max_bytes: int = 65536, timeout: float | None = None) -> tuple[bytes, Any]:
+        sock = self._sock
+        with _timeout(timeout):
+            while True:
+                try:
+                    return sock.recvfrom(max_bytes)
+                except BlockingIOError:
+                    yield self._wait_read
+
+    @types.coroutine
+    def recv(self, max_bytes: int = 65536, timeout: float | None = None) -> bytes:
+        data, _ = yield from self.recvfrom(max_bytes, timeout)
+        return data
+
+    @types.coroutine
+    def sendto(self, data: Any, address: Any, timeout: float | None = None) -> int:
+        sock = self._sock
+        with _timeout(timeout):
+            while True:
+                try:
+                    return sock.sendto(data, address)
+                except BlockingIOError:
+                    yield self._wait_write
+
+    @types.coroutine
+    def send(self, data: Any, timeout: float | None = None) -> int:
+        """Send to the connected peer (see ``connect``)."""
+        sock = self._sock
+        with _timeout(timeout):
+            while True:
+                try:
+                    return sock.send(data)
+                except BlockingIOError:
+                    yield self._wait_write
+
+    def connect(self, address: Any) -> None:
+        """Fix the peer (UDP connect never waits)."""
+        self._sock.connect(address)
+
+
+# ---------------------------------------------------------------------------
+# Addresses
+
+
+def _literal_family(host: str) -> int | None:
+    try:
+        return socket.AF_INET6 if ipaddress.ip_address(host.split("%")[0]).version == 6 else socket.AF_INET
+    except ValueError:
+        return None
+
+
+@types.coroutine
+def resolve(host: str, port: int, type: int = socket.SOCK_STREAM) -> list[tuple[int, Any]]:
+    """``[(family, sockaddr), ...]`` for ``host``; literals need no lookup,
+    names are resolved on the blocking pool (getaddrinfo blocks)."""
+    family = _literal_family(host) if host else socket.AF_INET
+    if family is not None:
+        return [(family, (host or "0.0.0.0", port))]
+    infos = yield Blocking(socket.getaddrinfo, (host, port, 0, type))
+    if not infos:
+        raise OSError(errno.EHOSTUNREACH, f"no address for {host!r}")
+    return [(fam, sockaddr) for fam, _, _, _, sockaddr in infos]
+
+
+# ---------------------------------------------------------------------------
+# The kernel's network
+
+
+class KernelNetwork:
+    """The kernel's TCP/IP and Unix sockets, reached through sockio."""
+
+    name = "kernel"
+
+    @types.coroutine
+    def listen(
+        self, address: tuple[str, int], backlog: int = 1024, reuse_port: bool = False, nodelay: bool = True
+    ) -> Listener:
+        """A TCP listener bound to ``(host, port)``; port 0 picks a free one;
+        ``reuse_port`` lets several processes share the port."""
+        host, port = address[0], address[1]
+        family, sockaddr = (yield from resolve(host, port))[0]
+        if len(address) == 4 and family == socket.AF_INET6:
+            sockaddr = tuple(address)
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(sockaddr)
+            sock.listen(backlog)
+        except BaseException:
+            sock.close()
+            raise
+        return Listener(sock, nodelay)
+
+    @types.coroutine
+    def connect(
+        self, address: tuple[str, int], timeout: float | None = None, nodelay: bool = True, local: Any = None
+    ) -> Stream:
+        """A TCP connection to ``(host, port)``; tries each resolved address
+        in turn. Raises ConnectionRefusedError, TimeoutError, ..."""
+        host, port = address[0], address[1]
+        last_error: BaseException | None = None
+        with _timeout(timeout):
+            for family, sockaddr in (yield from resolve(host, port)):
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                try:
+                    if local is not None:
+                        sock.bind(local)
+                    yield from _connect_socket(sock, sockaddr)
+                    if nodelay:
+                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    return Stream(sock)
+                except OSError as exc:
+                    sock.close()
+                    last_error = exc
+                except BaseException:
+                    sock.close()
+                    raise
+        assert last_error is not None
+        raise last_error
+
+    @types.coroutine
+    def udp(self, bind: tuple[str, int] | None = None, family: int | None = None) -> DatagramSocket:
+        """A UDP socket, bound to ``bind`` if given."""
+        if family is None:
+            family = socket.AF_INET
+            if bind is not None:
+                family = (yield from resolve(bind[0], bind[1], socket.SOCK_DGRAM))[0][0]
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        if bind is not None:
+            try:
+                sock.bind(bind)
+            except BaseException:
+                sock.close()
+                raise
+        return DatagramSocket(sock)
+
+    @types.coroutine
+    def unix_listen(self, path: str, backlog: int = 1024) -> Listener:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(path)
+            sock.listen(backlog)
+        except BaseException:
+            sock.close()
+            raise
+        return Listener(sock, nodelay=False)
+        yield  # a generator, like every call that may wait
+
+    @types.coroutine
+    def unix_connect(self, path: str, timeout: float | None = None) -> Stream:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with _timeout(timeout):
+                yield from _connect_socket(sock, path)
+        except BaseException:
+            sock.close()
+            raise
+        return Stream(sock)
+
+
+@types.coroutine
+def _connect_socket(sock: socket.socket, sockaddr: Any) -> Any:
+    sock.setblocking(False)
+    err = sock.connect_ex(sockaddr)
+    if err in (errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY):
+        yield WaitWrite(sock.fileno())
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err:
+        raise OSError(err, f"{os.strerror(err)}: connect to {sockaddr!r}")
+
+
+def wrap(sock: socket.socket) -> Any:
+    """Adopt an existing kernel socket (made non-blocking) as a Stream,
+    Listener or DatagramSocket according to its type and state."""
+    if sock.type == socket.SOCK_DGRAM:
+        return DatagramSocket(sock)
+    try:
+        accepting = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    except OSError:
+        accepting = 0
+    return Listener(sock) if accepting else Stream(sock)
+
+
+def socketpair() -> tuple[Stream, Stream]:
+    """Two connected Unix streams (handy for tests and wake-ups)."""
+    a, b = socket.socketpair()
+    return Stream(a), Stream(b)
+
+
+kernel = KernelNetwork()
+listen = kernel.listen
+connect = kernel.connect
+udp = kernel.udp
+unix_listen = kernel.unix_listen
+unix_connect = kernel.unix_connect

@@ -1,0 +1,285 @@
+"""Synchronisation between threads: Event, Mutex, Semaphore, Condition,
+Queue. All are made of WaitQueue (the Park/Unpark primitive) and nothing
+else.
+
+Waking never suspends: ``event.set()``, ``mutex.release()`` and friends
+are plain calls, usable from any thread or from a worker. Ownership (a
+lock, a permit, a queue item) is handed to the woken thread directly, so a
+waiter cannot be overtaken by a thread that arrives later; a cancellation
+aimed at a thread that was just handed something is delivered at its next
+wait, so nothing handed over is lost.
+
+Every ``acquire``/``wait``/``get``/``put`` takes an optional ``timeout``
+and raises ``TimeoutError`` when it passes.
+"""
+
+from __future__ import annotations
+
+import collections
+import types
+from typing import Any
+
+from .core import timeout as _timeout
+from .kernel import WaitQueue
+
+
+class Event:
+    """A flag threads can wait for. ``set()`` wakes every waiter."""
+
+    __slots__ = ("_flag", "_waiters")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._waiters = WaitQueue()
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def set(self) -> None:
+        if not self._flag:
+            self._flag = True
+            self._waiters.wake_all()
+
+    def clear(self) -> None:
+        self._flag = False
+
+    @types.coroutine
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._flag:
+            return True
+        if timeout is None:
+            yield self._waiters.park
+        else:
+            with _timeout(timeout):
+                yield self._waiters.park
+        return True
+
+    def __repr__(self) -> str:
+        return f"<Event {'set' if self._flag else 'clear'} waiters={len(self._waiters)}>"
+
+
+class Mutex:
+    """A non-reentrant lock with FIFO hand-off. ``release`` never waits."""
+
+    __slots__ = ("_locked", "_waiters")
+
+    def __init__(self) -> None:
+        self._locked = False
+        self._waiters = WaitQueue()
+
+    def locked(self) -> bool:
+        return self._locked
+
+    @types.coroutine
+    def acquire(self, timeout: float | None = None) -> bool:
+        if not self._locked:
+            self._locked = True
+            return True
+        # release() hands the lock over: when the wait returns we own it.
+        if timeout is None:
+            yield self._waiters.park
+        else:
+            with _timeout(timeout):
+                yield self._waiters.park
+        return True
+
+    def release(self) -> None:
+        if not self._locked:
+            raise RuntimeError("release() of a Mutex that is not locked")
+        if self._waiters.wake_one() is None:
+            self._locked = False
+
+    # `async with mutex:` for async-def threads
+    async def __aenter__(self) -> "Mutex":
+        await self.acquire()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return f"<Mutex {'locked' if self._locked else 'unlocked'} waiters={len(self._waiters)}>"
+
+
+class Semaphore:
+    """``value`` permits; ``acquire`` takes one, ``release`` gives one back."""
+
+    __slots__ = ("_value", "_waiters", "_bound")
+
+    def __init__(self, value: int = 1, bounded: bool = False) -> None:
+        if value < 0:
+            raise ValueError(f"Semaphore value must be >= 0, got {value}")
+        self._value = value
+        self._waiters = WaitQueue()
+        self._bound = value if bounded else None
+
+    @property
+    def value(self) -> int:
+        return self._value
+
+    @types.coroutine
+    def acquire(self, timeout: float | None = None) -> bool:
+        if self._value > 0:
+            self._value -= 1
+            return True
+        if timeout is None:
+            yield self._waiters.park
+        else:
+            with _timeout(timeout):
+                yield self._waiters.park
+        return True
+
+    def release(self) -> None:
+        if self._waiters.wake_one() is None:
+            if self._bound is not None and self._value >= self._bound:
+                raise ValueError(f"BoundedSemaphore released more than its {self._bound} permits")
+            self._value += 1
+
+    async def __aenter__(self) -> "Semaphore":
+        await self.acquire()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.release()
+
+
+class Condition:
+    """A condition variable over a Mutex (a new one if none is given)."""
+
+    __slots__ = ("mutex", "_waiters")
+
+    def __init__(self, mutex: Mutex | None = None) -> None:
+        self.mutex = mutex or Mutex()
+        self._waiters = WaitQueue()
+
+    @types.coroutine
+    def acquire(self, timeout: float | None = None) -> bool:
+        return (yield from self.mutex.acquire(timeout))
+
+    def release(self) -> None:
+        self.mutex.release()
+
+    @types.coroutine
+    def wait(self, timeout: float | None = None) -> None:
+        """Release the mutex, wait for a notify, take the mutex back (also
+        when the wait ends in a timeout or a cancellation)."""
+        if not self.mutex.locked():
+            raise RuntimeError("Condition.wait() without holding its mutex")
+        self.mutex.release()
+        try:
+            if timeout is None:
+                yield self._waiters.park
+            else:
+                with _timeout(timeout):
+                    yield self._waiters.park
+        finally:
+            yield from self.mutex.acquire()
+
+    @types.coroutine
+    def wait_for(self, predicate: Any, timeout: float | None = None) -> Any:
+        """Wait until ``predicate()`` is true; return its value."""
+        with _timeout(timeout):
+            result = predicate()
+            while not result:
+                yield from self.wait()
+                result = predicate()
+        return result
+
+    def notify(self, n: int = 1) -> None:
+        for _ in range(n):
+            if self._waiters.wake_one() is None:
+                break
+
+    def notify_all(self) -> None:
+        self._waiters.wake_all()
+
+
+class QueueClosed(Exception):
+    """The queue was closed: ``put`` always, ``get`` once it is empty."""
+
+
+class Queue:
+    """A FIFO between threads; ``maxsize`` <= 0 means unbounded.
+
+    ``close()`` ends the stream: puts raise QueueClosed at once, gets drain
+    what is left and then raise QueueClosed, so consumers see the end.
+    """
+
+    __slots__ = ("maxsize", "_items", "_getters", "_putters", "_closed")
+
+    def __init__(self, maxsize: int = 0) -> None:
+        self.maxsize = maxsize
+        self._items: collections.deque = collections.deque()
+        self._getters = WaitQueue()  # waiting only while _items is empty
+        self._putters = WaitQueue()  # waiting only while _items is full
+        self._closed = False
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def full(self) -> bool:
+        return 0 < self.maxsize <= len(self._items)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def put_nowait(self, item: Any) -> bool:
+        """Put without waiting; False if the queue is full."""
+        if self._closed:
+            raise QueueClosed("put() on a closed Queue")
+        if self._getters and self._getters.wake_one(item) is not None:
+            return True  # handed straight to a waiting getter
+        if 0 < self.maxsize <= len(self._items):
+            return False
+        self._items.append(item)
+        return True
+
+    @types.coroutine
+    def put(self, item: Any, timeout: float | None = None) -> None:
+        while not self.put_nowait(item):
+            # Woken by a get that made room (or by close); retry.
+            with _timeout(timeout):
+                yield self._putters.park
+
+    @types.coroutine
+    def get(self, timeout: float | None = None) -> Any:
+        items = self._items
+        if items:
+            item = items.popleft()
+            if self._putters:
+                self._putters.wake_one()
+            return item
+        if self._closed:
+            raise QueueClosed("get() on a closed, empty Queue")
+        if timeout is None:
+            return (yield self._getters.park)
+        with _timeout(timeout):
+            return (yield self._getters.park)
+
+    def get_nowait(self) -> Any:
+        """An item, or raise IndexError if there is none (QueueClosed if
+        closed and empty)."""
+        if self._items:
+            item = self._items.popleft()
+            if self._putters:
+                self._putters.wake_one()
+            return item
+        if self._closed:
+            raise QueueClosed("get() on a closed, empty Queue")
+        raise IndexError("get_nowait() on an empty Queue")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        while self._getters.throw_one(QueueClosed("Queue closed while waiting to get")) is not None:
+            pass
+        while self._putters.wake_one() is not None:
+            pass  # they retry and see the queue closed
+
+    def __repr__(self) -> str:
+        return f"<Queue size={len(self._items)} maxsize={self.maxsize}{' closed' if self._closed else ''}>"
