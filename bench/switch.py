@@ -1,0 +1,277 @@
+"""Switch benchmark: context switches between two threads.
+
+yield: two threads each call sleep(0) N/2 times (N switches in all).
+queue: a producer puts N items into a Queue(maxsize=1), a consumer gets them
+(N handoffs; the full/empty queue forces a switch per item).
+Each peer and mode runs in a fresh child process pinned to core 0; reports
+switches (handoffs) per second and CPU µs per switch.
+
+    python -m bench.switch [-n 1000000] [--maxsize 1] [--json]
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+from bench import harness as H
+
+PEERS = ("asyncio", "uvloop", "gevent", "trio", "curio", "threadlib", "threadlib-async", "threadlib-green")
+TARGETS = {"yield": [("ops_s", ">=", 2_500_000, "/s")], "queue": [("ops_s", ">=", 1_200_000, "/s")]}
+ANCHORS = {("yield", "asyncio"): "562k/s", ("yield", "uvloop"): "1.21M/s"}
+
+
+class Clock:
+    def __init__(self):
+        self.t0, self.c0 = time.perf_counter(), H.self_cpu_ns()
+
+    def result(self, n: int) -> dict:
+        return {"n": n, "wall_s": time.perf_counter() - self.t0, "cpu_ns": H.self_cpu_ns() - self.c0}
+
+
+# ---------------------------------------------------------------- children
+def c_asyncio(mode: str, n: str, maxsize: str, loop: str = "asyncio") -> dict:
+    import asyncio
+    if loop == "uvloop":
+        import uvloop
+        uvloop.install()
+    n, maxsize = int(n), int(maxsize)
+
+    async def yielder(k):
+        for _ in range(k):
+            await asyncio.sleep(0)
+
+    async def producer(q):
+        for i in range(n):
+            await q.put(i)
+
+    async def consumer(q):
+        for _ in range(n):
+            await q.get()
+
+    async def main():
+        c = Clock()
+        if mode == "yield":
+            await asyncio.gather(yielder(n // 2), yielder(n - n // 2))
+        else:
+            q = asyncio.Queue(maxsize)
+            await asyncio.gather(producer(q), consumer(q))
+        return c.result(n)
+
+    return asyncio.run(main())
+
+
+def c_uvloop(mode: str, n: str, maxsize: str) -> dict:
+    return c_asyncio(mode, n, maxsize, "uvloop")
+
+
+def c_gevent(mode: str, n: str, maxsize: str) -> dict:
+    import gevent
+    import gevent.queue
+    n, maxsize = int(n), int(maxsize)
+
+    def yielder(k):
+        for _ in range(k):
+            gevent.sleep(0)
+
+    def producer(q):
+        for i in range(n):
+            q.put(i)
+
+    def consumer(q):
+        for _ in range(n):
+            q.get()
+
+    c = Clock()
+    if mode == "yield":
+        gs = [gevent.spawn(yielder, n // 2), gevent.spawn(yielder, n - n // 2)]
+    else:
+        q = gevent.queue.Queue(maxsize)
+        gs = [gevent.spawn(producer, q), gevent.spawn(consumer, q)]
+    gevent.joinall(gs, raise_error=True)
+    return c.result(n)
+
+
+def c_trio(mode: str, n: str, maxsize: str) -> dict:
+    import trio
+    n, maxsize = int(n), int(maxsize)
+
+    async def yielder(k):
+        for _ in range(k):
+            await trio.sleep(0)
+
+    async def producer(s):
+        for i in range(n):
+            await s.send(i)
+
+    async def consumer(r):
+        for _ in range(n):
+            await r.receive()
+
+    async def main():
+        c = Clock()
+        async with trio.open_nursery() as nursery:
+            if mode == "yield":
+                nursery.start_soon(yielder, n // 2)
+                nursery.start_soon(yielder, n - n // 2)
+            else:
+                s, r = trio.open_memory_channel(maxsize)
+                nursery.start_soon(producer, s)
+                nursery.start_soon(consumer, r)
+        return c.result(n)
+
+    return trio.run(main)
+
+
+def c_curio(mode: str, n: str, maxsize: str) -> dict:
+    import curio
+    n, maxsize = int(n), int(maxsize)
+
+    async def yielder(k):
+        for _ in range(k):
+            await curio.sleep(0)
+
+    async def producer(q):
+        for i in range(n):
+            await q.put(i)
+
+    async def consumer(q):
+        for _ in range(n):
+            await q.get()
+
+    async def main():
+        c = Clock()
+        if mode == "yield":
+            ts = [await curio.spawn(yielder, n // 2), await curio.spawn(yielder, n - n // 2)]
+        else:
+            q = curio.Queue(maxsize)
+            ts = [await curio.spawn(producer, q), await curio.spawn(consumer, q)]
+        for t in ts:
+            await t.join()
+        return c.result(n)
+
+    return curio.run(main)
+
+
+def c_threadlib(mode: str, n: str, maxsize: str, flavour: str = "gen") -> dict:
+    threadlib = H.import_or_skip("threadlib")
+    n, maxsize = int(n), int(maxsize)
+
+    def yielder(k):
+        for _ in range(k):
+            yield from threadlib.sleep(0)
+
+    def producer(q):
+        for i in range(n):
+            yield from q.put(i)
+
+    def consumer(q):
+        for _ in range(n):
+            yield from q.get()
+
+    async def ayielder(k):
+        for _ in range(k):
+            await threadlib.sleep(0)
+
+    async def aproducer(q):
+        for i in range(n):
+            await q.put(i)
+
+    async def aconsumer(q):
+        for _ in range(n):
+            await q.get()
+
+    y, p, c_ = (yielder, producer, consumer) if flavour == "gen" else (ayielder, aproducer, aconsumer)
+
+    def main():
+        c = Clock()
+        if mode == "yield":
+            ts = [(yield from threadlib.spawn(y(n // 2))), (yield from threadlib.spawn(y(n - n // 2)))]
+        else:
+            q = threadlib.Queue(maxsize)
+            ts = [(yield from threadlib.spawn(p(q))), (yield from threadlib.spawn(c_(q)))]
+        for t in ts:
+            yield from t.join()
+        return c.result(n)
+
+    return threadlib.run(main())
+
+
+def c_threadlib_async(mode: str, n: str, maxsize: str) -> dict:
+    return c_threadlib(mode, n, maxsize, "async")
+
+
+def c_threadlib_green(mode: str, n: str, maxsize: str) -> dict:
+    threadlib = H.import_or_skip("threadlib")
+    green = H.import_or_skip("threadlib.green")
+    n, maxsize = int(n), int(maxsize)
+
+    def yielder(k):
+        for _ in range(k):
+            green.sleep(0)
+
+    def producer(q):
+        for i in range(n):
+            q.put(i)
+
+    def consumer(q):
+        for _ in range(n):
+            q.get()
+
+    def main():
+        c = Clock()
+        if mode == "yield":
+            ts = [green.spawn(yielder, n // 2), green.spawn(yielder, n - n // 2)]
+        else:
+            q = green.wrap(threadlib.Queue(maxsize))   # blocking view: q.put/q.get block the greenlet
+            ts = [green.spawn(producer, q), green.spawn(consumer, q)]
+        for t in ts:
+            green.join(t)
+        return c.result(n)
+
+    return green.run(main)
+
+
+ENTRIES = {name: globals()["c_" + name.replace("-", "_")] for name in PEERS}
+
+
+# ---------------------------------------------------------------- parent
+def measure(peer: str, mode: str, n: int, maxsize: int, timeout: float) -> dict:
+    r = H.run_child("bench.switch", ["--child", peer, mode, str(n), str(maxsize)], timeout)
+    return {"n": n, "ops_s": n / r["wall_s"], "cpu_us": r["cpu_ns"] / 1e3 / n}
+
+
+def run(n: int, maxsize: int = 1, only: str = "", timeout: float = 300, save: bool = False) -> list[str]:
+    tables, results = [], {}
+    titles = {"yield": f"switch: {n:,} sleep(0) switches between two threads",
+              "queue": f"switch: {n:,} Queue(maxsize={maxsize}) handoffs producer -> consumer"}
+    for mode in ("yield", "queue"):
+        rows = []
+        for peer in (p for p in PEERS if H.selected(p, only)):
+            extra = {"anchor": ANCHORS.get((mode, peer), "")}
+            if peer.startswith("threadlib"):
+                extra["target"] = TARGETS[mode]
+            rows.append(H.safe(f"{peer}", lambda: measure(peer, mode, n, maxsize, timeout), **extra))
+        unit = "switch" if mode == "yield" else "handoff"
+        cols = [("ops_s", f"{unit}es/s" if unit == "switch" else f"{unit}s/s"), ("cpu_us", f"CPU µs/{unit}")]
+        tables.append(H.table(titles[mode], rows, cols, ref="asyncio"))
+        results[mode] = rows
+    if save:
+        H.save_json("switch", results)
+    return tables
+
+
+def main(argv: list[str]) -> None:
+    if argv[:1] == ["--child"]:
+        H.child_main(ENTRIES, argv[1:])
+    p = H.arg_parser(__doc__)
+    p.add_argument("-n", type=int, default=1_000_000, help="switches (handoffs) per peer and mode")
+    p.add_argument("--maxsize", type=int, default=1, help="queue capacity for the queue mode")
+    p.add_argument("--timeout", type=float, default=300, help="per-peer child timeout, seconds")
+    a = p.parse_args(argv)
+    print(H.machine_line() + "\n")
+    for t in run(a.n, a.maxsize, a.only, a.timeout, a.json):
+        print(t)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
