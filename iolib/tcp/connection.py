@@ -87,7 +87,7 @@ class Connection:
     __slots__ = (
         # identity
         "stack", "out", "events", "stats", "laddr", "lport", "raddr", "rport",
-        "key", "listener", "passive", "options", "_pseudo", "_iphead",
+        "key", "listener", "passive", "options", "_pseudo", "_iphead", "ttl",
         "state", "error", "soft_error", "user_closed",
         # send sequence space (unwrapped)
         "iss", "snd_una", "snd_nxt", "snd_max", "snd_wnd", "snd_wl1", "snd_wl2",
@@ -126,7 +126,8 @@ class Connection:
         v4 = len(laddr) == 4
         # Partial sum of the constant IPv4 header words (version/IHL, DF, TTL,
         # protocol, addresses); the total length is added per packet.
-        self._iphead = (0x4500 + 0x4000 + (64 << 8 | 6) + int.from_bytes(laddr + raddr, "big")) if v4 else None
+        self.ttl = stack.ttl
+        self._iphead = (0x4500 + 0x4000 + (self.ttl << 8 | 6) + int.from_bytes(laddr + raddr, "big")) if v4 else None
         self.state = CLOSED
         self.error = None
         self.soft_error = None
@@ -281,10 +282,10 @@ class Connection:
         n = len(tcp)
         if self._iphead is not None:
             total = 20 + n
-            self.out.append(_V4HDR.pack(0x45, 0, total, 0, 0x4000, 64, 6,
+            self.out.append(_V4HDR.pack(0x45, 0, total, 0, 0x4000, self.ttl, 6,
                                         finish(self._iphead + total), self.laddr, self.raddr) + tcp)
         else:
-            self.out.append(_V6HDR.pack(0x60000000, n, 6, 64, self.laddr, self.raddr) + tcp)
+            self.out.append(_V6HDR.pack(0x60000000, n, 6, self.ttl, self.laddr, self.raddr) + tcp)
         self.segs_out += 1
 
     def _send_ack(self, now: float) -> None:
@@ -450,6 +451,19 @@ class Connection:
                 self._send_ack(now)
                 return
 
+        if flags & SYN and state == SYN_RECEIVED and seq == rcv_nxt - 1:
+            if flags & ACK and not self.passive:
+                # Simultaneous open (RFC 9293 figure 8, line 6): the peer's
+                # SYN-ACK repeats the SYN we already acknowledged; take the ACK.
+                flags &= ~SYN
+                seq += 1
+                seglen -= 1
+                self.ack_now = True
+            else:
+                # Our SYN-ACK was lost and the peer repeated its SYN.
+                self._send_syn(now)
+                return
+
         # First: sequence number acceptability (RFC 9293 §3.10.7.4).
         wnd = self.rcv_adv - rcv_nxt
         if wnd < 0:
@@ -464,10 +478,6 @@ class Connection:
             ok = (rcv_nxt <= seq < rcv_nxt + wnd) or (rcv_nxt <= seq + seglen - 1 < rcv_nxt + wnd)
         if not ok:
             if flags & RST:
-                return
-            if state == SYN_RECEIVED and flags & SYN and seq == rcv_nxt - 1:
-                # Our SYN-ACK was lost and the peer repeated its SYN.
-                self._send_syn(now)
                 return
             if state == TIME_WAIT and flags & FIN:
                 # RFC 9293 §3.10.7.4: a retransmitted FIN is acknowledged
@@ -487,9 +497,6 @@ class Connection:
 
         # Fourth: SYN in a synchronized state (RFC 5961 §4).
         if flags & SYN:
-            if state == SYN_RECEIVED and self.passive and seq == rcv_nxt - 1:
-                self._send_syn(now)
-                return
             self._challenge_ack(now)
             return
 

@@ -184,6 +184,8 @@ def build_segment(sport: int, dport: int, seq: int, ack: int, flags: int, wnd: i
     partial sum *without* the length, which is added here."""
     if len(options) & 3:
         options += b"\x00" * (4 - (len(options) & 3))
+    if len(options) > 40:
+        raise ValueError(f"TCP options are {len(options)} bytes, at most 40 fit")
     hlen = 20 + len(options)
     fixed = _HDR_NOCKS.pack(sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF,
                             (hlen // 4) << 4, flags, wnd)

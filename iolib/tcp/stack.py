@@ -133,7 +133,7 @@ class Stack:
     """A user-level TCP/IP host.  See the module docstring; all public
     methods are documented in docs/tcp-conformance.md's API section too."""
 
-    def __init__(self, addresses, rng=None, *, mtu: int = 1500, **options):
+    def __init__(self, addresses, rng=None, *, mtu: int = 1500, ttl: int = 64, **options):
         if isinstance(addresses, (str, bytes)) or not hasattr(addresses, "__iter__"):
             addresses = [addresses]
         self.interfaces = [_parse_address(a) for a in addresses]
@@ -150,6 +150,9 @@ class Stack:
         if not 576 <= mtu <= 65535:
             raise BadArgument(f"mtu must be in 576..65535, got {mtu!r}")
         self.mtu = mtu
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= 255:
+            raise BadArgument(f"ttl must be in 1..255, got {ttl!r}")
+        self.ttl = ttl   # RFC 9293 MUST-49: configurable TTL / hop limit
         self.options = ConnOptions(**options)
         self.stats = Stats()
         self._isn_key = rng.getrandbits(128).to_bytes(16, "big")   # RFC 6528 secret
@@ -228,9 +231,9 @@ class Stack:
 
     def _queue_ip(self, src: bytes, dst: bytes, tcp: bytes) -> None:
         if len(src) == 4:
-            self._packets.append(ipv4_header(src, dst, PROTO_TCP, len(tcp)) + tcp)
+            self._packets.append(ipv4_header(src, dst, PROTO_TCP, len(tcp), self.ttl) + tcp)
         else:
-            self._packets.append(ipv6_header(src, dst, PROTO_TCP, len(tcp)) + tcp)
+            self._packets.append(ipv6_header(src, dst, PROTO_TCP, len(tcp), self.ttl) + tcp)
 
     def _remove(self, conn: Connection) -> None:
         if self._conns.get(conn.key) is conn:

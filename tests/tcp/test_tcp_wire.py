@@ -1,0 +1,206 @@
+"""Wire formats: checksum, sequence arithmetic, IP and TCP headers and options
+(RFC 1071, RFC 9293 §3.1-3.4, RFC 791, RFC 8200)."""
+
+import random
+import struct
+
+import pytest
+
+from iolib.tcp.checksum import checksum, partial_sum, verify
+from iolib.tcp.ip import (PROTO_TCP, Malformed, build_icmp, build_ip, ipv4_header, parse_icmp_error,
+                          parse_ip, pseudo_sum)
+from iolib.tcp.segment import (ACK, SYN, build_segment, opt_mss, opt_sack, opt_sack_ok,
+                               opt_timestamp, opt_wscale, parse_segment)
+from iolib.tcp.seq import MOD, seq_add, seq_diff, seq_ge, seq_gt, seq_le, seq_lt, unwrap, wrap
+
+
+def reference_checksum(data: bytes) -> int:
+    """RFC 1071 §4.1, word by word: the slow, obviously right version."""
+    if len(data) % 2:
+        data += b"\0"
+    s = 0
+    for (w,) in struct.iter_unpack("!H", data):
+        s += w
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 20, 21, 1459, 1460, 9000])
+def test_checksum_matches_rfc1071_reference(n):
+    rng = random.Random(n)
+    for _ in range(20):
+        data = bytes(rng.getrandbits(8) for _ in range(n))
+        got, ref = checksum(data), reference_checksum(data)
+        # 0x0000 and 0xFFFF are the two zeros of one's-complement arithmetic.
+        assert got == ref or {got, ref} == {0, 0xFFFF}
+        if n % 2 == 0:
+            assert verify(data + got.to_bytes(2, "big"))
+
+
+def test_checksum_of_all_ones_and_zero_sum_cases():
+    assert reference_checksum(b"\xff\xff") in (0, 0xFFFF)
+    assert checksum(b"\xff\xff") == 0xFFFF   # never writes 0 (UDP-safe)
+    assert verify(b"\x00\x01\xff\xfe")
+
+
+def test_partial_sums_add_across_split_points():
+    data = bytes(range(256)) * 5
+    whole = partial_sum(data)
+    assert (partial_sum(data[:100]) + partial_sum(data[100:])) % 0xFFFF == whole % 0xFFFF
+
+
+def test_sequence_comparisons_wrap_modulo_2_32():
+    top = MOD - 10
+    assert seq_lt(top, 5) and seq_gt(5, top)
+    assert seq_le(7, 7) and seq_ge(7, 7)
+    assert seq_diff(5, top) == 15 and seq_diff(top, 5) == -15
+    assert seq_add(top, 20) == 10
+    assert not seq_lt(0, 0x80000001) or seq_lt(0, 0x7FFFFFFF)
+
+
+def test_unwrap_picks_the_nearest_value_across_the_wrap():
+    ref = (1 << 32) * 3 + MOD - 100      # an unwrapped number just below a wrap
+    assert unwrap(50, ref) == ref + 150
+    assert unwrap(wrap(ref - 1000), ref) == ref - 1000
+    assert wrap(unwrap(12345, ref)) == 12345
+
+
+def test_ipv4_header_roundtrip_and_checksum():
+    src, dst = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
+    pkt = build_ip(src, dst, PROTO_TCP, b"x" * 40, ttl=33)
+    ip = parse_ip(pkt)
+    assert (ip.version, ip.src, ip.dst, ip.proto, ip.start, ip.end, ip.hop_limit) == \
+        (4, src, dst, PROTO_TCP, 20, 60, 33)
+    assert verify(pkt[:20])
+    bad = bytearray(pkt)
+    bad[8] ^= 1
+    with pytest.raises(Malformed) as e:
+        parse_ip(bytes(bad))
+    assert e.value.reason == "bad_checksum"
+
+
+def test_ipv4_options_are_skipped():
+    """RFC 9293 MUST-50: IP options TCP does not understand are ignored."""
+    src, dst = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
+    payload = b"hello"
+    hdr = bytearray(struct.pack("!BBHHHBBH4s4s", 0x46, 0, 24 + len(payload), 0, 0x4000, 64, 6, 0, src, dst))
+    hdr += b"\x01\x01\x01\x00"   # NOP NOP NOP EOL
+    hdr[10:12] = checksum(bytes(hdr)).to_bytes(2, "big")
+    ip = parse_ip(bytes(hdr) + payload)
+    assert ip.start == 24 and ip.end == 24 + len(payload)
+
+
+def test_ipv4_trailing_link_padding_is_excluded():
+    pkt = build_ip(bytes(4), bytes([1, 2, 3, 4]), PROTO_TCP, b"abc") + b"\0" * 10
+    assert parse_ip(pkt).end == 23
+
+
+@pytest.mark.parametrize("mutate,reason", [
+    (lambda p: p[:10], "malformed"),
+    (lambda p: b"\x75" + p[1:], "malformed"),                  # version 7
+    (lambda p: p[:2] + (400).to_bytes(2, "big") + p[4:], "malformed"),   # total > buffer
+])
+def test_malformed_ipv4_is_named(mutate, reason):
+    pkt = build_ip(bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]), PROTO_TCP, b"x" * 30)
+    with pytest.raises(Malformed) as e:
+        parse_ip(mutate(pkt))
+    assert e.value.reason == reason
+
+
+def test_ipv4_fragments_are_refused():
+    src, dst = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
+    hdr = bytearray(ipv4_header(src, dst, PROTO_TCP, 8))
+    hdr[6:8] = (0x2000).to_bytes(2, "big")   # MF
+    hdr[10:12] = b"\0\0"
+    hdr[10:12] = checksum(bytes(hdr)).to_bytes(2, "big")
+    with pytest.raises(Malformed) as e:
+        parse_ip(bytes(hdr) + b"\0" * 8)
+    assert e.value.reason == "fragment"
+
+
+def test_ipv6_header_and_extension_headers():
+    src, dst = bytes(15) + b"\1", bytes(15) + b"\2"
+    pkt = build_ip(src, dst, PROTO_TCP, b"y" * 20)
+    ip = parse_ip(pkt)
+    assert (ip.version, ip.proto, ip.start, ip.end) == (6, PROTO_TCP, 40, 60)
+    # A hop-by-hop options header (8 bytes) in front of TCP is stepped over.
+    hbh = bytes([PROTO_TCP, 0, 1, 4, 0, 0, 0, 0])
+    pkt2 = struct.pack("!IHBB16s16s", 0x60000000, 28, 0, 64, src, dst) + hbh + b"y" * 20
+    ip2 = parse_ip(pkt2)
+    assert (ip2.proto, ip2.start, ip2.end) == (PROTO_TCP, 48, 68)
+    frag = struct.pack("!IHBB16s16s", 0x60000000, 8, 44, 64, src, dst) + bytes(8)
+    with pytest.raises(Malformed) as e:
+        parse_ip(frag)
+    assert e.value.reason == "fragment"
+
+
+def test_tcp_header_roundtrip_with_every_option():
+    src, dst = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
+    opts = opt_mss(1460) + opt_sack_ok() + opt_timestamp(7, 9) + opt_wscale(7) + opt_sack([(100, 200)])
+    tcp = build_segment(1234, 80, 0xFFFFFFF0, 42, SYN | ACK, 5000, opts, b"data!",
+                        int.from_bytes(src + dst, "big") + PROTO_TCP)
+    # MUST-2/MUST-3: the checksum covers pseudo-header, header and data.
+    assert verify(tcp, pseudo_sum(src, dst, PROTO_TCP, len(tcp)))
+    s = parse_segment(tcp, 0, len(tcp))
+    assert (s.sport, s.dport, s.seq, s.ack, s.flags, s.wnd) == (1234, 80, 0xFFFFFFF0, 42, SYN | ACK, 5000)
+    assert (s.mss, s.sack_ok, s.tsval, s.tsecr, s.wscale) == (1460, True, 7, 9, 7)
+    assert s.sack == [(100, 200)]
+    assert s.payload == b"data!"
+    assert len(tcp) % 2 == 1 and (len(tcp) - 5) % 4 == 0   # MUST-69: options padded to 32 bits
+
+
+def test_unknown_options_are_skipped_and_alignment_does_not_matter():
+    """MUST-5/6/64: options anywhere, unknown kinds skipped by length, no
+    alignment assumptions."""
+    raw = bytes([1, 99, 5, 0xAA, 0xBB, 0xCC, 2, 4, 0x05, 0xB4, 3, 3, 2, 0])  # NOP, unknown(5), MSS, WS, EOL
+    tcp = build_segment(1, 2, 3, 4, ACK, 5, raw)
+    s = parse_segment(tcp, 0, len(tcp))
+    assert (s.mss, s.wscale) == (1460, 2)
+
+
+@pytest.mark.parametrize("opts", [
+    bytes([2, 0, 0, 0]),           # MUST-7: zero length
+    bytes([2, 1, 0, 0]),           # length 1
+    bytes([8, 10, 0, 0]),          # timestamp running past the header
+    bytes([2, 3, 5, 0]),           # MSS with the wrong length
+    bytes([5, 3, 0, 0]),           # SACK with a partial block
+    bytes([1, 1, 1, 2]),           # kind without a length byte at the end
+])
+def test_illegal_option_lengths_raise_malformed(opts):
+    tcp = build_segment(1, 2, 3, 4, ACK, 5, opts)
+    with pytest.raises(Malformed) as e:
+        parse_segment(tcp, 0, len(tcp))
+    assert e.value.reason == "malformed"
+
+
+def test_window_scale_above_14_is_clamped():
+    tcp = build_segment(1, 2, 3, 4, SYN, 5, opt_wscale(20))
+    assert parse_segment(tcp, 0, len(tcp)).wscale == 14
+
+
+def test_truncated_tcp_header_and_bad_data_offset():
+    tcp = build_segment(1, 2, 3, 4, ACK, 5)
+    with pytest.raises(Malformed):
+        parse_segment(tcp, 0, 19)
+    bad = bytearray(tcp)
+    bad[12] = 0xF0   # data offset 60 > segment
+    with pytest.raises(Malformed):
+        parse_segment(bytes(bad), 0, len(bad))
+    bad[12] = 0x40   # data offset 16 < 20
+    with pytest.raises(Malformed):
+        parse_segment(bytes(bad), 0, len(bad))
+
+
+def test_icmp_error_quote_parsing_v4_and_v6():
+    me, peer = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
+    inner = build_ip(me, peer, PROTO_TCP, build_segment(5555, 80, 777, 0, SYN, 100))
+    pkt = build_icmp(peer, me, 3, 3, b"\0\0\0\0" + inner[:28])
+    ip = parse_ip(pkt)
+    err = parse_icmp_error(ip, pkt)
+    assert (err.kind, err.code, err.src, err.dst, err.sport, err.dport, err.seq) == \
+        ("unreachable", 3, me, peer, 5555, 80, 777)
+    me6, peer6 = bytes(15) + b"\1", bytes(15) + b"\2"
+    inner6 = build_ip(me6, peer6, PROTO_TCP, build_segment(5555, 80, 778, 0, SYN, 100))
+    pkt6 = build_icmp(peer6, me6, 2, 0, (1280).to_bytes(4, "big") + inner6[:48])
+    err6 = parse_icmp_error(parse_ip(pkt6), pkt6)
+    assert (err6.kind, err6.mtu, err6.seq) == ("too_big", 1280, 778)
