@@ -156,7 +156,9 @@ class Thread:
     @property
     def state(self) -> str:
         if self._coro is None:
-            return "failed" if self._exc is not None else "done"
+            if self._exc is None:
+                return "done"
+            return "cancelled" if isinstance(self._exc, ThreadCancelled) else "failed"
         return "waiting" if self._wait is not None else "ready"
 
     def result(self) -> Any:

@@ -1,0 +1,71 @@
+"""An echo server in threaded style: one thread per connection.
+
+    python -m apps.echo --port 7000 [--host 0.0.0.0] [--workers N]
+
+The main job before the web server existed, and the smallest complete
+example of the runtime: listen, accept, spawn a thread that loops
+recv/sendall. SIGTERM or SIGINT stops accepting and lets the connections
+in flight finish (``--workers N`` runs N processes on one port).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+import threadlib
+from threadlib import multicore, sockio
+
+log = logging.getLogger("apps.echo")
+
+
+def echo_connection(conn: sockio.Stream) -> Any:
+    with conn:
+        while True:
+            data = yield from conn.recv(65536)
+            if not data:
+                return
+            yield from conn.sendall(data)
+
+
+def serve(host: str, port: int, network: Any = sockio.kernel, reuse_port: bool = False, ready: Any = None):
+    """Thread body: accept until cancelled."""
+
+    def main(index: int, shutdown: threadlib.Event) -> Any:
+        listener = yield from network.listen((host, port), reuse_port=reuse_port)
+        log.info("worker %d: echo on %s", index, listener.address)
+        if ready is not None:
+            ready(listener.address)
+        acceptor = yield from threadlib.spawn(accept_loop(listener))
+        yield from shutdown.wait()
+        yield from acceptor.cancel()
+        listener.close()
+
+    return main
+
+
+def accept_loop(listener: sockio.Listener) -> Any:
+    while True:
+        conn, _ = yield from listener.accept()
+        yield from threadlib.spawn(echo_connection(conn))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m apps.echo", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=7000)
+    parser.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    def ready(address: Any) -> None:
+        print(f"echo server listening on {address[0]}:{address[1]}", flush=True)
+
+    body = serve(args.host, args.port, reuse_port=args.workers > 1, ready=ready)
+    return multicore.serve(body, args.workers)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

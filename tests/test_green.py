@@ -1,0 +1,113 @@
+"""The greenlet front end: plain blocking-style functions on the same
+scheduler as generator and async-def threads."""
+
+import pytest
+
+import threadlib
+from threadlib import green, sockio
+
+
+def test_green_echo_server_with_generator_and_async_clients():
+    def green_server(listener):
+        while True:
+            conn, _ = listener.accept()
+            green.spawn(green_handler, conn)
+
+    def green_handler(conn):
+        with conn:
+            while True:
+                data = conn.recv(1000)
+                if not data:
+                    return
+                conn.sendall(data)
+
+    def gen_client(address, msg):
+        conn = yield from sockio.connect(address)
+        yield from conn.sendall(msg)
+        got = yield from conn.recv_exactly(len(msg), timeout=5)
+        conn.close()
+        return got
+
+    async def async_client(address, msg):
+        conn = await sockio.connect(address)
+        await conn.sendall(msg)
+        got = await conn.recv_exactly(len(msg), timeout=5)
+        conn.close()
+        return got
+
+    def main():
+        listener = yield from sockio.listen(("127.0.0.1", 0))
+        server = yield from threadlib.spawn(green.thread(green_server, green.wrap(listener)))
+        a = yield from threadlib.spawn(gen_client(listener.address, b"from a generator"))
+        b = yield from threadlib.spawn(async_client(listener.address, b"from async def"))
+        results = yield from threadlib.join_all([a, b])
+        yield from server.cancel()
+        listener.close()
+        return results
+
+    assert threadlib.run(main()) == [b"from a generator", b"from async def"]
+
+
+def test_green_threads_share_sync_objects_and_see_exceptions_and_timeouts():
+    q = threadlib.Queue()
+
+    def green_producer():
+        gq = green.wrap(q)
+        for i in range(3):
+            gq.put(i)
+            green.sleep(0)
+        q.close()
+
+    def green_main():
+        t = green.spawn(green_producer)
+        gq = green.wrap(q)
+        got = []
+        while True:
+            try:
+                got.append(gq.get())
+            except threadlib.QueueClosed:
+                break
+        green.join(t)
+        with pytest.raises(TimeoutError):
+            with threadlib.timeout(0.01):
+                green.sleep(5)
+        return got
+
+    assert green.run(green_main) == [0, 1, 2]
+
+
+def test_green_thread_cancellation_runs_finally():
+    cleaned = []
+
+    def sleeper():
+        try:
+            green.sleep(60)
+        finally:
+            cleaned.append(True)
+
+    def main():
+        t = yield from threadlib.spawn(green.thread(sleeper))
+        yield from threadlib.sleep(0)
+        yield from t.cancel()
+        return t.state
+
+    assert threadlib.run(main()) == "cancelled"
+    assert cleaned == [True]
+
+
+def test_green_exception_reaches_join():
+    def boom():
+        green.sleep(0)
+        raise ValueError("green failure")
+
+    def main():
+        t = yield from threadlib.spawn(green.thread(boom))
+        with pytest.raises(ValueError, match="green failure"):
+            yield from t.join()
+
+    threadlib.run(main())
+
+
+def test_blocking_call_outside_a_green_thread_is_refused():
+    with pytest.raises(RuntimeError, match="green thread"):
+        green.sleep(0)

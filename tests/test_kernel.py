@@ -1,0 +1,505 @@
+"""Threads, the scheduler, cancellation, timeouts, exceptions, custom
+system calls and workers: through the public API."""
+
+import gc
+import logging
+import os
+import signal
+import types
+
+import pytest
+
+import threadlib
+from threadlib import Scheduler, SystemCall, ThreadCancelled, VirtualClock, Worker
+
+
+def test_run_returns_main_result_and_raises_its_exception():
+    def main():
+        yield from threadlib.sleep(0)
+        return 42
+
+    assert threadlib.run(main()) == 42
+
+    def failing():
+        yield from threadlib.sleep(0)
+        raise KeyError("boom")
+
+    with pytest.raises(KeyError, match="boom"):
+        threadlib.run(failing())
+
+
+def test_spawn_join_results_in_order_and_sleep_zero_interleaves():
+    order = []
+
+    def worker(name, n):
+        for i in range(n):
+            order.append((name, i))
+            yield from threadlib.sleep(0)
+        return name * n
+
+    def main():
+        a = yield from threadlib.spawn(worker("a", 3))
+        b = yield from threadlib.spawn(worker, "b", 3)
+        return (yield from a.join()), (yield from b.join())
+
+    assert threadlib.run(main()) == ("aaa", "bbb")
+    # FIFO ready queue: a runs once before main spawns b, then they alternate.
+    assert order == [("a", 0), ("a", 1), ("b", 0), ("a", 2), ("b", 1), ("b", 2)]
+
+
+def test_exception_reaches_join_and_ends_only_that_thread():
+    def bad():
+        yield from threadlib.sleep(0.001)
+        raise ValueError("thread failed")
+
+    def good():
+        yield from threadlib.sleep(0.002)
+        return "fine"
+
+    def main():
+        b = yield from threadlib.spawn(bad())
+        g = yield from threadlib.spawn(good())
+        with pytest.raises(ValueError, match="thread failed"):
+            yield from b.join()
+        # joining again gives the same exception
+        with pytest.raises(ValueError):
+            yield from b.join()
+        return (yield from g.join())
+
+    assert threadlib.run(main()) == "fine"
+
+
+def test_unjoined_exception_is_logged_once(caplog):
+    def bad():
+        raise RuntimeError("nobody listens")
+        yield
+
+    def main():
+        yield from threadlib.spawn(bad())
+        yield from threadlib.sleep(0.001)
+
+    with caplog.at_level(logging.ERROR, logger="threadlib"):
+        threadlib.run(main())
+        gc.collect()
+    hits = [r for r in caplog.records if "nobody joined" in r.getMessage()]
+    assert len(hits) == 1
+    assert "nobody listens" in str(hits[0].exc_info[1])
+
+
+def test_joined_exception_is_not_logged(caplog):
+    def bad():
+        raise RuntimeError("seen")
+        yield
+
+    def main():
+        t = yield from threadlib.spawn(bad())
+        yield from threadlib.sleep(0.001)  # t has ended before the join
+        try:
+            yield from t.join()
+        except RuntimeError:
+            pass
+
+    with caplog.at_level(logging.ERROR, logger="threadlib"):
+        threadlib.run(main())
+        gc.collect()
+    assert not [r for r in caplog.records if "nobody joined" in r.getMessage()]
+
+
+def test_yielding_a_non_syscall_raises_typeerror_in_that_thread_only():
+    def confused():
+        yield 5  # forgot `yield from`
+
+    def steady():
+        for _ in range(3):
+            yield from threadlib.sleep(0)
+        return "still running"
+
+    def main():
+        c = yield from threadlib.spawn(confused())
+        s = yield from threadlib.spawn(steady())
+        with pytest.raises(TypeError) as info:
+            yield from c.join()
+        assert "yielded 5 (int)" in str(info.value)
+        assert "yield from" in str(info.value)
+        return (yield from s.join())
+
+    assert threadlib.run(main()) == "still running"
+
+
+def test_spawn_rejects_a_function_object_clearly():
+    def main():
+        with pytest.raises(TypeError, match="generator"):
+            yield from threadlib.spawn(42)
+
+    threadlib.run(main())
+
+
+def test_thread_listing_names_ids_and_waits():
+    def sleeper():
+        yield from threadlib.sleep(10)
+
+    def main():
+        t = yield from threadlib.spawn(sleeper(), name="napper")
+        yield from threadlib.sleep(0)
+        sched = threadlib.current_scheduler()
+        listed = {th.name: th for th in sched.threads()}
+        assert "napper" in listed and "main" in listed
+        assert listed["napper"].state == "waiting"
+        assert isinstance(listed["napper"].waiting_on, threadlib.Sleep)
+        assert "Sleep" in repr(listed["napper"])
+        assert t.id != (yield from threadlib.current()).id
+        yield from t.cancel()
+        assert t.done and t not in sched.threads()
+
+    threadlib.run(main())
+
+
+# -- cancellation at each kind of wait -----------------------------------------
+
+
+def _cancel_while(waiting_body):
+    """Spawn waiting_body(), let it block, cancel it; return (cleanup_ran, state)."""
+    ran = []
+
+    def victim():
+        try:
+            yield from waiting_body()
+        finally:
+            ran.append("finally")
+
+    def main():
+        t = yield from threadlib.spawn(victim())
+        for _ in range(3):
+            yield from threadlib.sleep(0)
+        assert t.state == "waiting", t
+        assert (yield from t.cancel()) is True
+        with pytest.raises(ThreadCancelled):
+            yield from t.join()
+        return t.state
+
+    state = threadlib.run(main())
+    return ran, state
+
+
+def test_cancel_sleep():
+    assert _cancel_while(lambda: threadlib.sleep(60)) == (["finally"], "cancelled")
+
+
+def test_cancel_event_wait_and_mutex_and_queue_and_semaphore():
+    ev = threadlib.Event()
+    assert _cancel_while(lambda: ev.wait())[0] == ["finally"]
+
+    def locked_mutex():
+        m = threadlib.Mutex()
+        yield from m.acquire()
+        yield from m.acquire()
+
+    assert _cancel_while(locked_mutex)[0] == ["finally"]
+
+    def empty_queue():
+        q = threadlib.Queue()
+        yield from q.get()
+
+    assert _cancel_while(empty_queue)[0] == ["finally"]
+
+    def no_permits():
+        s = threadlib.Semaphore(0)
+        yield from s.acquire()
+
+    assert _cancel_while(no_permits)[0] == ["finally"]
+
+
+def test_cancel_socket_read_and_join_and_blocking_call():
+    import socket as pysocket
+    import time
+
+    from threadlib import sockio
+
+    def read_forever():
+        a, b = sockio.socketpair()
+        try:
+            yield from a.recv(10)
+        finally:
+            a.close()
+            b.close()
+
+    assert _cancel_while(read_forever)[0] == ["finally"]
+
+    def join_forever():
+        other = yield from threadlib.spawn(threadlib.sleep(60))
+        try:
+            yield from other.join()
+        finally:
+            yield from other.cancel()
+
+    assert _cancel_while(join_forever)[0] == ["finally"]
+    assert _cancel_while(lambda: threadlib.blocking(time.sleep, 0.2))[0] == ["finally"]
+
+
+def test_cancel_of_a_ready_thread_is_delivered_at_its_next_wait_and_keeps_the_handoff():
+    """A lock handed to a thread that is cancelled before it runs is not
+    lost: the thread gets the lock, and the cancel at its next wait."""
+    m = threadlib.Mutex()
+    log = []
+
+    def waiter():
+        yield from m.acquire()
+        log.append("got lock")
+        try:
+            yield from threadlib.sleep(0.01)
+        finally:
+            m.release()
+            log.append("released")
+
+    def main():
+        yield from m.acquire()
+        t = yield from threadlib.spawn(waiter())
+        yield from threadlib.sleep(0)  # t parks on the mutex
+        m.release()  # hands the lock to t, t is ready
+        yield from t.cancel()
+        assert not m.locked()
+        yield from m.acquire(timeout=1)  # would time out if the lock had been lost
+
+    threadlib.run(main())
+    assert log == ["got lock", "released"]
+
+
+# -- timeouts -------------------------------------------------------------------
+
+
+def test_timeout_scope_raises_at_the_wait_and_nested_keeps_earliest():
+    def main():
+        t0 = threadlib.now()
+        with pytest.raises(TimeoutError):
+            with threadlib.timeout(0.02) as scope:
+                yield from threadlib.sleep(5)
+        assert scope.expired
+        assert 0.015 <= threadlib.now() - t0 < 1.0
+        with pytest.raises(TimeoutError):
+            with threadlib.timeout(5) as outer:
+                with threadlib.timeout(0.01) as inner:
+                    yield from threadlib.Event().wait()
+        assert inner.expired and not outer.expired
+        # a scope that does not expire leaves no trace
+        with threadlib.timeout(1):
+            yield from threadlib.sleep(0.001)
+        yield from threadlib.sleep(0.002)
+        return "ok"
+
+    assert threadlib.run(main()) == "ok"
+
+
+def test_timeout_arguments_on_blocking_calls():
+    from threadlib import sockio
+
+    def main():
+        ev, q, m = threadlib.Event(), threadlib.Queue(1), threadlib.Mutex()
+        yield from m.acquire()
+        yield from q.put(1)
+        for call in (lambda: ev.wait(timeout=0.01), lambda: m.acquire(timeout=0.01),
+                     lambda: q.put(2, timeout=0.01)):
+            with pytest.raises(TimeoutError):
+                yield from call()
+        assert (yield from q.get(timeout=0.01)) == 1
+        with pytest.raises(TimeoutError):
+            yield from q.get(timeout=0.01)
+        a, b = sockio.socketpair()
+        with pytest.raises(TimeoutError):
+            yield from a.recv(10, timeout=0.01)
+        yield from b.sendall(b"x")
+        assert (yield from a.recv(10, timeout=1)) == b"x"  # the socket still works
+        a.close(); b.close()
+
+    threadlib.run(main())
+
+
+def test_virtual_clock_makes_sleeps_instant_and_exact():
+    import time
+
+    seen = []
+
+    def sleeper(d):
+        yield from threadlib.sleep(d)
+        seen.append((d, threadlib.now()))
+
+    def main():
+        for d in (30.0, 10.0, 20.0):
+            yield from threadlib.spawn(sleeper(d))
+        yield from threadlib.sleep(100)
+        return threadlib.now()
+
+    wall = time.monotonic()
+    end = threadlib.run(main(), scheduler=Scheduler(clock=VirtualClock()))
+    assert time.monotonic() - wall < 1.0
+    assert seen == [(10.0, 10.0), (20.0, 20.0), (30.0, 30.0)]
+    assert end == 100.0
+
+
+def test_deadlock_is_reported_not_hung():
+    def main():
+        yield from threadlib.Event().wait()
+
+    with pytest.raises(RuntimeError, match="deadlock"):
+        threadlib.run(main())
+
+
+def test_remaining_threads_are_cancelled_when_main_ends():
+    cleaned = []
+
+    def lingering():
+        try:
+            yield from threadlib.sleep(60)
+        finally:
+            cleaned.append(True)
+
+    def main():
+        yield from threadlib.spawn(lingering())
+        yield from threadlib.sleep(0)
+
+    threadlib.run(main())
+    assert cleaned == [True]
+
+
+# -- mixing front ends ------------------------------------------------------------
+
+
+def test_async_def_and_generator_threads_share_primitives():
+    q = threadlib.Queue()
+
+    async def producer():
+        for i in range(5):
+            await q.put(i)
+            await threadlib.sleep(0)
+        q.close()
+
+    def consumer():
+        got = []
+        while True:
+            try:
+                got.append((yield from q.get()))
+            except threadlib.QueueClosed:
+                return got
+
+    async def main():
+        await threadlib.spawn(producer())
+        c = await threadlib.spawn(consumer())
+        return await c.join()
+
+    assert threadlib.run(main()) == [0, 1, 2, 3, 4]
+
+
+# -- extending the scheduler: a new system call and a new worker -----------------
+
+
+class Ticket(SystemCall):
+    """A custom system call: wait for the counter to reach `number`."""
+
+    __slots__ = ("number",)
+
+    def __init__(self, number):
+        self.number = number
+
+
+class CounterWorker(Worker):
+    """A custom worker: an eventfd that another OS thread increments."""
+
+    def __init__(self):
+        self.efd = os.eventfd(0, os.EFD_NONBLOCK)
+        self.count = 0
+        self.waiting = []
+
+    def attach(self, sched):
+        self.sched = sched
+        sched.watch_fd(self.efd, 1, self.on_ready)
+        return {Ticket: self.take_ticket}
+
+    def take_ticket(self, thread, sc):
+        if self.count >= sc.number:
+            self.sched.resume(thread, self.count)
+        else:
+            self.sched.suspend(thread, sc)
+            self.waiting.append((thread, sc))
+
+    def on_ready(self, events):
+        self.count += os.eventfd_read(self.efd)
+        still = []
+        for thread, sc in self.waiting:
+            if self.count >= sc.number:
+                self.sched.resume(thread, self.count)
+            else:
+                still.append((thread, sc))
+        self.waiting = still
+
+    def withdraw(self, thread, sc):
+        self.waiting = [(t, s) for t, s in self.waiting if t is not thread]
+
+    def busy(self):
+        return bool(self.waiting)
+
+    def close(self):
+        self.sched.unwatch_fd(self.efd)
+        os.close(self.efd)
+
+
+def test_custom_system_call_and_worker_without_editing_the_scheduler():
+    import threading
+
+    worker = CounterWorker()
+    sched = Scheduler(workers=threadlib.default_workers() + [worker])
+
+    def bump():
+        for _ in range(3):
+            os.eventfd_write(worker.efd, 1)
+
+    @types.coroutine
+    def wait_ticket(n):
+        return (yield Ticket(n))
+
+    def main():
+        threading.Timer(0.01, bump).start()
+        got = yield from wait_ticket(3)
+        with pytest.raises(TimeoutError):
+            with threadlib.timeout(0.01):
+                yield from wait_ticket(100)
+        return got
+
+    assert sched.run(main()) == 3
+    assert worker.waiting == []  # the timed-out wait was withdrawn
+
+
+def test_duplicate_handler_registration_is_refused():
+    class Clash(Worker):
+        def attach(self, sched):
+            return {threadlib.Sleep: lambda t, sc: None}
+
+    with pytest.raises(ValueError, match="Sleep"):
+        Scheduler(workers=[threadlib.TimerWorker(), Clash()])
+
+
+def test_signal_worker_lets_a_thread_wait_for_sigterm():
+    from threadlib import signals
+
+    def main():
+        me = os.getpid()
+
+        def send_later():
+            yield from threadlib.sleep(0.01)
+            os.kill(me, signal.SIGTERM)
+
+        yield from threadlib.spawn(send_later())
+        return (yield from signals.wait_signal(signal.SIGTERM, signal.SIGUSR1))
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert signals.scheduler().run(main()) == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is before  # handlers restored
+
+
+def test_custom_scheduler_without_the_blocking_pool_refuses_blocking_calls():
+    sched = Scheduler(workers=[threadlib.TimerWorker(), threadlib.IOWorker()])
+
+    def main():
+        with pytest.raises(TypeError, match="Blocking"):
+            yield from threadlib.blocking(len, "abc")
+        return "ok"
+
+    assert sched.run(main()) == "ok"

@@ -1,0 +1,291 @@
+"""sockio over real kernel sockets: TCP v4/v6, UDP, Unix, errors, EMFILE,
+and 5,000 concurrent connections echoing byte-exact."""
+
+import errno
+import hashlib
+import os
+import resource
+import socket
+import tempfile
+
+import pytest
+
+import threadlib
+from threadlib import sockio
+
+
+def echo_handler(conn):
+    with conn:
+        while True:
+            data = yield from conn.recv(65536)
+            if not data:
+                return
+            yield from conn.sendall(data)
+
+
+def start_echo_server(host="127.0.0.1"):
+    listener = yield from sockio.listen((host, 0))
+
+    def accept_loop():
+        while True:
+            conn, _ = yield from listener.accept()
+            yield from threadlib.spawn(echo_handler(conn))
+
+    acceptor = yield from threadlib.spawn(accept_loop())
+    return listener, acceptor
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_tcp_echo_roundtrip_and_addresses(host):
+    def main():
+        listener, acceptor = yield from start_echo_server(host)
+        conn = yield from sockio.connect(listener.address, timeout=5)
+        assert conn.peer_address[:2] == listener.address
+        assert conn.local_address[0] == host
+        payload = os.urandom(300_000)  # bigger than the socket buffers: exercises WaitWrite
+        sender = yield from threadlib.spawn(conn.sendall(payload))
+        got = bytearray()
+        while len(got) < len(payload):
+            buf = bytearray(65536)
+            n = yield from conn.recv_into(buf)
+            assert n > 0
+            got += buf[:n]
+        yield from sender.join()
+        assert bytes(got) == payload
+        conn.shutdown(socket.SHUT_WR)
+        assert (yield from conn.recv(10)) == b""  # server saw EOF and closed
+        conn.close()
+        yield from acceptor.cancel()
+        listener.close()
+
+    threadlib.run(main())
+
+
+def test_5000_concurrent_connections_echo_byte_exact():
+    n_conns = 5000
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = 2 * n_conns + 200
+    if soft < need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(need, hard), hard))
+        if min(need, hard) < need:
+            pytest.skip(f"fd limit {hard} too low for {n_conns} connections")
+
+    def client(address, i):
+        conn = yield from sockio.connect(address, timeout=30)
+        with conn:
+            msg = hashlib.sha256(str(i).encode()).digest() * (1 + i % 7)
+            for _ in range(3):
+                yield from conn.sendall(msg)
+                got = yield from conn.recv_exactly(len(msg), timeout=30)
+                if got != msg:
+                    return False
+        return True
+
+    def main():
+        listener, acceptor = yield from start_echo_server()
+        clients = []
+        for i in range(n_conns):
+            clients.append((yield from threadlib.spawn(client(listener.address, i))))
+        results = yield from threadlib.join_all(clients)
+        yield from acceptor.cancel()
+        listener.close()
+        return results
+
+    results = threadlib.run(main())
+    assert len(results) == n_conns and all(results)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    except ValueError:
+        pass
+
+
+def test_connect_refused_and_timeout_errors_are_standard():
+    def main():
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()  # nothing listens there now
+        with pytest.raises(ConnectionRefusedError):
+            yield from sockio.connect(("127.0.0.1", port), timeout=5)
+
+        # A listener whose backlog is full makes connect wait: the timeout fires.
+        raw = socket.socket()
+        raw.bind(("127.0.0.1", 0))
+        raw.listen(0)
+        fillers = []
+        try:
+            with pytest.raises(TimeoutError):
+                for _ in range(64):
+                    fillers.append((yield from sockio.connect(raw.getsockname(), timeout=0.2)))
+        finally:
+            for f in fillers:
+                f.close()
+            raw.close()
+
+    threadlib.run(main())
+
+
+def test_peer_reset_raises_connection_reset():
+    def main():
+        listener = yield from sockio.listen(("127.0.0.1", 0))
+        client = yield from sockio.connect(listener.address)
+        server, _ = yield from listener.accept()
+        # SO_LINGER 0 makes close() send RST
+        import struct
+
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+        with pytest.raises(ConnectionResetError):
+            yield from server.recv(10)
+        server.close()
+        listener.close()
+
+    threadlib.run(main())
+
+
+def test_write_to_closed_peer_raises_broken_pipe():
+    def main():
+        a, b = sockio.socketpair()
+        b.close()
+        with pytest.raises(BrokenPipeError):
+            for _ in range(100):
+                yield from a.sendall(b"x" * 65536)
+        a.close()
+
+    threadlib.run(main())
+
+
+def test_closing_a_socket_wakes_its_waiting_reader_with_ebadf():
+    def main():
+        a, b = sockio.socketpair()
+
+        def reader():
+            return (yield from a.recv(10))
+
+        t = yield from threadlib.spawn(reader())
+        yield from threadlib.sleep(0)
+        a.close()
+        with pytest.raises(OSError) as info:
+            yield from t.join()
+        assert info.value.errno == errno.EBADF
+        b.close()
+
+    threadlib.run(main())
+
+
+def test_udp_sendto_recvfrom_v4_and_v6():
+    def main():
+        for host in ("127.0.0.1", "::1"):
+            server = yield from sockio.udp(bind=(host, 0))
+            client = yield from sockio.udp(family=server.family)
+            yield from client.sendto(b"ping", server.local_address)
+            data, addr = yield from server.recvfrom(100, timeout=5)
+            assert data == b"ping"
+            yield from server.sendto(b"pong", addr)
+            assert (yield from client.recv(100, timeout=5)) == b"pong"
+            server.close()
+            client.close()
+
+    threadlib.run(main())
+
+
+def test_unix_stream_sockets():
+    def main():
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "sock")
+            listener = yield from sockio.unix_listen(path)
+
+            def serve_one():
+                conn, _ = yield from listener.accept()
+                yield from echo_handler(conn)
+
+            t = yield from threadlib.spawn(serve_one())
+            conn = yield from sockio.unix_connect(path, timeout=5)
+            yield from conn.sendall(b"over unix")
+            assert (yield from conn.recv_exactly(9)) == b"over unix"
+            conn.close()
+            yield from t.join()
+            listener.close()
+
+    threadlib.run(main())
+
+
+def test_sendfile_sends_a_real_file_zero_copy():
+    data = os.urandom(1_000_000)
+    with tempfile.NamedTemporaryFile() as f:
+        f.write(data)
+        f.flush()
+
+        def main():
+            a, b = sockio.socketpair()
+
+            def reader():
+                got = bytearray()
+                while True:
+                    chunk = yield from b.recv(65536)
+                    if not chunk:
+                        return bytes(got)
+                    got += chunk
+
+            r = yield from threadlib.spawn(reader())
+            sent = yield from a.sendfile(f, offset=10, count=len(data) - 10)
+            a.shutdown()
+            got = yield from r.join()
+            a.close()
+            b.close()
+            return sent, got
+
+        sent, got = threadlib.run(main())
+    assert sent == len(data) - 10 and got == data[10:]
+
+
+def test_accept_survives_running_out_of_fds():
+    """EMFILE makes accept back off and retry; the server keeps serving."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+    def main():
+        listener, acceptor = yield from start_echo_server()
+        hog = []
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        try:
+            try:
+                while True:
+                    hog.append(os.open("/dev/null", os.O_RDONLY))
+            except OSError:
+                pass
+            # One fd free for the client socket: the server's accept gets EMFILE.
+            os.close(hog.pop())
+            raw = socket.create_connection(listener.address)
+            yield from threadlib.sleep(0.1)  # accept fails and backs off meanwhile
+            for fd in hog[:10]:
+                os.close(fd)
+            del hog[:10]
+            def talk():
+                raw.settimeout(5)
+                raw.sendall(b"still alive")
+                return raw.recv(100)
+
+            # a blocking client must not run on the scheduler's OS thread
+            assert (yield from threadlib.blocking(talk)) == b"still alive"
+            raw.close()
+        finally:
+            for fd in hog:
+                os.close(fd)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        yield from acceptor.cancel()
+        listener.close()
+
+    threadlib.run(main())
+
+
+def test_connect_resolves_names_on_the_blocking_pool():
+    def main():
+        listener, acceptor = yield from start_echo_server()
+        conn = yield from sockio.connect(("localhost", listener.address[1]), timeout=5)
+        yield from conn.sendall(b"by name")
+        assert (yield from conn.recv_exactly(7, timeout=5)) == b"by name"
+        conn.close()
+        yield from acceptor.cancel()
+        listener.close()
+
+    threadlib.run(main())

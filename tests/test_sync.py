@@ -1,0 +1,240 @@
+"""Mutex, Event, Semaphore, Condition, Queue, join_all/join_any."""
+
+import pytest
+
+import threadlib
+
+
+def test_mutex_is_fifo_and_excludes():
+    m = threadlib.Mutex()
+    inside = []
+    order = []
+
+    def worker(i):
+        yield from m.acquire()
+        inside.append(i)
+        assert len(inside) == 1
+        yield from threadlib.sleep(0.001)
+        order.append(i)
+        inside.remove(i)
+        m.release()
+
+    def main():
+        ts = []
+        for i in range(10):
+            ts.append((yield from threadlib.spawn(worker(i))))
+        yield from threadlib.join_all(ts)
+
+    threadlib.run(main())
+    assert order == list(range(10))
+
+
+def test_mutex_release_unlocked_is_an_error():
+    with pytest.raises(RuntimeError, match="not locked"):
+        threadlib.Mutex().release()
+
+
+def test_async_with_mutex_and_semaphore():
+    m = threadlib.Mutex()
+    s = threadlib.Semaphore(2)
+
+    async def main():
+        async with m:
+            assert m.locked()
+        async with s:
+            assert s.value == 1
+        return m.locked(), s.value
+
+    assert threadlib.run(main()) == (False, 2)
+
+
+def test_semaphore_limits_concurrency_and_bounded_refuses_extra_release():
+    s = threadlib.Semaphore(3)
+    running = [0]
+    peak = [0]
+
+    def worker():
+        yield from s.acquire()
+        running[0] += 1
+        peak[0] = max(peak[0], running[0])
+        yield from threadlib.sleep(0.001)
+        running[0] -= 1
+        s.release()
+
+    def main():
+        ts = []
+        for _ in range(20):
+            ts.append((yield from threadlib.spawn(worker())))
+        yield from threadlib.join_all(ts)
+
+    threadlib.run(main())
+    assert peak[0] == 3
+    b = threadlib.Semaphore(1, bounded=True)
+    with pytest.raises(ValueError, match="more than"):
+        b.release()
+
+
+def test_event_wakes_all_waiters_and_clear():
+    ev = threadlib.Event()
+    woke = []
+
+    def waiter(i):
+        yield from ev.wait()
+        woke.append(i)
+
+    def main():
+        for i in range(100):
+            yield from threadlib.spawn(waiter(i))
+        yield from threadlib.sleep(0)
+        assert not woke
+        ev.set()
+        yield from threadlib.sleep(0)
+        ev.clear()
+        assert not ev.is_set()
+        with pytest.raises(TimeoutError):
+            yield from ev.wait(timeout=0.001)
+
+    threadlib.run(main())
+    assert sorted(woke) == list(range(100))
+
+
+def test_condition_producer_consumer():
+    cond = threadlib.Condition()
+    items = []
+    got = []
+
+    def consumer():
+        for _ in range(5):
+            yield from cond.acquire()
+            yield from cond.wait_for(lambda: items)
+            got.append(items.pop(0))
+            cond.release()
+
+    def main():
+        c = yield from threadlib.spawn(consumer())
+        for i in range(5):
+            yield from cond.acquire()
+            items.append(i)
+            cond.notify()
+            cond.release()
+            yield from threadlib.sleep(0)
+        yield from c.join()
+        yield from cond.acquire()
+        with pytest.raises(TimeoutError):
+            yield from cond.wait(timeout=0.001)
+        assert cond.mutex.locked()  # re-acquired after the timeout
+        cond.release()
+
+    threadlib.run(main())
+    assert got == [0, 1, 2, 3, 4]
+
+
+def test_condition_wait_without_mutex_is_an_error():
+    def main():
+        with pytest.raises(RuntimeError, match="holding"):
+            yield from threadlib.Condition().wait()
+
+    threadlib.run(main())
+
+
+def test_bounded_queue_backpressure_order_and_close():
+    q = threadlib.Queue(maxsize=2)
+    produced = []
+
+    def producer():
+        for i in range(10):
+            yield from q.put(i)
+            produced.append(i)
+        q.close()
+
+    def main():
+        p = yield from threadlib.spawn(producer())
+        yield from threadlib.sleep(0)
+        assert produced == [0, 1] and q.full()  # blocked on the third put
+        got = []
+        while True:
+            try:
+                got.append((yield from q.get()))
+            except threadlib.QueueClosed:
+                break
+        yield from p.join()
+        with pytest.raises(threadlib.QueueClosed):
+            yield from q.put(99)
+        return got
+
+    assert threadlib.run(main()) == list(range(10))
+
+
+def test_queue_close_wakes_waiting_getters():
+    q = threadlib.Queue()
+
+    def getter():
+        try:
+            yield from q.get()
+        except threadlib.QueueClosed:
+            return "saw the end"
+
+    def main():
+        ts = []
+        for _ in range(3):
+            ts.append((yield from threadlib.spawn(getter())))
+        yield from threadlib.sleep(0)
+        q.close()
+        return (yield from threadlib.join_all(ts))
+
+    assert threadlib.run(main()) == ["saw the end"] * 3
+
+
+def test_queue_item_handed_to_a_cancelled_getter_is_not_lost():
+    q = threadlib.Queue()
+
+    def getter():
+        item = yield from q.get()
+        yield from threadlib.sleep(60)  # cancel lands here
+        return item
+
+    def main():
+        t = yield from threadlib.spawn(getter())
+        yield from threadlib.sleep(0)
+        q.put_nowait("precious")  # handed to t; t is ready
+        yield from t.cancel()
+        return t.state
+
+    assert threadlib.run(main()) == "cancelled"
+
+
+def test_join_all_and_join_any():
+    def work(d, v):
+        yield from threadlib.sleep(d)
+        return v
+
+    def main():
+        a = yield from threadlib.spawn(work(0.03, "slow"))
+        b = yield from threadlib.spawn(work(0.001, "fast"))
+        first = yield from threadlib.join_any([a, b])
+        assert first is b
+        return (yield from threadlib.join_all([a, b]))
+
+    assert threadlib.run(main()) == ["slow", "fast"]
+
+
+def test_many_timeouts_on_one_queue_do_not_grow_it():
+    q = threadlib.Queue()
+
+    def impatient():
+        for _ in range(200):
+            try:
+                yield from q.get(timeout=0)
+            except TimeoutError:
+                pass
+
+    def main():
+        ts = []
+        for _ in range(20):
+            ts.append((yield from threadlib.spawn(impatient())))
+        yield from threadlib.join_all(ts)
+        q.put_nowait(1)
+        assert (yield from q.get()) == 1
+        return len(q._getters._waiters)
+
+    assert threadlib.run(main()) <= 128  # stale waiters are compacted away

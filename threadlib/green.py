@@ -1,0 +1,182 @@
+"""The greenlet front end: plain functions that block, on the same scheduler.
+
+A green thread is a greenlet running a plain function. When it calls a
+blocking-style API (``sock.recv(n)`` with no ``yield``), the call runs the
+very same generator the other front ends use and passes each system call it
+yields up to the scheduler by switching to the scheduler's greenlet. To the
+scheduler a green thread is just another coroutine: an object with
+``send`` and ``throw``. Generator, ``async def`` and green threads mix
+freely in one process and share every sync object and socket.
+
+Nothing here monkey-patches the standard library.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any, Callable
+
+import greenlet
+
+from . import core, sockio
+from .kernel import Thread, current_scheduler
+
+__all__ = ["thread", "run", "spawn", "call", "sleep", "join", "wrap", "listen", "connect", "current"]
+
+
+class GreenThread:
+    """Adapts a greenlet to the coroutine protocol the scheduler drives."""
+
+    __slots__ = ("_glet", "__qualname__")
+
+    def __init__(self, func: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+        def body(_first_value: Any) -> Any:
+            return func(*args, **kwargs)
+
+        self._glet = greenlet.greenlet(body)
+        self.__qualname__ = getattr(func, "__qualname__", "green")
+
+    def send(self, value: Any) -> Any:
+        glet = self._glet
+        # The scheduler's greenlet is whoever resumes us; our return value
+        # and every system call we yield go back to it.
+        glet.parent = greenlet.getcurrent()
+        syscall = glet.switch(value)
+        if glet.dead:
+            raise StopIteration(syscall)
+        return syscall
+
+    def throw(self, exc: BaseException, *_: Any) -> Any:
+        glet = self._glet
+        if not glet:  # never started: end it with the exception, as a generator would
+            glet.parent = greenlet.getcurrent()
+        else:
+            glet.parent = greenlet.getcurrent()
+        syscall = glet.throw(exc)
+        if glet.dead:
+            raise StopIteration(syscall)
+        return syscall
+
+    def close(self) -> None:
+        if self._glet and not self._glet.dead:
+            try:
+                self._glet.throw(greenlet.GreenletExit)
+            except greenlet.GreenletExit:
+                pass
+
+
+def thread(func: Callable[..., Any], *args: Any, **kwargs: Any) -> GreenThread:
+    """A green thread to pass to ``threadlib.spawn`` or ``threadlib.run``."""
+    return GreenThread(func, args, kwargs)
+
+
+def _in_green_thread() -> greenlet.greenlet:
+    me = greenlet.getcurrent()
+    if me.parent is None or current_scheduler() is None:
+        raise RuntimeError("this blocking call needs a green thread (threadlib.green.thread/spawn)")
+    return me
+
+
+def call(awaitable: Any) -> Any:
+    """Run a threadlib call (a generator or coroutine such as
+    ``sock.recv(10)``) to completion from a green thread, blocking only
+    this green thread."""
+    me = _in_green_thread()
+    if isinstance(awaitable, types.CoroutineType):
+        awaitable = awaitable.__await__()
+    send = awaitable.send
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            syscall = send(value) if error is None else awaitable.throw(error)
+        except StopIteration as stop:
+            return stop.value
+        error = None
+        try:
+            value = me.parent.switch(syscall)
+        except BaseException as exc:  # delivered by the scheduler: pass it into the call
+            value = None
+            error = exc
+
+
+def run(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``threadlib.run`` for a plain function as the main thread."""
+    return core.run(GreenThread(func, args, kwargs))
+
+
+def spawn(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Thread:
+    """Start a green thread from a green thread; returns its Thread."""
+    return call(core.spawn(GreenThread(func, args, kwargs)))
+
+
+def sleep(seconds: float) -> None:
+    call(core.sleep(seconds))
+
+
+def join(thread: Thread) -> Any:
+    return call(thread.join())
+
+
+def current() -> Thread:
+    return call(core.current())
+
+
+# ---------------------------------------------------------------------------
+# Blocking views of threadlib objects
+
+
+def _wrap_result(result: Any) -> Any:
+    if isinstance(result, sockio._SocketBase):
+        return wrap(result)
+    if type(result) is tuple:
+        return tuple(_wrap_result(item) for item in result)
+    return result
+
+
+_proxy_classes: dict[type, type] = {}
+
+
+def _blocking_method(name: str) -> Callable[..., Any]:
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = getattr(self._target, name)(*args, **kwargs)
+        if isinstance(result, (types.GeneratorType, types.CoroutineType)):
+            result = call(result)
+        return _wrap_result(result)
+
+    method.__name__ = name
+    return method
+
+
+def wrap(target: Any) -> Any:
+    """A view of ``target`` (a socket, Queue, Mutex, Thread, ...) whose
+    waiting methods block the green thread instead of returning a
+    generator: ``wrap(queue).get()``, ``wrap(conn).recv(100)``."""
+    cls = type(target)
+    proxy = _proxy_classes.get(cls)
+    if proxy is None:
+        namespace: dict[str, Any] = {"__slots__": ("_target",)}
+        for name in dir(cls):
+            if name.startswith("_") and name not in ("__enter__", "__exit__"):
+                continue
+            attr = getattr(cls, name, None)
+            if callable(attr) and not isinstance(attr, type):
+                namespace[name] = _blocking_method(name)
+            else:
+                namespace[name] = property(lambda self, _n=name: getattr(self._target, _n))
+        namespace["__repr__"] = lambda self: f"<green {self._target!r}>"
+        namespace["unwrap"] = lambda self: self._target
+        proxy = type(f"Green{cls.__name__}", (), namespace)
+        _proxy_classes[cls] = proxy
+    obj = proxy.__new__(proxy)
+    obj._target = target
+    return obj
+
+
+def listen(address: tuple[str, int], **kwargs: Any) -> Any:
+    """A blocking-style listener: ``conn, addr = listener.accept()``."""
+    return wrap(call(sockio.listen(address, **kwargs)))
+
+
+def connect(address: tuple[str, int], **kwargs: Any) -> Any:
+    return wrap(call(sockio.connect(address, **kwargs)))

@@ -1,0 +1,129 @@
+"""Waiting for Unix signals: a worked example of adding a system call and a
+worker without touching the scheduler.
+
+``WaitSignal`` is a new system call (plain data: which signals).
+``SignalWorker`` serves it: it asks CPython to write each caught signal's
+number to a socket (``signal.set_wakeup_fd``), puts that socket in the
+scheduler's epoll, and wakes the threads waiting for the signal. (Python
+has no signalfd binding, and signalfd would need the signal blocked in
+every OS thread, the blocking pool's included; the wake-up fd needs
+neither.) A signal that arrives while nobody waits is remembered and
+returned by the next wait.
+
+Signal handlers can only be installed from the main OS thread.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import types
+from typing import Any, Iterable
+
+from .kernel import Scheduler, Thread, Worker
+from .syscalls import SystemCall
+
+
+class WaitSignal(SystemCall):
+    """Resume with the number of the first of ``signums`` to arrive."""
+
+    __slots__ = ("signums",)
+
+    def __init__(self, signums: tuple[int, ...]) -> None:
+        self.signums = signums
+
+
+class SignalWorker(Worker):
+    def __init__(self) -> None:
+        self._waiters: dict[int, list[tuple[Thread, WaitSignal]]] = {}
+        self._pending: dict[int, int] = {}
+        self._old_handlers: dict[int, Any] = {}
+        self._reader: socket.socket | None = None
+        self._writer: socket.socket | None = None
+        self._old_wakeup_fd = -1
+
+    def attach(self, sched: Scheduler) -> dict:
+        self._sched = sched
+        return {WaitSignal: self._wait_signal}
+
+    def _start(self) -> None:
+        self._reader, self._writer = socket.socketpair()
+        self._reader.setblocking(False)
+        self._writer.setblocking(False)
+        self._old_wakeup_fd = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+        self._sched.watch_fd(self._reader.fileno(), 1, self._on_readable)  # EPOLLIN
+
+    def _catch(self, signum: int) -> None:
+        if signum in self._old_handlers:
+            return
+        # A Python-level handler that does nothing: the C handler still
+        # writes the number to the wake-up fd, which is all we need.
+        self._old_handlers[signum] = signal.signal(signum, _note_signal)
+
+    def _wait_signal(self, thread: Thread, sc: WaitSignal) -> None:
+        if self._reader is None:
+            self._start()
+        for signum in sc.signums:
+            self._catch(signum)
+        for signum in sc.signums:
+            if self._pending.get(signum):
+                self._pending[signum] -= 1
+                self._sched.resume(thread, signum)
+                return
+        self._sched.suspend(thread, sc)
+        for signum in sc.signums:
+            self._waiters.setdefault(signum, []).append((thread, sc))
+
+    def _on_readable(self, events: int) -> None:
+        try:
+            data = self._reader.recv(4096)
+        except BlockingIOError:
+            return
+        for signum in data:
+            woken = False
+            for thread, sc in self._waiters.pop(signum, []):
+                if thread._wait is sc:
+                    self._sched.resume(thread, signum)
+                    woken = True
+            if not woken:
+                self._pending[signum] = self._pending.get(signum, 0) + 1
+
+    def withdraw(self, thread: Thread, syscall: Any) -> None:
+        for signum in syscall.signums:
+            waiters = self._waiters.get(signum)
+            if waiters:
+                waiters[:] = [(t, sc) for t, sc in waiters if t is not thread]
+
+    def busy(self) -> bool:
+        return any(self._waiters.values())
+
+    def close(self) -> None:
+        for signum, handler in self._old_handlers.items():
+            signal.signal(signum, handler)
+        self._old_handlers.clear()
+        if self._reader is not None:
+            signal.set_wakeup_fd(self._old_wakeup_fd)
+            self._sched.unwatch_fd(self._reader.fileno())
+            self._reader.close()
+            self._writer.close()
+            self._reader = self._writer = None
+
+
+def _note_signal(signum: int, frame: Any) -> None:
+    pass
+
+
+@types.coroutine
+def wait_signal(*signums: int) -> int:
+    """Wait for any of ``signums``; return the one that arrived. Needs a
+    scheduler with a SignalWorker (``threadlib.signals.scheduler()``)."""
+    if not signums:
+        raise ValueError("wait_signal() needs at least one signal number")
+    return (yield WaitSignal(tuple(signums)))
+
+
+def scheduler(workers: Iterable[Worker] | None = None, **kwargs: Any) -> Scheduler:
+    """A default scheduler plus a SignalWorker."""
+    from .kernel import default_workers
+
+    return Scheduler(workers=list(workers or default_workers()) + [SignalWorker()], **kwargs)
