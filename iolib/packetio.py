@@ -182,6 +182,9 @@ class TunDevice:
             raise ValueError(f"mtu must be an int in 68..65535, got {mtu!r}")
         if vnet_hdr_size not in (10, 12):
             raise ValueError(f"vnet_hdr_size must be 10 or 12, got {vnet_hdr_size!r}")
+        if bool(offload & TUN_F_USO4) != bool(offload & TUN_F_USO6):
+            # The kernel refuses one without the other with a bare EINVAL.
+            raise ValueError("offload must set TUN_F_USO4 and TUN_F_USO6 together (UDP segmentation)")
         interfaces = [_parse_interface(a) for a in addresses]
         if netns is not None and not _netns.netns_exists(netns):
             raise FileNotFoundError(f"network namespace {netns!r} does not exist")

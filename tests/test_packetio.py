@@ -276,6 +276,8 @@ def test_bad_arguments_raise_clear_errors(packetio_netns):
         TunDevice("tl0", netns=packetio_netns.name, addresses=["not-an-address"])
     with pytest.raises(FileNotFoundError, match="no-such-namespace"):
         TunDevice("tl0", netns="no-such-namespace")
+    with pytest.raises(ValueError, match="USO"):
+        TunDevice("tl0", netns=packetio_netns.name, vnet_hdr=True, offload=0x21)
     with pytest.raises(ValueError, match="vnet_hdr_size"):
         TunDevice("tl0", netns=packetio_netns.name, vnet_hdr=True, vnet_hdr_size=11)
     # Nothing was left behind by the failed attempts.
@@ -289,3 +291,48 @@ def test_internet_checksum_matches_rfc1071_example():
     assert internet_checksum(b"\x01") == 0xFEFF  # odd length is zero-padded
     with_initial = internet_checksum(data[2:], initial=~internet_checksum(data[:2]) & 0xFFFF)
     assert with_initial == 0x220D
+
+
+def udp_checksum_verifies(packet: bytes) -> bool:
+    ihl = (packet[0] & 0x0F) * 4
+    udp = packet[ihl:]
+    return internet_checksum(udp, pseudo_sum(packet[12:16], packet[16:20], 17, len(udp))) == 0
+
+
+def send_udp_from(ns: NetNamespace, payload: bytes, segment: int | None = None) -> None:
+    def send() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            if segment:
+                s.setsockopt(socket.SOL_UDP, 103, segment)  # UDP_SEGMENT: one send, many datagrams
+            s.sendto(payload, (USER4, 9))
+    ns.run(send)
+
+
+def test_checksum_offload_frames_are_completed_by_finish_partial_checksum(packetio_netns):
+    from iolib.packetio import TUN_F_CSUM, VIRTIO_NET_HDR_F_NEEDS_CSUM, finish_partial_checksum
+
+    with TunDevice("tl0", netns=packetio_netns.name, vnet_hdr=True, offload=TUN_F_CSUM) as tun:
+        send_udp_from(packetio_netns, b"partial checksum")
+        frame = wait_for_packet(tun, lambda f: f[10] >> 4 == 4 and f[10 + 9] == 17)
+        header, packet = VirtioNetHdr.unpack_from(frame), frame[10:]
+        assert header.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM  # the kernel left the checksum to us
+        assert not udp_checksum_verifies(packet)
+        finished = finish_partial_checksum(header, packet)
+        assert udp_checksum_verifies(finished)
+        assert finished.endswith(b"partial checksum")
+
+
+def test_udp_segmentation_offload_delivers_one_large_frame(packetio_netns):
+    from iolib.packetio import TUN_F_CSUM, TUN_F_USO4, TUN_F_USO6, VIRTIO_NET_HDR_GSO_UDP_L4
+
+    try:
+        tun = TunDevice("tl0", netns=packetio_netns.name, vnet_hdr=True, offload=TUN_F_CSUM | TUN_F_USO4 | TUN_F_USO6)
+    except OSError as exc:
+        pytest.skip(f"kernel without UDP segmentation offload on TUN (needs 6.2+): {exc}")
+    with tun:
+        payload = bytes(range(200)) * 60  # 12000 bytes: ten 1200-byte datagrams
+        send_udp_from(packetio_netns, payload, segment=1200)
+        frame = wait_for_packet(tun, lambda f: f[10] >> 4 == 4 and f[10 + 9] == 17)
+        header = VirtioNetHdr.unpack_from(frame)
+        assert header.gso_type == VIRTIO_NET_HDR_GSO_UDP_L4 and header.gso_size == 1200
+        assert frame[10 + 28:] == payload  # all of it in one read
