@@ -139,11 +139,11 @@ class Server:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def log_tail(self, n: int = 400) -> str:
+    def log_tail(self, lines: int = 2) -> str:
+        """The last lines of the server's output (its exception, usually)."""
         self.log.flush()
         self.log.seek(0)
-        text = self.log.read().strip()
-        return text[-n:].replace("\n", " | ")
+        return " / ".join(l.strip() for l in self.log.read().strip().splitlines()[-lines:])[-300:]
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout
@@ -318,7 +318,7 @@ def table(title: str, rows: list[dict], columns: list[tuple[str, str]], ref: str
             cells[-1] = fmt(r.get("anchor"))
         else:
             cells = [target_cell(r) if k == "_target" else fmt(r.get(k)) for k, _ in cols]
-        lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['name']} | " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
