@@ -194,7 +194,14 @@ class Stack:
         while heap:
             d, _n, conn = heap[0]
             if conn._sched == d and conn.state != C.CLOSED:
-                return d
+                actual = conn.deadline()
+                if actual <= d:
+                    return d
+                # The deadline moved later since this entry was queued.
+                heapq.heappop(heap)
+                conn._sched = INF
+                self._after(conn)
+                continue
             heapq.heappop(heap)
             if conn._sched == d:
                 conn._sched = INF
