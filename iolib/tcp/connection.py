@@ -705,7 +705,13 @@ class Connection:
                     # deflate by the amount acked, add back one SMSS.
                     if self.rtx_high < ack:
                         self.rtx_high = ack
-                    self._retransmit_hole(now, ack)
+                    if self.sack_ok and self.scoreboard:
+                        # RFC 6675 flavour: the next hole not yet resent.
+                        hole = self._next_hole(self.rtx_high)
+                        if hole is not None:
+                            self.rtx_high = self._retransmit(now, hole[0], hole[1])
+                    else:
+                        self.rtx_high = self._retransmit(now, ack, None)
                     self.cwnd = max(self.cwnd - acked, smss) + (smss if acked >= smss else 0)
             elif self.cwnd < self.ssthresh:
                 self.cwnd += acked if acked < smss else smss          # RFC 5681 (2)
