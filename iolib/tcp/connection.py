@@ -289,7 +289,11 @@ class Connection:
         self.segs_out += 1
 
     def _send_ack(self, now: float) -> None:
-        self._emit(now, ACK, self.snd_nxt)
+        # SND.MAX, not SND.NXT: after a timeout pulls SND.NXT back (go-back-N)
+        # the peer may already hold data up to SND.MAX, and an ACK carrying
+        # an older sequence number would fail its acceptability test and be
+        # dropped with the acknowledgment in it (RFC 9293 Appendix A.2).
+        self._emit(now, ACK, self.snd_max)
 
     def _challenge_ack(self, now: float) -> None:
         # RFC 5961 §7: a per-stack budget keeps challenge ACKs from being an
@@ -1192,7 +1196,7 @@ class Connection:
         # RFC 1122 §4.2.3.6: SEG.SEQ = SND.NXT-1, no data, elicits an ACK.
         self.keep_probes += 1
         self.stats.keepalive_probes += 1
-        self._emit(now, ACK, self.snd_nxt - 1)
+        self._emit(now, ACK, self.snd_max - 1)
         self.t_keep = now + opts.keepintvl
 
     # ------------------------------------------------------------ ICMP
@@ -1325,7 +1329,7 @@ class Connection:
         if self.state == CLOSED:
             return
         if self.state in _SYNCHRONIZED and self.state != TIME_WAIT or self.state == SYN_RECEIVED:
-            self._emit(now, RST | ACK, self.snd_nxt, b"", b"")
+            self._emit(now, RST | ACK, self.snd_max, b"", b"")
             self.stats.rst_sent += 1
         if self.error is None:
             self.error = ConnectionAborted("connection aborted locally")
