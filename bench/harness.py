@@ -205,13 +205,28 @@ def measure_server(server: Server, load: Callable[[], tuple[int, float]]) -> dic
             "cpu_us_stat": (s1 - s0) / 1e3 / ops}
 
 
+def mem_available() -> int:
+    """MemAvailable from /proc/meminfo, in bytes."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def run_child(module: str, args: list[str], timeout: float, cpu: int = SERVER_CPU,
-              pyflags: tuple[str, ...] = ()) -> dict:
-    """Run `python [pyflags] -m module args` pinned to cpu; the JSON object on its last stdout line."""
+              pyflags: tuple[str, ...] = (), mem_limit: int = 0) -> dict:
+    """Run `python [pyflags] -m module args` pinned to cpu; the JSON object on its
+    last stdout line. mem_limit > 0 caps the child's address space (RLIMIT_AS),
+    so a runaway peer fails with MemoryError instead of starving the machine."""
+    import resource
     argv = pinned([sys.executable, *pyflags, "-m", module] + args, cpu)
+
+    def limit() -> None:
+        if mem_limit > 0:
+            resource.setrlimit(resource.RLIMIT_AS, (mem_limit, mem_limit))
     try:
         p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                           env=child_env(), start_new_session=True)
+                           env=child_env(), start_new_session=True, preexec_fn=limit)
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"timed out after {timeout:.0f}s")
     lines = p.stdout.strip().splitlines()
