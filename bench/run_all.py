@@ -22,16 +22,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="smaller sizes and 1s loads")
     p.add_argument("--only", default="", help=f"comma-separated benchmarks of {','.join(BENCHES)}")
     p.add_argument("--peers", default="", help="comma-separated peer names (substring match)")
+    p.add_argument("--repeat", type=int, default=1, help="runs per peer; tables keep the lowest CPU/op")
     p.add_argument("--json", action="store_true", help="also write results to bench/results/")
     a = p.parse_args(argv)
     todo = [b for b in BENCHES if not a.only or b in a.only.split(",")]
     q = a.quick
     jobs = {
         "spawn": lambda: spawn.run([100_000] if q else [100_000, 1_000_000], 1_000_000 if q else 10_000_000,
-                                   a.peers, save=a.json),
-        "switch": lambda: switch.run(200_000 if q else 1_000_000, 1, a.peers, save=a.json),
-        "echo": lambda: echo.run(1.0 if q else 3.0, 100, 64, 0.3 if q else 0.5, a.peers, save=a.json),
-        "http": lambda: http.run(1 if q else 3, 100, 0 if q else 1, a.peers, save=a.json),
+                                   a.peers, save=a.json, repeat=a.repeat),
+        "switch": lambda: switch.run(200_000 if q else 1_000_000, 1, a.peers, save=a.json, repeat=a.repeat),
+        "echo": lambda: echo.run(1.0 if q else 3.0, 100, 64, 0.3 if q else 0.5, a.peers, save=a.json, repeat=a.repeat),
+        "http": lambda: http.run(1 if q else 3, 100, 0 if q else 1, a.peers, save=a.json, repeat=a.repeat),
     }
     t0, out = time.monotonic(), []
     for name in todo:

@@ -213,7 +213,8 @@ def label(n: int) -> str:
     return f"{n // 1_000_000}M" if n % 1_000_000 == 0 else f"{n // 1000}k" if n % 1000 == 0 else str(n)
 
 
-def run(sizes: list[int], big: int, only: str = "", timeout: float = 600, save: bool = False) -> list[str]:
+def run(sizes: list[int], big: int, only: str = "", timeout: float = 600, save: bool = False,
+        repeat: int = 1) -> list[str]:
     tables, results = [], {}
     cols = [("n", "threads"), ("ops_s", "spawns/s"), ("us_spawn", "wall µs/spawn"),
             ("cpu_us", "CPU µs/spawn"), ("bytes", "RSS B/thread")]
@@ -226,7 +227,7 @@ def run(sizes: list[int], big: int, only: str = "", timeout: float = 600, save: 
             extra = {"anchor": ANCHORS.get(peer, "")}
             if peer.startswith("threadlib"):
                 extra["target"] = TARGETS + ([("rss_gib", "<=", 6.0, " GiB")] if n == big else [])
-            rows.append(H.safe(f"{peer}", lambda: measure(peer, n, timeout), **extra))
+            rows.append(H.safe(peer, lambda: H.best_of(repeat, lambda: measure(peer, n, timeout)), **extra))
         c = cols + ([("rss_gib", "RSS GiB total")] if n == big else [])
         ref = "asyncio" if n != big else "generators"
         tables.append(H.table(f"spawn {label(n)} threads blocked on an Event", rows, c, ref=ref))
@@ -245,7 +246,7 @@ def main(argv: list[str]) -> None:
     p.add_argument("--timeout", type=float, default=600, help="per-peer child timeout, seconds")
     a = p.parse_args(argv)
     print(H.machine_line() + "\n")
-    for t in run([int(s) for s in a.sizes.split(",") if s], a.big, a.only, a.timeout, a.json):
+    for t in run([int(s) for s in a.sizes.split(",") if s], a.big, a.only, a.timeout, a.json, a.repeat):
         print(t)
 
 

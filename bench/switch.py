@@ -240,7 +240,8 @@ def measure(peer: str, mode: str, n: int, maxsize: int, timeout: float) -> dict:
     return {"n": n, "ops_s": n / r["wall_s"], "cpu_us": r["cpu_ns"] / 1e3 / n}
 
 
-def run(n: int, maxsize: int = 1, only: str = "", timeout: float = 300, save: bool = False) -> list[str]:
+def run(n: int, maxsize: int = 1, only: str = "", timeout: float = 300, save: bool = False,
+        repeat: int = 1) -> list[str]:
     tables, results = [], {}
     titles = {"yield": f"switch: {n:,} sleep(0) switches between two threads",
               "queue": f"switch: {n:,} Queue(maxsize={maxsize}) handoffs producer -> consumer"}
@@ -250,7 +251,8 @@ def run(n: int, maxsize: int = 1, only: str = "", timeout: float = 300, save: bo
             extra = {"anchor": ANCHORS.get((mode, peer), "")}
             if peer.startswith("threadlib"):
                 extra["target"] = TARGETS[mode]
-            rows.append(H.safe(f"{peer}", lambda: measure(peer, mode, n, maxsize, timeout), **extra))
+            rows.append(H.safe(peer, lambda: H.best_of(repeat, lambda: measure(peer, mode, n, maxsize, timeout)),
+                              **extra))
         unit = "switch" if mode == "yield" else "handoff"
         cols = [("ops_s", f"{unit}es/s" if unit == "switch" else f"{unit}s/s"), ("cpu_us", f"CPU µs/{unit}")]
         tables.append(H.table(titles[mode], rows, cols, ref="asyncio"))
@@ -269,7 +271,7 @@ def main(argv: list[str]) -> None:
     p.add_argument("--timeout", type=float, default=300, help="per-peer child timeout, seconds")
     a = p.parse_args(argv)
     print(H.machine_line() + "\n")
-    for t in run(a.n, a.maxsize, a.only, a.timeout, a.json):
+    for t in run(a.n, a.maxsize, a.only, a.timeout, a.json, a.repeat):
         print(t)
 
 
