@@ -1,0 +1,17 @@
+"""apps.webserver: a static-file HTTP/1.1 server in threaded style, one
+user-level thread per connection.
+
+    python -m apps.webserver [--root DIR] [--port 8080] [--io sendfile|aio]
+                             [--workers N] [--stack kernel|user] [--access-log FILE]
+
+``http`` reads requests (httptools) and builds responses, ``files`` maps
+targets to files under the root and does the range and conditional-request
+arithmetic, ``server`` runs the connections. The package never imports a
+network stack directly beyond the default ``sockio.kernel``: the network
+is a parameter.
+"""
+
+from .http import HttpError, Limits
+from .server import SAMPLE_SITE, WebServer, user_network
+
+__all__ = ["WebServer", "Limits", "HttpError", "SAMPLE_SITE", "user_network"]

@@ -1,0 +1,101 @@
+"""Command line of the web server: options, logging, worker processes.
+
+Runs ``WebServer`` under ``threadlib.multicore`` so that ``--workers N``
+forks N processes sharing the port and SIGTERM/SIGINT stop accepting and
+finish the responses in flight. It must never start serving with a bad
+option: every mistake is reported before the port is opened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any
+
+from threadlib import multicore, sockio
+
+from .http import Limits
+from .server import IO_MODES, SAMPLE_SITE, WebServer, user_network
+
+log = logging.getLogger("apps.webserver")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m apps.webserver",
+        description="A static-file HTTP/1.1 server on threadlib: one user-level thread per connection.",
+    )
+    parser.add_argument("--root", default=SAMPLE_SITE, help="directory to serve (default: the built-in sample site)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--io", choices=IO_MODES, default="sendfile",
+                        help="how file bodies leave the disk: sendfile(2) or Linux AIO reads (threadlib.fileio)")
+    parser.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
+    parser.add_argument("--stack", choices=("kernel", "user"), default="kernel",
+                        help="TCP/IP stack: the kernel's, or threadlib's user-level stack")
+    parser.add_argument("--access-log", metavar="FILE", help="append one line per request (common log format); '-' is stdout")
+    parser.add_argument("--header-timeout", type=float, default=10.0, help="seconds a client has to send a whole request head")
+    parser.add_argument("--keepalive-timeout", type=float, default=15.0, help="seconds an idle keep-alive connection stays open")
+    parser.add_argument("--send-timeout", type=float, default=30.0, help="seconds a response may wait for the client to read")
+    parser.add_argument("--drain-timeout", type=float, default=10.0, help="seconds responses in flight get after SIGTERM")
+    parser.add_argument("--max-header-bytes", type=int, default=16384, help="request header bytes allowed (431 beyond)")
+    parser.add_argument("--max-headers", type=int, default=100, help="request header fields allowed (431 beyond)")
+    parser.add_argument("--max-request-line", type=int, default=8192, help="request target bytes allowed (414 beyond)")
+    parser.add_argument("--cache-max-body", type=int, default=65536,
+                        help="keep bodies up to this size in memory (0: every body is read from disk)")
+    parser.add_argument("--quiet", action="store_true", help="log warnings only")
+    args = parser.parse_args(argv)
+    if not os.path.isdir(args.root):
+        parser.error(f"--root {args.root!r} is not a directory")
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port {args.port} is not a TCP port")
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    if args.io == "aio":
+        try:
+            from threadlib import fileio  # noqa: F401
+        except ImportError as exc:
+            parser.error(f"--io aio needs threadlib.fileio, which does not import: {exc}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(name)s %(message)s")
+    network = user_network() if args.stack == "user" else sockio.kernel
+    limits = Limits(max_request_line=args.max_request_line, max_header_bytes=args.max_header_bytes,
+                    max_headers=args.max_headers)
+    root = os.path.abspath(args.root)
+
+    def worker(index: int, shutdown: Any) -> Any:
+        access_log = None
+        if args.access_log == "-":
+            access_log = sys.stdout
+        elif args.access_log:
+            access_log = open(args.access_log, "a", buffering=1 << 16)
+        server = WebServer(
+            root, io=args.io, network=network, limits=limits, header_timeout=args.header_timeout,
+            keepalive_timeout=args.keepalive_timeout, send_timeout=args.send_timeout,
+            drain_timeout=args.drain_timeout, cache_max_body=args.cache_max_body, access_log=access_log,
+        )
+
+        def ready(address: Any) -> None:
+            if index == 0:
+                print(f"serving {root} on http://{address[0]}:{address[1]}/ "
+                      f"(io={args.io}, stack={args.stack}, workers={args.workers})", flush=True)
+
+        try:
+            yield from server.serve((args.host, args.port), shutdown, reuse_port=args.workers > 1, ready=ready)
+        finally:
+            if access_log is not None and access_log is not sys.stdout:
+                access_log.close()
+        log.info("worker %d stopped after %d requests on %d connections", index, server.requests, server.connections)
+
+    return multicore.serve(worker, args.workers)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

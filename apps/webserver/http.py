@@ -1,0 +1,282 @@
+"""HTTP/1.1 wire format for the web server: reading requests with httptools
+(llhttp) and building response bytes.
+
+``RequestReader`` is the httptools protocol object of one connection: fed
+whatever arrived, it appends one ``Request`` per complete request (so a
+pipelined batch costs one feed) and enforces the limits on request-line
+length, header bytes, header count and body size by raising ``HttpError``
+with the status a client should get. Responses are plain bytes built from
+precomputed pieces; the Date line is rebuilt at most once a second.
+
+This module never touches sockets or files, and never parses HTTP by hand
+where llhttp can do it.
+"""
+
+from __future__ import annotations
+
+import time
+from email.utils import formatdate
+from typing import Any
+
+import httptools
+
+SERVER_NAME = b"threadlib"
+
+REASONS = {
+    200: "OK",
+    206: "Partial Content",
+    301: "Moved Permanently",
+    304: "Not Modified",
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    413: "Content Too Large",
+    414: "URI Too Long",
+    416: "Range Not Satisfiable",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    505: "HTTP Version Not Supported",
+}
+STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason.encode()) for code, reason in REASONS.items()}
+
+# Request headers the file server acts on; every other header is only
+# counted and measured, never stored.
+CONDITIONAL_HEADERS = frozenset((b"range", b"if-none-match", b"if-modified-since", b"if-range"))
+
+
+class HttpError(Exception):
+    """A request the server refuses: ``status`` and a short reason for the
+    client. ``close`` says whether the connection can be trusted afterwards."""
+
+    def __init__(self, status: int, reason: str, close: bool = True, headers: bytes = b"") -> None:
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+        self.close = close
+        self.headers = headers
+
+
+class Limits:
+    """Per-request limits; the defaults follow common production servers."""
+
+    __slots__ = ("max_request_line", "max_header_bytes", "max_headers", "max_body")
+
+    def __init__(
+        self,
+        max_request_line: int = 8192,
+        max_header_bytes: int = 16384,
+        max_headers: int = 100,
+        max_body: int = 65536,
+    ) -> None:
+        self.max_request_line = max_request_line
+        self.max_header_bytes = max_header_bytes
+        self.max_headers = max_headers
+        self.max_body = max_body
+
+
+class Request:
+    """One complete request, as much of it as a static file server needs."""
+
+    __slots__ = ("method", "target", "version", "keep_alive", "conditions", "error")
+
+    def __init__(
+        self, method: bytes, target: bytes, version: str, keep_alive: bool, conditions: dict | None, error: Any
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.version = version
+        self.keep_alive = keep_alive
+        self.conditions = conditions  # lower-case name -> value, only CONDITIONAL_HEADERS
+        self.error = error  # an HttpError to answer instead of serving, or None
+
+    @property
+    def request_line(self) -> str:
+        return f"{self.method.decode('latin-1')} {self.target.decode('latin-1')} HTTP/{self.version}"
+
+
+class RequestReader:
+    """The httptools protocol for one connection.
+
+    Feed it bytes with ``feed``; complete requests collect in
+    ``self.complete``. ``in_message`` is true while a request has begun but
+    not ended (the caller then applies the header-read deadline).
+    """
+
+    __slots__ = (
+        "parser", "complete", "in_message", "in_headers", "limits", "_url", "_url_parts", "_header_count",
+        "_header_bytes", "_hosts", "_conditions", "_body_bytes", "_pending_raw", "_raw_limit",
+    )
+
+    def __init__(self, limits: Limits) -> None:
+        self.parser = httptools.HttpRequestParser(self)
+        self.complete: list[Request] = []
+        self.limits = limits
+        self.in_message = False
+        self.in_headers = False
+        self._url = b""
+        self._url_parts: list[bytes] | None = None
+        self._header_count = 0
+        self._header_bytes = 0
+        self._hosts = 0
+        self._conditions: dict | None = None
+        self._body_bytes = 0
+        # Raw bytes seen while one request's headers stay incomplete: the
+        # guard against a header line that never ends (httptools keeps
+        # concatenating it without calling back). One recv of slack.
+        self._pending_raw = 0
+        self._raw_limit = limits.max_request_line + limits.max_header_bytes + 65536
+
+    # -- feeding ------------------------------------------------------------
+    def feed(self, data: bytes) -> None:
+        """Parse ``data``; complete requests are appended to ``complete``.
+        Raises HttpError for a request that must be refused (the requests
+        completed before it stay in ``complete``)."""
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            # An Upgrade request (h2c, websocket) is served as a plain
+            # request; what follows it is parsed as the next request.
+            rest = data[upgrade.args[0]:]
+            if rest:
+                self.feed(rest)
+            return
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, HttpError):
+                raise exc.__context__ from None
+            raise HttpError(500, "internal error while reading the request") from exc
+        except httptools.HttpParserInvalidMethodError:
+            raise _method_error(data) from None
+        except httptools.HttpParserError as exc:
+            raise _parse_error(exc) from None
+        if self.in_headers:
+            self._pending_raw += len(data)
+            if self._pending_raw > self._raw_limit:
+                raise HttpError(431, "request header fields too large")
+        else:
+            self._pending_raw = 0
+
+    # -- httptools callbacks (kept minimal: they run for every request) -------
+    def on_message_begin(self) -> None:
+        self.in_message = True
+        self.in_headers = True
+        self._url = b""
+        self._url_parts = None
+        self._header_count = 0
+        self._header_bytes = 0
+        self._hosts = 0
+        self._conditions = None
+        self._body_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        if self._url:
+            # llhttp hands the target over in pieces when it spans reads.
+            url = self._url + url
+        if len(url) > self.limits.max_request_line:
+            raise HttpError(414, f"request target longer than {self.limits.max_request_line} bytes")
+        self._url = url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        self._header_bytes += len(name) + len(value) + 4
+        limits = self.limits
+        if self._header_count > limits.max_headers:
+            raise HttpError(431, f"more than {limits.max_headers} header fields")
+        if self._header_bytes > limits.max_header_bytes:
+            raise HttpError(431, f"header fields larger than {limits.max_header_bytes} bytes in total")
+        key = name.lower()
+        if key == b"host":
+            self._hosts += 1
+        elif key in CONDITIONAL_HEADERS:
+            if self._conditions is None:
+                self._conditions = {}
+            self._conditions[key] = value
+        elif key == b"content-length":
+            try:
+                length = int(value)
+            except ValueError:
+                raise HttpError(400, "invalid Content-Length") from None
+            if length > limits.max_body:
+                raise HttpError(413, f"request body larger than {limits.max_body} bytes")
+
+    def on_headers_complete(self) -> None:
+        self.in_headers = False
+        self._pending_raw = 0
+
+    def on_body(self, body: bytes) -> None:
+        # A file server ignores bodies; it only bounds them (chunked ones
+        # have no Content-Length to check up front).
+        self._body_bytes += len(body)
+        if self._body_bytes > self.limits.max_body:
+            raise HttpError(413, f"request body larger than {self.limits.max_body} bytes")
+
+    def on_message_complete(self) -> None:
+        parser = self.parser
+        version = parser.get_http_version()
+        error = None
+        if version != "1.1":
+            if version != "1.0":
+                error = HttpError(505, f"HTTP/{version} is not supported; use HTTP/1.1 or HTTP/1.0")
+        elif self._hosts != 1:
+            error = HttpError(400, "missing Host header" if not self._hosts else "more than one Host header")
+        self.complete.append(
+            Request(parser.get_method(), self._url, version, parser.should_keep_alive(), self._conditions, error)
+        )
+        self.in_message = False
+
+
+def _method_error(data: bytes) -> HttpError:
+    method = data.split(b" ", 1)[0]
+    if method and len(method) <= 32 and method.isalpha() and method.isupper():
+        return HttpError(405, f"method {method.decode()} not allowed; use GET or HEAD",
+                         headers=b"Allow: GET, HEAD\r\n")
+    return HttpError(400, "malformed request line")
+
+
+def _parse_error(exc: Exception) -> HttpError:
+    text = str(exc) or type(exc).__name__
+    if "HTTP version" in text:
+        return HttpError(505, "unsupported HTTP version; use HTTP/1.1 or HTTP/1.0")
+    return HttpError(400, f"malformed request: {text}")
+
+
+# ---------------------------------------------------------------------------
+# Response pieces
+
+
+class Clock:
+    """The Date header and the access log's timestamp, rebuilt once a second."""
+
+    __slots__ = ("second", "date_block", "log_time")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.date_block = b""
+        self.log_time = ""
+        self.tick()
+
+    def tick(self) -> float:
+        """The wall clock; refreshes the cached texts when the second changes."""
+        now = time.time()
+        second = int(now)
+        if second != self.second:
+            self.second = second
+            self.date_block = b"Server: %s\r\nDate: %s\r\n" % (SERVER_NAME, formatdate(second, usegmt=True).encode())
+            self.log_time = time.strftime("[%d/%b/%Y:%H:%M:%S %z]", time.localtime(second))
+        return now
+
+
+def error_response(clock: Clock, error: HttpError, connection: bytes, head_only: bool = False) -> bytes:
+    """A complete short text/plain response for ``error``; ``connection``
+    is the Connection header line to send (or b"")."""
+    body = f"{error.status} {REASONS.get(error.status, 'Error')}: {error.reason}\n".encode()
+    return b"".join((
+        STATUS_LINES.get(error.status) or b"HTTP/1.1 %d Error\r\n" % error.status,
+        clock.date_block,
+        b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n" % len(body),
+        error.headers,
+        connection,
+        b"\r\n",
+        b"" if head_only else body,
+    ))

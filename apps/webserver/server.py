@@ -1,0 +1,451 @@
+"""The web server proper: a listener, an accept loop, and one thread per
+connection that reads pipelined requests and writes their responses in order.
+
+The per-request path is kept short on purpose: one recv per pipelined
+batch, one httptools feed, one cached lookup (a ``stat`` at most once a
+second per file), and one ``sendall`` of all the batch's headers and small
+bodies; larger bodies follow with ``sendfile`` (``io="sendfile"``) or with
+AIO reads through ``threadlib.fileio`` (``io="aio"``). Slow clients meet
+three clocks: the header-read deadline, the keep-alive idle timeout and the
+send timeout.
+
+The server takes a *network* object (``sockio.kernel`` by default, the
+user-level stack later) and never names a socket module itself. It must
+never let one connection's failure reach another, never send a response
+out of order, and never drop a response in flight when asked to stop.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+import types
+from typing import Any, Callable
+
+import threadlib
+from threadlib import sockio
+from threadlib.kernel import Thread, ThreadCancelled
+
+from .files import FileCache, FileEntry, RangeNotSatisfiable, Redirect, byte_range, not_modified, range_applies
+from .http import STATUS_LINES, Clock, HttpError, Limits, Request, RequestReader, error_response
+
+log = logging.getLogger("apps.webserver")
+
+SAMPLE_SITE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sample_site")
+IO_MODES = ("sendfile", "aio")
+
+_CLOSE = b"Connection: close\r\n"
+_KEEP_ALIVE_10 = b"Connection: keep-alive\r\n"
+_STATUS_200 = STATUS_LINES[200]
+_STATUS_206 = STATUS_LINES[206]
+_STATUS_304 = STATUS_LINES[304]
+_GET = b"GET"
+_HEAD = b"HEAD"
+_AIO_CHUNK = 256 * 1024
+_O_READ = os.O_RDONLY | os.O_CLOEXEC
+
+
+class _Abort(Exception):
+    """The response cannot be completed (its headers are already out):
+    the connection must close."""
+
+
+class _Connection:
+    """What shutdown needs to know about one connection."""
+
+    __slots__ = ("thread", "idle")
+
+    def __init__(self) -> None:
+        self.thread: Thread | None = None
+        self.idle = False
+
+
+class WebServer:
+    """A static-file HTTP/1.1 server for one scheduler (one process).
+
+    ``yield from server.serve((host, port), shutdown)`` listens, serves
+    until ``shutdown`` (a threadlib Event) is set, then stops accepting,
+    closes idle keep-alive connections, lets responses in flight finish
+    (up to ``drain_timeout``) and returns.
+    """
+
+    def __init__(
+        self,
+        root: str = SAMPLE_SITE,
+        *,
+        io: str = "sendfile",
+        network: Any = None,
+        limits: Limits | None = None,
+        header_timeout: float = 10.0,
+        keepalive_timeout: float = 15.0,
+        send_timeout: float = 30.0,
+        drain_timeout: float = 10.0,
+        cache_validity: float = 1.0,
+        cache_max_body: int = 65536,
+        access_log: Any = None,
+    ) -> None:
+        if io not in IO_MODES:
+            raise ValueError(f"io must be one of {', '.join(IO_MODES)}, not {io!r}")
+        self.io = io
+        self._fileio = None
+        if io == "aio":
+            from threadlib import fileio  # noqa: deferred: only the aio path needs it
+
+            self._fileio = fileio
+        self.network = network if network is not None else sockio.kernel
+        self.limits = limits or Limits()
+        self.header_timeout = header_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.send_timeout = send_timeout
+        self.drain_timeout = drain_timeout
+        self.cache = FileCache(root, validity=cache_validity, max_body=cache_max_body)
+        self.cache_max_body = cache_max_body
+        self.clock = Clock()
+        self.access_log = access_log  # a writable text file, or None
+        self.address: Any = None
+        self.requests = 0  # responses sent (or begun), all statuses
+        self.connections = 0  # accepted so far
+        self._open: set[_Connection] = set()
+        self._stopping = False
+
+    # -- life cycle -------------------------------------------------------------
+    @types.coroutine
+    def serve(
+        self,
+        address: tuple[str, int],
+        shutdown: threadlib.Event | None = None,
+        reuse_port: bool = False,
+        ready: Callable[[Any], None] | None = None,
+    ) -> Any:
+        listener = yield from self.network.listen(address, reuse_port=reuse_port)
+        self.address = listener.address
+        if ready is not None:
+            ready(self.address)
+        acceptor = yield from threadlib.spawn(self._accept_loop(listener), name="http-accept")
+        try:
+            yield from (shutdown or threadlib.Event()).wait()
+        finally:
+            yield from acceptor.cancel()
+            listener.close()
+            yield from self._drain()
+            self._flush_log()
+
+    @types.coroutine
+    def _accept_loop(self, listener: Any) -> Any:
+        spawn = threadlib.spawn
+        while True:
+            conn, peer = yield from listener.accept()
+            state = _Connection()
+            self._open.add(state)
+            self.connections += 1
+            state.thread = yield from spawn(self._connection(conn, peer, state))
+
+    @types.coroutine
+    def _drain(self) -> Any:
+        """Stop: close idle connections now, give busy ones drain_timeout."""
+        self._stopping = True
+        for state in list(self._open):
+            t = state.thread
+            if state.idle and t is not None and t.waiting_on is not None:
+                yield from t.cancel()
+        busy = [s.thread for s in self._open if s.thread is not None and not s.thread.done]
+        if not busy:
+            return
+        try:
+            with threadlib.timeout(self.drain_timeout):
+                for t in busy:
+                    yield from t.wait()
+        except TimeoutError:
+            log.warning("%d connections still busy after %.1fs; closing them", len(self._open), self.drain_timeout)
+            for t in busy:
+                if not t.done:
+                    yield from t.cancel()
+
+    # -- one connection -------------------------------------------------------
+    @types.coroutine
+    def _connection(self, conn: Any, peer: Any, state: _Connection) -> Any:
+        reader = RequestReader(self.limits)
+        complete = reader.complete
+        feed = reader.feed
+        recv = conn.recv
+        idle_timeout = self.keepalive_timeout
+        deadline = None
+        try:
+            while True:
+                if reader.in_message:
+                    # A request has begun: it must be complete by its deadline,
+                    # however slowly its bytes trickle in.
+                    now = threadlib.now()
+                    if deadline is None:
+                        deadline = now + self.header_timeout
+                    try:
+                        if now >= deadline:
+                            raise TimeoutError
+                        data = yield from recv(65536, timeout=deadline - now)
+                    except TimeoutError:
+                        yield from self._refuse(conn, peer, None, HttpError(408, "request not received in time"))
+                        return
+                else:
+                    if self._stopping:
+                        return
+                    state.idle = True
+                    try:
+                        data = yield from recv(65536, timeout=idle_timeout)
+                    except TimeoutError:
+                        return
+                    finally:
+                        state.idle = False
+                if not data:
+                    return
+                error = None
+                try:
+                    feed(data)
+                except HttpError as exc:
+                    error = exc
+                if complete:
+                    deadline = None
+                    keep_open = yield from self._answer(conn, peer, complete)
+                    if not keep_open:
+                        return
+                if error is not None:
+                    yield from self._refuse(conn, peer, None, error)
+                    return
+        except (ConnectionError, TimeoutError, _Abort):
+            pass  # the client went away, stalled, or a file changed mid-body
+        except ThreadCancelled:
+            raise
+        except OSError as exc:
+            log.info("connection from %s: %s", peer, exc)
+        except Exception:
+            log.exception("connection from %s failed", peer)
+        finally:
+            conn.close()
+            self._open.discard(state)
+
+    @types.coroutine
+    def _refuse(self, conn: Any, peer: Any, request: Request | None, error: HttpError) -> Any:
+        self.clock.tick()
+        data = error_response(self.clock, error, _CLOSE)
+        body_length = len(data) - data.index(b"\r\n\r\n") - 4
+        self.requests += 1
+        if self.access_log is not None:
+            self._log(peer, request.request_line if request else "-", error.status, body_length)
+            self._flush_log()
+        try:
+            yield from conn.sendall(data, timeout=self.send_timeout)
+            conn.shutdown()
+        except (OSError, TimeoutError):
+            pass
+
+    @types.coroutine
+    def _answer(self, conn: Any, peer: Any, complete: list) -> Any:
+        """Respond to every complete request in order; False if the
+        connection must close afterwards."""
+        now = self.clock.tick()
+        logging_on = self.access_log is not None
+        out: list[bytes] = []
+        keep_open = True
+        try:
+            for request in complete:
+                data, status, body_length, plan = self._respond(request, now)
+                self.requests += 1
+                if plan is None:
+                    out.append(data)
+                else:
+                    body_length = yield from self._send_body(conn, out, data, plan, request, now)
+                    out = []
+                if logging_on:
+                    self._log(peer, request.request_line, status, body_length)
+                if not request.keep_alive or request.error is not None or self._stopping:
+                    keep_open = False
+                    break
+            if out:
+                yield from conn.sendall(out[0] if len(out) == 1 else b"".join(out), timeout=self.send_timeout)
+        finally:
+            complete.clear()
+            if logging_on:
+                self._flush_log()
+        return keep_open
+
+    def _connection_header(self, request: Request) -> bytes:
+        if request.keep_alive and not self._stopping and request.error is None:
+            return _KEEP_ALIVE_10 if request.version == "1.0" else b""
+        return _CLOSE
+
+    def _respond(self, request: Request, now: float) -> tuple[bytes, int, int, Any]:
+        """(bytes to send, status, body length, plan): plan is None when the
+        bytes are the whole response, else (entry, first, count) of a body
+        still to come from the file."""
+        connection = self._connection_header(request)
+        method = request.method
+        error = request.error
+        if error is None and method != _GET and method != _HEAD:
+            error = HttpError(405, f"method {method.decode('latin-1')} not allowed; use GET or HEAD",
+                              close=False, headers=b"Allow: GET, HEAD\r\n")
+        if error is None:
+            try:
+                entry = self.cache.lookup(request.target, now)
+            except HttpError as exc:
+                error = exc
+            except Redirect as moved:
+                error = HttpError(301, "moved: the directory's address ends in '/'", close=False,
+                                  headers=b"Location: %s\r\n" % moved.location)
+        if error is not None:
+            if error.close:
+                connection = _CLOSE
+            return self._error(error, connection, method == _HEAD)
+        return self._respond_with(entry, request, connection, method == _HEAD)
+
+    def _error(self, error: HttpError, connection: bytes, head_only: bool = False) -> tuple[bytes, int, int, None]:
+        data = error_response(self.clock, error, connection, head_only)
+        return data, error.status, 0 if head_only else len(data) - data.index(b"\r\n\r\n") - 4, None
+
+    def _respond_with(self, entry: FileEntry, request: Request, connection: bytes, head_only: bool) -> tuple:
+        date_block = self.clock.date_block
+        conditions = request.conditions
+        size = entry.size
+        if conditions is None:
+            status, first, count = 200, 0, size
+            head = b"".join((_STATUS_200, date_block, entry.headers, connection, b"\r\n"))
+        else:
+            if not_modified(entry, conditions):
+                head = b"".join((_STATUS_304, date_block, entry.not_modified_headers(), connection, b"\r\n"))
+                return head, 304, 0, None
+            status, first, count = 200, 0, size
+            head = None
+            spec = conditions.get(b"range")
+            if spec is not None and not head_only and range_applies(entry, conditions):
+                try:
+                    span = byte_range(spec, size)
+                except RangeNotSatisfiable:
+                    error = HttpError(416, f"range {spec.decode('latin-1')} is outside the file's {size} bytes",
+                                      close=False, headers=b"Content-Range: bytes */%d\r\n" % size)
+                    return self._error(error, connection)
+                if span is not None:
+                    status, first, count = 206, span[0], span[1] - span[0] + 1
+                    head = b"".join((_STATUS_206, date_block, entry.part_headers(*span), connection, b"\r\n"))
+            if head is None:
+                head = b"".join((_STATUS_200, date_block, entry.headers, connection, b"\r\n"))
+        if head_only or count == 0:
+            return head, status, 0, None
+        body = entry.body
+        if body is not None:
+            return head + (body if count == size else body[first:first + count]), status, count, None
+        return head, status, count, (entry, first, count)
+
+    @types.coroutine
+    def _flush(self, conn: Any, out: list) -> Any:
+        yield from conn.sendall(out[0] if len(out) == 1 else b"".join(out), timeout=self.send_timeout)
+
+    @types.coroutine
+    def _send_body(self, conn: Any, out: list, head: bytes, plan: tuple, request: Request, now: float) -> Any:
+        """Send what is queued in ``out``, then ``head`` and the body of
+        ``plan`` from the file; returns the body bytes sent."""
+        entry, first, count = plan
+        if self.io == "aio":
+            return (yield from self._send_body_aio(conn, out, head, entry, first, count, request, now))
+        try:
+            fd = os.open(entry.path, _O_READ)
+        except OSError:
+            # Gone or unreadable since the lookup: answer for what is there now.
+            return (yield from self._answer_again(conn, out, request, now))
+        try:
+            st = os.fstat(fd)
+            if not entry.same_file(st):
+                # Changed between the cached stat and the open: describe the
+                # file actually open, so headers and body agree.
+                entry = self.cache.replace(request.target, entry, st, now)
+                head, _, length, plan = self._respond_with(entry, request, self._connection_header(request),
+                                                           request.method == _HEAD)
+                if plan is None:
+                    out.append(head)
+                    yield from self._flush(conn, out)
+                    return length
+                _, first, count = plan
+            if entry.size <= self.cache_max_body:
+                body = os.pread(fd, entry.size, 0)
+                if len(body) == entry.size:
+                    entry.body = body
+                    out.append(head + body[first:first + count])
+                    yield from self._flush(conn, out)
+                    return count
+            out.append(head)
+            yield from self._flush(conn, out)
+            sent = yield from conn.sendfile(fd, first, count, timeout=self.send_timeout)
+            if sent < count:
+                raise _Abort()  # the file shrank under us; the framing is lost
+            return sent
+        finally:
+            os.close(fd)
+
+    @types.coroutine
+    def _answer_again(self, conn: Any, out: list, request: Request, now: float) -> Any:
+        """The file vanished or changed between lookup and open: answer from
+        a fresh lookup, or give up on the connection if it keeps changing."""
+        self.cache.invalidate(request.target)
+        data, _, length, plan = self._respond(request, now)
+        if plan is not None:
+            raise _Abort()
+        out.append(data)
+        yield from self._flush(conn, out)
+        return length
+
+    @types.coroutine
+    def _send_body_aio(self, conn: Any, out: list, head: bytes, entry: FileEntry, first: int, count: int,
+                       request: Request, now: float) -> Any:
+        fileio = self._fileio
+        try:
+            f = yield from fileio.open(entry.path)
+        except OSError:
+            return (yield from self._answer_again(conn, out, request, now))
+        try:
+            if f.size != entry.size:
+                return (yield from self._answer_again(conn, out, request, now))
+            if entry.size <= self.cache_max_body:
+                body = bytes((yield from f.pread(entry.size, 0)))
+                if len(body) != entry.size:
+                    raise _Abort()
+                entry.body = body
+                out.append(head + body[first:first + count])
+                yield from self._flush(conn, out)
+                return count
+            out.append(head)
+            yield from self._flush(conn, out)
+            offset, end = first, first + count
+            while offset < end:
+                chunk = yield from f.pread(min(_AIO_CHUNK, end - offset), offset)
+                if not chunk:
+                    raise _Abort()  # the file shrank under us
+                yield from conn.sendall(chunk, timeout=self.send_timeout)
+                offset += len(chunk)
+            return count
+        finally:
+            yield from f.close()
+
+    # -- access log -----------------------------------------------------------
+    def _log(self, peer: Any, request_line: str, status: int, sent: int) -> None:
+        host = peer[0] if isinstance(peer, tuple) else "-"
+        self.access_log.write(f'{host} - - {self.clock.log_time} "{request_line}" {status} {sent}\n')
+
+    def _flush_log(self) -> None:
+        if self.access_log is not None:
+            try:
+                self.access_log.flush()
+            except (OSError, ValueError):
+                pass
+
+
+def user_network() -> Any:
+    """The user-level TCP stack's network object, or SystemExit naming
+    what is missing."""
+    if importlib.util.find_spec("threadlib.tcpsockio") is None:
+        raise SystemExit("--stack user: the user-level TCP stack is not available yet (threadlib.tcpsockio is missing)")
+    tcpsockio = importlib.import_module("threadlib.tcpsockio")
+    for name in ("network", "default_network"):
+        candidate = getattr(tcpsockio, name, None)
+        if candidate is not None:
+            return candidate() if callable(candidate) and not hasattr(candidate, "listen") else candidate
+    raise SystemExit("--stack user: threadlib.tcpsockio has no network object (expected tcpsockio.network)")
+
