@@ -1,0 +1,352 @@
+"""An HTTP/1.1 load generator on threadlib: C connections, each a thread
+sending GET requests one after another (keep-alive, or a new connection per
+request with ``--no-keepalive``) for a duration or a request count.
+
+    python -m apps.loadgen URL [URL ...] -c 100 -d 10 [-n 50000] [--no-keepalive] [--json]
+
+Like the LoadGen of the original work, it assembles its own scheduler
+from workers: only a timer worker and the epoll IO worker, no blocking
+pool, so the run loop is a tight epoll-plus-timers loop. Names are
+resolved once, before the run. It prints requests/s, bytes/s, latency
+percentiles (p50, p90, p99, p99.9) and errors by kind, with a live
+progress line when stdout is a terminal.
+
+It must never send traffic to anything but the URLs it was given, and
+never count a response it did not read completely.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import socket
+import sys
+import time
+import types
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import httptools
+
+import threadlib
+from threadlib import sockio
+
+__all__ = ["Target", "LoadGen", "Result", "main"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """One URL, resolved, with its request bytes prebuilt."""
+
+    url: str
+    address: tuple[str, int]
+    request: bytes
+    request_close: bytes
+
+    @classmethod
+    def parse(cls, url: str) -> "Target":
+        parts = urlsplit(url)
+        if parts.scheme != "http":
+            raise ValueError(f"{url!r}: only http:// URLs are supported")
+        if not parts.hostname:
+            raise ValueError(f"{url!r}: no host")
+        port = parts.port or 80
+        infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+        if not infos:
+            raise ValueError(f"{url!r}: {parts.hostname} does not resolve")
+        address = infos[0][4][:2]
+        path = parts.path or "/"
+        if parts.query:
+            path += "?" + parts.query
+        host = parts.netloc.rsplit("@", 1)[-1]
+        head = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: threadlib-loadgen\r\n"
+        return cls(url, address, (head + "\r\n").encode(), (head + "Connection: close\r\n\r\n").encode())
+
+
+@dataclass
+class Result:
+    """What a run measured. Latencies are in seconds."""
+
+    requests: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    connections_opened: int = 0
+    errors: Counter = field(default_factory=Counter)
+    statuses: Counter = field(default_factory=Counter)
+    latencies: list = field(default_factory=list)
+
+    @property
+    def requests_per_second(self) -> float:
+        return self.requests / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def bytes_per_second(self) -> float:
+        return self.bytes / self.seconds if self.seconds > 0 else 0.0
+
+    def percentile(self, p: float) -> float:
+        """Latency at percentile ``p`` (0-100), nearest rank."""
+        if not self.latencies:
+            return 0.0
+        ordered = self._sorted()
+        rank = max(0, min(len(ordered) - 1, int(round(p / 100.0 * len(ordered) + 0.5)) - 1))
+        return ordered[rank]
+
+    def _sorted(self) -> list:
+        cache = getattr(self, "_sorted_cache", None)
+        if cache is None or len(cache) != len(self.latencies):
+            cache = sorted(self.latencies)
+            self._sorted_cache = cache
+        return cache
+
+    def summary(self) -> dict:
+        return {
+            "requests": self.requests,
+            "seconds": round(self.seconds, 4),
+            "requests_per_second": round(self.requests_per_second, 1),
+            "bytes": self.bytes,
+            "bytes_per_second": round(self.bytes_per_second, 1),
+            "connections_opened": self.connections_opened,
+            "latency_ms": {name: round(self.percentile(p) * 1e3, 3)
+                           for name, p in (("p50", 50), ("p90", 90), ("p99", 99), ("p99.9", 99.9))},
+            "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
+            "errors": dict(self.errors),
+        }
+
+    def report(self) -> str:
+        s = self.summary()
+        lat = s["latency_ms"]
+        lines = [
+            f"{self.requests} requests in {self.seconds:.2f}s over {self.connections_opened} connections",
+            f"  requests/s  {self.requests_per_second:,.1f}",
+            f"  bytes/s     {_human(self.bytes_per_second)}B/s ({self.bytes:,} bytes)",
+            "  latency     " + "  ".join(f"{k} {v:.3f} ms" for k, v in lat.items()),
+            "  statuses    " + (", ".join(f"{k}: {v}" for k, v in s["statuses"].items()) or "none"),
+            "  errors      " + (", ".join(f"{k}: {v}" for k, v in sorted(self.errors.items())) or "none"),
+        ]
+        return "\n".join(lines)
+
+
+def _human(n: float) -> str:
+    for unit in ("", "Ki", "Mi", "Gi"):
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} Ti"
+
+
+class _Response:
+    """httptools callbacks for one response: only completion matters (the
+    status and keep-alive are read at completion: llhttp resets them for
+    the next message right after)."""
+
+    __slots__ = ("parser", "complete", "status", "keep_alive")
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.complete = False
+        self.status = 0
+        self.keep_alive = False
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        self.status = self.parser.get_status_code()
+        self.keep_alive = self.parser.should_keep_alive()
+
+
+class _ConnectionClosed(Exception):
+    pass
+
+
+class LoadGen:
+    """One load run. ``run()`` builds its own scheduler (timers + epoll, no
+    blocking pool) in the calling OS thread and returns a Result."""
+
+    def __init__(
+        self,
+        urls: list[str],
+        connections: int = 10,
+        duration: float | None = 10.0,
+        requests: int | None = None,
+        keepalive: bool = True,
+        timeout: float = 10.0,
+        network: Any = None,
+        progress: bool = False,
+    ) -> None:
+        if not urls:
+            raise ValueError("at least one URL is needed")
+        if connections < 1:
+            raise ValueError("connections must be at least 1")
+        if duration is None and requests is None:
+            raise ValueError("give a duration, a request count, or both")
+        self.targets = [Target.parse(u) for u in urls]
+        self.connections = connections
+        self.duration = duration
+        self.requests = requests
+        self.keepalive = keepalive
+        self.timeout = timeout
+        self.network = network if network is not None else sockio.kernel
+        self.progress = progress
+        self.result = Result()
+        self._remaining = requests if requests is not None else -1
+        self._deadline = 0.0
+
+    def run(self) -> Result:
+        sched = threadlib.Scheduler(workers=[threadlib.TimerWorker(), threadlib.IOWorker()])
+        return sched.run(self._main())
+
+    @types.coroutine
+    def _main(self) -> Any:
+        start = time.monotonic()
+        self._deadline = start + self.duration if self.duration is not None else float("inf")
+        threads = []
+        for i in range(self.connections):
+            threads.append((yield from threadlib.spawn(self._client(i), name=f"client-{i}")))
+        reporter = None
+        if self.progress:
+            reporter = yield from threadlib.spawn(self._progress(start))
+        yield from threadlib.join_all(threads)
+        self.result.seconds = time.monotonic() - start
+        if reporter is not None:
+            yield from reporter.cancel()
+            sys.stdout.write("\r\x1b[K")
+            sys.stdout.flush()
+        return self.result
+
+    def _take(self) -> bool:
+        """May this thread start another request?"""
+        if time.monotonic() >= self._deadline:
+            return False
+        if self._remaining < 0:
+            return True
+        if self._remaining == 0:
+            return False
+        self._remaining -= 1
+        return True
+
+    @types.coroutine
+    def _client(self, index: int) -> Any:
+        result = self.result
+        errors = result.errors
+        statuses = result.statuses
+        latencies = result.latencies
+        targets = itertools.cycle(self.targets[index % len(self.targets):] + self.targets[:index % len(self.targets)])
+        keepalive = self.keepalive
+        timeout = self.timeout
+        network = self.network
+        monotonic = time.monotonic
+        conn = None
+        conn_target = None
+        try:
+            while self._take():
+                target = next(targets)
+                if conn is not None and conn_target is not target and target.address != conn_target.address:
+                    conn.close()
+                    conn = None
+                if conn is None:
+                    try:
+                        conn = yield from network.connect(target.address, timeout=timeout)
+                    except TimeoutError:
+                        errors["connect timeout"] += 1
+                        continue
+                    except OSError as exc:
+                        errors[f"connect: {exc.strerror or exc}"] += 1
+                        yield from threadlib.sleep(0.01)  # a refusing server is not hammered in a spin
+                        continue
+                    result.connections_opened += 1
+                    conn_target = target
+                response = _Response()
+                feed = response.parser.feed_data
+                started = monotonic()
+                try:
+                    yield from conn.sendall(target.request if keepalive else target.request_close, timeout=timeout)
+                    received = 0
+                    while not response.complete:
+                        data = yield from conn.recv(65536, timeout=timeout)
+                        if not data:
+                            raise _ConnectionClosed()
+                        received += len(data)
+                        feed(data)
+                except TimeoutError:
+                    errors["timeout"] += 1
+                    conn.close()
+                    conn = None
+                    continue
+                except _ConnectionClosed:
+                    errors["closed before the response ended"] += 1
+                    conn.close()
+                    conn = None
+                    continue
+                except httptools.HttpParserError as exc:
+                    errors[f"malformed response: {exc}"] += 1
+                    conn.close()
+                    conn = None
+                    continue
+                except OSError as exc:
+                    errors[f"read: {exc.strerror or exc}"] += 1
+                    conn.close()
+                    conn = None
+                    continue
+                latencies.append(monotonic() - started)
+                status = response.status
+                statuses[status] += 1
+                if status >= 400:
+                    errors[f"HTTP {status}"] += 1
+                result.requests += 1
+                result.bytes += received
+                if not keepalive or not response.keep_alive:
+                    conn.close()
+                    conn = None
+        finally:
+            if conn is not None:
+                conn.close()
+
+    @types.coroutine
+    def _progress(self, start: float) -> Any:
+        last_requests, last_time = 0, start
+        while True:
+            yield from threadlib.sleep(1.0)
+            now = time.monotonic()
+            r = self.result
+            rate = (r.requests - last_requests) / max(1e-9, now - last_time)
+            last_requests, last_time = r.requests, now
+            sys.stdout.write(f"\r\x1b[K{now - start:5.1f}s  {r.requests:,} requests  {rate:,.0f} req/s  "
+                             f"errors {sum(r.errors.values())}")
+            sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m apps.loadgen", description=__doc__.splitlines()[0])
+    parser.add_argument("urls", nargs="+", metavar="URL", help="http:// URLs, used in turn")
+    parser.add_argument("-c", "--connections", type=int, default=10, help="concurrent connections (threads)")
+    parser.add_argument("-d", "--duration", type=float, help="seconds to run (default 10 unless -n is given)")
+    parser.add_argument("-n", "--requests", type=int, help="stop after this many requests in total")
+    parser.add_argument("--no-keepalive", action="store_true", help="a new connection for every request")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per connect and per response")
+    parser.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+    args = parser.parse_args(argv)
+    if args.duration is None and args.requests is None:
+        args.duration = 10.0
+    if args.duration is not None and args.duration <= 0:
+        parser.error("--duration must be positive")
+    if args.requests is not None and args.requests < 1:
+        parser.error("--requests must be at least 1")
+    if args.connections < 1:
+        parser.error("--connections must be at least 1")
+    try:
+        gen = LoadGen(args.urls, args.connections, args.duration, args.requests, keepalive=not args.no_keepalive,
+                      timeout=args.timeout, progress=sys.stdout.isatty() and not args.json)
+    except (ValueError, OSError) as exc:
+        parser.error(str(exc))
+    result = gen.run()
+    if args.json:
+        print(json.dumps(result.summary()))
+    else:
+        print(result.report())
+    return 0 if not result.errors else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
