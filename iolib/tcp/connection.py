@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import struct
 
-from .checksum import finish
 from .errors import (ConnectionAborted, ConnectionRefused, ConnectionReset,
                      ConnectionTimedOut, HostUnreachable, InvalidState)
 from .options import ConnOptions
@@ -69,8 +68,8 @@ _RECEIVING = frozenset((ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2))
 _SYNCHRONIZED = frozenset((ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2, CLOSE_WAIT,
                            CLOSING, LAST_ACK, TIME_WAIT))
 
-_V4HDR = struct.Struct("!BBHHHBBH4s4s")
-_V6HDR = struct.Struct("!IHBB16s16s")
+_V4TCP = struct.Struct("!BBHHHBBH4s4sHHIIBBHHH")
+_V6TCP = struct.Struct("!IHBB16s16sHHIIBBHHH")
 _TS_PREFIX = b"\x01\x01\x08\x0a"
 _TS = struct.Struct("!II")
 _TS_LEN = 12
@@ -87,7 +86,7 @@ class Connection:
     __slots__ = (
         # identity
         "stack", "out", "events", "stats", "laddr", "lport", "raddr", "rport",
-        "key", "listener", "passive", "options", "_pseudo", "_iphead", "ttl",
+        "key", "listener", "passive", "options", "_pseudo", "_port_sum", "_iphead", "ttl",
         "state", "error", "soft_error", "user_closed",
         # send sequence space (unwrapped)
         "iss", "snd_una", "snd_nxt", "snd_max", "snd_wnd", "snd_wl1", "snd_wl2",
@@ -123,6 +122,7 @@ class Connection:
         self.passive = listener is not None
         self.options = options
         self._pseudo = int.from_bytes(laddr + raddr, "big") + 6
+        self._port_sum = self._pseudo + lport + rport   # constant part of the TCP checksum
         v4 = len(laddr) == 4
         # Partial sum of the constant IPv4 header words (version/IHL, DF, TTL,
         # protocol, addresses); the total length is added per packet.
@@ -277,15 +277,37 @@ class Connection:
             self.ack_now = False
         else:
             ack = 0
-        tcp = build_segment(self.lport, self.rport, seq, ack, flags, wnd, options, payload,
-                            self._pseudo)
-        n = len(tcp)
+        # build_segment() inlined: this is the per-segment hot path.
+        olen = len(options)
+        hlen = 20 + olen
+        seq &= MASK
+        ack &= MASK
+        plen = len(payload)
+        tcp_len = hlen + plen
+        total = (self._port_sum + (seq >> 16) + (seq & 0xFFFF) + (ack >> 16) + (ack & 0xFFFF)
+                 + (hlen << 10 | flags) + wnd + tcp_len)
+        if olen:
+            total += int.from_bytes(options, "big")
+        if plen:
+            if plen & 1:
+                total += int.from_bytes(payload, "big") << 8
+            else:
+                total += int.from_bytes(payload, "big")
+        cks = 0xFFFF - total % 0xFFFF
         if self._iphead is not None:
-            total = 20 + n
-            self.out.append(_V4HDR.pack(0x45, 0, total, 0, 0x4000, self.ttl, 6,
-                                        finish(self._iphead + total), self.laddr, self.raddr) + tcp)
+            ip_total = 20 + tcp_len
+            head = _V4TCP.pack(0x45, 0, ip_total, 0, 0x4000, self.ttl, 6,
+                               0xFFFF - (self._iphead + ip_total) % 0xFFFF, self.laddr, self.raddr,
+                               self.lport, self.rport, seq, ack, hlen << 2, flags, wnd, cks, 0)
         else:
-            self.out.append(_V6HDR.pack(0x60000000, n, 6, self.ttl, self.laddr, self.raddr) + tcp)
+            head = _V6TCP.pack(0x60000000, tcp_len, 6, self.ttl, self.laddr, self.raddr,
+                               self.lport, self.rport, seq, ack, hlen << 2, flags, wnd, cks, 0)
+        if olen:
+            self.out.append(b"".join((head, options, payload)))
+        elif plen:
+            self.out.append(head + payload)
+        else:
+            self.out.append(head)
         self.segs_out += 1
 
     def _send_ack(self, now: float) -> None:
@@ -423,8 +445,11 @@ class Connection:
 
     def on_segment(self, now: float, seg) -> None:
         """Process one arriving segment (RFC 9293 §3.10.7.3 and §3.10.7.4)."""
-        self.segs_in += 1
         state = self.state
+        if state == ESTABLISHED and seg.flags & 0x37 == ACK and not self.ooo \
+                and seg.seq == self.rcv_nxt & MASK and self._fast_path(now, seg):
+            return
+        self.segs_in += 1
         if state == SYN_SENT:
             self._on_segment_syn_sent(now, seg)
             return
@@ -572,6 +597,56 @@ class Connection:
             self._output(now)
         if self.ack_now:
             self._send_ack(now)
+
+    def _fast_path(self, now: float, seg) -> bool:
+        """The in-order, in-window, flag-free segment of a bulk transfer in
+        ESTABLISHED (header prediction).  Returns False, having changed
+        nothing, when the general path is needed."""
+        tsval = seg.tsval
+        if self.ts_ok and (tsval is None or (tsval - self.ts_recent) & MASK >= HALF):
+            return False
+        payload = seg.payload
+        plen = len(payload)
+        rcv_nxt = self.rcv_nxt
+        if plen > self.rcv_adv - rcv_nxt or self.read_shut or seg.sack is not None:
+            return False
+        una = self.snd_una
+        d = (seg.ack - una) & MASK
+        if d >= HALF:
+            return False
+        ack = una + d
+        if ack > self.snd_max:
+            return False
+        self.segs_in += 1
+        if self.t_keep != INF:
+            self.t_keep = now + self.options.keepidle
+            self.keep_probes = 0
+        if tsval is not None and self.ts_ok and rcv_nxt <= self.last_ack_sent:
+            self.ts_recent = tsval          # RFC 7323 §4.3
+        wnd = seg.wnd << self.snd_wscale
+        if ack != una or wnd != self.snd_wnd or self.snd_max != una or self.rtx_kind != "rtx":
+            self._on_ack(now, seg, rcv_nxt, ack, seg.flags)
+        else:
+            self.snd_wl1 = rcv_nxt
+            self.snd_wl2 = ack
+        if plen:
+            if not self.rcvbuf:
+                self.events.append((self, EV_READABLE))
+            self.rcvbuf += payload
+            self.rcv_nxt = rcv_nxt + plen
+            self.bytes_in += plen
+            if plen > self.rcv_mss and plen <= self.mtu_mss:
+                self.rcv_mss = plen
+            self.unacked_bytes += plen
+            if self.unacked_bytes >= 2 * self.rcv_mss:
+                self.ack_now = True
+            elif self.t_dack == INF:
+                self.t_dack = now + self.options.ack_delay
+        if self.sndbuf or self.fin_queued:
+            self._output(now)
+        if self.ack_now:
+            self._send_ack(now)
+        return True
 
     def _emit_rst_for(self, now: float, seg) -> None:
         """<SEQ=SEG.ACK><CTL=RST> for an unacceptable ACK (RFC 9293 §3.10.7.4)."""

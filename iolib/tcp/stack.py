@@ -24,13 +24,14 @@ import heapq
 import ipaddress
 import random
 import socket
+import struct
 
 from . import connection as C
 from .checksum import partial_sum
 from .connection import INF, Connection
 from .errors import AddressInUse, BadArgument, InvalidState, NetUnreachable
 from .ip import (ICMP6_ECHO_REPLY, ICMP6_ECHO_REQUEST, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
-                 PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, Malformed, build_icmp, icmp_checksum_ok,
+                 PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, IPPacket, Malformed, build_icmp, icmp_checksum_ok,
                  ipv4_header, ipv6_header, parse_icmp_error, parse_ip)
 from .options import ConnOptions
 from .segment import ACK, RST, SYN, build_segment, parse_segment
@@ -38,6 +39,7 @@ from .seq import HALF, MASK, unwrap
 
 EPHEMERAL_LOW = 49152   # RFC 6335 dynamic range
 EPHEMERAL_HIGH = 65535
+_V4_FAST = struct.Struct("!BBHHHBB")
 CHALLENGE_ACK_LIMIT = 1000   # per second and stack (RFC 5961 §7; Linux's default)
 
 
@@ -259,6 +261,52 @@ class Stack:
         """Take one whole IPv4 or IPv6 packet (no link header)."""
         stats = self.stats
         stats.packets_in += 1
+        if type(packet) is not bytes:
+            packet = bytes(packet)
+        n = len(packet)
+        if n >= 40 and packet[0] == 0x45:
+            # Fast path: IPv4 without options carrying TCP to an existing
+            # connection; the same checks as parse_ip() + _receive_tcp().
+            _vihl, _tos, total, _ident, frag, ttl, proto = _V4_FAST.unpack_from(packet, 0)
+            if proto == PROTO_TCP and not frag & 0x3FFF and 40 <= total <= n:
+                dst = packet[16:20]
+                if dst not in self._local:
+                    stats.dropped_not_for_us += 1
+                    return
+                if total != n:
+                    packet = packet[:total]
+                if int.from_bytes(packet[:20], "big") % 0xFFFF:
+                    stats.dropped_bad_checksum += 1
+                    return
+                # The valid IP header sums to zero, so the whole packet's sum
+                # is the TCP segment's sum: no slicing needed.
+                whole = int.from_bytes(packet, "big")
+                if total & 1:
+                    whole <<= 8
+                if (whole + int.from_bytes(packet[12:20], "big") + PROTO_TCP + total - 20) % 0xFFFF:
+                    stats.dropped_bad_checksum += 1
+                    return
+                try:
+                    seg = parse_segment(packet, 20, total)
+                except Malformed as e:
+                    name = "dropped_" + e.reason
+                    setattr(stats, name, getattr(stats, name) + 1)
+                    return
+                stats.segments_in += 1
+                src = packet[12:16]
+                conn = self._conns.get((dst, seg.dport, src, seg.sport))
+                if conn is not None and conn.state != C.TIME_WAIT:
+                    conn.on_segment(now, seg)
+                    t = conn.t_rtx
+                    if conn.t_dack < t:
+                        t = conn.t_dack
+                    if conn.t_keep < t:
+                        t = conn.t_keep
+                    if t < conn._sched:
+                        self._after(conn)
+                    return
+                self._demux_tcp(now, IPPacket(4, src, dst, PROTO_TCP, 20, total, ttl), seg)
+                return
         try:
             ip = parse_ip(packet)
             if ip.dst not in self._local:
@@ -287,6 +335,9 @@ class Stack:
             raise Malformed("bad_checksum", "TCP")
         seg = parse_segment(packet, start, end)
         self.stats.segments_in += 1
+        self._demux_tcp(now, ip, seg)
+
+    def _demux_tcp(self, now: float, ip, seg) -> None:
         key = (ip.dst, seg.dport, ip.src, seg.sport)
         conn = self._conns.get(key)
         if conn is not None:
