@@ -8,7 +8,7 @@ a global random source, and nothing here ever blocks.
 
 from .connection import (CLOSE_WAIT, CLOSED, CLOSING, ESTABLISHED, EV_ACCEPT, EV_CLOSED,
                          EV_CONNECTED, EV_EOF, EV_ERROR, EV_READABLE, EV_REFUSED, EV_RESET,
-                         EV_WRITABLE, FIN_WAIT_1, FIN_WAIT_2, LAST_ACK, LISTEN, SYN_RECEIVED,
+                         EV_URGENT, EV_WRITABLE, FIN_WAIT_1, FIN_WAIT_2, LAST_ACK, LISTEN, SYN_RECEIVED,
                          SYN_SENT, TIME_WAIT, Connection)
 from .errors import (AddressInUse, BadArgument, ConnectionAborted, ConnectionRefused,
                      ConnectionReset, ConnectionTimedOut, HostUnreachable, InvalidState,
@@ -21,7 +21,7 @@ __all__ = [
     "TcpError", "NetUnreachable", "ConnectionRefused", "ConnectionReset", "ConnectionAborted",
     "ConnectionTimedOut", "HostUnreachable", "AddressInUse", "InvalidState", "BadArgument",
     "EV_READABLE", "EV_WRITABLE", "EV_ACCEPT", "EV_CONNECTED", "EV_REFUSED", "EV_RESET",
-    "EV_EOF", "EV_ERROR", "EV_CLOSED",
+    "EV_EOF", "EV_ERROR", "EV_CLOSED", "EV_URGENT",
     "CLOSED", "LISTEN", "SYN_SENT", "SYN_RECEIVED", "ESTABLISHED", "FIN_WAIT_1", "FIN_WAIT_2",
     "CLOSE_WAIT", "CLOSING", "LAST_ACK", "TIME_WAIT",
 ]

@@ -32,7 +32,7 @@ import struct
 from .errors import (ConnectionAborted, ConnectionRefused, ConnectionReset,
                      ConnectionTimedOut, HostUnreachable, InvalidState)
 from .options import ConnOptions
-from .segment import (ACK, FIN, PSH, RST, SYN, build_segment, opt_mss, opt_sack,
+from .segment import (ACK, FIN, PSH, RST, SYN, URG, build_segment, opt_mss, opt_sack,
                       opt_sack_ok, opt_timestamp, opt_wscale)
 from .seq import HALF, MASK, unwrap
 
@@ -60,6 +60,7 @@ EV_RESET = "reset"            # peer reset a synchronized connection
 EV_EOF = "eof"                # peer's FIN arrived: reads end after buffered data
 EV_ERROR = "error"            # conn.error is set (user timeout, ICMP hard error)
 EV_CLOSED = "closed"          # connection reached CLOSED and left the stack
+EV_URGENT = "urgent"          # the peer marked urgent data (conn.urgent_pending)
 
 # States in which we may send data / a FIN.
 _SENDING = frozenset((ESTABLISHED, CLOSE_WAIT, FIN_WAIT_1, CLOSING, LAST_ACK))
@@ -91,10 +92,10 @@ class Connection:
         # send sequence space (unwrapped)
         "iss", "snd_una", "snd_nxt", "snd_max", "snd_wnd", "snd_wl1", "snd_wl2",
         "max_snd_wnd", "snd_wscale", "peer_mss", "mtu_mss", "smss",
-        "sndbuf", "snd_base", "fin_queued", "fin_seq", "write_shut", "want_write",
+        "sndbuf", "snd_base", "fin_queued", "fin_seq", "write_shut", "want_write", "snd_up",
         # receive sequence space
         "irs", "rcv_nxt", "rcv_adv", "rcv_wscale", "rcvbuf", "ooo", "ooo_fin",
-        "sack_recent", "read_shut", "fin_rcvd", "rcv_mss", "unacked_bytes", "ack_now",
+        "sack_recent", "read_shut", "fin_rcvd", "rcv_mss", "unacked_bytes", "ack_now", "rcv_up",
         # negotiated options
         "ts_ok", "sack_ok", "ws_ok", "ts_recent", "ts_offset", "last_ack_sent",
         # RTT / RTO (RFC 6298)
@@ -151,6 +152,7 @@ class Connection:
         self.fin_seq = None
         self.write_shut = False
         self.want_write = False
+        self.snd_up = 0        # end of urgent data we sent (RFC 9293 §3.8.5), 0 = none
 
         self.irs = 0
         self.rcv_nxt = 0
@@ -165,6 +167,7 @@ class Connection:
         self.rcv_mss = 536
         self.unacked_bytes = 0
         self.ack_now = False
+        self.rcv_up = 0        # end of urgent data announced by the peer, 0 = none
 
         self.ts_ok = False
         self.sack_ok = False
@@ -280,12 +283,18 @@ class Connection:
         # build_segment() inlined: this is the per-segment hot path.
         olen = len(options)
         hlen = 20 + olen
+        urg = 0
+        if self.snd_up > seq and not flags & SYN:
+            # RFC 9293 §3.8.5 / MUST-62: the pointer names the first
+            # non-urgent octet, as an offset from this segment's sequence.
+            flags |= URG
+            urg = min(self.snd_up - seq, 0xFFFF)
         seq &= MASK
         ack &= MASK
         plen = len(payload)
         tcp_len = hlen + plen
         total = (self._port_sum + (seq >> 16) + (seq & 0xFFFF) + (ack >> 16) + (ack & 0xFFFF)
-                 + (hlen << 10 | flags) + wnd + tcp_len)
+                 + (hlen << 10 | flags) + wnd + tcp_len + urg)
         if olen:
             total += int.from_bytes(options, "big")
         if plen:
@@ -298,10 +307,10 @@ class Connection:
             ip_total = 20 + tcp_len
             head = _V4TCP.pack(0x45, 0, ip_total, 0, 0x4000, self.ttl, 6,
                                0xFFFF - (self._iphead + ip_total) % 0xFFFF, self.laddr, self.raddr,
-                               self.lport, self.rport, seq, ack, hlen << 2, flags, wnd, cks, 0)
+                               self.lport, self.rport, seq, ack, hlen << 2, flags, wnd, cks, urg)
         else:
             head = _V6TCP.pack(0x60000000, tcp_len, 6, self.ttl, self.laddr, self.raddr,
-                               self.lport, self.rport, seq, ack, hlen << 2, flags, wnd, cks, 0)
+                               self.lport, self.rport, seq, ack, hlen << 2, flags, wnd, cks, urg)
         if olen:
             self.out.append(b"".join((head, options, payload)))
         elif plen:
@@ -529,6 +538,7 @@ class Connection:
             self._challenge_ack(now)
             return
 
+        seg_seq = seq
         # Trim to the window (RFC 9293 §3.10.7.4 first, "trimmed").
         if seq < rcv_nxt:
             cut = rcv_nxt - seq
@@ -589,6 +599,14 @@ class Connection:
             return
 
         # Seventh: text.  Eighth: FIN.
+        # Sixth: URG (RFC 9293 §3.10.7.4; MUST-30..33): the data stays
+        # inline; the user learns where the urgent data ends.
+        if flags & URG and state in _RECEIVING and not self.fin_rcvd:
+            up = seg_seq + seg.urg
+            if up > self.rcv_up:
+                self.rcv_up = up
+                self._event(EV_URGENT)
+
         # (CLOSE-WAIT, CLOSING and LAST-ACK have seen the FIN: ignore text.)
         if state in _RECEIVING and (payload or flags & FIN):
             self._on_text(now, seq, payload, flags & FIN)
@@ -1306,7 +1324,15 @@ class Connection:
 
     # ------------------------------------------------------------ user calls
 
-    def send(self, now: float, data) -> int:
+    @property
+    def urgent_pending(self) -> int:
+        """How many received, unread bytes are urgent (MUST-33)."""
+        if not self.rcv_up:
+            return 0
+        read_pos = self.rcv_nxt - len(self.rcvbuf) - (1 if self.fin_rcvd else 0)
+        return max(0, min(self.rcv_up, self.rcv_nxt) - read_pos)
+
+    def send(self, now: float, data, urgent: bool = False) -> int:
         if self.error is not None:
             raise self.error
         if self.write_shut or self.fin_queued or self.state in (CLOSED, TIME_WAIT, FIN_WAIT_2,
@@ -1319,6 +1345,8 @@ class Connection:
             self.want_write = True
         if n:
             self.sndbuf += data[:n] if n < len(data) else data
+            if urgent:
+                self.snd_up = self.snd_base + len(self.sndbuf)
             self._output(now)
         return n
 

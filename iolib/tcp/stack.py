@@ -541,13 +541,14 @@ class Stack:
             raise BadArgument(f"expected a Connection, got {conn!r}")
         return conn
 
-    def send(self, now: float, conn: Connection, data) -> int:
+    def send(self, now: float, conn: Connection, data, urgent: bool = False) -> int:
         """Queue bytes; returns how many were taken (0: wait for 'writable').
+        `urgent` marks the bytes taken as urgent data (RFC 9293 §3.8.5).
         Raises the connection's error, or InvalidState after shutdown."""
         self._conn(conn)
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise BadArgument(f"send() needs bytes, got {type(data).__name__}")
-        n = conn.send(now, data)
+        n = conn.send(now, data, urgent)
         self._after(conn)
         return n
 

@@ -44,9 +44,10 @@ ANY = _Any()
 class Expected:
     """What a test expects one emitted segment to look like."""
 
-    __slots__ = ("flags", "seq", "ack", "win", "payload", "mss", "ws", "sack_ok", "sack", "ts")
+    __slots__ = ("flags", "seq", "ack", "win", "payload", "mss", "ws", "sack_ok", "sack", "ts", "urg")
 
-    def __init__(self, flags, seq, ack, win, payload, mss, ws, sack_ok, sack, ts):
+    def __init__(self, flags, seq, ack, win, payload, mss, ws, sack_ok, sack, ts, urg=None):
+        self.urg = urg
         self.flags, self.seq, self.ack, self.win, self.payload = flags, seq, ack, win, payload
         self.mss, self.ws, self.sack_ok, self.sack, self.ts = mss, ws, sack_ok, sack, ts
 
@@ -62,14 +63,14 @@ def _m(v):
 
 
 def seg(flags, seq, ack=0, win=65535, payload=b"", *, mss=None, ws=None, sack_ok=False,
-        sack=None, ts=None) -> Expected:
+        sack=None, ts=None, urg=None) -> Expected:
     """A segment description, used both to inject and to expect.
     `sack` is a list of (left, right); `ts` is (tsval, tsecr)."""
     if sack is not None and sack is not ANY:
         sack = [(_m(a), _m(b)) for a, b in sack]
     if ts is not None and ts is not ANY:
         ts = (_m(ts[0]), _m(ts[1]))
-    return Expected(flags, _m(seq), _m(ack), win, payload, mss, ws, sack_ok, sack, ts)
+    return Expected(flags, _m(seq), _m(ack), win, payload, mss, ws, sack_ok, sack, ts, urg)
 
 
 def decode(packet) -> tuple:
@@ -97,6 +98,8 @@ _NAMES = ("flags", "seq", "ack", "win", "payload", "mss", "ws", "sack_ok", "sack
 
 def assert_seg(actual: Segment, expected: Expected, index: int = 0) -> None:
     a, e = _fields(actual), _efields(expected)
+    if expected.urg is not None:
+        assert actual.urg == expected.urg, f"segment {index}: urgent pointer {actual.urg} != {expected.urg}"
     diffs = [f"{n}: got {_show(n, x)}, expected {_show(n, y)}"
              for n, x, y in zip(_NAMES, a, e) if not (y == x)]
     assert not diffs, f"segment {index}: {actual!r}\n  " + "\n  ".join(diffs)
@@ -157,7 +160,8 @@ class Harness:
         s = ipaddress.ip_address(src or self.remote).packed
         d = ipaddress.ip_address(dst or self.local).packed
         tcp = build_segment(sport or self.rport, dport or self.lport, e.seq, e.ack, e.flags,
-                            e.win, opts, e.payload, int.from_bytes(s + d, "big") + PROTO_TCP)
+                            e.win, opts, e.payload, int.from_bytes(s + d, "big") + PROTO_TCP,
+                            urg=e.urg or 0)
         return build_ip(s, d, PROTO_TCP, tcp)
 
     def send(self, e: Expected, **kw) -> None:

@@ -5,8 +5,13 @@ reassembly, SACK generation (RFC 2018), windows and SWS avoidance
 
 import pytest
 
-from iolib.tcp import (EV_EOF, EV_ERROR, EV_READABLE, EV_WRITABLE, ConnectionTimedOut, Stack)
-from tcp_testkit import ACK, FIN, PSH, REMOTE_ISS, RST, Harness, seg
+import ipaddress
+
+from iolib.tcp import (EV_EOF, EV_ERROR, EV_READABLE, EV_URGENT, EV_WRITABLE, ConnectionTimedOut,
+                       Stack)
+from iolib.tcp.ip import build_ip
+from iolib.tcp.segment import build_segment
+from tcp_testkit import ACK, FIN, PSH, REMOTE_ISS, RST, URG, Harness, seg
 
 R = REMOTE_ISS + 1       # the remote's first data sequence number
 
@@ -372,3 +377,55 @@ def test_user_timeout_aborts_when_data_stays_unacknowledged():
         h.stack.recv(c)
     with pytest.raises(ConnectionTimedOut):
         h.stack.send(h.now, c, b"more")
+
+
+# ------------------------------------------------------------ urgent data
+
+def test_urgent_data_is_announced_and_stays_inline():
+    """MUST-30/31/32/33: the pointer is taken, the user is told and can ask
+    how much unread data is urgent; the data itself stays in line."""
+    h, c = established()
+    h.send(seg(ACK | URG, R, c.iss + 1, 65535, b"abcdef", urg=3))
+    assert h.kinds(c) == [EV_URGENT, EV_READABLE]
+    assert c.urgent_pending == 3
+    assert h.stack.recv(c, 2) == b"ab" and c.urgent_pending == 1
+    assert h.stack.recv(c, 10) == b"cdef" and c.urgent_pending == 0
+    h.send(seg(ACK | URG, R + 6, c.iss + 1, 65535, b"x" * 2000, urg=1500))   # longer than a segment
+    assert c.urgent_pending == 1500
+
+
+def test_sending_urgent_data_sets_the_pointer_past_it():
+    """MUST-62: the pointer gives the first non-urgent octet."""
+    h, c = established()
+    h.stack.send(h.now, c, b"xyz", urgent=True)
+    h.expect(seg(ACK | PSH | URG, c.iss + 1, R, 65535, b"xyz", urg=3))
+    h.send(seg(ACK, R, c.iss + 4, 65535))
+    h.stack.send(h.now, c, b"plain")
+    h.expect(seg(ACK | PSH, c.iss + 4, R, 65535, b"plain"))
+
+
+def test_illegal_option_length_on_a_connection_is_counted_and_dropped():
+    """MUST-7: no crash; the segment is dropped and counted."""
+    h, c = established()
+    s, d = ipaddress.ip_address(h.remote).packed, ipaddress.ip_address(h.local).packed
+    tcp = build_segment(h.rport, h.lport, R, c.iss + 1, ACK, 1000, bytes([8, 0, 0, 0]), b"data",
+                        int.from_bytes(s + d, "big") + 6)
+    h.stack.receive(h.now, build_ip(s, d, 6, tcp))
+    assert h.stack.stats.dropped_malformed == 1 and c.state == "ESTABLISHED"
+    assert h.stack.recv(c, 10) is None
+
+
+def test_a_shrinking_peer_window_is_survived():
+    """MUST-34, SHLD-16: no new data past the shrunken edge; old data is
+    still retransmitted."""
+    h, c = established()
+    h.send(seg(ACK, R, c.iss + 1, 3000))
+    h.stack.send(h.now, c, b"w" * 5000)
+    assert len(h.out()) == 3
+    h.send(seg(ACK, R, c.iss + 1001, 500))       # right edge moved from 3001 to 1501
+    h.expect_none()
+    h.at(h.stack.next_deadline())
+    (rt,) = h.out()
+    assert rt.seq == (c.iss + 1001) & 0xFFFFFFFF
+    h.send(seg(ACK, R, c.iss + 3001, 4000))
+    assert [len(s.payload) for s in h.out()] == [1000, 1000]
