@@ -104,21 +104,18 @@ def test_receive_sequence_numbers_wrap_around():
 
 def test_send_sequence_numbers_wrap_around():
     """Our own ISS just below 2**32: data, ACKs and retransmission across the wrap."""
-    s = Stack(["10.0.0.1/24"], rng=3)
-    h = Harness()
-    h.stack = s
-    # Pick the connect time so that the RFC 6528 ISN lands 100 bytes below the wrap.
-    base = s._isn(0.0, bytes([10, 0, 0, 1]), 0, bytes([10, 0, 0, 2]), 4000)
-    c = None
+    h = Harness(seed=3)
+    s = h.stack
+    # Learn the ephemeral port this seed gives, then rewind the rng and pick
+    # the connect time so that the RFC 6528 ISN lands 100 bytes below 2**32.
     rng_state = s.rng.getstate()
     probe = s.connect(0.0, "10.0.0.2", 4000)
     s.abort(0.0, probe)
     s.take_packets()
     lport = probe.lport
     base = s._isn(0.0, probe.laddr, lport, probe.raddr, 4000)
-    t = (((0xFFFFFFFF - 100) - base) & 0xFFFFFFFF) / 250000.0
     s.rng.setstate(rng_state)
-    h.now = t
+    h.now = (((0xFFFFFFFF - 100) - base) & 0xFFFFFFFF) / 250000.0
     c = h.connect()
     assert c.lport == lport and 0xFFFFFFFF - 102 <= c.iss <= 0xFFFFFFFF - 98
     h.out()

@@ -214,3 +214,20 @@ def test_rto_forgets_sack_information():
     h.at(1.0)
     assert c.scoreboard == []
     h.expect(seg(ACK, a, R, 65535, b"S" * 1000))
+
+
+def test_lost_syn_means_three_second_rto_and_one_segment_window():
+    """RFC 6298 (5.7) and RFC 5681 §3.1 (IW = 1 SMSS after a lost SYN)."""
+    h = Harness()
+    c = h.connect()
+    h.out()
+    h.at(1.0)
+    (again,) = h.out()
+    assert again.flags == 0x02
+    h.at(1.2)
+    h.send(seg(ACK | 0x02, REMOTE_ISS, c.iss + 1, 65535, mss=1000))
+    h.out()
+    assert c.state == "ESTABLISHED"
+    assert c.srtt is None and c.rto == 3.0 and c.cwnd == 1000
+    h.stack.send(h.now, c, b"z" * 5000)
+    assert len(h.out()) == 1
