@@ -390,7 +390,6 @@ class Connection:
     def open_passive(self, now: float, seg, ts_offset: int) -> None:
         """A SYN arrived at a listener (RFC 9293 §3.10.7.2): record the peer's
         options and answer SYN-ACK."""
-        opts = self.options
         self.state = SYN_RECEIVED
         self.ts_offset = ts_offset
         self._take_syn_options(seg)
@@ -938,6 +937,13 @@ class Connection:
                 self.cwnd = self.ssthresh + 3 * smss
                 self.rtx_start = now
                 self.t_rtx = now + self.rto
+            elif self.dupacks < 3 and self.sndbuf:
+                # RFC 3042 limited transmit: each of the first two duplicate
+                # ACKs may clock out one new segment (flight <= cwnd + 2*SMSS).
+                cwnd = self.cwnd
+                self.cwnd = cwnd + self.dupacks * smss
+                self._output(now)
+                self.cwnd = cwnd
         else:
             self.cwnd += smss   # RFC 5681 step 5: inflate
             if self.sack_ok and self.scoreboard:

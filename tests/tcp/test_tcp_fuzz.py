@@ -4,7 +4,6 @@ and bad-checksum packets are counted and dropped; random segment streams
 and user calls keep the connection invariants."""
 
 import copy
-import ipaddress
 import random
 
 from hypothesis import HealthCheck, given, settings

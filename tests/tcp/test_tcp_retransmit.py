@@ -231,3 +231,18 @@ def test_lost_syn_means_three_second_rto_and_one_segment_window():
     assert c.srtt is None and c.rto == 3.0 and c.cwnd == 1000
     h.stack.send(h.now, c, b"z" * 5000)
     assert len(h.out()) == 1
+
+
+def test_limited_transmit_sends_new_data_on_the_first_two_dupacks():
+    """RFC 3042: one new segment per early duplicate ACK, cwnd unchanged."""
+    h = Harness()
+    c = h.established_active(mss=1000)
+    h.stack.send(h.now, c, b"L" * 10000)
+    assert sent_offsets(h, c) == [(0, 1000), (1000, 1000), (2000, 1000), (3000, 1000)]
+    h.send(seg(ACK, R, c.iss + 1, 65535))          # first duplicate ACK
+    assert sent_offsets(h, c) == [(4000, 1000)]
+    h.send(seg(ACK, R, c.iss + 1, 65535))
+    assert sent_offsets(h, c) == [(5000, 1000)]
+    assert c.cwnd == 4000
+    h.send(seg(ACK, R, c.iss + 1, 65535))          # third: fast retransmit
+    assert sent_offsets(h, c) == [(0, 1000)]

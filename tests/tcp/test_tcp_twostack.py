@@ -11,8 +11,7 @@ import random
 import pytest
 
 from iolib.tcp import Stack
-from iolib.tcp.ip import parse_ip
-from tcp_testkit import decode, seg, Harness, ACK, REMOTE_ISS
+from tcp_testkit import ACK, REMOTE_ISS, Harness, seg
 
 
 class World:
