@@ -227,7 +227,8 @@ def run(duration: float = 3.0, conns: int = 100, size: int = 64, warmup: float =
             extra["target"] = TARGET
         rows.append(H.safe(peer, lambda: H.best_of(repeat, lambda: measure(peer, conns, duration, size, warmup)),
                           **extra))
-    cols = [("ops_s", "messages/s"), ("cpu_us", "server CPU µs/msg"), ("cpu_us_stat", "(utime+stime)")]
+    cols = [("ops_s", "messages/s"), ("cpu_us", "server CPU µs/msg"), ("cpu_us_stat", "(utime+stime)"),
+            ("busy", "server busy %"), ("load_busy", "load busy %")]
     title = f"echo: {conns} connections x one {size}-byte message in flight, {duration:g}s, C load client"
     if save:
         H.save_json("echo", {"rows": rows, "duration": duration, "conns": conns, "size": size})

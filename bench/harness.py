@@ -46,8 +46,12 @@ def free_port() -> int:
 
 
 def pinned(argv: list[str], cpu: int) -> list[str]:
-    """argv run on one core (taskset), or unchanged if taskset is missing."""
-    return (["taskset", "-c", str(cpu)] + argv) if shutil.which("taskset") else argv
+    """argv run on one core (taskset), at priority $BENCH_NICE if set (e.g. -5
+    to stand out from other work on a shared machine)."""
+    if shutil.which("taskset"):
+        argv = ["taskset", "-c", str(cpu)] + argv
+    nice = os.environ.get("BENCH_NICE", "")
+    return (["nice", "-n", str(int(nice))] + argv) if nice else argv
 
 
 def child_env() -> dict[str, str]:
@@ -194,15 +198,23 @@ def run_load(argv: list[str], timeout: float, cpu: int = LOAD_CPU) -> str:
 
 
 def measure_server(server: Server, load: Callable[[], tuple[int, float]]) -> dict:
-    """Run load() -> (operations, seconds) against server; ops/s and server CPU µs/op."""
+    """Run load() -> (operations, seconds) against server; ops/s, server CPU µs/op,
+    and busy: the server's CPU time as a % of the load's wall time (< 100: the
+    load client or the machine, not the server, set the throughput)."""
+    import resource
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     c0, s0 = server.cpu_ns()
+    t0 = time.perf_counter()
     ops, secs = load()
+    wall = time.perf_counter() - t0
     c1, s1 = server.cpu_ns()
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)   # the load client, reaped in between
+    load_cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
     server.check_alive()
     if ops <= 0:
         raise RuntimeError("no operations completed")
     return {"ops": ops, "seconds": secs, "ops_s": ops / secs, "cpu_us": (c1 - c0) / 1e3 / ops,
-            "cpu_us_stat": (s1 - s0) / 1e3 / ops}
+            "cpu_us_stat": (s1 - s0) / 1e3 / ops, "busy": 100 * (c1 - c0) / 1e9 / wall, "load_busy": 100 * load_cpu / wall}
 
 
 def mem_available() -> int:

@@ -300,7 +300,8 @@ def run(duration: int = 3, conns: int = 100, warmup: int = 1, only: str = "", sa
         if peer.startswith("threadlib"):
             extra["target"] = TARGET
         rows.append(H.safe(peer, lambda: H.best_of(repeat, lambda: measure(peer, conns, duration, warmup)), **extra))
-    cols = [("ops_s", "requests/s"), ("cpu_us", "server CPU µs/req"), ("cpu_us_stat", "(utime+stime)")]
+    cols = [("ops_s", "requests/s"), ("cpu_us", "server CPU µs/req"), ("cpu_us_stat", "(utime+stime)"),
+            ("busy", "server busy %"), ("load_busy", "load busy %")]
     if save:
         H.save_json("http", {"rows": rows, "duration": duration, "conns": conns})
     title = f"HTTP hello world, keep-alive: wrk -t1 -c{conns} -d{duration}s (httptools in every Python server)"
