@@ -14,6 +14,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import socket
@@ -201,7 +202,6 @@ def measure_server(server: Server, load: Callable[[], tuple[int, float]]) -> dic
     """Run load() -> (operations, seconds) against server; ops/s, server CPU µs/op,
     and busy: the server's CPU time as a % of the load's wall time (< 100: the
     load client or the machine, not the server, set the throughput)."""
-    import resource
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     c0, s0 = server.cpu_ns()
     t0 = time.perf_counter()
@@ -214,7 +214,8 @@ def measure_server(server: Server, load: Callable[[], tuple[int, float]]) -> dic
     if ops <= 0:
         raise RuntimeError("no operations completed")
     return {"ops": ops, "seconds": secs, "ops_s": ops / secs, "cpu_us": (c1 - c0) / 1e3 / ops,
-            "cpu_us_stat": (s1 - s0) / 1e3 / ops, "busy": 100 * (c1 - c0) / 1e9 / wall, "load_busy": 100 * load_cpu / wall}
+            "cpu_us_stat": (s1 - s0) / 1e3 / ops, "busy": 100 * (c1 - c0) / 1e9 / wall,
+            "load_busy": 100 * load_cpu / wall}
 
 
 def mem_available() -> int:
@@ -230,7 +231,6 @@ def run_child(module: str, args: list[str], timeout: float, cpu: int = SERVER_CP
     """Run `python [pyflags] -m module args` pinned to cpu; the JSON object on its
     last stdout line. mem_limit > 0 caps the child's address space (RLIMIT_AS),
     so a runaway peer fails with MemoryError instead of starving the machine."""
-    import resource
     argv = pinned([sys.executable, *pyflags, "-m", module] + args, cpu)
 
     def limit() -> None:
