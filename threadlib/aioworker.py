@@ -1,0 +1,338 @@
+"""The AIO worker: Linux native AIO as system calls (`AioRead`, `AioWrite`,
+`AioFsync`, `AioClose`) served through the scheduler's epoll.
+
+`AioWorker` wraps one `iolib.aio.AioContext`. A handler queues the request
+and suspends the thread; queued requests are handed to the kernel in one
+`io_submit` per scheduler pass (the worker asks for the CPU "now" through
+`next_deadline`, so every thread made ready in that pass is in the batch).
+The context's eventfd sits in the scheduler's epoll; on completion the
+waiting thread resumes with the byte count, or gets `OSError(errno)`.
+
+What it must never do: block (the engine never waits, and in-flight is
+capped), or let a buffer be reused while the kernel may still write it.
+A waiter withdrawn by cancel or timeout is forgotten, but its request stays
+in the engine, which keeps the buffer referenced until the completion is
+reaped; the result is then dropped.  Requests refer to descriptors by
+number, so a descriptor must not be closed while requests on it are
+pending: `AioClose` closes it only once they are all reaped.
+
+Use: `Scheduler(workers=default_workers() + [AioWorker()])`, or let
+`threadlib.fileio` attach one to the running scheduler on first use.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import types
+from typing import Any
+
+from iolib.aio import AioContext, AioUnavailable, aio_unavailable_reason
+from .kernel import Scheduler, Thread, Worker, current_scheduler
+from .syscalls import SystemCall
+
+log = logging.getLogger("threadlib")
+
+__all__ = ["AioRead", "AioWrite", "AioFsync", "AioClose", "AioWorker", "ensure_aio_worker",
+           "aio_read", "aio_write", "aio_fsync", "aio_close"]
+
+
+class AioRead(SystemCall):
+    """Read len(buf) bytes at `offset` of the O_DIRECT descriptor `fd` into the
+    aligned, writable buffer `buf`; resume with the byte count (short at EOF)."""
+
+    __slots__ = ("fd", "buf", "offset")
+
+    def __init__(self, fd: int, buf: Any, offset: int) -> None:
+        self.fd = fd
+        self.buf = buf
+        self.offset = offset
+
+
+class AioWrite(SystemCall):
+    """Write the aligned buffer `buf` at `offset` of the O_DIRECT descriptor
+    `fd`; resume with the byte count."""
+
+    __slots__ = ("fd", "buf", "offset")
+
+    def __init__(self, fd: int, buf: Any, offset: int) -> None:
+        self.fd = fd
+        self.buf = buf
+        self.offset = offset
+
+
+class AioFsync(SystemCall):
+    """Flush `fd` to stable storage (fdatasync when `datasync`); resume with 0.
+    A kernel or filesystem without AIO fsync raises OSError(EINVAL/EOPNOTSUPP)."""
+
+    __slots__ = ("fd", "datasync")
+
+    def __init__(self, fd: int, datasync: bool = False) -> None:
+        self.fd = fd
+        self.datasync = datasync
+
+
+class AioClose(SystemCall):
+    """Close `fd` once no request on it is pending in the worker; resume with None."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+
+class AioWorker(Worker):
+    """Serves the Aio* system calls with one kernel AIO context.
+
+    `max_in_flight` caps requests handed to the kernel (more are queued in
+    the engine; past ~256 `io_submit` itself would sleep).  The context is
+    created on first use, or by `start()`, which returns why AIO cannot be
+    used instead of raising.
+    """
+
+    def __init__(self, max_in_flight: int = 128) -> None:
+        if not isinstance(max_in_flight, int) or not 1 <= max_in_flight <= 65536:
+            raise ValueError(f"max_in_flight must be an int in 1..65536, got {max_in_flight!r}")
+        self.max_in_flight = max_in_flight
+        self._sched: Scheduler | None = None
+        self._ctx: AioContext | None = None
+        self._closed = False
+        self._flush_due: float | None = None  # when the oldest unsubmitted request was queued
+        # Requests per fd submitted and not yet reaped (withdrawn ones too),
+        # and the fds waiting for that count to reach zero before os.close.
+        self._pending_by_fd: dict[int, int] = {}
+        self._closing: dict[int, list[tuple[Thread, AioClose]]] = {}
+        # Every request not yet reaped -> the thread that made it; and what
+        # to run when an interrupted caller's request finally completes.
+        self._requests: dict[SystemCall, Thread] = {}
+        self._after: dict[SystemCall, tuple] = {}
+        self.completed = 0   # requests reaped (for tests and benchmarks)
+        self.orphaned = 0    # completions whose waiter had been withdrawn
+
+    # -- assembly -----------------------------------------------------------
+    def attach(self, sched: Scheduler) -> dict:
+        if self._sched is not None:
+            raise RuntimeError("an AioWorker serves one scheduler; create another for this one")
+        self._sched = sched
+        sched.aio = self
+        return {AioRead: self._submit, AioWrite: self._submit, AioFsync: self._submit,
+                AioClose: self._close_fd}
+
+    def start(self) -> str | None:
+        """Create the kernel context now; return None, or why AIO is unavailable."""
+        if self._ctx is not None:
+            return None
+        if self._closed:
+            return "the AIO worker is closed"
+        if self._sched is None:
+            return "the AIO worker is not attached to a scheduler"
+        reason = aio_unavailable_reason()
+        if reason is not None:
+            return reason
+        try:
+            ctx = AioContext(self.max_in_flight, autoflush=False)
+        except AioUnavailable as exc:
+            return str(exc)
+        except OSError as exc:  # io_setup: EAGAIN once /proc/sys/fs/aio-max-nr is used up
+            return (f"Linux AIO unavailable: io_setup({self.max_in_flight}) failed with "
+                    f"{errno.errorcode.get(exc.errno, exc.errno)} ({exc.strerror}); "
+                    f"see /proc/sys/fs/aio-max-nr")
+        self._ctx = ctx
+        self._sched.watch_fd(ctx.eventfd, select.EPOLLIN, self._on_completion)
+        return None
+
+    # -- handlers -------------------------------------------------------------
+    def _submit(self, thread: Thread, sc: Any) -> None:
+        ctx = self._ctx
+        if ctx is None:
+            reason = self.start()
+            if reason is not None:
+                raise AioUnavailable(reason)
+            ctx = self._ctx
+        fd = sc.fd
+        if fd in self._closing:
+            raise OSError(errno.EBADF, f"fd {fd} is being closed")
+        if sc in self._requests:
+            raise ValueError(f"{sc!r} is already in flight; make a new system call object per request")
+        cls = type(sc)
+        token = sc
+        # The engine validates (fd, offset, buffer) and raises at once; the
+        # scheduler then hands that exception to the calling thread.
+        if cls is AioRead:
+            ctx.submit_read(fd, sc.buf, sc.offset, token)
+        elif cls is AioWrite:
+            ctx.submit_write(fd, sc.buf, sc.offset, token)
+        else:
+            ctx.submit_fsync(fd, token, bool(sc.datasync))
+        pending = self._pending_by_fd
+        pending[fd] = pending.get(fd, 0) + 1
+        self._requests[sc] = thread
+        self._sched.suspend(thread, sc)
+        if self._flush_due is None:
+            self._flush_due = self._sched.clock.now()
+
+    def _close_fd(self, thread: Thread, sc: AioClose) -> None:
+        fd = sc.fd
+        if not isinstance(fd, int) or fd < 0:
+            raise ValueError(f"AioClose needs a non-negative int fd, got {fd!r}")
+        if fd in self._closing:
+            raise OSError(errno.EBADF, f"fd {fd} is already being closed")
+        if not self._pending_by_fd.get(fd):
+            os.close(fd)
+            self._sched.resume(thread)
+            return
+        self._closing[fd] = [(thread, sc)]
+        self._sched.suspend(thread, sc)
+
+    def withdraw(self, thread: Thread, syscall: Any) -> None:
+        # The request stays with the kernel and its buffer stays referenced by
+        # the engine until reaped; _on_completion then finds the thread no
+        # longer waiting in this call and drops the result.  A withdrawn
+        # AioClose still closes the fd when it drains: nobody else will.
+        pass
+
+    # -- the event loop side ------------------------------------------------------
+    def next_deadline(self) -> float | None:
+        # "Now" while requests wait to be submitted: the scheduler then polls
+        # without sleeping and calls expire(), which submits them in one batch.
+        return self._flush_due
+
+    def expire(self, now: float) -> None:
+        if self._flush_due is not None:
+            self._flush_due = None
+            self._ctx.flush()
+
+    def _on_completion(self, events: int) -> None:
+        sched = self._sched
+        pending = self._pending_by_fd
+        requests = self._requests
+        results = self._ctx.reap()
+        self.completed += len(results)
+        for sc, res in results:
+            thread = requests.pop(sc)
+            fd = sc.fd
+            left = pending[fd] - 1
+            if left:
+                pending[fd] = left
+            else:
+                del pending[fd]
+                if fd in self._closing:
+                    self._finish_close(fd)
+            if thread._wait is not sc:
+                self.orphaned += 1
+                if self._after:
+                    after = self._after.pop(sc, None)
+                    if after is not None:
+                        self._run_after(after, res)
+                continue
+            if res >= 0:
+                sched.resume(thread, res)
+            else:
+                sched.throw(thread, OSError(-res, os.strerror(-res)))
+
+    def after_completion(self, sc: SystemCall, callback: Any, args: tuple = ()) -> bool:
+        """Run `callback(result, *args)` in the scheduler when the request
+        made by `sc` (whose caller was interrupted) completes.  Returns False,
+        registering nothing, if `sc` is not pending here."""
+        if sc not in self._requests:
+            return False
+        self._after[sc] = (callback, args)
+        return True
+
+    def is_pending(self, sc: SystemCall) -> bool:
+        """Whether the request made by `sc` has not completed yet."""
+        return sc in self._requests
+
+    @staticmethod
+    def _run_after(after: tuple, res: int) -> None:
+        callback, args = after
+        try:
+            callback(res, *args)
+        except Exception:  # a cleanup failing must not stop the completions of others
+            log.exception("threadlib.aioworker: completion callback %r failed", callback)
+
+    def _finish_close(self, fd: int) -> None:
+        waiters = self._closing.pop(fd)
+        try:
+            os.close(fd)
+        except OSError as exc:
+            for thread, sc in waiters:
+                if thread._wait is sc:
+                    self._sched.throw(thread, exc)
+            return
+        for thread, sc in waiters:
+            if thread._wait is sc:
+                self._sched.resume(thread)
+
+    # -- introspection and teardown -----------------------------------------------
+    @property
+    def in_flight(self) -> int:
+        """Requests submitted or queued and not yet reaped."""
+        return sum(self._pending_by_fd.values())
+
+    def pending_on(self, fd: int) -> int:
+        return self._pending_by_fd.get(fd, 0)
+
+    def busy(self) -> bool:
+        return bool(self._pending_by_fd)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        ctx = self._ctx
+        if ctx is not None:
+            self._sched.unwatch_fd(ctx.eventfd)
+            ctx.close()  # waits for requests the kernel still owns
+            self._ctx = None
+        # The kernel has finished everything now: settle interrupted requests.
+        after, self._after = self._after, {}
+        for sc, entry in after.items():
+            self._run_after(entry, -errno.ECANCELED)
+        self._requests.clear()
+        for fd in list(self._closing):
+            self._closing.pop(fd)
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._pending_by_fd.clear()
+
+
+def ensure_aio_worker(sched: Scheduler | None = None) -> AioWorker:
+    """The AioWorker of `sched` (default: the running scheduler), attaching a
+    new one if it has none."""
+    if sched is None:
+        sched = current_scheduler()
+        if sched is None:
+            raise RuntimeError("no threadlib scheduler is running in this OS thread")
+    worker = getattr(sched, "aio", None)
+    if worker is None:
+        worker = AioWorker()
+        sched.add_worker(worker)
+    return worker
+
+
+@types.coroutine
+def aio_read(fd: int, buf: Any, offset: int) -> int:
+    """Read into the aligned `buf` at the aligned `offset`; the byte count."""
+    return (yield AioRead(fd, buf, offset))
+
+
+@types.coroutine
+def aio_write(fd: int, buf: Any, offset: int) -> int:
+    """Write the aligned `buf` at the aligned `offset`; the byte count."""
+    return (yield AioWrite(fd, buf, offset))
+
+
+@types.coroutine
+def aio_fsync(fd: int, datasync: bool = False) -> None:
+    yield AioFsync(fd, datasync)
+
+
+@types.coroutine
+def aio_close(fd: int) -> None:
+    """Close `fd` once the worker has no request pending on it."""
+    yield AioClose(fd)

@@ -1,0 +1,645 @@
+"""File IO for threads: reads and writes at any offset and length, on Linux
+AIO with O_DIRECT, or on the blocking thread pool where that is impossible.
+
+`open(path)` returns a `File`. On a filesystem that accepts O_DIRECT, and
+where libaio loads and the kernel grants an AIO context, reads and writes
+are `AioRead`/`AioWrite` system calls served by the scheduler's AioWorker
+(attached on first use if the scheduler has none).  O_DIRECT wants the
+offset, the length and the buffer's address aligned; this module reads the
+aligned superset into a pooled aligned buffer and returns the requested
+slice, and writes unaligned ranges by read-modify-write of the edge blocks,
+cutting the file back to its exact size when the aligned write went past
+the end.  Elsewhere (tmpfs before Linux 6.6, ramfs, no libaio, no AIO
+context) the same calls run `os.pread`/`os.pwrite` through `Blocking`, and
+one warning per reason says why.
+
+It must never block the scheduler on a data transfer, and never hand a
+buffer back for reuse while the kernel may still write into it: a request
+whose thread was cancelled or timed out keeps its buffer out of the pool.
+`open`, `stat`, `ftruncate` and `close` are metadata calls made inline,
+as nginx does: on a local filesystem they do not wait for the disk.
+
+Writes through one File are safe against each other (overlapping blocks
+are serialised, size changes are ordered); writes to the same blocks
+through another File or another process may race, as with any O_DIRECT
+read-modify-write.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import mmap
+import os
+import stat as _stat
+import threading
+import types
+from typing import Any
+
+from iolib.aio import FSYNC_UNSUPPORTED_ERRNOS, DirectIOUnsupported, open_direct
+from .aioworker import AioClose, AioFsync, AioRead, AioWorker, AioWrite
+from .kernel import WaitQueue, _running_scheduler
+from .syscalls import Blocking
+
+__all__ = ["File", "ReadView", "open", "read_file", "write_file", "stat", "BLOCK", "MAX_CHUNK"]
+
+log = logging.getLogger("threadlib.fileio")
+
+BLOCK = 4096              # alignment of offsets, lengths and buffers (any device's logical block divides it)
+MAX_CHUNK = 1 << 20       # largest single request; bigger transfers are split
+_MASK = BLOCK - 1
+_ZEROS = bytes(BLOCK)
+
+_MODES = {
+    "r": os.O_RDONLY,
+    "r+": os.O_RDWR,
+    "w": os.O_RDWR | os.O_CREAT | os.O_TRUNC,
+    "w+": os.O_RDWR | os.O_CREAT | os.O_TRUNC,
+    "x": os.O_RDWR | os.O_CREAT | os.O_EXCL,
+    "x+": os.O_RDWR | os.O_CREAT | os.O_EXCL,
+}
+
+
+# ---------------------------------------------------------------------------
+# Aligned buffers
+
+
+class _AlignedPool:
+    """Page-aligned buffers in power-of-two size classes (4 KiB .. MAX_CHUNK),
+    carved out of mmap arenas so a 4 KiB buffer does not cost an mmap.
+
+    Buffers are memoryviews of an arena; an arena lives while any of its
+    buffers does, so a buffer dropped instead of given back (the kernel may
+    still own it) is simply freed later.  list.pop/append are atomic under
+    the GIL, so schedulers in several OS threads may share the pool.
+    """
+
+    ARENA = 256 * 1024
+    KEEP_BYTES = 16 * 1024 * 1024  # free bytes kept per size class
+
+    def __init__(self) -> None:
+        self._free: dict[int, list[memoryview]] = {}
+        self._keep: dict[int, int] = {}
+        size = BLOCK
+        while size <= MAX_CHUNK:
+            self._free[size] = []
+            self._keep[size] = max(8, self.KEEP_BYTES // size)
+            size <<= 1
+
+    @staticmethod
+    def size_class(size: int) -> int:
+        return BLOCK if size <= BLOCK else 1 << (size - 1).bit_length()
+
+    def take(self, size: int) -> memoryview:
+        cls = BLOCK if size <= BLOCK else 1 << (size - 1).bit_length()
+        free = self._free[cls]
+        if free:
+            return free.pop()
+        arena = memoryview(mmap.mmap(-1, max(cls, self.ARENA)))
+        pieces = [arena[i:i + cls] for i in range(0, len(arena), cls)]
+        buf = pieces.pop()
+        free.extend(pieces[: self._keep[cls]])
+        return buf
+
+    def give(self, buf: memoryview) -> None:
+        free = self._free.get(len(buf))
+        if free is not None and len(free) < self._keep[len(buf)]:
+            free.append(buf)
+
+
+_pool = _AlignedPool()
+
+
+class ReadView:
+    """Bytes read by `File.pread_view`, lent without a copy.
+
+    `view` is a memoryview of the data (shorter than asked at end of file).
+    Call `release()` (or use `with ... as view:`) when done; the buffer is
+    then reused, so the view must not be used afterwards.
+    """
+
+    __slots__ = ("view", "_buf")
+
+    def __init__(self, view: memoryview, buf: memoryview | None) -> None:
+        self.view = view
+        self._buf = buf
+
+    def __len__(self) -> int:
+        return len(self.view)
+
+    def __bytes__(self) -> bytes:
+        return bytes(self.view)
+
+    def release(self) -> None:
+        buf = self._buf
+        if buf is not None:
+            self._buf = None
+            self.view.release()
+            _pool.give(buf)
+
+    def __enter__(self) -> memoryview:
+        return self.view
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+# ---------------------------------------------------------------------------
+# Fallback bookkeeping
+
+_warned: set = set()
+
+
+def _warn_once(key: Any, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        log.warning("%s", message)
+
+
+def _aio_worker() -> tuple[AioWorker | None, str | None]:
+    """The running scheduler's AioWorker (attached if missing, context
+    started), or why AIO cannot be used."""
+    sched = _running_scheduler()
+    worker = getattr(sched, "aio", None)
+    if worker is None:
+        worker = AioWorker()
+        sched.add_worker(worker)
+    reason = worker.start()
+    return (worker, None) if reason is None else (None, reason)
+
+
+# ---------------------------------------------------------------------------
+# Files
+
+
+class _RangeLock:
+    """Byte ranges of a file being written; writers of overlapping ranges
+    wait.  Extending the file locks [start, infinity), which orders every
+    size change."""
+
+    __slots__ = ("_held", "_waiters")
+
+    def __init__(self) -> None:
+        self._held: list[tuple[int, float]] = []
+        self._waiters = WaitQueue()
+
+    @types.coroutine
+    def acquire(self, lo: int, hi: float) -> Any:
+        while any(l < hi and lo < h for l, h in self._held):
+            yield self._waiters.park
+        entry = (lo, hi)
+        self._held.append(entry)
+        return entry
+
+    def release(self, entry: tuple[int, float]) -> None:
+        self._held.remove(entry)
+        if self._waiters:
+            self._waiters.wake_all()
+
+
+class File:
+    """An open file. Every method that may wait works with `yield from` and
+    `await`.  `direct` tells whether IO goes through Linux AIO (True) or the
+    blocking pool (False)."""
+
+    def __init__(self, path: str, fd: int, writable: bool, direct: bool) -> None:
+        self.path = path
+        self._fd = fd
+        self.writable = writable
+        self.direct = direct
+        self._ranges = _RangeLock()
+        self._aio_fsync = direct
+        # Blocking-pool calls still running on the fd (their callers may have
+        # been cancelled); the fd is closed by whichever finishes last.
+        self._pool_lock = threading.Lock()
+        self._pool_users = 0
+        self._close_deferred = -1
+
+    # -- plain calls ------------------------------------------------------
+    def fileno(self) -> int:
+        """The descriptor (for sendfile); opened with O_DIRECT when `direct`."""
+        self._check_open()
+        return self._fd
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    @property
+    def size(self) -> int:
+        """The file's current size in bytes (fstat)."""
+        self._check_open()
+        return os.fstat(self._fd).st_size
+
+    def __repr__(self) -> str:
+        state = "closed" if self._fd < 0 else f"fd={self._fd}"
+        return f"<threadlib.fileio.File {self.path!r} {state} {'aio' if self.direct else 'pool'}>"
+
+    def _check_open(self) -> None:
+        if self._fd < 0:
+            raise ValueError(f"I/O operation on closed file {self.path!r}")
+
+    def _error(self, exc: OSError) -> OSError:
+        if exc.filename is None and exc.errno is not None and not isinstance(exc, TimeoutError):
+            return OSError(exc.errno, exc.strerror, self.path)
+        return exc
+
+    # -- reading ----------------------------------------------------------------
+    @types.coroutine
+    def pread(self, n: int, offset: int) -> bytes:
+        """Up to `n` bytes at `offset` (fewer only at end of file)."""
+        self._check_open()
+        _check_range(n, offset)
+        if n > MAX_CHUNK - BLOCK or not self.direct:
+            out = bytearray(n)
+            got = yield from self.pread_into(out, offset)
+            del out[got:]
+            return bytes(out)
+        if n == 0:
+            return b""
+        start = offset & _MASK
+        span = (start + n + _MASK) & ~_MASK
+        buf = _pool.take(span)
+        got = yield from self._read_aligned(buf, offset - start, span)
+        if got <= start:
+            data = b""
+        else:
+            data = bytes(buf[start:min(got, start + n)])
+        _pool.give(buf)
+        return data
+
+    @types.coroutine
+    def pread_into(self, buffer: Any, offset: int) -> int:
+        """Read into the writable `buffer` at `offset`; the byte count (less
+        than len(buffer) only at end of file)."""
+        self._check_open()
+        try:
+            out = memoryview(buffer).cast("B")
+        except TypeError:
+            raise TypeError(f"pread_into needs a writable buffer, got {type(buffer).__name__}") from None
+        if out.readonly:
+            raise TypeError(f"pread_into needs a writable buffer, got a read-only {type(buffer).__name__}")
+        n = len(out)
+        _check_range(n, offset)
+        if not self.direct:
+            return (yield from self._pool_call(_pread_into_all, self._fd, out, offset))
+        done = 0
+        while done < n:
+            pos = offset + done
+            start = pos & _MASK
+            want = min(n - done, MAX_CHUNK - start)
+            span = (start + want + _MASK) & ~_MASK
+            buf = _pool.take(span)
+            got = yield from self._read_aligned(buf, pos - start, span)
+            useful = max(0, min(got - start, want))
+            if useful:
+                out[done:done + useful] = buf[start:start + useful]
+            _pool.give(buf)
+            done += useful
+            if useful < want:
+                break  # end of file
+        return done
+
+    @types.coroutine
+    def pread_view(self, n: int, offset: int) -> ReadView:
+        """Up to `n` bytes at `offset` as a ReadView: a memoryview of the
+        pooled buffer the kernel read into (no copy).  Release it when done."""
+        self._check_open()
+        _check_range(n, offset)
+        if n > MAX_CHUNK - BLOCK or not self.direct:
+            data = yield from self.pread(n, offset)
+            return ReadView(memoryview(data), None)
+        start = offset & _MASK
+        span = max(BLOCK, (start + n + _MASK) & ~_MASK)
+        buf = _pool.take(span)
+        got = yield from self._read_aligned(buf, offset - start, span)
+        return ReadView(buf[start:max(start, min(got, start + n))], buf)
+
+    @types.coroutine
+    def _read_aligned(self, buf: memoryview, pos: int, span: int) -> int:
+        """Fill buf[:span] from the aligned `pos`; bytes read (short at EOF).
+        On an exception `buf` is not given back: the kernel may still own it."""
+        fd = self._fd
+        try:
+            got = yield AioRead(fd, buf if len(buf) == span else buf[:span], pos)
+            # A regular file reads short only at its end; a read that stopped
+            # on a block boundary short of it is continued.
+            while 0 < got < span and not got & _MASK:
+                more = yield AioRead(fd, buf[got:span], pos + got)
+                if more <= 0:
+                    break
+                got += more
+        except OSError as exc:
+            raise self._error(exc) from None
+        return got
+
+    # -- writing ----------------------------------------------------------------
+    @types.coroutine
+    def pwrite(self, data: Any, offset: int) -> int:
+        """Write all of `data` (any bytes-like object) at `offset`, extending
+        the file if needed; returns len(data)."""
+        self._check_writable()
+        try:
+            src = memoryview(data).cast("B")
+        except TypeError:
+            raise TypeError(f"pwrite needs a bytes-like object, got {type(data).__name__}") from None
+        n = len(src)
+        _check_range(n, offset)
+        if not self.direct:
+            return (yield from self._pool_call(_pwrite_all, self._fd, src, offset))
+        done = 0
+        while done < n:
+            pos = offset + done
+            want = min(n - done, MAX_CHUNK - (pos & _MASK))
+            yield from self._write_chunk(src[done:done + want], pos)
+            done += want
+        return n
+
+    @types.coroutine
+    def _write_chunk(self, src: memoryview, offset: int) -> None:
+        n = len(src)
+        end = offset + n
+        a0 = offset & ~_MASK
+        a1 = (end + _MASK) & ~_MASK
+        fd = self._fd
+        ranges = self._ranges
+        held = None
+        pending_write = None
+        try:
+            size = os.fstat(fd).st_size
+            extending = a1 > size
+            held = yield from ranges.acquire(a0, float("inf") if extending else a1)
+            size = os.fstat(fd).st_size
+            if not extending and a1 > size:
+                # Another write cut the file back while we waited: now we extend.
+                ranges.release(held)
+                held = None
+                extending = True
+                held = yield from ranges.acquire(a0, float("inf"))
+                size = os.fstat(fd).st_size
+            span = a1 - a0
+            buf = _pool.take(span)
+            head = offset - a0
+            tail_block = a1 - BLOCK
+            if head:
+                yield from self._fill_block(buf, 0, a0, size)
+            if end != a1 and (tail_block != a0 or not head):
+                yield from self._fill_block(buf, tail_block - a0, tail_block, size)
+            buf[head:head + n] = src
+            pending_write = AioWrite(fd, buf if len(buf) == span else buf[:span], a0)
+            try:
+                written = yield pending_write
+            except OSError as exc:
+                worker = getattr(_running_scheduler(), "aio", None)
+                if worker is None or not worker.is_pending(pending_write):
+                    pending_write = None  # the write itself failed; it is over
+                raise self._error(exc) from None
+            pending_write = None
+            target = max(size, end)
+            if extending and a1 > target:
+                # The aligned write padded the last block past the end.
+                os.ftruncate(fd, target)
+            if written != span:
+                raise OSError(errno.EIO, f"short O_DIRECT write ({written} of {span} bytes at {a0})", self.path)
+            _pool.give(buf)
+        except BaseException:
+            if held is not None and pending_write is not None:
+                # Interrupted while the kernel still writes: the blocks stay
+                # locked (and the size unsettled) until the write completes.
+                worker = getattr(_running_scheduler(), "aio", None)
+                if worker is not None and worker.after_completion(
+                        pending_write, self._settle_write, (held, extending, max(size, end))):
+                    held = None
+            if held is not None:
+                ranges.release(held)
+            raise
+        ranges.release(held)
+
+    def _settle_write(self, result: int, held: tuple, extending: bool, target: int) -> None:
+        """Finish a write whose thread was interrupted, once the kernel is done."""
+        try:
+            if extending and self._fd >= 0 and os.fstat(self._fd).st_size > target:
+                os.ftruncate(self._fd, target)
+        except OSError:
+            pass  # the file went away: nothing left to settle
+        finally:
+            self._ranges.release(held)
+
+    @types.coroutine
+    def _fill_block(self, buf: memoryview, at: int, pos: int, size: int) -> None:
+        """Read the block at `pos` into buf[at:at+BLOCK] (zeros past EOF)."""
+        got = 0
+        if pos < size:
+            got = yield from self._read_aligned(buf[at:at + BLOCK], pos, BLOCK)
+        if got < BLOCK:
+            buf[at + got:at + BLOCK] = _ZEROS[got:]
+
+    @types.coroutine
+    def truncate(self, size: int) -> None:
+        """Set the file's size to `size` bytes (cut or zero-extended)."""
+        self._check_writable()
+        _check_range(0, size)
+        held = yield from self._ranges.acquire(size & ~_MASK, float("inf"))
+        try:
+            os.ftruncate(self._fd, size)
+        finally:
+            self._ranges.release(held)
+
+    @types.coroutine
+    def fsync(self, datasync: bool = False) -> None:
+        """Flush the file's data (and metadata unless `datasync`) to disk."""
+        self._check_open()
+        if self._aio_fsync:
+            try:
+                yield AioFsync(self._fd, datasync)
+                return
+            except OSError as exc:
+                if exc.errno not in FSYNC_UNSUPPORTED_ERRNOS or isinstance(exc, TimeoutError):
+                    raise self._error(exc) from None
+                self._aio_fsync = False  # this kernel/filesystem has no AIO fsync
+        yield from self._pool_call(os.fdatasync if datasync else os.fsync, self._fd)
+
+    @types.coroutine
+    def stat(self) -> os.stat_result:
+        """os.fstat of the file."""
+        self._check_open()
+        return os.fstat(self._fd)
+        yield  # a generator, so it works with yield from and await
+
+    @types.coroutine
+    def close(self) -> None:
+        """Close the file. Requests still in flight (of cancelled callers) are
+        waited for before the descriptor is released, so its number cannot
+        be reused under them. Closing twice is allowed."""
+        fd = self._fd
+        if fd < 0:
+            return
+        self._fd = -1
+        if self.direct:
+            yield AioClose(fd)
+            return
+        with self._pool_lock:
+            if self._pool_users:
+                self._close_deferred = fd
+                return
+        os.close(fd)
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if not self.writable:
+            raise PermissionError(errno.EBADF, f"file opened read-only (mode 'r'); reopen with 'r+' to write",
+                                  self.path)
+
+    # -- the blocking pool path ----------------------------------------------------
+    @types.coroutine
+    def _pool_call(self, func: Any, *args: Any) -> Any:
+        if getattr(_running_scheduler(), "pool", None) is None:
+            raise RuntimeError(f"{self.path!r} is served by the blocking pool, and this scheduler "
+                               f"has no BlockingPool worker (see threadlib.default_workers())")
+        with self._pool_lock:
+            self._pool_users += 1
+        try:
+            return (yield Blocking(self._run_in_pool, (func, args)))
+        except OSError as exc:
+            raise self._error(exc) from None
+
+    def _run_in_pool(self, func: Any, args: tuple) -> Any:
+        # Runs on an OS thread of the pool. If close() came meanwhile (the
+        # caller may have been cancelled), the last call out closes the fd.
+        try:
+            return func(*args)
+        finally:
+            with self._pool_lock:
+                self._pool_users -= 1
+                fd = self._close_deferred if self._pool_users == 0 else -1
+                if fd >= 0:
+                    self._close_deferred = -1
+            if fd >= 0:
+                os.close(fd)
+
+    # -- context manager (plain `with` closes synchronously only if idle) -----------
+    async def __aenter__(self) -> "File":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+
+def _check_range(n: Any, offset: Any) -> None:
+    if type(n) is not int or n < 0:
+        raise ValueError(f"length must be a non-negative int, got {n!r}")
+    if type(offset) is not int or offset < 0:
+        raise ValueError(f"offset must be a non-negative int, got {offset!r}")
+
+
+def _pread_into_all(fd: int, out: memoryview, offset: int) -> int:
+    done = 0
+    n = len(out)
+    while done < n:
+        got = os.preadv(fd, [out[done:]], offset + done)
+        if got == 0:
+            break
+        done += got
+    return done
+
+
+def _pwrite_all(fd: int, src: memoryview, offset: int) -> int:
+    done = 0
+    n = len(src)
+    while done < n:
+        done += os.pwrite(fd, src[done:], offset + done)
+    return n
+
+
+# ---------------------------------------------------------------------------
+# Opening
+
+
+@types.coroutine
+def open(path: str | os.PathLike, mode: str = "r", *, direct: bool | None = None,
+         perms: int = 0o644) -> File:
+    """Open `path` for thread IO.
+
+    `mode`: "r" (read), "r+" (read and write), "w" (create or truncate),
+    "x" (create, fail if it exists); a "b" is accepted and ignored (data is
+    always bytes).  `direct=None` uses Linux AIO with O_DIRECT where the
+    filesystem and kernel allow and falls back to the blocking pool with a
+    warning otherwise; `direct=False` asks for the pool without a warning;
+    `direct=True` raises instead of falling back.
+    """
+    fspath = os.fspath(path)
+    if not isinstance(fspath, str):
+        fspath = os.fsdecode(fspath)
+    if not isinstance(mode, str) or mode.replace("b", "") not in _MODES:
+        raise ValueError(f"mode must be one of 'r', 'r+', 'w', 'w+', 'x', 'x+' (optionally with 'b'), got {mode!r}")
+    flags = _MODES[mode.replace("b", "")]
+    writable = flags & os.O_ACCMODE != os.O_RDONLY
+    if direct is not False:
+        worker, reason = _aio_worker()
+        if worker is not None:
+            try:
+                fd = open_direct(fspath, flags, perms)
+            except DirectIOUnsupported as exc:
+                if direct:
+                    raise
+                flags &= ~os.O_EXCL  # the filesystem may have created it before refusing
+                fd = _open_buffered(fspath, flags, perms)
+                dev = os.fstat(fd).st_dev
+                _warn_once(("o_direct", dev),
+                           f"threadlib.fileio: the filesystem holding {fspath!r} (device "
+                           f"{os.major(dev)}:{os.minor(dev)}) refuses O_DIRECT ({exc.strerror}); "
+                           f"file IO on it runs on the blocking thread pool instead of Linux AIO")
+                return File(fspath, fd, writable, direct=False)
+            _check_regular(fd, fspath)
+            return File(fspath, fd, writable, direct=True)
+        if direct:
+            raise OSError(errno.ENOSYS, reason, fspath)
+        _warn_once(("aio", reason),
+                   f"threadlib.fileio: {reason}; file IO runs on the blocking thread pool instead")
+    fd = _open_buffered(fspath, flags, perms)
+    return File(fspath, fd, writable, direct=False)
+    yield  # a generator, so it works with yield from and await
+
+
+def _open_buffered(path: str, flags: int, perms: int) -> int:
+    fd = os.open(path, flags | os.O_CLOEXEC, perms)
+    _check_regular(fd, path)
+    return fd
+
+
+def _check_regular(fd: int, path: str) -> None:
+    mode = os.fstat(fd).st_mode
+    if _stat.S_ISDIR(mode):
+        os.close(fd)
+        raise IsADirectoryError(errno.EISDIR, "fileio opens files, not directories", path)
+
+
+@types.coroutine
+def read_file(path: str | os.PathLike, *, direct: bool | None = None) -> bytes:
+    """The whole contents of `path` (up to its size when opened)."""
+    f = yield from open(path, "r", direct=direct)
+    try:
+        size = f.size
+        out = bytearray(size)
+        got = yield from f.pread_into(out, 0)
+        del out[got:]
+        return bytes(out)
+    finally:
+        yield from f.close()
+
+
+@types.coroutine
+def write_file(path: str | os.PathLike, data: Any, *, direct: bool | None = None) -> int:
+    """Replace the contents of `path` with `data` (created if missing)."""
+    f = yield from open(path, "w", direct=direct)
+    try:
+        return (yield from f.pwrite(data, 0))
+    finally:
+        yield from f.close()
+
+
+@types.coroutine
+def stat(path: str | os.PathLike) -> os.stat_result:
+    """os.stat of `path` (inline: a metadata lookup)."""
+    return os.stat(path)
+    yield
