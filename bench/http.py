@@ -32,21 +32,22 @@ RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r
 class Requests:
     """httptools callbacks: counts complete requests in what was fed so far."""
 
-    __slots__ = ("parser", "done")
+    __slots__ = ("parser", "done", "keep")
 
     def __init__(self):
         import httptools
         self.parser = httptools.HttpRequestParser(self)
-        self.done = 0
+        self.done, self.keep = 0, True
 
     def on_message_complete(self):
         self.done += 1
+        self.keep = self.keep and self.parser.should_keep_alive()   # reset once feed_data returns
 
     def feed(self, data: bytes) -> tuple[bytes, bool]:
         """(responses to send now, keep the connection open?); raises on a bad request."""
         self.parser.feed_data(data)
         n, self.done = self.done, 0
-        return RESPONSE * n, (not n or self.parser.should_keep_alive())
+        return RESPONSE * n, self.keep
 
 
 # ---------------------------------------------------------------- servers
