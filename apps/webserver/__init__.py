@@ -12,6 +12,6 @@ is a parameter.
 """
 
 from .http import HttpError, Limits
-from .server import SAMPLE_SITE, WebServer, user_network
+from .server import SAMPLE_SITE, BackgroundServer, WebServer, user_network
 
-__all__ = ["WebServer", "Limits", "HttpError", "SAMPLE_SITE", "user_network"]
+__all__ = ["WebServer", "BackgroundServer", "Limits", "HttpError", "SAMPLE_SITE", "user_network"]

@@ -172,18 +172,18 @@ class FileCache:
             slash = rest.find(b"/")
             path = rest[slash:] if slash >= 0 else b"/"
         else:
-            raise HttpError(400, "request target must start with '/'")
+            raise HttpError(400, "request target must start with '/'", close=False)
         path = path.split(b"?", 1)[0].split(b"#", 1)[0]
         raw = unquote_to_bytes(path)
         if b"\0" in raw:
-            raise HttpError(400, "NUL byte in path")
+            raise HttpError(400, "NUL byte in path", close=False)
         segments = raw.split(b"/")
         if b".." in segments:
             raise HttpError(403, "path traversal ('..') refused", close=False)
         try:
             parts = [s.decode("utf-8") for s in segments if s and s != b"."]
         except UnicodeDecodeError:
-            raise HttpError(400, "path is not valid UTF-8") from None
+            raise HttpError(400, "path is not valid UTF-8", close=False) from None
         joined = os.path.join(self.root, *parts)
         real = os.path.realpath(joined)
         if real != self.root and not real.startswith(self._root_prefix):
@@ -255,11 +255,11 @@ def byte_range(header: bytes, size: int) -> tuple[int, int] | None:
             raise RangeNotSatisfiable()
         return max(0, size - suffix), size - 1
     first = int(first_text)
-    last = int(last_text) if last_text else size - 1
-    if last < first:
+    if last_text and int(last_text) < first:
         return None
     if first >= size:
         raise RangeNotSatisfiable()
+    last = int(last_text) if last_text else size - 1
     return first, min(last, size - 1)
 
 

@@ -21,6 +21,8 @@ import importlib
 import importlib.util
 import logging
 import os
+import socket
+import threading
 import types
 from typing import Any, Callable
 
@@ -404,7 +406,7 @@ class WebServer:
             if f.size != entry.size:
                 return (yield from self._answer_again(conn, out, request, now))
             if entry.size <= self.cache_max_body:
-                body = bytes((yield from f.pread(entry.size, 0)))
+                body = yield from f.pread(entry.size, 0)
                 if len(body) != entry.size:
                     raise _Abort()
                 entry.body = body
@@ -415,11 +417,13 @@ class WebServer:
             yield from self._flush(conn, out)
             offset, end = first, first + count
             while offset < end:
-                chunk = yield from f.pread(min(_AIO_CHUNK, end - offset), offset)
-                if not chunk:
-                    raise _Abort()  # the file shrank under us
-                yield from conn.sendall(chunk, timeout=self.send_timeout)
-                offset += len(chunk)
+                # A view of the pooled AIO buffer: sent without a copy.
+                view = yield from f.pread_view(min(_AIO_CHUNK, end - offset), offset)
+                with view as chunk:
+                    if not len(chunk):
+                        raise _Abort()  # the file shrank under us
+                    yield from conn.sendall(chunk, timeout=self.send_timeout)
+                    offset += len(chunk)
             return count
         finally:
             yield from f.close()
@@ -449,3 +453,75 @@ def user_network() -> Any:
             return candidate() if callable(candidate) and not hasattr(candidate, "listen") else candidate
     raise SystemExit("--stack user: threadlib.tcpsockio has no network object (expected tcpsockio.network)")
 
+
+
+class BackgroundServer:
+    """A WebServer on its own scheduler in a background OS thread, for
+    embedding in a program that is not a threadlib thread (and for tests).
+
+        with BackgroundServer(WebServer(root)) as address: ...
+
+    ``stop()`` asks it to shut down exactly as SIGTERM would (finish what
+    is in flight) and waits for the OS thread to end.
+    """
+
+    def __init__(self, server: WebServer, address: tuple[str, int] = ("127.0.0.1", 0)) -> None:
+        self.server = server
+        self.bind = address
+        self.address: Any = None
+        self.error: BaseException | None = None
+        self._ready = threading.Event()
+        self._wake_here, self._wake_there = socket.socketpair()
+        self._thread = threading.Thread(target=self._run, name="webserver", daemon=True)
+
+    def start(self) -> tuple[str, int]:
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise RuntimeError("the web server did not start within 30 s")
+        if self.error is not None:
+            raise RuntimeError(f"the web server failed to start: {self.error!r}") from self.error
+        return self.address
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self._thread.is_alive():
+            self._wake_here.send(b"x")
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                raise RuntimeError(f"the web server did not stop within {timeout} s")
+        self._wake_here.close()
+
+    def __enter__(self) -> tuple[str, int]:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        def ready(address: Any) -> None:
+            self.address = address
+            self._ready.set()
+
+        @types.coroutine
+        def main() -> Any:
+            shutdown = threadlib.Event()
+            wake = sockio.Stream(self._wake_there)
+
+            @types.coroutine
+            def wait_for_stop() -> Any:
+                yield from wake.recv(1)
+                shutdown.set()
+
+            waiter = yield from threadlib.spawn(wait_for_stop())
+            try:
+                yield from self.server.serve(self.bind, shutdown, ready=ready)
+            finally:
+                yield from waiter.cancel()
+                wake.close()
+
+        try:
+            threadlib.run(main())
+        except BaseException as exc:
+            self.error = exc
+            log.exception("background web server failed")
+        finally:
+            self._ready.set()
