@@ -18,8 +18,11 @@ never count a response it did not read completely.
 from __future__ import annotations
 
 import argparse
+import errno
 import itertools
 import json
+import math
+import os
 import socket
 import sys
 import time
@@ -91,7 +94,7 @@ class Result:
         if not self.latencies:
             return 0.0
         ordered = self._sorted()
-        rank = max(0, min(len(ordered) - 1, int(round(p / 100.0 * len(ordered) + 0.5)) - 1))
+        rank = max(0, min(len(ordered) - 1, math.ceil(round(p / 100.0 * len(ordered), 6)) - 1))
         return ordered[rank]
 
     def _sorted(self) -> list:
@@ -158,6 +161,33 @@ class _Response:
 
 class _ConnectionClosed(Exception):
     pass
+
+
+def _kind(exc: OSError) -> str:
+    return os.strerror(exc.errno) if exc.errno else (str(exc) or type(exc).__name__)
+
+
+@types.coroutine
+def _kernel_connect(address: tuple[str, int], timeout: float) -> Any:
+    """A kernel TCP connection whose fd is forgotten by the IO worker when
+    the attempt fails (``sockio.connect`` closes a failed socket without
+    that, so a later socket reusing the fd number would wait forever)."""
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    stream = sockio.Stream(socket.socket(family, socket.SOCK_STREAM))
+    try:
+        sock = stream.socket
+        err = sock.connect_ex(address)
+        if err in (errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY):
+            with threadlib.timeout(timeout):
+                yield threadlib.WaitWrite(stream.fileno())
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise OSError(err, os.strerror(err))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return stream
+    except BaseException:
+        stream.close()
+        raise
 
 
 class LoadGen:
@@ -235,7 +265,7 @@ class LoadGen:
         targets = itertools.cycle(self.targets[index % len(self.targets):] + self.targets[:index % len(self.targets)])
         keepalive = self.keepalive
         timeout = self.timeout
-        network = self.network
+        connect = _kernel_connect if self.network is sockio.kernel else self.network.connect
         monotonic = time.monotonic
         conn = None
         conn_target = None
@@ -247,12 +277,14 @@ class LoadGen:
                     conn = None
                 if conn is None:
                     try:
-                        conn = yield from network.connect(target.address, timeout=timeout)
+                        # a connect still pending at the end of the run is abandoned, not an error
+                        conn = yield from connect(target.address, min(timeout, max(0.001, self._deadline - monotonic())))
                     except TimeoutError:
-                        errors["connect timeout"] += 1
+                        if monotonic() < self._deadline:
+                            errors["connect timeout"] += 1
                         continue
                     except OSError as exc:
-                        errors[f"connect: {exc.strerror or exc}"] += 1
+                        errors[f"connect: {_kind(exc)}"] += 1
                         yield from threadlib.sleep(0.01)  # a refusing server is not hammered in a spin
                         continue
                     result.connections_opened += 1
@@ -285,7 +317,7 @@ class LoadGen:
                     conn = None
                     continue
                 except OSError as exc:
-                    errors[f"read: {exc.strerror or exc}"] += 1
+                    errors[f"read: {_kind(exc)}"] += 1
                     conn.close()
                     conn = None
                     continue

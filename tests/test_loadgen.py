@@ -1,0 +1,114 @@
+"""apps.loadgen against the real web server (on a background OS thread) and
+as a program: counts agree with the server's access log, errors are sorted
+by kind, the summary is what was measured."""
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from apps.loadgen import LoadGen, Result
+from apps.webserver import BackgroundServer, WebServer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def logged_server(tmp_path):
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "a.txt").write_bytes(b"a" * 1024)
+    (root / "b.txt").write_bytes(b"b" * 5000)
+    log = io.StringIO()
+    srv = BackgroundServer(WebServer(str(root), access_log=log))
+    address = srv.start()
+    yield f"http://{address[0]}:{address[1]}", log, srv
+    srv.stop()
+
+
+def _log_lines(log, srv):
+    srv.stop()  # flushes and ends the server thread, so the log is complete
+    return log.getvalue().splitlines()
+
+
+def test_request_count_matches_the_server_access_log(logged_server):
+    base, log, srv = logged_server
+    result = LoadGen([base + "/a.txt", base + "/b.txt"], connections=20, requests=3000, duration=None).run()
+    assert result.requests == 3000
+    assert not result.errors
+    assert result.statuses == {200: 3000}
+    assert result.connections_opened == 20
+    lines = _log_lines(log, srv)
+    assert len(lines) == result.requests
+    # both URLs were used, in turn
+    a = sum('"GET /a.txt HTTP/1.1" 200 1024' in line for line in lines)
+    b = sum('"GET /b.txt HTTP/1.1" 200 5000' in line for line in lines)
+    assert a + b == 3000 and abs(a - b) <= 20
+    # bytes counted are whole responses: bodies plus headers
+    assert result.bytes > 1500 * 1024 + 1500 * 5000
+    lat = [result.percentile(p) for p in (50, 90, 99, 99.9)]
+    assert 0 < lat[0] <= lat[1] <= lat[2] <= lat[3] <= max(result.latencies)
+
+
+def test_duration_mode_stops_and_counts_only_complete_responses(logged_server):
+    base, log, srv = logged_server
+    result = LoadGen([base + "/a.txt"], connections=8, duration=0.5).run()
+    assert 0.5 <= result.seconds < 5
+    assert result.requests > 0 and not result.errors
+    assert len(_log_lines(log, srv)) == result.requests
+
+
+def test_no_keepalive_opens_a_connection_per_request(logged_server):
+    base, log, srv = logged_server
+    result = LoadGen([base + "/a.txt"], connections=4, requests=200, duration=None, keepalive=False).run()
+    assert result.requests == 200 and result.connections_opened == 200 and not result.errors
+    assert len(_log_lines(log, srv)) == 200
+
+
+def test_errors_are_counted_by_kind(logged_server):
+    base, log, srv = logged_server
+    result = LoadGen([base + "/a.txt", base + "/missing"], connections=2, requests=40, duration=None).run()
+    assert result.statuses == {200: 20, 404: 20}
+    assert result.errors == {"HTTP 404": 20}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]  # nobody listens here once closed
+    result = LoadGen([f"http://127.0.0.1:{dead_port}/"], connections=2, duration=0.3).run()
+    assert result.requests == 0
+    assert set(result.errors) == {"connect: Connection refused"} and result.errors["connect: Connection refused"] > 2
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="only http://"):
+        LoadGen(["https://127.0.0.1/"], duration=1)
+    with pytest.raises(ValueError, match="connections"):
+        LoadGen(["http://127.0.0.1/"], connections=0, duration=1)
+    r = subprocess.run([sys.executable, "-m", "apps.loadgen", "ftp://x/", "-d", "1"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "only http://" in r.stderr
+
+
+def test_program_prints_a_report_and_json(logged_server):
+    base, log, srv = logged_server
+    r = subprocess.run([sys.executable, "-m", "apps.loadgen", base + "/a.txt", "-c", "5", "-n", "300", "--json"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["requests"] == 300 and summary["errors"] == {} and summary["statuses"] == {"200": 300}
+    assert set(summary["latency_ms"]) == {"p50", "p90", "p99", "p99.9"}
+    r = subprocess.run([sys.executable, "-m", "apps.loadgen", base + "/a.txt", "-c", "2", "-n", "50"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0
+    assert "50 requests in" in r.stdout and "requests/s" in r.stdout and "p99.9" in r.stdout
+    assert "\r" not in r.stdout  # no progress line when stdout is not a terminal
+    assert len(_log_lines(log, srv)) == 350
+
+
+def test_percentiles_are_nearest_rank():
+    r = Result(latencies=[i / 1000 for i in range(1, 1001)])
+    assert r.percentile(50) == 0.5 and r.percentile(90) == 0.9 and r.percentile(99.9) == 0.999
+    assert r.percentile(100) == 1.0
