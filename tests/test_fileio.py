@@ -158,6 +158,28 @@ def test_two_hundred_threads_read_concurrently(data_file):
     assert completed >= 200 and in_flight == 0
 
 
+def test_fileno_serves_sendfile_at_any_offset(data_file):
+    import socket
+    path, content = data_file
+
+    def main():
+        f = yield from fileio.open(path)
+        a, b = socket.socketpair()
+        with a, b:
+            sent = os.sendfile(a.fileno(), f.fileno(), 100, 5000)
+            received = b.recv(10_000)
+        buffered_fd, direct_fd = f.fileno(), f.direct_fd
+        yield from f.close()
+        return sent, received, buffered_fd, direct_fd
+
+    sent, received, buffered_fd, direct_fd = run(main())
+    assert sent == 5000 and received == content[100:5100]
+    assert buffered_fd != direct_fd
+    for fd in (buffered_fd, direct_fd):  # close() released both
+        with pytest.raises(OSError):
+            os.fstat(fd)
+
+
 def test_async_def_threads_await_the_same_calls(data_file):
     path, content = data_file
 
@@ -368,7 +390,7 @@ def test_close_waits_for_reads_of_cancelled_threads(data_file):
         with pytest.raises(TimeoutError):
             with threadlib.timeout(0):
                 yield from f.pread(BLOCK * 256, 0)
-        fd = f.fileno()
+        fd = f.direct_fd
         before = worker.pending_on(fd)
         yield from f.close()
         after = worker.pending_on(fd)

@@ -117,7 +117,7 @@ class AioWorker(Worker):
             raise RuntimeError("an AioWorker serves one scheduler; create another for this one")
         self._sched = sched
         sched.aio = self
-        return {AioRead: self._submit, AioWrite: self._submit, AioFsync: self._submit,
+        return {AioRead: self._submit_read, AioWrite: self._submit_write, AioFsync: self._submit_fsync,
                 AioClose: self._close_fd}
 
     def start(self) -> str | None:
@@ -144,34 +144,49 @@ class AioWorker(Worker):
         return None
 
     # -- handlers -------------------------------------------------------------
-    def _submit(self, thread: Thread, sc: Any) -> None:
-        ctx = self._ctx
-        if ctx is None:
-            reason = self.start()
-            if reason is not None:
-                raise AioUnavailable(reason)
-            ctx = self._ctx
-        fd = sc.fd
-        if fd in self._closing:
-            raise OSError(errno.EBADF, f"fd {fd} is being closed")
-        if sc in self._requests:
-            raise ValueError(f"{sc!r} is already in flight; make a new system call object per request")
-        cls = type(sc)
-        token = sc
-        # The engine validates (fd, offset, buffer) and raises at once; the
-        # scheduler then hands that exception to the calling thread.
-        if cls is AioRead:
-            ctx.submit_read(fd, sc.buf, sc.offset, token)
-        elif cls is AioWrite:
-            ctx.submit_write(fd, sc.buf, sc.offset, token)
-        else:
-            ctx.submit_fsync(fd, token, bool(sc.datasync))
+    # One handler per call class, so the hot path never branches on the type.
+    # The engine validates (fd, offset, buffer) and raises at once; the
+    # scheduler then hands that exception to the calling thread.
+    def _submit_read(self, thread: Thread, sc: AioRead) -> None:
+        ctx = self._ctx or self._context()
+        if sc in self._requests or sc.fd in self._closing:
+            self._refuse(sc)
+        ctx.submit_read(sc.fd, sc.buf, sc.offset, sc)
+        self._track(thread, sc)
+
+    def _submit_write(self, thread: Thread, sc: AioWrite) -> None:
+        ctx = self._ctx or self._context()
+        if sc in self._requests or sc.fd in self._closing:
+            self._refuse(sc)
+        ctx.submit_write(sc.fd, sc.buf, sc.offset, sc)
+        self._track(thread, sc)
+
+    def _submit_fsync(self, thread: Thread, sc: AioFsync) -> None:
+        ctx = self._ctx or self._context()
+        if sc in self._requests or sc.fd in self._closing:
+            self._refuse(sc)
+        ctx.submit_fsync(sc.fd, sc, bool(sc.datasync))
+        self._track(thread, sc)
+
+    def _track(self, thread: Thread, sc: Any) -> None:
         pending = self._pending_by_fd
+        fd = sc.fd
         pending[fd] = pending.get(fd, 0) + 1
         self._requests[sc] = thread
-        self._sched.suspend(thread, sc)
         if self._flush_due is None:
             self._flush_due = self._sched.clock.now()
+        self._sched.suspend(thread, sc)
+
+    def _context(self) -> AioContext:
+        reason = self.start()
+        if reason is not None:
+            raise AioUnavailable(reason)
+        return self._ctx
+
+    def _refuse(self, sc: Any) -> None:
+        if sc in self._requests:
+            raise ValueError(f"{sc!r} is already in flight; make a new system call object per request")
+        raise OSError(errno.EBADF, f"fd {sc.fd} is being closed")
 
     def _close_fd(self, thread: Thread, sc: AioClose) -> None:
         fd = sc.fd

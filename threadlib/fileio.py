@@ -48,6 +48,7 @@ log = logging.getLogger("threadlib.fileio")
 BLOCK = 4096              # alignment of offsets, lengths and buffers (any device's logical block divides it)
 MAX_CHUNK = 1 << 20       # largest single request; bigger transfers are split
 _MASK = BLOCK - 1
+_ONE_REQUEST = MAX_CHUNK - BLOCK  # the longest read that always fits one aligned request
 _ZEROS = bytes(BLOCK)
 
 _MODES = {
@@ -92,6 +93,8 @@ class _AlignedPool:
 
     def take(self, size: int) -> memoryview:
         cls = BLOCK if size <= BLOCK else 1 << (size - 1).bit_length()
+        if cls > MAX_CHUNK:
+            raise ValueError(f"aligned buffers go up to {MAX_CHUNK} bytes, asked for {size}")
         free = self._free[cls]
         if free:
             return free.pop()
@@ -108,6 +111,8 @@ class _AlignedPool:
 
 
 _pool = _AlignedPool()
+_free_blocks = _pool._free[BLOCK]  # the 4 KiB class, used inline on the hot path
+_KEEP_BLOCKS = _pool._keep[BLOCK]
 
 
 class ReadView:
@@ -211,13 +216,31 @@ class File:
         self._aio_fsync = direct
         # Blocking-pool calls still running on the fd (their callers may have
         # been cancelled); the fd is closed by whichever finishes last.
+        self._buffered_fd = -1
         self._pool_lock = threading.Lock()
         self._pool_users = 0
         self._close_deferred = -1
 
     # -- plain calls ------------------------------------------------------
     def fileno(self) -> int:
-        """The descriptor (for sendfile); opened with O_DIRECT when `direct`."""
+        """A descriptor for sendfile, mmap or plain os.pread: never O_DIRECT.
+
+        sendfile from an O_DIRECT descriptor fails with EINVAL unless offset
+        and length are block aligned, so a direct File opens a second,
+        buffered descriptor of the same file on first call (through
+        /proc/self/fd, so it works after a rename or unlink) and closes it
+        in close()."""
+        self._check_open()
+        if not self.direct:
+            return self._fd
+        if self._buffered_fd < 0:
+            flags = os.O_RDWR if self.writable else os.O_RDONLY
+            self._buffered_fd = os.open(f"/proc/self/fd/{self._fd}", flags | os.O_CLOEXEC)
+        return self._buffered_fd
+
+    @property
+    def direct_fd(self) -> int:
+        """The O_DIRECT descriptor the AIO requests use (the only one, when not `direct`)."""
         self._check_open()
         return self._fd
 
@@ -248,9 +271,14 @@ class File:
     @types.coroutine
     def pread(self, n: int, offset: int) -> bytes:
         """Up to `n` bytes at `offset` (fewer only at end of file)."""
-        self._check_open()
-        _check_range(n, offset)
-        if n > MAX_CHUNK - BLOCK or not self.direct:
+        # The hot path of a file server: kept to one system call and no
+        # nested generator.
+        fd = self._fd
+        if fd < 0:
+            self._check_open()
+        if type(n) is not int or type(offset) is not int or n < 0 or offset < 0:
+            _check_range(n, offset)
+        if n > _ONE_REQUEST or not self.direct:
             out = bytearray(n)
             got = yield from self.pread_into(out, offset)
             del out[got:]
@@ -259,12 +287,22 @@ class File:
             return b""
         start = offset & _MASK
         span = (start + n + _MASK) & ~_MASK
-        buf = _pool.take(span)
-        got = yield from self._read_aligned(buf, offset - start, span)
-        if got <= start:
-            data = b""
+        if span == BLOCK and _free_blocks:
+            buf = _free_blocks.pop()
         else:
-            data = bytes(buf[start:min(got, start + n)])
+            buf = _pool.take(span)
+        try:
+            got = yield AioRead(fd, buf if len(buf) == span else buf[:span], offset - start)
+        except OSError as exc:
+            raise self._error(exc) from None  # buf is not given back: the kernel may own it
+        if got == n and start == 0 and span == BLOCK:
+            data = bytes(buf)  # the common 4 KiB aligned read
+            if len(_free_blocks) < _KEEP_BLOCKS:
+                _free_blocks.append(buf)
+            return data
+        if got < span and got > 0 and not got & _MASK:
+            got = yield from self._read_rest(buf, offset - start, span, got)
+        data = bytes(buf[start:min(got, start + n)]) if got > start else b""
         _pool.give(buf)
         return data
 
@@ -306,7 +344,7 @@ class File:
         pooled buffer the kernel read into (no copy).  Release it when done."""
         self._check_open()
         _check_range(n, offset)
-        if n > MAX_CHUNK - BLOCK or not self.direct:
+        if n > _ONE_REQUEST or not self.direct:
             data = yield from self.pread(n, offset)
             return ReadView(memoryview(data), None)
         start = offset & _MASK
@@ -319,13 +357,21 @@ class File:
     def _read_aligned(self, buf: memoryview, pos: int, span: int) -> int:
         """Fill buf[:span] from the aligned `pos`; bytes read (short at EOF).
         On an exception `buf` is not given back: the kernel may still own it."""
-        fd = self._fd
         try:
-            got = yield AioRead(fd, buf if len(buf) == span else buf[:span], pos)
-            # A regular file reads short only at its end; a read that stopped
-            # on a block boundary short of it is continued.
-            while 0 < got < span and not got & _MASK:
-                more = yield AioRead(fd, buf[got:span], pos + got)
+            got = yield AioRead(self._fd, buf if len(buf) == span else buf[:span], pos)
+        except OSError as exc:
+            raise self._error(exc) from None
+        if got < span and got > 0 and not got & _MASK:
+            got = yield from self._read_rest(buf, pos, span, got)
+        return got
+
+    @types.coroutine
+    def _read_rest(self, buf: memoryview, pos: int, span: int, got: int) -> int:
+        # A regular file reads short only at its end; a read that stopped on a
+        # block boundary short of the span is continued until it returns 0.
+        try:
+            while got < span and not got & _MASK:
+                more = yield AioRead(self._fd, buf[got:span], pos + got)
                 if more <= 0:
                     break
                 got += more
@@ -476,6 +522,9 @@ class File:
             return
         self._fd = -1
         if self.direct:
+            if self._buffered_fd >= 0:
+                os.close(self._buffered_fd)
+                self._buffered_fd = -1
             yield AioClose(fd)
             return
         with self._pool_lock:
