@@ -105,7 +105,7 @@ class RequestReader:
     """
 
     __slots__ = (
-        "parser", "complete", "in_message", "in_headers", "limits", "_url", "_url_parts", "_header_count",
+        "parser", "complete", "in_message", "in_headers", "limits", "_url", "_header_count",
         "_header_bytes", "_hosts", "_conditions", "_body_bytes", "_pending_raw", "_raw_limit",
     )
 
@@ -116,7 +116,6 @@ class RequestReader:
         self.in_message = False
         self.in_headers = False
         self._url = b""
-        self._url_parts: list[bytes] | None = None
         self._header_count = 0
         self._header_bytes = 0
         self._hosts = 0
@@ -162,7 +161,6 @@ class RequestReader:
         self.in_message = True
         self.in_headers = True
         self._url = b""
-        self._url_parts = None
         self._header_count = 0
         self._header_bytes = 0
         self._hosts = 0

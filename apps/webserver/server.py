@@ -23,6 +23,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import types
 from typing import Any, Callable
 
@@ -57,11 +58,12 @@ class _Abort(Exception):
 class _Connection:
     """What shutdown needs to know about one connection."""
 
-    __slots__ = ("thread", "idle")
+    __slots__ = ("thread", "idle", "idle_since")
 
     def __init__(self) -> None:
         self.thread: Thread | None = None
-        self.idle = False
+        self.idle = False  # waiting for the first byte of a request
+        self.idle_since = 0.0  # time.monotonic() when it began waiting
 
 
 class WebServer:
@@ -126,10 +128,12 @@ class WebServer:
         if ready is not None:
             ready(self.address)
         acceptor = yield from threadlib.spawn(self._accept_loop(listener), name="http-accept")
+        sweeper = yield from threadlib.spawn(self._sweep_idle(), name="http-idle-sweeper")
         try:
             yield from (shutdown or threadlib.Event()).wait()
         finally:
             yield from acceptor.cancel()
+            yield from sweeper.cancel()
             listener.close()
             yield from self._drain()
             self._flush_log()
@@ -143,6 +147,21 @@ class WebServer:
             self._open.add(state)
             self.connections += 1
             state.thread = yield from spawn(self._connection(conn, peer, state))
+
+    @types.coroutine
+    def _sweep_idle(self) -> Any:
+        """Close keep-alive connections idle for keepalive_timeout."""
+        limit = self.keepalive_timeout
+        period = min(1.0, max(0.01, limit / 4))
+        while True:
+            yield from threadlib.sleep(period)
+            now = time.monotonic()
+            for state in list(self._open):
+                t = state.thread
+                # Only a thread blocked in its idle recv: one that was just
+                # handed a request (ready, not waiting) is left alone.
+                if state.idle and now - state.idle_since >= limit and t is not None and t.waiting_on is not None:
+                    yield from t.cancel()
 
     @types.coroutine
     def _drain(self) -> Any:
@@ -172,7 +191,9 @@ class WebServer:
         complete = reader.complete
         feed = reader.feed
         recv = conn.recv
-        idle_timeout = self.keepalive_timeout
+        sendall = conn.sendall
+        send_timeout = self.send_timeout
+        monotonic = time.monotonic
         deadline = None
         try:
             while True:
@@ -192,13 +213,13 @@ class WebServer:
                 else:
                     if self._stopping:
                         return
+                    # Idle between requests: the sweeper closes the
+                    # connection after keepalive_timeout (a per-wait timer
+                    # would cost every request a heap push and pop).
+                    state.idle_since = monotonic()
                     state.idle = True
-                    try:
-                        data = yield from recv(65536, timeout=idle_timeout)
-                    except TimeoutError:
-                        return
-                    finally:
-                        state.idle = False
+                    data = yield from recv(65536)
+                    state.idle = False
                 if not data:
                     return
                 error = None
@@ -208,7 +229,11 @@ class WebServer:
                     error = exc
                 if complete:
                     deadline = None
-                    keep_open = yield from self._answer(conn, peer, complete)
+                    data, keep_open = self._answer_from_memory(peer, complete)
+                    if data is None:
+                        keep_open = yield from self._answer(conn, peer, complete)
+                    else:
+                        yield from sendall(data, timeout=send_timeout)
                     if not keep_open:
                         return
                 if error is not None:
@@ -240,6 +265,42 @@ class WebServer:
             conn.shutdown()
         except (OSError, TimeoutError):
             pass
+
+    def _answer_from_memory(self, peer: Any, complete: list) -> tuple[bytes | None, bool]:
+        """(all the batch's responses as one bytes, keep open?) when none
+        needs file IO -- the common case, with no generator to create --
+        else (None, False) and nothing is consumed."""
+        now = self.clock.tick()
+        if len(complete) == 1:
+            request = complete[0]
+            data, status, body_length, plan = self._respond(request, now)
+            if plan is not None:
+                return None, False
+            complete.clear()
+            self.requests += 1
+            if self.access_log is not None:
+                self._log(peer, request.request_line, status, body_length)
+                self._flush_log()
+            return data, request.keep_alive and request.error is None and not self._stopping
+        answers = []
+        for request in complete:
+            answer = self._respond(request, now)
+            if answer[3] is not None:
+                return None, False
+            answers.append(answer)
+        out = []
+        keep_open = True
+        for request, (data, status, body_length, _) in zip(complete, answers):
+            out.append(data)
+            self.requests += 1
+            if self.access_log is not None:
+                self._log(peer, request.request_line, status, body_length)
+            if not request.keep_alive or request.error is not None or self._stopping:
+                keep_open = False
+                break
+        complete.clear()
+        self._flush_log()
+        return b"".join(out), keep_open
 
     @types.coroutine
     def _answer(self, conn: Any, peer: Any, complete: list) -> Any:
@@ -407,8 +468,9 @@ class WebServer:
                 return (yield from self._answer_again(conn, out, request, now))
             if entry.size <= self.cache_max_body:
                 body = yield from f.pread(entry.size, 0)
-                if len(body) != entry.size:
-                    raise _Abort()
+                if len(body) < entry.size:
+                    raise _Abort()  # the file shrank under us
+                body = body[:entry.size]  # never more than asked for, whatever the reader returns
                 entry.body = body
                 out.append(head + body[first:first + count])
                 yield from self._flush(conn, out)
@@ -418,10 +480,12 @@ class WebServer:
             offset, end = first, first + count
             while offset < end:
                 # A view of the pooled AIO buffer: sent without a copy.
-                view = yield from f.pread_view(min(_AIO_CHUNK, end - offset), offset)
+                want = min(_AIO_CHUNK, end - offset)
+                view = yield from f.pread_view(want, offset)
                 with view as chunk:
                     if not len(chunk):
                         raise _Abort()  # the file shrank under us
+                    chunk = chunk[:want]
                     yield from conn.sendall(chunk, timeout=self.send_timeout)
                     offset += len(chunk)
             return count
