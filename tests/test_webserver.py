@@ -571,9 +571,46 @@ def test_program_refuses_bad_options_before_serving(tmp_path):
     r = subprocess.run([sys.executable, "-m", "apps.webserver", "--root", str(tmp_path / "nope")], cwd=ROOT,
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "is not a directory" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "apps.webserver", "--stack", "user", "--workers", "2"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "--stack user runs one process" in r.stderr
     import importlib.util
 
     if importlib.util.find_spec("threadlib.tcpsockio") is None:
         r = subprocess.run([sys.executable, "-m", "apps.webserver", "--stack", "user", "--port", str(_free_port())],
                            cwd=ROOT, capture_output=True, text=True, timeout=30)
         assert r.returncode != 0 and "the user-level TCP stack is not available yet" in r.stderr
+
+
+def _user_stack_usable():
+    import importlib.util
+
+    return (importlib.util.find_spec("threadlib.tcpsockio") is not None and os.geteuid() == 0
+            and os.path.exists("/dev/net/tun"))
+
+
+@pytest.mark.skipif(not _user_stack_usable(), reason="needs threadlib.tcpsockio, root and /dev/net/tun")
+def test_program_serves_over_the_user_level_tcp_stack(site):
+    # A TUN device and subnet of its own, so parallel runs do not collide.
+    n = os.getpid() % 200 + 20
+    env = dict(os.environ, TL_TUN=f"tlws{n}", TL_PEER=f"10.{n}.77.1/24", TL_ADDRESS=f"10.{n}.77.2/24",
+               TL_PEER6="", TL_ADDRESS6="")
+    proc = subprocess.Popen([sys.executable, "-m", "apps.webserver", "--stack", "user", "--root", str(site),
+                             "--port", "8080"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        banner = proc.stdout.readline()
+        assert f"http://10.{n}.77.2:8080/" in banner and "stack=user" in banner, banner
+        address = (f"10.{n}.77.2", 8080)
+        assert get(address, "/big.bin")[2] == (site / "big.bin").read_bytes()
+        c = Client(address)
+        c.send(b"GET /small.txt HTTP/1.1\r\nHost: x\r\n\r\nGET /missing HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert c.response()[::2] == (200, (site / "small.txt").read_bytes())
+        assert c.response()[0] == 404
+        c.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

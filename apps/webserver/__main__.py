@@ -28,7 +28,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="A static-file HTTP/1.1 server on threadlib: one user-level thread per connection.",
     )
     parser.add_argument("--root", default=SAMPLE_SITE, help="directory to serve (default: the built-in sample site)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1; with --stack user, every "
+                                       "address of the user-level stack)")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--io", choices=IO_MODES, default="sendfile",
                         help="how file bodies leave the disk: sendfile(2) or Linux AIO reads (threadlib.fileio)")
@@ -53,6 +54,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--port {args.port} is not a TCP port")
     if args.workers < 1:
         parser.error("--workers must be at least 1")
+    if args.stack == "user" and args.workers > 1:
+        parser.error("--stack user runs one process (the user-level stack owns one TUN device); drop --workers")
+    if args.host is None:
+        args.host = "127.0.0.1" if args.stack == "kernel" else "0.0.0.0"
     if args.io == "aio":
         try:
             from threadlib import fileio  # noqa: F401
@@ -84,8 +89,12 @@ def main(argv: list[str] | None = None) -> int:
 
         def ready(address: Any) -> None:
             if index == 0:
-                print(f"serving {root} on http://{address[0]}:{address[1]}/ "
-                      f"(io={args.io}, stack={args.stack}, workers={args.workers})", flush=True)
+                hosts = [address[0]]
+                if args.stack == "user" and address[0] in ("", "0.0.0.0", "::"):
+                    hosts = [a.split("/")[0] for a in getattr(network, "addresses", [])] or hosts
+                urls = " ".join(f"http://{h if ':' not in h else f'[{h}]'}:{address[1]}/" for h in hosts)
+                print(f"serving {root} on {urls} (io={args.io}, stack={args.stack}, workers={args.workers})",
+                      flush=True)
 
         try:
             yield from server.serve((args.host, args.port), shutdown, reuse_port=args.workers > 1, ready=ready)
