@@ -112,3 +112,25 @@ def test_percentiles_are_nearest_rank():
     r = Result(latencies=[i / 1000 for i in range(1, 1001)])
     assert r.percentile(50) == 0.5 and r.percentile(90) == 0.9 and r.percentile(99.9) == 0.999
     assert r.percentile(100) == 1.0
+
+
+def test_progress_line_only_on_a_terminal(logged_server):
+    import pty
+
+    base, log, srv = logged_server
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "apps.loadgen", base + "/a.txt", "-c", "2", "-d", "1.6"],
+                            cwd=ROOT, stdout=slave, stderr=subprocess.PIPE)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert proc.wait(timeout=30) == 0
+    assert b"\r\x1b[K" in out and b"req/s" in out and b"requests in" in out

@@ -428,6 +428,15 @@ def test_slow_client_is_cut_off_while_others_are_served(serve):
     assert served >= 10 and slowest < 1.0
 
 
+def test_silent_new_connections_get_only_the_header_timeout(serve):
+    address = serve(header_timeout=0.5, keepalive_timeout=30)
+    silent = socket.create_connection(address, timeout=5)
+    t0 = time.monotonic()
+    assert silent.recv(10) == b""
+    assert 0.4 <= time.monotonic() - t0 < 3
+    silent.close()
+
+
 def test_idle_keep_alive_connections_are_closed(serve):
     address = serve(keepalive_timeout=0.5)
     c = Client(address)

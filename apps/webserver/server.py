@@ -58,12 +58,13 @@ class _Abort(Exception):
 class _Connection:
     """What shutdown needs to know about one connection."""
 
-    __slots__ = ("thread", "idle", "idle_since")
+    __slots__ = ("thread", "idle", "idle_since", "served")
 
     def __init__(self) -> None:
         self.thread: Thread | None = None
         self.idle = False  # waiting for the first byte of a request
         self.idle_since = 0.0  # time.monotonic() when it began waiting
+        self.served = False  # a connection that never sent a request gets only header_timeout
 
 
 class WebServer:
@@ -150,9 +151,10 @@ class WebServer:
 
     @types.coroutine
     def _sweep_idle(self) -> Any:
-        """Close keep-alive connections idle for keepalive_timeout."""
-        limit = self.keepalive_timeout
-        period = min(1.0, max(0.01, limit / 4))
+        """Close keep-alive connections idle for keepalive_timeout, and new
+        connections that have not begun a request within header_timeout."""
+        keepalive, first = self.keepalive_timeout, min(self.header_timeout, self.keepalive_timeout)
+        period = min(1.0, max(0.01, first / 4))
         while True:
             yield from threadlib.sleep(period)
             now = time.monotonic()
@@ -160,6 +162,7 @@ class WebServer:
                 t = state.thread
                 # Only a thread blocked in its idle recv: one that was just
                 # handed a request (ready, not waiting) is left alone.
+                limit = keepalive if state.served else first
                 if state.idle and now - state.idle_since >= limit and t is not None and t.waiting_on is not None:
                     yield from t.cancel()
 
@@ -229,6 +232,7 @@ class WebServer:
                     error = exc
                 if complete:
                     deadline = None
+                    state.served = True
                     data, keep_open = self._answer_from_memory(peer, complete)
                     if data is None:
                         keep_open = yield from self._answer(conn, peer, complete)
