@@ -82,15 +82,21 @@ def test_pread_equals_os_pread_at_any_offset_and_length(data_file, reads):
         assert f.direct
         got = []
         for offset, n in reads:
-            got.append((yield from f.pread(n, offset)))
+            data = yield from f.pread(n, offset)
+            into = bytearray(n)
+            count = yield from f.pread_into(into, offset)
+            with (yield from f.pread_view(n, offset)) as view:
+                viewed = bytes(view)
+            got.append((data, bytes(into[:count]), viewed))
         yield from f.close()
         return got
 
     got = run(main())
     fd = os.open(path, os.O_RDONLY)
     try:
-        for (offset, n), data in zip(reads, got):
-            assert data == os.pread(fd, n, offset), (offset, n)
+        for (offset, n), (data, into, viewed) in zip(reads, got):
+            expected = os.pread(fd, n, offset)
+            assert data == expected and into == expected and viewed == expected, (offset, n)
     finally:
         os.close(fd)
 

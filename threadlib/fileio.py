@@ -19,6 +19,10 @@ whose thread was cancelled or timed out keeps its buffer out of the pool.
 `open`, `stat`, `ftruncate` and `close` are metadata calls made inline,
 as nginx does: on a local filesystem they do not wait for the disk.
 
+`f.fileno()` is a second, buffered descriptor of the same file, for
+sendfile (which refuses unaligned ranges on an O_DIRECT descriptor);
+`pread_view` lends the aligned buffer the kernel read into, without a copy.
+
 Writes through one File are safe against each other (overlapping blocks
 are serialised, size changes are ordered); writes to the same blocks
 through another File or another process may race, as with any O_DIRECT
@@ -668,11 +672,7 @@ def read_file(path: str | os.PathLike, *, direct: bool | None = None) -> bytes:
     """The whole contents of `path` (up to its size when opened)."""
     f = yield from open(path, "r", direct=direct)
     try:
-        size = f.size
-        out = bytearray(size)
-        got = yield from f.pread_into(out, 0)
-        del out[got:]
-        return bytes(out)
+        return (yield from f.pread(f.size, 0))
     finally:
         yield from f.close()
 
