@@ -1,8 +1,8 @@
 """Run every benchmark with short defaults and print all tables.
 
-    python -m bench                 # a few minutes: spawn 100k (+10M threadlib), switch 1M, echo 3s, http 3s
+    python -m bench                 # a few minutes: spawn 100k (+10M threadlib), switch 500k, echo 3s, http 3s
     python -m bench --quick         # about a minute: spawn 100k (+1M), switch 200k, 1s loads
-    python -m bench --full          # the issue's sizes: spawn 100k and 1M for all peers, 10s loads
+    python -m bench --full          # the issue's sizes: spawn 100k and 1M for all peers, switch 1M, 10s loads
     python -m bench --only echo,http --json
 
 Prints the machine line (date, kernel, CPU model, nproc) for the README.
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Run every benchmark with short defaults.")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="smaller sizes and 1s loads")
-    size.add_argument("--full", action="store_true", help="spawn 1M for every peer, 10s loads (slow)")
+    size.add_argument("--full", action="store_true", help="spawn 1M for every peer, switch 1M, 10s loads (slow)")
     p.add_argument("--only", default="", help=f"comma-separated benchmarks of {','.join(BENCHES)}")
     p.add_argument("--peers", default="", help="comma-separated peer names (substring match)")
     p.add_argument("--repeat", type=int, default=1, help="runs per peer; tables keep the lowest CPU/op")
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     jobs = {
         "spawn": lambda: spawn.run([100_000, 1_000_000] if f else [100_000], 1_000_000 if q else 10_000_000,
                                    a.peers, save=a.json, repeat=a.repeat),
-        "switch": lambda: switch.run(200_000 if q else 1_000_000, 1, a.peers, save=a.json, repeat=a.repeat),
+        "switch": lambda: switch.run(200_000 if q else 1_000_000 if f else 500_000, 1, a.peers, save=a.json, repeat=a.repeat),
         "echo": lambda: echo.run(load_s, 100, 64, 0.3 if q else 0.5, a.peers, save=a.json, repeat=a.repeat),
         "http": lambda: http.run(load_s, 100, 0 if q else 1, a.peers, save=a.json, repeat=a.repeat),
     }
