@@ -31,10 +31,11 @@ def main(argv: list[str] | None = None) -> None:
     todo = [b for b in BENCHES if not a.only or b in a.only.split(",")]
     q, f = a.quick, a.full
     load_s = 1 if q else 10 if f else 3
+    switches = 200_000 if q else 1_000_000 if f else 500_000
     jobs = {
         "spawn": lambda: spawn.run([100_000, 1_000_000] if f else [100_000], 1_000_000 if q else 10_000_000,
                                    a.peers, save=a.json, repeat=a.repeat),
-        "switch": lambda: switch.run(200_000 if q else 1_000_000 if f else 500_000, 1, a.peers, save=a.json, repeat=a.repeat),
+        "switch": lambda: switch.run(switches, 1, a.peers, save=a.json, repeat=a.repeat),
         "echo": lambda: echo.run(load_s, 100, 64, 0.3 if q else 0.5, a.peers, save=a.json, repeat=a.repeat),
         "http": lambda: http.run(load_s, 100, 0 if q else 1, a.peers, save=a.json, repeat=a.repeat),
     }
