@@ -2,7 +2,9 @@
  * connections to HOST:PORT (127.0.0.1 only in practice); on each, keeps
  * exactly one SIZE-byte message in flight: send it, wait for all SIZE bytes
  * of the echo, send the next.  Runs for DURATION seconds (a bounded loop),
- * then prints one line: "messages=M seconds=S msgs_per_s=R errors=E".
+ * then prints one line: "messages=M seconds=S msgs_per_s=R errors=E".  An
+ * echo that differs from what was sent counts as an error (and drops the
+ * connection), so a wrong server cannot post a good number.
  * Usage: echo_load HOST PORT CONNS DURATION_S [SIZE] */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -18,7 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
-struct conn { int fd; size_t got; };
+struct conn { int fd; size_t got; char *buf; };
 
 static double now(void) {
     struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -42,7 +44,7 @@ int main(int argc, char **argv) {
     double duration = atof(argv[4]);
     size_t size = argc > 5 ? (size_t)atol(argv[5]) : 64;
     if (nconn <= 0 || size == 0 || size > 65536 || duration <= 0) { fprintf(stderr, "bad arguments\n"); return 2; }
-    char *msg = malloc(size), *rbuf = malloc(65536);
+    char *msg = malloc(size);
     for (size_t i = 0; i < size; i++) msg[i] = (char)('a' + i % 26);
     struct conn *cs = calloc((size_t)nconn, sizeof *cs);
     int ep = epoll_create1(0);
@@ -54,6 +56,7 @@ int main(int argc, char **argv) {
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
         cs[i].fd = fd;
+        cs[i].buf = malloc(size);
         struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (unsigned)i};
         epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
     }
@@ -70,12 +73,12 @@ int main(int argc, char **argv) {
         for (int k = 0; k < n; k++) {
             struct conn *c = &cs[evs[k].data.u32];
             if (c->fd < 0) continue;
-            ssize_t r = read(c->fd, rbuf, 65536);
+            ssize_t r = read(c->fd, c->buf + c->got, size - c->got);
             if (r < 0 && (errno == EAGAIN || errno == EINTR)) continue;
-            if (r <= 0 || c->got + (size_t)r > size) {   /* EOF, error, or more than was sent */
+            c->got += r > 0 ? (size_t)r : 0;
+            if (r <= 0 || (c->got == size && memcmp(c->buf, msg, size) != 0)) {   /* EOF, error, wrong echo */
                 errors++; alive--; epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL); close(c->fd); c->fd = -1; continue;
             }
-            c->got += (size_t)r;
             if (c->got == size) {
                 c->got = 0; messages++;
                 if (send_msg(c->fd, msg, size) < 0) { errors++; alive--; close(c->fd); c->fd = -1; }
