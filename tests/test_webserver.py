@@ -144,9 +144,16 @@ def status_of(response):
 
 def test_sample_site_is_the_default_root():
     with BackgroundServer(WebServer()) as address:
-        status, headers, body = get(address, "/")
-        assert status == 200 and b"threadlib" in body
-        assert headers["Content-Type"] == "text/html; charset=utf-8"
+        base = f"http://{address[0]}:{address[1]}"
+        with urllib.request.urlopen(base + "/", timeout=10) as r:
+            assert r.status == 200 and b"threadlib" in r.read()
+            assert r.headers["Content-Type"] == "text/html; charset=utf-8"
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(base + "/no/such/page.html", timeout=10)
+        assert missing.value.code == 404 and b"no such file" in missing.value.read()
+        # urllib follows the directory redirect
+        with urllib.request.urlopen(base + "/docs", timeout=10) as r:
+            assert r.url.endswith("/docs/") and b"Options" in r.read()
         status, headers, body = get(address, "/threads.png")
         assert headers["Content-Type"] == "image/png" and body.startswith(b"\x89PNG\r\n\x1a\n")
         assert get(address, "/style.css")[1]["Content-Type"] == "text/css; charset=utf-8"
@@ -362,6 +369,13 @@ def test_every_refusal_has_its_status_and_a_short_reason(serve):
         assert int(re.search(rb"Content-Length: (\d+)", head).group(1)) == len(body)
     reply = raw_exchange(address, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
     assert b"Allow: GET, HEAD\r\n" in reply
+    # a refused upload still gets its answer when the body keeps coming
+    with socket.create_connection(address, timeout=10) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 900000\r\n\r\n")
+        time.sleep(0.3)  # the 413 is sent; now the body arrives, unread
+        s.sendall(b"u" * 200000)
+        time.sleep(0.3)
+        assert s.recv(65536).startswith(b"HTTP/1.1 413 ")
     # a chunked body past the limit is caught while it streams
     address2 = serve(limits=Limits(max_body=1000))
     chunked = b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + b"400\r\n" + b"z" * 1024 + b"\r\n0\r\n\r\n"

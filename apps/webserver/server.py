@@ -47,6 +47,8 @@ _STATUS_304 = STATUS_LINES[304]
 _GET = b"GET"
 _HEAD = b"HEAD"
 _AIO_CHUNK = 256 * 1024
+_LINGER_SECONDS = 2.0
+_LINGER_BYTES = 1 << 20
 _O_READ = os.O_RDONLY | os.O_CLOEXEC
 
 
@@ -267,6 +269,16 @@ class WebServer:
         try:
             yield from conn.sendall(data, timeout=self.send_timeout)
             conn.shutdown()
+            # Lingering close: closing with unread input (a body we refused,
+            # pipelined requests) would send a RST that can destroy the
+            # response before the client reads it. Drain for a short while.
+            with threadlib.timeout(_LINGER_SECONDS):
+                drained = 0
+                while drained < _LINGER_BYTES:
+                    chunk = yield from conn.recv(65536)
+                    if not chunk:
+                        break
+                    drained += len(chunk)
         except (OSError, TimeoutError):
             pass
 
