@@ -379,10 +379,11 @@ def save_json(bench: str, data: dict) -> Path:
 def arg_parser(doc: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
     p.add_argument("--json", action="store_true", help="also write results to bench/results/")
-    p.add_argument("--only", default="", help="comma-separated peer names (substring match)")
+    p.add_argument("--only", default="", help="comma-separated peer names (substring; =name: exact)")
     p.add_argument("--repeat", type=int, default=1, help="runs per peer; the table keeps the lowest CPU/op")
     return p
 
 
 def selected(name: str, only: str) -> bool:
-    return not only or any(s and s in name for s in only.split(","))
+    """Is peer `name` picked by `only` (comma-separated substrings; '=name' for exactly name)?"""
+    return not only or any(s == "=" + name or (s and s[0] != "=" and s in name) for s in only.split(","))
