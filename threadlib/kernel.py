@@ -247,21 +247,23 @@ class WaitQueue:
     they pile up, so cancelling any number of waiters stays O(1) each.
     """
 
-    __slots__ = ("_waiters", "park", "_stale")
+    __slots__ = ("_waiters", "park", "_stale", "_sched")
 
     def __init__(self) -> None:
         self._waiters: collections.deque[Thread] = collections.deque()
         self.park = Park(self)
         self._stale = 0
+        self._sched: Scheduler | None = None  # set by the first park: a queue lives in one scheduler
+
+    def has_waiters(self) -> bool:
+        """Cheap and possibly stale-positive; wake_one tells for sure."""
+        return bool(self._waiters)
 
     def __len__(self) -> int:
         return len(self._waiters) - self._stale
 
     def __bool__(self) -> bool:
         return len(self._waiters) > self._stale
-
-    def _append(self, thread: Thread) -> None:
-        self._waiters.append(thread)
 
     def _withdrawn(self) -> None:
         self._stale += 1
@@ -284,7 +286,13 @@ class WaitQueue:
         while waiters:
             t = waiters.popleft()
             if t._wait is park:
-                _running_scheduler().resume(t, value)
+                # Scheduler.resume, inlined: every lock and queue hand-off comes here.
+                t._value = value
+                t._wait = None
+                sched = self._sched
+                if t.deadline is not None:
+                    sched._disarm_timeout(t)
+                sched._ready.append(t)
                 return t
             self._stale -= 1
         return None
@@ -296,7 +304,7 @@ class WaitQueue:
         if not waiters:
             return 0
         park = self.park
-        resume = _running_scheduler().resume
+        resume = self._sched.resume
         woken = 0
         for t in waiters:
             if t._wait is park:
@@ -311,7 +319,7 @@ class WaitQueue:
         while waiters:
             t = waiters.popleft()
             if t._wait is park:
-                _running_scheduler().throw(t, exc)
+                self._sched.throw(t, exc)
                 return t
             self._stale -= 1
         return None
@@ -435,10 +443,19 @@ class TimerWorker(Worker):
 class IOWorker(Worker):
     """WaitRead/WaitWrite on any fd, through the scheduler's epoll.
 
-    An fd is registered once, edge-triggered for both directions, and stays
-    registered until ``forget_fd`` (sockio calls it on close). Waiting
-    therefore costs no epoll_ctl: the fast path is "try the operation, and
-    on EAGAIN record the thread in the fd's slot".
+    An fd is registered once, edge-triggered, and stays registered until
+    ``forget_fd`` (sockio calls it on close), so waiting to read costs no
+    epoll_ctl: the fast path is "try the operation, and on EAGAIN record the
+    thread in the fd's slot". EPOLLOUT is added only while a writer waits
+    (and dropped at the first write-space event nobody waits for): with it
+    always on, every ACK the peer sends would wake the scheduler for nothing.
+
+    An edge that arrives while nobody waits is remembered (``read_ready``)
+    and satisfies the next WaitRead at once. That makes it safe for a reader
+    to skip the attempt that would only fail with EAGAIN (after a short
+    read, say) and wait straight away: no edge is lost. A wait resumes with
+    the epoll event mask, so the reader can tell a hang-up (EOF, error:
+    states that raise no further edge) and stop taking that shortcut.
     """
 
     def __init__(self) -> None:
@@ -454,8 +471,8 @@ class IOWorker(Worker):
     def _record(self, fd: int) -> "_FdWaiters":
         rec = self._fds.get(fd)
         if rec is None:
-            rec = _FdWaiters(self._sched)
-            self._sched.watch_fd(fd, _EDGE_BOTH, rec.on_events)
+            rec = _FdWaiters(self._sched, fd)
+            self._sched.watch_fd(fd, _EDGE_READ, rec.on_events)
             self._fds[fd] = rec
         return rec
 
@@ -463,6 +480,11 @@ class IOWorker(Worker):
         rec = self._fds.get(sc.fd) or self._record(sc.fd)
         if rec.reader is not None:
             raise RuntimeError(f"fd {sc.fd} already has a reader waiting: {rec.reader!r}")
+        ready = rec.read_ready
+        if ready:
+            rec.read_ready = 0
+            self._sched.resume(thread, ready)
+            return
         rec.reader = thread
         self._sched.suspend(thread, sc)
 
@@ -470,6 +492,11 @@ class IOWorker(Worker):
         rec = self._fds.get(sc.fd) or self._record(sc.fd)
         if rec.writer is not None:
             raise RuntimeError(f"fd {sc.fd} already has a writer waiting: {rec.writer!r}")
+        if not rec.watching_out:
+            rec.watching_out = True
+            # MOD re-checks readiness: if the fd is writable already, the
+            # event is queued at once, so nothing is missed.
+            self._sched.modify_fd(sc.fd, _EDGE_BOTH)
         rec.writer = thread
         self._sched.suspend(thread, sc)
 
@@ -496,30 +523,39 @@ class IOWorker(Worker):
         return any(r.reader is not None or r.writer is not None for r in self._fds.values())
 
 
-_EDGE_BOTH = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
+_EDGE_READ = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
+_EDGE_BOTH = _EDGE_READ | select.EPOLLOUT
 _READ_EVENTS = select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP | select.EPOLLRDHUP
 _WRITE_EVENTS = select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP
 
 
 class _FdWaiters:
-    __slots__ = ("reader", "writer", "resume")
+    __slots__ = ("reader", "writer", "read_ready", "watching_out", "fd", "sched")
 
-    def __init__(self, sched: "Scheduler") -> None:
+    def __init__(self, sched: "Scheduler", fd: int) -> None:
         self.reader = None
         self.writer = None
-        self.resume = sched.resume
+        self.read_ready = 0  # events that arrived while no reader waited
+        self.watching_out = False
+        self.fd = fd
+        self.sched = sched
 
     def on_events(self, events: int) -> None:
         if events & _READ_EVENTS:
             t = self.reader
             if t is not None:
                 self.reader = None
-                self.resume(t)
-        if events & _WRITE_EVENTS:
+                self.sched.resume(t, events)
+            else:
+                self.read_ready |= events
+        if events & _WRITE_EVENTS and self.watching_out:
             t = self.writer
             if t is not None:
                 self.writer = None
-                self.resume(t)
+                self.sched.resume(t, events)
+            elif events & select.EPOLLOUT:
+                self.watching_out = False
+                self.sched.modify_fd(self.fd, _EDGE_READ)
 
 
 class BlockingPool(Worker):
@@ -1052,8 +1088,13 @@ class Scheduler:
         self.resume(t)
 
     def _sys_park(self, t: Thread, sc: Park) -> None:
-        sc.queue._append(t)
-        self.suspend(t, sc)
+        queue = sc.queue
+        queue._sched = self
+        queue._waiters.append(t)
+        if self._pending or t.deadline is not None:
+            self.suspend(t, sc)
+        else:
+            t._wait = sc
 
     def _withdraw_park(self, t: Thread, sc: Park) -> None:
         sc.queue._withdrawn()

@@ -231,27 +231,44 @@ class Queue:
         """Put without waiting; False if the queue is full."""
         if self._closed:
             raise QueueClosed("put() on a closed Queue")
-        if self._getters and self._getters.wake_one(item) is not None:
+        getters = self._getters
+        if getters._waiters and getters.wake_one(item) is not None:
             return True  # handed straight to a waiting getter
-        if 0 < self.maxsize <= len(self._items):
+        items = self._items
+        if 0 < self.maxsize <= len(items):
             return False
-        self._items.append(item)
+        items.append(item)
         return True
 
     @types.coroutine
     def put(self, item: Any, timeout: float | None = None) -> None:
-        while not self.put_nowait(item):
-            # Woken by a get that made room (or by close); retry.
-            with _timeout(timeout):
+        # put_nowait inlined: this is the hot path of every producer.
+        if not self._closed:
+            getters = self._getters
+            if getters._waiters and getters.wake_one(item) is not None:
+                return
+            items = self._items
+            if self.maxsize <= 0 or len(items) < self.maxsize:
+                items.append(item)
+                return
+        put_nowait = self.put_nowait
+        if put_nowait(item):
+            return
+        with _timeout(timeout):
+            while True:
+                # Woken by a get that made room (or by close); retry.
                 yield self._putters.park
+                if put_nowait(item):
+                    return
 
     @types.coroutine
     def get(self, timeout: float | None = None) -> Any:
         items = self._items
         if items:
             item = items.popleft()
-            if self._putters:
-                self._putters.wake_one()
+            putters = self._putters
+            if putters._waiters:
+                putters.wake_one()
             return item
         if self._closed:
             raise QueueClosed("get() on a closed, empty Queue")
@@ -265,7 +282,7 @@ class Queue:
         closed and empty)."""
         if self._items:
             item = self._items.popleft()
-            if self._putters:
+            if self._putters._waiters:
                 self._putters.wake_one()
             return item
         if self._closed:

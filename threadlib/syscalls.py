@@ -53,7 +53,8 @@ class Sleep(SystemCall):
 
 
 class WaitRead(SystemCall):
-    """Resume with None once ``fd`` is readable (or has an error or hang-up)."""
+    """Resume once ``fd`` is readable (or has an error or hang-up), with the
+    epoll event mask that said so."""
 
     __slots__ = ("fd",)
 
@@ -62,7 +63,8 @@ class WaitRead(SystemCall):
 
 
 class WaitWrite(SystemCall):
-    """Resume with None once ``fd`` is writable (or has an error)."""
+    """Resume once ``fd`` is writable (or has an error), with the epoll
+    event mask that said so."""
 
     __slots__ = ("fd",)
 
