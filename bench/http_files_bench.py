@@ -8,6 +8,8 @@ Peers, all single-process, pinned to core 0 (wrk on core 1), keep-alive:
 - threadlib-sendfile / threadlib-aio: `python -m apps.webserver --io ...`
   with its defaults (bodies up to 64 KiB kept in memory and revalidated
   with one stat a second; larger ones through sendfile(2) or fileio AIO).
+- threadlib-*-nocache: `--cache-max-body 0`, every body from the disk per
+  request (open, fstat, sendfile or AIO reads, close), as nginx does.
 - uvloop / gevent: httptools, a dict of precomputed responses for small
   files (as the threadlib server's cache), per-request open+read (uvloop has
   no sendfile for transports) or socket.sendfile (gevent) for large ones.
@@ -33,7 +35,8 @@ from bench import harness as H
 HOST = H.HOST
 SITE = H.ROOT / "apps" / "sample_site"
 FILES = ("/bench/1k.txt", "/bench/100k.txt")
-PEERS = ("nginx", "threadlib-sendfile", "threadlib-aio", "uvloop", "gevent")
+PEERS = ("nginx", "threadlib-sendfile", "threadlib-aio", "threadlib-sendfile-nocache", "threadlib-aio-nocache",
+         "uvloop", "gevent")
 TARGET_FACTOR = 1.2
 SMALL = 65536
 
@@ -210,10 +213,11 @@ def server_argv(peer: str, port: int, tmp: str) -> list[str]:
         conf.write_text(NGINX_CONF.format(d=tmp, host=HOST, port=port, root=SITE))
         return [nginx, "-p", tmp, "-e", f"{tmp}/error.log", "-c", str(conf)]
     if peer.startswith("threadlib"):
-        io = peer.split("-", 1)[1]
+        io = peer.split("-")[1]
         if io == "aio":
             H.import_or_skip("threadlib.fileio")
-        return [sys.executable, "-m", "apps.webserver", "--port", str(port), "--io", io, "--quiet"]
+        cache = ["--cache-max-body", "0"] if peer.endswith("-nocache") else []
+        return [sys.executable, "-m", "apps.webserver", "--port", str(port), "--io", io, "--quiet", *cache]
     H.import_or_skip(peer)
     return [sys.executable, "-m", "bench.http_files_bench", "--serve", peer, str(port)]
 

@@ -419,6 +419,23 @@ class WebServer:
         yield from conn.sendall(out[0] if len(out) == 1 else b"".join(out), timeout=self.send_timeout)
 
     @types.coroutine
+    def _flush_more(self, conn: Any, out: list) -> Any:
+        """Like _flush, for headers a body will follow at once: on a kernel
+        socket they go with MSG_MORE, so headers and the first body bytes
+        leave in one segment instead of two (nginx's tcp_nopush)."""
+        sock = getattr(conn, "socket", None)
+        if not isinstance(sock, socket.socket):
+            yield from self._flush(conn, out)
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        try:
+            sent = sock.send(data, socket.MSG_MORE)
+        except BlockingIOError:
+            sent = 0
+        if sent < len(data):
+            yield from conn.sendall(memoryview(data)[sent:], timeout=self.send_timeout)
+
+    @types.coroutine
     def _send_body(self, conn: Any, out: list, head: bytes, plan: tuple, request: Request, now: float) -> Any:
         """Send what is queued in ``out``, then ``head`` and the body of
         ``plan`` from the file; returns the body bytes sent."""
@@ -451,7 +468,7 @@ class WebServer:
                     yield from self._flush(conn, out)
                     return count
             out.append(head)
-            yield from self._flush(conn, out)
+            yield from self._flush_more(conn, out)
             sent = yield from conn.sendfile(fd, first, count, timeout=self.send_timeout)
             if sent < count:
                 raise _Abort()  # the file shrank under us; the framing is lost
@@ -492,7 +509,7 @@ class WebServer:
                 yield from self._flush(conn, out)
                 return count
             out.append(head)
-            yield from self._flush(conn, out)
+            yield from self._flush_more(conn, out)
             offset, end = first, first + count
             while offset < end:
                 # A view of the pooled AIO buffer: sent without a copy.
