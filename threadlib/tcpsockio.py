@@ -211,6 +211,14 @@ class UserTcpWorker(Worker):
         sched = self.sched
         if sched is None:
             return
+        # Whatever the last threads wrote (a response, a FIN) leaves now;
+        # retransmissions, if any are needed, wait for the next scheduler.
+        # UserNetwork.drain() waits for the peers' acknowledgements instead.
+        try:
+            self.stack.timer(self._clock_now())
+            self._flush()
+        except OSError:
+            pass
         self.sched = None
         if self._fd >= 0:
             try:
@@ -960,6 +968,26 @@ class UserNetwork:
             stream.abort()
             raise
         return stream
+
+    @types.coroutine
+    def drain(self, timeout: float = 10.0) -> bool:
+        """Wait (up to ``timeout``) until every connection's sent data is
+        acknowledged and its FIN, if closed, too: call it before leaving
+        the scheduler, which is the only thing that moves this stack.
+        Returns whether everything drained."""
+        from .core import sleep
+
+        deadline = self.worker.now() + timeout
+        while True:
+            pending = [c for c in self.stack.connections()
+                       if c.state not in ("CLOSED", "TIME-WAIT", "FIN-WAIT-2", "LISTEN")
+                       and (len(c.sndbuf) or c.state in ("FIN-WAIT-1", "CLOSING", "LAST-ACK"))]
+            if not pending and not any(s._backlog for s in self.worker._sockets.values()
+                                       if isinstance(s, Stream)):
+                return True
+            if self.worker.now() >= deadline:
+                return False
+            yield from sleep(0.01)
 
     def close(self) -> None:
         """Reset every connection, stop listening, remove the TUN device.
