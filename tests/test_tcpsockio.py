@@ -228,6 +228,7 @@ def test_write_without_interruption_and_close_deliver_everything(env):
         with pytest.raises(OSError) as info:
             conn.write_without_interruption(b"more")
         assert info.value.errno == errno.EBADF
+        assert (yield from net.drain(30))  # every byte and the FIN acknowledged
         return (yield from wait_for(peer))
 
     try:
@@ -340,6 +341,9 @@ def test_connect_errors_name_the_problem(env):
             yield from net.connect(("2001:db8::1", 80), timeout=10)
         with pytest.raises(ValueError):
             yield from net.connect((KERNEL4, 0), timeout=10)
+        with pytest.raises(TimeoutError):  # routed, but nobody answers there
+            yield from net.connect(("10.77.0.99", 80), timeout=0.3)
+        assert not [c for c in net.stack.connections() if c.state == "SYN-SENT"]  # the attempt was reset
         with pytest.raises(OSError) as not_ours:
             yield from net.listen(("10.77.0.9", 8080))
         listener = yield from net.listen(("", 8080))
