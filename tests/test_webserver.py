@@ -217,6 +217,18 @@ def test_keep_alive_and_pipelining_answer_in_order(serve, site):
     c.close()
 
 
+def test_a_long_pipelined_batch_is_answered_completely_and_in_order(serve, site):
+    (site / "sixty.bin").write_bytes(os.urandom(60000))
+    address = serve()
+    c = Client(address)
+    targets = [b"/sixty.bin" if i % 3 else b"/small.txt" for i in range(300)]  # ~12 MB of answers
+    c.send(b"".join(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % t for t in targets))
+    files = {b"/sixty.bin": (site / "sixty.bin").read_bytes(), b"/small.txt": (site / "small.txt").read_bytes()}
+    for t in targets:
+        assert c.response()[::2] == (200, files[t])
+    c.close()
+
+
 def test_http_1_0_closes_unless_keep_alive_is_asked(serve):
     address = serve()
     reply = raw_exchange(address, b"GET /small.txt HTTP/1.0\r\n\r\n")

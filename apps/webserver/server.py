@@ -48,6 +48,7 @@ _GET = b"GET"
 _HEAD = b"HEAD"
 _AIO_CHUNK = 256 * 1024
 _LINGER_SECONDS = 2.0
+_BATCH_BYTES = 256 * 1024  # responses of one pipelined batch held before sending
 _LINGER_BYTES = 1 << 20
 _O_READ = os.O_RDONLY | os.O_CLOEXEC
 
@@ -299,10 +300,12 @@ class WebServer:
                 self._flush_log()
             return data, request.keep_alive and request.error is None and not self._stopping
         answers = []
+        total = 0
         for request in complete:
             answer = self._respond(request, now)
-            if answer[3] is not None:
-                return None, False
+            total += len(answer[0])
+            if answer[3] is not None or total > _BATCH_BYTES:
+                return None, False  # the generator path sends it in slices
             answers.append(answer)
         out = []
         keep_open = True
@@ -325,6 +328,7 @@ class WebServer:
         now = self.clock.tick()
         logging_on = self.access_log is not None
         out: list[bytes] = []
+        pending = 0
         keep_open = True
         try:
             for request in complete:
@@ -332,6 +336,13 @@ class WebServer:
                 self.requests += 1
                 if plan is None:
                     out.append(data)
+                    pending += len(data)
+                    if pending > _BATCH_BYTES:
+                        # A long pipelined batch is answered in slices, so a
+                        # 64 KiB read cannot make the server hold megabytes.
+                        yield from self._flush(conn, out)
+                        out = []
+                        pending = 0
                 else:
                     body_length = yield from self._send_body(conn, out, data, plan, request, now)
                     out = []
