@@ -518,3 +518,25 @@ print(threadlib.run(main()))
     assert proc.stdout.strip() == repr((False, content[100:110]))
     lines = [l for l in proc.stderr.splitlines() if l.startswith("threadlib.fileio:")]
     assert len(lines) == 1 and "libaio" in lines[0] and "blocking thread pool" in lines[0]
+
+
+@pytest.mark.parametrize("size", [1, 1024, 4095, 4096, 4097])
+def test_pread_of_a_small_file_from_offset_zero_returns_exactly_the_file(ddir, size):
+    """A one-block read that ends at end of file returns the file, not the
+    whole aligned block."""
+    path = ddir / f"small-{size}"
+    content = os.urandom(size)
+    path.write_bytes(content)
+
+    def main():
+        f = yield from fileio.open(str(path))
+        try:
+            whole = yield from f.pread(size, 0)
+            more = yield from f.pread(size + 100, 0)
+            return whole, more
+        finally:
+            yield from f.close()
+
+    whole, more = run(main())
+    assert whole == content
+    assert more == content

@@ -289,3 +289,26 @@ def test_connect_resolves_names_on_the_blocking_pool():
         listener.close()
 
     threadlib.run(main())
+
+
+def test_a_failed_connect_leaves_no_stale_wait_on_its_fd_number():
+    """The fd of a refused connect is reused by the next socket; waiting on
+    that new socket must work (the IO worker forgot the old registration)."""
+
+    def main():
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+        probe.close()
+        listener, acceptor = yield from start_echo_server()
+        for _ in range(20):
+            with pytest.raises(ConnectionRefusedError):
+                yield from sockio.connect(("127.0.0.1", closed_port), timeout=5)
+            conn = yield from sockio.connect(listener.address, timeout=5)
+            yield from conn.sendall(b"ping")
+            assert (yield from conn.recv_exactly(4, timeout=5)) == b"ping"
+            conn.close()
+        yield from acceptor.cancel()
+        listener.close()
+
+    threadlib.run(main())

@@ -65,7 +65,7 @@ __all__ = [
 
 def __getattr__(name: str):
     # Submodules that pull in more (sockets, greenlet, AIO) load on first use.
-    if name in ("sockio", "green", "signals", "multicore", "fileio", "tcpsockio", "splice", "replay"):
+    if name in ("sockio", "green", "signals", "multicore", "fileio", "aioworker", "tcpsockio", "splice", "replay"):
         import importlib
 
         return importlib.import_module(f"{__name__}.{name}")

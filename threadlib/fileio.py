@@ -300,7 +300,8 @@ class File:
         except OSError as exc:
             raise self._error(exc) from None  # buf is not given back: the kernel may own it
         if got == n and start == 0 and span == BLOCK:
-            data = bytes(buf)  # the common 4 KiB aligned read
+            # the common aligned read; n < BLOCK when it ends at end of file
+            data = bytes(buf) if n == BLOCK else bytes(buf[:n])
             if len(_free_blocks) < _KEEP_BLOCKS:
                 _free_blocks.append(buf)
             return data

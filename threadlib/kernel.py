@@ -697,6 +697,7 @@ class Scheduler:
         self.timers: TimerWorker | None = None
         self.io: IOWorker | None = None
         self.pool: BlockingPool | None = None
+        self.aio: Any = None  # threadlib.aioworker.AioWorker, when attached
         self.recorder: Any = None
         # The list of live threads is intrusive (Thread._prev/_next), so
         # listing costs two pointers per thread instead of a dict entry.

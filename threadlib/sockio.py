@@ -59,6 +59,16 @@ def _forget(fd: int) -> None:
         sched.io.forget_fd(fd)
 
 
+def _discard(sock: socket.socket) -> None:
+    """Close a socket that never became a sockio object but may have been
+    waited on (a failed connect): the IO worker must forget its fd first,
+    or the next socket to get that fd number would wait on a dead record."""
+    fd = sock.fileno()
+    if fd >= 0:
+        _forget(fd)
+    sock.close()
+
+
 class _SocketBase:
     __slots__ = ("_sock", "_fd", "_wait_read", "_wait_write")
 
@@ -439,10 +449,10 @@ class KernelNetwork:
                         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                     return Stream(sock)
                 except OSError as exc:
-                    sock.close()
+                    _discard(sock)
                     last_error = exc
                 except BaseException:
-                    sock.close()
+                    _discard(sock)
                     raise
         assert last_error is not None
         raise last_error
@@ -482,7 +492,7 @@ class KernelNetwork:
             with _timeout(timeout):
                 yield from _connect_socket(sock, path)
         except BaseException:
-            sock.close()
+            _discard(sock)
             raise
         return Stream(sock)
 
