@@ -1,6 +1,6 @@
 """Run every benchmark with short defaults and print all tables.
 
-    python -m bench                 # a few minutes: spawn 100k (+10M threadlib), switch 500k, echo 3s, http 3s
+    python -m bench                 # a few minutes: spawn 100k (+10M threadlib), switch 500k (queues of 1 and 64), echo 3s, http 3s
     python -m bench --quick         # about a minute: spawn 100k (+1M), switch 200k, 1s loads
     python -m bench --full          # the issue's sizes: spawn 100k and 1M for all peers, switch 1M, 10s loads
     python -m bench --only echo,http --json
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     jobs = {
         "spawn": lambda: spawn.run([100_000, 1_000_000] if f else [100_000], 1_000_000 if q else 10_000_000,
                                    a.peers, save=a.json, repeat=a.repeat),
-        "switch": lambda: switch.run(switches, 1, a.peers, save=a.json, repeat=a.repeat),
+        "switch": lambda: switch.run(switches, [1, 64], a.peers, save=a.json, repeat=a.repeat),
         "echo": lambda: echo.run(load_s, 100, 64, 0.3 if q else 0.5, a.peers, save=a.json, repeat=a.repeat),
         "http": lambda: http.run(load_s, 100, 0 if q else 1, a.peers, save=a.json, repeat=a.repeat),
     }

@@ -2,11 +2,12 @@
 
 yield: two threads each call sleep(0) N/2 times (N switches in all).
 queue: a producer puts N items into a Queue(maxsize=1), a consumer gets them
-(N handoffs; the full/empty queue forces a switch per item).
+(N handoffs; the full/empty queue forces a switch per item). --maxsize 1,64
+adds a table for a queue of 64, where switches are batched.
 Each peer and mode runs in a fresh child process pinned to core 0; reports
 switches (handoffs) per second and CPU µs per switch.
 
-    python -m bench.switch [-n 1000000] [--maxsize 1] [--json]
+    python -m bench.switch [-n 1000000] [--maxsize 1[,64]] [--json]
 """
 from __future__ import annotations
 
@@ -240,23 +241,27 @@ def measure(peer: str, mode: str, n: int, maxsize: int, timeout: float) -> dict:
     return {"n": n, "ops_s": n / r["wall_s"], "cpu_us": r["cpu_ns"] / 1e3 / n}
 
 
-def run(n: int, maxsize: int = 1, only: str = "", timeout: float = 300, save: bool = False,
+def run(n: int, maxsize: int | list[int] = 1, only: str = "", timeout: float = 300, save: bool = False,
         repeat: int = 1) -> list[str]:
+    """Tables for sleep(0) switches and, per queue capacity in maxsize, Queue handoffs."""
     tables, results = [], {}
-    titles = {"yield": f"switch: {n:,} sleep(0) switches between two threads",
-              "queue": f"switch: {n:,} Queue(maxsize={maxsize}) handoffs producer -> consumer"}
-    for mode in ("yield", "queue"):
+    modes = [("yield", 0)] + [("queue", m) for m in ([maxsize] if isinstance(maxsize, int) else maxsize)]
+    for mode, size in modes:
         rows = []
         for peer in (p for p in PEERS if H.selected(p, only)):
             extra = {"anchor": ANCHORS.get((mode, peer), "")}
             if peer.startswith("threadlib"):
                 extra["target"] = TARGETS[mode]
-            rows.append(H.safe(peer, lambda: H.best_of(repeat, lambda: measure(peer, mode, n, maxsize, timeout)),
+            rows.append(H.safe(peer, lambda: H.best_of(repeat, lambda: measure(peer, mode, n, size, timeout)),
                               **extra))
-        unit = "switch" if mode == "yield" else "handoff"
-        cols = [("ops_s", f"{unit}es/s" if unit == "switch" else f"{unit}s/s"), ("cpu_us", f"CPU µs/{unit}")]
-        tables.append(H.table(titles[mode], rows, cols, ref="asyncio"))
-        results[mode] = rows
+        if mode == "yield":
+            title, cols = f"switch: {n:,} sleep(0) switches between two threads", \
+                [("ops_s", "switches/s"), ("cpu_us", "CPU µs/switch")]
+        else:
+            title, cols = f"switch: {n:,} Queue(maxsize={size}) handoffs producer -> consumer", \
+                [("ops_s", "handoffs/s"), ("cpu_us", "CPU µs/handoff")]
+        tables.append(H.table(title, rows, cols, ref="asyncio"))
+        results[f"{mode}{size or ''}"] = rows
     if save:
         H.save_json("switch", results)
     return tables
@@ -267,11 +272,12 @@ def main(argv: list[str]) -> None:
         H.child_main(ENTRIES, argv[1:])
     p = H.arg_parser(__doc__)
     p.add_argument("-n", type=int, default=1_000_000, help="switches (handoffs) per peer and mode")
-    p.add_argument("--maxsize", type=int, default=1, help="queue capacity for the queue mode")
+    p.add_argument("--maxsize", default="1",
+                   help="queue capacities, comma-separated (1: every item a handoff; 64: batched)")
     p.add_argument("--timeout", type=float, default=300, help="per-peer child timeout, seconds")
     a = p.parse_args(argv)
     print(H.machine_line() + "\n")
-    for t in run(a.n, a.maxsize, a.only, a.timeout, a.json, a.repeat):
+    for t in run(a.n, [int(m) for m in a.maxsize.split(",")], a.only, a.timeout, a.json, a.repeat):
         print(t)
 
 
