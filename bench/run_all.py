@@ -1,8 +1,8 @@
 """Run every benchmark with short defaults and print all tables.
 
-    python -m bench                 # a few minutes: spawn 100k (+10M threadlib), switch 500k (queues of 1 and 64), echo 3s, http 3s
-    python -m bench --quick         # about a minute: spawn 100k (+1M), switch 200k, 1s loads
-    python -m bench --full          # the issue's sizes: spawn 100k and 1M for all peers, switch 1M, 10s loads
+    python -m bench            # a few minutes: spawn 100k (+10M), switch 500k, echo 3s, http 3s
+    python -m bench --quick    # about a minute: spawn 100k (+1M), switch 200k, 1s loads
+    python -m bench --full     # the issue's sizes: spawn 1M for all peers, switch 1M, 10s loads
     python -m bench --only echo,http --json
 
 Prints the machine line (date, kernel, CPU model, nproc) for the README.
