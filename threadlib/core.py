@@ -27,11 +27,16 @@ def _as_coroutine(target: Any, args: tuple) -> Any:
     raise TypeError(f"spawn() needs a generator, a coroutine, or a function returning one; got {target!r}")
 
 
+_COROUTINE_TYPES = (types.GeneratorType, types.CoroutineType)
+
+
 @types.coroutine
 def spawn(target: Any, *args: Any, name: str | None = None) -> Thread:
     """Start a thread running ``target`` (a generator or coroutine object,
     or a function called with ``args``); return its Thread at once."""
-    return (yield Spawn(_as_coroutine(target, args), name))
+    if args or type(target) not in _COROUTINE_TYPES:
+        target = _as_coroutine(target, args)
+    return (yield Spawn(target, name))
 
 
 @types.coroutine

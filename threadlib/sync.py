@@ -20,7 +20,7 @@ import types
 from typing import Any
 
 from .core import timeout as _timeout
-from .kernel import WaitQueue
+from .kernel import DONE, WaitQueue
 
 
 class Event:
@@ -43,16 +43,18 @@ class Event:
     def clear(self) -> None:
         self._flag = False
 
-    @types.coroutine
-    def wait(self, timeout: float | None = None) -> bool:
+    def wait(self, timeout: float | None = None) -> Any:
+        """Wait until the flag is set (``yield from ev.wait()`` or ``await``)."""
         if self._flag:
-            return True
+            return DONE
         if timeout is None:
+            return self._waiters.parked  # no generator: the cheapest possible wait
+        return self._wait_with_timeout(timeout)
+
+    @types.coroutine
+    def _wait_with_timeout(self, timeout: float) -> None:
+        with _timeout(timeout):
             yield self._waiters.park
-        else:
-            with _timeout(timeout):
-                yield self._waiters.park
-        return True
 
     def __repr__(self) -> str:
         return f"<Event {'set' if self._flag else 'clear'} waiters={len(self._waiters)}>"
