@@ -22,12 +22,18 @@ def _as_coroutine(target: Any, args: tuple) -> Any:
         if args:
             raise TypeError(f"spawn() got arguments for {target!r}, which is already a running generator")
         return target
+    if hasattr(target, "__await__") and not args:
+        return _drive(target)  # an awaitable such as ev.wait() or conn.sendall(data)
     if callable(target):
         return target(*args)
     raise TypeError(f"spawn() needs a generator, a coroutine, or a function returning one; got {target!r}")
 
 
 _COROUTINE_TYPES = (types.GeneratorType, types.CoroutineType)
+
+
+def _drive(awaitable: Any) -> Any:
+    return (yield from awaitable.__await__())
 
 
 @types.coroutine

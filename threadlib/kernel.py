@@ -529,12 +529,18 @@ class IOWorker(Worker):
         if rec.reader is not None:
             raise RuntimeError(f"fd {sc.fd} already has a reader waiting: {rec.reader!r}")
         ready = rec.read_ready
+        sched = self._sched
         if ready:
             rec.read_ready = 0
-            self._sched.resume(thread, ready)
+            sched.resume(thread, ready)
             return
         rec.reader = thread
-        self._sched.suspend(thread, sc)
+        # Scheduler.suspend, inlined for the common case (no timeout, no
+        # pending cancel): this is every socket read that has to wait.
+        if sched._pending or thread.deadline is not None:
+            sched.suspend(thread, sc)
+        else:
+            thread._wait = sc
 
     def _wait_write(self, thread: Thread, sc: Any) -> None:
         rec = self._fds.get(sc.fd) or self._record(sc.fd)
@@ -578,9 +584,10 @@ _WRITE_EVENTS = select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP
 
 
 class _FdWaiters:
-    __slots__ = ("reader", "writer", "read_ready", "watching_out", "fd", "sched")
+    __slots__ = ("reader", "writer", "read_ready", "watching_out", "fd", "sched", "ready_append")
 
     def __init__(self, sched: "Scheduler", fd: int) -> None:
+        self.ready_append = sched._ready.append
         self.reader = None
         self.writer = None
         self.read_ready = 0  # events that arrived while no reader waited
@@ -593,7 +600,12 @@ class _FdWaiters:
             t = self.reader
             if t is not None:
                 self.reader = None
-                self.sched.resume(t, events)
+                if t.deadline is None:  # Scheduler.resume, inlined
+                    t._value = events
+                    t._wait = None
+                    self.ready_append(t)
+                else:
+                    self.sched.resume(t, events)
             else:
                 self.read_ready |= events
         if events & _WRITE_EVENTS and self.watching_out:

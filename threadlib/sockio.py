@@ -26,7 +26,7 @@ import types
 from typing import Any
 
 from .core import timeout as _timeout
-from .kernel import current_scheduler
+from .kernel import DONE, current_scheduler
 from .syscalls import Blocking, Sleep, WaitRead, WaitWrite
 
 log = logging.getLogger("threadlib.sockio")
@@ -224,17 +224,24 @@ class Stream(_SocketBase):
             with _timeout(timeout):
                 yield self._wait_write
 
-    @types.coroutine
-    def sendall(self, data: Any, timeout: float | None = None) -> None:
-        """Send all of ``data`` (waiting for buffer space as needed)."""
-        sock = self._sock
+    def sendall(self, data: Any, timeout: float | None = None) -> Any:
+        """Send all of ``data``, waiting for buffer space as needed.
+
+        The first send happens at the call: when the socket buffer takes
+        everything (the usual case for a response), no generator is made
+        and ``yield from``/``await`` completes at once. Otherwise the
+        returned awaitable sends the rest."""
         try:
-            sent = sock.send(data)
+            sent = self._sock.send(data)
         except BlockingIOError:
             sent = 0
-        total = len(data)
-        if sent == total:
-            return
+        if sent == len(data):
+            return DONE
+        return self._send_rest(data, sent, timeout)
+
+    @types.coroutine
+    def _send_rest(self, data: Any, sent: int, timeout: float | None) -> None:
+        sock = self._sock
         view = memoryview(data).cast("B")
         total = len(view)
         with _timeout(timeout):
