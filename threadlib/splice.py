@@ -1,0 +1,382 @@
+"""Socket-to-socket transfer loops for proxies, zero-copy where possible.
+
+After the Haskell ``splice`` package: ``splice(src, dst)`` moves data from
+one socket to the other until end of file; ``proxy(a, b)`` runs both
+directions at once and propagates half-close (end of file from one side
+becomes ``shutdown(SHUT_WR)`` on the other).
+
+Two implementations, one API:
+
+- **zero-copy** (Linux, both ends ``sockio.Stream``): ``splice(2)`` from the
+  source socket into a pipe and from the pipe to the destination socket;
+  the data never enters user space. Each direction has its own pipe,
+  enlarged to 1 MiB, taken from a small per-scheduler pool of clean pipes.
+- **copy** (everywhere else, and when asked with ``fallback=True``): one
+  preallocated buffer per direction, ``recv_into`` then ``sendall``. Used for
+  objects that are not kernel sockets (``tcpsockio`` connections, simulated
+  networks: anything that is not a ``sockio.Stream``).
+
+``zero_copy(src, dst)`` tells which one a call will use.
+
+The waiting discipline (the mechanism is :mod:`iolib.nbio.splice`): a
+direction fills its pipe with one splice from the source, then drains the
+pipe completely into the destination, waiting for the destination to be
+writable when it cannot take more. It waits for the source only when a
+fill found the source empty, and it only ever fills an *empty* pipe: a
+pipe's capacity counts slots, not bytes, so EAGAIN into a pipe that holds
+something may mean "pipe full" while the source is still readable, and
+waiting for the source then stalls or spins (edge-triggered epoll sends no
+new edge for data already there). An empty pipe cannot be full, so here
+EAGAIN always means the source is empty. Every wait follows an EAGAIN on
+that fd, as the IO worker's edge-triggered registration requires. The
+pipe fds are never waited on (one thread owns a pipe), but they are
+"forgotten" in the scheduler before being closed, like any fd. A pipe left
+with bytes in it (the destination failed, or the transfer was cancelled
+mid-drain) is closed, never pooled.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import time
+import types
+from typing import Any
+
+from iolib.nbio import WOULD_BLOCK
+from iolib.nbio import splice as _nb
+
+from .core import join_any, spawn
+from .kernel import ThreadCancelled, Worker, current_scheduler
+from .sockio import Stream
+from .syscalls import WaitRead, WaitWrite
+
+__all__ = [
+    "AVAILABLE",
+    "DEFAULT_PIPE_SIZE",
+    "DEFAULT_COPY_CHUNK",
+    "zero_copy",
+    "splice",
+    "proxy",
+    "Transfer",
+    "ProxyResult",
+    "pipe_pool",
+]
+
+log = logging.getLogger("threadlib.splice")
+
+#: True where splice(2) exists (Linux): the zero-copy path can be used.
+AVAILABLE: bool = _nb.AVAILABLE
+DEFAULT_PIPE_SIZE = _nb.DEFAULT_PIPE_SIZE
+#: Buffer size of the copy loop (one buffer per direction).
+DEFAULT_COPY_CHUNK = 256 * 1024
+
+
+def zero_copy(src: Any, dst: Any = None, *, fallback: bool = False) -> bool:
+    """Whether ``splice(src, dst)`` (or ``proxy(src, dst)``) moves data
+    with splice(2) (True) or through a user-space buffer (False)."""
+    if fallback or not AVAILABLE:
+        return False
+    for end in (src, dst) if dst is not None else (src,):
+        if not isinstance(end, Stream) or not _nb.splice_capable(end.socket):
+            return False
+    return True
+
+
+class Transfer:
+    """What one direction moved: ``bytes`` delivered to the destination,
+    ``waits`` (times the loop waited for a socket), ``zero_copy``, ``eof``
+    (the source ended cleanly), ``error`` (the exception that ended it)."""
+
+    __slots__ = ("bytes", "waits", "zero_copy", "eof", "error")
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.waits = 0
+        self.zero_copy = False
+        self.eof = False
+        self.error: BaseException | None = None
+
+    def __repr__(self) -> str:
+        how = "splice" if self.zero_copy else "copy"
+        end = "eof" if self.eof else f"error={self.error!r}" if self.error else "running"
+        return f"<Transfer {self.bytes} B {how} waits={self.waits} {end}>"
+
+
+class ProxyResult:
+    """The outcome of ``proxy(a, b)``: bytes each way, and the first error
+    (None when both directions ended with end of file)."""
+
+    __slots__ = ("a_to_b", "b_to_a", "zero_copy", "error", "seconds")
+
+    def __init__(self, ab: Transfer, ba: Transfer, seconds: float) -> None:
+        self.a_to_b = ab
+        self.b_to_a = ba
+        self.zero_copy = ab.zero_copy and ba.zero_copy
+        # The error that ended the pair, not the cancellation it caused in
+        # the other direction.
+        errors = [e for e in (ab.error, ba.error) if e is not None]
+        real = [e for e in errors if not isinstance(e, ThreadCancelled)]
+        self.error = (real or errors or [None])[0]
+        self.seconds = seconds
+
+    def __repr__(self) -> str:
+        return (f"<ProxyResult a->b {self.a_to_b.bytes} B, b->a {self.b_to_a.bytes} B, "
+                f"{'splice' if self.zero_copy else 'copy'}, error={self.error!r}>")
+
+
+# ---------------------------------------------------------------------------
+# The per-scheduler pool of clean pipes
+
+
+class _PipePoolWorker(Worker):
+    """Holds a scheduler's pool of clean pipes and closes it when the
+    scheduler shuts down. Serves no system call and never wakes a thread."""
+
+    def __init__(self, sched: Any, pipe_size: int, max_idle: int) -> None:
+        self.pool = _nb.PipePool(pipe_size, max_idle, forget=sched.forget_fd)
+
+    def busy(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def pipe_pool(sched: Any = None, pipe_size: int = DEFAULT_PIPE_SIZE, max_idle: int = 32) -> _nb.PipePool:
+    """The pool of clean pipes of ``sched`` (the running scheduler by
+    default), created on first use; its idle pipes are closed when the
+    scheduler ends. ``pipe_size``/``max_idle`` apply only on creation."""
+    sched = sched or current_scheduler()
+    if sched is None:
+        raise RuntimeError("pipe_pool() needs a running threadlib scheduler")
+    for w in sched.workers:
+        if type(w) is _PipePoolWorker:
+            return w.pool
+    worker = _PipePoolWorker(sched, pipe_size, max_idle)
+    sched.add_worker(worker)
+    return worker.pool
+
+
+# ---------------------------------------------------------------------------
+# One direction
+
+
+@types.coroutine
+def splice(src: Any, dst: Any, chunk_size: int | None = None, *, fallback: bool = False,
+           half_close: bool = False, stats: Transfer | None = None) -> int:
+    """Move data from ``src`` to ``dst`` until ``src`` reaches end of file;
+    return the bytes moved. Errors are raised (ConnectionResetError,
+    BrokenPipeError, ...). ``stats`` (a :class:`Transfer`), if given, is
+    filled in when the call ends, by an error or a cancellation too.
+    ``half_close`` shuts down ``dst``'s sending side once everything has
+    been delivered. Neither socket is closed.
+
+    Zero-copy when ``zero_copy(src, dst, fallback=fallback)`` says so and a
+    pipe can be had (out of fds, it copies instead). ``chunk_size`` bounds
+    one splice into the pipe (default: the pipe's size, 1 MiB), or is the
+    copy buffer's size (default 256 KiB).
+    """
+    if stats is None:
+        stats = Transfer()
+    pool = pipe = None
+    if zero_copy(src, dst, fallback=fallback):
+        pool = pipe_pool()
+        try:
+            pipe = pool.get()
+        except OSError as exc:
+            # Out of fds or pipe memory: copying needs neither.
+            if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+                raise
+            log.warning("no pipe for splice (%s); copying instead", exc.strerror)
+    stats.zero_copy = pipe is not None
+    try:
+        if pipe is not None:
+            yield from _splice_streams(src, dst, chunk_size, stats, pool, pipe)
+        elif isinstance(src, Stream) and isinstance(dst, Stream):
+            yield from _copy_streams(src, dst, chunk_size or DEFAULT_COPY_CHUNK, stats)
+        else:
+            yield from _copy_generic(src, dst, chunk_size or DEFAULT_COPY_CHUNK, stats)
+        stats.eof = True
+        if half_close:
+            yield from _shutdown_write(dst)
+    except BaseException as exc:
+        stats.error = exc
+        raise
+    return stats.bytes
+
+
+@types.coroutine
+def _splice_streams(src: Stream, dst: Stream, chunk_size: int | None, stats: Transfer,
+                    pool: _nb.PipePool, pipe: _nb.PipePair) -> Any:
+    src_fd, dst_fd = src.fileno(), dst.fileno()
+    wait_src = WaitRead(src_fd)
+    wait_dst = WaitWrite(dst_fd)
+    chunk = chunk_size or pipe.capacity
+    fill_from = pipe.fill_from
+    drain_to = pipe.drain_to
+    moved = 0
+    waits = 0
+    try:
+        while True:
+            # The pipe is empty here, so WOULD_BLOCK means the source is.
+            n = fill_from(src_fd, chunk)
+            if n is WOULD_BLOCK:
+                if not pipe.fill:  # (always: kept so a change cannot spin)
+                    waits += 1
+                    yield wait_src
+                    continue
+            # Drain all of it, waiting for the destination as needed: the
+            # next fill must start from an empty pipe again.
+            while pipe.fill:
+                m = drain_to(dst_fd)
+                if m is WOULD_BLOCK:
+                    waits += 1
+                    yield wait_dst
+                    continue
+                moved += m
+            if n == 0:  # end of file, and everything delivered
+                return
+    finally:
+        stats.bytes += moved
+        stats.waits += waits
+        # A pipe with bytes in it (the destination failed, or we were
+        # cancelled mid-drain) is closed; a clean one goes back to the pool.
+        pool.put(pipe)
+
+
+@types.coroutine
+def _copy_streams(src: Stream, dst: Stream, chunk_size: int, stats: Transfer) -> Any:
+    """The copy loop on kernel sockets, straight on the sockets (no method
+    call per step): one buffer, recv_into, send until all is sent."""
+    buf = bytearray(chunk_size)
+    view = memoryview(buf)
+    rsock, wsock = src.socket, dst.socket
+    recv_into, send = rsock.recv_into, wsock.send
+    wait_src = WaitRead(src.fileno())
+    wait_dst = WaitWrite(dst.fileno())
+    moved = 0
+    waits = 0
+    try:
+        while True:
+            try:
+                n = recv_into(buf)
+            except BlockingIOError:
+                waits += 1
+                yield wait_src
+                continue
+            if not n:
+                return
+            try:
+                sent = send(view[:n])
+            except BlockingIOError:
+                sent = 0
+            while sent < n:
+                waits += 1
+                yield wait_dst
+                try:
+                    sent += send(view[sent:n])
+                except BlockingIOError:
+                    pass
+            moved += n
+    finally:
+        view.release()
+        stats.bytes += moved
+        stats.waits += waits
+
+
+@types.coroutine
+def _copy_generic(src: Any, dst: Any, chunk_size: int, stats: Transfer) -> Any:
+    """The copy loop on anything with ``recv_into``/``recv`` and ``sendall``
+    methods that may wait (tcpsockio connections, simulated sockets, a
+    Stream paired with one of those)."""
+    recv_into = getattr(src, "recv_into", None)
+    buf = bytearray(chunk_size)
+    view = memoryview(buf)
+    try:
+        while True:
+            if recv_into is not None:
+                n = yield from _maybe_wait(recv_into(view))
+                if not n:
+                    return
+                data = view[:n]
+            else:
+                data = yield from _maybe_wait(src.recv(chunk_size))
+                n = len(data)
+                if not n:
+                    return
+            yield from _maybe_wait(dst.sendall(data))
+            stats.bytes += n
+    finally:
+        view.release()
+
+
+@types.coroutine
+def _maybe_wait(result: Any) -> Any:
+    """``yield from`` a call's result if it is a generator or coroutine
+    (a call that may wait), else return it as is."""
+    if isinstance(result, types.GeneratorType):
+        return (yield from result)
+    if isinstance(result, types.CoroutineType):
+        return (yield from result.__await__())
+    return result
+
+
+@types.coroutine
+def _shutdown_write(dst: Any) -> Any:
+    try:
+        result = dst.shutdown(socket.SHUT_WR)
+    except TypeError:
+        result = dst.shutdown()  # APIs whose shutdown() takes no direction
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTCONN, errno.EPIPE, errno.ECONNRESET):
+            raise
+        return
+    yield from _maybe_wait(result)
+
+
+# ---------------------------------------------------------------------------
+# Both directions
+
+
+@types.coroutine
+def proxy(a: Any, b: Any, chunk_size: int | None = None, *, fallback: bool = False) -> ProxyResult:
+    """Move data both ways between ``a`` and ``b`` until both directions
+    have ended; return a :class:`ProxyResult`.
+
+    End of file from one side becomes ``shutdown(SHUT_WR)`` on the other
+    (half-close), and the other direction carries on. An error in one
+    direction (a reset, a broken pipe) ends the other as well, at once;
+    it is reported in ``result.error``, not raised. Neither socket is
+    closed: the caller closes both (after an error, an abortive close,
+    SO_LINGER 0, passes the reset on to the other peer).
+    """
+    started = time.monotonic()
+    ab, ba = Transfer(), Transfer()
+    ab.zero_copy = ba.zero_copy = zero_copy(a, b, fallback=fallback)
+    t_ab = yield from spawn(_direction(a, b, chunk_size, fallback, ab), name="splice a->b")
+    t_ba = yield from spawn(_direction(b, a, chunk_size, fallback, ba), name="splice b->a")
+    running = [t_ab, t_ba]
+    try:
+        while running:
+            done = yield from join_any(running)
+            running.remove(done)
+            if (ab.error or ba.error) is not None:
+                for t in running:
+                    yield from t.cancel()
+                running.clear()
+    finally:
+        for t in running:  # we were cancelled: end both directions first
+            yield from t.cancel()
+    return ProxyResult(ab, ba, time.monotonic() - started)
+
+
+@types.coroutine
+def _direction(src: Any, dst: Any, chunk_size: int | None, fallback: bool, stats: Transfer) -> Any:
+    try:
+        yield from splice(src, dst, chunk_size, fallback=fallback, half_close=True, stats=stats)
+    except ThreadCancelled:
+        raise
+    except Exception:
+        pass  # kept in stats.error, reported by proxy()
