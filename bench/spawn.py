@@ -30,7 +30,7 @@ class Meter:
     """Wall, CPU and RSS at the start of spawning; result() when all are blocked."""
 
     def __init__(self, n: int):
-        self.n, self.count, self.loop_cpu = n, 0, None
+        self.n, self.count, self.woken, self.loop_cpu = n, 0, 0, None
         self.rss0, self.cpu0, self.t0 = H.rss_bytes(), H.self_cpu_ns(), time.perf_counter()
 
     def spawned(self) -> None:
@@ -39,6 +39,8 @@ class Meter:
 
     def result(self) -> dict:
         t1, cpu1, rss1 = time.perf_counter(), H.self_cpu_ns(), H.rss_bytes()
+        if self.woken:
+            raise RuntimeError(f"{self.woken} threads returned from Event.wait() before it was set")
         return {"n": self.n, "wall_s": t1 - self.t0, "cpu_ns": cpu1 - self.cpu0, "loop_cpu_ns": self.loop_cpu,
                 "rss_before": self.rss0, "rss_after": rss1}
 
@@ -53,6 +55,7 @@ def c_asyncio(n: str, loop: str = "asyncio") -> None:
     async def waiter(ev, m):
         m.count += 1
         await ev.wait()
+        m.woken += 1
 
     async def main():
         ev = asyncio.Event()
@@ -80,6 +83,7 @@ def c_gevent(n: str) -> None:
     def waiter(m):
         m.count += 1
         ev.wait()
+        m.woken += 1
 
     m = Meter(n)
     for _ in range(n):
@@ -97,6 +101,7 @@ def c_trio(n: str) -> None:
     async def waiter(ev, m):
         m.count += 1
         await ev.wait()
+        m.woken += 1
 
     async def main():
         ev = trio.Event()
@@ -119,6 +124,7 @@ def c_curio(n: str) -> None:
     async def waiter(ev, m):
         m.count += 1
         await ev.wait()
+        m.woken += 1
 
     async def main():
         ev = curio.Event()
@@ -140,10 +146,12 @@ def c_threadlib(n: str, flavour: str = "gen") -> None:
     def waiter(ev, m):
         m.count += 1
         yield from ev.wait()
+        m.woken += 1
 
     async def awaiter(ev, m):
         m.count += 1
         await ev.wait()
+        m.woken += 1
 
     def main():
         ev = threadlib.Event()
@@ -171,6 +179,7 @@ def c_threadlib_green(n: str) -> None:
     def waiter(ev, m):
         m.count += 1
         ev.wait()
+        m.woken += 1
 
     def main():
         ev = green.wrap(threadlib.Event())   # blocking view: ev.wait() blocks the greenlet

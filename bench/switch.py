@@ -21,6 +21,12 @@ TARGETS = {"yield": [("ops_s", ">=", 2_500_000, "/s")], "queue": [("ops_s", ">="
 ANCHORS = {("yield", "asyncio"): "562k/s", ("yield", "uvloop"): "1.21M/s"}
 
 
+def check(last, n: int) -> None:
+    """The consumer's last item must be the producer's last: the queue really handed items over."""
+    if last != n - 1:
+        raise RuntimeError(f"consumer's last item is {last!r}, not {n - 1}")
+
+
 class Clock:
     def __init__(self):
         self.t0, self.c0 = time.perf_counter(), H.self_cpu_ns()
@@ -47,7 +53,8 @@ def c_asyncio(mode: str, n: str, maxsize: str, loop: str = "asyncio") -> dict:
 
     async def consumer(q):
         for _ in range(n):
-            await q.get()
+            item = await q.get()
+        check(item, n)
 
     async def main():
         c = Clock()
@@ -80,7 +87,8 @@ def c_gevent(mode: str, n: str, maxsize: str) -> dict:
 
     def consumer(q):
         for _ in range(n):
-            q.get()
+            item = q.get()
+        check(item, n)
 
     c = Clock()
     if mode == "yield":
@@ -106,7 +114,8 @@ def c_trio(mode: str, n: str, maxsize: str) -> dict:
 
     async def consumer(r):
         for _ in range(n):
-            await r.receive()
+            item = await r.receive()
+        check(item, n)
 
     async def main():
         c = Clock()
@@ -137,7 +146,8 @@ def c_curio(mode: str, n: str, maxsize: str) -> dict:
 
     async def consumer(q):
         for _ in range(n):
-            await q.get()
+            item = await q.get()
+        check(item, n)
 
     async def main():
         c = Clock()
@@ -167,7 +177,8 @@ def c_threadlib(mode: str, n: str, maxsize: str, flavour: str = "gen") -> dict:
 
     def consumer(q):
         for _ in range(n):
-            yield from q.get()
+            item = yield from q.get()
+        check(item, n)
 
     async def ayielder(k):
         for _ in range(k):
@@ -179,7 +190,8 @@ def c_threadlib(mode: str, n: str, maxsize: str, flavour: str = "gen") -> dict:
 
     async def aconsumer(q):
         for _ in range(n):
-            await q.get()
+            item = await q.get()
+        check(item, n)
 
     y, p, c_ = (yielder, producer, consumer) if flavour == "gen" else (ayielder, aproducer, aconsumer)
 
@@ -216,7 +228,8 @@ def c_threadlib_green(mode: str, n: str, maxsize: str) -> dict:
 
     def consumer(q):
         for _ in range(n):
-            q.get()
+            item = q.get()
+        check(item, n)
 
     def main():
         c = Clock()
