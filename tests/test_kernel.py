@@ -503,3 +503,20 @@ def test_custom_scheduler_without_the_blocking_pool_refuses_blocking_calls():
         return "ok"
 
     assert sched.run(main()) == "ok"
+
+
+def test_a_yield_instance_other_than_the_singleton_also_yields():
+    order = []
+
+    def polite(name):
+        for i in range(2):
+            order.append((name, i))
+            yield threadlib.Yield()  # a fresh instance, not syscalls.YIELD
+
+    def main():
+        a = yield from threadlib.spawn(polite("a"))
+        b = yield from threadlib.spawn(polite("b"))
+        yield from threadlib.join_all([a, b])
+
+    threadlib.run(main())
+    assert sorted(order) == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]

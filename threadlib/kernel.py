@@ -1093,7 +1093,10 @@ class Scheduler:
 
     # -- the kernel's own system calls ----------------------------------------
     def _sys_yield(self, t: Thread, sc: Any) -> None:
-        pass  # served inline by _run_ready
+        # The YIELD singleton is served inline by _run_ready; this serves
+        # any other Yield instance a thread may build itself.
+        t._value = None
+        self._ready.append(t)
 
     def _sys_spawn(self, t: Thread, sc: Spawn) -> None:
         t._value = self.spawn(sc.coro, sc.name)
