@@ -111,3 +111,27 @@ def test_green_exception_reaches_join():
 def test_blocking_call_outside_a_green_thread_is_refused():
     with pytest.raises(RuntimeError, match="green thread"):
         green.sleep(0)
+
+
+def test_green_event_wait_blocks_until_set_and_sendall_returns_none():
+    ev = threadlib.Event()
+    log = []
+
+    def waiter():
+        green.wrap(ev).wait()  # must block until set()
+        log.append("woke")
+
+    def main():
+        t = green.spawn(waiter)
+        green.sleep(0.01)
+        log.append("setting")
+        ev.set()
+        green.join(t)
+        a, b = sockio.socketpair()
+        assert green.wrap(a).sendall(b"x") is None
+        assert green.wrap(b).recv(1) == b"x"
+        a.close()
+        b.close()
+
+    green.run(main)
+    assert log == ["setting", "woke"]

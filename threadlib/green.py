@@ -65,6 +65,10 @@ class GreenThread:
                 pass
 
 
+def _drive(awaitable: Any) -> Any:
+    return (yield from awaitable.__await__())
+
+
 def thread(func: Callable[..., Any], *args: Any, **kwargs: Any) -> GreenThread:
     """A green thread to pass to ``threadlib.spawn`` or ``threadlib.run``."""
     return GreenThread(func, args, kwargs)
@@ -84,6 +88,10 @@ def call(awaitable: Any) -> Any:
     me = _in_green_thread()
     if isinstance(awaitable, types.CoroutineType):
         awaitable = awaitable.__await__()
+    elif not isinstance(awaitable, types.GeneratorType):
+        # Other awaitables (Event.wait's ParkOnce, sendall's DONE) iterate
+        # without send/throw: drive them through a generator that has both.
+        awaitable = _drive(awaitable)
     send = awaitable.send
     value: Any = None
     error: BaseException | None = None
@@ -140,7 +148,7 @@ _proxy_classes: dict[type, type] = {}
 def _blocking_method(name: str) -> Callable[..., Any]:
     def method(self: Any, *args: Any, **kwargs: Any) -> Any:
         result = getattr(self._target, name)(*args, **kwargs)
-        if isinstance(result, (types.GeneratorType, types.CoroutineType)):
+        if isinstance(result, (types.GeneratorType, types.CoroutineType)) or hasattr(result, "__await__"):
             result = call(result)
         return _wrap_result(result)
 
