@@ -13,7 +13,7 @@ from __future__ import annotations
 import types
 from typing import Any, Iterable
 
-from .kernel import Scheduler, Thread, ThreadCancelled, _running_scheduler
+from .kernel import _COROUTINE_TYPES, Scheduler, Thread, ThreadCancelled, _running_scheduler
 from .syscalls import GET_CURRENT, YIELD, Blocking, JoinAny, Sleep, Spawn
 
 
@@ -27,9 +27,6 @@ def _as_coroutine(target: Any, args: tuple) -> Any:
     if callable(target):
         return target(*args)
     raise TypeError(f"spawn() needs a generator, a coroutine, or a function returning one; got {target!r}")
-
-
-_COROUTINE_TYPES = (types.GeneratorType, types.CoroutineType)
 
 
 def _drive(awaitable: Any) -> Any:

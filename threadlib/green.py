@@ -19,6 +19,7 @@ from typing import Any, Callable
 import greenlet
 
 from . import core, sockio
+from .core import _drive
 from .kernel import Thread, current_scheduler
 
 __all__ = ["thread", "run", "spawn", "call", "sleep", "join", "wrap", "listen", "connect", "current"]
@@ -48,10 +49,9 @@ class GreenThread:
 
     def throw(self, exc: BaseException, *_: Any) -> Any:
         glet = self._glet
-        if not glet:  # never started: end it with the exception, as a generator would
-            glet.parent = greenlet.getcurrent()
-        else:
-            glet.parent = greenlet.getcurrent()
+        # As in send: our result goes back to whoever throws. A greenlet
+        # never started ends with the exception, as a generator would.
+        glet.parent = greenlet.getcurrent()
         syscall = glet.throw(exc)
         if glet.dead:
             raise StopIteration(syscall)
@@ -63,10 +63,6 @@ class GreenThread:
                 self._glet.throw(greenlet.GreenletExit)
             except greenlet.GreenletExit:
                 pass
-
-
-def _drive(awaitable: Any) -> Any:
-    return (yield from awaitable.__await__())
 
 
 def thread(func: Callable[..., Any], *args: Any, **kwargs: Any) -> GreenThread:

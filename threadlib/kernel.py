@@ -200,10 +200,8 @@ class Thread:
         yield Cancel(self)
         try:
             yield Join(self)
-        except ThreadCancelled:
-            pass
         except BaseException:
-            pass  # it died of something else while cleaning up; that is its joiner's news
+            pass  # ThreadCancelled, as asked; anything else it died of is its joiner's news
         return True
 
     @types.coroutine
