@@ -283,10 +283,10 @@ class LossyLink:
     def read_batch(self, n: int) -> list:
         return self._impair(self.device.read_batch(n))
 
-    def write_batch(self, frames) -> int:
-        frames = list(frames)
-        self.device.write_batch(self._impair(frames))
-        return len(frames)  # what the kernel refused counts as lost
+    def send_packets(self, packets) -> int:
+        packets = list(packets)
+        self.device.send_packets(self._impair(packets))
+        return len(packets)  # what the kernel refused counts as lost
 
 
 def test_lossy_link_16_mib_each_way_is_byte_exact(ns):

@@ -74,6 +74,10 @@ _V6TCP = struct.Struct("!IHBB16s16sHHIIBBHHH")
 _TS_PREFIX = b"\x01\x01\x08\x0a"
 _TS = struct.Struct("!II")
 _TS_LEN = 12
+# With offload, the most payload one emitted packet carries: its IPv4 total
+# length (or IPv6 payload length) must stay within 16 bits with a 60-byte
+# TCP header, and Linux's TUN takes GSO packets up to 64 KiB.
+_OFFLOAD_PAYLOAD = 65000
 
 
 class Connection:
@@ -88,6 +92,7 @@ class Connection:
         # identity
         "stack", "out", "events", "stats", "laddr", "lport", "raddr", "rport",
         "key", "listener", "passive", "options", "_pseudo", "_port_sum", "_iphead", "ttl",
+        "offload",
         "state", "error", "soft_error", "user_closed",
         # send sequence space (unwrapped)
         "iss", "snd_una", "snd_nxt", "snd_max", "snd_wnd", "snd_wl1", "snd_wl2",
@@ -128,6 +133,10 @@ class Connection:
         # Partial sum of the constant IPv4 header words (version/IHL, DF, TTL,
         # protocol, addresses); the total length is added per packet.
         self.ttl = stack.ttl
+        # Segmentation and checksum offload (see Stack): segments of up to
+        # _OFFLOAD_PAYLOAD bytes leave as (packet, gso_size) pairs whose TCP
+        # checksum field holds only the pseudo-header sum.
+        self.offload = stack.offload
         self._iphead = (0x4500 + 0x4000 + (self.ttl << 8 | 6) + int.from_bytes(laddr + raddr, "big")) if v4 else None
         self.state = CLOSED
         self.error = None
@@ -257,9 +266,13 @@ class Connection:
         self.rcv_adv = nxt + (field << shift)
         return field
 
-    def _emit(self, now: float, flags: int, seq: int, payload=b"", options: bytes | None = None) -> None:
+    def _emit(self, now: float, flags: int, seq: int, payload=b"", options: bytes | None = None,
+              gso_size: int = 0) -> None:
         """Build and queue one segment; every non-SYN segment carries our
-        current ACK, window and (if negotiated) timestamp and SACK blocks."""
+        current ACK, window and (if negotiated) timestamp and SACK blocks.
+        With offload, a payload longer than `gso_size` is one packet the
+        device cuts into `gso_size`-byte segments (RFC 9293 §3.7.1 still
+        holds on the wire: each piece carries at most the effective MSS)."""
         if options is None:
             options = b""
             if self.ts_ok:
@@ -293,16 +306,21 @@ class Connection:
         ack &= MASK
         plen = len(payload)
         tcp_len = hlen + plen
-        total = (self._port_sum + (seq >> 16) + (seq & 0xFFFF) + (ack >> 16) + (ack & 0xFFFF)
-                 + (hlen << 10 | flags) + wnd + tcp_len + urg)
-        if olen:
-            total += int.from_bytes(options, "big")
-        if plen:
-            if plen & 1:
-                total += int.from_bytes(payload, "big") << 8
-            else:
-                total += int.from_bytes(payload, "big")
-        cks = 0xFFFF - total % 0xFFFF
+        if self.offload:
+            # CHECKSUM_PARTIAL: the field holds the pseudo-header sum and
+            # the device folds in the rest (virtio 1.x §5.1.6.2).
+            cks = (self._pseudo + tcp_len) % 0xFFFF
+        else:
+            total = (self._port_sum + (seq >> 16) + (seq & 0xFFFF) + (ack >> 16) + (ack & 0xFFFF)
+                     + (hlen << 10 | flags) + wnd + tcp_len + urg)
+            if olen:
+                total += int.from_bytes(options, "big")
+            if plen:
+                if plen & 1:
+                    total += int.from_bytes(payload, "big") << 8
+                else:
+                    total += int.from_bytes(payload, "big")
+            cks = 0xFFFF - total % 0xFFFF
         if self._iphead is not None:
             ip_total = 20 + tcp_len
             head = _V4TCP.pack(0x45, 0, ip_total, 0, 0x4000, self.ttl, 6,
@@ -312,11 +330,15 @@ class Connection:
             head = _V6TCP.pack(0x60000000, tcp_len, 6, self.ttl, self.laddr, self.raddr,
                                self.lport, self.rport, seq, ack, hlen << 2, flags, wnd, cks, urg)
         if olen:
-            self.out.append(b"".join((head, options, payload)))
+            packet = b"".join((head, options, payload))
         elif plen:
-            self.out.append(head + payload)
+            packet = head + payload
         else:
-            self.out.append(head)
+            packet = head
+        if self.offload:
+            self.out.append((packet, gso_size if plen > gso_size else 0))
+        else:
+            self.out.append(packet)
         self.segs_out += 1
 
     def _send_ack(self, now: float) -> None:
@@ -810,7 +832,11 @@ class Connection:
                         self.rtx_high = self._retransmit(now, ack, None)
                     self.cwnd = max(self.cwnd - acked, smss) + (smss if acked >= smss else 0)
             elif self.cwnd < self.ssthresh:
-                self.cwnd += acked if acked < smss else smss          # RFC 5681 (2)
+                # RFC 5681 (2).  With offload one ACK covers a whole
+                # multi-segment packet (the receiver coalesces them), so
+                # count every byte it acknowledges (RFC 3465 §2.3 byte
+                # counting, as Linux counts segments).
+                self.cwnd += acked if acked < smss or self.offload else smss
             else:
                 self.ca_acc += acked                                # RFC 5681 (3), byte counting
                 if self.ca_acc >= self.cwnd:
@@ -1120,9 +1146,19 @@ class Connection:
                     room = smss - 2 - 8 * min(len(self.sack_recent), 3 if self.ts_ok else 4) - 2
                 else:
                     room = smss
-                n = avail if avail < room else room
-                if usable < n:
-                    n = usable
+                if self.offload and avail > room and usable > room:
+                    # Several segments in one packet, whole segments only
+                    # unless this is the tail of the queued data.
+                    most = _OFFLOAD_PAYLOAD - _OFFLOAD_PAYLOAD % room
+                    n = avail if avail < most else most
+                    if usable < n:
+                        n = usable
+                    if n < avail:
+                        n -= n % room
+                else:
+                    n = avail if avail < room else room
+                    if usable < n:
+                        n = usable
                 if n <= 0:
                     if self.snd_wnd == 0 and nxt == self.snd_max and self.rtx_kind != "persist" \
                             and self.snd_max == self.snd_una:
@@ -1146,7 +1182,7 @@ class Connection:
                 fin = FIN if self.fin_queued and nxt + n == data_end else 0
                 off = nxt - base
                 self._emit(now, ACK | fin | (PSH if nxt + n == data_end else 0), nxt,
-                           self.sndbuf[off:off + n])
+                           self.sndbuf[off:off + n], None, room)
                 end = nxt + n + (1 if fin else 0)
                 if fin:
                     self.fin_seq = data_end

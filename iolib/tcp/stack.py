@@ -135,7 +135,8 @@ class Stack:
     """A user-level TCP/IP host.  See the module docstring; all public
     methods are documented in docs/tcp-conformance.md's API section too."""
 
-    def __init__(self, addresses, rng=None, *, mtu: int = 1500, ttl: int = 64, **options):
+    def __init__(self, addresses, rng=None, *, mtu: int = 1500, ttl: int = 64, offload: bool = False,
+                 **options):
         if isinstance(addresses, (str, bytes)) or not hasattr(addresses, "__iter__"):
             addresses = [addresses]
         self.interfaces = [_parse_address(a) for a in addresses]
@@ -155,6 +156,9 @@ class Stack:
         if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= 255:
             raise BadArgument(f"ttl must be in 1..255, got {ttl!r}")
         self.ttl = ttl   # RFC 9293 MUST-49: configurable TTL / hop limit
+        if not isinstance(offload, bool):
+            raise BadArgument(f"offload must be a bool, got {offload!r}")
+        self.offload = offload
         self.options = ConnOptions(**options)
         self.stats = Stats()
         self._isn_key = rng.getrandbits(128).to_bytes(16, "big")   # RFC 6528 secret
@@ -170,7 +174,15 @@ class Stack:
     # ------------------------------------------------------------ output
 
     def take_packets(self) -> list:
-        """Whole IP packets to write to the device, oldest first."""
+        """Whole IP packets to write to the device, oldest first.
+
+        With `offload=True`, every TCP segment a connection sends comes as
+        a `(packet, gso_size)` pair instead: its TCP checksum field holds
+        only the pseudo-header sum, for the device to complete, and a
+        nonzero `gso_size` means the packet is larger than the MTU and the
+        device must cut its payload into `gso_size`-byte segments (what a
+        virtio_net_hdr with NEEDS_CSUM and GSO_TCPV4/6 asks of Linux).
+        Other packets (RSTs for closed ports, ICMP) stay plain bytes."""
         out = self._packets
         if not out:
             return []
@@ -257,8 +269,14 @@ class Stack:
 
     # ------------------------------------------------------------ input
 
-    def receive(self, now: float, packet) -> None:
-        """Take one whole IPv4 or IPv6 packet (no link header)."""
+    def receive(self, now: float, packet, checksum_ok: bool = False) -> None:
+        """Take one whole IPv4 or IPv6 packet (no link header).
+
+        `checksum_ok=True` says the device vouches for the transport
+        checksum (a virtio_net_hdr with NEEDS_CSUM or DATA_VALID: the
+        packet comes from the local kernel, whose TCP left the checksum
+        for the "hardware" to fill in), so it is not checked again; such
+        packets may be larger than the MTU (segmentation offload)."""
         stats = self.stats
         stats.packets_in += 1
         if type(packet) is not bytes:
@@ -280,12 +298,13 @@ class Stack:
                     return
                 # The valid IP header sums to zero, so the whole packet's sum
                 # is the TCP segment's sum: no slicing needed.
-                whole = int.from_bytes(packet, "big")
-                if total & 1:
-                    whole <<= 8
-                if (whole + int.from_bytes(packet[12:20], "big") + PROTO_TCP + total - 20) % 0xFFFF:
-                    stats.dropped_bad_checksum += 1
-                    return
+                if not checksum_ok:
+                    whole = int.from_bytes(packet, "big")
+                    if total & 1:
+                        whole <<= 8
+                    if (whole + int.from_bytes(packet[12:20], "big") + PROTO_TCP + total - 20) % 0xFFFF:
+                        stats.dropped_bad_checksum += 1
+                        return
                 try:
                     seg = parse_segment(packet, 20, total)
                 except Malformed as e:
@@ -314,9 +333,9 @@ class Stack:
                 return
             proto = ip.proto
             if proto == PROTO_TCP:
-                self._receive_tcp(now, ip, packet)
+                self._receive_tcp(now, ip, packet, checksum_ok)
             elif proto == PROTO_ICMP and ip.version == 4 or proto == PROTO_ICMPV6 and ip.version == 6:
-                self._receive_icmp(now, ip, packet)
+                self._receive_icmp(now, ip, packet, checksum_ok)
             else:
                 stats.dropped_unknown_protocol += 1
         except Malformed as e:
@@ -327,11 +346,10 @@ class Stack:
         a = ipaddress.ip_address(addr)
         return a.is_multicast or a.is_unspecified or (a.version == 4 and addr == b"\xff\xff\xff\xff")
 
-    def _receive_tcp(self, now: float, ip, packet) -> None:
+    def _receive_tcp(self, now: float, ip, packet, checksum_ok: bool = False) -> None:
         start, end = ip.start, ip.end
-        seg_bytes = packet[start:end]
-        length = end - start
-        if (partial_sum(seg_bytes) + int.from_bytes(ip.src + ip.dst, "big") + PROTO_TCP + length) % 0xFFFF:
+        if not checksum_ok and (partial_sum(packet[start:end]) + int.from_bytes(ip.src + ip.dst, "big")
+                                + PROTO_TCP + end - start) % 0xFFFF:
             raise Malformed("bad_checksum", "TCP")
         seg = parse_segment(packet, start, end)
         self.stats.segments_in += 1
@@ -403,8 +421,8 @@ class Stack:
         self.stats.connections_accepted += 1
         self._after(conn)
 
-    def _receive_icmp(self, now: float, ip, packet) -> None:
-        if not icmp_checksum_ok(ip, packet):
+    def _receive_icmp(self, now: float, ip, packet, checksum_ok: bool = False) -> None:
+        if not checksum_ok and not icmp_checksum_ok(ip, packet):
             raise Malformed("bad_checksum", "ICMP")
         body = packet[ip.start:ip.end]
         if len(body) < 4:
