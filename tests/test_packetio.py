@@ -336,3 +336,44 @@ def test_udp_segmentation_offload_delivers_one_large_frame(packetio_netns):
         header = VirtioNetHdr.unpack_from(frame)
         assert header.gso_type == VIRTIO_NET_HDR_GSO_UDP_L4 and header.gso_size == 1200
         assert frame[10 + 28:] == payload  # all of it in one read
+
+
+def tcp_to_closed_port(payload: bytes, seq: int) -> bytes:
+    """A TCP segment (PSH, no ACK) from the user side to port 9 on the kernel
+    side, its checksum field holding only the pseudo-header sum, as
+    iolib.tcp leaves it for the device with offload."""
+    src, dst = socket.inet_aton(USER4), socket.inet_aton(KERNEL4)
+    tcp_len = 20 + len(payload)
+    field = pseudo_sum(src, dst, 6, tcp_len)
+    tcp = struct.pack("!HHIIBBHHH", 40000, 9, seq, 0, 5 << 4, 0x08, 65535, field, 0) + payload
+    return ipv4_packet(USER4, KERNEL4, 6, tcp)
+
+
+def test_send_packets_hands_the_kernel_offloaded_tcp_and_plain_packets(packetio_netns):
+    """The kernel takes a 45,000-byte TCP packet with gso_size 1448 behind the
+    header send_packets builds: its RST acknowledges every payload byte.
+    A plain packet in the same batch (an echo reply) goes through too."""
+    from iolib.packetio import TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6
+
+    def is_rst_for(seq_end):
+        def wanted(frame):
+            packet = frame[10:]
+            return (packet[0] >> 4 == 4 and packet[9] == 6 and packet[33] & 0x04
+                    and struct.unpack_from("!I", packet, 28)[0] == seq_end)
+        return wanted
+
+    with TunDevice("tl0", netns=packetio_netns.name, vnet_hdr=True,
+                   offload=TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6) as tun:
+        payload = bytes(range(250)) * 180
+        assert tun.send_packets([(tcp_to_closed_port(payload, 5000), 1448)]) == 1
+        wait_for_packet(tun, is_rst_for(5000 + len(payload)))
+        assert tun.stats.writes_dropped == 0
+        small = tcp_to_closed_port(b"x" * 100, 90000)
+        assert tun.send_packets([(small, 0)]) == 1
+        wait_for_packet(tun, is_rst_for(90100))
+
+
+def test_offloaded_packets_need_a_vnet_header_device(packetio_netns):
+    with TunDevice("tl0", netns=packetio_netns.name) as tun:
+        with pytest.raises(ValueError, match="vnet_hdr"):
+            tun.send_packets([(tcp_to_closed_port(b"x", 1), 0)])

@@ -10,6 +10,7 @@ are 16 MiB each way; wrk runs 3 s with 100 connections.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import random
@@ -208,10 +209,42 @@ def bulk_both_ways(ns, net, host: str, size: int, limit: float) -> tuple[float, 
     return threadlib.run(main())
 
 
+@pytest.fixture(scope="module")
+def plain_net(ns):
+    """A second link without offloads: every packet a 1500-byte frame."""
+    network = tcpsockio.open_network(tun="tlj0", peer="10.76.0.1/24", address="10.76.0.2/24",
+                                     peer6="fd76::1/64", address6="fd76::2", netns=ns.name, seed=12,
+                                     offload=False)
+    try:
+        yield network
+    finally:
+        network.close()
+
+
+def mean_frames(device, before):
+    stats = device.stats
+    return ((stats.bytes_read - before.bytes_read) / max(1, stats.packets_read - before.packets_read),
+            (stats.bytes_written - before.bytes_written) / max(1, stats.packets_written - before.packets_written))
+
+
 @pytest.mark.parametrize("host", [KERNEL4, KERNEL6])
 def test_tcpsockio_client_bulk_both_directions_with_a_kernel_server(ns, net, host):
+    """With offload (the default) the data moves in packets far above the
+    MTU both ways: the kernel's and the user stack's segmentation offload."""
+    before = dataclasses.replace(net.device.stats)
     up, down = bulk_both_ways(ns, net, host, 8 << 20, limit=60)
-    print(f"{host}: 8 MiB up {up:.2f} s, down {down:.2f} s")
+    mean_in, mean_out = mean_frames(net.device, before)
+    print(f"{host}: 8 MiB up {up:.2f} s, down {down:.2f} s; mean frame in {mean_in:.0f} B, out {mean_out:.0f} B")
+    assert mean_in > 3000 and mean_out > 3000
+
+
+@pytest.mark.parametrize("host", ["10.76.0.1", "fd76::1"])
+def test_bulk_both_directions_without_offload(ns, plain_net, host):
+    before = dataclasses.replace(plain_net.device.stats)
+    up, down = bulk_both_ways(ns, plain_net, host, 8 << 20, limit=60)
+    mean_in, mean_out = mean_frames(plain_net.device, before)
+    print(f"{host} without offload: 8 MiB up {up:.2f} s, down {down:.2f} s")
+    assert mean_in <= 1500 and mean_out <= 1500
 
 
 def test_connect_errors_against_linux(ns, net):

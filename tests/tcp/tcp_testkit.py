@@ -19,7 +19,7 @@ from iolib.tcp.segment import (ACK, FIN, PSH, RST, SYN, URG, Segment, build_segm
                                opt_mss, opt_sack, opt_sack_ok, opt_timestamp, opt_wscale,
                                parse_segment)
 
-__all__ = ["ACK", "FIN", "PSH", "RST", "SYN", "URG", "ANY", "seg", "Harness", "decode",
+__all__ = ["ACK", "FIN", "PSH", "RST", "SYN", "URG", "ANY", "seg", "Harness", "decode", "device_segments",
            "LOCAL4", "REMOTE4", "LOCAL6", "REMOTE6", "REMOTE_PORT", "REMOTE_ISS", "wire_pair"]
 
 LOCAL4, REMOTE4 = "10.0.0.1", "10.0.0.2"
@@ -81,6 +81,44 @@ def decode(packet) -> tuple:
     total = int.from_bytes(body, "big") << (8 if len(body) & 1 else 0)
     assert (total + pseudo_sum(ip.src, ip.dst, PROTO_TCP, len(body))) % 0xFFFF == 0, "bad TCP checksum"
     return ip, parse_segment(packet, ip.start, ip.end)
+
+
+def device_segments(item) -> list:
+    """What a device with checksum and segmentation offload makes of one
+    item from `Stack(offload=True).take_packets()` (a virtio_net_hdr with
+    NEEDS_CSUM, and GSO_TCPV4/6 for a nonzero gso_size): plain bytes pass
+    unchanged; a `(packet, gso_size)` pair, whose TCP checksum field must
+    hold the pseudo-header sum, becomes wire packets of at most gso_size
+    payload bytes, each with its own sequence number, lengths and
+    checksums, PSH and FIN kept only on the last."""
+    if not isinstance(item, tuple):
+        return [item]
+    packet, gso_size = item
+    ip = parse_ip(packet)
+    assert ip.proto == PROTO_TCP, f"offloaded packet is not TCP: proto {ip.proto}"
+    tcp = packet[ip.start:ip.end]
+    field = int.from_bytes(tcp[16:18], "big")
+    assert field == pseudo_sum(ip.src, ip.dst, PROTO_TCP, len(tcp)) % 0xFFFF, "checksum field is not the pseudo-header sum"
+    hlen = (tcp[12] >> 4) * 4
+    payload = tcp[hlen:]
+    step = gso_size or max(len(payload), 1)
+    assert gso_size == 0 or len(payload) > gso_size, f"gso_size {gso_size} on a {len(payload)}-byte payload"
+    seq = int.from_bytes(tcp[4:8], "big")
+    out = []
+    for off in range(0, max(len(payload), 1), step):
+        piece = payload[off:off + step]
+        last = off + step >= len(payload)
+        flags = tcp[13] if last else tcp[13] & ~(PSH | FIN)
+        head = bytearray(tcp[:hlen])
+        head[4:8] = ((seq + off) & M32).to_bytes(4, "big")
+        head[13] = flags
+        head[16:18] = b"\0\0"
+        body = bytes(head) + piece
+        total = int.from_bytes(body, "big") << (8 if len(body) & 1 else 0)
+        cks = 0xFFFF - (total + pseudo_sum(ip.src, ip.dst, PROTO_TCP, len(body))) % 0xFFFF
+        body = body[:16] + cks.to_bytes(2, "big") + body[18:]
+        out.append(build_ip(ip.src, ip.dst, PROTO_TCP, body))
+    return out
 
 
 def _fields(s: Segment):
@@ -170,13 +208,30 @@ class Harness:
 
     # -- observation
     def out(self) -> list:
+        """The wire segments sent since the last call (offloaded packets
+        are cut as the device would; see out_offloaded())."""
         segs = []
-        for p in self.stack.take_packets():
-            ip, s = decode(p)
-            assert ip.src == ipaddress.ip_address(self.local).packed
-            segs.append(s)
+        for item in self.stack.take_packets():
+            for p in device_segments(item):
+                ip, s = decode(p)
+                assert ip.src == ipaddress.ip_address(self.local).packed
+                segs.append(s)
         self.events += self.stack.take_events()
         return segs
+
+    def out_offloaded(self) -> list:
+        """`(Segment, gso_size)` for each packet an offloading stack sent,
+        before the device cuts it (the checksum field is checked to hold
+        the pseudo-header sum)."""
+        got = []
+        for item in self.stack.take_packets():
+            assert isinstance(item, tuple), f"expected a (packet, gso_size) pair, got {item!r:.60}"
+            device_segments(item)
+            packet, gso_size = item
+            ip = parse_ip(packet)
+            got.append((parse_segment(packet, ip.start, ip.end), gso_size))
+        self.events += self.stack.take_events()
+        return got
 
     def expect(self, *expected: Expected) -> list:
         got = self.out()
