@@ -76,6 +76,18 @@ class Stats:
         return "Stats(" + ", ".join(f"{k}={v}" for k, v in self.as_dict().items() if v) + ")"
 
 
+def _quotes_icmp_error(dg) -> bool:
+    """Whether a datagram's first fragment carries an ICMP error, about which
+    no ICMP error may be sent (RFC 1122 §3.2.2, RFC 4443 §2.4 (e.1))."""
+    v4 = len(dg.src) == 4
+    pos = len(dg.head) + (0 if v4 else 8)     # past the IPv6 Fragment header
+    if pos >= len(dg.quote):
+        return False
+    if v4:
+        return dg.first_nh == PROTO_ICMP and dg.quote[pos] in (3, 4, 5, 11, 12)
+    return dg.first_nh == PROTO_ICMPV6 and dg.quote[pos] < 128
+
+
 class Listener:
     """A passive-open endpoint (RFC 9293 LISTEN).  `queue` holds established
     connections not yet accepted; `syn_count` counts SYN-RECEIVED ones."""
@@ -252,7 +264,7 @@ class Stack:
         §3.2.2, RFC 4443 §2.4 (e))."""
         for dg in self._reasm.expire(now):
             self.stats.reassembly_timeouts += 1
-            if dg.quote and not self._martian(dg.src):
+            if dg.quote and not self._martian(dg.src) and not _quotes_icmp_error(dg):
                 t = ICMP_TIME_EXCEEDED if len(dg.src) == 4 else ICMP6_TIME_EXCEEDED
                 self._packets.append(build_icmp(dg.dst, dg.src, t, 1, bytes(4) + dg.quote))
                 self.stats.icmp_time_exceeded_sent += 1

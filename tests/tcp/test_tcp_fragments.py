@@ -235,6 +235,16 @@ def test_missing_first_fragment_times_out_without_icmp():
     assert h.stack.stats.reassembly_timeouts == 1 and h.stack.stats.icmp_time_exceeded_sent == 0
 
 
+@pytest.mark.parametrize("v6", [False, True])
+def test_no_time_exceeded_about_an_icmp_error(v6):
+    """RFC 1122 §3.2.2, RFC 4443 §2.4 (e.1)."""
+    h = Harness(v6=v6)
+    err = build_icmp(addr(h.remote), addr(h.local), 1 if v6 else 3, 0, bytes(4) + b"q" * 200)
+    feed(h, [(frag6 if v6 else frag4)(err, 0, 104)])
+    h.at(60.0)
+    assert h.stack.stats.reassembly_timeouts == 1 and h.stack.take_packets() == []
+
+
 def test_missing_fragment_times_out_at_exactly_60s_with_time_exceeded_v6():
     h = Harness(v6=True)
     whole = echo_request(h, b"t" * 200)
