@@ -10,6 +10,7 @@ import os
 import random
 import socket
 import struct
+import subprocess
 import tempfile
 import threading
 import time
@@ -425,3 +426,21 @@ def test_network_survives_one_scheduler_and_serves_the_next(env):
     assert threadlib.run(once(b"second")) == b"SECOND"
     peer.value
     server.close()
+
+
+@pytest.mark.parametrize("family", ["-4", "-6"])
+def test_kernel_ping_with_fragments_is_reassembled_and_answered(env, family):
+    """`ping -s 3000` makes the kernel fragment its echo request (MTU 1500);
+    the user stack reassembles it (iolib/tcp/fragments.py) and answers."""
+    ns, net = env
+    target = USER4 if family == "-4" else USER6
+    cmd = ["ip", "netns", "exec", ns.name, "ping", family, "-c", "1", "-s", "3000", "-W", "2", target]
+
+    def main():
+        net.attach()            # nothing else here would make the network join the scheduler
+        peer = Peer(lambda: subprocess.run(cmd, capture_output=True, timeout=10))
+        return (yield from wait_for(peer))
+
+    done = threadlib.run(main())
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert net.stack.stats.reassembled >= 1 and net.stack.stats.icmp_echo_replies >= 1

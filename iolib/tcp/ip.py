@@ -2,10 +2,10 @@
 
 Parsing checks every length and checksum field and raises `Malformed` with a
 short reason; the stack counts the reason and drops the packet.  Building
-returns whole packets as `bytes`.  Fragments are recognised (and refused) but
-never reassembled: the stack relies on TCP's MSS and path-MTU discovery
-instead.  This module must never keep state or look at TCP beyond the first
-eight bytes quoted in an ICMP error.
+returns whole packets as `bytes`.  Fragments are refused (reason "fragment")
+unless the caller asks for them, in which case their header fields come back
+as an `IPFragment` for `fragments.Reassembler`.  This module must never keep
+state or look at TCP beyond the first eight bytes quoted in an ICMP error.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ _V6_FRAGMENT = 44
 
 _V4 = struct.Struct("!BBHHHBBH4s4s")
 _V6 = struct.Struct("!IHBB16s16s")
+_V6_FRAG = struct.Struct("!BBHI")
 
 
 class Malformed(ValueError):
@@ -50,8 +51,30 @@ class IPPacket:
         self.hop_limit = hop_limit
 
 
-def parse_ip(packet) -> IPPacket:
-    """Parse the IP header of a whole packet (RFC 791 §3.1, RFC 8200 §3)."""
+class IPFragment(IPPacket):
+    """One fragment (RFC 791 §2.3, RFC 8200 §4.5).  `start:end` is the
+    fragment's data; `proto` is the upper-layer protocol for IPv4 and the
+    Fragment header's Next Header for IPv6.  `head` is everything in front
+    of the data for IPv4 (the header) and the Unfragmentable Part for IPv6
+    (up to, not including, the Fragment header); for IPv6, `nh_pos` is
+    where in `head` the Next Header field naming the Fragment header sits."""
+
+    __slots__ = ("ident", "offset", "more", "head", "nh_pos")
+
+    def __init__(self, version, src, dst, proto, start, end, hop_limit, ident, offset, more, head,
+                 nh_pos):
+        super().__init__(version, src, dst, proto, start, end, hop_limit)
+        self.ident = ident
+        self.offset = offset    # in bytes, not 8-byte units
+        self.more = more        # the M / MF flag
+        self.head = head
+        self.nh_pos = nh_pos
+
+
+def parse_ip(packet, fragments: bool = False) -> IPPacket:
+    """Parse the IP header of a whole packet (RFC 791 §3.1, RFC 8200 §3).
+    A fragment raises Malformed("fragment") unless `fragments`, when it
+    comes back as an IPFragment."""
     n = len(packet)
     if n < 1:
         raise Malformed("malformed", "empty packet")
@@ -68,7 +91,10 @@ def parse_ip(packet) -> IPPacket:
         if not verify(packet[:ihl]):
             raise Malformed("bad_checksum", "IPv4 header")
         if frag & 0x3FFF:  # MF set or a non-zero offset
-            raise Malformed("fragment", "IPv4 fragment")
+            if not fragments:
+                raise Malformed("fragment", "IPv4 fragment")
+            return IPFragment(4, src, dst, proto, ihl, total, ttl, _ident, (frag & 0x1FFF) * 8,
+                              bool(frag & 0x2000), packet[:ihl], None)
         return IPPacket(4, src, dst, proto, ihl, total, ttl)
     if version == 6:
         if n < 40:
@@ -78,15 +104,24 @@ def parse_ip(packet) -> IPPacket:
         if end > n:
             raise Malformed("malformed", "IPv6 payload length")
         off = 40
+        nh_pos = 6
         while nxt in _V6_SKIPPABLE:
             if off + 8 > end:
                 raise Malformed("malformed", "IPv6 extension header truncated")
+            nh_pos = off
             nxt, hlen = packet[off], (packet[off + 1] + 1) * 8
             off += hlen
             if off > end:
                 raise Malformed("malformed", "IPv6 extension header length")
         if nxt == _V6_FRAGMENT:
-            raise Malformed("fragment", "IPv6 fragment")
+            if not fragments:
+                raise Malformed("fragment", "IPv6 fragment")
+            # RFC 8200 §4.5: Next Header, reserved, offset (13 bits) + res + M, ident.
+            if off + 8 > end:
+                raise Malformed("malformed", "IPv6 fragment header truncated")
+            nxt, _res, offm, ident = _V6_FRAG.unpack_from(packet, off)
+            return IPFragment(6, src, dst, nxt, off + 8, end, hops, ident, offm & 0xFFF8,
+                              bool(offm & 1), packet[:off], nh_pos)
         return IPPacket(6, src, dst, nxt, off, end, hops)
     raise Malformed("malformed", f"IP version {version}")
 

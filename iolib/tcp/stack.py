@@ -9,7 +9,8 @@ done comes out through `take_packets()` (IP packets for the device),
 (RFC 9293 §3.10.7), answers listeners (SYN queue and accept queue limits),
 sends RSTs for closed ports, picks ephemeral ports (RFC 6056-style, from the
 seeded rng) and initial sequence numbers (RFC 6528), answers ICMP/ICMPv6
-echo and routes ICMP errors to the connection they quote.
+echo, routes ICMP errors to the connection they quote, and reassembles IP
+fragments (fragments.py) before any of that.
 
 It never reads a clock, a device or a global random source: the same inputs,
 times and seed give the same outputs, and `copy.deepcopy` / `pickle` of a
@@ -30,9 +31,11 @@ from . import connection as C
 from .checksum import partial_sum
 from .connection import INF, Connection
 from .errors import AddressInUse, BadArgument, InvalidState, NetUnreachable
-from .ip import (ICMP6_ECHO_REPLY, ICMP6_ECHO_REQUEST, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
-                 PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, IPPacket, Malformed, build_icmp, icmp_checksum_ok,
-                 ipv4_header, ipv6_header, parse_icmp_error, parse_ip)
+from .fragments import MAX_BYTES, MAX_DATAGRAMS, Reassembler
+from .ip import (ICMP6_ECHO_REPLY, ICMP6_ECHO_REQUEST, ICMP6_TIME_EXCEEDED, ICMP_ECHO_REPLY,
+                 ICMP_ECHO_REQUEST, ICMP_TIME_EXCEEDED, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, IPFragment,
+                 IPPacket, Malformed, build_icmp, icmp_checksum_ok, ipv4_header, ipv6_header,
+                 parse_icmp_error, parse_ip)
 from .options import ConnOptions
 from .segment import ACK, RST, SYN, build_segment, parse_segment
 from .seq import HALF, MASK, unwrap
@@ -56,6 +59,10 @@ class Stats:
         "dupacks_in", "retransmits", "fast_retransmits", "rto_timeouts", "window_probes",
         "keepalive_probes", "icmp_echo_replies", "icmp_errors", "icmp_ignored",
         "connections_opened", "connections_accepted",
+        # IP reassembly: fragments taken in, datagrams completed or timed out
+        # (the dropped_fragment_* counters count single fragment packets).
+        "fragments_in", "reassembled", "reassembly_timeouts", "icmp_time_exceeded_sent",
+        "dropped_fragment_overlap", "dropped_fragment_duplicate", "dropped_fragment_limit",
     )
 
     def __init__(self):
@@ -67,6 +74,18 @@ class Stats:
 
     def __repr__(self) -> str:
         return "Stats(" + ", ".join(f"{k}={v}" for k, v in self.as_dict().items() if v) + ")"
+
+
+def _quotes_icmp_error(dg) -> bool:
+    """Whether a datagram's first fragment carries an ICMP error, about which
+    no ICMP error may be sent (RFC 1122 §3.2.2, RFC 4443 §2.4 (e.1))."""
+    v4 = len(dg.src) == 4
+    pos = len(dg.head) + (0 if v4 else 8)     # past the IPv6 Fragment header
+    if pos >= len(dg.quote):
+        return False
+    if v4:
+        return dg.first_nh == PROTO_ICMP and dg.quote[pos] in (3, 4, 5, 11, 12)
+    return dg.first_nh == PROTO_ICMPV6 and dg.quote[pos] < 128
 
 
 class Listener:
@@ -136,7 +155,7 @@ class Stack:
     methods are documented in docs/tcp-conformance.md's API section too."""
 
     def __init__(self, addresses, rng=None, *, mtu: int = 1500, ttl: int = 64, offload: bool = False,
-                 **options):
+                 frag_max_datagrams: int = MAX_DATAGRAMS, frag_max_bytes: int = MAX_BYTES, **options):
         if isinstance(addresses, (str, bytes)) or not hasattr(addresses, "__iter__"):
             addresses = [addresses]
         self.interfaces = [_parse_address(a) for a in addresses]
@@ -159,6 +178,10 @@ class Stack:
         if not isinstance(offload, bool):
             raise BadArgument(f"offload must be a bool, got {offload!r}")
         self.offload = offload
+        for name, v in (("frag_max_datagrams", frag_max_datagrams), ("frag_max_bytes", frag_max_bytes)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise BadArgument(f"{name} must be a non-negative integer, got {v!r}")
+        self._reasm = Reassembler(frag_max_datagrams, frag_max_bytes)
         self.options = ConnOptions(**options)
         self.stats = Stats()
         self._isn_key = rng.getrandbits(128).to_bytes(16, "big")   # RFC 6528 secret
@@ -204,6 +227,14 @@ class Stack:
     def next_deadline(self) -> float | None:
         """When timer() must next be called (absolute, same clock as `now`);
         None when no timer is pending.  A deadline in the past means now."""
+        d = self._conn_deadline()
+        if self._reasm.datagrams:
+            r = self._reasm.next_deadline()
+            if d is None or r < d:
+                return r
+        return d
+
+    def _conn_deadline(self) -> float | None:
         heap = self._heap
         while heap:
             d, _n, conn = heap[0]
@@ -233,6 +264,21 @@ class Stack:
                 continue
             conn.on_timer(now)
             self._after(conn)
+        if self._reasm.datagrams:
+            self._expire_fragments(now)
+
+    def _expire_fragments(self, now: float) -> None:
+        """RFC 1122 §3.3.2 / RFC 8200 §4.5: an incomplete datagram is dropped
+        when its timer runs out, with an ICMP Time Exceeded, code 1, to its
+        source if the offset-zero fragment had arrived (RFC 792, RFC 4443
+        §3.3) -- but never to a multicast or unspecified source (RFC 1122
+        §3.2.2, RFC 4443 §2.4 (e))."""
+        for dg in self._reasm.expire(now):
+            self.stats.reassembly_timeouts += 1
+            if dg.quote and not self._martian(dg.src) and not _quotes_icmp_error(dg):
+                t = ICMP_TIME_EXCEEDED if len(dg.src) == 4 else ICMP6_TIME_EXCEEDED
+                self._packets.append(build_icmp(dg.dst, dg.src, t, 1, bytes(4) + dg.quote))
+                self.stats.icmp_time_exceeded_sent += 1
 
     def _after(self, conn: Connection) -> None:
         # Lazy timer heap: push only when the connection's deadline moved
@@ -327,10 +373,21 @@ class Stack:
                 self._demux_tcp(now, IPPacket(4, src, dst, PROTO_TCP, 20, total, ttl), seg)
                 return
         try:
-            ip = parse_ip(packet)
+            ip = parse_ip(packet, True)
             if ip.dst not in self._local:
                 stats.dropped_not_for_us += 1
                 return
+            if ip.__class__ is IPFragment:
+                stats.fragments_in += 1
+                packet = self._reasm.add(now, ip, packet)
+                if packet is None:
+                    return
+                stats.reassembled += 1
+                # The whole datagram goes through the checks an unfragmented
+                # packet gets; a Fragment header inside it is refused.  The
+                # device vouched for the last fragment only.
+                ip = parse_ip(packet)
+                checksum_ok = False
             proto = ip.proto
             if proto == PROTO_TCP:
                 self._receive_tcp(now, ip, packet, checksum_ok)
