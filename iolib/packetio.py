@@ -333,17 +333,26 @@ class TunDevice:
     def _attach(self) -> int:
         from pyroute2 import IPRoute
 
+        # Check first: TUNSETIFF would create a missing device, and on an
+        # existing one it silently replaces the feature flags (vnet_hdr)
+        # of every queue with ours.
+        where = f" in network namespace {self.netns!r}" if self.netns else ""
         with IPRoute() as ipr:
-            if not ipr.link_lookup(ifname=self.name):
-                where = f" in network namespace {self.netns!r}" if self.netns else ""
-                raise FileNotFoundError(f"no TUN device {self.name!r}{where} to attach a queue to")
-        try:
-            return self._open_fd("attach a queue to")
-        except OSError as exc:
-            if exc.errno == errno.EINVAL:
-                raise OSError(errno.EINVAL, f"cannot attach a queue to {self.name!r}: it is not a multi-queue "
-                                            "TUN device, or its flags (vnet_hdr) differ") from None
-            raise
+            links = ipr.get_links(ifname=self.name) if ipr.link_lookup(ifname=self.name) else []
+        if not links:
+            raise FileNotFoundError(f"no TUN device {self.name!r}{where} to attach a queue to")
+        info = links[0].get_attr("IFLA_LINKINFO")
+        data = info.get_attr("IFLA_INFO_DATA") if info is not None else None
+        if info is None or info.get_attr("IFLA_INFO_KIND") != "tun" or data is None \
+                or data.get_attr("IFLA_TUN_TYPE") != _IFF_TUN or data.get_attr("IFLA_TUN_PI") != 0:
+            raise OSError(errno.EINVAL, f"{self.name!r}{where} is not a TUN device without packet information")
+        if not data.get_attr("IFLA_TUN_MULTI_QUEUE"):
+            raise OSError(errno.EINVAL, f"cannot attach a queue to {self.name!r}: it is not a multi-queue TUN device")
+        if bool(data.get_attr("IFLA_TUN_VNET_HDR")) != self.vnet_hdr:
+            raise OSError(errno.EINVAL, f"cannot attach a queue to {self.name!r}: its vnet_hdr flag is "
+                                        f"{bool(data.get_attr('IFLA_TUN_VNET_HDR'))}, this queue asked for "
+                                        f"{self.vnet_hdr}; every queue must use the device's flags")
+        return self._open_fd("attach a queue to")
 
     def open_queue(self) -> TunDevice:
         """Another queue of this multi-queue device, with the same flags,
