@@ -31,6 +31,7 @@ from . import netns as _netns
 __all__ = [
     "TunDevice",
     "TunStats",
+    "MAX_QUEUES",
     "VirtioNetHdr",
     "internet_checksum",
     "finish_partial_checksum",
@@ -46,6 +47,12 @@ _TUNSETIFF = 0x400454CA
 _TUNSETOFFLOAD = 0x400454D0
 _TUNSETVNETHDRSZ = 0x400454D8
 _IFF_TUN = 0x0001
+# No TUNSETQUEUE/IFF_DETACH_QUEUE here on purpose: detaching a queue
+# changes the number of queues, which moves every flow steered by hash
+# (no fresh flow entry) to another queue, where a stack that never saw it
+# resets it.  A multi-queue device keeps its queue count for its life.
+_IFF_MULTI_QUEUE = 0x0100
+MAX_QUEUES = 256  # the kernel's MAX_TAP_QUEUES
 _IFF_NO_PI = 0x1000
 _IFF_VNET_HDR = 0x4000
 TUN_F_CSUM = 0x01
@@ -183,6 +190,14 @@ class TunDevice:
     The device lives as long as the fd: `close()` (or leaving `with`)
     removes it.  Frames are whole IP packets, each prefixed by a
     virtio_net_hdr of `vnet_hdr_size` bytes when `vnet_hdr` is on.
+
+    With `multi_queue=True` this object is the device's first queue and
+    `open_queue()` returns another `TunDevice` for a further queue of the
+    same device (same flags, same offloads).  Every queue is closed on its
+    own; the kernel removes the device when the last one closes, so the
+    creator may close its queue while others stay open.  `queue_of` names
+    the device a queue belongs to; `is_creator` is False for queues that
+    were attached rather than created.
     """
 
     def __init__(
@@ -195,7 +210,20 @@ class TunDevice:
         vnet_hdr: bool = False,
         vnet_hdr_size: int = 10,
         offload: int = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6,
+        multi_queue: bool = False,
     ) -> None:
+        self._fd = -1
+        self._configure(name, netns, mtu, vnet_hdr, vnet_hdr_size, offload, multi_queue)
+        self.addresses = tuple(_parse_interface(a) for a in addresses)
+        self.is_creator = True
+        if netns is None:
+            self._fd = self._setup()
+        else:
+            self._fd = _netns.run_in_netns(netns, self._setup)
+
+    def _configure(self, name: str, netns: str | None, mtu: int, vnet_hdr: bool, vnet_hdr_size: int,
+                   offload: int, multi_queue: bool) -> None:
+        """Check and store everything but the addresses and the fd."""
         encoded = name.encode() if isinstance(name, str) else b""
         if not encoded or len(encoded) >= _IFNAMSIZ or b"/" in encoded or b" " in encoded or b"\0" in encoded:
             raise ValueError(f"TUN name must be 1-15 bytes without '/', ' ' or NUL, got {name!r}")
@@ -206,7 +234,6 @@ class TunDevice:
         if bool(offload & TUN_F_USO4) != bool(offload & TUN_F_USO6):
             # The kernel refuses one without the other with a bare EINVAL.
             raise ValueError("offload must set TUN_F_USO4 and TUN_F_USO6 together (UDP segmentation)")
-        interfaces = [_parse_interface(a) for a in addresses]
         if netns is not None and not _netns.netns_exists(netns):
             raise FileNotFoundError(f"network namespace {netns!r} does not exist")
         self.name = name
@@ -215,28 +242,28 @@ class TunDevice:
         self.vnet_hdr = vnet_hdr
         self.vnet_hdr_size = vnet_hdr_size if vnet_hdr else 0
         self.offload = offload if vnet_hdr else 0
-        self.addresses = tuple(interfaces)
+        self.multi_queue = bool(multi_queue)
         self.stats = TunStats()
         self._offload_headers: dict = {}
         # Offloaded (GSO) frames can be up to 64 KiB whatever the MTU.
         self.read_size = (_MAX_FRAME if vnet_hdr else mtu) + self.vnet_hdr_size
-        if netns is None:
-            self._fd = self._setup()
-        else:
-            self._fd = _netns.run_in_netns(netns, self._setup)
 
-    def _setup(self) -> int:
-        """Runs in the target namespace: the device joins the namespace of
-        the thread that opens /dev/net/tun."""
-        from pyroute2 import IPRoute
+    def _flags(self) -> int:
+        return (_IFF_TUN | _IFF_NO_PI | (_IFF_VNET_HDR if self.vnet_hdr else 0)
+                | (_IFF_MULTI_QUEUE if self.multi_queue else 0))
 
+    def _open_fd(self, verb: str) -> int:
+        """Open /dev/net/tun and bind it to the device (creating it, or
+        attaching a queue), with this object's header size and offloads.
+        The kernel keeps header size and offloads per device, and TUNSETIFF
+        on an existing device replaces its feature flags, so every queue
+        must ask for exactly the same ones."""
         fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
-            flags = _IFF_TUN | _IFF_NO_PI | (_IFF_VNET_HDR if self.vnet_hdr else 0)
             try:
-                fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH22x", self.name.encode(), flags))
+                fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH22x", self.name.encode(), self._flags()))
             except OSError as exc:
-                raise OSError(exc.errno, f"cannot create TUN device {self.name!r}: {exc.strerror}") from None
+                raise OSError(exc.errno, f"cannot {verb} TUN device {self.name!r}: {exc.strerror}") from None
             if self.vnet_hdr:
                 fcntl.ioctl(fd, _TUNSETVNETHDRSZ, struct.pack("i", self.vnet_hdr_size))
                 try:
@@ -244,6 +271,18 @@ class TunDevice:
                 except OSError as exc:
                     raise OSError(exc.errno, f"kernel refused TUN offload flags {self.offload:#x}: "
                                              f"{exc.strerror}") from None
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _setup(self) -> int:
+        """Runs in the target namespace: the device joins the namespace of
+        the thread that opens /dev/net/tun."""
+        from pyroute2 import IPRoute
+
+        fd = self._open_fd("create")
+        try:
             if any(i.version == 6 for i in self.addresses):
                 # Without this the address stays "tentative" for a second or
                 # two and the kernel will not send from it.
@@ -260,6 +299,74 @@ class TunDevice:
         except BaseException:
             os.close(fd)
             raise
+
+    # -- queues ---------------------------------------------------------
+
+    @classmethod
+    def attach_queue(
+        cls,
+        name: str,
+        *,
+        netns: str | None = None,
+        mtu: int = 1500,
+        vnet_hdr: bool = False,
+        vnet_hdr_size: int = 10,
+        offload: int = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6,
+    ) -> TunDevice:
+        """A new queue of the existing multi-queue TUN device `name` (in
+        `netns`).  vnet_hdr, vnet_hdr_size and offload must be the ones
+        the device was created with (the kernel would silently switch the
+        whole device to these).  The device's addresses are left alone;
+        `addresses` is empty on the result.  FileNotFoundError if there is
+        no such device: TUNSETIFF would otherwise create a new one."""
+        self = cls.__new__(cls)
+        self._fd = -1
+        self._configure(name, netns, mtu, vnet_hdr, vnet_hdr_size, offload, True)
+        self.addresses = ()
+        self.is_creator = False
+        if netns is None:
+            self._fd = self._attach()
+        else:
+            self._fd = _netns.run_in_netns(netns, self._attach)
+        return self
+
+    def _attach(self) -> int:
+        from pyroute2 import IPRoute
+
+        # Check first: TUNSETIFF would create a missing device, and on an
+        # existing one it silently replaces the feature flags (vnet_hdr)
+        # of every queue with ours.
+        where = f" in network namespace {self.netns!r}" if self.netns else ""
+        with IPRoute() as ipr:
+            links = ipr.get_links(ifname=self.name) if ipr.link_lookup(ifname=self.name) else []
+        if not links:
+            raise FileNotFoundError(f"no TUN device {self.name!r}{where} to attach a queue to")
+        info = links[0].get_attr("IFLA_LINKINFO")
+        data = info.get_attr("IFLA_INFO_DATA") if info is not None else None
+        if info is None or info.get_attr("IFLA_INFO_KIND") != "tun" or data is None \
+                or data.get_attr("IFLA_TUN_TYPE") != _IFF_TUN or data.get_attr("IFLA_TUN_PI") != 0:
+            raise OSError(errno.EINVAL, f"{self.name!r}{where} is not a TUN device without packet information")
+        if not data.get_attr("IFLA_TUN_MULTI_QUEUE"):
+            raise OSError(errno.EINVAL, f"cannot attach a queue to {self.name!r}: it is not a multi-queue TUN device")
+        if bool(data.get_attr("IFLA_TUN_VNET_HDR")) != self.vnet_hdr:
+            raise OSError(errno.EINVAL, f"cannot attach a queue to {self.name!r}: its vnet_hdr flag is "
+                                        f"{bool(data.get_attr('IFLA_TUN_VNET_HDR'))}, this queue asked for "
+                                        f"{self.vnet_hdr}; every queue must use the device's flags")
+        return self._open_fd("attach a queue to")
+
+    def open_queue(self) -> TunDevice:
+        """Another queue of this multi-queue device, with the same flags,
+        header size and offloads.  Setup time only (a netlink lookup)."""
+        if not self.multi_queue:
+            raise ValueError(f"TUN device {self.name!r} was opened without multi_queue=True; "
+                             "it has one queue and cannot get another")
+        if self._fd < 0:
+            raise ValueError(f"TUN device {self.name!r} is closed: open a queue from one that is still open")
+        queue = TunDevice.attach_queue(self.name, netns=self.netns, mtu=self.mtu, vnet_hdr=self.vnet_hdr,
+                                       vnet_hdr_size=self.vnet_hdr_size or 10,
+                                       offload=self.offload if self.vnet_hdr else 0)
+        queue.addresses = self.addresses
+        return queue
 
     # -- packet path ----------------------------------------------------
 
@@ -384,7 +491,8 @@ class TunDevice:
     # -- teardown -------------------------------------------------------
 
     def close(self) -> None:
-        """Close the fd; the kernel deletes the (non-persistent) device."""
+        """Close the fd; the kernel deletes the (non-persistent) device
+        when this was its last open queue."""
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
             os.close(fd)
@@ -402,4 +510,5 @@ class TunDevice:
     def __repr__(self) -> str:
         where = f" netns={self.netns!r}" if self.netns else ""
         state = "closed" if self.closed else f"fd={self._fd}"
-        return f"<TunDevice {self.name!r}{where} {state}>"
+        queue = " queue" if self.multi_queue else ""
+        return f"<TunDevice {self.name!r}{queue}{where} {state}>"

@@ -377,3 +377,51 @@ def test_offloaded_packets_need_a_vnet_header_device(packetio_netns):
     with TunDevice("tl0", netns=packetio_netns.name) as tun:
         with pytest.raises(ValueError, match="vnet_hdr"):
             tun.send_packets([(tcp_to_closed_port(b"x", 1), 0)])
+
+
+def test_multi_queue_device_spreads_flows_over_its_queues(packetio_netns):
+    ns = packetio_netns
+    with TunDevice("tl0", netns=ns.name, addresses=[f"{KERNEL4}/24"], vnet_hdr=True,
+                   multi_queue=True) as first, first.open_queue() as second:
+        detail = ns.exec(["ip", "-d", "link", "show", "tl0"], capture_output=True, text=True).stdout
+        assert "multi_queue numqueues 2" in detail and "vnet_hdr on" in detail, detail
+        assert second.vnet_hdr_size == first.vnet_hdr_size and not second.is_creator
+        sender = ns.run(socket.socket, socket.AF_INET, socket.SOCK_DGRAM)
+        with sender:
+            # 32 flows (one per destination port): each datagram reaches
+            # exactly one queue, and a random flow hash uses both.
+            for port in range(42000, 42032):
+                sender.sendto(b"flow %d" % port, (USER4, port))
+            seen = {}
+            deadline = time.monotonic() + 5
+            while len(seen) < 32 and time.monotonic() < deadline:
+                select.select([first, second], [], [], 0.2)
+                for q, tun in enumerate((first, second)):
+                    for frame in tun.read_batch(64):
+                        packet = frame[tun.vnet_hdr_size:]
+                        if packet[0] >> 4 == 4 and packet[9] == 17:
+                            port = struct.unpack_from("!H", packet, (packet[0] & 15) * 4 + 2)[0]
+                            assert port not in seen, "a datagram arrived on two queues"
+                            seen[port] = q
+        assert sorted(seen) == list(range(42000, 42032))
+        assert set(seen.values()) == {0, 1}, seen  # all on one queue: odds 2**-31
+        first.close()  # the creator may go first: the device stays with the other queue
+        assert link_info(ns, "tl0") is not None
+    assert link_info(ns, "tl0") is None
+
+
+def test_attaching_a_queue_names_what_is_wrong(packetio_netns):
+    ns = packetio_netns
+    with pytest.raises(FileNotFoundError, match="no TUN device 'tl5'"):
+        TunDevice.attach_queue("tl5", netns=ns.name)
+    assert link_info(ns, "tl5") is None  # not created by the attempt
+    with TunDevice("tl0", netns=ns.name) as single:
+        with pytest.raises(ValueError, match="without multi_queue"):
+            single.open_queue()
+        with pytest.raises(OSError, match="not a multi-queue"):
+            TunDevice.attach_queue("tl0", netns=ns.name)
+    with TunDevice("tl1", netns=ns.name, vnet_hdr=True, multi_queue=True) as mq:
+        with pytest.raises(OSError, match="vnet_hdr flag is True"):
+            TunDevice.attach_queue("tl1", netns=ns.name, vnet_hdr=False)
+        detail = ns.exec(["ip", "-d", "link", "show", "tl1"], capture_output=True, text=True).stdout
+        assert "vnet_hdr on" in detail and "numqueues 1" in detail, detail  # left as it was

@@ -606,9 +606,12 @@ def test_program_refuses_bad_options_before_serving(tmp_path):
     r = subprocess.run([sys.executable, "-m", "apps.webserver", "--root", str(tmp_path / "nope")], cwd=ROOT,
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "is not a directory" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "apps.webserver", "--stack", "user", "--workers", "2"], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "apps.webserver", "--tun", "tl9"], cwd=ROOT,
                        capture_output=True, text=True, timeout=30)
-    assert r.returncode == 2 and "--stack user runs one process" in r.stderr
+    assert r.returncode == 2 and "--tun and --netns only apply to --stack user" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "apps.webserver", "--stack", "user", "--netns", "tl-no-such-ns"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "no such network namespace" in r.stderr
     import importlib.util
 
     if importlib.util.find_spec("threadlib.tcpsockio") is None:
@@ -649,3 +652,43 @@ def test_program_serves_over_the_user_level_tcp_stack(site):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.skipif(not _user_stack_usable(), reason="needs threadlib.tcpsockio, root and /dev/net/tun")
+def test_program_with_two_workers_on_the_user_level_stack_uses_both_queues(site):
+    from iolib.netns import temporary_netns
+
+    expected = (site / "big.bin").read_bytes()
+    with temporary_netns("tlwsmq") as ns:
+        proc = subprocess.Popen([sys.executable, "-m", "apps.webserver", "--stack", "user", "--workers", "2",
+                                 "--tun", "tlwsmq0", "--netns", ns.name, "--root", str(site), "--port", "8080"],
+                                cwd=ROOT, env=dict(os.environ, TL_PEER6="", TL_ADDRESS6=""),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            banner = proc.stdout.readline()
+            assert "http://10.77.0.2:8080/" in banner and "stack=user, workers=2" in banner, banner
+            device = ns.exec(["ip", "-d", "link", "show", "tlwsmq0"], capture_output=True, text=True).stdout
+            assert "multi_queue numqueues 2" in device, device
+
+            def fetch_all():
+                # New connections from inside the namespace, each steered by
+                # its own flow hash.  The banner comes from worker 0 only, but
+                # a SYN for a worker not yet listening waits in its queue: a
+                # stack starts reading its queue only once it listens.
+                return [get(("10.77.0.2", 8080), "/big.bin") for _ in range(20)]
+
+            for status, _, body in ns.run(fetch_all):
+                assert status == 200 and body == expected
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=15) == 0
+            output = banner + proc.stdout.read()
+            served = dict(re.findall(r"worker (\d) stopped after (\d+) requests", output))
+            # 20 flows all hashed to one of two queues: odds 2**-19.
+            assert set(served) == {"0", "1"} and all(int(n) > 0 for n in served.values()), output
+            assert sum(int(n) for n in served.values()) == 20, output
+            gone = ns.exec(["ip", "link", "show", "tlwsmq0"], capture_output=True, text=True)
+            assert gone.returncode != 0 and "does not exist" in gone.stderr
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

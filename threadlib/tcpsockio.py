@@ -15,6 +15,30 @@ stack, writes every packet the stack produced in one go, and dispatches the
 stack's events once. Packets produced by threads (a send, a window update,
 a close) are flushed in the scheduler's next poll, batched the same way.
 
+``open_network(..., queues=N)`` creates a multi-queue TUN device instead
+and returns a ``MultiQueueNetwork``: made in a parent before it forks N
+workers, it gives worker i ``for_queue(i)``, a ``UserNetwork`` with its
+own Stack (own random seed: own ISNs and ephemeral ports) on queue i.
+Every stack owns the same addresses; the kernel picks the queue, and so
+the worker, for each flow it sends (drivers/net/tun.c,
+tun_automq_select_queue): the queue a packet of the flow was last
+written on, if that was less than ~3 s ago (TUN_FLOW_EXPIRE; at most 4096
+flows are remembered), else the flow's symmetric hash modulo the number of
+queues.  A connection the kernel side opens is therefore stable: its SYN
+is hashed to a queue, that queue's stack answers, and both rules keep
+choosing that queue for as long as the number of queues stays the same
+(the parent keeps every queue open for the device's life, so a worker
+that dies and restarts does not reshuffle the others).  A connection a
+worker opens is not: once its flow entry expires (3 s without a packet
+written for it, or never made beyond 4096 flows) the replies go where its
+hash points, usually another worker's stack, which knows nothing of it and
+resets it.  Dropping such segments instead of resetting would only turn
+that into a silent stall, and would leave stale flows unreset, so
+``connect`` on a queue network is refused with EOPNOTSUPP; open outgoing
+connections from a single-queue network or the kernel's stack.  Packets
+hashed without ports (ICMP errors, non-first IP fragments) may likewise
+reach another queue than their flow.
+
 This module never blocks the process on the packet path and never reads the
 network anywhere but in the worker; a thread waits only in ``TcpWait``,
 which the worker withdraws on cancel or timeout. ``close`` and
@@ -36,7 +60,7 @@ import socket
 import types
 from typing import Any, Callable, Iterable
 
-from iolib.packetio import CHECKSUM_TRUSTED, TunDevice
+from iolib.packetio import CHECKSUM_TRUSTED, MAX_QUEUES, TunDevice
 from iolib.tcp import Stack
 from iolib.tcp import errors as tcperr
 from iolib.tcp.connection import (
@@ -57,8 +81,10 @@ log = logging.getLogger("threadlib.tcpsockio")
 
 __all__ = [
     "open_network",
+    "env_network_options",
     "network",
     "UserNetwork",
+    "MultiQueueNetwork",
     "UserTcpWorker",
     "Stream",
     "Listener",
@@ -855,9 +881,11 @@ class UserNetwork:
 
     name = "user"
 
-    def __init__(self, device: TunDevice, stack: Stack, routes: Iterable[str] | None = None) -> None:
+    def __init__(self, device: TunDevice, stack: Stack, routes: Iterable[str] | None = None,
+                 queue: int | None = None) -> None:
         self.device = device
         self.stack = stack
+        self.queue = queue  # the queue index on a multi-queue device (MultiQueueNetwork.for_queue)
         if routes is None:
             self.routes = [i.network for i in stack.interfaces]
         else:
@@ -892,8 +920,14 @@ class UserNetwork:
                nodelay: bool = True) -> Listener:
         """A listener on ``(host, port)``: a wildcard host ("", "0.0.0.0",
         "::") means every local address of both families; port 0 picks a
-        free one. ``reuse_port`` is accepted for API compatibility and has
-        no effect (one stack serves one process)."""
+        free one.
+
+        ``reuse_port`` has no effect on the stack itself (a stack serves
+        one process and never shares its ports).  On a network made by
+        ``MultiQueueNetwork.for_queue`` every worker listens on the same
+        port on its own stack and the kernel spreads new connections over
+        the queues by flow hash, which is what SO_REUSEPORT does for the
+        kernel's stack; pass it there for clarity."""
         worker = self._ensure()
         host, port = address[0], address[1]
         local = None if host in _WILDCARDS else host
@@ -937,6 +971,11 @@ class UserNetwork:
         ``(address, port)`` to send from."""
         from .sockio import resolve
 
+        if self.queue is not None:
+            raise OSError(errno.EOPNOTSUPP, f"connect() is refused on queue {self.queue} of multi-queue TUN device "
+                          f"{self.device.name!r}: the kernel steers the replies of a connection opened here by a "
+                          "flow entry that expires after ~3 s idle, after which they may reach another worker's "
+                          "stack, which resets the connection; connect from a single-queue network instead")
         worker = self._ensure()
         host, port = address[0], address[1]
         last_error: BaseException | None = None
@@ -1028,7 +1067,93 @@ class UserNetwork:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<UserNetwork {self.device.name} {', '.join(self.addresses)}>"
+        queue = f" queue {self.queue}" if self.queue is not None else ""
+        return f"<UserNetwork {self.device.name}{queue} {', '.join(self.addresses)}>"
+
+
+class MultiQueueNetwork:
+    """A multi-queue TUN device and what each queue's stack needs: the
+    handle a parent makes (``open_network(..., queues=N)``) before it forks
+    N workers.  It does not serve by itself; worker i calls
+    ``for_queue(i)`` for its own ``UserNetwork``.
+
+    Keep it open in the parent while the workers run: its fds keep every
+    queue attached, so the number of queues, and with it the kernel's
+    hash steering, stays the same when a worker dies and is restarted.
+    Flows steered to a queue nobody reads (a worker between death and
+    restart) are lost until the new worker reads it, then reset.
+    ``close()`` closes this process's queue fds; the kernel removes the
+    device once no process holds any of them.
+    """
+
+    name = "user"
+
+    def __init__(self, devices: list[TunDevice], make_stack: Callable[[int], Stack],
+                 addresses: list[str], routes: Iterable[str] | None = None) -> None:
+        self.devices = list(devices)
+        self._make_stack = make_stack
+        self._addresses = list(addresses)
+        self.routes = routes
+        self._taken: dict[int, int] = {}  # queue -> pid of the process that took it
+        self._closed = False
+
+    @property
+    def queues(self) -> int:
+        return len(self.devices)
+
+    @property
+    def addresses(self) -> list[str]:
+        """The addresses every queue's stack owns."""
+        return [a.split("/")[0] for a in self._addresses]
+
+    @property
+    def device_name(self) -> str:
+        return self.devices[0].name
+
+    def for_queue(self, index: int) -> UserNetwork:
+        """A ``UserNetwork`` on queue ``index`` with a new Stack of its own.
+        Call it in the process that will serve that queue (after fork);
+        each queue may be taken once per process, since two stacks reading
+        one queue would each see half of every connection."""
+        if self._closed:
+            raise _closed_error("multi-queue user network")
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(self.devices):
+            raise ValueError(f"queue index must be an int in 0..{len(self.devices) - 1}, got {index!r}")
+        if self._taken.get(index) == os.getpid():
+            raise RuntimeError(f"queue {index} of {self.device_name!r} already has a network in this process")
+        device = self.devices[index]
+        if device.closed:
+            raise _closed_error(f"queue {index} of TUN device {self.device_name!r}")
+        self._taken[index] = os.getpid()
+        return UserNetwork(device, self._make_stack(index), self.routes, queue=index)
+
+    def listen(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(f"a MultiQueueNetwork ({self.queues} queues on {self.device_name!r}) does not serve: "
+                           "call for_queue(i) in worker i and listen on that network")
+
+    connect = listen
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Close every queue fd this process holds (networks from
+        ``for_queue`` included); the device goes with the last holder."""
+        if self._closed:
+            return
+        self._closed = True
+        for device in self.devices:
+            device.close()
+
+    def __enter__(self) -> MultiQueueNetwork:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<MultiQueueNetwork {self.device_name} queues={self.queues} {', '.join(self.addresses)}>"
 
 
 def open_network(
@@ -1043,8 +1168,9 @@ def open_network(
     routes: Iterable[str] | None = None,
     seed: int | None = None,
     offload: bool = True,
+    queues: int = 1,
     **conn_options: Any,
-) -> UserNetwork:
+) -> UserNetwork | MultiQueueNetwork:
     """Create TUN device ``tun`` (in namespace ``netns`` if given) whose
     kernel side has ``peer``/``peer6``, and a user-level stack owning
     ``address``/``address6`` (without a prefix length they take the
@@ -1060,7 +1186,14 @@ def open_network(
     takes TCP packets of up to 64 KiB, and neither side computes TCP
     checksums for the other (the stack takes the kernel's word for its
     packets and leaves its own checksums to the kernel).
+
+    ``queues`` above 1 (up to 256) makes a multi-queue device with that
+    many queues and returns a ``MultiQueueNetwork`` instead: make it
+    before forking the workers and give worker i ``for_queue(i)``.  With
+    ``seed``, queue i's stack is seeded from (seed, i).
     """
+    if not isinstance(queues, int) or isinstance(queues, bool) or not 1 <= queues <= MAX_QUEUES:
+        raise ValueError(f"queues must be an int in 1..{MAX_QUEUES}, got {queues!r}")
     pairs = [(peer, address), (peer6, address6)]
     kernel_side: list[str] = []
     user_side: list[str] = []
@@ -1085,29 +1218,55 @@ def open_network(
         raise ValueError("open_network() needs at least one user-stack address (address or address6)")
     options = dict(DEFAULT_CONN_OPTIONS)
     options.update(conn_options)
-    stack = Stack(user_side, rng=random.Random(seed if seed is not None else os.urandom(16)), mtu=mtu,
-                  offload=offload, **options)
-    device = TunDevice(tun, netns=netns, addresses=kernel_side, mtu=mtu, vnet_hdr=offload)
-    return UserNetwork(device, stack, routes)
+    if queues == 1:
+        stack = Stack(user_side, rng=random.Random(seed if seed is not None else os.urandom(16)), mtu=mtu,
+                      offload=offload, **options)
+        device = TunDevice(tun, netns=netns, addresses=kernel_side, mtu=mtu, vnet_hdr=offload)
+        return UserNetwork(device, stack, routes)
+
+    def make_stack(index: int) -> Stack:
+        # Fresh entropy per call, so workers forked from one parent never
+        # share ISNs or ephemeral ports.
+        rng = random.Random(f"{seed}/{index}" if seed is not None else os.urandom(16))
+        return Stack(user_side, rng=rng, mtu=mtu, offload=offload, **options)
+
+    make_stack(0)  # bad options fail here, before the device exists
+    if routes is not None:
+        routes = [str(ipaddress.ip_network(r, strict=False)) for r in routes]
+    devices = [TunDevice(tun, netns=netns, addresses=kernel_side, mtu=mtu, vnet_hdr=offload, multi_queue=True)]
+    try:
+        for _ in range(queues - 1):
+            devices.append(devices[0].open_queue())
+    except BaseException:
+        for device in devices:
+            device.close()
+        raise
+    return MultiQueueNetwork(devices, make_stack, user_side, routes)
 
 
 _default: UserNetwork | None = None
 
 
+def env_network_options() -> dict[str, Any]:
+    """``open_network`` keyword arguments from the environment: TL_TUN
+    (tl0), TL_PEER (10.77.0.1/24), TL_ADDRESS (10.77.0.2/24), TL_PEER6
+    (fd77::1/64), TL_ADDRESS6 (fd77::2), TL_NETNS (none: the device
+    appears in the caller's namespace); an empty value means none."""
+    env = os.environ.get
+    return dict(
+        tun=env("TL_TUN", "tl0"),
+        peer=env("TL_PEER", "10.77.0.1/24") or None,
+        address=env("TL_ADDRESS", "10.77.0.2/24") or None,
+        peer6=env("TL_PEER6", "fd77::1/64") or None,
+        address6=env("TL_ADDRESS6", "fd77::2") or None,
+        netns=env("TL_NETNS") or None,
+    )
+
+
 def network() -> UserNetwork:
     """The process's default user network, made on first call from the
-    environment: TL_TUN (tl0), TL_PEER (10.77.0.1/24), TL_ADDRESS
-    (10.77.0.2/24), TL_PEER6 (fd77::1/64), TL_ADDRESS6 (fd77::2), TL_NETNS
-    (none: the device appears in the caller's namespace)."""
+    environment (see ``env_network_options``)."""
     global _default
     if _default is None or _default._closed:
-        env = os.environ.get
-        _default = open_network(
-            tun=env("TL_TUN", "tl0"),
-            peer=env("TL_PEER", "10.77.0.1/24"),
-            address=env("TL_ADDRESS", "10.77.0.2/24"),
-            peer6=env("TL_PEER6", "fd77::1/64") or None,
-            address6=env("TL_ADDRESS6", "fd77::2") or None,
-            netns=env("TL_NETNS") or None,
-        )
+        _default = open_network(**env_network_options())
     return _default

@@ -2,7 +2,11 @@
 
 Runs ``WebServer`` under ``threadlib.multicore`` so that ``--workers N``
 forks N processes sharing the port and SIGTERM/SIGINT stop accepting and
-finish the responses in flight. It must never start serving with a bad
+finish the responses in flight.  With ``--stack user --workers N`` the
+parent creates one multi-queue TUN device with N queues before forking,
+worker i runs its own user-level stack on queue i (the kernel steers each
+connection to one queue), and the device goes when the parent and its
+workers have closed their queues. It must never start serving with a bad
 option: every mistake is reported before the port is opened.
 """
 
@@ -36,6 +40,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
     parser.add_argument("--stack", choices=("kernel", "user"), default="kernel",
                         help="TCP/IP stack: the kernel's, or threadlib's user-level stack")
+    parser.add_argument("--tun", metavar="NAME", help="with --stack user: the TUN device to create "
+                                                      "(default $TL_TUN or tl0)")
+    parser.add_argument("--netns", metavar="NAME", help="with --stack user: create the TUN device in this "
+                                                        "network namespace (default $TL_NETNS or none)")
     parser.add_argument("--access-log", metavar="FILE", help="append one line per request (common log format); '-' is stdout")
     parser.add_argument("--header-timeout", type=float, default=10.0, help="seconds a client has to send a whole request head")
     parser.add_argument("--keepalive-timeout", type=float, default=15.0, help="seconds an idle keep-alive connection stays open")
@@ -54,8 +62,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--port {args.port} is not a TCP port")
     if args.workers < 1:
         parser.error("--workers must be at least 1")
-    if args.stack == "user" and args.workers > 1:
-        parser.error("--stack user runs one process (the user-level stack owns one TUN device); drop --workers")
+    if args.stack != "user" and (args.tun is not None or args.netns is not None):
+        parser.error("--tun and --netns only apply to --stack user")
+    if args.stack == "user" and args.workers > 256:
+        parser.error("--stack user --workers is at most 256 (one TUN queue per worker)")
+    if args.netns is not None and not os.path.exists(os.path.join("/var/run/netns", args.netns)):
+        parser.error(f"--netns {args.netns!r}: no such network namespace")
     if args.host is None:
         args.host = "127.0.0.1" if args.stack == "kernel" else "0.0.0.0"
     if args.io == "aio":
@@ -70,19 +82,29 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(name)s %(message)s")
-    network = user_network() if args.stack == "user" else sockio.kernel
+    queues = None  # the multi-queue handle, for --stack user --workers N
+    if args.stack == "user":
+        overrides = {k: v for k, v in (("tun", args.tun), ("netns", args.netns)) if v is not None}
+        if args.workers > 1:
+            queues = network = user_network(queues=args.workers, **overrides)
+        else:
+            network = user_network(**overrides)
+    else:
+        network = sockio.kernel
     limits = Limits(max_request_line=args.max_request_line, max_header_bytes=args.max_header_bytes,
                     max_headers=args.max_headers)
     root = os.path.abspath(args.root)
 
     def worker(index: int, shutdown: Any) -> Any:
+        # In worker i (a forked child): a stack of its own on queue i.
+        net = queues.for_queue(index) if queues is not None else network
         access_log = None
         if args.access_log == "-":
             access_log = sys.stdout
         elif args.access_log:
             access_log = open(args.access_log, "a", buffering=1 << 16)
         server = WebServer(
-            root, io=args.io, network=network, limits=limits, header_timeout=args.header_timeout,
+            root, io=args.io, network=net, limits=limits, header_timeout=args.header_timeout,
             keepalive_timeout=args.keepalive_timeout, send_timeout=args.send_timeout,
             drain_timeout=args.drain_timeout, cache_max_body=args.cache_max_body, access_log=access_log,
         )
@@ -103,7 +125,11 @@ def main(argv: list[str] | None = None) -> int:
                 access_log.close()
         log.info("worker %d stopped after %d requests on %d connections", index, server.requests, server.connections)
 
-    return multicore.serve(worker, args.workers)
+    try:
+        return multicore.serve(worker, args.workers)
+    finally:
+        if queues is not None:
+            queues.close()  # the device goes once the workers' copies are closed too
 
 
 if __name__ == "__main__":

@@ -549,18 +549,25 @@ class WebServer:
                 pass
 
 
-def user_network() -> Any:
+def user_network(queues: int = 1, **options: Any) -> Any:
     """The user-level TCP stack's network object, or SystemExit naming
-    what is missing."""
+    what is missing.  Without arguments it is the process's default
+    network (from the TL_* environment); ``options`` override
+    ``open_network`` arguments of that environment (tun, netns, ...), and
+    ``queues`` > 1 gives a multi-queue handle whose ``for_queue(i)`` is
+    worker i's network."""
     if importlib.util.find_spec("threadlib.tcpsockio") is None:
         raise SystemExit("--stack user: the user-level TCP stack is not available yet (threadlib.tcpsockio is missing)")
     tcpsockio = importlib.import_module("threadlib.tcpsockio")
+    if queues > 1 or options:
+        settings = tcpsockio.env_network_options()
+        settings.update(options)
+        return tcpsockio.open_network(queues=queues, **settings)
     for name in ("network", "default_network"):
         candidate = getattr(tcpsockio, name, None)
         if candidate is not None:
             return candidate() if callable(candidate) and not hasattr(candidate, "listen") else candidate
     raise SystemExit("--stack user: threadlib.tcpsockio has no network object (expected tcpsockio.network)")
-
 
 
 class BackgroundServer:
