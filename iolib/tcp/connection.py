@@ -153,7 +153,7 @@ class Connection:
         "sent_log", "lost_edge", "rescue_rxt", "rack_xmit_ts", "rack_end", "rack_rtt",
         "min_rtt",
         # timers
-        "t_rtx", "rtx_kind", "t_dack", "t_keep", "rtx_start", "persist_shift",
+        "t_rtx", "rtx_kind", "t_dack", "t_keep", "t_rack", "rtx_start", "persist_shift",
         "keep_probes", "_sched",
         # counters
         "segs_in", "segs_out", "bytes_in", "bytes_out", "retransmits",
@@ -252,6 +252,7 @@ class Connection:
         self.rtx_kind = "rtx"     # "syn", "rtx", "persist", "timewait", "finwait2"
         self.t_dack = INF
         self.t_keep = INF
+        self.t_rack = INF         # RFC 8985 §6.3 reordering timer
         self.rtx_start = 0.0
         self.persist_shift = 0
         self.keep_probes = 0
@@ -281,6 +282,8 @@ class Connection:
             t = self.t_dack
         if self.t_keep < t:
             t = self.t_keep
+        if self.t_rack < t:
+            t = self.t_rack
         return t
 
     def _event(self, kind: str) -> None:
@@ -937,6 +940,7 @@ class Connection:
         self.t_rtx = now + 2 * self.options.msl
         self.t_dack = INF
         self.t_keep = INF
+        self.t_rack = INF
 
     def _update_scoreboard(self, now: float, blocks) -> None:
         una, top = self.snd_una, self.snd_max
@@ -1162,6 +1166,9 @@ class Connection:
             reo_wnd = RACK_MIN_REO_WND
         wait = self.rack_rtt + reo_wnd
         rack_ts, rack_end = self.rack_xmit_ts, self.rack_end
+        # RFC 8985 §6.3: what is not overdue yet is checked again when it
+        # is, even if no ACK comes by then.
+        timeout = INF
         for entry in log:
             flags = entry[3]
             if flags & _SACKED:
@@ -1175,8 +1182,12 @@ class Connection:
                 continue
             if flags & _LOST and not flags & _RETRANS:
                 continue          # already waiting to be resent
-            if now - ts >= wait:
+            due = ts + wait
+            if due <= now:
                 entry[3] = (flags | _LOST) & ~_RETRANS
+            elif due < timeout:
+                timeout = due
+        self.t_rack = timeout
 
     def _sack_recovery(self, now: float, dupack: bool) -> None:
         """RFC 6675 §5 for an ACK on a SACK connection with something
@@ -1539,6 +1550,10 @@ class Connection:
                 self._on_rto(now)
             if self.state == CLOSED:
                 return
+        if self.t_rack <= now:
+            self.t_rack = INF
+            if self.sack_ok and self.sent_log and self.state in _SENDING:
+                self._sack_recovery(now, False)
         if self.t_keep <= now:
             self._on_keepalive(now)
 
@@ -1579,6 +1594,7 @@ class Connection:
             for entry in self.sent_log:
                 entry[3] = (entry[3] & _EVER_RETRANS) | _LOST
             self.lost_edge = self.snd_una
+            self.t_rack = INF
             self._retransmit(now, self.snd_una, None)
         else:
             self.snd_nxt = self.snd_una    # go back N: resend from the left edge
@@ -1795,7 +1811,7 @@ class Connection:
         if self.state == SYN_RECEIVED and self.passive and self.listener is not None:
             self.listener.syn_count -= 1
         self.state = CLOSED
-        self.t_rtx = self.t_dack = self.t_keep = INF
+        self.t_rtx = self.t_dack = self.t_keep = self.t_rack = INF
         self.stack._remove(self)
         self._event(EV_CLOSED)
 
