@@ -113,6 +113,8 @@ _TS_LEN = 12
 DUP_THRESH = 3
 # RFC 8985 §6.2: the smallest reordering window, our timestamp clock's tick.
 RACK_MIN_REO_WND = 0.001
+# RFC 8985 §7.2 WCDelAckT: the worst-case delayed-ACK timer of the peer.
+TLP_DELAYED_ACK = 0.2
 
 # Marks on a `sent_log` range.
 _SACKED = 1        # the peer holds it (RFC 2018)
@@ -151,7 +153,7 @@ class Connection:
         "rtx_high", "scoreboard",
         # SACK loss recovery (RFC 6675) and RACK (RFC 8985)
         "sent_log", "lost_edge", "rescue_rxt", "rack_xmit_ts", "rack_end", "rack_rtt",
-        "min_rtt",
+        "min_rtt", "rack_timer", "tlp_end",
         # timers
         "t_rtx", "rtx_kind", "t_dack", "t_keep", "t_rack", "rtx_start", "persist_shift",
         "keep_probes", "_sched",
@@ -247,6 +249,8 @@ class Connection:
         self.rack_end = iss
         self.rack_rtt = 0.0
         self.min_rtt = None       # RFC 8985 RACK.min_RTT
+        self.rack_timer = "reorder"   # what t_rack runs: "reorder" (§6.3) or "probe" (§7.2)
+        self.tlp_end = None       # RFC 8985 TLP.end_seq while a probe is unanswered
 
         self.t_rtx = INF
         self.rtx_kind = "rtx"     # "syn", "rtx", "persist", "timewait", "finwait2"
@@ -916,9 +920,13 @@ class Connection:
                 self.persist_shift = 0
                 self.t_rtx = now + self.rto if self.snd_max > self.snd_una else INF
 
-        if sack and (self.scoreboard or self.dupacks or self.snd_una < self.recover) \
-                and self.sent_log and self.state in _SENDING:
-            self._sack_recovery(now, dupack)
+        if sack:
+            if self.tlp_end is not None and ack >= self.tlp_end:
+                self.tlp_end = None
+            if (self.scoreboard or self.dupacks or self.snd_una < self.recover) \
+                    and self.sent_log and self.state in _SENDING:
+                self._sack_recovery(now, dupack)
+            self._arm_probe(now)
 
     def _our_fin_acked(self, now: float) -> None:
         state = self.state
@@ -1187,7 +1195,9 @@ class Connection:
                 entry[3] = (flags | _LOST) & ~_RETRANS
             elif due < timeout:
                 timeout = due
-        self.t_rack = timeout
+        if timeout != INF or self.rack_timer == "reorder":
+            self.t_rack = timeout
+            self.rack_timer = "reorder"
 
     def _sack_recovery(self, now: float, dupack: bool) -> None:
         """RFC 6675 §5 for an ACK on a SACK connection with something
@@ -1328,6 +1338,45 @@ class Connection:
             pipe += end - hole[0]
             if rescue:
                 self.rescue_rxt = self.recover
+
+    def _arm_probe(self, now: float) -> None:
+        """RFC 8985 §7.2: outside recovery, with no reordering timer and no
+        probe pending, schedule a tail loss probe 2*SRTT ahead (plus the
+        peer's worst-case delayed ACK when one segment is out), if that is
+        sooner than the RTO."""
+        if self.rack_timer == "reorder" and self.t_rack != INF:
+            return
+        self.t_rack = INF
+        if self.in_recovery or self.snd_una < self.recover or self.tlp_end is not None \
+                or self.srtt is None or self.snd_max == self.snd_una or self.rtx_kind != "rtx" \
+                or self.state not in _SENDING:
+            return
+        pto = 2 * self.srtt
+        if self.snd_max - self.snd_una <= self.smss:
+            pto += TLP_DELAYED_ACK
+        if now + pto < self.t_rtx:
+            self.t_rack = now + pto
+            self.rack_timer = "probe"
+
+    def _send_probe(self, now: float) -> None:
+        """RFC 8985 §7.3: send one new segment if the peer's window allows,
+        else resend the last one, so that the ACK it elicits carries the
+        SACK information RACK needs to detect a tail loss without the RTO.
+        (We do not do the §7.4 detection of losses repaired by the probe
+        alone: such a loss goes without a cwnd reduction.)"""
+        before = self.snd_max
+        if self.snd_base + len(self.sndbuf) > self.snd_nxt:
+            cwnd = self.cwnd
+            self.cwnd = self.snd_nxt - self.snd_una + self.smss
+            self._output(now)
+            self.cwnd = cwnd
+        if self.snd_max == before:
+            start = self.snd_max - self.smss
+            if start < self.snd_una:
+                start = self.snd_una
+            self._retransmit(now, start, self.snd_max)
+        self.tlp_end = self.snd_max
+        self.t_rtx = now + self.rto     # §7.3: the RTO runs again from the probe
 
     # ------------------------------------------------------------ text
 
@@ -1553,7 +1602,11 @@ class Connection:
         if self.t_rack <= now:
             self.t_rack = INF
             if self.sack_ok and self.sent_log and self.state in _SENDING:
-                self._sack_recovery(now, False)
+                if self.rack_timer == "probe":
+                    self._send_probe(now)
+                else:
+                    self._sack_recovery(now, False)
+                    self._arm_probe(now)
         if self.t_keep <= now:
             self._on_keepalive(now)
 
@@ -1595,6 +1648,7 @@ class Connection:
                 entry[3] = (entry[3] & _EVER_RETRANS) | _LOST
             self.lost_edge = self.snd_una
             self.t_rack = INF
+            self.tlp_end = None
             self._retransmit(now, self.snd_una, None)
         else:
             self.snd_nxt = self.snd_una    # go back N: resend from the left edge
