@@ -115,6 +115,9 @@ DUP_THRESH = 3
 RACK_MIN_REO_WND = 0.001
 # RFC 8985 §7.2 WCDelAckT: the worst-case delayed-ACK timer of the peer.
 TLP_DELAYED_ACK = 0.2
+# A floor on the probe timeout, so that a tiny or idealized SRTT does not
+# make every pause in the ACK clock a probe (Linux uses the same 10 ms).
+TLP_MIN_PTO = 0.01
 
 # Marks on a `sent_log` range.
 _SACKED = 1        # the peer holds it (RFC 2018)
@@ -546,7 +549,7 @@ class Connection:
                 if not flags & SYN:
                     self.stats.dropped_no_timestamp += 1
                     return
-            elif (tsval - self.ts_recent) & MASK >= HALF:
+            elif (tsval - self.ts_recent) & MASK >= HALF and not self._disordered_ack(seg, seq):
                 self.stats.paws_dropped += 1
                 self._send_ack(now)
                 return
@@ -677,6 +680,22 @@ class Connection:
             self._output(now)
         if self.ack_now:
             self._send_ack(now)
+
+    def _disordered_ack(self, seg, seq: int) -> bool:
+        """A pure duplicate ACK overtaken by a later one, which PAWS need not
+        drop.  PAWS exists to keep old duplicate *data* out of the receive
+        stream (RFC 7323 §5.3, §5.7 and Appendix B); an ACK that carries no
+        data, no SYN/FIN/RST, sits exactly at RCV.NXT, acknowledges exactly
+        SND.UNA and leaves the send window as it is cannot corrupt anything,
+        while its SACK blocks are news for loss recovery.  Its timestamp must
+        still be recent: within one RTO (in timestamp ticks) of TS.Recent."""
+        if seg.payload or seg.flags & (SYN | FIN | RST | URG) or not seg.flags & ACK:
+            return False
+        if seq != self.rcv_nxt or unwrap(seg.ack, self.snd_una) != self.snd_una:
+            return False
+        if seg.wnd << self.snd_wscale != self.snd_wnd:
+            return False
+        return (self.ts_recent - seg.tsval) & MASK <= int(self.rto * 1000)
 
     def _fast_path(self, now: float, seg) -> bool:
         """The in-order, in-window, flag-free segment of a bulk transfer in
@@ -1352,6 +1371,8 @@ class Connection:
                 or self.state not in _SENDING:
             return
         pto = 2 * self.srtt
+        if pto < TLP_MIN_PTO:
+            pto = TLP_MIN_PTO
         if self.snd_max - self.snd_una <= self.smss:
             pto += TLP_DELAYED_ACK
         if now + pto < self.t_rtx:

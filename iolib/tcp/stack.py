@@ -304,6 +304,8 @@ class Stack:
                         t = conn.t_dack
                     if conn.t_keep < t:
                         t = conn.t_keep
+                    if conn.t_rack < t:
+                        t = conn.t_rack
                     if t < conn._sched:
                         self._after(conn)
                     return
