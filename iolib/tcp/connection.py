@@ -9,7 +9,8 @@ appended to the stack's event list.  It implements:
 * the segment-arrival rules of RFC 9293 §3.10.7 (all eleven states, simultaneous
   open and close, TIME-WAIT for 2*MSL), with RFC 5961 challenge ACKs for RSTs,
   SYNs and ACKs that are in the window but not exact;
-* RFC 7323 window scaling, timestamps and PAWS; RFC 2018 SACK (we report our
+* RFC 7323 window scaling, timestamps and PAWS (sparing overtaken pure
+  duplicate ACKs, `_disordered_ack`); RFC 2018 SACK (we report our
   out-of-order blocks and retransmit the holes the peer reports);
 * RFC 6298 retransmission timer with Karn's rule and exponential backoff;
 * RFC 5681 slow start / congestion avoidance; RFC 6675 SACK-based loss
@@ -35,9 +36,10 @@ lets a retransmission be declared lost again:
   window of min_RTT / 4, is marked lost, even if it was a retransmission.
   Without this a lost retransmission waits for the RTO (RFC 6675 never
   resends below HighRxt).  Reordering shorter than the window, or than
-  DupThresh segments, causes no recovery.  We run RACK on ACK arrival only:
-  there is no separate reordering timer and no tail loss probe, so losses
-  RACK cannot yet confirm wait for the next ACK or the RTO;
+  DupThresh segments, causes no recovery.  What is not overdue yet is
+  checked again by the reordering timer (§6.3, `t_rack`), and outside
+  recovery a tail loss probe (§7) is sent 2*SRTT after the last ACK so that
+  a lost tail is reported by SACK rather than found by the RTO;
 * pipe (RFC 6675 §4 SetPipe): per un-SACKed byte, 1 unless it is marked lost,
   plus 1 if a retransmission of it is in flight;
 * recovery (RFC 6675 §5) starts on DupThresh duplicate ACKs or when any data
