@@ -9,14 +9,47 @@ appended to the stack's event list.  It implements:
 * the segment-arrival rules of RFC 9293 §3.10.7 (all eleven states, simultaneous
   open and close, TIME-WAIT for 2*MSL), with RFC 5961 challenge ACKs for RSTs,
   SYNs and ACKs that are in the window but not exact;
-* RFC 7323 window scaling, timestamps and PAWS; RFC 2018 SACK (we report our
+* RFC 7323 window scaling, timestamps and PAWS (sparing overtaken pure
+  duplicate ACKs, `_disordered_ack`); RFC 2018 SACK (we report our
   out-of-order blocks and retransmit the holes the peer reports);
 * RFC 6298 retransmission timer with Karn's rule and exponential backoff;
-* RFC 5681 slow start / congestion avoidance, fast retransmit and RFC 6582
-  NewReno fast recovery;
+* RFC 5681 slow start / congestion avoidance; RFC 6675 SACK-based loss
+  recovery with RFC 8985 (RACK) time-based detection of lost
+  retransmissions when SACK was negotiated, RFC 5681 fast retransmit with
+  RFC 6582 NewReno fast recovery when it was not (see "SACK loss recovery"
+  below);
 * delayed ACKs (every second full-sized segment, at most `ack_delay`), Nagle,
   sender and receiver silly-window avoidance, zero-window probing (persist),
   keep-alive, the user timeout, and path-MTU updates from ICMP.
+
+SACK loss recovery.  A SACK connection keeps `sent_log`, its transmission
+log: sorted, contiguous `[start, end, xmit_ts, flags]` ranges covering
+[SND.UNA, SND.MAX), each recording when it was last sent and whether it is
+SACKed, presumed lost, or has a retransmission in flight.  This is RFC 6675's
+scoreboard with per-range marks instead of the single HighRxt pointer, which
+lets a retransmission be declared lost again:
+
+* IsLost (RFC 6675 §4): data below which DupThresh (3) discontiguous SACKed
+  ranges or more than (DupThresh - 1) * SMSS SACKed bytes lie is marked lost;
+* RACK (RFC 8985 §6.2): data sent before the most recently sent data that
+  has been delivered, and longer ago than that data's RTT plus a reordering
+  window of min_RTT / 4, is marked lost, even if it was a retransmission.
+  Without this a lost retransmission waits for the RTO (RFC 6675 never
+  resends below HighRxt).  Reordering shorter than the window, or than
+  DupThresh segments, causes no recovery.  What is not overdue yet is
+  checked again by the reordering timer (§6.3, `t_rack`), and outside
+  recovery a tail loss probe (§7) is sent 2*SRTT after the last ACK so that
+  a lost tail is reported by SACK rather than found by the RTO;
+* pipe (RFC 6675 §4 SetPipe): per un-SACKed byte, 1 unless it is marked lost,
+  plus 1 if a retransmission of it is in flight;
+* recovery (RFC 6675 §5) starts on DupThresh duplicate ACKs or when any data
+  is marked lost, sets cwnd = ssthresh = FlightSize / 2, resends the first
+  lost segment, then sends NextSeg() (rules 1-4, including the rescue
+  retransmission) while cwnd - pipe >= SMSS; a cumulative ACK covering
+  RecoveryPoint ends it with cwnd = ssthresh;
+* after an RTO (RFC 6675 §5.1) everything outstanding is marked lost and the
+  SACK information is forgotten (RFC 2018 §8); lost data is then resent by
+  the same NextSeg() loop under slow start, skipping what new SACKs report.
 
 Sequence numbers are kept *unwrapped* (see seq.py) and wrapped on the wire.
 The connection never reads a clock or a random source and holds no closures:
@@ -28,6 +61,8 @@ used below (output lists, stats, removal, the listener's accept queue).
 from __future__ import annotations
 
 import struct
+from bisect import bisect_right
+from operator import itemgetter
 
 from .errors import (ConnectionAborted, ConnectionRefused, ConnectionReset,
                      ConnectionTimedOut, HostUnreachable, InvalidState)
@@ -79,6 +114,24 @@ _TS_LEN = 12
 # TCP header, and Linux's TUN takes GSO packets up to 64 KiB.
 _OFFLOAD_PAYLOAD = 65000
 
+# RFC 6675 §2 / RFC 5681 §3.2: duplicate ACKs (and SACKed segments) that
+# signal a loss rather than reordering.
+DUP_THRESH = 3
+# RFC 8985 §6.2: the smallest reordering window, our timestamp clock's tick.
+RACK_MIN_REO_WND = 0.001
+# RFC 8985 §7.2 WCDelAckT: the worst-case delayed-ACK timer of the peer.
+TLP_DELAYED_ACK = 0.2
+# A floor on the probe timeout, so that a tiny or idealized SRTT does not
+# make every pause in the ACK clock a probe (Linux uses the same 10 ms).
+TLP_MIN_PTO = 0.01
+
+# Marks on a `sent_log` range.
+_SACKED = 1        # the peer holds it (RFC 2018)
+_LOST = 2          # presumed lost: IsLost(), RACK, or an RTO
+_RETRANS = 4       # a retransmission of it is in flight (counts in pipe)
+_EVER_RETRANS = 8  # sent more than once: its delivery time is ambiguous (RFC 8985 §6.2 step 2)
+_START = itemgetter(0)
+
 
 class Connection:
     """State of one connection (RFC 9293 §3.3.1 TCB) plus our extensions.
@@ -108,8 +161,11 @@ class Connection:
         # congestion control (RFC 5681, RFC 6582)
         "cwnd", "ssthresh", "dupacks", "in_recovery", "recover", "ca_acc",
         "rtx_high", "scoreboard",
+        # SACK loss recovery (RFC 6675) and RACK (RFC 8985)
+        "sent_log", "lost_edge", "rescue_rxt", "rack_xmit_ts", "rack_end", "rack_rtt",
+        "min_rtt", "rack_timer", "tlp_end",
         # timers
-        "t_rtx", "rtx_kind", "t_dack", "t_keep", "rtx_start", "persist_shift",
+        "t_rtx", "rtx_kind", "t_dack", "t_keep", "t_rack", "rtx_start", "persist_shift",
         "keep_probes", "_sched",
         # counters
         "segs_in", "segs_out", "bytes_in", "bytes_out", "retransmits",
@@ -200,11 +256,21 @@ class Connection:
         self.ca_acc = 0
         self.rtx_high = iss
         self.scoreboard = []      # sorted, disjoint [(start, end)] SACKed by the peer
+        self.sent_log = []        # [start, end, xmit_ts, flags] over [SND.UNA, SND.MAX) (SACK only)
+        self.lost_edge = iss      # IsLost() marks have been applied below this
+        self.rescue_rxt = None    # RFC 6675 RescueRxt
+        self.rack_xmit_ts = -INF  # RFC 8985 RACK.xmit_ts, RACK.end_seq, RACK.rtt
+        self.rack_end = iss
+        self.rack_rtt = 0.0
+        self.min_rtt = None       # RFC 8985 RACK.min_RTT
+        self.rack_timer = "reorder"   # what t_rack runs: "reorder" (§6.3) or "probe" (§7.2)
+        self.tlp_end = None       # RFC 8985 TLP.end_seq while a probe is unanswered
 
         self.t_rtx = INF
         self.rtx_kind = "rtx"     # "syn", "rtx", "persist", "timewait", "finwait2"
         self.t_dack = INF
         self.t_keep = INF
+        self.t_rack = INF         # RFC 8985 §6.3 reordering timer
         self.rtx_start = 0.0
         self.persist_shift = 0
         self.keep_probes = 0
@@ -234,6 +300,8 @@ class Connection:
             t = self.t_dack
         if self.t_keep < t:
             t = self.t_keep
+        if self.t_rack < t:
+            t = self.t_rack
         return t
 
     def _event(self, kind: str) -> None:
@@ -505,7 +573,7 @@ class Connection:
                 if not flags & SYN:
                     self.stats.dropped_no_timestamp += 1
                     return
-            elif (tsval - self.ts_recent) & MASK >= HALF:
+            elif (tsval - self.ts_recent) & MASK >= HALF and not self._disordered_ack(seg, seq):
                 self.stats.paws_dropped += 1
                 self._send_ack(now)
                 return
@@ -636,6 +704,22 @@ class Connection:
             self._output(now)
         if self.ack_now:
             self._send_ack(now)
+
+    def _disordered_ack(self, seg, seq: int) -> bool:
+        """A pure duplicate ACK overtaken by a later one, which PAWS need not
+        drop.  PAWS exists to keep old duplicate *data* out of the receive
+        stream (RFC 7323 §5.3, §5.7 and Appendix B); an ACK that carries no
+        data, no SYN/FIN/RST, sits exactly at RCV.NXT, acknowledges exactly
+        SND.UNA and leaves the send window as it is cannot corrupt anything,
+        while its SACK blocks are news for loss recovery.  Its timestamp must
+        still be recent: within one RTO (in timestamp ticks) of TS.Recent."""
+        if seg.payload or seg.flags & (SYN | FIN | RST | URG) or not seg.flags & ACK:
+            return False
+        if seq != self.rcv_nxt or unwrap(seg.ack, self.snd_una) != self.snd_una:
+            return False
+        if seg.wnd << self.snd_wscale != self.snd_wnd:
+            return False
+        return (self.ts_recent - seg.tsval) & MASK <= int(self.rto * 1000)
 
     def _fast_path(self, now: float, seg) -> bool:
         """The in-order, in-window, flag-free segment of a bulk transfer in
@@ -768,6 +852,8 @@ class Connection:
         """RFC 6298 §2 estimator (G = 1 ms, the timestamp clock)."""
         if r < 0 or r > 120.0:
             return
+        if self.min_rtt is None or r < self.min_rtt:
+            self.min_rtt = r
         if self.srtt is None:
             self.srtt = r
             self.rttvar = r / 2
@@ -785,9 +871,11 @@ class Connection:
     def _on_ack(self, now: float, seg, seq: int, ack: int, flags: int) -> None:
         una = self.snd_una
         smss = self.smss
-        if seg.sack is not None and self.sack_ok:
-            self._update_scoreboard(seg.sack)
+        sack = self.sack_ok
+        if seg.sack is not None and sack:
+            self._update_scoreboard(now, seg.sack)
         wnd = seg.wnd << self.snd_wscale
+        dupack = False
         if ack > una:
             acked = ack - una
             base = self.snd_base
@@ -802,6 +890,8 @@ class Connection:
                 self.snd_nxt = ack
             if self.scoreboard and self.scoreboard[0][0] < ack:
                 self.scoreboard = [(max(s, ack), e) for s, e in self.scoreboard if e > ack]
+            if sack and self.sent_log:
+                self._log_acked(now, ack)
             # RTT: timestamps echo the segment that triggered this ACK, so
             # retransmissions cannot confuse them (RFC 7323 §4); without
             # timestamps, Karn's rule: time only never-retransmitted data.
@@ -814,22 +904,20 @@ class Connection:
             # Congestion control.
             if self.in_recovery:
                 if ack >= self.recover:
-                    # RFC 6582 §3.2 step 3, full acknowledgment.
                     self.in_recovery = False
-                    flight = self.snd_max - ack
-                    self.cwnd = min(self.ssthresh, max(flight, smss) + smss)
-                else:
+                    if sack:
+                        # RFC 6675 §5 (A); RFC 5681 §3.2 step 6.
+                        self.cwnd = self.ssthresh
+                    else:
+                        # RFC 6582 §3.2 step 3, full acknowledgment.
+                        flight = self.snd_max - ack
+                        self.cwnd = min(self.ssthresh, max(flight, smss) + smss)
+                elif not sack:
                     # Partial acknowledgment: retransmit the next hole,
                     # deflate by the amount acked, add back one SMSS.
                     if self.rtx_high < ack:
                         self.rtx_high = ack
-                    if self.sack_ok and self.scoreboard:
-                        # RFC 6675 flavour: the next hole not yet resent.
-                        hole = self._next_hole(self.rtx_high)
-                        if hole is not None:
-                            self.rtx_high = self._retransmit(now, hole[0], hole[1])
-                    else:
-                        self.rtx_high = self._retransmit(now, ack, None)
+                    self.rtx_high = self._retransmit(now, ack, None)
                     self.cwnd = max(self.cwnd - acked, smss) + (smss if acked >= smss else 0)
             elif self.cwnd < self.ssthresh:
                 # RFC 5681 (2).  With offload one ACK covers a whole
@@ -861,7 +949,11 @@ class Connection:
                 and not flags & (SYN | FIN) and wnd == self.snd_wnd and wnd:
             # RFC 5681 §2 duplicate ACK.
             self.stats.dupacks_in += 1
-            self._on_dupack(now)
+            if sack:
+                self.dupacks += 1
+                dupack = True
+            else:
+                self._on_dupack(now)
 
         # RFC 9293 §3.10.7.4 fifth: window update.
         if self.snd_wl1 < seq or (self.snd_wl1 == seq and self.snd_wl2 <= ack):
@@ -874,6 +966,14 @@ class Connection:
                 self.rtx_kind = "rtx"
                 self.persist_shift = 0
                 self.t_rtx = now + self.rto if self.snd_max > self.snd_una else INF
+
+        if sack:
+            if self.tlp_end is not None and ack >= self.tlp_end:
+                self.tlp_end = None
+            if (self.scoreboard or self.dupacks or self.snd_una < self.recover) \
+                    and self.sent_log and self.state in _SENDING:
+                self._sack_recovery(now, dupack)
+            self._arm_probe(now)
 
     def _our_fin_acked(self, now: float) -> None:
         state = self.state
@@ -895,8 +995,9 @@ class Connection:
         self.t_rtx = now + 2 * self.options.msl
         self.t_dack = INF
         self.t_keep = INF
+        self.t_rack = INF
 
-    def _update_scoreboard(self, blocks) -> None:
+    def _update_scoreboard(self, now: float, blocks) -> None:
         una, top = self.snd_una, self.snd_max
         board = self.scoreboard
         changed = False
@@ -911,6 +1012,7 @@ class Connection:
                 s = una
             board.append((s, e))
             changed = True
+            self._log_sacked(now, s, e)
         if changed:
             board.sort()
             merged = []
@@ -922,31 +1024,9 @@ class Connection:
                     merged.append((s, e))
             self.scoreboard = merged
 
-    def _next_hole(self, start: int):
-        """First un-SACKed range at or after `start` that lies below the
-        highest SACKed byte (RFC 6675's notion of a hole), or None."""
-        board = self.scoreboard
-        if not board:
-            return None
-        for s, e in board:
-            if start < s:
-                return (start, s)
-            if start < e:
-                start = e
-        return None
-
-    def _retransmit_hole(self, now: float, start: int) -> None:
-        if self.sack_ok and self.scoreboard:
-            hole = self._next_hole(start)
-            if hole is None:
-                return
-            end = self._retransmit(now, hole[0], hole[1])
-        else:
-            end = self._retransmit(now, start, None)
-        if end > self.rtx_high:
-            self.rtx_high = end
-
     def _on_dupack(self, now: float) -> None:
+        """Duplicate ACK on a connection without SACK (RFC 5681 §3.2,
+        RFC 6582 §3.2)."""
         self.dupacks += 1
         smss = self.smss
         if not self.in_recovery:
@@ -958,8 +1038,7 @@ class Connection:
                 self.in_recovery = True
                 self.fast_retransmits += 1
                 self.stats.fast_retransmits += 1
-                self.rtx_high = self.snd_una
-                self._retransmit_hole(now, self.snd_una)
+                self.rtx_high = self._retransmit(now, self.snd_una, None)
                 self.cwnd = self.ssthresh + 3 * smss
                 self.rtx_start = now
                 self.t_rtx = now + self.rto
@@ -972,11 +1051,6 @@ class Connection:
                 self.cwnd = cwnd
         else:
             self.cwnd += smss   # RFC 5681 step 5: inflate
-            if self.sack_ok and self.scoreboard:
-                hole = self._next_hole(self.rtx_high)
-                if hole is not None:
-                    self.rtx_high = self._retransmit(now, hole[0], hole[1])
-                    return
             self._output(now)
 
     def _retransmit(self, now: float, start: int, limit) -> int:
@@ -1012,7 +1086,346 @@ class Connection:
             self.snd_nxt = end
         if end > self.snd_max:
             self.snd_max = end
+        if self.sack_ok:
+            self._log_sent(now)
+            self._log_retransmitted(now, start, end)
         return end
+
+    # ------------------------------------------------------------ SACK loss recovery
+
+    def _log_sent(self, now: float) -> None:
+        """Extend the transmission log to SND.MAX with what was just sent."""
+        log = self.sent_log
+        start = log[-1][1] if log else self.snd_una
+        end = self.snd_max
+        if end <= start:
+            return
+        if log:
+            last = log[-1]
+            if last[2] == now and last[3] == 0:
+                last[1] = end     # same send time: one range is enough
+                return
+        log.append([start, end, now, 0])
+
+    def _log_split(self, seq: int) -> int:
+        """Index of the log range starting at `seq`, splitting the range
+        that contains it; len(log) when `seq` is at or beyond the end."""
+        log = self.sent_log
+        i = bisect_right(log, seq, key=_START) - 1
+        if i < 0:
+            return 0
+        entry = log[i]
+        if entry[0] == seq:
+            return i
+        if seq >= entry[1]:
+            return i + 1
+        log.insert(i + 1, [seq, entry[1], entry[2], entry[3]])
+        entry[1] = seq
+        return i + 1
+
+    def _log_sacked(self, now: float, start: int, end: int) -> None:
+        log = self.sent_log
+        if not log:
+            return
+        i = self._log_split(start)
+        j = self._log_split(end)
+        for k in range(i, j):
+            entry = log[k]
+            if not entry[3] & _SACKED:
+                self._delivered(now, entry)
+                entry[3] = _SACKED
+        # Once SACKed, a range's send time no longer matters: merge
+        # neighbours so that the log stays about as short as the scoreboard.
+        k = i - 1 if i > 0 else 0
+        stop = j
+        while k < stop and k + 1 < len(log):
+            if log[k][3] & _SACKED and log[k + 1][3] & _SACKED:
+                log[k][1] = log[k + 1][1]
+                del log[k + 1]
+                stop -= 1
+            else:
+                k += 1
+
+    def _log_acked(self, now: float, ack: int) -> None:
+        """Drop what the cumulative ACK covers, noting deliveries for RACK."""
+        log = self.sent_log
+        k = self._log_split(ack)
+        for entry in log[:k]:
+            if not entry[3] & _SACKED:
+                self._delivered(now, entry)
+        del log[:k]
+
+    def _log_retransmitted(self, now: float, start: int, end: int) -> None:
+        log = self.sent_log
+        i = self._log_split(start)
+        j = self._log_split(end)
+        for k in range(i, j):
+            entry = log[k]
+            entry[2] = now
+            entry[3] = (entry[3] & ~_SACKED) | _RETRANS | _EVER_RETRANS
+
+    def _delivered(self, now: float, entry) -> None:
+        """RFC 8985 §6.2 step 2: remember the most recently sent data that
+        has reached the peer (RACK.xmit_ts, RACK.end_seq, RACK.rtt)."""
+        ts = entry[2]
+        rtt = now - ts
+        if entry[3] & _EVER_RETRANS:
+            # The ACK may be for an earlier transmission: trust it only if it
+            # came later than any round trip could (RACK.min_RTT).
+            if self.min_rtt is None or rtt < self.min_rtt:
+                return
+        elif self.min_rtt is None or rtt < self.min_rtt:
+            self.min_rtt = rtt
+        if ts > self.rack_xmit_ts or (ts == self.rack_xmit_ts and entry[1] > self.rack_end):
+            self.rack_xmit_ts = ts
+            self.rack_end = entry[1]
+            self.rack_rtt = rtt
+
+    def _detect_losses(self, now: float) -> None:
+        """Mark log ranges lost by RFC 6675 IsLost() and by RACK."""
+        log = self.sent_log
+        board = self.scoreboard
+        if board:
+            # RFC 6675 §4 IsLost(): walking the blocks down from the highest,
+            # every un-SACKed byte below the block that brings the count to
+            # DupThresh blocks or more than (DupThresh - 1) * SMSS bytes is lost.
+            limit = (DUP_THRESH - 1) * self.smss
+            sacked = blocks = 0
+            edge = None
+            for s, e in reversed(board):
+                sacked += e - s
+                blocks += 1
+                if blocks >= DUP_THRESH or sacked > limit:
+                    edge = s
+                    break
+            if edge is not None and edge > self.lost_edge:
+                # SACKs only accumulate, so the edge only moves up: mark the
+                # ranges between the old and the new edge.
+                k = self._log_split(self.lost_edge)
+                while k < len(log) and log[k][0] < edge:
+                    if not log[k][3] & (_SACKED | _LOST):
+                        log[k][3] |= _LOST
+                    k += 1
+                self.lost_edge = edge
+        if self.rack_xmit_ts == -INF or self.min_rtt is None:
+            return
+        # RFC 8985 §6.2 steps 4-5, reordering window min_RTT / 4 (bounded by
+        # SRTT), but at least our 1 ms clock granularity so that a round trip
+        # too short to measure does not turn all reordering into loss.  A
+        # range sent before the RACK segment is lost once it has been out
+        # longer than RACK.rtt + reo_wnd.
+        reo_wnd = self.min_rtt / 4
+        if self.srtt is not None and reo_wnd > self.srtt:
+            reo_wnd = self.srtt
+        if reo_wnd < RACK_MIN_REO_WND:
+            reo_wnd = RACK_MIN_REO_WND
+        wait = self.rack_rtt + reo_wnd
+        rack_ts, rack_end = self.rack_xmit_ts, self.rack_end
+        # RFC 8985 §6.3: what is not overdue yet is checked again when it
+        # is, even if no ACK comes by then.
+        timeout = INF
+        for entry in log:
+            flags = entry[3]
+            if flags & _SACKED:
+                continue
+            ts = entry[2]
+            if ts > rack_ts or (ts == rack_ts and entry[1] >= rack_end):
+                if not flags & _EVER_RETRANS:
+                    # First transmissions go out in sequence order, so
+                    # everything above this was sent later as well.
+                    break
+                continue
+            if flags & _LOST and not flags & _RETRANS:
+                continue          # already waiting to be resent
+            due = ts + wait
+            if due <= now:
+                entry[3] = (flags | _LOST) & ~_RETRANS
+            elif due < timeout:
+                timeout = due
+        if timeout != INF or self.rack_timer == "reorder":
+            self.t_rack = timeout
+            self.rack_timer = "reorder"
+
+    def _sack_recovery(self, now: float, dupack: bool) -> None:
+        """RFC 6675 §5 for an ACK on a SACK connection with something
+        amiss (SACK blocks, duplicate ACKs, or a recovery under way)."""
+        self._detect_losses(now)
+        if not self.in_recovery:
+            # RFC 6582 §3.2 step 2 / RFC 6675 §5.1: no new recovery until
+            # the data outstanding at the last one (or at an RTO) is ACKed.
+            if self.snd_una >= self.recover and (self.dupacks >= DUP_THRESH
+                                                 or self._next_lost() is not None):
+                self._enter_recovery(now)
+            elif self.snd_una >= self.recover:
+                if dupack and self.dupacks < DUP_THRESH and self.sndbuf:
+                    # RFC 6675 §5 (3) with RFC 3042 limited transmit: each of
+                    # the first two duplicate ACKs may clock out one new
+                    # segment (flight <= cwnd + 2*SMSS).
+                    cwnd = self.cwnd
+                    self.cwnd = cwnd + self.dupacks * self.smss
+                    self._output(now)
+                    self.cwnd = cwnd
+                return
+        self._send_by_pipe(now)
+
+    def _enter_recovery(self, now: float) -> None:
+        """RFC 6675 §5 step (4)."""
+        smss = self.smss
+        flight = self.snd_max - self.snd_una
+        self.recover = self.snd_max                       # (4.1) RecoveryPoint = HighData
+        self.ssthresh = self.cwnd = max(flight // 2, 2 * smss)   # (4.2), RFC 5681 eq. (4)
+        self.ca_acc = 0
+        self.in_recovery = True
+        self.fast_retransmits += 1
+        self.stats.fast_retransmits += 1
+        # (4.3) The first segment presumed dropped goes out whatever pipe
+        # says.  After DupThresh duplicate ACKs without enough SACK blocks to
+        # make IsLost() true, that is the segment at HighACK.
+        hole = self._next_lost()
+        if hole is None:
+            k = self._log_split(self.snd_una)
+            log = self.sent_log
+            end = self.snd_una + smss
+            while k < len(log) and log[k][0] < end and not log[k][3] & _SACKED:
+                log[k][3] |= _LOST
+                k += 1
+            hole = self._next_lost()
+            if hole is None:
+                return
+        self.rescue_rxt = self._retransmit(now, hole[0], hole[1])
+        self.rtx_start = now
+        self.t_rtx = now + self.rto
+
+    def _pipe(self) -> int:
+        """RFC 6675 §4 SetPipe(): the bytes presumed in the network."""
+        pipe = 0
+        for s, e, _ts, flags in self.sent_log:
+            if flags & _SACKED:
+                continue
+            if not flags & _LOST:
+                pipe += e - s
+            if flags & _RETRANS:
+                pipe += e - s
+        return pipe
+
+    def _next_lost(self):
+        """NextSeg() rule (1): the first lost, un-SACKed range with no
+        retransmission in flight, as (start, end), or None.  (A range whose
+        retransmission RACK found lost qualifies again.)"""
+        log = self.sent_log
+        for k, entry in enumerate(log):
+            if entry[3] & (_SACKED | _LOST | _RETRANS) == _LOST:
+                start = entry[0]
+                end = entry[1]
+                k += 1
+                while end - start < self.smss and k < len(log) \
+                        and log[k][3] & (_SACKED | _LOST | _RETRANS) == _LOST:
+                    end = log[k][1]
+                    k += 1
+                return start, end
+        return None
+
+    def _next_unsacked(self):
+        """NextSeg() rule (3): the first un-SACKed range below the highest
+        SACKed byte that is neither lost nor already resent."""
+        if not self.scoreboard:
+            return None
+        high = self.scoreboard[-1][1]
+        for start, end, _ts, flags in self.sent_log:
+            if start >= high:
+                break
+            if not flags & (_SACKED | _LOST | _RETRANS):
+                return start, end
+        return None
+
+    def _rescue(self):
+        """NextSeg() rule (4): once per recovery, after HighACK passed
+        RescueRxt, the last SMSS of un-SACKed data, so that a loss at the
+        tail of the window does not have to wait for the RTO."""
+        if self.rescue_rxt is not None and self.snd_una <= self.rescue_rxt:
+            return None
+        for start, end, _ts, flags in reversed(self.sent_log):
+            if not flags & _SACKED:
+                return max(start, end - self.smss), end
+        return None
+
+    def _send_by_pipe(self, now: float) -> None:
+        """RFC 6675 §5 step (C): send NextSeg() while cwnd - pipe >= SMSS.
+        Outside a recovery (resending after an RTO) only rules 1 and 2."""
+        smss = self.smss
+        pipe = self._pipe()
+        while self.cwnd - pipe >= smss:
+            rescue = False
+            hole = self._next_lost()                               # rule (1)
+            if hole is None:
+                # Rule (2): new data, as much as pipe, the peer's window,
+                # Nagle and SWS avoidance allow; _output measures its room as
+                # SND.NXT - SND.UNA against cwnd, so lend it the difference.
+                before = self.snd_max
+                if self.snd_base + len(self.sndbuf) > self.snd_nxt or \
+                        self.fin_queued and self.fin_seq is None:
+                    cwnd = self.cwnd
+                    self.cwnd = self.snd_nxt - self.snd_una + cwnd - pipe
+                    self._output(now)
+                    self.cwnd = cwnd
+                    if self.snd_max > before:
+                        pipe += self.snd_max - before
+                        continue
+                if not self.in_recovery:
+                    return
+                hole = self._next_unsacked()                       # rule (3)
+                if hole is None:
+                    hole = self._rescue()                          # rule (4)
+                    if hole is None:
+                        return
+                    rescue = True
+            end = self._retransmit(now, hole[0], hole[1])
+            if end <= hole[0]:
+                return
+            pipe += end - hole[0]
+            if rescue:
+                self.rescue_rxt = self.recover
+
+    def _arm_probe(self, now: float) -> None:
+        """RFC 8985 §7.2: outside recovery, with no reordering timer and no
+        probe pending, schedule a tail loss probe 2*SRTT ahead (plus the
+        peer's worst-case delayed ACK when one segment is out), if that is
+        sooner than the RTO."""
+        if self.rack_timer == "reorder" and self.t_rack != INF:
+            return
+        self.t_rack = INF
+        if self.in_recovery or self.snd_una < self.recover or self.tlp_end is not None \
+                or self.srtt is None or self.snd_max == self.snd_una or self.rtx_kind != "rtx" \
+                or self.state not in _SENDING:
+            return
+        pto = 2 * self.srtt
+        if pto < TLP_MIN_PTO:
+            pto = TLP_MIN_PTO
+        if self.snd_max - self.snd_una <= self.smss:
+            pto += TLP_DELAYED_ACK
+        if now + pto < self.t_rtx:
+            self.t_rack = now + pto
+            self.rack_timer = "probe"
+
+    def _send_probe(self, now: float) -> None:
+        """RFC 8985 §7.3: send one new segment if the peer's window allows,
+        else resend the last one, so that the ACK it elicits carries the
+        SACK information RACK needs to detect a tail loss without the RTO.
+        (We do not do the §7.4 detection of losses repaired by the probe
+        alone: such a loss goes without a cwnd reduction.)"""
+        before = self.snd_max
+        if self.snd_base + len(self.sndbuf) > self.snd_nxt:
+            cwnd = self.cwnd
+            self.cwnd = self.snd_nxt - self.snd_una + self.smss
+            self._output(now)
+            self.cwnd = cwnd
+        if self.snd_max == before:
+            start = self.snd_max - self.smss
+            if start < self.snd_una:
+                start = self.snd_una
+            self._retransmit(now, start, self.snd_max)
+        self.tlp_end = self.snd_max
+        self.t_rtx = now + self.rto     # §7.3: the RTO runs again from the probe
 
     # ------------------------------------------------------------ text
 
@@ -1214,6 +1627,8 @@ class Connection:
                     self.t_rtx = now + self.rto
                     self.rtx_start = now
             break
+        if self.sack_ok:
+            self._log_sent(now)
 
     def _start_persist(self, now: float) -> None:
         # RFC 9293 §3.8.6.1: probe a zero window with exponential backoff.
@@ -1243,6 +1658,14 @@ class Connection:
                 self._on_rto(now)
             if self.state == CLOSED:
                 return
+        if self.t_rack <= now:
+            self.t_rack = INF
+            if self.sack_ok and self.sent_log and self.state in _SENDING:
+                if self.rack_timer == "probe":
+                    self._send_probe(now)
+                else:
+                    self._sack_recovery(now, False)
+                    self._arm_probe(now)
         if self.t_keep <= now:
             self._on_keepalive(now)
 
@@ -1276,9 +1699,20 @@ class Connection:
         self.scoreboard = []     # RFC 2018 §8: forget SACK state after a timeout
         self.rto = min(self.rto * 2, opts.max_rto)
         self.rtt_seq = None
-        self.snd_nxt = self.snd_una    # go back N: resend from the left edge
-        end = self._retransmit(now, self.snd_una, None)
-        self.snd_nxt = end
+        if self.sack_ok:
+            # RFC 6675 §5.1: RecoveryPoint = HighData (set above).  Presume
+            # everything outstanding lost; SACKs arriving from now on steer
+            # the resending (_send_by_pipe) so SACKed data is not sent again.
+            for entry in self.sent_log:
+                entry[3] = (entry[3] & _EVER_RETRANS) | _LOST
+            self.lost_edge = self.snd_una
+            self.t_rack = INF
+            self.tlp_end = None
+            self._retransmit(now, self.snd_una, None)
+        else:
+            self.snd_nxt = self.snd_una    # go back N: resend from the left edge
+            end = self._retransmit(now, self.snd_una, None)
+            self.snd_nxt = end
         self.t_rtx = min(now + self.rto, self.rtx_start + opts.user_timeout)
         self.rtx_kind = "rtx"
 
@@ -1307,6 +1741,8 @@ class Connection:
             self._emit(now, ACK, self.snd_nxt, self.sndbuf[off:off + 1])
             self.snd_nxt += 1
             self.snd_max = self.snd_nxt
+            if self.sack_ok:
+                self._log_sent(now)
         else:
             return
         self.stats.window_probes += 1
@@ -1488,7 +1924,7 @@ class Connection:
         if self.state == SYN_RECEIVED and self.passive and self.listener is not None:
             self.listener.syn_count -= 1
         self.state = CLOSED
-        self.t_rtx = self.t_dack = self.t_keep = INF
+        self.t_rtx = self.t_dack = self.t_keep = self.t_rack = INF
         self.stack._remove(self)
         self._event(EV_CLOSED)
 

@@ -289,6 +289,8 @@ class Stack:
             t = conn.t_dack
         if conn.t_keep < t:
             t = conn.t_keep
+        if conn.t_rack < t:
+            t = conn.t_rack
         if t < conn._sched and conn.state != C.CLOSED:
             conn._sched = t
             self._heap_n += 1
@@ -367,6 +369,8 @@ class Stack:
                         t = conn.t_dack
                     if conn.t_keep < t:
                         t = conn.t_keep
+                    if conn.t_rack < t:
+                        t = conn.t_rack
                     if t < conn._sched:
                         self._after(conn)
                     return
