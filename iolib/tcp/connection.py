@@ -1053,6 +1053,13 @@ class Connection:
             self.cwnd += smss   # RFC 5681 step 5: inflate
             self._output(now)
 
+    def _segment_room(self) -> int:
+        """Payload bytes per wire segment: the effective send MSS less
+        the SACK blocks our segments carry (RFC 9293 §3.7.1, RFC 2018 §3)."""
+        if self.sack_recent and self.sack_ok:
+            return self.smss - 2 - 8 * min(len(self.sack_recent), 3 if self.ts_ok else 4) - 2
+        return self.smss
+
     def _retransmit(self, now: float, start: int, limit) -> int:
         """Resend from `start` (one segment, not beyond `limit`); return the
         sequence number after what was sent."""
@@ -1063,8 +1070,9 @@ class Connection:
         base = self.snd_base
         data_end = base + len(self.sndbuf)
         n = data_end - start
-        if n > self.smss:
-            n = self.smss
+        room = self._segment_room()
+        if n > room:
+            n = room
         if limit is not None and start + n > limit:
             n = limit - start
         if n < 0:
@@ -1555,10 +1563,7 @@ class Connection:
             if avail > 0:
                 wnd = self.snd_wnd if self.snd_wnd < self.cwnd else self.cwnd
                 usable = self.snd_una + wnd - nxt
-                if self.sack_recent and self.sack_ok:
-                    room = smss - 2 - 8 * min(len(self.sack_recent), 3 if self.ts_ok else 4) - 2
-                else:
-                    room = smss
+                room = self._segment_room()
                 if self.offload and avail > room and usable > room:
                     # Several segments in one packet, whole segments only
                     # unless this is the tail of the queued data.
