@@ -443,45 +443,32 @@ class TunDevice:
         count = 0
         written_bytes = 0
         dropped = 0
-        if self.vnet_hdr:
-            writev = os.writev
-            plain = bytes(self.vnet_hdr_size)
-            headers = self._offload_headers
-            size = self.vnet_hdr_size
-            for item in packets:
-                if type(item) is tuple:
-                    packet, gso_size = item
-                    first = packet[0]
-                    key = (first, packet[52 if first >> 4 == 6 else (first & 0xF) * 4 + 12], gso_size)
-                    header = headers.get(key)
-                    if header is None:
-                        header = headers[key] = _offload_header(packet, gso_size, size)
-                else:
-                    packet, header = item, plain
-                try:
-                    written_bytes += writev(fd, (header, packet))
-                except BlockingIOError:
-                    break
-                except OSError as exc:
-                    if exc.errno not in (errno.EINVAL, errno.EIO, errno.EFAULT, errno.EMSGSIZE):
-                        raise
-                    dropped += 1
-                count += 1
-        else:
-            write = os.write
-            for item in packets:
-                if type(item) is tuple:
+        vnet = self.vnet_hdr
+        write, writev = os.write, os.writev
+        plain = bytes(self.vnet_hdr_size)
+        headers = self._offload_headers
+        for item in packets:
+            if type(item) is tuple:
+                if not vnet:
                     raise ValueError(f"TUN device {self.name!r} has no vnet_hdr: it cannot take "
                                      "offloaded (packet, gso_size) items; open it with vnet_hdr=True")
-                try:
-                    written_bytes += write(fd, item)
-                except BlockingIOError:
-                    break
-                except OSError as exc:
-                    if exc.errno not in (errno.EINVAL, errno.EIO, errno.EFAULT, errno.EMSGSIZE):
-                        raise
-                    dropped += 1
-                count += 1
+                packet, gso_size = item
+                first = packet[0]
+                key = (first, packet[52 if first >> 4 == 6 else (first & 0xF) * 4 + 12], gso_size)
+                header = headers.get(key)
+                if header is None:
+                    header = headers[key] = _offload_header(packet, gso_size, self.vnet_hdr_size)
+            else:
+                packet, header = item, plain
+            try:
+                written_bytes += writev(fd, (header, packet)) if vnet else write(fd, packet)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.EIO, errno.EFAULT, errno.EMSGSIZE):
+                    raise
+                dropped += 1
+            count += 1
         stats = self.stats
         stats.packets_written += count - dropped
         stats.bytes_written += written_bytes

@@ -39,6 +39,11 @@ connections from a single-queue network or the kernel's stack.  Packets
 hashed without ports (ICMP errors, non-first IP fragments) may likewise
 reach another queue than their flow.
 
+By default the TUN device is opened with checksum and segmentation
+offload (a virtio_net_hdr on every frame): the kernel and the stack trade
+TCP packets of up to 64 KiB and neither computes checksums for the other,
+which moves 8-10x the bytes per CPU second of plain 1500-byte frames.
+
 This module never blocks the process on the packet path and never reads the
 network anywhere but in the worker; a thread waits only in ``TcpWait``,
 which the worker withdraws on cancel or timeout. ``close`` and

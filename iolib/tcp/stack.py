@@ -12,6 +12,11 @@ seeded rng) and initial sequence numbers (RFC 6528), answers ICMP/ICMPv6
 echo, routes ICMP errors to the connection they quote, and reassembles IP
 fragments (fragments.py) before any of that.
 
+With `offload=True` it speaks to a device with checksum and segmentation
+offload (a TUN with a virtio_net_hdr): its TCP packets carry up to 64 KiB
+of whole segments with the checksum left to the device, and packets the
+device vouches for (`receive(..., checksum_ok=True)`) are not checked.
+
 It never reads a clock, a device or a global random source: the same inputs,
 times and seed give the same outputs, and `copy.deepcopy` / `pickle` of a
 stack mid-transfer yields a twin that continues identically.  Malformed
