@@ -295,6 +295,8 @@ class Connection:
         return (str(ip_address(self.raddr)), self.rport)
 
     def deadline(self) -> float:
+        """The earliest of this connection's timers (the stack's timer heap
+        keys on it)."""
         t = self.t_rtx
         if self.t_dack < t:
             t = self.t_dack
@@ -517,6 +519,15 @@ class Connection:
         self.rcv_mss = min(self.mtu_mss, max(self.peer_mss, 536)) - (_TS_LEN if self.ts_ok else 0)
         self.cwnd = self._initial_cwnd()
 
+    def _handshake_rtt_sample(self, now: float, seg) -> None:
+        """The first RTT sample, from the ACK that completes our side of the
+        handshake: its timestamp echo, or else the SYN's send time unless
+        the SYN was resent (Karn, RFC 6298 §3)."""
+        if self.ts_ok and seg.tsecr:
+            self._rtt_sample(((self._tsval(now) - seg.tsecr) & MASK) / 1000.0)
+        elif not self.syn_retransmitted:
+            self._rtt_sample(now - self.rtx_start)
+
     def _established(self, now: float) -> None:
         self.state = ESTABLISHED
         if self.syn_retransmitted:
@@ -653,10 +664,7 @@ class Connection:
                 self.snd_wl2 = ack
                 self.t_rtx = INF
                 self.rtx_kind = "rtx"
-                if self.ts_ok and seg.tsecr:
-                    self._rtt_sample(((self._tsval(now) - seg.tsecr) & MASK) / 1000.0)
-                elif not self.syn_retransmitted:
-                    self._rtt_sample(now - self.rtx_start)
+                self._handshake_rtt_sample(now, seg)
                 self._established(now)
                 if self.state == CLOSED:
                     return
@@ -808,10 +816,7 @@ class Connection:
             self.snd_una = ack
             self.t_rtx = INF
             self.rtx_kind = "rtx"
-            if self.ts_ok and seg.tsecr:
-                self._rtt_sample(((self._tsval(now) - seg.tsecr) & MASK) / 1000.0)
-            elif not self.syn_retransmitted:
-                self._rtt_sample(now - self.rtx_start)
+            self._handshake_rtt_sample(now, seg)
             self._established(now)
             if seg.payload:
                 self._on_text(now, self.rcv_nxt, seg.payload, flags & FIN)

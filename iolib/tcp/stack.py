@@ -289,13 +289,7 @@ class Stack:
         # Lazy timer heap: push only when the connection's deadline moved
         # earlier than the entry already queued; a later deadline is found
         # when the old entry pops (timer() then re-queues it).
-        t = conn.t_rtx
-        if conn.t_dack < t:
-            t = conn.t_dack
-        if conn.t_keep < t:
-            t = conn.t_keep
-        if conn.t_rack < t:
-            t = conn.t_rack
+        t = conn.deadline()
         if t < conn._sched and conn.state != C.CLOSED:
             conn._sched = t
             self._heap_n += 1
@@ -369,14 +363,7 @@ class Stack:
                 conn = self._conns.get((dst, seg.dport, src, seg.sport))
                 if conn is not None and conn.state != C.TIME_WAIT:
                     conn.on_segment(now, seg)
-                    t = conn.t_rtx
-                    if conn.t_dack < t:
-                        t = conn.t_dack
-                    if conn.t_keep < t:
-                        t = conn.t_keep
-                    if conn.t_rack < t:
-                        t = conn.t_rack
-                    if t < conn._sched:
+                    if conn.deadline() < conn._sched:
                         self._after(conn)
                     return
                 self._demux_tcp(now, IPPacket(4, src, dst, PROTO_TCP, 20, total, ttl), seg)
