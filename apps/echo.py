@@ -16,7 +16,9 @@ import sys
 from typing import Any
 
 import threadlib
-from threadlib import multicore, sockio
+from threadlib.process import multicore
+from threadlib.io import sockio
+from threadlib.net import Network
 
 log = logging.getLogger("apps.echo")
 
@@ -30,7 +32,7 @@ def echo_connection(conn: sockio.Stream) -> Any:
             yield from conn.sendall(data)
 
 
-def serve(host: str, port: int, network: Any = sockio.kernel, reuse_port: bool = False, ready: Any = None):
+def serve(host: str, port: int, network: Network = sockio.kernel, reuse_port: bool = False, ready: Any = None):
     """Thread body: accept until cancelled."""
 
     def main(index: int, shutdown: threadlib.Event) -> Any:

@@ -35,7 +35,8 @@ from urllib.parse import urlsplit
 import httptools
 
 import threadlib
-from threadlib import sockio
+from threadlib.io import sockio
+from threadlib.lowlevel import IOWorker, Scheduler, TimerWorker, WaitWrite
 
 __all__ = ["Target", "LoadGen", "Result", "main"]
 
@@ -179,7 +180,7 @@ def _kernel_connect(address: tuple[str, int], timeout: float) -> Any:
         err = sock.connect_ex(address)
         if err in (errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY):
             with threadlib.timeout(timeout):
-                yield threadlib.WaitWrite(stream.fileno())
+                yield WaitWrite(stream.fileno())
             err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             raise OSError(err, os.strerror(err))
@@ -224,7 +225,7 @@ class LoadGen:
         self._deadline = 0.0
 
     def run(self) -> Result:
-        sched = threadlib.Scheduler(workers=[threadlib.TimerWorker(), threadlib.IOWorker()])
+        sched = Scheduler(workers=[TimerWorker(), IOWorker()])
         return sched.run(self._main())
 
     @types.coroutine

@@ -4,7 +4,7 @@
                          [--connect-timeout 5] [--fallback] [--workers N] [--grace 30]
 
 One thread per connection connects to the target (giving up after
---connect-timeout seconds) and runs ``threadlib.splice.proxy``: both
+--connect-timeout seconds) and runs ``threadlib.io.splice.proxy``: both
 directions at once, zero-copy with splice(2) on Linux (--fallback forces the
 copy loop with one buffer per direction), half-close passed on (end of file
 from one side becomes shutdown(SHUT_WR) on the other). When a connection
@@ -29,8 +29,10 @@ import time
 from typing import Any, Callable
 
 import threadlib
-from threadlib import multicore, sockio
-from threadlib import splice as tsplice
+from threadlib.process import multicore
+from threadlib.io import sockio
+from threadlib.net import Network
+from threadlib.io import splice as tsplice
 
 log = logging.getLogger("apps.proxy")
 
@@ -60,7 +62,7 @@ class ProxyServer:
     flight, counters, and the shutdown that waits for them."""
 
     def __init__(self, target: tuple[str, int], connect_timeout: float | None = 5.0, fallback: bool = False,
-                 chunk_size: int | None = None, network: Any = sockio.kernel) -> None:
+                 chunk_size: int | None = None, network: Network = sockio.kernel) -> None:
         self.target = target
         self.connect_timeout = connect_timeout
         self.fallback = fallback
@@ -151,9 +153,9 @@ def _abort(conn: Any) -> None:
 
 def serve(listen: tuple[str, int], target: tuple[str, int], connect_timeout: float | None = 5.0,
           fallback: bool = False, reuse_port: bool = False, grace: float | None = 30.0,
-          chunk_size: int | None = None, network: Any = sockio.kernel,
+          chunk_size: int | None = None, network: Network = sockio.kernel,
           ready: Callable[[Any], None] | None = None) -> Callable[[int, threadlib.Event], Any]:
-    """A worker main for ``threadlib.multicore``: proxy until ``shutdown``
+    """A worker main for ``threadlib.process.multicore``: proxy until ``shutdown``
     is set, then stop accepting and drain."""
 
     def main(index: int, shutdown: threadlib.Event) -> Any:

@@ -18,7 +18,8 @@ import inspect
 from typing import Any, Callable
 
 import threadlib
-from threadlib import sockio
+from threadlib.io import sockio
+from threadlib.net import Network
 
 
 class Client:
@@ -55,7 +56,7 @@ def _client_thread(conn: sockio.Stream, address: Any, handler: Callable[..., Any
                 yield from conn.sendall(out[0] if len(out) == 1 else b"".join(out))
 
 
-def server(handler: Callable[..., Any], address: tuple[str, int], network: Any = sockio.kernel, ready: Any = None) -> Any:
+def server(handler: Callable[..., Any], address: tuple[str, int], network: Network = sockio.kernel, ready: Any = None) -> Any:
     """The accept loop as a thread body (to spawn next to other threads)."""
     listener = yield from network.listen(address)
     if ready is not None:
@@ -66,7 +67,7 @@ def server(handler: Callable[..., Any], address: tuple[str, int], network: Any =
             yield from threadlib.spawn(_client_thread(conn, peer, handler))
 
 
-def serve(handler: Callable[..., Any], address: tuple[str, int], network: Any = sockio.kernel) -> None:
+def serve(handler: Callable[..., Any], address: tuple[str, int], network: Network = sockio.kernel) -> None:
     """Run a server forever (until Ctrl-C) calling ``handler(client, data)``."""
     try:
         threadlib.run(server(handler, address, network))

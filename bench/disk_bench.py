@@ -3,7 +3,7 @@
 Peers, each in the same run, each a fresh process pinned to core 0:
   fio             fio --ioengine=libaio --direct=1 --iodepth=N --rw=randread --bs=4k (the device limit)
   iolib.aio       the AIO engine alone, N requests kept in flight by one loop (no threads)
-  threadlib       N threadlib threads, each `yield from f.pread(4096, offset)` through threadlib.fileio
+  threadlib       N threadlib threads, each `yield from f.pread(4096, offset)` through threadlib.io.fileio
   threadpool      asyncio + ThreadPoolExecutor(N): N coroutines, each read handed to a pool
                   thread running os.preadv on the same O_DIRECT descriptor (aiofiles style)
 Reports reads per second, the ratio to fio, and CPU µs per read (all threads
@@ -51,7 +51,7 @@ def _result(t0: float, c0: int, reads: int) -> dict:
 
 def c_threadlib(path: str, seconds: str, threads: str) -> dict:
     import threadlib
-    from threadlib import fileio
+    from threadlib.io import fileio
 
     seconds_f, nthreads = float(seconds), int(threads)
     blocks = os.path.getsize(path) // BLOCK

@@ -120,7 +120,7 @@ def s_curio(port: int) -> None:
 
 def s_threadlib(port: int) -> None:
     import threadlib
-    from threadlib import sockio
+    from threadlib.io import sockio
 
     def handle(conn):
         try:
@@ -145,7 +145,7 @@ def s_threadlib(port: int) -> None:
 
 def s_threadlib_async(port: int) -> None:
     import threadlib
-    from threadlib import sockio
+    from threadlib.io import sockio
 
     async def handle(conn):
         try:
@@ -169,7 +169,7 @@ def s_threadlib_async(port: int) -> None:
 
 
 def s_threadlib_green(port: int) -> None:
-    import threadlib.green as green
+    import threadlib.frontends.green as green
 
     def handle(conn):
         try:
@@ -197,7 +197,7 @@ def server_argv(peer: str, port: int) -> list[str]:
     if peer == "c-epoll":
         return [str(H.build_c("echo_server")), str(port), HOST]
     if peer.startswith("threadlib"):
-        H.import_or_skip("threadlib.green" if peer == "threadlib-green" else "threadlib")
+        H.import_or_skip("threadlib.frontends.green" if peer == "threadlib-green" else "threadlib")
     return [sys.executable, "-m", "bench.echo", "--serve", peer, str(port)]
 
 

@@ -146,7 +146,7 @@ def s_curio(port: int) -> None:
 
 def s_threadlib(port: int) -> None:
     import threadlib
-    from threadlib import sockio
+    from threadlib.io import sockio
 
     def handle(conn):
         requests = Requests()
@@ -176,7 +176,7 @@ def s_threadlib(port: int) -> None:
 
 def s_threadlib_async(port: int) -> None:
     import threadlib
-    from threadlib import sockio
+    from threadlib.io import sockio
 
     async def handle(conn):
         requests = Requests()
@@ -205,7 +205,7 @@ def s_threadlib_async(port: int) -> None:
 
 
 def s_threadlib_green(port: int) -> None:
-    import threadlib.green as green
+    import threadlib.frontends.green as green
 
     def handle(conn):
         requests = Requests()
@@ -285,7 +285,7 @@ def measure(peer: str, conns: int, duration: int, warmup: int) -> dict:
             argv = [nginx, "-p", d, "-e", f"{d}/error.log", "-c", str(conf)]
         else:
             if peer.startswith("threadlib"):
-                H.import_or_skip("threadlib.green" if peer == "threadlib-green" else "threadlib")
+                H.import_or_skip("threadlib.frontends.green" if peer == "threadlib-green" else "threadlib")
             argv = [sys.executable, "-m", "bench.http", "--serve", peer, str(port)]
         with H.Server(peer, argv, port) as srv:
             if warmup:

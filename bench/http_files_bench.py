@@ -215,7 +215,7 @@ def server_argv(peer: str, port: int, tmp: str) -> list[str]:
     if peer.startswith("threadlib"):
         io = peer.split("-")[1]
         if io == "aio":
-            H.import_or_skip("threadlib.fileio")
+            H.import_or_skip("threadlib.io.fileio")
         cache = ["--cache-max-body", "0"] if peer.endswith("-nocache") else []
         return [sys.executable, "-m", "apps.webserver", "--port", str(port), "--io", io, "--quiet", *cache]
     H.import_or_skip(peer)

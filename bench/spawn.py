@@ -173,7 +173,7 @@ def c_threadlib_async(n: str) -> None:
 
 def c_threadlib_green(n: str) -> None:
     threadlib = H.import_or_skip("threadlib")
-    green = H.import_or_skip("threadlib.green")
+    green = H.import_or_skip("threadlib.frontends.green")
     n = int(n)
 
     def waiter(ev, m):

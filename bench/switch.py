@@ -215,7 +215,7 @@ def c_threadlib_async(mode: str, n: str, maxsize: str) -> dict:
 
 def c_threadlib_green(mode: str, n: str, maxsize: str) -> dict:
     threadlib = H.import_or_skip("threadlib")
-    green = H.import_or_skip("threadlib.green")
+    green = H.import_or_skip("threadlib.frontends.green")
     n, maxsize = int(n), int(maxsize)
 
     def yielder(k):

@@ -1,4 +1,4 @@
-"""User-level TCP benchmark: threadlib.tcpsockio on a TUN link against the
+"""User-level TCP benchmark: threadlib.io.tcpsockio on a TUN link against the
 kernel's own TCP on the same kind of path, in the same run.
 
 Rows, each in throw-away network namespaces this script creates and removes:
@@ -131,7 +131,7 @@ def on_core(cpu: int):
 
 def user_bulk(size: int, offload: bool) -> list[dict]:
     import threadlib
-    from threadlib import tcpsockio
+    from threadlib.io import tcpsockio
 
     rows = []
     label = "user-stack" if offload else "user-stack 1500B"
@@ -212,7 +212,7 @@ def wrk(ns, url: str, seconds: float, conns: int) -> dict:
 def user_http(seconds: float, conns: int, root: str) -> dict:
     import threadlib
     from apps.webserver import WebServer
-    from threadlib import tcpsockio
+    from threadlib.io import tcpsockio
 
     with namespaces(1) as (ns,), on_core(0):
         net = tcpsockio.open_network(tun="tlb1", netns=ns.name)

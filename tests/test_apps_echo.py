@@ -11,7 +11,7 @@ import time
 import pytest
 
 import threadlib
-from threadlib import sockio
+from threadlib.io import sockio
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

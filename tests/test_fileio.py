@@ -1,4 +1,4 @@
-"""threadlib.fileio and the AIO worker, against real files: a directory on a
+"""threadlib.io.fileio and the AIO worker, against real files: a directory on a
 filesystem that accepts O_DIRECT for the AIO path, a freshly mounted ramfs
 (which refuses O_DIRECT) for the blocking-pool fallback."""
 
@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import threadlib
 from iolib.aio import aio_unavailable_reason
-from threadlib import fileio
-from threadlib.aioworker import AioWorker, aio_read, ensure_aio_worker
+from threadlib.io import fileio
+from threadlib.io.aioworker import AioWorker, aio_read, ensure_aio_worker
 
 pytestmark = [
     pytest.mark.skipif(aio_unavailable_reason() is not None, reason=str(aio_unavailable_reason())),
@@ -281,7 +281,7 @@ def test_write_file_truncate_fsync_stat(ddir):
 def test_explicit_scheduler_with_an_aio_worker(data_file):
     path, content = data_file
     worker = AioWorker(max_in_flight=4)
-    sched = threadlib.Scheduler(workers=threadlib.default_workers() + [worker])
+    sched = threadlib.lowlevel.Scheduler(workers=threadlib.lowlevel.default_workers() + [worker])
 
     def reader(f, i):
         return (yield from f.pread(10, i * BLOCK))
@@ -480,7 +480,7 @@ def test_filesystem_refusing_o_direct_falls_back_to_the_pool_with_one_warning(ra
         yield from g.close()
         return data, whole
 
-    with caplog.at_level(logging.WARNING, logger="threadlib.fileio"):
+    with caplog.at_level(logging.WARNING, logger="threadlib.io.fileio"):
         data, whole = run(main())
     assert data == content[333:5333]
     assert whole == content[:19_998] + b"hello"
@@ -504,7 +504,7 @@ import logging, sys
 sys.modules["libaio"] = None   # as if python-libaio were not installed
 logging.basicConfig(level=logging.WARNING, format="%(name)s:%(message)s")
 import threadlib
-from threadlib import fileio
+from threadlib.io import fileio
 def main():
     f = yield from fileio.open({str(path)!r})
     g = yield from fileio.open({str(path)!r})
@@ -516,7 +516,7 @@ print(threadlib.run(main()))
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == repr((False, content[100:110]))
-    lines = [l for l in proc.stderr.splitlines() if l.startswith("threadlib.fileio:")]
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("threadlib.io.fileio:")]
     assert len(lines) == 1 and "libaio" in lines[0] and "blocking thread pool" in lines[0]
 
 

@@ -4,7 +4,8 @@ scheduler as generator and async-def threads."""
 import pytest
 
 import threadlib
-from threadlib import green, sockio
+from threadlib.frontends import green
+from threadlib.io import sockio
 
 
 def test_green_echo_server_with_generator_and_async_clients():

@@ -10,7 +10,8 @@ import types
 import pytest
 
 import threadlib
-from threadlib import Scheduler, SystemCall, ThreadCancelled, VirtualClock, Worker
+from threadlib import ThreadCancelled
+from threadlib.lowlevel import Scheduler, SystemCall, VirtualClock, Worker
 
 
 def test_run_returns_main_result_and_raises_its_exception():
@@ -145,7 +146,7 @@ def test_thread_listing_names_ids_and_waits():
         listed = {th.name: th for th in sched.threads()}
         assert "napper" in listed and "main" in listed
         assert listed["napper"].state == "waiting"
-        assert isinstance(listed["napper"].waiting_on, threadlib.Sleep)
+        assert isinstance(listed["napper"].waiting_on, threadlib.lowlevel.Sleep)
         assert "Sleep" in repr(listed["napper"])
         assert t.id != (yield from threadlib.current()).id
         yield from t.cancel()
@@ -213,7 +214,7 @@ def test_cancel_socket_read_and_join_and_blocking_call():
     import socket as pysocket
     import time
 
-    from threadlib import sockio
+    from threadlib.io import sockio
 
     def read_forever():
         a, b = sockio.socketpair()
@@ -290,7 +291,7 @@ def test_timeout_scope_raises_at_the_wait_and_nested_keeps_earliest():
 
 
 def test_timeout_arguments_on_blocking_calls():
-    from threadlib import sockio
+    from threadlib.io import sockio
 
     def main():
         ev, q, m = threadlib.Event(), threadlib.Queue(1), threadlib.Mutex()
@@ -445,7 +446,7 @@ def test_custom_system_call_and_worker_without_editing_the_scheduler():
     import threading
 
     worker = CounterWorker()
-    sched = Scheduler(workers=threadlib.default_workers() + [worker])
+    sched = Scheduler(workers=threadlib.lowlevel.default_workers() + [worker])
 
     def bump():
         for _ in range(3):
@@ -470,14 +471,14 @@ def test_custom_system_call_and_worker_without_editing_the_scheduler():
 def test_duplicate_handler_registration_is_refused():
     class Clash(Worker):
         def attach(self, sched):
-            return {threadlib.Sleep: lambda t, sc: None}
+            return {threadlib.lowlevel.Sleep: lambda t, sc: None}
 
     with pytest.raises(ValueError, match="Sleep"):
-        Scheduler(workers=[threadlib.TimerWorker(), Clash()])
+        Scheduler(workers=[threadlib.lowlevel.TimerWorker(), Clash()])
 
 
 def test_signal_worker_lets_a_thread_wait_for_sigterm():
-    from threadlib import signals
+    from threadlib.process import signals
 
     def main():
         me = os.getpid()
@@ -495,7 +496,7 @@ def test_signal_worker_lets_a_thread_wait_for_sigterm():
 
 
 def test_custom_scheduler_without_the_blocking_pool_refuses_blocking_calls():
-    sched = Scheduler(workers=[threadlib.TimerWorker(), threadlib.IOWorker()])
+    sched = Scheduler(workers=[threadlib.lowlevel.TimerWorker(), threadlib.lowlevel.IOWorker()])
 
     def main():
         with pytest.raises(TypeError, match="Blocking"):
@@ -511,7 +512,7 @@ def test_a_yield_instance_other_than_the_singleton_also_yields():
     def polite(name):
         for i in range(2):
             order.append((name, i))
-            yield threadlib.Yield()  # a fresh instance, not syscalls.YIELD
+            yield threadlib.lowlevel.Yield()  # a fresh instance, not syscalls.YIELD
 
     def main():
         a = yield from threadlib.spawn(polite("a"))
@@ -520,3 +521,231 @@ def test_a_yield_instance_other_than_the_singleton_also_yields():
 
     threadlib.run(main())
     assert sorted(order) == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
+
+
+# --- the worker contract ------------------------------------------------------
+
+class Probe(threadlib.lowlevel.SystemCall):
+    __slots__ = ("arg",)
+
+    def __init__(self, arg):
+        self.arg = arg
+
+
+class ProbeWorker(Worker):
+    """Serves Probe: refuses negative args the contract's way, and has a bug
+    (a KeyError) for the arg 13."""
+
+    def attach(self, sched):
+        self.sched = sched
+        return {Probe: self.handle}
+
+    def handle(self, thread, sc):
+        if sc.arg < 0:
+            self.sched.throw(thread, ValueError(f"negative probe {sc.arg}"))
+            return
+        if sc.arg == 13:
+            {}["missing"]
+        self.sched.resume(thread, sc.arg * 2)
+
+    def __repr__(self):
+        return "<ProbeWorker>"
+
+
+@types.coroutine
+def probe(arg):
+    return (yield Probe(arg))
+
+
+def test_a_worker_bug_is_logged_as_the_workers_and_raised_as_worker_error(caplog):
+    sched = Scheduler(workers=threadlib.lowlevel.default_workers() + [ProbeWorker()])
+
+    def main():
+        assert (yield from probe(4)) == 8
+        with pytest.raises(ValueError, match="negative probe -1"):
+            yield from probe(-1)
+        with pytest.raises(threadlib.WorkerError) as info:
+            yield from probe(13)
+        assert isinstance(info.value.__cause__, KeyError)
+        return (yield from probe(5))  # the worker and the scheduler go on
+
+    with caplog.at_level("ERROR", logger="threadlib"):
+        assert sched.run(main()) == 10
+    internal = [r for r in caplog.records if "internal error" in r.getMessage()]
+    assert len(internal) == 1, caplog.text
+    assert "<ProbeWorker>" in internal[0].getMessage() and "Probe(arg=13)" in internal[0].getMessage()
+    assert "negative" not in caplog.text  # a refusal is the caller's news, not an internal error
+
+
+def test_workers_are_found_by_class_and_by_system_call():
+    probe_worker = ProbeWorker()
+    sched = Scheduler(workers=threadlib.lowlevel.default_workers() + [probe_worker])
+    io = sched.worker(threadlib.lowlevel.IOWorker)
+    assert isinstance(io, threadlib.lowlevel.IOWorker)
+    assert sched.worker_for(threadlib.lowlevel.WaitRead) is io
+    assert sched.worker_for(threadlib.lowlevel.WaitWrite) is io
+    assert sched.worker_for(Probe) is probe_worker
+    assert sched.worker(ProbeWorker) is probe_worker
+    assert sched.worker_for(threadlib.lowlevel.Park) is None  # the scheduler's own
+    assert not hasattr(sched, "io") and not hasattr(sched, "timers") and not hasattr(sched, "pool")
+
+
+def _epoll_fds() -> int:
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") == "anon_inode:[eventpoll]":
+                count += 1
+        except OSError:
+            pass
+    return count
+
+
+@pytest.mark.parametrize("clock", ["virtual", "monotonic"])
+def test_a_scheduler_whose_workers_watch_no_fds_opens_no_epoll(clock):
+    """Timers alone need no poller: a virtual clock jumps, a real one idles."""
+    before = _epoll_fds()
+    sched = Scheduler(workers=[threadlib.lowlevel.TimerWorker()],
+                      clock=VirtualClock() if clock == "virtual" else None)
+    seen = []
+
+    def sleeper(name, seconds):
+        yield from threadlib.sleep(seconds)
+        seen.append((name, _epoll_fds() - before))
+
+    def main():
+        a = yield from threadlib.spawn(sleeper("late", 0.04))
+        b = yield from threadlib.spawn(sleeper("early", 0.02))
+        ev = threadlib.Event()
+        with pytest.raises(TimeoutError):
+            yield from ev.wait(timeout=0.01)
+        yield from threadlib.join_all([a, b])
+        return threadlib.now()
+
+    finished_at = sched.run(main())
+    assert seen == [("early", 0), ("late", 0)]
+    assert finished_at >= 0.04
+
+
+def test_a_thread_waiting_on_nothing_any_worker_can_end_is_a_deadlock_without_a_poller():
+    sched = Scheduler(workers=[threadlib.lowlevel.TimerWorker()], clock=VirtualClock())
+
+    def main():
+        yield from threadlib.Event().wait()
+
+    with pytest.raises(RuntimeError, match="deadlock"):
+        sched.run(main())
+
+
+class LevelPoller:
+    """A Poller on select.poll, level-triggered: a stand-in for any other
+    poller (io_uring, a simulated fabric) a worker may bring."""
+
+    def __init__(self):
+        import select
+        self._poll = select.poll()
+        self._callbacks = {}
+        self.polls = 0
+
+    def register(self, fd, events, callback):
+        self._poll.register(fd, events & 0xFFFF)
+        self._callbacks[fd] = callback
+
+    def modify(self, fd, events):
+        self._poll.modify(fd, events & 0xFFFF)
+
+    def unregister(self, fd):
+        if self._callbacks.pop(fd, None) is not None:
+            self._poll.unregister(fd)
+
+    def poll(self, timeout):
+        self.polls += 1
+        events = self._poll.poll(None if timeout < 0 else timeout * 1000)
+        for fd, ev in events:
+            cb = self._callbacks.get(fd)
+            if cb is not None:
+                cb(ev)
+        return len(events)
+
+    def close(self):
+        self._callbacks.clear()
+
+
+class OneShotIO(Worker):
+    """WaitRead/WaitWrite served without the standard IOWorker: each wait
+    registers the fd, the first event unregisters it. sockio must not notice."""
+
+    def __init__(self):
+        self.waits = 0
+
+    def attach(self, sched):
+        self.sched = sched
+        sched.use_poller(LevelPoller())
+        self.waiters = {}
+        return {threadlib.lowlevel.WaitRead: self.wait, threadlib.lowlevel.WaitWrite: self.wait}
+
+    def wait(self, thread, sc):
+        import select
+        self.waits += 1
+        key = (sc.fd, type(sc))
+        if key in self.waiters:
+            self.sched.throw(thread, RuntimeError(f"fd {sc.fd} already has a waiter"))
+            return
+        self.sched.suspend(thread, sc)
+        self.waiters[key] = thread
+        events = select.POLLIN if type(sc) is threadlib.lowlevel.WaitRead else select.POLLOUT
+        if not any(k[0] == sc.fd for k in self.waiters if k != key):
+            self.sched.watch_fd(sc.fd, events, lambda ev, fd=sc.fd: self.fire(fd, ev))
+        else:
+            self.sched.modify_fd(sc.fd, select.POLLIN | select.POLLOUT)
+
+    def fire(self, fd, ev):
+        self.sched.unwatch_fd(fd)
+        for key in [k for k in self.waiters if k[0] == fd]:
+            self.sched.resume(self.waiters.pop(key), ev)
+
+    def withdraw(self, thread, sc):
+        if self.waiters.get((sc.fd, type(sc))) is thread:
+            del self.waiters[(sc.fd, type(sc))]
+            if not any(k[0] == sc.fd for k in self.waiters):
+                self.sched.unwatch_fd(sc.fd)
+
+    def forget_fd(self, fd):
+        for key in [k for k in self.waiters if k[0] == fd]:
+            self.sched.throw(self.waiters.pop(key), OSError(9, f"fd {fd} closed"))
+        self.sched.unwatch_fd(fd)
+
+    def busy(self):
+        return bool(self.waiters)
+
+
+def test_the_fd_worker_and_the_poller_can_be_swapped_without_sockio_knowing():
+    from threadlib.io import sockio
+
+    io = OneShotIO()
+    sched = Scheduler(workers=[threadlib.lowlevel.TimerWorker(), io, threadlib.lowlevel.BlockingPool()])
+    before = _epoll_fds()
+
+    def echo_one(listener):
+        conn, _ = yield from listener.accept()
+        with conn:
+            while data := (yield from conn.recv(65536)):
+                yield from conn.sendall(data)
+
+    def main():
+        listener = yield from sockio.listen(("127.0.0.1", 0))
+        server = yield from threadlib.spawn(echo_one(listener))
+        client = yield from sockio.connect(listener.address, timeout=5)
+        payload = bytes(range(256)) * 4096  # 1 MiB: both sides wait for room and data
+        writer = yield from threadlib.spawn(client.sendall(payload, timeout=10))
+        got = bytearray()
+        while len(got) < len(payload):
+            got += yield from client.recv(65536, timeout=10)
+        yield from writer.join()
+        client.close()
+        yield from server.join()
+        listener.close()
+        return bytes(got) == payload, _epoll_fds() - before
+
+    assert sched.run(main()) == (True, 0)
+    assert io.waits > 0 and sched.worker_for(threadlib.lowlevel.WaitRead) is io

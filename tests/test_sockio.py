@@ -11,7 +11,7 @@ import tempfile
 import pytest
 
 import threadlib
-from threadlib import sockio
+from threadlib.io import sockio
 
 
 def echo_handler(conn):

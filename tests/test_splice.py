@@ -1,5 +1,5 @@
 """Socket-to-socket splicing: iolib.nbio.splice (the non-blocking steps and
-the pipe pool) and threadlib.splice (the loops, proxy(), the copy fallback).
+the pipe pool) and threadlib.io.splice (the loops, proxy(), the copy fallback).
 
 Everything runs on real kernel sockets in one process: the proxy, its
 clients and its backends are threadlib threads on one scheduler. Data is a
@@ -22,8 +22,8 @@ import pytest
 import threadlib
 from iolib.nbio import WOULD_BLOCK
 from iolib.nbio import splice as nb
-from threadlib import sockio
-from threadlib import splice as tsplice
+from threadlib.io import sockio
+from threadlib.io import splice as tsplice
 
 pytestmark = pytest.mark.skipif(not nb.AVAILABLE, reason="splice(2) is Linux-only")
 
@@ -107,7 +107,7 @@ def recv_all(conn, chunk: int = MiB):
 
 def start_proxy(backend_address, fallback=False, chunk_size=None, results=None):
     """A listener whose every connection is proxied to backend_address by
-    threadlib.splice.proxy; returns (listener, acceptor thread)."""
+    threadlib.io.splice.proxy; returns (listener, acceptor thread)."""
     listener = yield from sockio.listen(("127.0.0.1", 0))
 
     def one(client):
@@ -297,7 +297,7 @@ def test_zero_copy_tells_which_path_is_used():
 
 
 # ---------------------------------------------------------------------------
-# threadlib.splice: one direction
+# threadlib.io.splice: one direction
 
 
 def test_splice_one_direction_over_unix_and_tcp_sockets():

@@ -1,4 +1,4 @@
-"""Interoperability of the user-level stack (threadlib.tcpsockio) with
+"""Interoperability of the user-level stack (threadlib.io.tcpsockio) with
 Linux's TCP as the peer: curl, wrk and Python kernel sockets in a network
 namespace the test module creates and removes, talking over a real TUN
 device to apps.webserver (or a tcpsockio client) running on the user stack.
@@ -24,7 +24,7 @@ import pytest
 
 import threadlib
 from iolib.netns import NetNamespace
-from threadlib import tcpsockio
+from threadlib.io import tcpsockio
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (TUN devices, network namespaces)"),

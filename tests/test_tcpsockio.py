@@ -1,4 +1,4 @@
-"""threadlib.tcpsockio: the socket API on the user-level stack, over a real
+"""threadlib.io.tcpsockio: the socket API on the user-level stack, over a real
 TUN device in a network namespace each test creates and removes, with the
 kernel's own sockets (made inside that namespace) as the peer."""
 
@@ -19,7 +19,7 @@ import pytest
 
 import threadlib
 from iolib.netns import temporary_netns
-from threadlib import tcpsockio
+from threadlib.io import tcpsockio
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (TUN devices, network namespaces)"),

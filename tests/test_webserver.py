@@ -20,20 +20,20 @@ import pytest
 
 import threadlib
 from apps.webserver import SAMPLE_SITE, BackgroundServer, Limits, WebServer
-from threadlib import sockio
+from threadlib.io import sockio
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _aio_available():
     try:
-        from threadlib import fileio  # noqa: F401
+        from threadlib.io import fileio  # noqa: F401
     except Exception:
         return False
     return True
 
 
-IO_MODES = ["sendfile", pytest.param("aio", marks=pytest.mark.skipif(not _aio_available(), reason="no threadlib.fileio"))]
+IO_MODES = ["sendfile", pytest.param("aio", marks=pytest.mark.skipif(not _aio_available(), reason="no threadlib.io.fileio"))]
 
 
 @pytest.fixture
@@ -588,7 +588,7 @@ def test_program_finishes_responses_in_flight_on_sigterm(site, tmp_path):
 
 def test_program_with_two_workers_and_aio(site):
     if not _aio_available():
-        pytest.skip("no threadlib.fileio")
+        pytest.skip("no threadlib.io.fileio")
     port = _free_port()
     proc = _start_program("--root", str(site), "--port", str(port), "--workers", "2", "--io", "aio", "--quiet")
     try:
@@ -614,7 +614,7 @@ def test_program_refuses_bad_options_before_serving(tmp_path):
     assert r.returncode == 2 and "no such network namespace" in r.stderr
     import importlib.util
 
-    if importlib.util.find_spec("threadlib.tcpsockio") is None:
+    if importlib.util.find_spec("threadlib.io.tcpsockio") is None:
         r = subprocess.run([sys.executable, "-m", "apps.webserver", "--stack", "user", "--port", str(_free_port())],
                            cwd=ROOT, capture_output=True, text=True, timeout=30)
         assert r.returncode != 0 and "the user-level TCP stack is not available yet" in r.stderr
@@ -623,11 +623,11 @@ def test_program_refuses_bad_options_before_serving(tmp_path):
 def _user_stack_usable():
     import importlib.util
 
-    return (importlib.util.find_spec("threadlib.tcpsockio") is not None and os.geteuid() == 0
+    return (importlib.util.find_spec("threadlib.io.tcpsockio") is not None and os.geteuid() == 0
             and os.path.exists("/dev/net/tun"))
 
 
-@pytest.mark.skipif(not _user_stack_usable(), reason="needs threadlib.tcpsockio, root and /dev/net/tun")
+@pytest.mark.skipif(not _user_stack_usable(), reason="needs threadlib.io.tcpsockio, root and /dev/net/tun")
 def test_program_serves_over_the_user_level_tcp_stack(site):
     # A TUN device and subnet of its own, so parallel runs do not collide.
     n = os.getpid() % 200 + 20
@@ -654,7 +654,7 @@ def test_program_serves_over_the_user_level_tcp_stack(site):
             proc.wait()
 
 
-@pytest.mark.skipif(not _user_stack_usable(), reason="needs threadlib.tcpsockio, root and /dev/net/tun")
+@pytest.mark.skipif(not _user_stack_usable(), reason="needs threadlib.io.tcpsockio, root and /dev/net/tun")
 def test_program_with_two_workers_on_the_user_level_stack_uses_both_queues(site):
     from iolib.netns import temporary_netns
 

@@ -1,14 +1,26 @@
 """threadlib: user-level threads for network servers.
 
 Threads are generator coroutines (``async def`` works too, and greenlets
-through ``threadlib.green``). A thread that must wait yields a system call,
-a plain data object; a scheduler assembled from workers (timers, epoll IO,
-a blocking-call pool, Linux AIO, a user-level TCP stack, your own) resumes
-it. See DESIGN.md for the architecture, README.md for the tour.
+through ``threadlib.frontends.green``). A thread that must wait yields a
+system call, a plain data object; a scheduler assembled from workers
+(timers, epoll IO, a blocking-call pool, Linux AIO, a user-level TCP stack,
+your own) resumes it.
+
+This module is the user API: running, spawning, sleeping, timeouts, joins
+and the sync primitives. The rest lives in subpackages, loaded on first use:
+
+``threadlib.io``         sockio (kernel sockets), fileio (files, AIO),
+                         tcpsockio (the user-level TCP/IP stack), splice
+``threadlib.net``        the Network/Listener/Stream contracts servers are typed against
+``threadlib.frontends``  green (greenlet threads that block in plain calls)
+``threadlib.process``    multicore (worker processes), signals
+``threadlib.lowlevel``   for extenders: Scheduler, Worker, WaitQueue, system calls
+
+``docs/design.md`` tours the internals; ``docs/api.md`` is the reference.
 """
 
-from . import syscalls
-from .core import (
+from ._kernel import Thread, ThreadCancelled, WorkerError, current_scheduler
+from .calls import (
     blocking,
     current,
     current_thread,
@@ -21,52 +33,26 @@ from .core import (
     timeout,
     timeout_at,
 )
-from .kernel import (
-    BlockingPool,
-    IOWorker,
-    MonotonicClock,
-    Scheduler,
-    Thread,
-    ThreadCancelled,
-    TimerWorker,
-    VirtualClock,
-    WaitQueue,
-    Worker,
-    current_scheduler,
-    default_workers,
-)
 from .sync import Condition, Event, Mutex, Queue, QueueClosed, Semaphore
-from .syscalls import (
-    Blocking,
-    Cancel,
-    GetCurrent,
-    Join,
-    JoinAny,
-    Park,
-    Sleep,
-    Spawn,
-    SystemCall,
-    Unpark,
-    WaitRead,
-    WaitWrite,
-    Yield,
-)
 
 __all__ = [
     "run", "spawn", "sleep", "current", "current_thread", "blocking", "join_all", "join_any", "now",
-    "timeout", "timeout_at",
-    "Scheduler", "Worker", "TimerWorker", "IOWorker", "BlockingPool", "default_workers",
-    "MonotonicClock", "VirtualClock", "Thread", "ThreadCancelled", "WaitQueue", "current_scheduler",
+    "timeout", "timeout_at", "current_scheduler",
+    "Thread", "ThreadCancelled", "WorkerError",
     "Event", "Mutex", "Semaphore", "Condition", "Queue", "QueueClosed",
-    "SystemCall", "Yield", "Sleep", "WaitRead", "WaitWrite", "Spawn", "Join", "JoinAny", "Cancel",
-    "Park", "Unpark", "Blocking", "GetCurrent", "syscalls",
 ]
 
+_SUBMODULES = ("io", "net", "frontends", "process", "lowlevel", "syscalls")
 
-def __getattr__(name: str):
-    # Submodules that pull in more (sockets, greenlet, AIO) load on first use.
-    if name in ("sockio", "green", "signals", "multicore", "fileio", "aioworker", "tcpsockio", "splice", "replay"):
+
+def __getattr__(name: str) -> object:
+    # Subpackages that pull in more (sockets, greenlet, AIO) load on first use.
+    if name in _SUBMODULES:
         import importlib
 
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'threadlib' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(__all__) + list(_SUBMODULES))

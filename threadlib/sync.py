@@ -19,8 +19,8 @@ import collections
 import types
 from typing import Any
 
-from .core import timeout as _timeout
-from .kernel import DONE, WaitQueue
+from .calls import timeout as _timeout
+from ._kernel import DONE, WaitQueue
 
 
 class Event:

@@ -1,6 +1,6 @@
 """Command line of the web server: options, logging, worker processes.
 
-Runs ``WebServer`` under ``threadlib.multicore`` so that ``--workers N``
+Runs ``WebServer`` under ``threadlib.process.multicore`` so that ``--workers N``
 forks N processes sharing the port and SIGTERM/SIGINT stop accepting and
 finish the responses in flight.  With ``--stack user --workers N`` the
 parent creates one multi-queue TUN device with N queues before forking,
@@ -18,7 +18,8 @@ import os
 import sys
 from typing import Any
 
-from threadlib import multicore, sockio
+from threadlib.process import multicore
+from threadlib.io import sockio
 
 from .http import Limits
 from .server import IO_MODES, SAMPLE_SITE, WebServer, user_network
@@ -36,7 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                        "address of the user-level stack)")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--io", choices=IO_MODES, default="sendfile",
-                        help="how file bodies leave the disk: sendfile(2) or Linux AIO reads (threadlib.fileio)")
+                        help="how file bodies leave the disk: sendfile(2) or Linux AIO reads (threadlib.io.fileio)")
     parser.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
     parser.add_argument("--stack", choices=("kernel", "user"), default="kernel",
                         help="TCP/IP stack: the kernel's, or threadlib's user-level stack")
@@ -72,9 +73,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.host = "127.0.0.1" if args.stack == "kernel" else "0.0.0.0"
     if args.io == "aio":
         try:
-            from threadlib import fileio  # noqa: F401
+            from threadlib.io import fileio  # noqa: F401
         except ImportError as exc:
-            parser.error(f"--io aio needs threadlib.fileio, which does not import: {exc}")
+            parser.error(f"--io aio needs threadlib.io.fileio, which does not import: {exc}")
     return args
 
 

@@ -5,20 +5,19 @@ The per-request path is kept short on purpose: one recv per pipelined
 batch, one httptools feed, one cached lookup (a ``stat`` at most once a
 second per file), and one ``sendall`` of all the batch's headers and small
 bodies; larger bodies follow with ``sendfile`` (``io="sendfile"``) or with
-AIO reads through ``threadlib.fileio`` (``io="aio"``). Slow clients meet
+AIO reads through ``threadlib.io.fileio`` (``io="aio"``). Slow clients meet
 three clocks: the header-read deadline, the keep-alive idle timeout and the
 send timeout.
 
-The server takes a *network* object (``sockio.kernel`` by default, the
-user-level stack later) and never names a socket module itself. It must
+The server takes a *network* object (any ``threadlib.net.Network``:
+``sockio.kernel`` by default, or the user-level stack's ``UserNetwork``)
+and never names a socket module itself. It must
 never let one connection's failure reach another, never send a response
 out of order, and never drop a response in flight when asked to stop.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
 import os
 import socket
@@ -28,8 +27,9 @@ import types
 from typing import Any, Callable
 
 import threadlib
-from threadlib import sockio
-from threadlib.kernel import Thread, ThreadCancelled
+from threadlib.io import sockio
+from threadlib.net import Network
+from threadlib import Thread, ThreadCancelled
 
 from .files import FileCache, FileEntry, RangeNotSatisfiable, Redirect, byte_range, not_modified, range_applies
 from .http import STATUS_LINES, Clock, HttpError, Limits, Request, RequestReader, error_response
@@ -84,7 +84,7 @@ class WebServer:
         root: str = SAMPLE_SITE,
         *,
         io: str = "sendfile",
-        network: Any = None,
+        network: Network | None = None,
         limits: Limits | None = None,
         header_timeout: float = 10.0,
         keepalive_timeout: float = 15.0,
@@ -99,10 +99,10 @@ class WebServer:
         self.io = io
         self._fileio = None
         if io == "aio":
-            from threadlib import fileio  # noqa: deferred: only the aio path needs it
+            from threadlib.io import fileio  # noqa: F401  (deferred: only the aio path needs it)
 
             self._fileio = fileio
-        self.network = network if network is not None else sockio.kernel
+        self.network: Network = network if network is not None else sockio.kernel
         self.limits = limits or Limits()
         self.header_timeout = header_timeout
         self.keepalive_timeout = keepalive_timeout
@@ -550,24 +550,18 @@ class WebServer:
 
 
 def user_network(queues: int = 1, **options: Any) -> Any:
-    """The user-level TCP stack's network object, or SystemExit naming
-    what is missing.  Without arguments it is the process's default
-    network (from the TL_* environment); ``options`` override
-    ``open_network`` arguments of that environment (tun, netns, ...), and
-    ``queues`` > 1 gives a multi-queue handle whose ``for_queue(i)`` is
-    worker i's network."""
-    if importlib.util.find_spec("threadlib.tcpsockio") is None:
-        raise SystemExit("--stack user: the user-level TCP stack is not available yet (threadlib.tcpsockio is missing)")
-    tcpsockio = importlib.import_module("threadlib.tcpsockio")
+    """The user-level TCP stack's network.  Without arguments it is the
+    process's default network (from the TL_* environment); ``options``
+    override ``open_network`` arguments of that environment (tun, netns,
+    ...), and ``queues`` > 1 gives a multi-queue handle whose
+    ``for_queue(i)`` is worker i's network."""
+    from threadlib.io import tcpsockio  # deferred: only --stack user needs TUN and netlink
+
     if queues > 1 or options:
         settings = tcpsockio.env_network_options()
         settings.update(options)
         return tcpsockio.open_network(queues=queues, **settings)
-    for name in ("network", "default_network"):
-        candidate = getattr(tcpsockio, name, None)
-        if candidate is not None:
-            return candidate() if callable(candidate) and not hasattr(candidate, "listen") else candidate
-    raise SystemExit("--stack user: threadlib.tcpsockio has no network object (expected tcpsockio.network)")
+    return tcpsockio.network()
 
 
 class BackgroundServer:

@@ -6,7 +6,7 @@ This module holds the mechanism only. Every step makes one non-blocking
 system call and returns a byte count, 0 at end of file, or ``WOULD_BLOCK``
 (from :mod:`iolib.nbio`) together with *which side* would block, so the
 caller knows what to wait for. Nothing here waits, loops on EAGAIN, or
-knows about threads (threadlib.splice holds the loops that wait).
+knows about threads (threadlib.io.splice holds the loops that wait).
 
 Things measured on Linux 6.x that shape the API:
 

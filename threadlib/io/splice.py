@@ -47,10 +47,10 @@ from typing import Any
 from iolib.nbio import WOULD_BLOCK
 from iolib.nbio import splice as _nb
 
-from .core import join_any, spawn
-from .kernel import ThreadCancelled, Worker, current_scheduler
+from ..calls import join_any, spawn
+from .._kernel import ThreadCancelled, Worker, current_scheduler
 from .sockio import Stream
-from .syscalls import WaitRead, WaitWrite
+from ..syscalls import WaitRead, WaitWrite
 
 __all__ = [
     "AVAILABLE",
@@ -64,7 +64,7 @@ __all__ = [
     "pipe_pool",
 ]
 
-log = logging.getLogger("threadlib.splice")
+log = logging.getLogger("threadlib.io.splice")
 
 #: True where splice(2) exists (Linux): the zero-copy path can be used.
 AVAILABLE: bool = _nb.AVAILABLE

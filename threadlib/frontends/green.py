@@ -18,9 +18,10 @@ from typing import Any, Callable
 
 import greenlet
 
-from . import core, sockio
-from .core import _drive
-from .kernel import Thread, current_scheduler
+from .. import calls
+from ..io import sockio
+from ..calls import _drive
+from .._kernel import Thread, current_scheduler
 
 __all__ = ["thread", "run", "spawn", "call", "sleep", "join", "wrap", "listen", "connect", "current"]
 
@@ -73,7 +74,7 @@ def thread(func: Callable[..., Any], *args: Any, **kwargs: Any) -> GreenThread:
 def _in_green_thread() -> greenlet.greenlet:
     me = greenlet.getcurrent()
     if me.parent is None or current_scheduler() is None:
-        raise RuntimeError("this blocking call needs a green thread (threadlib.green.thread/spawn)")
+        raise RuntimeError("this blocking call needs a green thread (threadlib.frontends.green.thread/spawn)")
     return me
 
 
@@ -106,16 +107,16 @@ def call(awaitable: Any) -> Any:
 
 def run(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """``threadlib.run`` for a plain function as the main thread."""
-    return core.run(GreenThread(func, args, kwargs))
+    return calls.run(GreenThread(func, args, kwargs))
 
 
 def spawn(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Thread:
     """Start a green thread from a green thread; returns its Thread."""
-    return call(core.spawn(GreenThread(func, args, kwargs)))
+    return call(calls.spawn(GreenThread(func, args, kwargs)))
 
 
 def sleep(seconds: float) -> None:
-    call(core.sleep(seconds))
+    call(calls.sleep(seconds))
 
 
 def join(thread: Thread) -> Any:
@@ -123,7 +124,7 @@ def join(thread: Thread) -> Any:
 
 
 def current() -> Thread:
-    return call(core.current())
+    return call(calls.current())
 
 
 # ---------------------------------------------------------------------------

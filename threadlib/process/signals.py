@@ -20,8 +20,8 @@ import socket
 import types
 from typing import Any, Iterable
 
-from .kernel import Scheduler, Thread, Worker
-from .syscalls import SystemCall
+from .._kernel import Scheduler, Thread, Worker
+from ..syscalls import SystemCall
 
 
 class WaitSignal(SystemCall):
@@ -63,8 +63,12 @@ class SignalWorker(Worker):
     def _wait_signal(self, thread: Thread, sc: WaitSignal) -> None:
         if self._reader is None:
             self._start()
-        for signum in sc.signums:
-            self._catch(signum)
+        try:
+            for signum in sc.signums:
+                self._catch(signum)
+        except (ValueError, TypeError, OSError) as exc:  # not a signal number, or one Python cannot catch
+            self._sched.throw(thread, exc)
+            return
         for signum in sc.signums:
             if self._pending.get(signum):
                 self._pending[signum] -= 1
@@ -82,7 +86,7 @@ class SignalWorker(Worker):
         for signum in data:
             woken = False
             for thread, sc in self._waiters.pop(signum, []):
-                if thread._wait is sc:
+                if thread.waiting_on is sc:
                     self._sched.resume(thread, signum)
                     woken = True
             if not woken:
@@ -116,7 +120,7 @@ def _note_signal(signum: int, frame: Any) -> None:
 @types.coroutine
 def wait_signal(*signums: int) -> int:
     """Wait for any of ``signums``; return the one that arrived. Needs a
-    scheduler with a SignalWorker (``threadlib.signals.scheduler()``)."""
+    scheduler with a SignalWorker (``threadlib.process.signals.scheduler()``)."""
     if not signums:
         raise ValueError("wait_signal() needs at least one signal number")
     return (yield WaitSignal(tuple(signums)))
@@ -124,6 +128,6 @@ def wait_signal(*signums: int) -> int:
 
 def scheduler(workers: Iterable[Worker] | None = None, **kwargs: Any) -> Scheduler:
     """A default scheduler plus a SignalWorker."""
-    from .kernel import default_workers
+    from .._kernel import default_workers
 
     return Scheduler(workers=list(workers or default_workers()) + [SignalWorker()], **kwargs)

@@ -42,12 +42,12 @@ from typing import Any
 
 from iolib.aio import FSYNC_UNSUPPORTED_ERRNOS, DirectIOUnsupported, open_direct
 from .aioworker import AioClose, AioFsync, AioRead, AioWorker, AioWrite
-from .kernel import WaitQueue, _running_scheduler
-from .syscalls import Blocking
+from .._kernel import WaitQueue, running_scheduler
+from ..syscalls import Blocking
 
 __all__ = ["File", "ReadView", "open", "read_file", "write_file", "stat", "BLOCK", "MAX_CHUNK"]
 
-log = logging.getLogger("threadlib.fileio")
+log = logging.getLogger("threadlib.io.fileio")
 
 BLOCK = 4096              # alignment of offsets, lengths and buffers (any device's logical block divides it)
 MAX_CHUNK = 1 << 20       # largest single request; bigger transfers are split
@@ -168,7 +168,7 @@ def _warn_once(key: Any, message: str) -> None:
 def _aio_worker() -> tuple[AioWorker | None, str | None]:
     """The running scheduler's AioWorker (attached if missing, context
     started), or why AIO cannot be used."""
-    sched = _running_scheduler()
+    sched = running_scheduler()
     worker = getattr(sched, "aio", None)
     if worker is None:
         worker = AioWorker()
@@ -260,7 +260,7 @@ class File:
 
     def __repr__(self) -> str:
         state = "closed" if self._fd < 0 else f"fd={self._fd}"
-        return f"<threadlib.fileio.File {self.path!r} {state} {'aio' if self.direct else 'pool'}>"
+        return f"<threadlib.io.fileio.File {self.path!r} {state} {'aio' if self.direct else 'pool'}>"
 
     def _check_open(self) -> None:
         if self._fd < 0:
@@ -441,7 +441,7 @@ class File:
             try:
                 written = yield pending_write
             except OSError as exc:
-                worker = getattr(_running_scheduler(), "aio", None)
+                worker = running_scheduler().worker(AioWorker)
                 if worker is None or not worker.is_pending(pending_write):
                     pending_write = None  # the write itself failed; it is over
                 raise self._error(exc) from None
@@ -457,7 +457,7 @@ class File:
             if held is not None and pending_write is not None:
                 # Interrupted while the kernel still writes: the blocks stay
                 # locked (and the size unsettled) until the write completes.
-                worker = getattr(_running_scheduler(), "aio", None)
+                worker = running_scheduler().worker(AioWorker)
                 if worker is not None and worker.after_completion(
                         pending_write, self._settle_write, (held, extending, max(size, end))):
                     held = None
@@ -541,13 +541,13 @@ class File:
     def _check_writable(self) -> None:
         self._check_open()
         if not self.writable:
-            raise PermissionError(errno.EBADF, f"file opened read-only (mode 'r'); reopen with 'r+' to write",
+            raise PermissionError(errno.EBADF, "file opened read-only (mode 'r'); reopen with 'r+' to write",
                                   self.path)
 
     # -- the blocking pool path ----------------------------------------------------
     @types.coroutine
     def _pool_call(self, func: Any, *args: Any) -> Any:
-        if getattr(_running_scheduler(), "pool", None) is None:
+        if running_scheduler().worker_for(Blocking) is None:
             raise RuntimeError(f"{self.path!r} is served by the blocking pool, and this scheduler "
                                f"has no BlockingPool worker (see threadlib.default_workers())")
         with self._pool_lock:
@@ -640,7 +640,7 @@ def open(path: str | os.PathLike, mode: str = "r", *, direct: bool | None = None
                 fd = _open_buffered(fspath, flags, perms)
                 dev = os.fstat(fd).st_dev
                 _warn_once(("o_direct", dev),
-                           f"threadlib.fileio: the filesystem holding {fspath!r} (device "
+                           f"threadlib.io.fileio: the filesystem holding {fspath!r} (device "
                            f"{os.major(dev)}:{os.minor(dev)}) refuses O_DIRECT ({exc.strerror}); "
                            f"file IO on it runs on the blocking thread pool instead of Linux AIO")
                 return File(fspath, fd, writable, direct=False)
@@ -649,7 +649,7 @@ def open(path: str | os.PathLike, mode: str = "r", *, direct: bool | None = None
         if direct:
             raise OSError(errno.ENOSYS, reason, fspath)
         _warn_once(("aio", reason),
-                   f"threadlib.fileio: {reason}; file IO runs on the blocking thread pool instead")
+                   f"threadlib.io.fileio: {reason}; file IO runs on the blocking thread pool instead")
     fd = _open_buffered(fspath, flags, perms)
     return File(fspath, fd, writable, direct=False)
     yield  # a generator, so it works with yield from and await

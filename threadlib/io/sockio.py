@@ -25,11 +25,11 @@ import socket
 import types
 from typing import Any
 
-from .core import timeout as _timeout
-from .kernel import DONE, current_scheduler
-from .syscalls import Blocking, Sleep, WaitRead, WaitWrite
+from ..calls import timeout as _timeout
+from .._kernel import DONE, current_scheduler
+from ..syscalls import Blocking, Sleep, WaitRead, WaitWrite
 
-log = logging.getLogger("threadlib.sockio")
+log = logging.getLogger("threadlib.io.sockio")
 
 __all__ = [
     "KernelNetwork",
@@ -55,8 +55,8 @@ _ACCEPT_CONNECTION_ERRORS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
 
 def _forget(fd: int) -> None:
     sched = current_scheduler()
-    if sched is not None and sched.io is not None:
-        sched.io.forget_fd(fd)
+    if sched is not None:
+        sched.forget_fd(fd)
 
 
 def _discard(sock: socket.socket) -> None:
@@ -414,6 +414,10 @@ class KernelNetwork:
     """The kernel's TCP/IP and Unix sockets, reached through sockio."""
 
     name = "kernel"
+
+    def resolve(self, host: str, port: int) -> Any:
+        """``[(family, sockaddr), ...]`` for ``host`` (see module ``resolve``)."""
+        return resolve(host, port)
 
     @types.coroutine
     def listen(

@@ -21,10 +21,11 @@ import time
 import types
 from typing import Any, Callable
 
-from . import core, signals
-from .sync import Event
+from .. import calls
+from . import signals
+from ..sync import Event
 
-log = logging.getLogger("threadlib.multicore")
+log = logging.getLogger("threadlib.process.multicore")
 
 
 def run_worker(main: Callable[[int, Event], Any], index: int = 0) -> Any:
@@ -40,7 +41,7 @@ def run_worker(main: Callable[[int, Event], Any], index: int = 0) -> Any:
             yield from signals.wait_signal(signal.SIGTERM, signal.SIGINT)
             shutdown.set()
 
-        watcher = yield from core.spawn(watch_signals())
+        watcher = yield from calls.spawn(watch_signals())
         try:
             return (yield from _as_generator(main(index, shutdown)))
         finally:

@@ -17,7 +17,7 @@ number, so a descriptor must not be closed while requests on it are
 pending: `AioClose` closes it only once they are all reaped.
 
 Use: `Scheduler(workers=default_workers() + [AioWorker()])`, or let
-`threadlib.fileio` attach one to the running scheduler on first use.
+`threadlib.io.fileio` attach one to the running scheduler on first use.
 """
 
 from __future__ import annotations
@@ -30,10 +30,13 @@ import types
 from typing import Any
 
 from iolib.aio import AioContext, AioUnavailable, aio_unavailable_reason
-from .kernel import Scheduler, Thread, Worker, current_scheduler
-from .syscalls import SystemCall
+from .._kernel import Scheduler, Thread, Worker, current_scheduler
+from ..syscalls import SystemCall
 
 log = logging.getLogger("threadlib")
+
+# What the engine raises for a request it will not take: the caller's news.
+_REFUSALS = (OSError, ValueError, TypeError, AioUnavailable)
 
 __all__ = ["AioRead", "AioWrite", "AioFsync", "AioClose", "AioWorker", "ensure_aio_worker",
            "aio_read", "aio_write", "aio_fsync", "aio_close"]
@@ -116,7 +119,6 @@ class AioWorker(Worker):
         if self._sched is not None:
             raise RuntimeError("an AioWorker serves one scheduler; create another for this one")
         self._sched = sched
-        sched.aio = self
         return {AioRead: self._submit_read, AioWrite: self._submit_write, AioFsync: self._submit_fsync,
                 AioClose: self._close_fd}
 
@@ -145,27 +147,31 @@ class AioWorker(Worker):
 
     # -- handlers -------------------------------------------------------------
     # One handler per call class, so the hot path never branches on the type.
-    # The engine validates (fd, offset, buffer) and raises at once; the
-    # scheduler then hands that exception to the calling thread.
+    # The engine validates (fd, offset, buffer) and raises at once; such a
+    # refusal (OSError, ValueError, TypeError, AioUnavailable) goes to the
+    # calling thread, as the worker contract asks.
     def _submit_read(self, thread: Thread, sc: AioRead) -> None:
-        ctx = self._ctx or self._context()
-        if sc in self._requests or sc.fd in self._closing:
-            self._refuse(sc)
-        ctx.submit_read(sc.fd, sc.buf, sc.offset, sc)
+        try:
+            self._context_for(sc).submit_read(sc.fd, sc.buf, sc.offset, sc)
+        except _REFUSALS as exc:
+            self._sched.throw(thread, exc)
+            return
         self._track(thread, sc)
 
     def _submit_write(self, thread: Thread, sc: AioWrite) -> None:
-        ctx = self._ctx or self._context()
-        if sc in self._requests or sc.fd in self._closing:
-            self._refuse(sc)
-        ctx.submit_write(sc.fd, sc.buf, sc.offset, sc)
+        try:
+            self._context_for(sc).submit_write(sc.fd, sc.buf, sc.offset, sc)
+        except _REFUSALS as exc:
+            self._sched.throw(thread, exc)
+            return
         self._track(thread, sc)
 
     def _submit_fsync(self, thread: Thread, sc: AioFsync) -> None:
-        ctx = self._ctx or self._context()
-        if sc in self._requests or sc.fd in self._closing:
-            self._refuse(sc)
-        ctx.submit_fsync(sc.fd, sc, bool(sc.datasync))
+        try:
+            self._context_for(sc).submit_fsync(sc.fd, sc, bool(sc.datasync))
+        except _REFUSALS as exc:
+            self._sched.throw(thread, exc)
+            return
         self._track(thread, sc)
 
     def _track(self, thread: Thread, sc: Any) -> None:
@@ -177,25 +183,35 @@ class AioWorker(Worker):
             self._flush_due = self._sched.clock.now()
         self._sched.suspend(thread, sc)
 
-    def _context(self) -> AioContext:
-        reason = self.start()
-        if reason is not None:
-            raise AioUnavailable(reason)
-        return self._ctx
-
-    def _refuse(self, sc: Any) -> None:
+    def _context_for(self, sc: Any) -> AioContext:
+        """The kernel context, once ``sc`` is known to be a new request on
+        an fd not being closed; raises the refusal otherwise."""
         if sc in self._requests:
             raise ValueError(f"{sc!r} is already in flight; make a new system call object per request")
-        raise OSError(errno.EBADF, f"fd {sc.fd} is being closed")
+        if sc.fd in self._closing:
+            raise OSError(errno.EBADF, f"fd {sc.fd} is being closed")
+        ctx = self._ctx
+        if ctx is None:
+            reason = self.start()
+            if reason is not None:
+                raise AioUnavailable(reason)
+            ctx = self._ctx
+        return ctx
 
     def _close_fd(self, thread: Thread, sc: AioClose) -> None:
         fd = sc.fd
         if not isinstance(fd, int) or fd < 0:
-            raise ValueError(f"AioClose needs a non-negative int fd, got {fd!r}")
+            self._sched.throw(thread, ValueError(f"AioClose needs a non-negative int fd, got {fd!r}"))
+            return
         if fd in self._closing:
-            raise OSError(errno.EBADF, f"fd {fd} is already being closed")
+            self._sched.throw(thread, OSError(errno.EBADF, f"fd {fd} is already being closed"))
+            return
         if not self._pending_by_fd.get(fd):
-            os.close(fd)
+            try:
+                os.close(fd)
+            except OSError as exc:
+                self._sched.throw(thread, exc)
+                return
             self._sched.resume(thread)
             return
         self._closing[fd] = [(thread, sc)]
@@ -235,7 +251,7 @@ class AioWorker(Worker):
                 del pending[fd]
                 if fd in self._closing:
                     self._finish_close(fd)
-            if thread._wait is not sc:
+            if thread.waiting_on is not sc:
                 self.orphaned += 1
                 if self._after:
                     after = self._after.pop(sc, None)
@@ -266,7 +282,7 @@ class AioWorker(Worker):
         try:
             callback(res, *args)
         except Exception:  # a cleanup failing must not stop the completions of others
-            log.exception("threadlib.aioworker: completion callback %r failed", callback)
+            log.exception("threadlib.io.aioworker: completion callback %r failed", callback)
 
     def _finish_close(self, fd: int) -> None:
         waiters = self._closing.pop(fd)
@@ -274,11 +290,11 @@ class AioWorker(Worker):
             os.close(fd)
         except OSError as exc:
             for thread, sc in waiters:
-                if thread._wait is sc:
+                if thread.waiting_on is sc:
                     self._sched.throw(thread, exc)
             return
         for thread, sc in waiters:
-            if thread._wait is sc:
+            if thread.waiting_on is sc:
                 self._sched.resume(thread)
 
     # -- introspection and teardown -----------------------------------------------
@@ -323,7 +339,7 @@ def ensure_aio_worker(sched: Scheduler | None = None) -> AioWorker:
         sched = current_scheduler()
         if sched is None:
             raise RuntimeError("no threadlib scheduler is running in this OS thread")
-    worker = getattr(sched, "aio", None)
+    worker = sched.worker(AioWorker)
     if worker is None:
         worker = AioWorker()
         sched.add_worker(worker)

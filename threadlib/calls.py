@@ -13,7 +13,7 @@ from __future__ import annotations
 import types
 from typing import Any, Iterable
 
-from .kernel import _COROUTINE_TYPES, Scheduler, Thread, ThreadCancelled, _running_scheduler
+from ._kernel import COROUTINE_TYPES, Scheduler, Thread, ThreadCancelled, running_scheduler
 from .syscalls import GET_CURRENT, YIELD, Blocking, JoinAny, Sleep, Spawn
 
 
@@ -37,7 +37,7 @@ def _drive(awaitable: Any) -> Any:
 def spawn(target: Any, *args: Any, name: str | None = None) -> Thread:
     """Start a thread running ``target`` (a generator or coroutine object,
     or a function called with ``args``); return its Thread at once."""
-    if args or type(target) not in _COROUTINE_TYPES:
+    if args or type(target) not in COROUTINE_TYPES:
         target = _as_coroutine(target, args)
     return (yield Spawn(target, name))
 
@@ -97,12 +97,12 @@ def join_any(threads: Iterable[Thread]) -> Thread:
 
 def now() -> float:
     """The scheduler's clock (monotonic seconds, or virtual time)."""
-    return _running_scheduler().clock.now()
+    return running_scheduler().clock.now()
 
 
 def current_thread() -> Thread:
     """The running thread, without a system call (plain code may call it)."""
-    t = _running_scheduler().current
+    t = running_scheduler().current
     if t is None:
         raise RuntimeError("current_thread() called outside a thread")
     return t
@@ -131,7 +131,7 @@ class timeout:
         if self.seconds is None:
             self._thread = None
             return self
-        sched = _running_scheduler()
+        sched = running_scheduler()
         t = sched.current
         if t is None:
             raise RuntimeError("timeout() used outside a thread")
@@ -147,7 +147,7 @@ class timeout:
         if t is None:
             return False
         t.deadline = self._outer
-        if exc_type is TimeoutError and _running_scheduler().clock.now() >= self.deadline:
+        if exc_type is TimeoutError and running_scheduler().clock.now() >= self.deadline:
             self.expired = True
         return False
 

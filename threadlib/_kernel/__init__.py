@@ -1,0 +1,34 @@
+"""The kernel: threads, wait queues, clocks, the scheduler and its standard
+workers. Private: users import from ``threadlib``, extenders from
+``threadlib.lowlevel``; ``docs/design.md`` is the tour.
+
+One job per module:
+
+=================  =========================================================
+``threads``        Thread, ThreadCancelled: what the scheduler keeps per thread
+``waitqueue``      WaitQueue: Park/Unpark, the primitive of every sync object
+``clocks``         MonotonicClock, VirtualClock: the only readers of time
+``worker``         the worker contract (Worker, Poller, WorkerError)
+``scheduler``      Scheduler: ready queue, dispatch, idle wait, kernel calls
+``pollers``        EpollPoller: the default idle wait
+``timers``         TimerWorker: Sleep, timeouts, call_at
+``fdio``           IOWorker: WaitRead/WaitWrite on fds
+``blocking``       BlockingPool: Blocking calls on OS threads
+=================  =========================================================
+"""
+
+from .blocking import BlockingPool
+from .clocks import MonotonicClock, VirtualClock
+from .fdio import IOWorker
+from .pollers import EpollPoller
+from .scheduler import Scheduler, current_scheduler, default_workers, running_scheduler
+from .threads import COROUTINE_TYPES, Thread, ThreadCancelled
+from .timers import TimerWorker
+from .waitqueue import DONE, ParkOnce, WaitQueue
+from .worker import Poller, Worker, WorkerError
+
+__all__ = [
+    "BlockingPool", "MonotonicClock", "VirtualClock", "IOWorker", "EpollPoller", "Scheduler",
+    "current_scheduler", "default_workers", "running_scheduler", "COROUTINE_TYPES", "Thread",
+    "ThreadCancelled", "TimerWorker", "DONE", "ParkOnce", "WaitQueue", "Poller", "Worker", "WorkerError",
+]

@@ -1,0 +1,113 @@
+"""The blocking pool: ``Blocking(func, args)`` on a pool of OS threads.
+
+For calls that cannot be made non-blocking (getaddrinfo, a C library call,
+a stat on a slow disk). The OS threads run only ``func``; completions come
+back through a deque and an eventfd in the scheduler's poller, so the
+scheduler never waits on a lock.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import select
+import threading
+from typing import TYPE_CHECKING, Any
+
+from ..syscalls import Blocking
+from .threads import Thread
+from .worker import Handler, Worker
+
+if TYPE_CHECKING:
+    from .scheduler import Scheduler
+
+
+class BlockingPool(Worker):
+    """``Blocking(func, args)``: run a blocking call on a pool of OS threads.
+
+    Completions are handed back through a deque and an eventfd in the
+    scheduler's epoll, so the scheduler never waits on a lock. Threads are
+    started on first use. A cancelled caller's call still runs to the end
+    (an OS thread cannot be interrupted); its result is dropped.
+    """
+
+    def __init__(self, max_threads: int = 16) -> None:
+        self.max_threads = max_threads
+        self._jobs: Any = None
+        self._done: collections.deque = collections.deque()
+        self._os_threads: list[threading.Thread] = []
+        self._idle = 0
+        self._pending = 0
+        self._efd = -1
+
+    def attach(self, sched: Scheduler) -> dict[type, Handler]:
+        self._sched = sched
+        return {Blocking: self._blocking}
+
+    def _start(self) -> None:
+        import queue
+
+        self._jobs = queue.SimpleQueue()
+        self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._sched.watch_fd(self._efd, select.EPOLLIN, self._on_done)
+
+    def _blocking(self, thread: Thread, sc: Blocking) -> None:
+        if self._jobs is None:
+            self._start()
+        self._sched.suspend(thread, sc)
+        self._pending += 1
+        if self._idle == 0 and len(self._os_threads) < self.max_threads:
+            t = threading.Thread(target=self._serve, name="threadlib-blocking", daemon=True)
+            self._os_threads.append(t)
+            self._idle += 1
+            t.start()
+        self._jobs.put((thread, sc))
+
+    def _serve(self) -> None:
+        jobs = self._jobs
+        done = self._done
+        efd = self._efd
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            self._idle -= 1  # racy by design: only a hint for spawning more OS threads
+            thread, sc = job
+            try:
+                outcome = (True, sc.func(*sc.args))
+            except BaseException as exc:  # handed to the caller, not swallowed
+                outcome = (False, exc)
+            done.append((thread, sc, outcome))
+            self._idle += 1
+            try:
+                os.eventfd_write(efd, 1)
+            except OSError:
+                return  # pool closed while the call ran
+
+    def _on_done(self, events: int) -> None:
+        try:
+            os.eventfd_read(self._efd)
+        except BlockingIOError:
+            pass
+        done = self._done
+        sched = self._sched
+        while done:
+            thread, sc, (ok, value) = done.popleft()
+            self._pending -= 1
+            if thread._wait is not sc:
+                continue  # the caller was cancelled or timed out
+            if ok:
+                sched.resume(thread, value)
+            else:
+                sched.throw(thread, value)
+
+    def busy(self) -> bool:
+        return self._pending > 0
+
+    def close(self) -> None:
+        if self._jobs is not None:
+            for _ in self._os_threads:
+                self._jobs.put(None)
+            self._sched.unwatch_fd(self._efd)
+            os.close(self._efd)
+            self._jobs = None

@@ -1,0 +1,52 @@
+"""Clocks: the one place the runtime reads time.
+
+The scheduler owns a clock; timers, deadlines, ``threadlib.now()`` and every
+worker read only ``sched.clock.now()``, so swapping in a ``VirtualClock``
+makes a run independent of wall time. A clock also knows how to idle for a
+while when the scheduler has no poller to wait in (no worker watches fds).
+
+Nothing else in threadlib may call ``time.monotonic``, ``time.time`` or
+``time.sleep`` on behalf of threads.
+"""
+
+from __future__ import annotations
+
+import time
+
+
+class MonotonicClock:
+    """Real time: ``time.monotonic``. The scheduler waits in its poller."""
+
+    virtual = False
+
+    def __init__(self) -> None:
+        self.now = time.monotonic
+
+    def idle(self, seconds: float) -> None:
+        """Let ``seconds`` pass (the scheduler has nothing else to wait in)."""
+        if seconds > 0:
+            time.sleep(seconds)
+
+
+class VirtualClock:
+    """Simulated time. It stands still while threads run and jumps to the
+    next deadline when every thread waits, so a run with timers takes no
+    wall time and is repeatable."""
+
+    virtual = True
+
+    def __init__(self, start: float = 0.0) -> None:
+        self._now = start
+
+    def now(self) -> float:
+        return self._now
+
+    def advance_to(self, when: float) -> None:
+        """Move time forward to ``when`` (never backwards)."""
+        if when > self._now:
+            self._now = when
+
+    def idle(self, seconds: float) -> None:
+        """Jump ``seconds`` ahead: idling costs no wall time."""
+        if seconds > 0:
+            self._now += seconds

@@ -1,0 +1,600 @@
+"""The scheduler: the ready queue, the dispatch table, the idle wait.
+
+Design principles (in the spirit of curio's kernel):
+
+1. A thread is a generator (or an ``async def`` coroutine, or anything with
+   ``send``/``throw``). It runs until it yields a system call: a plain data
+   object from :mod:`threadlib.syscalls`.
+2. The scheduler knows almost nothing. It owns the ready queue, the clock,
+   and a dispatch table ``type(syscall) -> handler`` built from the workers
+   it was given. Everything that waits on the outside world (timers,
+   sockets, disk, a thread pool, a TCP stack) is a worker
+   (:mod:`.worker` has the contract). Adding a system call or an event
+   source never edits this file.
+3. A waiting thread costs as little as possible: a Thread object with a few
+   slots and its generator frame. Waits are withdrawn, not polled.
+4. Exceptions travel both ways. A worker resumes a thread with a value or
+   throws an exception into it; an exception a thread does not catch ends
+   that thread only, is kept for whoever joins it, and is logged once if
+   nobody ever does. An exception escaping a worker's handler is the
+   worker's bug: logged as an internal error naming the worker, and raised
+   at the thread's wait as ``WorkerError``.
+5. Timeouts and cancellation are one mechanism: the wait is withdrawn from
+   the worker that owns it and an exception is thrown at the wait.
+
+The scheduler idles in its poller (an epoll instance, made when the first
+fd is watched, or one a worker provides) or, with no fds at all, on its
+clock. It never does IO itself and never blocks anywhere else; it reads
+time only through ``self.clock``.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from typing import Any, Callable, Iterable
+
+from ..syscalls import (
+    YIELD,
+    Cancel,
+    GetCurrent,
+    GetScheduler,
+    Join,
+    JoinAny,
+    Park,
+    Spawn,
+    SystemCall,
+    Unpark,
+    Yield,
+)
+from .blocking import BlockingPool
+from .clocks import MonotonicClock
+from .fdio import IOWorker
+from .pollers import EpollPoller
+from .threads import COROUTINE_TYPES, Thread, ThreadCancelled, _Unretrieved, mark_retrieved
+from .timers import TimerWorker
+from .worker import Handler, Poller, Worker, WorkerError
+
+log = logging.getLogger("threadlib")
+
+_local = threading.local()
+
+
+def current_scheduler() -> Scheduler | None:
+    """The scheduler running in this OS thread, or None."""
+    return getattr(_local, "scheduler", None)
+
+
+def running_scheduler() -> Scheduler:
+    """The scheduler running in this OS thread; RuntimeError if none."""
+    sched = getattr(_local, "scheduler", None)
+    if sched is None:
+        raise RuntimeError("no threadlib scheduler is running in this OS thread")
+    return sched
+
+
+def default_workers() -> list[Worker]:
+    """The standard workers: timers, fd readiness (epoll), the blocking pool."""
+    return [TimerWorker(), IOWorker(), BlockingPool()]
+
+
+class Scheduler:
+    """Runs threads; idles in one poll bounded by the nearest deadline.
+
+    ``Scheduler(workers=[...])`` builds its dispatch table from the workers'
+    handlers. With no workers it uses the standard ones (timers, epoll IO,
+    the blocking pool). A timer worker is always present because timeouts
+    need one. ``poller`` replaces the epoll poller made on first use;
+    ``clock`` replaces real time (``VirtualClock`` for simulations).
+    """
+
+    def __init__(self, workers: Iterable[Worker] | None = None, clock: Any = None,
+                 poller: Poller | None = None) -> None:
+        self.clock = clock or MonotonicClock()
+        self._poller: Poller | None = poller
+        self._ready: collections.deque[Thread] = collections.deque()
+        self._joiners: dict[Thread, list] = {}
+        self._timeouts: dict[Thread, list] = {}
+        # Interrupts (cancel) aimed at a thread that is ready, not waiting:
+        # delivered at its next wait, so the value it was resumed with (a
+        # lock handed over, a queue item) is never lost.
+        self._pending: dict[Thread, BaseException] = {}
+        self.current: Thread | None = None
+        self._timers: TimerWorker | None = None
+        self._owners: dict[type, Worker] = {}  # system call class -> the worker serving it
+        self._fd_forgetters: list[Callable[[int], None]] = []
+        # The list of live threads is intrusive (Thread._prev/_next), so
+        # listing costs two pointers per thread instead of a dict entry.
+        self._head = Thread(None, "<head>")
+        self._head._prev = self._head._next = self._head
+        self._live = 0
+        self._handlers: dict[type, Handler] = {
+            Yield: self._sys_yield,
+            Spawn: self._sys_spawn,
+            Join: self._sys_join,
+            JoinAny: self._sys_join_any,
+            Cancel: self._sys_cancel,
+            Park: self._sys_park,
+            Unpark: self._sys_unpark,
+            GetCurrent: self._sys_get_current,
+            GetScheduler: self._sys_get_scheduler,
+        }
+        # Joiners are not searched for when withdrawn: the joined thread's
+        # end finds them no longer waiting and skips them.
+        ignore = lambda thread, syscall: None
+        self._withdrawers: dict[type, Handler] = {
+            Park: self._withdraw_park,
+            Join: ignore,
+            JoinAny: ignore,
+        }
+        self.workers: list[Worker] = []
+        workers = default_workers() if workers is None else list(workers)
+        if not any(isinstance(w, TimerWorker) for w in workers):
+            workers.insert(0, TimerWorker())
+        for worker in workers:
+            self.add_worker(worker)
+
+    # -- assembling ---------------------------------------------------------
+    def add_worker(self, worker: Worker) -> None:
+        """Attach a worker: its system calls join the dispatch table."""
+        if isinstance(worker, TimerWorker) and self._timers is None:
+            self._timers = worker  # before attach: a later worker's attach may set timers
+        handlers = worker.attach(self) or {}
+        for cls in handlers:
+            if cls in self._handlers:
+                owner = self._owners.get(cls, "the scheduler itself")
+                raise ValueError(f"{cls.__name__} is already served by {owner!r}")
+        for cls, handler in handlers.items():
+            self._handlers[cls] = handler
+            self._withdrawers[cls] = worker.withdraw
+            self._owners[cls] = worker
+        forget = getattr(worker, "forget_fd", None)
+        if forget is not None:
+            self._fd_forgetters.append(forget)
+        self.workers.append(worker)
+
+    def worker(self, cls: type) -> Any:
+        """The attached worker that is an instance of ``cls``, or None."""
+        for w in self.workers:
+            if isinstance(w, cls):
+                return w
+        return None
+
+    def worker_for(self, syscall_class: type) -> Worker | None:
+        """The worker serving ``syscall_class``, or None (also for the
+        scheduler's own system calls)."""
+        return self._owners.get(syscall_class)
+
+    # -- the poller ---------------------------------------------------------------
+    def use_poller(self, poller: Poller) -> None:
+        """Idle in ``poller`` instead of an epoll made on first use. Only
+        before any fd is watched (a worker's ``attach`` is the place)."""
+        if self._poller is not None:
+            raise RuntimeError(f"this scheduler already polls with {self._poller!r}")
+        self._poller = poller
+
+    def _fd_poller(self) -> Poller:
+        poller = self._poller
+        if poller is None:
+            poller = self._poller = EpollPoller()
+        return poller
+
+    def watch_fd(self, fd: int, events: int, callback: Callable[[int], None]) -> None:
+        """Put ``fd`` in the scheduler's poller; ``callback(events)`` runs
+        in the scheduler when it fires."""
+        self._fd_poller().register(fd, events, callback)
+
+    def modify_fd(self, fd: int, events: int) -> None:
+        """Change the events watched on ``fd``."""
+        self._fd_poller().modify(fd, events)
+
+    def unwatch_fd(self, fd: int) -> None:
+        """Stop watching ``fd`` (quietly if it is not watched)."""
+        if self._poller is not None:
+            self._poller.unregister(fd)
+
+    def forget_fd(self, fd: int) -> None:
+        """Call before closing an fd that threads may have waited on: every
+        worker that tracks fds forgets it (its waiters get EBADF)."""
+        for forget in self._fd_forgetters:
+            forget(fd)
+
+    def now(self) -> float:
+        """The scheduler's clock."""
+        return self.clock.now()
+
+    def call_at(self, when: float, callback: Callable[[Any], None], arg: Any = None) -> list:
+        """Run ``callback(arg)`` in the scheduler once the clock reaches
+        ``when``; returns a handle for :meth:`cancel_call`."""
+        return self._timers.call_at(when, callback, arg)
+
+    def cancel_call(self, handle: list) -> None:
+        """Cancel a callback scheduled with :meth:`call_at` (no-op if it ran)."""
+        self._timers.cancel(handle)
+
+    # -- the thread life cycle ----------------------------------------------
+    def spawn(self, coro: Any, name: str | None = None) -> Thread:
+        """Create a thread (from outside any thread, or from a handler)."""
+        if type(coro) not in COROUTINE_TYPES and not (hasattr(coro, "send") and hasattr(coro, "throw")):
+            raise TypeError(
+                f"a thread needs a generator or coroutine object, got {coro!r}"
+                + (" (a function: call it first, or use spawn(func, *args))" if callable(coro) else "")
+            )
+        t = Thread(coro, name)
+        head = self._head
+        last = head._prev
+        t._prev = last
+        t._next = head
+        last._next = t
+        head._prev = t
+        self._live += 1
+        self._ready.append(t)
+        return t
+
+    def threads(self) -> list[Thread]:
+        """Every live thread, oldest first (for debugging)."""
+        out = []
+        head = self._head
+        t = head._next
+        while t is not head:
+            out.append(t)
+            t = t._next
+        return out
+
+    def resume(self, thread: Thread, value: Any = None) -> None:
+        """Make a suspended thread ready; its wait returns ``value``."""
+        thread._value = value
+        thread._wait = None
+        if thread.deadline is not None:
+            self._disarm_timeout(thread)
+        self._ready.append(thread)
+
+    def throw(self, thread: Thread, exc: BaseException) -> None:
+        """Make a suspended thread ready; its wait raises ``exc``."""
+        thread._exc = exc
+        thread._wait = None
+        if thread.deadline is not None:
+            self._disarm_timeout(thread)
+        self._ready.append(thread)
+
+    def suspend(self, thread: Thread, syscall: Any) -> None:
+        """Record that ``thread`` now waits in ``syscall`` (handlers call
+        this). Arms the thread's timeout, if it is inside a timeout scope;
+        raises a pending interrupt instead of waiting (the dispatcher then
+        withdraws the wait and throws it into the thread)."""
+        thread._wait = syscall
+        if self._pending:
+            exc = self._pending.pop(thread, None)
+            if exc is not None:
+                raise _PendingInterrupt(exc)
+        deadline = thread.deadline
+        if deadline is not None:
+            self._timeouts[thread] = self._timers.call_at(deadline, self._time_out, thread)
+
+    def _disarm_timeout(self, thread: Thread) -> None:
+        entry = self._timeouts.pop(thread, None)
+        if entry is not None:
+            self._timers.cancel(entry)
+
+    def _time_out(self, thread: Thread) -> None:
+        self._timeouts.pop(thread, None)
+        if thread._wait is not None and thread._coro is not None:
+            self.interrupt(thread, TimeoutError(f"timed out waiting on {thread._wait!r}"))
+
+    def interrupt(self, thread: Thread, exc: BaseException) -> None:
+        """Withdraw ``thread`` from whatever it waits on and raise ``exc``
+        there. If it is ready or running, ``exc`` is raised at its next
+        resumption instead of the value it was given."""
+        if thread._coro is None:
+            return
+        wait = thread._wait
+        if wait is None:
+            self._pending[thread] = exc
+            return
+        self._withdrawers[type(wait)](thread, wait)
+        self.throw(thread, exc)
+
+    def _finish(self, t: Thread, value: Any, exc: BaseException | None) -> None:
+        t._coro = None
+        t._value = value
+        t._exc = exc
+        t._wait = None
+        t._prev._next = t._next
+        t._next._prev = t._prev
+        t._prev = t._next = None
+        self._live -= 1
+        if t.deadline is not None:
+            self._disarm_timeout(t)
+        if self._pending:
+            self._pending.pop(t, None)
+        joiners = self._joiners.pop(t, None) if self._joiners else None
+        if joiners:
+            for j in joiners:
+                if type(j) is Thread:
+                    if type(j._wait) is Join and j._wait.thread is t:
+                        if exc is None:
+                            self.resume(j, value)
+                        else:
+                            self.throw(j, exc)
+                else:
+                    j(t)
+        elif exc is not None and not isinstance(exc, ThreadCancelled):
+            t._wait = _Unretrieved(t.name, exc)
+
+    # -- the run loop ---------------------------------------------------------
+    def run(self, main: Any, *args: Any) -> Any:
+        """Run ``main`` (a generator, coroutine, or function plus args) as a
+        thread until it ends; return its result or raise its exception.
+        Threads still alive then are cancelled and run to their end."""
+        if args or (callable(main) and not hasattr(main, "send")):
+            main = main(*args)
+        if getattr(_local, "scheduler", None) is not None:
+            raise RuntimeError("a threadlib scheduler is already running in this OS thread")
+        _local.scheduler = self
+        try:
+            main_thread = self.spawn(main, name="main")
+            self._loop(main_thread)
+            self._cancel_remaining()
+            return main_thread.result()
+        finally:
+            _local.scheduler = None
+            self.current = None
+
+    def _loop(self, until: Thread) -> None:
+        while until._coro is not None:
+            self._run_ready()
+            if until._coro is None:
+                break
+            self._poll()
+
+    def _run_ready(self) -> None:
+        ready = self._ready
+        popleft = ready.popleft
+        append = ready.append
+        handlers = self._handlers
+        pending = self._pending
+        stop = False
+        while ready:
+            t = popleft()
+            self.current = t
+            try:
+                exc = t._exc
+                if exc is None:
+                    sc = t._coro.send(t._value)
+                else:
+                    t._exc = None
+                    sc = t._coro.throw(exc)
+            except StopIteration as e:
+                self._finish(t, e.value, None)
+                continue
+            except (KeyboardInterrupt, SystemExit) as e:
+                self._finish(t, None, e)
+                stop = e
+                break
+            except BaseException as e:
+                self._finish(t, None, e)
+                continue
+            if sc is YIELD:
+                t._value = None
+                if pending and t in pending:
+                    t._exc = pending.pop(t)
+                append(t)
+                continue
+            try:
+                handler = handlers[sc.__class__]
+            except (KeyError, AttributeError, TypeError):
+                handler = None
+            if handler is None:
+                t._value = None
+                t._exc = TypeError(
+                    f"thread {t.name} yielded {sc!r} ({type(sc).__name__}), which is not a "
+                    f"system call this scheduler serves"
+                    + ("; did you write `yield` where `yield from` was meant?" if not isinstance(sc, SystemCall) else "")
+                )
+                append(t)
+                continue
+            try:
+                handler(t, sc)
+            except _PendingInterrupt as e:
+                # suspend() found a cancel or timeout waiting for this thread.
+                self._withdrawers[sc.__class__](t, sc)
+                t._wait = None
+                t._value = None
+                t._exc = e.exc
+                append(t)
+            except BaseException as e:
+                self._worker_failed(t, sc, e)
+        self.current = None
+        if stop:
+            raise stop
+
+    def _worker_failed(self, t: Thread, sc: Any, error: BaseException) -> None:
+        """A handler raised: a bug in the worker, not the thread's fault.
+        Log it as the worker's, and raise WorkerError at the thread's wait so
+        it does not hang in a wait nobody will end."""
+        owner = self._owners.get(sc.__class__)
+        who = repr(owner) if owner is not None else "the scheduler"
+        log.error("internal error: %s failed serving %r for thread %s", who, sc, t.name,
+                  exc_info=(type(error), error, error.__traceback__))
+        if t._wait is sc:
+            try:
+                self._withdrawers[sc.__class__](t, sc)
+            except Exception:
+                log.exception("internal error: %s failed withdrawing %r", who, sc)
+        failure = WorkerError(f"{who} failed serving {sc!r}: {error!r}")
+        failure.__cause__ = error
+        t._wait = None
+        t._value = None
+        t._exc = failure
+        self._ready.append(t)
+
+
+    def _poll(self) -> None:
+        clock = self.clock
+        deadline = None
+        for w in self.workers:
+            d = w.next_deadline()
+            if d is not None and (deadline is None or d < deadline):
+                deadline = d
+        if self._ready:
+            timeout = 0.0
+        elif deadline is not None:
+            timeout = max(0.0, deadline - clock.now())
+            if clock.virtual:
+                timeout = 0.0
+        else:
+            timeout = -1.0
+            if self._poller is None or not any(w.busy() for w in self.workers):
+                # Nothing could wake a thread: no fd to wait on, no deadline.
+                self._deadlock()
+                return
+        poller = self._poller
+        if poller is not None:
+            events = poller.poll(timeout)
+        else:
+            events = 0
+            clock.idle(timeout)
+        if deadline is not None:
+            if clock.virtual and not self._ready and not events:
+                clock.advance_to(deadline)
+            now = clock.now()
+            for w in self.workers:
+                d = w.next_deadline()
+                if d is not None and d <= now:
+                    w.expire(now)
+
+    def _deadlock(self) -> None:
+        """No thread is ready and no worker can ever wake one: every live
+        thread waits on something only another thread could provide."""
+        waiting = [t for t in self.threads() if t._wait is not None]
+        summary = ", ".join(repr(t) for t in waiting[:5]) + (" ..." if len(waiting) > 5 else "")
+        for t in waiting:
+            if t._name == "main":
+                self.interrupt(t, RuntimeError(f"deadlock: every thread waits forever: {summary}"))
+                return
+        raise RuntimeError(f"deadlock: every thread waits forever: {summary}")
+
+    def _cancel_remaining(self) -> None:
+        """Cancel every live thread so its finally blocks run, and let them
+        finish (bounded: a thread that keeps waiting past a second is left)."""
+        if not self._live:
+            self._close_workers()
+            return
+        for t in self.threads():
+            self.interrupt(t, ThreadCancelled())
+        give_up = time.monotonic() + 1.0
+        while self._live and time.monotonic() < give_up:
+            self._run_ready()
+            if not self._live:
+                break
+            if not self._ready and not any(w.busy() for w in self.workers):
+                break
+            self._poll()
+        self._close_workers()
+
+    def _close_workers(self) -> None:
+        for w in reversed(self.workers):
+            w.close()
+        if self._poller is not None:
+            self._poller.close()
+
+    # -- the kernel's own system calls ----------------------------------------
+    def _sys_yield(self, t: Thread, sc: Any) -> None:
+        # The YIELD singleton is served inline by _run_ready; this serves
+        # any other Yield instance a thread may build itself.
+        t._value = None
+        self._ready.append(t)
+
+    def _sys_spawn(self, t: Thread, sc: Spawn) -> None:
+        try:
+            t._value = self.spawn(sc.coro, sc.name)
+        except TypeError as exc:  # not a coroutine: the caller's mistake
+            self.throw(t, exc)
+            return
+        self._ready.append(t)
+
+    def _sys_get_current(self, t: Thread, sc: Any) -> None:
+        t._value = t
+        self._ready.append(t)
+
+    def _sys_get_scheduler(self, t: Thread, sc: Any) -> None:
+        t._value = self
+        self._ready.append(t)
+
+    def _sys_join(self, t: Thread, sc: Join) -> None:
+        target = sc.thread
+        if type(target) is not Thread:
+            self.throw(t, TypeError(f"join needs a Thread, got {target!r}"))
+            return
+        if target is t:
+            self.throw(t, RuntimeError(f"{t!r} cannot join itself"))
+            return
+        if target._coro is None:
+            exc = target._exc
+            if exc is None:
+                self.resume(t, target._value)
+            else:
+                mark_retrieved(target)
+                self.throw(t, exc)
+            return
+        self.suspend(t, sc)
+        self._joiners.setdefault(target, []).append(t)
+
+    def _sys_join_any(self, t: Thread, sc: JoinAny) -> None:
+        for target in sc.threads:
+            if type(target) is not Thread:
+                self.throw(t, TypeError(f"join_any needs Threads, got {target!r}"))
+                return
+        for target in sc.threads:
+            if target._coro is None:
+                self.resume(t, target)
+                return
+
+        def first_done(target: Thread, waiter: Thread = t, sc: JoinAny = sc) -> None:
+            if waiter._wait is sc:
+                self.resume(waiter, target)
+
+        self.suspend(t, sc)
+        for target in sc.threads:
+            self._joiners.setdefault(target, []).append(first_done)
+
+    def _sys_cancel(self, t: Thread, sc: Cancel) -> None:
+        target = sc.thread
+        if target is t:
+            self.throw(t, RuntimeError("a thread cannot cancel itself through Cancel; raise ThreadCancelled"))
+            return
+        self.interrupt(target, ThreadCancelled())
+        self.resume(t)
+
+    def _sys_park(self, t: Thread, sc: Park) -> None:
+        queue = sc.queue
+        queue._sched = self
+        queue._waiters.append(t)
+        if self._pending or t.deadline is not None:
+            self.suspend(t, sc)
+        else:
+            t._wait = sc
+
+    def _withdraw_park(self, t: Thread, sc: Park) -> None:
+        sc.queue._withdrawn()
+
+    def _sys_unpark(self, t: Thread, sc: Unpark) -> None:
+        target = sc.thread
+        if target._wait is not None and type(target._wait) is Park:
+            queue = target._wait.queue
+            queue._withdrawn()
+            self.resume(target, sc.value)
+        self.resume(t)
+
+
+class _PendingInterrupt(BaseException):
+    """Raised by ``suspend`` through a worker's handler when a cancel or
+    timeout was already waiting for the thread; the dispatcher withdraws
+    the wait and throws ``exc`` into the thread."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc

@@ -1,0 +1,162 @@
+"""Threads: what the scheduler keeps per user-level thread.
+
+A ``Thread`` is a coroutine (generator, ``async def`` coroutine, or anything
+with ``send``/``throw``) plus the few slots the scheduler needs: the value or
+exception to resume it with, the system call it waits in, its deadline. It
+also offers the thread-level calls (``join``, ``cancel``, ``wait``) as
+system calls. Nothing here runs a thread: the scheduler does.
+
+Workers read a thread's state through ``waiting_on`` (the system call it
+waits in) and change it only through the scheduler's ``resume``/``throw``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import types
+from typing import Any
+
+from ..syscalls import Cancel, Join, JoinAny, SystemCall
+
+log = logging.getLogger("threadlib")
+
+
+class ThreadCancelled(BaseException):
+    """Thrown into a thread at its current wait when it is cancelled.
+
+    A BaseException, like asyncio.CancelledError, so that ``except
+    Exception`` in user code does not swallow it by accident.
+    """
+
+
+class Thread:
+    """A user-level thread: a generator plus the little the scheduler needs.
+
+    Slots, not a dict: ten million blocked threads must fit in a few GiB.
+    ``_wait`` is the system call the thread is blocked in (None while ready
+    or running); after the thread ends it is reused to hold the reporter of
+    an exception nobody has retrieved yet.
+    """
+
+    __slots__ = ("_coro", "_value", "_exc", "_wait", "deadline", "_id", "_name", "_prev", "_next")
+
+    def __init__(self, coro: Any, name: str | None) -> None:
+        self._coro = coro
+        self._value = None
+        self._exc = None
+        self._wait = None
+        self.deadline = None  # absolute clock time of the innermost timeout scope
+        self._id = None
+        self._name = name
+
+    @property
+    def id(self) -> int:
+        """A process-wide unique number, given when first asked for (an int
+        object per thread would cost a blocked thread 32 bytes more)."""
+        tid = self._id
+        if tid is None:
+            tid = self._id = next(_thread_ids)
+        return tid
+
+    # -- introspection ----------------------------------------------------
+    @property
+    def name(self) -> str:
+        if self._name is not None:
+            return self._name
+        coro = self._coro
+        qualname = getattr(coro, "__qualname__", None) if coro is not None else None
+        return f"{qualname or 'thread'}-{self.id}"
+
+    @property
+    def done(self) -> bool:
+        return self._coro is None
+
+    @property
+    def waiting_on(self) -> SystemCall | None:
+        """The system call this thread is blocked in, or None."""
+        wait = self._wait
+        return wait if isinstance(wait, SystemCall) else None
+
+    @property
+    def state(self) -> str:
+        if self._coro is None:
+            if self._exc is None:
+                return "done"
+            return "cancelled" if isinstance(self._exc, ThreadCancelled) else "failed"
+        return "waiting" if self._wait is not None else "ready"
+
+    def result(self) -> Any:
+        """The thread's return value; raises its exception. Only once done."""
+        if self._coro is not None:
+            raise RuntimeError(f"{self!r} has not ended yet")
+        exc = self._exc
+        if exc is not None:
+            mark_retrieved(self)
+            raise exc
+        return self._value
+
+    def __repr__(self) -> str:
+        wait = self.waiting_on
+        extra = f" on {wait!r}" if wait is not None else ""
+        return f"<Thread {self.id} {self.name!r} {self.state}{extra}>"
+
+    # -- blocking operations, usable with yield from and await -------------
+    @types.coroutine
+    def join(self) -> Any:
+        """Wait for the thread to end; return its result or raise its exception."""
+        return (yield Join(self))
+
+    @types.coroutine
+    def cancel(self) -> Any:
+        """Deliver ThreadCancelled at the thread's wait and wait until it has
+        ended. Returns True if the thread was still running."""
+        if self._coro is None:
+            return False
+        yield Cancel(self)
+        try:
+            yield Join(self)
+        except BaseException:
+            pass  # ThreadCancelled, as asked; anything else it died of is its joiner's news
+        return True
+
+    @types.coroutine
+    def wait(self) -> None:
+        """Wait for the thread to end without taking its result or exception."""
+        if self._coro is None:
+            return
+        yield JoinAny((self,))
+
+
+_thread_ids = itertools.count(1)
+COROUTINE_TYPES = (types.GeneratorType, types.CoroutineType)
+
+
+class _Unretrieved:
+    """Logs a thread's exception when it is dropped without anyone having
+    seen it: the "logged once if nobody joins" rule, paid only by threads
+    that failed."""
+
+    __slots__ = ("thread_name", "exc")
+
+    def __init__(self, thread_name: str, exc: BaseException) -> None:
+        self.thread_name = thread_name
+        self.exc = exc
+
+    def __del__(self) -> None:
+        exc = self.exc
+        if exc is not None:
+            self.exc = None
+            log.error(
+                "thread %s ended with an exception nobody joined",
+                self.thread_name,
+                exc_info=(type(exc), exc, exc.__traceback__),
+            )
+
+
+def mark_retrieved(thread: Thread) -> None:
+    reporter = thread._wait
+    if type(reporter) is _Unretrieved:
+        reporter.exc = None
+        thread._wait = None
+
