@@ -154,7 +154,7 @@ def test_two_hundred_threads_read_concurrently(data_file):
         for off, n in jobs:
             threads.append((yield from threadlib.spawn(reader, f, off, n)))
         results = yield from threadlib.join_all(threads)
-        worker = threadlib.current_scheduler().aio
+        worker = threadlib.current_scheduler().worker(AioWorker)
         yield from f.close()
         return results, worker.completed, worker.in_flight
 
@@ -297,7 +297,7 @@ def test_explicit_scheduler_with_an_aio_worker(data_file):
 
     out = sched.run(main())
     assert out == [content[i * BLOCK:i * BLOCK + 10] for i in range(20)]
-    assert sched.aio is worker and worker.completed == 20
+    assert sched.worker(AioWorker) is worker and worker.completed == 20
 
 
 def test_aio_errors_come_back_as_oserror(data_file):
@@ -331,7 +331,7 @@ def test_timeout_and_cancel_while_waiting_on_aio_leave_the_engine_consistent(dat
 
     def main():
         f = yield from fileio.open(path)
-        worker = threadlib.current_scheduler().aio
+        worker = threadlib.current_scheduler().worker(AioWorker)
         # A zero timeout fires at the first wait: the read is in the kernel
         # (or queued) when its thread is withdrawn.
         timed_out = 0
@@ -392,7 +392,7 @@ def test_close_waits_for_reads_of_cancelled_threads(data_file):
 
     def main():
         f = yield from fileio.open(path)
-        worker = threadlib.current_scheduler().aio
+        worker = threadlib.current_scheduler().worker(AioWorker)
         with pytest.raises(TimeoutError):
             with threadlib.timeout(0):
                 yield from f.pread(BLOCK * 256, 0)

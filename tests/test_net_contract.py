@@ -265,8 +265,8 @@ def test_timeouts_leave_the_stream_usable(subject):
             with conn:
                 with pytest.raises(TimeoutError):
                     yield from conn.recv(100, timeout=0.05)
-                with threadlib.timeout(0.05) as scope:
-                    with pytest.raises(TimeoutError):
+                with pytest.raises(TimeoutError):
+                    with threadlib.timeout(0.05) as scope:
                         yield from conn.recv(100)
                 assert scope.expired
                 go.set()

@@ -41,7 +41,7 @@ import types
 from typing import Any
 
 from iolib.aio import FSYNC_UNSUPPORTED_ERRNOS, DirectIOUnsupported, open_direct
-from .aioworker import AioClose, AioFsync, AioRead, AioWorker, AioWrite
+from .aioworker import AioClose, AioFsync, AioRead, AioWorker, AioWrite, ensure_aio_worker
 from .._kernel import WaitQueue, running_scheduler
 from ..syscalls import Blocking
 
@@ -168,11 +168,7 @@ def _warn_once(key: Any, message: str) -> None:
 def _aio_worker() -> tuple[AioWorker | None, str | None]:
     """The running scheduler's AioWorker (attached if missing, context
     started), or why AIO cannot be used."""
-    sched = running_scheduler()
-    worker = getattr(sched, "aio", None)
-    if worker is None:
-        worker = AioWorker()
-        sched.add_worker(worker)
+    worker = ensure_aio_worker(running_scheduler())
     reason = worker.start()
     return (worker, None) if reason is None else (None, reason)
 

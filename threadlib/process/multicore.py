@@ -27,6 +27,8 @@ from ..sync import Event
 
 log = logging.getLogger("threadlib.process.multicore")
 
+__all__ = ["run_worker", "serve"]
+
 
 def run_worker(main: Callable[[int, Event], Any], index: int = 0) -> Any:
     """Run ``main(index, shutdown)`` in this process with SIGTERM/SIGINT

@@ -23,6 +23,8 @@ from typing import Any, Iterable
 from .._kernel import Scheduler, Thread, Worker
 from ..syscalls import SystemCall
 
+__all__ = ["WaitSignal", "SignalWorker", "wait_signal", "scheduler"]
+
 
 class WaitSignal(SystemCall):
     """Resume with the number of the first of ``signums`` to arrive."""
