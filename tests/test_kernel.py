@@ -749,3 +749,47 @@ def test_the_fd_worker_and_the_poller_can_be_swapped_without_sockio_knowing():
 
     assert sched.run(main()) == (True, 0)
     assert io.waits > 0 and sched.worker_for(threadlib.lowlevel.WaitRead) is io
+
+
+def test_a_blocking_call_outliving_its_scheduler_writes_into_no_reused_fd():
+    """A call the caller gave up on keeps running in its OS thread after the
+    scheduler has ended; its completion must not write the pool's wake-up
+    into the socket that now has the pool's old eventfd number."""
+    import socket as pysocket
+    import time
+
+    def eventfds():
+        found = set()
+        for name in os.listdir("/proc/self/fd"):
+            try:
+                if os.readlink(f"/proc/self/fd/{name}") == "anon_inode:[eventfd]":
+                    found.add(int(name))
+            except OSError:
+                pass
+        return found
+
+    before = eventfds()
+    pool_fds = []
+
+    def main():
+        with pytest.raises(TimeoutError):
+            with threadlib.timeout(0.01):
+                waiter = threadlib.blocking(time.sleep, 0.3)
+                yield from waiter
+        pool_fds.extend(eventfds() - before)
+
+    threadlib.run(main())
+    assert len(pool_fds) == 1
+    (old,) = pool_fds
+    pairs = []
+    while not any(s.fileno() == old for pair in pairs for s in pair) and len(pairs) < 200:
+        pairs.append(pysocket.socketpair())
+    reused = next(pair for pair in pairs if old in (pair[0].fileno(), pair[1].fileno()))
+    other = reused[1] if reused[0].fileno() == old else reused[0]
+    time.sleep(0.5)  # the abandoned call ends meanwhile
+    other.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        other.recv(64)  # nothing was written into the reused fd
+    for a, b in pairs:
+        a.close()
+        b.close()

@@ -38,7 +38,7 @@ def _log_lines(log, srv):
 def test_request_count_matches_the_server_access_log(logged_server):
     base, log, srv = logged_server
     result = LoadGen([base + "/a.txt", base + "/b.txt"], connections=20, requests=3000, duration=None).run()
-    assert result.requests == 3000
+    assert result.requests == 3000, result.errors
     assert not result.errors
     assert result.statuses == {200: 3000}
     assert result.connections_opened == 20

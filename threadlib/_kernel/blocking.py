@@ -39,6 +39,10 @@ class BlockingPool(Worker):
         self._idle = 0
         self._pending = 0
         self._efd = -1
+        # Guards _efd against close(): an OS thread still running a call the
+        # caller gave up on would otherwise write its wake-up into whatever
+        # fd next gets that number (a socket of the next server, say).
+        self._efd_lock = threading.Lock()
 
     def attach(self, sched: Scheduler) -> dict[type, Handler]:
         self._sched = sched
@@ -66,7 +70,7 @@ class BlockingPool(Worker):
     def _serve(self) -> None:
         jobs = self._jobs
         done = self._done
-        efd = self._efd
+        efd_lock = self._efd_lock
         while True:
             job = jobs.get()
             if job is None:
@@ -79,10 +83,10 @@ class BlockingPool(Worker):
                 outcome = (False, exc)
             done.append((thread, sc, outcome))
             self._idle += 1
-            try:
-                os.eventfd_write(efd, 1)
-            except OSError:
-                return  # pool closed while the call ran
+            with efd_lock:
+                if self._efd < 0:
+                    return  # the pool closed while the call ran: nobody waits for it
+                os.eventfd_write(self._efd, 1)
 
     def _on_done(self, events: int) -> None:
         try:
@@ -109,5 +113,7 @@ class BlockingPool(Worker):
             for _ in self._os_threads:
                 self._jobs.put(None)
             self._sched.unwatch_fd(self._efd)
-            os.close(self._efd)
+            with self._efd_lock:
+                os.close(self._efd)
+                self._efd = -1
             self._jobs = None
