@@ -1,42 +1,42 @@
-"""One TCP connection: the RFC 9293 state machine and its user calls.
+"""One TCP connection: the TCB, the RFC 9293 state machine, the user calls.
 
 A `Connection` reacts to three kinds of input, each stamped with `now`:
 segments from the peer (`on_segment`), calls from the user (`send`, `recv`,
 `close`, ...), and its own deadlines (`on_timer`).  Its reactions are whole IP
 packets appended to the stack's output list and `(conn, kind)` events
 appended to the stack's event list.  This module holds the TCB (RFC 9293
-§3.3.1, `Connection.__slots__`) and:
+§3.3.1: `Connection.__slots__`) and:
 
-* the segment-arrival rules of RFC 9293 §3.10.7 (all eleven states, simultaneous
-  open and close, TIME-WAIT for 2*MSL), with RFC 5961 challenge ACKs for RSTs,
-  SYNs and ACKs that are in the window but not exact, and header
+* the segment-arrival rules of RFC 9293 §3.10.7.4 (all synchronized states,
+  simultaneous close, TIME-WAIT for 2*MSL), with RFC 5961 challenge ACKs for
+  RSTs, SYNs and ACKs that are in the window but not exact, and header
   prediction for in-order data and pure ACKs (`_fast_path`);
-* option negotiation: RFC 7323 window scaling, timestamps and PAWS (sparing
-  overtaken pure duplicate ACKs, `_disordered_ack`), RFC 2018 SACK-permitted;
-* RFC 5681 slow start and congestion avoidance (inline in `_on_ack`: it
-  runs for every ACK), the initial window, and the ACK-processing steps
-  that hand over to the loss recovery;
-* the user calls, urgent data (RFC 9293 §3.8.5), and path-MTU updates
-  from ICMP (RFC 1191, RFC 8201; RFC 5927 checks).
+* RFC 7323 PAWS (sparing overtaken pure duplicate ACKs, `_disordered_ack`)
+  and TS.Recent;
+* the ACK processing of the fifth step (`_on_ack`), with RFC 5681 slow
+  start and congestion avoidance inline because they run for every ACK,
+  handing over to the loss recovery at the points recovery.py names;
+* FIN and RST processing, the user calls, urgent data (RFC 9293 §3.8.5),
+  and path-MTU updates from ICMP (RFC 1191, RFC 8201; RFC 5927 checks).
 
-The rest of a connection lives beside it, one concern per module:
+The rest of a connection lives beside it, one concern per module, as
+mixins of `Connection` (no state of their own) or as objects it holds:
+handshake.py (SYNs, SYN-SENT, option negotiation, the step to ESTABLISHED),
 output.py (segments, `_output` with Nagle and SWS avoidance, persist,
-retransmission), receive.py (text delivery, reassembly, the SACK blocks and
-window we advertise, delayed ACKs), timers.py (`Timer`, RTO, keep-alive,
-user timeout), rtt.py (RFC 6298 `RttEstimator`), and the loss recovery
-chosen when the connection is established (recovery.py): sack_recovery.py
-(RFC 6675 with RACK-TLP, rack.py, RFC 8985) when SACK was negotiated,
-newreno.py (RFC 5681 fast retransmit, RFC 6582 NewReno) when it was not.
+retransmission), receive.py (text delivery, reassembly, the SACK blocks
+and window we advertise, delayed ACKs), timers.py (`Timer`, RTO,
+keep-alive, user timeout), rtt.py (`self.rtt`, RFC 6298), and
+`self.recovery`, chosen once at ESTABLISHED (recovery.py):
+sack_recovery.py (RFC 6675, with RFC 8985 RACK-TLP in rack.py) when SACK
+was negotiated, newreno.py (RFC 5681 fast retransmit, RFC 6582 NewReno)
+when it was not.
 
 Sequence numbers are kept *unwrapped* (see seq.py) and wrapped on the wire.
-The connection never reads a clock or a random source and holds no closures:
-it can be deep-copied or pickled at any moment.  It must never touch other
-connections or the stack's tables except through the few `stack._...` hooks
-used here (output lists, stats, removal, the listener's accept queue).
-
-This file is over 800 lines because the arrival steps of RFC 9293
-§3.10.7.4 are one sequence (`on_segment`, `_fast_path`, `_on_ack`) that
-must be read, and kept identical in effect, as a whole.
+The connection never reads a clock or a random source and holds no closures
+or bound methods: it can be deep-copied or pickled at any moment.  It must
+never touch other connections or the stack's tables except through the few
+`stack._...` hooks used here (output lists, stats, removal, the listener's
+accept queue, the challenge-ACK budget).
 """
 
 from __future__ import annotations
@@ -49,31 +49,10 @@ from .receive import Receive
 from .rtt import RttEstimator
 from .segment import ACK, FIN, RST, SYN, URG, build_segment
 from .seq import HALF, MASK, unwrap
-from .states import (
-    CLOSE_WAIT,
-    CLOSED,
-    CLOSING,
-    ESTABLISHED,
-    EV_ACCEPT,
-    EV_CLOSED,
-    EV_CONNECTED,
-    EV_EOF,
-    EV_ERROR,
-    EV_READABLE,
-    EV_REFUSED,
-    EV_RESET,
-    EV_URGENT,
-    EV_WRITABLE,
-    FIN_WAIT_1,
-    FIN_WAIT_2,
-    LAST_ACK,
-    LISTEN,
-    RECEIVING,
-    SYN_RECEIVED,
-    SYN_SENT,
-    SYNCHRONIZED,
-    TIME_WAIT,
-)
+from .states import (CLOSE_WAIT, CLOSED, CLOSING, ESTABLISHED, EV_ACCEPT, EV_CLOSED, EV_CONNECTED,
+                     EV_EOF, EV_ERROR, EV_READABLE, EV_REFUSED, EV_RESET, EV_URGENT, EV_WRITABLE,
+                     FIN_WAIT_1, FIN_WAIT_2, LAST_ACK, LISTEN, RECEIVING, SYN_RECEIVED, SYN_SENT,
+                     SYNCHRONIZED, TIME_WAIT)
 from .timers import INF, T_FINWAIT2, T_PERSIST, T_RTX, T_TIMEWAIT, Timers
 
 __all__ = [
@@ -83,6 +62,7 @@ __all__ = [
     "EV_READABLE", "EV_WRITABLE", "EV_ACCEPT", "EV_CONNECTED", "EV_REFUSED", "EV_RESET",
     "EV_EOF", "EV_ERROR", "EV_CLOSED", "EV_URGENT",
 ]
+
 
 class Connection(Handshake, Output, Receive, Timers):
     """State of one connection (RFC 9293 §3.3.1 TCB) plus our extensions.
@@ -351,10 +331,7 @@ class Connection(Handshake, Output, Receive, Timers):
                 self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
                 self.snd_wl1 = seq
                 self.snd_wl2 = ack
-                self.t_rtx = INF
-                self.rtx_kind = T_RTX
-                self._handshake_rtt_sample(now, seg)
-                self._established(now)
+                self._syn_acked(now, seg)
                 if self.state == CLOSED:
                     return
                 state = ESTABLISHED

@@ -24,16 +24,8 @@ from .rack import Rack
 from .sack_recovery import SackRecovery
 from .segment import ACK, FIN, RST, SYN, opt_mss, opt_sack_ok, opt_timestamp, opt_wscale
 from .seq import MASK, unwrap
-from .states import (
-    ESTABLISHED,
-    EV_ACCEPT,
-    EV_CONNECTED,
-    EV_READABLE,
-    EV_REFUSED,
-    EV_WRITABLE,
-    SYN_RECEIVED,
-    SYN_SENT,
-)
+from .states import (ESTABLISHED, EV_ACCEPT, EV_CONNECTED, EV_READABLE, EV_REFUSED, EV_WRITABLE,
+                     SYN_RECEIVED, SYN_SENT)
 from .timers import INF, T_RTX, T_SYN
 
 # The timestamp option as we send it, with its two NOPs: what it takes from
@@ -139,14 +131,18 @@ class Handshake:
             return 3 * smss
         return 4 * smss
 
-    def _handshake_rtt_sample(self, now: float, seg) -> None:
-        """The first RTT sample, from the ACK that completes our side of the
-        handshake: its timestamp echo, or else the SYN's send time unless
-        the SYN was resent (Karn, RFC 6298 §3)."""
+    def _syn_acked(self, now: float, seg) -> None:
+        """The peer acknowledged our SYN: stop its timer, take the first RTT
+        sample from this ACK (its timestamp echo, or else the SYN's send
+        time unless the SYN was resent: Karn, RFC 6298 §3), and become
+        ESTABLISHED."""
+        self.t_rtx = INF
+        self.rtx_kind = T_RTX
         if self.ts_ok and seg.tsecr:
             self.rtt.sample(((self._tsval(now) - seg.tsecr) & MASK) / 1000.0, self.options)
         elif not self.syn_retransmitted:
             self.rtt.sample(now - self.rtx_start, self.options)
+        self._established(now)
 
     def _established(self, now: float) -> None:
         self.state = ESTABLISHED
@@ -203,10 +199,7 @@ class Handshake:
         if ack_ok:
             self.snd_wl2 = ack
             self.snd_una = ack
-            self.t_rtx = INF
-            self.rtx_kind = T_RTX
-            self._handshake_rtt_sample(now, seg)
-            self._established(now)
+            self._syn_acked(now, seg)
             if seg.payload:
                 self._on_text(now, self.rcv_nxt, seg.payload, flags & FIN)
             elif flags & FIN:

@@ -28,19 +28,8 @@ import enum
 
 from .errors import ConnectionTimedOut
 from .segment import ACK
-from .states import (
-    CLOSE_WAIT,
-    CLOSED,
-    ESTABLISHED,
-    EV_ERROR,
-    EV_READABLE,
-    EV_WRITABLE,
-    FIN_WAIT_2,
-    SYN_RECEIVED,
-    SYN_SENT,
-    SYNCHRONIZED,
-    TIME_WAIT,
-)
+from .states import (CLOSE_WAIT, CLOSED, ESTABLISHED, EV_ERROR, EV_READABLE, EV_WRITABLE,
+                     FIN_WAIT_2, SYN_RECEIVED, SYN_SENT, SYNCHRONIZED, TIME_WAIT)
 
 INF = float("inf")
 
