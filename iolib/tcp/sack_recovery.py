@@ -52,7 +52,9 @@ _START = itemgetter(0)
 
 class SackRecovery(LossRecovery):
     """RFC 6675 loss recovery over a transmission log, with RACK-TLP
-    (`rack`, an rack.Rack) detecting losses in time."""
+    (`rack`, a rack.Rack) detecting losses in time.  The Rack is handed in
+    by the connection: rack.py reads this module's marks, so this module
+    does not import it."""
 
     __slots__ = ("scoreboard", "sent_log", "lost_edge", "rescue_rxt", "rack")
 
