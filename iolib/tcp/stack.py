@@ -34,7 +34,7 @@ import struct
 
 from . import connection as C
 from .checksum import partial_sum
-from .connection import INF, Connection
+from .connection import Connection
 from .errors import AddressInUse, BadArgument, InvalidState, NetUnreachable
 from .fragments import MAX_BYTES, MAX_DATAGRAMS, Reassembler
 from .ip import (ICMP6_ECHO_REPLY, ICMP6_ECHO_REQUEST, ICMP6_TIME_EXCEEDED, ICMP_ECHO_REPLY,
@@ -44,6 +44,7 @@ from .ip import (ICMP6_ECHO_REPLY, ICMP6_ECHO_REQUEST, ICMP6_TIME_EXCEEDED, ICMP
 from .options import ConnOptions
 from .segment import ACK, RST, SYN, build_segment, parse_segment
 from .seq import HALF, MASK, unwrap
+from .timers import INF
 
 EPHEMERAL_LOW = 49152   # RFC 6335 dynamic range
 EPHEMERAL_HIGH = 65535

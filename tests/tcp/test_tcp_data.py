@@ -316,7 +316,7 @@ def test_rtt_is_measured_from_timestamp_echoes():
     h.at(0.3)
     h.send(seg(ACK, R, c.iss + 101, 65535, ts=(1001, d.tsval)))
     # First sample 0 (the handshake), then 0.3 s: SRTT = 7/8*0 + 1/8*0.3 (RFC 6298 2.3)
-    assert c.srtt == pytest.approx(0.0375, abs=0.001)
+    assert c.rtt.srtt == pytest.approx(0.0375, abs=0.001)
 
 
 # ------------------------------------------------------------ keep-alive and user timeout

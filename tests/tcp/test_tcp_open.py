@@ -36,7 +36,7 @@ def test_active_open_negotiates_peer_options():
     assert (c.snd_wscale, c.rcv_wscale, c.ts_ok, c.sack_ok) == (5, 3, True, True)
     assert c.smss == 1200 - 12          # MUST-16: effective MSS minus timestamp option
     assert c.snd_wnd == 1000            # the window in a SYN is never scaled (RFC 7323 §2.2)
-    assert c.srtt == pytest.approx(0.05)
+    assert c.rtt.srtt == pytest.approx(0.05)
     assert h.kinds(c) == [EV_CONNECTED, EV_WRITABLE]
 
 

@@ -47,7 +47,7 @@ def test_three_sacked_blocks_enter_recovery_and_pipe_limits_the_first_ack():
     h.send(seg(ACK, R, a + 1000, 65535, sack=[(a + 6000, a + 7000), (a + 4000, a + 5000),
                                              (a + 2000, a + 3000)]))
     h.expect(seg(ACK, a + 1000, R, 65535, D))
-    assert c.in_recovery and c.cwnd == c.ssthresh == 4500
+    assert c.recovery.in_recovery and c.cwnd == c.ssthresh == 4500
 
 
 def test_sack_recovery_resends_several_holes_on_one_ack():
@@ -79,7 +79,7 @@ def test_pipe_lets_new_data_out_as_sacks_drain_it():
         h.send(seg(ACK, R, a + 1000, 65535, sack=[(a + 2000, a + top)]))
         h.out()                              # (limited transmit)
     # Slow start and limited transmit sent [10000, 13000): FlightSize 12000.
-    assert c.in_recovery and c.cwnd == 6000
+    assert c.recovery.in_recovery and c.cwnd == 6000
     # pipe: 1000 resent + [5000, 13000) = 9000.  Four more SACKed segments
     # leave 5000: cwnd - pipe = 1000 -> one new segment.
     h.send(seg(ACK, R, a + 1000, 65535, sack=[(a + 2000, a + 9000)]))
@@ -97,7 +97,7 @@ def test_leaving_recovery_sets_cwnd_to_ssthresh():
     h.out()
     h.at(0.3)
     h.send(seg(ACK, R, a + 10000, 65535))
-    assert not c.in_recovery and c.cwnd == c.ssthresh == 4500
+    assert not c.recovery.in_recovery and c.cwnd == c.ssthresh == 4500
 
 
 def test_lost_retransmission_is_resent_without_waiting_for_the_rto():
@@ -137,7 +137,7 @@ def test_reordering_within_the_window_is_not_loss_but_a_lasting_hole_is_resent_b
     h.send(seg(ACK, R, a + 2000, 65535))
     h.at(0.5)
     h.expect_none()
-    assert not c.in_recovery and c.retransmits == 0
+    assert not c.recovery.in_recovery and c.retransmits == 0
     h.send(seg(ACK, R, a + 4000, 65535))
     h.stack.send(h.now, c, D * 4)                              # sent at 0.5
     h.out()
@@ -148,7 +148,7 @@ def test_reordering_within_the_window_is_not_loss_but_a_lasting_hole_is_resent_b
     h.expect_none()
     h.at(0.626)                                                  # 0.5 + 0.1 + 0.025
     h.expect(seg(ACK, a + 4000, R, 65535, D))
-    assert c.in_recovery and c.rto_timeouts == 0
+    assert c.recovery.in_recovery and c.rto_timeouts == 0
 
 
 def test_rescue_retransmission_resends_the_tail_once():
@@ -171,7 +171,7 @@ def test_rescue_retransmission_resends_the_tail_once():
     h.at(0.25)
     h.send(seg(ACK, R, a + 9000, 65535))                        # partial ACK
     h.expect(seg(ACK | PSH, a + 9000, R, 65535, D))
-    assert c.rescue_rxt == c.recover == a + 10000
+    assert c.recovery.rescue_rxt == c.recovery.recover == a + 10000
     h.send(seg(ACK, R, a + 9000, 65535))
     h.expect_none()
 
@@ -190,7 +190,7 @@ def test_tail_loss_probe_resends_the_last_segment_before_the_rto():
     h.expect_none()
     h.at(0.601)
     h.expect(seg(ACK | PSH, a + 3000, R, 65535, D))
-    assert c.rto_timeouts == 0 and c.t_rtx == pytest.approx(0.601 + c.rto)
+    assert c.rto_timeouts == 0 and c.t_rtx == pytest.approx(0.601 + c.rtt.rto)
 
 
 def test_after_an_rto_new_sacks_keep_sacked_data_from_being_resent():
@@ -223,7 +223,7 @@ def test_paws_spares_an_overtaken_pure_ack_with_sack_blocks():
     h.send(seg(ACK, R, a, 65535, sack=[(a + 1000, a + 3000)], ts=(511, 100)))   # overtaken
     assert c.stack.stats.paws_dropped == 0
     h.expect(seg(ACK, a, R, 65535, b"x" * 988, ts=ANY))       # fast retransmit
-    assert c.in_recovery
+    assert c.recovery.in_recovery
 
 
 def test_paws_still_drops_old_data_and_old_acks_that_change_something():

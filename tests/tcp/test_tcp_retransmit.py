@@ -20,28 +20,28 @@ def test_rto_follows_rfc6298_estimator():
     h.at(0.1)
     h.send(seg(ACK | 0x02, REMOTE_ISS, c.iss + 1, 65535, mss=1000))
     h.out()
-    assert (c.srtt, c.rttvar) == pytest.approx((0.1, 0.05))       # (2.2)
-    assert c.rto == pytest.approx(0.3)
+    assert (c.rtt.srtt, c.rtt.rttvar) == pytest.approx((0.1, 0.05))       # (2.2)
+    assert c.rtt.rto == pytest.approx(0.3)
     h.stack.send(h.now, c, b"x" * 10)
     h.out()
     h.at(0.3)
     h.send(seg(ACK, R, c.iss + 11, 65535))                          # sample 0.2 s
-    assert c.rttvar == pytest.approx(0.75 * 0.05 + 0.25 * 0.1)      # (2.3)
-    assert c.srtt == pytest.approx(0.875 * 0.1 + 0.125 * 0.2)
-    assert c.rto == pytest.approx(c.srtt + 4 * c.rttvar)
+    assert c.rtt.rttvar == pytest.approx(0.75 * 0.05 + 0.25 * 0.1)      # (2.3)
+    assert c.rtt.srtt == pytest.approx(0.875 * 0.1 + 0.125 * 0.2)
+    assert c.rtt.rto == pytest.approx(c.rtt.srtt + 4 * c.rtt.rttvar)
 
 
 def test_rto_is_at_least_one_second_by_default_and_at_most_max_rto():
     """RFC 6298 (2.4) and (2.5)."""
     h = Harness()
     c = h.established_active(mss=1000)
-    assert c.rto == 1.0
+    assert c.rtt.rto == 1.0
     h.stack.send(h.now, c, b"x")
     h.out()
     while h.now < 200:    # (the user timeout ends it at 300 s)
         h.at(h.stack.next_deadline())
         h.out()
-    assert c.rto == 60.0
+    assert c.rtt.rto == 60.0
 
 
 def test_rto_retransmits_first_segment_backs_off_and_collapses_cwnd():
@@ -53,10 +53,10 @@ def test_rto_retransmits_first_segment_backs_off_and_collapses_cwnd():
     assert sent_offsets(h, c) == [(k * 1000, 1000) for k in range(6)]
     h.at(1.0)
     h.expect(seg(ACK, c.iss + 1, R, 65535, b"d" * 1000))
-    assert (c.cwnd, c.ssthresh, c.rto) == (1000, 3000, 2.0)
+    assert (c.cwnd, c.ssthresh, c.rtt.rto) == (1000, 3000, 2.0)
     h.at(3.0)
     h.expect(seg(ACK, c.iss + 1, R, 65535, b"d" * 1000))
-    assert c.rto == 4.0
+    assert c.rtt.rto == 4.0
     # The ACK of the retransmission: slow start resends from the left edge
     # (go-back-N), one more segment per ACK.
     h.send(seg(ACK, R, c.iss + 1001, 65535))
@@ -69,19 +69,19 @@ def test_karn_no_rtt_sample_from_retransmitted_segments():
     data gives no sample, and the backed-off RTO is kept."""
     h = Harness()
     c = h.established_active(mss=1000)
-    srtt0 = c.srtt
+    srtt0 = c.rtt.srtt
     h.stack.send(h.now, c, b"k" * 100)
     h.out()
     h.at(1.0)
     h.out()
     h.at(1.5)
     h.send(seg(ACK, R, c.iss + 101, 65535))
-    assert c.srtt == srtt0 and c.rto == 2.0
+    assert c.rtt.srtt == srtt0 and c.rtt.rto == 2.0
     h.stack.send(h.now, c, b"n" * 100)                # new data: timed again
     h.out()
     h.at(1.7)
     h.send(seg(ACK, R, c.iss + 201, 65535))
-    assert c.srtt != srtt0 and c.rto == 1.0
+    assert c.rtt.srtt != srtt0 and c.rtt.rto == 1.0
 
 
 def test_initial_window_and_slow_start():
@@ -129,14 +129,14 @@ def test_fast_retransmit_and_recovery_on_three_duplicate_acks():
     h.expect_none()
     h.send(seg(ACK, R, c.iss + 1001, 65535))        # third duplicate
     h.expect(seg(ACK, c.iss + 1001, R, 65535, b"f" * 1000))
-    assert c.in_recovery and c.ssthresh == 4500 and c.cwnd == 4500 + 3000
+    assert c.recovery.in_recovery and c.ssthresh == 4500 and c.cwnd == 4500 + 3000
     h.stack.send(h.now, c, b"g" * 1000)
     for _ in range(3):                               # inflate: +1 SMSS each
         h.send(seg(ACK, R, c.iss + 1001, 65535))
     assert c.cwnd == 10500
     h.expect(seg(ACK | PSH, c.iss + 10001, R, 65535, b"g" * 1000))   # new data allowed
     h.send(seg(ACK, R, c.iss + 10001, 65535))       # full ACK: leave recovery
-    assert not c.in_recovery and c.cwnd == 2000
+    assert not c.recovery.in_recovery and c.cwnd == 2000
     assert c.fast_retransmits == 1
 
 
@@ -150,7 +150,7 @@ def test_dupacks_with_data_or_window_change_do_not_count():
     h.send(seg(ACK, R + 1, c.iss + 1, 65000))
     h.send(seg(ACK, R + 1, c.iss + 1, 64000))
     h.send(seg(ACK, R + 1, c.iss + 1, 63000, b"2"))
-    assert c.dupacks == 0 and not c.in_recovery
+    assert c.recovery.dupacks == 0 and not c.recovery.in_recovery
 
 
 def test_newreno_partial_ack_retransmits_the_next_hole():
@@ -166,9 +166,9 @@ def test_newreno_partial_ack_retransmits_the_next_hole():
     cwnd = c.cwnd
     h.send(seg(ACK, R, c.iss + 4001, 65535))        # partial: up to the next loss
     h.expect(seg(ACK, c.iss + 4001, R, 65535, b"p" * 1000))
-    assert c.in_recovery and c.cwnd == cwnd - 3000 + 1000
+    assert c.recovery.in_recovery and c.cwnd == cwnd - 3000 + 1000
     h.send(seg(ACK, R, c.iss + 10001, 65535))
-    assert not c.in_recovery
+    assert not c.recovery.in_recovery
 
 
 def test_sack_holes_are_retransmitted_and_sacked_data_is_not():
@@ -191,7 +191,7 @@ def test_sack_holes_are_retransmitted_and_sacked_data_is_not():
     h.send(seg(ACK, R, a + 3000, 65535, sack=[(a + 4000, a + 7000)]))   # partial ACK
     h.expect(seg(ACK, a + 3000, R, 65535, b"S" * 1000))     # hole 3, not 2
     h.send(seg(ACK, R, a + 10000, 65535))
-    assert not c.in_recovery and c.retransmits == 2
+    assert not c.recovery.in_recovery and c.retransmits == 2
 
 
 def test_sack_blocks_outside_the_window_are_ignored():
@@ -201,7 +201,7 @@ def test_sack_blocks_outside_the_window_are_ignored():
     h.out()
     a = c.iss + 1
     h.send(seg(ACK, R, a, 65535, sack=[(a - 500, a), (a + 5000, a + 9000)]))
-    assert c.scoreboard == []
+    assert c.recovery.scoreboard == []
 
 
 def test_rto_forgets_sack_information():
@@ -212,9 +212,9 @@ def test_rto_forgets_sack_information():
     h.out()
     a = c.iss + 1
     h.send(seg(ACK, R, a, 65535, sack=[(a + 1000, a + 2000)]))
-    assert c.scoreboard
+    assert c.recovery.scoreboard
     h.at(1.0)
-    assert c.scoreboard == []
+    assert c.recovery.scoreboard == []
     h.expect(seg(ACK, a, R, 65535, b"S" * 1000))
 
 
@@ -230,7 +230,7 @@ def test_lost_syn_means_three_second_rto_and_one_segment_window():
     h.send(seg(ACK | 0x02, REMOTE_ISS, c.iss + 1, 65535, mss=1000))
     h.out()
     assert c.state == "ESTABLISHED"
-    assert c.srtt is None and c.rto == 3.0 and c.cwnd == 1000
+    assert c.rtt.srtt is None and c.rtt.rto == 3.0 and c.cwnd == 1000
     h.stack.send(h.now, c, b"z" * 5000)
     assert len(h.out()) == 1
 
