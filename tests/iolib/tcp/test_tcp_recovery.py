@@ -6,7 +6,7 @@ PAWS sparing overtaken pure ACKs.  Connections without SACK keep NewReno
 
 import pytest
 
-from tcp_testkit import ACK, ANY, PSH, REMOTE_ISS, SYN, Harness, seg
+from .testkit import ACK, ANY, PSH, REMOTE_ISS, SYN, Harness, seg
 
 R = REMOTE_ISS + 1
 D = b"x" * 1000

@@ -18,8 +18,9 @@ import threading
 import time
 
 import pytest
+from tests import REPO_ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(REPO_ROOT)
 MiB = 1 << 20
 _BLOCK = os.urandom(MiB)
 

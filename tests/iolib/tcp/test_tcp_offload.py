@@ -7,7 +7,7 @@ The device's part (cutting and checksumming) is done here by
 import random
 
 from iolib.tcp import Stack
-from tcp_testkit import ACK, ANY, PSH, REMOTE_ISS, RST, SYN, Harness, device_segments, seg
+from .testkit import ACK, ANY, PSH, REMOTE_ISS, RST, SYN, Harness, device_segments, seg
 
 R = REMOTE_ISS + 1
 MSS = 1460

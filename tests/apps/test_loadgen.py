@@ -13,8 +13,9 @@ import pytest
 
 from apps.loadgen import LoadGen, Result
 from apps.webserver import BackgroundServer, WebServer
+from tests import REPO_ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(REPO_ROOT)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from iolib.tcp import Stack, TcpError
 from iolib.tcp.ip import Malformed, parse_icmp_error, parse_ip
 from iolib.tcp.segment import parse_segment
-from tcp_testkit import ACK, FIN, PSH, REMOTE_ISS, RST, SYN, URG, Harness, seg
+from .testkit import ACK, FIN, PSH, REMOTE_ISS, RST, SYN, URG, Harness, seg
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 STATES = {"CLOSED", "SYN-SENT", "SYN-RECEIVED", "ESTABLISHED", "FIN-WAIT-1", "FIN-WAIT-2",

@@ -7,7 +7,7 @@ import ipaddress
 from iolib.tcp import EV_ERROR, HostUnreachable
 from iolib.tcp.checksum import verify
 from iolib.tcp.ip import build_icmp, parse_ip, pseudo_sum
-from tcp_testkit import REMOTE_ISS, Harness, decode
+from .testkit import REMOTE_ISS, Harness, decode
 
 R = REMOTE_ISS + 1
 ROUTER4 = ipaddress.ip_address("10.0.0.254").packed

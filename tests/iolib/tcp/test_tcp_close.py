@@ -6,7 +6,7 @@ import pytest
 
 from iolib.tcp import (EV_CLOSED, EV_EOF, EV_RESET, ConnectionAborted, ConnectionReset, InvalidState)
 from iolib.tcp.stack import CHALLENGE_ACK_LIMIT
-from tcp_testkit import ACK, FIN, PSH, REMOTE_ISS, RST, SYN, Harness, seg
+from .testkit import ACK, FIN, PSH, REMOTE_ISS, RST, SYN, Harness, seg
 
 R = REMOTE_ISS + 1
 

@@ -21,6 +21,7 @@ import threadlib
 from iolib.aio import aio_unavailable_reason
 from threadlib.io import fileio
 from threadlib.io.aioworker import AioWorker, aio_read, ensure_aio_worker
+from tests import REPO_ROOT
 
 pytestmark = [
     pytest.mark.skipif(aio_unavailable_reason() is not None, reason=str(aio_unavailable_reason())),
@@ -32,7 +33,7 @@ SIZE = 300_001  # not a multiple of the block size: the last block is partial
 
 
 def _direct_dir() -> Path | None:
-    repo = Path(__file__).resolve().parent.parent
+    repo = REPO_ROOT
     for parent in ("/var/tmp", str(repo)):
         if not os.access(parent, os.W_OK):
             continue

@@ -4,7 +4,7 @@ RFC 6582 (NewReno partial ACKs), RFC 2018 (retransmitting SACK holes)."""
 
 import pytest
 
-from tcp_testkit import ACK, PSH, REMOTE_ISS, Harness, seg
+from .testkit import ACK, PSH, REMOTE_ISS, Harness, seg
 
 R = REMOTE_ISS + 1
 

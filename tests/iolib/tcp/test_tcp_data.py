@@ -11,7 +11,7 @@ from iolib.tcp import (EV_EOF, EV_ERROR, EV_READABLE, EV_URGENT, EV_WRITABLE, Co
                        Stack)
 from iolib.tcp.ip import build_ip
 from iolib.tcp.segment import build_segment
-from tcp_testkit import ACK, FIN, PSH, REMOTE_ISS, RST, URG, Harness, seg
+from .testkit import ACK, FIN, PSH, REMOTE_ISS, RST, URG, Harness, seg
 
 R = REMOTE_ISS + 1       # the remote's first data sequence number
 

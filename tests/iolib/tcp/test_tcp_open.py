@@ -8,7 +8,7 @@ import pytest
 
 from iolib.tcp import (EV_ACCEPT, EV_CONNECTED, EV_ERROR, EV_REFUSED, EV_WRITABLE, AddressInUse,
                        ConnectionRefused, ConnectionTimedOut, NetUnreachable, Stack)
-from tcp_testkit import ACK, ANY, REMOTE_ISS, RST, SYN, Harness, seg
+from .testkit import ACK, ANY, REMOTE_ISS, RST, SYN, Harness, seg
 
 M = 0xFFFFFFFF
 

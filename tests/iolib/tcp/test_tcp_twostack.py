@@ -11,7 +11,7 @@ import random
 import pytest
 
 from iolib.tcp import Stack
-from tcp_testkit import ACK, REMOTE_ISS, Harness, seg
+from .testkit import ACK, REMOTE_ISS, Harness, seg
 
 
 class World:

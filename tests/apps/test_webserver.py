@@ -21,8 +21,9 @@ import pytest
 import threadlib
 from apps.webserver import SAMPLE_SITE, BackgroundServer, Limits, WebServer
 from threadlib.io import sockio
+from tests import REPO_ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(REPO_ROOT)
 
 
 def _aio_available():

@@ -19,6 +19,8 @@ from iolib.aio import (
     open_direct,
 )
 
+from tests import REPO_ROOT
+
 pytestmark = pytest.mark.skipif(aio_unavailable_reason() is not None,
                                 reason=str(aio_unavailable_reason()))
 
@@ -244,7 +246,7 @@ def test_missing_libaio_gives_a_reason_instead_of_failing_import():
         "except aio.AioUnavailable as exc:\n"
         "    print('refused:', exc)\n"
     )
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = str(REPO_ROOT)
     result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
                             timeout=30)
     assert result.returncode == 0, result.stderr

@@ -14,8 +14,9 @@ import zipfile
 import pytest
 
 import threadlib
+from tests import REPO_ROOT
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = REPO_ROOT
 
 PUBLIC_MODULES = [
     "threadlib", "threadlib.lowlevel", "threadlib.net", "threadlib.syscalls", "threadlib.sync",

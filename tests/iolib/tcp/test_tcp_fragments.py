@@ -15,7 +15,7 @@ from iolib.tcp import Stack
 from iolib.tcp.checksum import checksum, verify
 from iolib.tcp.fragments import Reassembler
 from iolib.tcp.ip import Malformed, build_icmp, build_ip, parse_ip, pseudo_sum
-from tcp_testkit import ACK, ANY, PSH, REMOTE_ISS, SYN, Harness, decode, seg
+from .testkit import ACK, ANY, PSH, REMOTE_ISS, SYN, Harness, decode, seg
 
 R = REMOTE_ISS + 1
 

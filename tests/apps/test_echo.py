@@ -12,8 +12,9 @@ import pytest
 
 import threadlib
 from threadlib.io import sockio
+from tests import REPO_ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(REPO_ROOT)
 
 
 def free_port():
