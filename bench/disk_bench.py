@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import harness as H
+from bench import harness as H, peers
 
 BLOCK = 4096
 ANCHORS = {"fio": "93-95k/s", "threadpool": "~32k/s"}
@@ -81,7 +81,7 @@ def c_threadlib(path: str, seconds: str, threads: str) -> dict:
         yield from f.close()
         return res
 
-    return threadlib.run(main())
+    return peers.run("threadlib", main)
 
 
 def c_engine(path: str, seconds: str, depth: str) -> dict:
@@ -154,7 +154,7 @@ def c_threadpool(path: str, seconds: str, threads: str) -> dict:
             return _result(t0, c0, sum(counts))
 
     try:
-        return asyncio.run(main())
+        return peers.run("asyncio", main)
     finally:
         os.close(fd)
 

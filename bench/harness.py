@@ -1,6 +1,7 @@
 """Shared benchmark machinery: free ports, C builds, pinned server processes
-with readiness checks, CPU and memory accounting, child-process runs, and
-Markdown tables with ratios and targets.
+with readiness checks, load clients, CPU and memory accounting, child-process
+runs, Markdown tables with ratios and targets, and the command line every
+benchmark shares (cli). The peers themselves are in peers.py.
 
 It must never leave a server running (every start has a matching kill, also
 on error), never send traffic anywhere but 127.0.0.1, and never abort a whole
@@ -14,6 +15,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import signal
@@ -160,6 +162,9 @@ class Server:
             time.sleep(0.05)
         raise RuntimeError(f"not ready after {self.ready_timeout}s: {self.log_tail()}")
 
+    def url(self, path: str = "/") -> str:
+        return f"http://{HOST}:{self.port}{path}"
+
     def pids(self) -> list[int]:
         return group_pids(self.proc.pid) if self.proc else []
 
@@ -216,6 +221,35 @@ def measure_server(server: Server, load: Callable[[], tuple[int, float]]) -> dic
     return {"ops": ops, "seconds": secs, "ops_s": ops / secs, "cpu_us": (c1 - c0) / 1e3 / ops,
             "cpu_us_stat": (s1 - s0) / 1e3 / ops, "busy": 100 * (c1 - c0) / 1e9 / wall,
             "load_busy": 100 * load_cpu / wall}
+
+
+def measure_load(server: Server, load: Callable[[float], tuple[int, float]], duration: float,
+                 warmup: float = 0) -> dict:
+    """load(seconds) -> (operations, seconds) run unmeasured for warmup seconds
+    (0: not at all), then measured (measure_server) for duration seconds."""
+    if warmup:
+        load(warmup)
+    return measure_server(server, lambda: load(duration))
+
+
+def require(program: str) -> None:
+    """Skip unless program is on PATH."""
+    if not shutil.which(program):
+        raise Skip(f"{program} not installed")
+
+
+def wrk(url: str, conns: int, duration: int) -> tuple[int, float]:
+    """`wrk -t1 -cCONNS -dDURATIONs URL` pinned to LOAD_CPU: (requests, seconds);
+    RuntimeError on non-2xx answers or socket errors."""
+    out = run_load(["wrk", "-t1", f"-c{conns}", f"-d{duration}s", url], timeout=duration + 30)
+    m = re.search(r"(\d+) requests in ([\d.]+)(\w+)", out)
+    if not m:
+        raise RuntimeError(f"cannot parse wrk output: {out.strip()[-200:]}")
+    if "Non-2xx" in out or "Socket errors" in out:
+        bad = re.findall(r"(Non-2xx.*|Socket errors.*)", out)
+        raise RuntimeError("wrk: " + "; ".join(b.strip() for b in bad))
+    scale = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[m.group(3)]
+    return int(m.group(1)), float(m.group(2)) * scale
 
 
 def mem_available() -> int:
@@ -292,6 +326,20 @@ def best_of(k: int, fn: Callable[[], dict]) -> dict:
     if k > 1:
         best["cpu_us_runs"] = [round(r["cpu_us"], 3) for r in rows]
     return best
+
+
+def peer_rows(peers: tuple[str, ...] | list[str], only: str, measure: Callable[[str], dict], repeat: int = 1,
+              anchors: dict[str, str] | None = None, target: list | None = None) -> list[dict]:
+    """A table row per peer that `only` selects: the best of `repeat` runs of
+    measure(peer) (best_of), or its 'failed:'/'skipped:' row (safe); with the
+    peer's anchor from anchors and, on threadlib rows, target."""
+    rows = []
+    for peer in (p for p in peers if selected(p, only)):
+        extra = {"anchor": (anchors or {}).get(peer, "")}
+        if target and peer.startswith("threadlib"):
+            extra["target"] = target
+        rows.append(safe(peer, lambda: best_of(repeat, lambda: measure(peer)), **extra))
+    return rows
 
 
 def import_or_skip(modname: str):
@@ -376,12 +424,52 @@ def save_json(bench: str, data: dict) -> Path:
     return path
 
 
+def report(bench: str, title: str, rows: list[dict], columns: list[tuple[str, str]], save: bool,
+           params: dict, **table_args) -> list[str]:
+    """[table(title, rows, columns, **table_args)]; with save, rows and params
+    also go to bench/results/BENCH-TIME.json (save_json)."""
+    if save:
+        save_json(bench, {"rows": rows, **params})
+    return [table(title, rows, columns, **table_args)]
+
+
 def arg_parser(doc: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
     p.add_argument("--json", action="store_true", help="also write results to bench/results/")
     p.add_argument("--only", default="", help="comma-separated peer names (substring; =name: exact)")
     p.add_argument("--repeat", type=int, default=1, help="runs per peer; the table keeps the lowest CPU/op")
     return p
+
+
+def load_args(doc: str, duration_help: str, conns_help: str, warmup_help: str, seconds: type = int,
+              warmup: float = 1) -> argparse.ArgumentParser:
+    """arg_parser(doc) and the flags of a benchmark that puts a load client on
+    each peer for a while: -d/--duration (default 3), -c/--conns (default
+    100), --warmup; seconds is the type of -d and --warmup (int for wrk)."""
+    p = arg_parser(doc)
+    p.add_argument("-d", "--duration", type=seconds, default=seconds(3), help=duration_help)
+    p.add_argument("-c", "--conns", type=int, default=100, help=conns_help)
+    p.add_argument("--warmup", type=seconds, default=seconds(warmup), help=warmup_help)
+    return p
+
+
+def cli(argv: list[str], parser: argparse.ArgumentParser, tables: Callable[[argparse.Namespace], list[str]],
+        serve: Callable[..., None] | None = None, children: dict[str, Callable[..., dict]] | None = None) -> None:
+    """A benchmark's main(argv): `--serve PEER PORT [ARGS]` runs serve(PEER,
+    PORT, *ARGS), a peer's server, in the foreground (the child that
+    bench.peers.child_argv names); `--child NAME [ARGS]` runs children[NAME]
+    in a measuring child (child_main); any other argv is parsed with parser
+    and tables(args) are printed under the machine line."""
+    if serve is not None and argv[:1] == ["--serve"]:
+        peer, port, *args = argv[1:]
+        serve(peer, int(port), *args)
+        return
+    if children is not None and argv[:1] == ["--child"]:
+        child_main(children, argv[1:])
+    args = parser.parse_args(argv)
+    print(machine_line() + "\n")
+    for t in tables(args):
+        print(t)
 
 
 def selected(name: str, only: str) -> bool:

@@ -23,16 +23,12 @@ on the 1 KiB file. Traffic goes to 127.0.0.1 only.
 from __future__ import annotations
 
 import os
-import re
-import shutil
 import sys
-import tempfile
 from email.utils import formatdate
 from pathlib import Path
 
-from bench import harness as H
+from bench import harness as H, peers
 
-HOST = H.HOST
 SITE = H.ROOT / "apps" / "sample_site"
 FILES = ("/bench/1k.txt", "/bench/100k.txt")
 PEERS = ("nginx", "threadlib-sendfile", "threadlib-aio", "threadlib-sendfile-nocache", "threadlib-aio-nocache",
@@ -84,10 +80,8 @@ class _Requests:
         self.url = b""
 
 
-def s_uvloop(port: int) -> None:
+def serve_uvloop(port: int) -> None:
     import asyncio
-
-    import uvloop
     files = _Files()
 
     class Http(asyncio.Protocol):
@@ -117,16 +111,10 @@ def s_uvloop(port: int) -> None:
             self.requests.targets.clear()
             self.transport.write(b"".join(out))
 
-    async def main():
-        server = await asyncio.get_running_loop().create_server(Http, HOST, port, backlog=1024)
-        await server.serve_forever()
-
-    uvloop.install()
-    asyncio.run(main())
+    peers.SERVERS["uvloop-protocols"].serve(port, Http)
 
 
-def s_gevent(port: int) -> None:
-    from gevent.server import StreamServer
+def serve_gevent(port: int) -> None:
     files = _Files()
 
     def handle(sock, addr):
@@ -157,84 +145,39 @@ def s_gevent(port: int) -> None:
         finally:
             sock.close()
 
-    StreamServer((HOST, port), handle, backlog=1024).serve_forever()
+    peers.SERVERS["gevent"].serve(port, handle)
 
 
-SERVERS = {"uvloop": s_uvloop, "gevent": s_gevent}
+SERVE = {"uvloop": serve_uvloop, "gevent": serve_gevent}
+NGINX_HTTP = ("sendfile on;", "tcp_nopush on;", "default_type application/octet-stream;",
+              "types { text/plain txt; text/html html; }")
 
-NGINX_CONF = """\
-daemon off;
-master_process on;
-worker_processes 1;
-user root;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 2048; }}
-http {{
-    access_log off;
-    sendfile on;
-    tcp_nopush on;
-    default_type application/octet-stream;
-    types {{ text/plain txt; text/html html; }}
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    keepalive_requests 100000000;
-    keepalive_timeout 60s;
-    server {{
-        listen {host}:{port} backlog=1024;
-        root {root};
-    }}
-}}
-"""
+
+def serve(peer: str, port: int) -> None:
+    """In the server's child process: the Python peer's file server on port."""
+    SERVE[peer](port)
 
 
 # ---------------------------------------------------------------- parent
-def wrk(url: str, conns: int, duration: int) -> tuple[int, float]:
-    out = H.run_load(["wrk", "-t1", f"-c{conns}", f"-d{duration}s", url], timeout=duration + 30)
-    m = re.search(r"(\d+) requests in ([\d.]+)(\w+)", out)
-    if not m:
-        raise RuntimeError(f"cannot parse wrk output: {out.strip()[-200:]}")
-    if "Non-2xx" in out or "Socket errors" in out:
-        bad = re.findall(r"(Non-2xx.*|Socket errors.*)", out)
-        raise RuntimeError("wrk: " + "; ".join(b.strip() for b in bad))
-    scale = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[m.group(3)]
-    return int(m.group(1)), float(m.group(2)) * scale
-
-
 def server_argv(peer: str, port: int, tmp: str) -> list[str]:
     if peer == "nginx":
-        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        if not Path(nginx).exists():
-            raise H.Skip("nginx not installed")
-        conf = Path(tmp) / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(d=tmp, host=HOST, port=port, root=SITE))
-        return [nginx, "-p", tmp, "-e", f"{tmp}/error.log", "-c", str(conf)]
+        return peers.nginx_argv(tmp, port, f"root {SITE};", NGINX_HTTP, worker_connections=2048)
     if peer.startswith("threadlib"):
         io = peer.split("-")[1]
         if io == "aio":
             H.import_or_skip("threadlib.io.fileio")
         cache = ["--cache-max-body", "0"] if peer.endswith("-nocache") else []
         return [sys.executable, "-m", "apps.webserver", "--port", str(port), "--io", io, "--quiet", *cache]
-    H.import_or_skip(peer)
-    return [sys.executable, "-m", "bench.http_files_bench", "--serve", peer, str(port)]
+    return peers.child_argv("bench.http_files_bench", peer, port)
 
 
 def measure(peer: str, conns: int, duration: int, warmup: int) -> dict[str, dict]:
     """One server start per peer, both files measured against it."""
-    if not shutil.which("wrk"):
-        raise H.Skip("wrk not installed")
-    port = H.free_port()
+    H.require("wrk")
     results = {}
-    with tempfile.TemporaryDirectory(prefix="bench-files-") as d:
-        with H.Server(peer, server_argv(peer, port, d), port) as srv:
-            for target in FILES:
-                url = f"http://{HOST}:{port}{target}"
-                if warmup:
-                    wrk(url, conns, warmup)
-                results[target] = H.measure_server(srv, lambda: wrk(url, conns, duration))
+    with peers.running(peer, server_argv) as srv:
+        for target in FILES:
+            results[target] = H.measure_load(srv, lambda secs: H.wrk(srv.url(target), conns, secs), duration, warmup)
     return results
 
 
@@ -262,17 +205,9 @@ def run(duration: int = 3, conns: int = 100, warmup: int = 1, only: str = "", sa
 
 
 def main(argv: list[str]) -> None:
-    if argv[:1] == ["--serve"]:
-        SERVERS[argv[1]](int(argv[2]))
-        return
-    p = H.arg_parser(__doc__)
-    p.add_argument("-d", "--duration", type=int, default=3, help="wrk seconds per server and file (the issue: 10)")
-    p.add_argument("-c", "--conns", type=int, default=100, help="wrk connections")
-    p.add_argument("--warmup", type=int, default=1, help="unmeasured wrk seconds first (0: none)")
-    a = p.parse_args(argv)
-    print(H.machine_line() + "\n")
-    for t in run(a.duration, a.conns, a.warmup, a.only, a.json):
-        print(t)
+    p = H.load_args(__doc__, "wrk seconds per server and file (the issue: 10)", "wrk connections",
+                    "unmeasured wrk seconds first (0: none)")
+    H.cli(argv, p, lambda a: run(a.duration, a.conns, a.warmup, a.only, a.json), serve=serve)
 
 
 if __name__ == "__main__":

@@ -16,14 +16,10 @@ from __future__ import annotations
 
 import json
 import resource
-import shutil
 import sys
-import tempfile
 
-from bench import harness as H
-from bench.http_files_bench import NGINX_CONF, SITE, wrk
+from bench import harness as H, http_files_bench as files, peers
 
-HOST = H.HOST
 TARGET_PATH = "/bench/1k.txt"
 TARGET = [("ratio", ">=", 0.5, "x wrk")]
 
@@ -31,10 +27,6 @@ TARGET = [("ratio", ">=", 0.5, "x wrk")]
 def _children_cpu_s() -> float:
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
-
-
-def run_wrk(url: str, conns: int, duration: int) -> tuple[int, float]:
-    return wrk(url, conns, duration)
 
 
 def run_loadgen(url: str, conns: int, duration: int) -> tuple[int, float]:
@@ -46,26 +38,19 @@ def run_loadgen(url: str, conns: int, duration: int) -> tuple[int, float]:
     return summary["requests"], summary["seconds"]
 
 
-CLIENTS = {"wrk": run_wrk, "apps.loadgen": run_loadgen}
+CLIENTS = {"wrk": H.wrk, "apps.loadgen": run_loadgen}
 
 
 def measure(client: str, conns: int, duration: int, warmup: int) -> dict:
-    if not shutil.which("wrk"):
-        raise H.Skip("wrk not installed")
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    port = H.free_port()
-    url = f"http://{HOST}:{port}{TARGET_PATH}"
-    with tempfile.TemporaryDirectory(prefix="bench-loadgen-") as d:
-        conf = f"{d}/nginx.conf"
-        with open(conf, "w") as f:
-            f.write(NGINX_CONF.format(d=d, host=HOST, port=port, root=SITE))
-        with H.Server("nginx", [nginx, "-p", d, "-e", f"{d}/error.log", "-c", conf], port) as srv:
-            if warmup:
-                CLIENTS[client](url, conns, warmup)
-            before = _children_cpu_s()
-            row = H.measure_server(srv, lambda: CLIENTS[client](url, conns, duration))
-            row["client_cpu_us"] = (_children_cpu_s() - before) * 1e6 / row["ops"]
-            return row
+    H.require("wrk")
+    with peers.running("nginx", files.server_argv) as srv:   # nginx as the file benchmark runs it
+        url = srv.url(TARGET_PATH)
+        if warmup:
+            CLIENTS[client](url, conns, warmup)
+        before = _children_cpu_s()
+        row = H.measure_server(srv, lambda: CLIENTS[client](url, conns, duration))
+        row["client_cpu_us"] = (_children_cpu_s() - before) * 1e6 / row["ops"]
+        return row
 
 
 def run(duration: int = 3, conns: int = 100, warmup: int = 1, only: str = "", save: bool = False) -> list[str]:
@@ -74,21 +59,14 @@ def run(duration: int = 3, conns: int = 100, warmup: int = 1, only: str = "", sa
         extra = {"target": TARGET} if client == "apps.loadgen" else {}
         rows.append(H.safe(client, lambda: measure(client, conns, duration, warmup), **extra))
     cols = [("ops_s", "requests/s"), ("client_cpu_us", "client CPU µs/req"), ("cpu_us", "nginx CPU µs/req")]
-    if save:
-        H.save_json("loadgen", {"rows": rows, "duration": duration, "conns": conns})
     title = f"Load generators against nginx ({TARGET_PATH}, keep-alive, -c{conns}, {duration}s, client on core 1)"
-    return [H.table(title, rows, cols, ref="wrk")]
+    return H.report("loadgen", title, rows, cols, save, {"duration": duration, "conns": conns}, ref="wrk")
 
 
 def main(argv: list[str]) -> None:
-    p = H.arg_parser(__doc__)
-    p.add_argument("-d", "--duration", type=int, default=3, help="seconds per client (the issue: 10)")
-    p.add_argument("-c", "--conns", type=int, default=100, help="connections, the same for both clients")
-    p.add_argument("--warmup", type=int, default=1, help="unmeasured seconds first (0: none)")
-    a = p.parse_args(argv)
-    print(H.machine_line() + "\n")
-    for t in run(a.duration, a.conns, a.warmup, a.only, a.json):
-        print(t)
+    p = H.load_args(__doc__, "seconds per client (the issue: 10)", "connections, the same for both clients",
+                    "unmeasured seconds first (0: none)")
+    H.cli(argv, p, lambda a: run(a.duration, a.conns, a.warmup, a.only, a.json))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 
-from bench import harness as H
+from bench import harness as H, peers
 
 HOST = H.HOST
 PEERS = ("no-proxy", "c-splice", "threadlib-splice", "threadlib-copy", "asyncio-copy")
@@ -193,8 +193,13 @@ def build_load() -> str:
 
 
 # ---------------------------------------------------------------- the asyncio peer
-def s_asyncio(port: int, target: int) -> None:
+def serve(peer: str, port: int, target: str) -> None:
+    """In the proxy's child process: the asyncio streams copy proxy (peer
+    "asyncio", bench.peers' asyncio streams server) on port, to target."""
     import asyncio
+    if peer != "asyncio":
+        raise SystemExit(f"no Python proxy peer {peer!r} (only asyncio)")
+    target = int(target)
 
     async def pump(reader, writer):
         try:
@@ -216,11 +221,7 @@ def s_asyncio(port: int, target: int) -> None:
         cwriter.close()
         uwriter.close()
 
-    async def main():
-        server = await asyncio.start_server(handle, HOST, port, backlog=1024)
-        await server.serve_forever()
-
-    asyncio.run(main())
+    peers.SERVERS["asyncio-streams"].serve(port, handle)
 
 
 # ---------------------------------------------------------------- parent
@@ -228,7 +229,7 @@ def proxy_argv(peer: str, port: int, target: int) -> list[str]:
     if peer == "c-splice":
         return [build("splice_proxy", SPLICE_PROXY_C), str(port), str(target)]
     if peer == "asyncio-copy":
-        return [sys.executable, "-m", "bench.proxy_bench", "--serve", "asyncio", str(port), str(target)]
+        return peers.child_argv("bench.proxy_bench", "asyncio", port, str(target))
     argv = [sys.executable, "-m", "apps.proxy", "--listen", f"{HOST}:{port}", "--target", f"{HOST}:{target}",
             "--quiet"]
     return argv + (["--fallback"] if peer == "threadlib-copy" else [])
@@ -330,29 +331,22 @@ def run(size: int, repeat: int = 1, warmup: int = 64 << 20, only: str = "", save
         cols.append(("cpu_runs_text", "every run, s/GB"))
     title = (f"proxy: one stream of {size / (1 << 30):g} GiB, proxy on core 0, C source+sink on core 1"
              + (f", best of {repeat} (round-robin)" if repeat > 1 else ""))
-    out = [H.table(title, rows, cols, ref="threadlib-copy", ratio_key="gb_s", cpu_key="cpu_s_gb")]
+    out = H.report("proxy", title, rows, cols, save, {"size": size, "repeat": repeat}, ref="threadlib-copy",
+                   ratio_key="gb_s", cpu_key="cpu_s_gb")
     if splice and copy:
         gain = copy["cpu_s_gb"] / splice["cpu_s_gb"]
         ok = splice["cpu_s_gb"] <= 0.2 and gain >= 2
         out.append(f"splice vs copy loop: {gain:.2f}x less CPU per GB "
                    f"(target: <= 0.2 s/GB and >= 2x: {'met' if ok else 'NOT met'})\n")
-    if save:
-        H.save_json("proxy", {"rows": rows, "size": size, "repeat": repeat})
     return out
 
 
 def main(argv: list[str]) -> None:
-    if argv[:1] == ["--serve"]:
-        {"asyncio": s_asyncio}[argv[1]](int(argv[2]), int(argv[3]))
-        return
     p = H.arg_parser(__doc__)
     p.add_argument("--size", type=parse_size, default=512 << 20,
                    help="bytes per transfer, e.g. 2G (default 512M, for quick runs)")
     p.add_argument("--warmup", type=parse_size, default=64 << 20, help="unmeasured bytes first (0: none)")
-    a = p.parse_args(argv)
-    print(H.machine_line() + "\n")
-    for t in run(a.size, a.repeat, a.warmup, a.only, a.json):
-        print(t)
+    H.cli(argv, p, lambda a: run(a.size, a.repeat, a.warmup, a.only, a.json), serve=serve)
 
 
 if __name__ == "__main__":

@@ -16,11 +16,10 @@ from __future__ import annotations
 import sys
 import time
 
-from bench import harness as H
+from bench import harness as H, peers
 
 BIG_ONLY = ("threadlib", "generators")
-PEERS = ("asyncio", "uvloop", "gevent", "trio", "curio", "threadlib", "threadlib-async", "threadlib-green",
-         "generators")
+PEERS = (*peers.RUNTIMES, "generators")
 TARGETS = [("cpu_us", "<=", 2.5, " µs"), ("bytes", "<=", 450, " B")]
 ANCHORS = {"asyncio": "1176 B", "generators": "298 B"}
 
@@ -45,17 +44,23 @@ class Meter:
                 "rss_before": self.rss0, "rss_after": rss1}
 
 
+async def await_event(ev, m):
+    """The blocked thread of every `async def` runtime: asyncio, uvloop, trio,
+    curio and threadlib-async run this same coroutine."""
+    m.count += 1
+    await ev.wait()
+    m.woken += 1
+
+
+# Each child below spawns n threads with its runtime's own spawn call, then
+# yields until all have started: the lines around that call look alike from
+# peer to peer on purpose (they are the measured loop, with no helper call
+# per spawn that would add to what is measured). A child that spawns
+# await_event binds it to a local `waiter` first, so that its loop loads it
+# from a closure cell, as it always has.
 def c_asyncio(n: str, loop: str = "asyncio") -> None:
     import asyncio
-    if loop == "uvloop":
-        import uvloop
-        uvloop.install()
-    n = int(n)
-
-    async def waiter(ev, m):
-        m.count += 1
-        await ev.wait()
-        m.woken += 1
+    n, waiter = int(n), await_event
 
     async def main():
         ev = asyncio.Event()
@@ -67,7 +72,7 @@ def c_asyncio(n: str, loop: str = "asyncio") -> None:
             await asyncio.sleep(0)
         H.emit(m.result())
 
-    asyncio.run(main())
+    peers.run(loop, main)
 
 
 def c_uvloop(n: str) -> None:
@@ -85,7 +90,7 @@ def c_gevent(n: str) -> None:
         ev.wait()
         m.woken += 1
 
-    m = Meter(n)
+    m = Meter(n)   # no loop to start: gevent's hub runs from the first gevent.sleep
     for _ in range(n):
         gevent.spawn(waiter, m)
     m.spawned()
@@ -96,12 +101,7 @@ def c_gevent(n: str) -> None:
 
 def c_trio(n: str) -> None:
     import trio
-    n = int(n)
-
-    async def waiter(ev, m):
-        m.count += 1
-        await ev.wait()
-        m.woken += 1
+    n, waiter = int(n), await_event
 
     async def main():
         ev = trio.Event()
@@ -114,17 +114,12 @@ def c_trio(n: str) -> None:
                 await trio.sleep(0)
             H.emit(m.result())
 
-    trio.run(main)
+    peers.run("trio", main)
 
 
 def c_curio(n: str) -> None:
     import curio
-    n = int(n)
-
-    async def waiter(ev, m):
-        m.count += 1
-        await ev.wait()
-        m.woken += 1
+    n, waiter = int(n), await_event
 
     async def main():
         ev = curio.Event()
@@ -136,7 +131,7 @@ def c_curio(n: str) -> None:
             await curio.sleep(0)
         H.emit(m.result())
 
-    curio.run(main)
+    peers.run("curio", main)
 
 
 def c_threadlib(n: str, flavour: str = "gen") -> None:
@@ -148,15 +143,10 @@ def c_threadlib(n: str, flavour: str = "gen") -> None:
         yield from ev.wait()
         m.woken += 1
 
-    async def awaiter(ev, m):
-        m.count += 1
-        await ev.wait()
-        m.woken += 1
-
     def main():
         ev = threadlib.Event()
         m = Meter(n)
-        fn = waiter if flavour == "gen" else awaiter
+        fn = waiter if flavour == "gen" else await_event
         for _ in range(n):
             yield from threadlib.spawn(fn(ev, m))
         m.spawned()
@@ -164,7 +154,7 @@ def c_threadlib(n: str, flavour: str = "gen") -> None:
             yield from threadlib.sleep(0)
         H.emit(m.result())
 
-    threadlib.run(main())
+    peers.run("threadlib", main)
 
 
 def c_threadlib_async(n: str) -> None:
@@ -191,7 +181,7 @@ def c_threadlib_green(n: str) -> None:
             green.sleep(0)
         H.emit(m.result())
 
-    green.run(main)
+    peers.run("threadlib-green", main)
 
 
 def c_generators(n: str) -> None:
@@ -238,16 +228,9 @@ def run(sizes: list[int], big: int, only: str = "", timeout: float = 600, save: 
     tables, results = [], {}
     cols = [("n", "threads"), ("ops_s", "spawns/s"), ("us_spawn", "wall µs/spawn"),
             ("cpu_us", "CPU µs/spawn"), ("call_us", "of which spawn calls"), ("bytes", "RSS B/thread")]
-    runs = [(n, [p for p in PEERS if H.selected(p, only)]) for n in sizes]
-    if big:
-        runs.append((big, [p for p in BIG_ONLY if H.selected(p, only)]))
-    for n, peers in runs:
-        rows = []
-        for peer in peers:
-            extra = {"anchor": ANCHORS.get(peer, "")}
-            if peer.startswith("threadlib"):
-                extra["target"] = TARGETS + ([("rss_gib", "<=", 6.0, " GiB")] if n == big else [])
-            rows.append(H.safe(peer, lambda: H.best_of(repeat, lambda: measure(peer, n, timeout)), **extra))
+    for n, names in [(n, PEERS) for n in sizes] + ([(big, BIG_ONLY)] if big else []):
+        target = TARGETS + ([("rss_gib", "<=", 6.0, " GiB")] if n == big else [])
+        rows = H.peer_rows(names, only, lambda peer: measure(peer, n, timeout), repeat, ANCHORS, target)
         c = cols + ([("rss_gib", "RSS GiB total")] if n == big else [])
         ref = "asyncio" if n != big else "generators"
         tables.append(H.table(f"spawn {label(n)} threads blocked on an Event", rows, c, ref=ref))
@@ -258,16 +241,12 @@ def run(sizes: list[int], big: int, only: str = "", timeout: float = 600, save: 
 
 
 def main(argv: list[str]) -> None:
-    if argv[:1] == ["--child"]:
-        H.child_main(ENTRIES, argv[1:])
     p = H.arg_parser(__doc__)
     p.add_argument("--sizes", default="100000,1000000", help="comma-separated thread counts for all peers")
     p.add_argument("--big", type=int, default=10_000_000, help="threadlib+generators only run size (0: skip)")
     p.add_argument("--timeout", type=float, default=600, help="per-peer child timeout, seconds")
-    a = p.parse_args(argv)
-    print(H.machine_line() + "\n")
-    for t in run([int(s) for s in a.sizes.split(",") if s], a.big, a.only, a.timeout, a.json, a.repeat):
-        print(t)
+    H.cli(argv, p, lambda a: run([int(s) for s in a.sizes.split(",") if s], a.big, a.only, a.timeout, a.json,
+                                 a.repeat), children=ENTRIES)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,9 @@ from __future__ import annotations
 import sys
 import time
 
-from bench import harness as H
+from bench import harness as H, peers
 
-PEERS = ("asyncio", "uvloop", "gevent", "trio", "curio", "threadlib", "threadlib-async", "threadlib-green")
+PEERS = peers.RUNTIMES
 TARGETS = {"yield": [("ops_s", ">=", 2_500_000, "/s")], "queue": [("ops_s", ">=", 1_200_000, "/s")]}
 ANCHORS = {("yield", "asyncio"): "562k/s", ("yield", "uvloop"): "1.21M/s"}
 
@@ -36,16 +36,15 @@ class Clock:
 
 
 # ---------------------------------------------------------------- children
-def c_asyncio(mode: str, n: str, maxsize: str, loop: str = "asyncio") -> dict:
-    import asyncio
-    if loop == "uvloop":
-        import uvloop
-        uvloop.install()
-    n, maxsize = int(n), int(maxsize)
-
+# The measured threads, one set per way of writing a thread. lib is the
+# runtime's module: `lib.sleep(0)` costs what the `asyncio.sleep(0)` (etc.)
+# written out per peer did, a closure variable and an attribute.
+def async_threads(lib, n: int) -> tuple:
+    """yielder(k), producer(q), consumer(q) as `async def` threads: asyncio,
+    uvloop, curio and threadlib-async run this same code (and trio its yielder)."""
     async def yielder(k):
         for _ in range(k):
-            await asyncio.sleep(0)
+            await lib.sleep(0)
 
     async def producer(q):
         for i in range(n):
@@ -56,30 +55,32 @@ def c_asyncio(mode: str, n: str, maxsize: str, loop: str = "asyncio") -> dict:
             item = await q.get()
         check(item, n)
 
-    async def main():
-        c = Clock()
-        if mode == "yield":
-            await asyncio.gather(yielder(n // 2), yielder(n - n // 2))
-        else:
-            q = asyncio.Queue(maxsize)
-            await asyncio.gather(producer(q), consumer(q))
-        return c.result(n)
-
-    return asyncio.run(main())
+    return yielder, producer, consumer
 
 
-def c_uvloop(mode: str, n: str, maxsize: str) -> dict:
-    return c_asyncio(mode, n, maxsize, "uvloop")
-
-
-def c_gevent(mode: str, n: str, maxsize: str) -> dict:
-    import gevent
-    import gevent.queue
-    n, maxsize = int(n), int(maxsize)
-
+def generator_threads(lib, n: int) -> tuple:
+    """The same as generator threads (threadlib): `yield from` each call."""
     def yielder(k):
         for _ in range(k):
-            gevent.sleep(0)
+            yield from lib.sleep(0)
+
+    def producer(q):
+        for i in range(n):
+            yield from q.put(i)
+
+    def consumer(q):
+        for _ in range(n):
+            item = yield from q.get()
+        check(item, n)
+
+    return yielder, producer, consumer
+
+
+def blocking_threads(lib, n: int) -> tuple:
+    """The same as green threads whose calls block them: gevent and threadlib-green."""
+    def yielder(k):
+        for _ in range(k):
+            lib.sleep(0)
 
     def producer(q):
         for i in range(n):
@@ -90,7 +91,37 @@ def c_gevent(mode: str, n: str, maxsize: str) -> dict:
             item = q.get()
         check(item, n)
 
-    c = Clock()
+    return yielder, producer, consumer
+
+
+def c_asyncio(mode: str, n: str, maxsize: str, loop: str = "asyncio") -> dict:
+    import asyncio
+    n, maxsize = int(n), int(maxsize)
+    yielder, producer, consumer = async_threads(asyncio, n)
+
+    async def main():
+        c = Clock()
+        if mode == "yield":
+            await asyncio.gather(yielder(n // 2), yielder(n - n // 2))
+        else:
+            q = asyncio.Queue(maxsize)
+            await asyncio.gather(producer(q), consumer(q))
+        return c.result(n)
+
+    return peers.run(loop, main)
+
+
+def c_uvloop(mode: str, n: str, maxsize: str) -> dict:
+    return c_asyncio(mode, n, maxsize, "uvloop")
+
+
+def c_gevent(mode: str, n: str, maxsize: str) -> dict:
+    import gevent
+    import gevent.queue
+    n, maxsize = int(n), int(maxsize)
+    yielder, producer, consumer = blocking_threads(gevent, n)
+
+    c = Clock()   # no loop to start: gevent's hub runs from the first switch
     if mode == "yield":
         gs = [gevent.spawn(yielder, n // 2), gevent.spawn(yielder, n - n // 2)]
     else:
@@ -103,11 +134,10 @@ def c_gevent(mode: str, n: str, maxsize: str) -> dict:
 def c_trio(mode: str, n: str, maxsize: str) -> dict:
     import trio
     n, maxsize = int(n), int(maxsize)
+    yielder = async_threads(trio, n)[0]
 
-    async def yielder(k):
-        for _ in range(k):
-            await trio.sleep(0)
-
+    # async_threads' producer and consumer, deliberately written again for trio's
+    # API: trio has no Queue but a memory channel of maxsize (send/receive).
     async def producer(s):
         for i in range(n):
             await s.send(i)
@@ -129,25 +159,13 @@ def c_trio(mode: str, n: str, maxsize: str) -> dict:
                 nursery.start_soon(consumer, r)
         return c.result(n)
 
-    return trio.run(main)
+    return peers.run("trio", main)
 
 
 def c_curio(mode: str, n: str, maxsize: str) -> dict:
     import curio
     n, maxsize = int(n), int(maxsize)
-
-    async def yielder(k):
-        for _ in range(k):
-            await curio.sleep(0)
-
-    async def producer(q):
-        for i in range(n):
-            await q.put(i)
-
-    async def consumer(q):
-        for _ in range(n):
-            item = await q.get()
-        check(item, n)
+    yielder, producer, consumer = async_threads(curio, n)
 
     async def main():
         c = Clock()
@@ -160,40 +178,13 @@ def c_curio(mode: str, n: str, maxsize: str) -> dict:
             await t.join()
         return c.result(n)
 
-    return curio.run(main)
+    return peers.run("curio", main)
 
 
 def c_threadlib(mode: str, n: str, maxsize: str, flavour: str = "gen") -> dict:
     threadlib = H.import_or_skip("threadlib")
     n, maxsize = int(n), int(maxsize)
-
-    def yielder(k):
-        for _ in range(k):
-            yield from threadlib.sleep(0)
-
-    def producer(q):
-        for i in range(n):
-            yield from q.put(i)
-
-    def consumer(q):
-        for _ in range(n):
-            item = yield from q.get()
-        check(item, n)
-
-    async def ayielder(k):
-        for _ in range(k):
-            await threadlib.sleep(0)
-
-    async def aproducer(q):
-        for i in range(n):
-            await q.put(i)
-
-    async def aconsumer(q):
-        for _ in range(n):
-            item = await q.get()
-        check(item, n)
-
-    y, p, c_ = (yielder, producer, consumer) if flavour == "gen" else (ayielder, aproducer, aconsumer)
+    y, p, c_ = (generator_threads if flavour == "gen" else async_threads)(threadlib, n)
 
     def main():
         c = Clock()
@@ -206,7 +197,7 @@ def c_threadlib(mode: str, n: str, maxsize: str, flavour: str = "gen") -> dict:
             yield from t.join()
         return c.result(n)
 
-    return threadlib.run(main())
+    return peers.run("threadlib", main)
 
 
 def c_threadlib_async(mode: str, n: str, maxsize: str) -> dict:
@@ -217,19 +208,7 @@ def c_threadlib_green(mode: str, n: str, maxsize: str) -> dict:
     threadlib = H.import_or_skip("threadlib")
     green = H.import_or_skip("threadlib.frontends.green")
     n, maxsize = int(n), int(maxsize)
-
-    def yielder(k):
-        for _ in range(k):
-            green.sleep(0)
-
-    def producer(q):
-        for i in range(n):
-            q.put(i)
-
-    def consumer(q):
-        for _ in range(n):
-            item = q.get()
-        check(item, n)
+    yielder, producer, consumer = blocking_threads(green, n)
 
     def main():
         c = Clock()
@@ -242,7 +221,7 @@ def c_threadlib_green(mode: str, n: str, maxsize: str) -> dict:
             green.join(t)
         return c.result(n)
 
-    return green.run(main)
+    return peers.run("threadlib-green", main)
 
 
 ENTRIES = {name: globals()["c_" + name.replace("-", "_")] for name in PEERS}
@@ -260,13 +239,9 @@ def run(n: int, maxsize: int | list[int] = 1, only: str = "", timeout: float = 3
     tables, results = [], {}
     modes = [("yield", 0)] + [("queue", m) for m in ([maxsize] if isinstance(maxsize, int) else maxsize)]
     for mode, size in modes:
-        rows = []
-        for peer in (p for p in PEERS if H.selected(p, only)):
-            extra = {"anchor": ANCHORS.get((mode, peer), "")}
-            if peer.startswith("threadlib"):
-                extra["target"] = TARGETS[mode]
-            rows.append(H.safe(peer, lambda: H.best_of(repeat, lambda: measure(peer, mode, n, size, timeout)),
-                              **extra))
+        anchors = {peer: a for (m, peer), a in ANCHORS.items() if m == mode}
+        rows = H.peer_rows(PEERS, only, lambda peer: measure(peer, mode, n, size, timeout), repeat, anchors,
+                           TARGETS[mode])
         if mode == "yield":
             title, cols = f"switch: {n:,} sleep(0) switches between two threads", \
                 [("ops_s", "switches/s"), ("cpu_us", "CPU µs/switch")]
@@ -281,17 +256,13 @@ def run(n: int, maxsize: int | list[int] = 1, only: str = "", timeout: float = 3
 
 
 def main(argv: list[str]) -> None:
-    if argv[:1] == ["--child"]:
-        H.child_main(ENTRIES, argv[1:])
     p = H.arg_parser(__doc__)
     p.add_argument("-n", type=int, default=1_000_000, help="switches (handoffs) per peer and mode")
     p.add_argument("--maxsize", default="1",
                    help="queue capacities, comma-separated (1: every item a handoff; 64: batched)")
     p.add_argument("--timeout", type=float, default=300, help="per-peer child timeout, seconds")
-    a = p.parse_args(argv)
-    print(H.machine_line() + "\n")
-    for t in run(a.n, [int(m) for m in a.maxsize.split(",")], a.only, a.timeout, a.json, a.repeat):
-        print(t)
+    H.cli(argv, p, lambda a: run(a.n, [int(m) for m in a.maxsize.split(",")], a.only, a.timeout, a.json, a.repeat),
+          children=ENTRIES)
 
 
 if __name__ == "__main__":

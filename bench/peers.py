@@ -1,0 +1,509 @@
+"""The peers: every runtime and server the benchmarks compare threadlib with,
+in one place. A benchmark describes its workload (what a connection or a
+thread does, and the load) and picks peers here by name.
+
+For each peer this module knows:
+
+- how its event loop or scheduler runs a top-level thread: run(RUNTIME, main)
+  for the RUNTIMES asyncio, uvloop, gevent, trio, curio, threadlib (generator
+  threads), threadlib-async (`async def` threads) and threadlib-green (the
+  greenlet front end); NEEDS, the modules each one imports;
+- how it serves connections on 127.0.0.1:PORT: SERVERS[NAME].serve(port,
+  handle), handle being in that peer's own API (an asyncio.Protocol class, a
+  (reader, writer) coroutine, a gevent (socket, address) function, ...);
+- the connection handlers, in each server's API: echo() sends back what
+  arrives; respond(new_session) feeds what arrives to a per-connection
+  session (new_session(), whose feed(data) returns (bytes to send, keep the
+  connection open?)) and sends its answer (the HTTP hello benchmark);
+- how a benchmark runs one such server in a child process pinned to core 0:
+  child_argv (`python -m BENCH --serve PEER PORT`, which the benchmark's
+  main() hands to its serve() through harness.cli), nginx_argv and
+  c_server_argv for the non-Python peers, and running(), which starts one
+  of them on a free port (harness.Server).
+
+The handlers are the benchmarks' measured code. Each is the loop its peer
+has always been measured with (its own recv/send calls, a literal 65536-byte
+read, no Python call per message that was not there before), so numbers
+stay comparable with earlier runs: change one only on purpose, and say so
+in bench/README.md.
+"""
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from bench import harness as H
+
+HOST = H.HOST
+BACKLOG = 1024
+
+# ---------------------------------------------------------------- runtimes
+NEEDS = {"asyncio": (), "uvloop": ("uvloop",), "gevent": ("gevent",), "trio": ("trio",), "curio": ("curio",),
+         "threadlib": ("threadlib",), "threadlib-async": ("threadlib",),
+         "threadlib-green": ("threadlib.frontends.green",)}
+RUNTIMES = tuple(NEEDS)
+
+
+def run(runtime: str, main: Callable[[], Any]) -> Any:
+    """Run main, a top-level thread, on runtime's event loop or scheduler; its result.
+
+    main is a coroutine function for asyncio, uvloop, trio, curio and
+    threadlib-async, a generator function for threadlib, and a plain
+    function for threadlib-green and gevent (whose hub starts at the first
+    blocking call)."""
+    if runtime in ("asyncio", "uvloop"):
+        import asyncio
+        if runtime == "uvloop":
+            import uvloop
+            uvloop.install()
+        return asyncio.run(main())
+    if runtime in ("threadlib", "threadlib-async"):
+        import threadlib
+        return threadlib.run(main())
+    if runtime == "threadlib-green":
+        from threadlib.frontends import green
+        return green.run(main)
+    if runtime == "trio":
+        import trio
+        return trio.run(main)
+    if runtime == "curio":
+        import curio
+        return curio.run(main)
+    if runtime == "gevent":
+        return main()
+    raise ValueError(f"unknown runtime {runtime!r}")
+
+
+# ---------------------------------------------------------------- servers
+# The handlers below are alike in shape on purpose: each is one peer's own
+# per-connection loop, in its own API (callbacks, await, yield from or
+# blocking calls; its recv and send methods), the code that peer has always
+# been measured with. One loop with recv and send passed in would add a
+# Python call per message to what is measured. Only handlers that are the
+# same to the letter are shared (Blocking: gevent and threadlib-green).
+class Protocols:
+    """asyncio's (or uvloop's) protocols: loop.create_server, an asyncio.Protocol class per connection."""
+
+    def __init__(self, runtime: str) -> None:
+        self.runtime = runtime
+
+    def serve(self, port: int, protocol: type) -> None:
+        import asyncio
+
+        async def main():
+            server = await asyncio.get_running_loop().create_server(protocol, HOST, port, backlog=BACKLOG)
+            await server.serve_forever()
+
+        run(self.runtime, main)
+
+    @staticmethod
+    def echo() -> type:
+        import asyncio
+
+        class Echo(asyncio.Protocol):
+            def connection_made(self, transport):
+                self.transport = transport
+
+            def data_received(self, data):
+                self.transport.write(data)
+
+        return Echo
+
+    @staticmethod
+    def respond(new_session: Callable[[], Any]) -> type:
+        import asyncio
+
+        class Respond(asyncio.Protocol):
+            def connection_made(self, transport):
+                self.transport, self.requests = transport, new_session()
+
+            def data_received(self, data):
+                try:
+                    out, keep = self.requests.feed(data)
+                except Exception:
+                    self.transport.close()
+                    return
+                if out:
+                    self.transport.write(out)
+                if not keep:
+                    self.transport.close()
+
+        return Respond
+
+
+class Streams:
+    """asyncio's (or uvloop's) streams: asyncio.start_server, a (reader, writer) coroutine per connection."""
+
+    def __init__(self, runtime: str) -> None:
+        self.runtime = runtime
+
+    def serve(self, port: int, handle: Callable) -> None:
+        import asyncio
+
+        async def main():
+            server = await asyncio.start_server(handle, HOST, port, backlog=BACKLOG)
+            await server.serve_forever()
+
+        run(self.runtime, main)
+
+    @staticmethod
+    def echo() -> Callable:
+        async def handle(reader, writer):
+            try:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            except ConnectionError:
+                pass
+            finally:
+                writer.close()
+
+        return handle
+
+
+class Blocking:
+    """Green threads on sockets with a blocking API: gevent and threadlib-green
+    run the very same handlers, handle(sock) or handle(sock, address)."""
+
+    @staticmethod
+    def echo() -> Callable:
+        def handle(sock, addr=None):
+            try:
+                while data := sock.recv(65536):
+                    sock.sendall(data)
+            except ConnectionError:
+                pass
+            finally:
+                sock.close()
+
+        return handle
+
+    @staticmethod
+    def respond(new_session: Callable[[], Any]) -> Callable:
+        def handle(sock, addr=None):
+            requests = new_session()
+            try:
+                while data := sock.recv(65536):
+                    out, keep = requests.feed(data)
+                    if out:
+                        sock.sendall(out)
+                    if not keep:
+                        break
+            except Exception:
+                pass
+            finally:
+                sock.close()
+
+        return handle
+
+
+class Gevent(Blocking):
+    """gevent.server.StreamServer: handle(socket, address) in a greenlet per connection."""
+
+    runtime = "gevent"
+
+    def serve(self, port: int, handle: Callable) -> None:
+        from gevent.server import StreamServer
+        run(self.runtime, StreamServer((HOST, port), handle, backlog=BACKLOG).serve_forever)
+
+
+class ThreadlibGreen(Blocking):
+    """threadlib's greenlet front end: green.listen, handle(conn) in a green thread per connection."""
+
+    runtime = "threadlib-green"
+
+    def serve(self, port: int, handle: Callable) -> None:
+        from threadlib.frontends import green
+
+        def main():
+            listener = green.listen((HOST, port))
+            while True:
+                conn, addr = listener.accept()
+                green.spawn(handle, conn)
+
+        run(self.runtime, main)
+
+
+class Trio:
+    """trio.serve_tcp: an async handle(stream) per connection."""
+
+    runtime = "trio"
+
+    def serve(self, port: int, handle: Callable) -> None:
+        import trio
+        run(self.runtime, lambda: trio.serve_tcp(handle, port, host=HOST, backlog=BACKLOG))
+
+    @staticmethod
+    def echo() -> Callable:
+        import trio
+
+        async def handle(stream):
+            try:
+                while data := await stream.receive_some(65536):
+                    await stream.send_all(data)
+            except trio.BrokenResourceError:
+                pass
+
+        return handle
+
+    @staticmethod
+    def respond(new_session: Callable[[], Any]) -> Callable:
+        async def handle(stream):
+            requests = new_session()
+            try:
+                while data := await stream.receive_some(65536):
+                    out, keep = requests.feed(data)
+                    if out:
+                        await stream.send_all(out)
+                    if not keep:
+                        break
+            except Exception:
+                pass
+            finally:
+                await stream.aclose()
+
+        return handle
+
+
+class Curio:
+    """curio.tcp_server: an async handle(client, address) per connection (curio closes the client)."""
+
+    runtime = "curio"
+
+    def serve(self, port: int, handle: Callable) -> None:
+        import curio
+
+        async def main():
+            await curio.tcp_server(HOST, port, handle, backlog=BACKLOG)
+
+        run(self.runtime, main)
+
+    @staticmethod
+    def echo() -> Callable:
+        async def handle(client, addr):
+            try:
+                while data := await client.recv(65536):
+                    await client.sendall(data)
+            except ConnectionError:
+                pass
+
+        return handle
+
+    @staticmethod
+    def respond(new_session: Callable[[], Any]) -> Callable:
+        async def handle(client, addr):
+            requests = new_session()
+            try:
+                while data := await client.recv(65536):
+                    out, keep = requests.feed(data)
+                    if out:
+                        await client.sendall(out)
+                    if not keep:
+                        break
+            except Exception:
+                pass
+
+        return handle
+
+
+class Threadlib:
+    """threadlib with generator threads: sockio.listen, a thread handle(conn) per connection."""
+
+    runtime = "threadlib"
+
+    def serve(self, port: int, handle: Callable) -> None:
+        import threadlib
+        from threadlib.io import sockio
+
+        def main():
+            listener = yield from sockio.listen((HOST, port))
+            while True:
+                conn, addr = yield from listener.accept()
+                yield from threadlib.spawn(handle(conn))
+
+        run(self.runtime, main)
+
+    @staticmethod
+    def echo() -> Callable:
+        def handle(conn):
+            try:
+                while True:
+                    data = yield from conn.recv(65536)
+                    if not data:
+                        break
+                    yield from conn.sendall(data)
+            except ConnectionError:
+                pass
+            finally:
+                conn.close()
+
+        return handle
+
+    @staticmethod
+    def respond(new_session: Callable[[], Any]) -> Callable:
+        def handle(conn):
+            requests = new_session()
+            try:
+                while True:
+                    data = yield from conn.recv(65536)
+                    if not data:
+                        break
+                    out, keep = requests.feed(data)
+                    if out:
+                        yield from conn.sendall(out)
+                    if not keep:
+                        break
+            except Exception:
+                pass
+            finally:
+                conn.close()
+
+        return handle
+
+
+class ThreadlibAsync:
+    """threadlib with `async def` threads: the same sockio API, awaited.
+
+    Line for line Threadlib with `await` for `yield from`, deliberately: the
+    two flavours are measured apart, each with its own loop (a function is
+    either a generator or a coroutine, so one body cannot serve both)."""
+
+    runtime = "threadlib-async"
+
+    def serve(self, port: int, handle: Callable) -> None:
+        import threadlib
+        from threadlib.io import sockio
+
+        async def main():
+            listener = await sockio.listen((HOST, port))
+            while True:
+                conn, addr = await listener.accept()
+                await threadlib.spawn(handle(conn))
+
+        run(self.runtime, main)
+
+    @staticmethod
+    def echo() -> Callable:
+        async def handle(conn):
+            try:
+                while True:
+                    data = await conn.recv(65536)
+                    if not data:
+                        break
+                    await conn.sendall(data)
+            except ConnectionError:
+                pass
+            finally:
+                conn.close()
+
+        return handle
+
+    @staticmethod
+    def respond(new_session: Callable[[], Any]) -> Callable:
+        async def handle(conn):
+            requests = new_session()
+            try:
+                while True:
+                    data = await conn.recv(65536)
+                    if not data:
+                        break
+                    out, keep = requests.feed(data)
+                    if out:
+                        await conn.sendall(out)
+                    if not keep:
+                        break
+            except Exception:
+                pass
+            finally:
+                conn.close()
+
+        return handle
+
+
+# The servers, by the names the benchmarks' tables give them.
+SERVERS = {
+    "asyncio-streams": Streams("asyncio"),
+    "asyncio-protocols": Protocols("asyncio"),
+    "uvloop-protocols": Protocols("uvloop"),
+    "uvloop-streams": Streams("uvloop"),
+    "gevent": Gevent(),
+    "trio": Trio(),
+    "curio": Curio(),
+    "threadlib": Threadlib(),
+    "threadlib-async": ThreadlibAsync(),
+    "threadlib-green": ThreadlibGreen(),
+}
+
+
+def needs(peer: str) -> tuple[str, ...]:
+    """The modules peer (a runtime or a server name) imports."""
+    return NEEDS[peer] if peer in NEEDS else NEEDS[SERVERS[peer].runtime]
+
+
+# ---------------------------------------------------------------- processes
+def child_argv(module: str, peer: str, port: int, *args: str) -> list[str]:
+    """argv of `python -m MODULE --serve PEER PORT [ARGS]`: peer's server for
+    the workload of benchmark MODULE, in a child process (harness.cli).
+    Skip (a 'skipped' row) when a module that peer needs does not import."""
+    for name in needs(peer):
+        H.import_or_skip(name)
+    return [sys.executable, "-m", module, "--serve", peer, str(port), *args]
+
+
+def c_server_argv(name: str, port: int) -> list[str]:
+    """bench/c/NAME.c, a C server taking PORT HOST, built with gcc -O2."""
+    return [str(H.build_c(name)), str(port), HOST]
+
+
+NGINX_CONF = """\
+daemon off;
+master_process on;
+worker_processes 1;
+user root;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections {worker_connections}; }}
+http {{
+    access_log off;
+{http}    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 60s;
+    server {{
+        listen {host}:{port} backlog=1024;
+        {server}
+    }}
+}}
+"""
+
+
+def nginx_argv(tmp: str, port: int, server: str, http: tuple[str, ...] = (),
+               worker_connections: int = 1024) -> list[str]:
+    """nginx in the foreground, one worker process, access_log off, its
+    config, pid file, logs and temp paths in tmp: `server` is what its server
+    block holds besides `listen`, `http` more directives for the http block."""
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(nginx).exists():
+        raise H.Skip("nginx not installed")
+    conf = Path(tmp) / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(d=tmp, host=HOST, port=port, server=server, worker_connections=worker_connections,
+                                      http="".join(f"    {line}\n" for line in http)))
+    return [nginx, "-p", tmp, "-e", f"{tmp}/error.log", "-c", str(conf)]
+
+
+@contextlib.contextmanager
+def running(peer: str, server_argv: Callable[[str, int, str], list[str]]) -> Iterator[H.Server]:
+    """peer's server, server_argv(peer, port, tmp), on a free port with a
+    temporary directory tmp: started, ready and pinned to core 0 on entry
+    (harness.Server), stopped and tmp removed on exit."""
+    port = H.free_port()
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp, \
+            H.Server(peer, server_argv(peer, port, tmp), port) as srv:
+        yield srv
