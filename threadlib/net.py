@@ -4,7 +4,7 @@ A server takes a *network* object and uses only what these Protocols name,
 so it runs unchanged on the kernel's TCP/IP (``threadlib.io.sockio.kernel``,
 a ``KernelNetwork``), on threadlib's user-level stack over TUN
 (``threadlib.io.tcpsockio.UserNetwork``), and on every later network (a
-simulated one, a TLS-wrapped one). ``tests/test_net_contract.py`` runs one
+simulated one, a TLS-wrapped one). ``tests/threadlib/test_net_contract.py`` runs one
 conformance suite against each network.
 
 Every method that may wait returns a ``Call[T]``: use it with
