@@ -113,14 +113,11 @@ class RequestReader:
         self.parser = httptools.HttpRequestParser(self)
         self.complete: list[Request] = []
         self.limits = limits
+        # on_message_begin is the one list of the per-request fields, so a
+        # field added there starts right here too; no request has begun yet.
+        self.on_message_begin()
         self.in_message = False
         self.in_headers = False
-        self._url = b""
-        self._header_count = 0
-        self._header_bytes = 0
-        self._hosts = 0
-        self._conditions: dict | None = None
-        self._body_bytes = 0
         # Raw bytes seen while one request's headers stay incomplete: the
         # guard against a header line that never ends (httptools keeps
         # concatenating it without calling back). One recv of slack.
@@ -164,7 +161,7 @@ class RequestReader:
         self._header_count = 0
         self._header_bytes = 0
         self._hosts = 0
-        self._conditions = None
+        self._conditions: dict | None = None
         self._body_bytes = 0
 
     def on_url(self, url: bytes) -> None:

@@ -474,10 +474,7 @@ class WebServer:
             if entry.size <= self.cache_max_body:
                 body = os.pread(fd, entry.size, 0)
                 if len(body) == entry.size:
-                    entry.body = body
-                    out.append(head + body[first:first + count])
-                    yield from self._flush(conn, out)
-                    return count
+                    return (yield from self._send_read_body(conn, out, head, entry, body, first, count))
             out.append(head)
             yield from self._flush_more(conn, out)
             sent = yield from conn.sendfile(fd, first, count, timeout=self.send_timeout)
@@ -486,6 +483,18 @@ class WebServer:
             return sent
         finally:
             os.close(fd)
+
+    @types.coroutine
+    def _send_read_body(self, conn: Any, out: list, head: bytes, entry: FileEntry, body: bytes,
+                        first: int, count: int) -> Any:
+        """Keep a small file's whole ``body``, just read by either I/O path,
+        on its cache entry (later requests are then answered from memory),
+        and send the asked-for part with ``head`` after what is queued in
+        ``out``; returns the body bytes sent."""
+        entry.body = body
+        out.append(head + body[first:first + count])
+        yield from self._flush(conn, out)
+        return count
 
     @types.coroutine
     def _answer_again(self, conn: Any, out: list, request: Request, now: float) -> Any:
@@ -515,10 +524,7 @@ class WebServer:
                 if len(body) < entry.size:
                     raise _Abort()  # the file shrank under us
                 body = body[:entry.size]  # never more than asked for, whatever the reader returns
-                entry.body = body
-                out.append(head + body[first:first + count])
-                yield from self._flush(conn, out)
-                return count
+                return (yield from self._send_read_body(conn, out, head, entry, body, first, count))
             out.append(head)
             yield from self._flush_more(conn, out)
             offset, end = first, first + count

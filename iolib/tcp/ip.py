@@ -183,6 +183,14 @@ def build_icmp(src: bytes, dst: bytes, icmp_type: int, code: int, rest: bytes) -
     return ipv6_header(src, dst, PROTO_ICMPV6, len(body)) + body
 
 
+# The ICMP and ICMPv6 errors TCP heeds, by type, as IcmpError kinds; all
+# other types are not about a connection.  ICMP has no type for "too big":
+# it is an unreachable with code 4.
+_ICMP4_ERRORS = {ICMP_UNREACH: "unreachable", ICMP_TIME_EXCEEDED: "time_exceeded"}
+_ICMP6_ERRORS = {ICMP6_UNREACH: "unreachable", ICMP6_PACKET_TOO_BIG: "too_big",
+                 ICMP6_TIME_EXCEEDED: "time_exceeded"}
+
+
 class IcmpError:
     """An ICMP error quoting one of our own TCP segments (RFC 792, RFC 4443)."""
 
@@ -206,15 +214,16 @@ def parse_icmp_error(ip: IPPacket, packet) -> IcmpError | None:
     if len(body) < 8:
         raise Malformed("malformed", "ICMP header truncated")
     t, code = body[0], body[1]
-    if ip.version == 4:
-        if t == ICMP_UNREACH:
-            kind = "too_big" if code == 4 else "unreachable"
-        elif t == ICMP_TIME_EXCEEDED:
-            kind = "time_exceeded"
-        else:
-            return None
-        mtu = int.from_bytes(body[6:8], "big") if kind == "too_big" else 0
-        quoted = body[8:]
+    v4 = ip.version == 4
+    kind = (_ICMP4_ERRORS if v4 else _ICMP6_ERRORS).get(t)
+    if kind is None:
+        return None
+    if v4 and t == ICMP_UNREACH and code == 4:
+        kind = "too_big"  # fragmentation needed and DF set (RFC 1191)
+    # The next-hop MTU: 16 bits at offset 6 in ICMP (RFC 1191), 32 at 4 in ICMPv6.
+    mtu = int.from_bytes(body[6 if v4 else 4:8], "big") if kind == "too_big" else 0
+    quoted = body[8:]
+    if v4:
         if len(quoted) < 28:
             raise Malformed("malformed", "ICMP quote truncated")
         if quoted[0] >> 4 != 4:
@@ -227,16 +236,6 @@ def parse_icmp_error(ip: IPPacket, packet) -> IcmpError | None:
         src, dst = bytes(quoted[12:16]), bytes(quoted[16:20])
         tcp = quoted[ihl:ihl + 8]
     else:
-        if t == ICMP6_UNREACH:
-            kind = "unreachable"
-        elif t == ICMP6_PACKET_TOO_BIG:
-            kind = "too_big"
-        elif t == ICMP6_TIME_EXCEEDED:
-            kind = "time_exceeded"
-        else:
-            return None
-        mtu = int.from_bytes(body[4:8], "big") if kind == "too_big" else 0
-        quoted = body[8:]
         if len(quoted) < 48:
             raise Malformed("malformed", "ICMPv6 quote truncated")
         if quoted[0] >> 4 != 6 or quoted[6] != PROTO_TCP:

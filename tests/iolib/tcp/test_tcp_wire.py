@@ -204,3 +204,27 @@ def test_icmp_error_quote_parsing_v4_and_v6():
     pkt6 = build_icmp(peer6, me6, 2, 0, (1280).to_bytes(4, "big") + inner6[:48])
     err6 = parse_icmp_error(parse_ip(pkt6), pkt6)
     assert (err6.kind, err6.mtu, err6.seq) == ("too_big", 1280, 778)
+
+
+@pytest.mark.parametrize("v6, icmp_type, code, kind, mtu", [
+    (False, 3, 4, "too_big", 1400),        # fragmentation needed: v4's "too big"
+    (False, 3, 1, "unreachable", 0),
+    (False, 11, 0, "time_exceeded", 0),
+    (False, 0, 0, None, 0),                # echo reply: not an error
+    (False, 5, 0, None, 0),                # redirect: not heeded
+    (True, 1, 4, "unreachable", 0),
+    (True, 2, 0, "too_big", 1400),
+    (True, 3, 0, "time_exceeded", 0),
+    (True, 129, 0, None, 0),               # echo reply: not an error
+])
+def test_icmp_error_kinds(v6, icmp_type, code, kind, mtu):
+    n = 16 if v6 else 4
+    me, peer = bytes(n - 1) + b"\1", bytes(n - 1) + b"\2"
+    inner = build_ip(me, peer, PROTO_TCP, build_segment(5555, 80, 779, 0, SYN, 100))
+    # The MTU field: the low 16 of the 32 bits after the ICMP checksum, all 32 in ICMPv6.
+    pkt = build_icmp(peer, me, icmp_type, code, (1400).to_bytes(4, "big") + inner[:48 if v6 else 28])
+    err = parse_icmp_error(parse_ip(pkt), pkt)
+    if kind is None:
+        assert err is None
+    else:
+        assert (err.kind, err.code, err.mtu, err.src, err.sport, err.seq) == (kind, code, mtu, me, 5555, 779)
