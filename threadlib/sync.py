@@ -17,10 +17,16 @@ from __future__ import annotations
 
 import collections
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar
 
 from .calls import timeout as _timeout
 from ._kernel import DONE, WaitQueue
+from .syscalls import Waits
+
+if TYPE_CHECKING:
+    from .net import Call
+
+_T = TypeVar("_T")
 
 
 class Event:
@@ -43,7 +49,7 @@ class Event:
     def clear(self) -> None:
         self._flag = False
 
-    def wait(self, timeout: float | None = None) -> Any:
+    def wait(self, timeout: float | None = None) -> Call[None]:
         """Wait until the flag is set (``yield from ev.wait()`` or ``await``)."""
         if self._flag:
             return DONE
@@ -52,7 +58,7 @@ class Event:
         return self._wait_with_timeout(timeout)
 
     @types.coroutine
-    def _wait_with_timeout(self, timeout: float) -> None:
+    def _wait_with_timeout(self, timeout: float) -> Waits[None]:
         with _timeout(timeout):
             yield self._waiters.park
 
@@ -73,7 +79,7 @@ class Mutex:
         return self._locked
 
     @types.coroutine
-    def acquire(self, timeout: float | None = None) -> bool:
+    def acquire(self, timeout: float | None = None) -> Waits[bool]:
         if not self._locked:
             self._locked = True
             return True
@@ -120,7 +126,7 @@ class Semaphore:
         return self._value
 
     @types.coroutine
-    def acquire(self, timeout: float | None = None) -> bool:
+    def acquire(self, timeout: float | None = None) -> Waits[bool]:
         if self._value > 0:
             self._value -= 1
             return True
@@ -155,14 +161,14 @@ class Condition:
         self._waiters = WaitQueue()
 
     @types.coroutine
-    def acquire(self, timeout: float | None = None) -> bool:
+    def acquire(self, timeout: float | None = None) -> Waits[bool]:
         return (yield from self.mutex.acquire(timeout))
 
     def release(self) -> None:
         self.mutex.release()
 
     @types.coroutine
-    def wait(self, timeout: float | None = None) -> None:
+    def wait(self, timeout: float | None = None) -> Waits[None]:
         """Release the mutex, wait for a notify, take the mutex back (also
         when the wait ends in a timeout or a cancellation)."""
         if not self.mutex.locked():
@@ -178,7 +184,7 @@ class Condition:
             yield from self.mutex.acquire()
 
     @types.coroutine
-    def wait_for(self, predicate: Any, timeout: float | None = None) -> Any:
+    def wait_for(self, predicate: Callable[[], Any], timeout: float | None = None) -> Waits[Any]:
         """Wait until ``predicate()`` is true; return its value."""
         with _timeout(timeout):
             result = predicate()
@@ -200,7 +206,7 @@ class QueueClosed(Exception):
     """The queue was closed: ``put`` always, ``get`` once it is empty."""
 
 
-class Queue:
+class Queue(Generic[_T]):
     """A FIFO between threads; ``maxsize`` <= 0 means unbounded.
 
     ``close()`` ends the stream: puts raise QueueClosed at once, gets drain
@@ -211,7 +217,7 @@ class Queue:
 
     def __init__(self, maxsize: int = 0) -> None:
         self.maxsize = maxsize
-        self._items: collections.deque = collections.deque()
+        self._items: collections.deque[_T] = collections.deque()
         self._getters = WaitQueue()  # waiting only while _items is empty
         self._putters = WaitQueue()  # waiting only while _items is full
         self._closed = False
@@ -229,7 +235,7 @@ class Queue:
     def closed(self) -> bool:
         return self._closed
 
-    def put_nowait(self, item: Any) -> bool:
+    def put_nowait(self, item: _T) -> bool:
         """Put without waiting; False if the queue is full."""
         if self._closed:
             raise QueueClosed("put() on a closed Queue")
@@ -243,7 +249,7 @@ class Queue:
         return True
 
     @types.coroutine
-    def put(self, item: Any, timeout: float | None = None) -> None:
+    def put(self, item: _T, timeout: float | None = None) -> Waits[None]:
         # put_nowait inlined: this is the hot path of every producer.
         if not self._closed:
             getters = self._getters
@@ -264,7 +270,7 @@ class Queue:
                     return
 
     @types.coroutine
-    def get(self, timeout: float | None = None) -> Any:
+    def get(self, timeout: float | None = None) -> Waits[_T]:
         items = self._items
         if items:
             item = items.popleft()
@@ -274,12 +280,16 @@ class Queue:
             return item
         if self._closed:
             raise QueueClosed("get() on a closed, empty Queue")
+        # A put hands its item straight to a waiting getter: the wait returns it.
+        handed: _T
         if timeout is None:
-            return (yield self._getters.park)
+            handed = yield self._getters.park
+            return handed
         with _timeout(timeout):
-            return (yield self._getters.park)
+            handed = yield self._getters.park
+            return handed
 
-    def get_nowait(self) -> Any:
+    def get_nowait(self) -> _T:
         """An item, or raise IndexError if there is none (QueueClosed if
         closed and empty)."""
         if self._items:

@@ -34,7 +34,8 @@ class BlockingPool(Worker):
     def __init__(self, max_threads: int = 16) -> None:
         self.max_threads = max_threads
         self._jobs: Any = None
-        self._done: collections.deque = collections.deque()
+        # (thread, syscall, (ok, result or exception)) from the OS threads
+        self._done: collections.deque[tuple[Thread, Blocking, tuple[bool, Any]]] = collections.deque()
         self._os_threads: list[threading.Thread] = []
         self._idle = 0
         self._pending = 0

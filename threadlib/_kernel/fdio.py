@@ -118,8 +118,8 @@ class _FdWaiters:
 
     def __init__(self, sched: Scheduler, fd: int) -> None:
         self.ready_append = sched._ready.append
-        self.reader = None
-        self.writer = None
+        self.reader: Thread | None = None
+        self.writer: Thread | None = None
         self.read_ready = 0  # events that arrived while no reader waited
         self.watching_out = False
         self.fd = fd

@@ -17,7 +17,7 @@ import logging
 import types
 from typing import Any
 
-from ..syscalls import Cancel, Join, JoinAny, SystemCall
+from ..syscalls import Cancel, Join, JoinAny, SystemCall, Waits
 
 log = logging.getLogger("threadlib")
 
@@ -41,13 +41,18 @@ class Thread:
 
     __slots__ = ("_coro", "_value", "_exc", "_wait", "deadline", "_id", "_name", "_prev", "_next")
 
+    # Set by the scheduler when it links the thread into its live list.
+    _prev: Thread
+    _next: Thread
+
     def __init__(self, coro: Any, name: str | None) -> None:
-        self._coro = coro
-        self._value = None
-        self._exc = None
-        self._wait = None
-        self.deadline = None  # absolute clock time of the innermost timeout scope
-        self._id = None
+        self._coro: Any = coro  # None once the thread has ended
+        self._value: Any = None
+        self._exc: BaseException | None = None
+        # A SystemCall while waiting; an _Unretrieved after a failed end.
+        self._wait: Any = None
+        self.deadline: float | None = None  # absolute clock time of the innermost timeout scope
+        self._id: int | None = None
         self._name = name
 
     @property
@@ -103,12 +108,12 @@ class Thread:
 
     # -- blocking operations, usable with yield from and await -------------
     @types.coroutine
-    def join(self) -> Any:
+    def join(self) -> Waits[Any]:
         """Wait for the thread to end; return its result or raise its exception."""
         return (yield Join(self))
 
     @types.coroutine
-    def cancel(self) -> Any:
+    def cancel(self) -> Waits[bool]:
         """Deliver ThreadCancelled at the thread's wait and wait until it has
         ended. Returns True if the thread was still running."""
         if self._coro is None:
@@ -121,7 +126,7 @@ class Thread:
         return True
 
     @types.coroutine
-    def wait(self) -> None:
+    def wait(self) -> Waits[None]:
         """Wait for the thread to end without taking its result or exception."""
         if self._coro is None:
             return
@@ -141,7 +146,7 @@ class _Unretrieved:
 
     def __init__(self, thread_name: str, exc: BaseException) -> None:
         self.thread_name = thread_name
-        self.exc = exc
+        self.exc: BaseException | None = exc
 
     def __del__(self) -> None:
         exc = self.exc

@@ -31,7 +31,7 @@ class TimerWorker(Worker):
     """
 
     def __init__(self) -> None:
-        self._heap: list[list] = []
+        self._heap: list[list[Any]] = []
         self._seq = itertools.count()
         self._dead = 0
 
@@ -39,14 +39,14 @@ class TimerWorker(Worker):
         self._sched = sched
         return {Sleep: self._sleep}
 
-    def call_at(self, when: float, callback: Callable[[Any], None], arg: Any = None) -> list:
+    def call_at(self, when: float, callback: Callable[[Any], None], arg: Any = None) -> list[Any]:
         """Run ``callback(arg)`` once the clock reaches ``when``; returns a
         handle for :meth:`cancel`."""
         entry = [when, next(self._seq), callback, arg]
         heapq.heappush(self._heap, entry)
         return entry
 
-    def cancel(self, entry: list) -> None:
+    def cancel(self, entry: list[Any]) -> None:
         if entry[2] is not None:
             entry[2] = None
             entry[3] = None

@@ -14,7 +14,7 @@ Nothing here monkey-patches the standard library.
 from __future__ import annotations
 
 import types
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable, Generator, TypeVar, overload
 
 import greenlet
 
@@ -25,13 +25,15 @@ from .._kernel import Thread, current_scheduler
 
 __all__ = ["thread", "run", "spawn", "call", "sleep", "join", "wrap", "listen", "connect", "current"]
 
+_T = TypeVar("_T")
+
 
 class GreenThread:
     """Adapts a greenlet to the coroutine protocol the scheduler drives."""
 
     __slots__ = ("_glet", "__qualname__")
 
-    def __init__(self, func: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+    def __init__(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         def body(_first_value: Any) -> Any:
             return func(*args, **kwargs)
 
@@ -78,6 +80,10 @@ def _in_green_thread() -> greenlet.greenlet:
     return me
 
 
+@overload
+def call(awaitable: Awaitable[_T]) -> _T: ...
+@overload
+def call(awaitable: Generator[Any, Any, _T]) -> _T: ...
 def call(awaitable: Any) -> Any:
     """Run a threadlib call (a generator or coroutine such as
     ``sock.recv(10)``) to completion from a green thread, blocking only
@@ -153,12 +159,19 @@ def _blocking_method(name: str) -> Callable[..., Any]:
     return method
 
 
+def _forwarded_attribute(name: str) -> property:
+    def get(self: Any) -> Any:
+        return getattr(self._target, name)
+
+    return property(get)
+
+
 def wrap(target: Any) -> Any:
     """A view of ``target`` (a socket, Queue, Mutex, Thread, ...) whose
     waiting methods block the green thread instead of returning a
     generator: ``wrap(queue).get()``, ``wrap(conn).recv(100)``."""
     cls = type(target)
-    proxy = _proxy_classes.get(cls)
+    proxy: Any = _proxy_classes.get(cls)  # a class made below: mypy knows no more of it
     if proxy is None:
         namespace: dict[str, Any] = {"__slots__": ("_target",)}
         for name in dir(cls):
@@ -168,7 +181,7 @@ def wrap(target: Any) -> Any:
             if callable(attr) and not isinstance(attr, type):
                 namespace[name] = _blocking_method(name)
             else:
-                namespace[name] = property(lambda self, _n=name: getattr(self._target, _n))
+                namespace[name] = _forwarded_attribute(name)
         namespace["__repr__"] = lambda self: f"<green {self._target!r}>"
         namespace["unwrap"] = lambda self: self._target
         proxy = type(f"Green{cls.__name__}", (), namespace)

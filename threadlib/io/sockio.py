@@ -23,11 +23,14 @@ import os
 import select
 import socket
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..calls import timeout as _timeout
 from .._kernel import DONE, current_scheduler
-from ..syscalls import Blocking, Sleep, WaitRead, WaitWrite
+from ..syscalls import Blocking, Sleep, WaitRead, WaitWrite, Waits
+
+if TYPE_CHECKING:
+    from ..net import Call
 
 log = logging.getLogger("threadlib.io.sockio")
 
@@ -154,7 +157,7 @@ class Stream(_SocketBase):
         return self._sock.getpeername()
 
     @types.coroutine
-    def recv(self, max_bytes: int = 65536, timeout: float | None = None) -> bytes:
+    def recv(self, max_bytes: int = 65536, timeout: float | None = None) -> Waits[bytes]:
         """Up to ``max_bytes`` bytes; b'' once the peer has closed its side."""
         sock = self._sock
         while True:
@@ -177,7 +180,7 @@ class Stream(_SocketBase):
                 self._hung_up = True
 
     @types.coroutine
-    def recv_into(self, buffer: Any, nbytes: int = 0, timeout: float | None = None) -> int:
+    def recv_into(self, buffer: Any, nbytes: int = 0, timeout: float | None = None) -> Waits[int]:
         sock = self._sock
         while True:
             if self._drained:
@@ -199,7 +202,7 @@ class Stream(_SocketBase):
                 self._hung_up = True
 
     @types.coroutine
-    def recv_exactly(self, nbytes: int, timeout: float | None = None) -> bytes:
+    def recv_exactly(self, nbytes: int, timeout: float | None = None) -> Waits[bytes]:
         """Exactly ``nbytes`` bytes, or EOFError if the stream ends first."""
         buf = bytearray(nbytes)
         view = memoryview(buf)
@@ -213,7 +216,7 @@ class Stream(_SocketBase):
         return bytes(buf)
 
     @types.coroutine
-    def send(self, data: Any, timeout: float | None = None) -> int:
+    def send(self, data: Any, timeout: float | None = None) -> Waits[int]:
         """Send some of ``data``; return how many bytes went."""
         sock = self._sock
         while True:
@@ -224,7 +227,7 @@ class Stream(_SocketBase):
             with _timeout(timeout):
                 yield self._wait_write
 
-    def sendall(self, data: Any, timeout: float | None = None) -> Any:
+    def sendall(self, data: Any, timeout: float | None = None) -> Call[None]:
         """Send all of ``data``, waiting for buffer space as needed.
 
         The first send happens at the call: when the socket buffer takes
@@ -240,7 +243,7 @@ class Stream(_SocketBase):
         return self._send_rest(data, sent, timeout)
 
     @types.coroutine
-    def _send_rest(self, data: Any, sent: int, timeout: float | None) -> None:
+    def _send_rest(self, data: Any, sent: int, timeout: float | None) -> Waits[None]:
         sock = self._sock
         view = memoryview(data).cast("B")
         total = len(view)
@@ -252,7 +255,7 @@ class Stream(_SocketBase):
                     yield self._wait_write
 
     @types.coroutine
-    def sendfile(self, file: Any, offset: int = 0, count: int | None = None, timeout: float | None = None) -> int:
+    def sendfile(self, file: Any, offset: int = 0, count: int | None = None, timeout: float | None = None) -> Waits[int]:
         """Send ``count`` bytes (to end of file if None) of ``file`` (an
         object with ``fileno()`` or an fd) from ``offset`` with
         sendfile(2), zero-copy. Returns the bytes sent (fewer only at end
@@ -303,7 +306,7 @@ class Listener(_SocketBase):
         return addr[:2] if isinstance(addr, tuple) else addr
 
     @types.coroutine
-    def accept(self, timeout: float | None = None) -> tuple[Stream, Any]:
+    def accept(self, timeout: float | None = None) -> Waits[tuple[Stream, Any]]:
         """The next connection and its peer address.
 
         Running out of fds (EMFILE) or buffers makes accept back off (up to
@@ -314,7 +317,10 @@ class Listener(_SocketBase):
         with _timeout(timeout):
             while True:
                 try:
-                    fd, addr = sock._accept()
+                    # The fd alone: the socket object is made below with the
+                    # listener's family and type. CPython has it; typeshed
+                    # does not declare it.
+                    fd, addr = sock._accept()  # type: ignore[attr-defined]
                 except BlockingIOError:
                     yield self._wait_read
                     continue
@@ -342,7 +348,7 @@ class DatagramSocket(_SocketBase):
     __slots__ = ()
 
     @types.coroutine
-    def recvfrom(self, max_bytes: int = 65536, timeout: float | None = None) -> tuple[bytes, Any]:
+    def recvfrom(self, max_bytes: int = 65536, timeout: float | None = None) -> Waits[tuple[bytes, Any]]:
         sock = self._sock
         with _timeout(timeout):
             while True:
@@ -352,12 +358,12 @@ class DatagramSocket(_SocketBase):
                     yield self._wait_read
 
     @types.coroutine
-    def recv(self, max_bytes: int = 65536, timeout: float | None = None) -> bytes:
+    def recv(self, max_bytes: int = 65536, timeout: float | None = None) -> Waits[bytes]:
         data, _ = yield from self.recvfrom(max_bytes, timeout)
         return data
 
     @types.coroutine
-    def sendto(self, data: Any, address: Any, timeout: float | None = None) -> int:
+    def sendto(self, data: Any, address: Any, timeout: float | None = None) -> Waits[int]:
         sock = self._sock
         with _timeout(timeout):
             while True:
@@ -367,7 +373,7 @@ class DatagramSocket(_SocketBase):
                     yield self._wait_write
 
     @types.coroutine
-    def send(self, data: Any, timeout: float | None = None) -> int:
+    def send(self, data: Any, timeout: float | None = None) -> Waits[int]:
         """Send to the connected peer (see ``connect``)."""
         sock = self._sock
         with _timeout(timeout):
@@ -394,7 +400,7 @@ def _literal_family(host: str) -> int | None:
 
 
 @types.coroutine
-def resolve(host: str, port: int, type: int = socket.SOCK_STREAM) -> list[tuple[int, Any]]:
+def resolve(host: str, port: int, type: int = socket.SOCK_STREAM) -> Waits[list[tuple[int, Any]]]:
     """``[(family, sockaddr), ...]`` for ``host``; literals need no lookup,
     names are resolved on the blocking pool (getaddrinfo blocks)."""
     family = _literal_family(host) if host else socket.AF_INET
@@ -415,14 +421,14 @@ class KernelNetwork:
 
     name = "kernel"
 
-    def resolve(self, host: str, port: int) -> Any:
+    def resolve(self, host: str, port: int) -> Call[list[tuple[int, Any]]]:
         """``[(family, sockaddr), ...]`` for ``host`` (see module ``resolve``)."""
         return resolve(host, port)
 
     @types.coroutine
     def listen(
         self, address: tuple[str, int], backlog: int = 1024, reuse_port: bool = False, nodelay: bool = True
-    ) -> Listener:
+    ) -> Waits[Listener]:
         """A TCP listener bound to ``(host, port)``; port 0 picks a free one;
         ``reuse_port`` lets several processes share the port."""
         host, port = address[0], address[1]
@@ -444,7 +450,7 @@ class KernelNetwork:
     @types.coroutine
     def connect(
         self, address: tuple[str, int], timeout: float | None = None, nodelay: bool = True, local: Any = None
-    ) -> Stream:
+    ) -> Waits[Stream]:
         """A TCP connection to ``(host, port)``; tries each resolved address
         in turn. Raises ConnectionRefusedError, TimeoutError, ..."""
         host, port = address[0], address[1]
@@ -469,7 +475,7 @@ class KernelNetwork:
         raise last_error
 
     @types.coroutine
-    def udp(self, bind: tuple[str, int] | None = None, family: int | None = None) -> DatagramSocket:
+    def udp(self, bind: tuple[str, int] | None = None, family: int | None = None) -> Waits[DatagramSocket]:
         """A UDP socket, bound to ``bind`` if given."""
         if family is None:
             family = socket.AF_INET
@@ -485,7 +491,7 @@ class KernelNetwork:
         return DatagramSocket(sock)
 
     @types.coroutine
-    def unix_listen(self, path: str, backlog: int = 1024) -> Listener:
+    def unix_listen(self, path: str, backlog: int = 1024) -> Waits[Listener]:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(path)
@@ -497,7 +503,7 @@ class KernelNetwork:
         yield  # a generator, like every call that may wait
 
     @types.coroutine
-    def unix_connect(self, path: str, timeout: float | None = None) -> Stream:
+    def unix_connect(self, path: str, timeout: float | None = None) -> Waits[Stream]:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             with _timeout(timeout):
@@ -509,7 +515,7 @@ class KernelNetwork:
 
 
 @types.coroutine
-def _connect_socket(sock: socket.socket, sockaddr: Any) -> Any:
+def _connect_socket(sock: socket.socket, sockaddr: Any) -> Waits[None]:
     sock.setblocking(False)
     err = sock.connect_ex(sockaddr)
     if err in (errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY):

@@ -21,7 +21,8 @@ import types
 from typing import Any, Iterable
 
 from .._kernel import Scheduler, Thread, Worker
-from ..syscalls import SystemCall
+from .._kernel.worker import Handler
+from ..syscalls import SystemCall, Waits
 
 __all__ = ["WaitSignal", "SignalWorker", "wait_signal", "scheduler"]
 
@@ -44,7 +45,7 @@ class SignalWorker(Worker):
         self._writer: socket.socket | None = None
         self._old_wakeup_fd = -1
 
-    def attach(self, sched: Scheduler) -> dict:
+    def attach(self, sched: Scheduler) -> dict[type, Handler]:
         self._sched = sched
         return {WaitSignal: self._wait_signal}
 
@@ -81,8 +82,10 @@ class SignalWorker(Worker):
             self._waiters.setdefault(signum, []).append((thread, sc))
 
     def _on_readable(self, events: int) -> None:
+        reader = self._reader
+        assert reader is not None  # its fd is watched only while it is open
         try:
-            data = self._reader.recv(4096)
+            data = reader.recv(4096)
         except BlockingIOError:
             return
         for signum in data:
@@ -107,7 +110,7 @@ class SignalWorker(Worker):
         for signum, handler in self._old_handlers.items():
             signal.signal(signum, handler)
         self._old_handlers.clear()
-        if self._reader is not None:
+        if self._reader is not None and self._writer is not None:
             signal.set_wakeup_fd(self._old_wakeup_fd)
             self._sched.unwatch_fd(self._reader.fileno())
             self._reader.close()
@@ -120,12 +123,13 @@ def _note_signal(signum: int, frame: Any) -> None:
 
 
 @types.coroutine
-def wait_signal(*signums: int) -> int:
+def wait_signal(*signums: int) -> Waits[int]:
     """Wait for any of ``signums``; return the one that arrived. Needs a
     scheduler with a SignalWorker (``threadlib.process.signals.scheduler()``)."""
     if not signums:
         raise ValueError("wait_signal() needs at least one signal number")
-    return (yield WaitSignal(tuple(signums)))
+    signum: int = yield WaitSignal(tuple(signums))
+    return signum
 
 
 def scheduler(workers: Iterable[Worker] | None = None, **kwargs: Any) -> Scheduler:

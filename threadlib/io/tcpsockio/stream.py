@@ -21,6 +21,7 @@ from iolib.tcp import errors as tcperr
 from iolib.tcp.connection import SYN_RECEIVED, SYN_SENT
 
 from ...calls import timeout as _timeout
+from ...syscalls import Waits
 from .errors import closed_error, translate
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ class Stream:
         self._readers: list[Thread] = []
         self._writers: list[Thread] = []
         self._connecters: list[Thread] = []
-        self._backlog: collections.deque = collections.deque()  # written, not yet in the stack
+        self._backlog: collections.deque[bytes] = collections.deque()  # written, not yet in the stack
         self._writable = True
         self._closed = False
         self._close_pending = False
@@ -82,11 +83,13 @@ class Stream:
 
     @property
     def local_address(self) -> tuple[str, int]:
-        return self._conn.local
+        local: tuple[str, int] = self._conn.local
+        return local
 
     @property
     def peer_address(self) -> tuple[str, int]:
-        return self._conn.remote
+        remote: tuple[str, int] = self._conn.remote
+        return remote
 
     def peers(self) -> tuple[tuple[str, int], tuple[str, int]]:
         """``(local, remote)``, each an ``(address, port)`` pair."""
@@ -118,7 +121,7 @@ class Stream:
         self.close()
 
     # -- worker side -------------------------------------------------------
-    def _waiters(self, what: str) -> list:
+    def _waiters(self, what: str) -> list[Thread]:
         if what == "read":
             return self._readers
         if what == "write":
@@ -172,7 +175,7 @@ class Stream:
             raise closed_error("stream")
 
     @types.coroutine
-    def recv(self, max_bytes: int = 65536, timeout: float | None = None) -> bytes:
+    def recv(self, max_bytes: int = 65536, timeout: float | None = None) -> Waits[bytes]:
         """Up to ``max_bytes`` bytes; b'' once the peer has closed its side."""
         net = self._net
         stack = self._stack
@@ -181,7 +184,7 @@ class Stream:
             if self._closed:
                 raise closed_error("stream")
             try:
-                data = stack.recv(conn, max_bytes, net._clock_now())
+                data: bytes | None = stack.recv(conn, max_bytes, net._clock_now())
             except tcperr.BadArgument:
                 raise
             except OSError as exc:
@@ -196,7 +199,7 @@ class Stream:
                     yield self._wait_r
 
     @types.coroutine
-    def recv_into(self, buffer: Any, nbytes: int = 0, timeout: float | None = None) -> int:
+    def recv_into(self, buffer: Any, nbytes: int = 0, timeout: float | None = None) -> Waits[int]:
         """Read into ``buffer`` (up to ``nbytes``, or its length); 0 at end
         of stream."""
         view = memoryview(buffer).cast("B")
@@ -212,7 +215,7 @@ class Stream:
         return n
 
     @types.coroutine
-    def recv_exactly(self, nbytes: int, timeout: float | None = None) -> bytes:
+    def recv_exactly(self, nbytes: int, timeout: float | None = None) -> Waits[bytes]:
         """Exactly ``nbytes`` bytes, or EOFError if the stream ends first."""
         parts = []
         got = 0
@@ -226,7 +229,7 @@ class Stream:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     @types.coroutine
-    def read(self, buffer: Any, offset: int = 0, length: int | None = None, timeout: float | None = None) -> int:
+    def read(self, buffer: Any, offset: int = 0, length: int | None = None, timeout: float | None = None) -> Waits[int]:
         """Mnet's read: up to ``length`` bytes into ``buffer[offset:]``;
         the count, 0 at end of stream. Never loses bytes: it asks the
         stack for no more than fits."""
@@ -238,7 +241,7 @@ class Stream:
         return len(data)
 
     @types.coroutine
-    def get(self, timeout: float | None = None) -> bytes:
+    def get(self, timeout: float | None = None) -> Waits[bytes]:
         """Everything received so far (waiting for at least one byte), as
         the stack's own buffer copy, without a further copy; b'' at end of
         stream."""
@@ -260,7 +263,7 @@ class Stream:
 
     @types.coroutine
     def really_read(self, buffer: Any, offset: int = 0, length: int | None = None,
-                    timeout: float | None = None) -> None:
+                    timeout: float | None = None) -> Waits[None]:
         """Fill ``buffer[offset:offset+length]`` completely, or raise
         EOFError (the stream ended first) or the connection's error."""
         view = _check_buffer_range(buffer, offset, length)
@@ -275,7 +278,7 @@ class Stream:
 
     # -- writing -------------------------------------------------------------
     @types.coroutine
-    def send(self, data: Any, timeout: float | None = None) -> int:
+    def send(self, data: Any, timeout: float | None = None) -> Waits[int]:
         """Send some of ``data``; return how many bytes went (at least one
         unless ``data`` is empty)."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -297,7 +300,7 @@ class Stream:
                 yield self._wait_w
 
     @types.coroutine
-    def sendall(self, data: Any, timeout: float | None = None) -> None:
+    def sendall(self, data: Any, timeout: float | None = None) -> Waits[None]:
         """Send all of ``data`` (waiting for buffer space as needed)."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"sendall() needs a bytes-like object, got {type(data).__name__}")
@@ -347,7 +350,7 @@ class Stream:
             self._writable = False
 
     @types.coroutine
-    def sendfile(self, file: Any, offset: int = 0, count: int | None = None, timeout: float | None = None) -> int:
+    def sendfile(self, file: Any, offset: int = 0, count: int | None = None, timeout: float | None = None) -> Waits[int]:
         """Send ``count`` bytes (to end of file if None) of ``file`` (an
         object with ``fileno()`` or an fd) from ``offset``: read and send,
         there is no zero-copy path into a user-level stack. Returns the
@@ -464,7 +467,7 @@ class Listener:
     def fileno(self) -> int:
         return -1
 
-    def _waiters(self, what: str) -> list:
+    def _waiters(self, what: str) -> list[Thread]:
         return self._readers
 
     def _ready(self, what: str) -> bool:
@@ -474,7 +477,7 @@ class Listener:
         self._readers.clear()
 
     @types.coroutine
-    def accept(self, timeout: float | None = None) -> tuple[Stream, tuple[str, int]]:
+    def accept(self, timeout: float | None = None) -> Waits[tuple[Stream, tuple[str, int]]]:
         """The next connection and its peer ``(address, port)``."""
         net = self._net
         with _timeout(timeout):
