@@ -63,6 +63,8 @@ def generator_thread() -> Waits[None]:
     yield from q.put(1)
     item = yield from q.get()
     reveal_type(item)  # expect: int
+    q.put_nowait(2)
+    reveal_type(q.get_nowait())  # expect: int
     mutex = threadlib.Mutex()
     locked = yield from mutex.acquire(timeout=1.0)
     reveal_type(locked)  # expect: bool

@@ -206,6 +206,14 @@ class QueueClosed(Exception):
     """The queue was closed: ``put`` always, ``get`` once it is empty."""
 
 
+class QueueFull(Exception):
+    """``put_nowait`` on a queue that has ``maxsize`` items."""
+
+
+class QueueEmpty(Exception):
+    """``get_nowait`` on a queue that has no item."""
+
+
 class Queue(Generic[_T]):
     """A FIFO between threads; ``maxsize`` <= 0 means unbounded.
 
@@ -235,8 +243,24 @@ class Queue(Generic[_T]):
     def closed(self) -> bool:
         return self._closed
 
-    def put_nowait(self, item: _T) -> bool:
-        """Put without waiting; False if the queue is full."""
+    def put_nowait(self, item: _T) -> None:
+        """Put without waiting; raise QueueFull if the queue is full
+        (QueueClosed if it is closed)."""
+        # _offer inlined: the way to feed a queue from plain code and workers.
+        if self._closed:
+            raise QueueClosed("put() on a closed Queue")
+        getters = self._getters
+        if getters._waiters and getters.wake_one(item) is not None:
+            return  # handed straight to a waiting getter
+        items = self._items
+        if 0 < self.maxsize <= len(items):
+            raise QueueFull(f"put_nowait() on a full Queue (maxsize {self.maxsize})")
+        items.append(item)
+
+    def _offer(self, item: _T) -> bool:
+        # put()'s slow path: put_nowait, but False when full instead of
+        # raising, since a producer of a full queue retries after every
+        # wake-up and an exception per retry would cost more than the wait.
         if self._closed:
             raise QueueClosed("put() on a closed Queue")
         getters = self._getters
@@ -250,7 +274,7 @@ class Queue(Generic[_T]):
 
     @types.coroutine
     def put(self, item: _T, timeout: float | None = None) -> Waits[None]:
-        # put_nowait inlined: this is the hot path of every producer.
+        # _offer inlined: this is the hot path of every producer.
         if not self._closed:
             getters = self._getters
             if getters._waiters and getters.wake_one(item) is not None:
@@ -259,14 +283,14 @@ class Queue(Generic[_T]):
             if self.maxsize <= 0 or len(items) < self.maxsize:
                 items.append(item)
                 return
-        put_nowait = self.put_nowait
-        if put_nowait(item):
+        offer = self._offer
+        if offer(item):
             return
         with _timeout(timeout):
             while True:
                 # Woken by a get that made room (or by close); retry.
                 yield self._putters.park
-                if put_nowait(item):
+                if offer(item):
                     return
 
     @types.coroutine
@@ -290,8 +314,8 @@ class Queue(Generic[_T]):
             return handed
 
     def get_nowait(self) -> _T:
-        """An item, or raise IndexError if there is none (QueueClosed if
-        closed and empty)."""
+        """An item without waiting; raise QueueEmpty if there is none
+        (QueueClosed if the queue is closed and empty)."""
         if self._items:
             item = self._items.popleft()
             if self._putters._waiters:
@@ -299,7 +323,7 @@ class Queue(Generic[_T]):
             return item
         if self._closed:
             raise QueueClosed("get() on a closed, empty Queue")
-        raise IndexError("get_nowait() on an empty Queue")
+        raise QueueEmpty("get_nowait() on an empty Queue")
 
     def close(self) -> None:
         if self._closed:
