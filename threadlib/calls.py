@@ -37,7 +37,8 @@ def _drive(awaitable: Any) -> Waits[Any]:
 @types.coroutine
 def spawn(target: Any, *args: Any, name: str | None = None) -> Waits[Thread]:
     """Start a thread running ``target`` (a generator or coroutine object,
-    or a function called with ``args``); return its Thread at once."""
+    or a function called with ``args``); return its Thread at once (the
+    call never waits: the new thread is ready, the caller goes on)."""
     if args or type(target) not in COROUTINE_TYPES:
         target = _as_coroutine(target, args)
     thread: Thread = yield Spawn(target, name)
@@ -47,7 +48,8 @@ def spawn(target: Any, *args: Any, name: str | None = None) -> Waits[Thread]:
 @types.coroutine
 def sleep(seconds: float) -> Waits[None]:
     """Wait ``seconds`` on the scheduler's clock; ``sleep(0)`` lets every
-    other ready thread run first."""
+    other ready thread run first. An enclosing ``timeout`` that falls
+    earlier ends it with TimeoutError."""
     if seconds <= 0:
         yield YIELD
     else:
@@ -56,7 +58,7 @@ def sleep(seconds: float) -> Waits[None]:
 
 @types.coroutine
 def current() -> Waits[Thread]:
-    """The calling thread."""
+    """The calling thread (resumes at once)."""
     thread: Thread = yield GET_CURRENT
     return thread
 
@@ -64,14 +66,18 @@ def current() -> Waits[Thread]:
 @types.coroutine
 def blocking(func: Callable[..., Any], *args: Any) -> Waits[Any]:
     """Run ``func(*args)`` on the blocking pool (an OS thread) and return
-    its result; other threads keep running meanwhile."""
+    its result; other threads keep running meanwhile.
+
+    A timeout or cancellation ends the wait, not the call: ``func`` runs to
+    its end on the OS thread and its result is dropped."""
     return (yield Blocking(func, args))
 
 
 @types.coroutine
 def join_all(threads: Iterable[Thread]) -> Waits[list[Any]]:
     """Wait for every thread; return their results in order. The first
-    exception (in order) is raised once all have ended."""
+    exception (in order) is raised once all have ended. A timeout or a
+    cancellation of the caller leaves the threads running."""
     threads = list(threads)
     results = []
     error = None
@@ -91,7 +97,8 @@ def join_all(threads: Iterable[Thread]) -> Waits[list[Any]]:
 
 @types.coroutine
 def join_any(threads: Iterable[Thread]) -> Waits[Thread]:
-    """Wait until one of ``threads`` has ended; return that thread."""
+    """Wait until one of ``threads`` has ended; return that thread (its
+    result is left for ``join``). The others keep running."""
     threads = tuple(threads)
     if not threads:
         raise ValueError("join_any() needs at least one thread")

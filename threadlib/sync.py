@@ -39,18 +39,24 @@ class Event:
         self._waiters = WaitQueue()
 
     def is_set(self) -> bool:
+        """Whether the flag is set."""
         return self._flag
 
     def set(self) -> None:
+        """Set the flag and wake every waiter (never waits)."""
         if not self._flag:
             self._flag = True
             self._waiters.wake_all()
 
     def clear(self) -> None:
+        """Reset the flag; later ``wait`` calls wait again."""
         self._flag = False
 
     def wait(self, timeout: float | None = None) -> Call[None]:
-        """Wait until the flag is set (``yield from ev.wait()`` or ``await``)."""
+        """Wait until the flag is set (``yield from ev.wait()`` or ``await``).
+
+        Returns at once if it is set, else parks until ``set``; ``timeout``
+        raises TimeoutError when it passes."""
         if self._flag:
             return DONE
         if timeout is None:
@@ -76,10 +82,15 @@ class Mutex:
         self._waiters = WaitQueue()
 
     def locked(self) -> bool:
+        """Whether some thread holds the lock."""
         return self._locked
 
     @types.coroutine
     def acquire(self, timeout: float | None = None) -> Waits[bool]:
+        """Take the lock, parking in FIFO order while another thread holds
+        it; returns True. On ``timeout`` (TimeoutError) or cancellation the
+        lock was not taken; once handed over it is kept, and a cancel that
+        comes later is delivered at the next wait."""
         if not self._locked:
             self._locked = True
             return True
@@ -92,6 +103,7 @@ class Mutex:
         return True
 
     def release(self) -> None:
+        """Hand the lock to the longest waiter, or unlock (never waits)."""
         if not self._locked:
             raise RuntimeError("release() of a Mutex that is not locked")
         if self._waiters.wake_one() is None:
@@ -123,10 +135,14 @@ class Semaphore:
 
     @property
     def value(self) -> int:
+        """The permits available now."""
         return self._value
 
     @types.coroutine
     def acquire(self, timeout: float | None = None) -> Waits[bool]:
+        """Take a permit, parking in FIFO order while there is none; returns
+        True. On ``timeout`` (TimeoutError) or cancellation no permit was
+        taken; one handed over is kept, as with ``Mutex.acquire``."""
         if self._value > 0:
             self._value -= 1
             return True
@@ -138,6 +154,8 @@ class Semaphore:
         return True
 
     def release(self) -> None:
+        """Give a permit back: to the longest waiter, or to the pool
+        (ValueError past the bound of a bounded semaphore). Never waits."""
         if self._waiters.wake_one() is None:
             if self._bound is not None and self._value >= self._bound:
                 raise ValueError(f"BoundedSemaphore released more than its {self._bound} permits")
@@ -162,9 +180,11 @@ class Condition:
 
     @types.coroutine
     def acquire(self, timeout: float | None = None) -> Waits[bool]:
+        """Take the condition's mutex (``Mutex.acquire``)."""
         return (yield from self.mutex.acquire(timeout))
 
     def release(self) -> None:
+        """Release the condition's mutex."""
         self.mutex.release()
 
     @types.coroutine
@@ -185,7 +205,8 @@ class Condition:
 
     @types.coroutine
     def wait_for(self, predicate: Callable[[], Any], timeout: float | None = None) -> Waits[Any]:
-        """Wait until ``predicate()`` is true; return its value."""
+        """Wait until ``predicate()`` is true; return its value. Holding the
+        mutex, as for ``wait``; ``timeout`` bounds the whole wait."""
         with _timeout(timeout):
             result = predicate()
             while not result:
@@ -194,11 +215,13 @@ class Condition:
         return result
 
     def notify(self, n: int = 1) -> None:
+        """Wake up to ``n`` waiters, longest first (they retake the mutex)."""
         for _ in range(n):
             if self._waiters.wake_one() is None:
                 break
 
     def notify_all(self) -> None:
+        """Wake every waiter."""
         self._waiters.wake_all()
 
 
@@ -231,16 +254,20 @@ class Queue(Generic[_T]):
         self._closed = False
 
     def qsize(self) -> int:
+        """The number of items in the queue."""
         return len(self._items)
 
     def empty(self) -> bool:
+        """Whether the queue holds no item."""
         return not self._items
 
     def full(self) -> bool:
+        """Whether the queue holds ``maxsize`` items (never, if unbounded)."""
         return 0 < self.maxsize <= len(self._items)
 
     @property
     def closed(self) -> bool:
+        """Whether ``close`` was called."""
         return self._closed
 
     def put_nowait(self, item: _T) -> None:
@@ -274,6 +301,9 @@ class Queue(Generic[_T]):
 
     @types.coroutine
     def put(self, item: _T, timeout: float | None = None) -> Waits[None]:
+        """Add ``item``, parking while the queue is full; QueueClosed if it is
+        closed (also while waiting). On ``timeout`` (TimeoutError) or
+        cancellation the item was not added."""
         # _offer inlined: this is the hot path of every producer.
         if not self._closed:
             getters = self._getters
@@ -295,6 +325,11 @@ class Queue(Generic[_T]):
 
     @types.coroutine
     def get(self, timeout: float | None = None) -> Waits[_T]:
+        """The oldest item, parking (FIFO among getters) while there is none;
+        QueueClosed once the queue is closed and drained. On ``timeout``
+        (TimeoutError) no item was taken; an item handed to a waiting getter
+        is never lost: a cancel arriving after the hand-off is delivered at
+        its next wait."""
         items = self._items
         if items:
             item = items.popleft()
@@ -326,6 +361,9 @@ class Queue(Generic[_T]):
         raise QueueEmpty("get_nowait() on an empty Queue")
 
     def close(self) -> None:
+        """End the stream (never waits): waiting getters and putters, and
+        every later put, raise QueueClosed; getters still receive what is
+        queued first."""
         if self._closed:
             return
         self._closed = True

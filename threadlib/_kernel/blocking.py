@@ -42,6 +42,7 @@ class BlockingPool(Worker):
         self._efd = -1
 
     def attach(self, sched: Scheduler) -> dict[type, Handler]:
+        """Serve ``Blocking``; the OS threads and the eventfd come at first use."""
         self._sched = sched
         return {Blocking: self._blocking}
 
@@ -103,9 +104,12 @@ class BlockingPool(Worker):
                 sched.throw(thread, value)
 
     def busy(self) -> bool:
+        """Whether a call is queued or running (its caller may be waiting)."""
         return self._pending > 0
 
     def close(self) -> None:
+        """Tell the OS threads to stop once idle (a running call is not
+        interrupted; the threads are daemons) and close the eventfd."""
         if self._jobs is not None:
             for _ in self._os_threads:
                 self._jobs.put(None)

@@ -67,6 +67,7 @@ class Thread:
     # -- introspection ----------------------------------------------------
     @property
     def name(self) -> str:
+        """The name given at spawn, or the coroutine's qualified name plus the id."""
         if self._name is not None:
             return self._name
         coro = self._coro
@@ -75,6 +76,7 @@ class Thread:
 
     @property
     def done(self) -> bool:
+        """Whether the thread has ended (returned, raised or was cancelled)."""
         return self._coro is None
 
     @property
@@ -85,6 +87,7 @@ class Thread:
 
     @property
     def state(self) -> str:
+        """"ready", "waiting", "done", "failed" or "cancelled"."""
         if self._coro is None:
             if self._exc is None:
                 return "done"
@@ -109,13 +112,21 @@ class Thread:
     # -- blocking operations, usable with yield from and await -------------
     @types.coroutine
     def join(self) -> Waits[Any]:
-        """Wait for the thread to end; return its result or raise its exception."""
+        """Wait for the thread to end; return its result or raise its exception.
+
+        Parks until the thread ends (at once if it has). A timeout or a
+        cancellation of the joiner leaves the thread running and its
+        outcome unretrieved."""
         return (yield Join(self))
 
     @types.coroutine
     def cancel(self) -> Waits[bool]:
         """Deliver ThreadCancelled at the thread's wait and wait until it has
-        ended. Returns True if the thread was still running."""
+        ended. Returns True if the thread was still running.
+
+        The wait lasts as long as the thread's ``finally`` blocks do; if the
+        canceller is itself timed out or cancelled meanwhile, the thread has
+        still been told and ends on its own."""
         if self._coro is None:
             return False
         yield Cancel(self)
@@ -127,7 +138,8 @@ class Thread:
 
     @types.coroutine
     def wait(self) -> Waits[None]:
-        """Wait for the thread to end without taking its result or exception."""
+        """Wait for the thread to end without taking its result or exception
+        (an exception nobody joins is still logged)."""
         if self._coro is None:
             return
         yield JoinAny((self,))
@@ -160,6 +172,7 @@ class _Unretrieved:
 
 
 def mark_retrieved(thread: Thread) -> None:
+    """Someone has seen ``thread``'s exception: do not log it as unjoined."""
     reporter = thread._wait
     if type(reporter) is _Unretrieved:
         reporter.exc = None

@@ -124,6 +124,7 @@ class WaitQueue:
         return None
 
     def wake_all(self, value: Any = None) -> int:
+        """Make every waiting thread ready with ``value``; return how many."""
         waiters = self._waiters
         self._waiters = collections.deque()
         self._stale = 0

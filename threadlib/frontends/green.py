@@ -41,6 +41,8 @@ class GreenThread:
         self.__qualname__ = getattr(func, "__qualname__", "green")
 
     def send(self, value: Any) -> Any:
+        """Run the greenlet until its next system call (returned) or its end
+        (StopIteration with its result), as ``generator.send`` does."""
         glet = self._glet
         # The scheduler's greenlet is whoever resumes us; our return value
         # and every system call we yield go back to it.
@@ -51,6 +53,7 @@ class GreenThread:
         return syscall
 
     def throw(self, exc: BaseException, *_: Any) -> Any:
+        """Raise ``exc`` in the greenlet where it waits, as ``generator.throw`` does."""
         glet = self._glet
         # As in send: our result goes back to whoever throws. A greenlet
         # never started ends with the exception, as a generator would.
@@ -61,6 +64,7 @@ class GreenThread:
         return syscall
 
     def close(self) -> None:
+        """End an unfinished greenlet by raising GreenletExit in it."""
         if self._glet and not self._glet.dead:
             try:
                 self._glet.throw(greenlet.GreenletExit)
@@ -87,7 +91,8 @@ def call(awaitable: Generator[Any, Any, _T]) -> _T: ...
 def call(awaitable: Any) -> Any:
     """Run a threadlib call (a generator or coroutine such as
     ``sock.recv(10)``) to completion from a green thread, blocking only
-    this green thread."""
+    this green thread. The call's timeouts and cancellation behave as in a
+    generator thread: they are raised here."""
     me = _in_green_thread()
     if isinstance(awaitable, types.CoroutineType):
         awaitable = awaitable.__await__()
@@ -122,14 +127,17 @@ def spawn(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Thread:
 
 
 def sleep(seconds: float) -> None:
+    """``threadlib.sleep`` for a green thread: blocks only this green thread."""
     call(calls.sleep(seconds))
 
 
 def join(thread: Thread) -> Any:
+    """Block this green thread until ``thread`` ends; its result, or its exception raised."""
     return call(thread.join())
 
 
 def current() -> Thread:
+    """The calling green thread's Thread."""
     return call(calls.current())
 
 
@@ -197,4 +205,6 @@ def listen(address: tuple[str, int], **kwargs: Any) -> Any:
 
 
 def connect(address: tuple[str, int], **kwargs: Any) -> Any:
+    """A blocking-style stream connected to ``address`` (``sockio.connect``'s
+    keyword arguments, ``timeout`` among them)."""
     return wrap(call(sockio.connect(address, **kwargs)))

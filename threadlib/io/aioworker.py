@@ -118,6 +118,8 @@ class AioWorker(Worker):
 
     # -- assembly -----------------------------------------------------------
     def attach(self, sched: Scheduler) -> dict[type, Handler]:
+        """Serve the Aio* calls for ``sched`` (one scheduler per worker); the
+        kernel context is made at first use."""
         if getattr(self, "_sched", None) is not None:
             raise RuntimeError("an AioWorker serves one scheduler; create another for this one")
         self._sched = sched
@@ -221,6 +223,7 @@ class AioWorker(Worker):
         self._sched.suspend(thread, sc)
 
     def withdraw(self, thread: Thread, syscall: Any) -> None:
+        """Forget the interrupted caller; its request runs on in the kernel."""
         # The request stays with the kernel and its buffer stays referenced by
         # the engine until reaped; _on_completion then finds the thread no
         # longer waiting in this call and drops the result.  A withdrawn
@@ -229,11 +232,13 @@ class AioWorker(Worker):
 
     # -- the event loop side ------------------------------------------------------
     def next_deadline(self) -> float | None:
+        """At once while requests wait to be submitted, else None."""
         # "Now" while requests wait to be submitted: the scheduler then polls
         # without sleeping and calls expire(), which submits them in one batch.
         return self._flush_due
 
     def expire(self, now: float) -> None:
+        """Submit the queued requests in one io_submit."""
         if self._flush_due is not None:
             self._flush_due = None
             ctx = self._ctx
@@ -311,12 +316,16 @@ class AioWorker(Worker):
         return sum(self._pending_by_fd.values())
 
     def pending_on(self, fd: int) -> int:
+        """Requests on ``fd`` not yet reaped."""
         return self._pending_by_fd.get(fd, 0)
 
     def busy(self) -> bool:
+        """Whether any request is in flight."""
         return bool(self._pending_by_fd)
 
     def close(self) -> None:
+        """Wait for the kernel to finish every request (io_destroy), run
+        the cleanups of interrupted ones, and close fds still pending close."""
         if self._closed:
             return
         self._closed = True
@@ -355,20 +364,25 @@ def ensure_aio_worker(sched: Scheduler | None = None) -> AioWorker:
 
 @types.coroutine
 def aio_read(fd: int, buf: Any, offset: int) -> Waits[int]:
-    """Read into the aligned `buf` at the aligned `offset`; the byte count."""
+    """Read into the aligned `buf` at the aligned `offset`; the byte count.
+    A cancelled or timed-out caller leaves the request with the kernel,
+    which may still write into `buf`: do not reuse it."""
     count: int = yield AioRead(fd, buf, offset)
     return count
 
 
 @types.coroutine
 def aio_write(fd: int, buf: Any, offset: int) -> Waits[int]:
-    """Write the aligned `buf` at the aligned `offset`; the byte count."""
+    """Write the aligned `buf` at the aligned `offset`; the byte count.
+    A cancelled or timed-out caller leaves the write to complete in the
+    kernel, which may still read `buf`."""
     count: int = yield AioWrite(fd, buf, offset)
     return count
 
 
 @types.coroutine
 def aio_fsync(fd: int, datasync: bool = False) -> Waits[None]:
+    """Flush `fd` to stable storage (its data only when `datasync`)."""
     yield AioFsync(fd, datasync)
 
 

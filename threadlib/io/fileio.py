@@ -142,6 +142,7 @@ class ReadView:
         return bytes(self.view)
 
     def release(self) -> None:
+        """Give the buffer back for reuse; the view must not be used after."""
         buf = self._buf
         if buf is not None:
             self._buf = None
@@ -207,7 +208,12 @@ class _RangeLock:
 class File:
     """An open file. Every method that may wait works with `yield from` and
     `await`.  `direct` tells whether IO goes through Linux AIO (True) or the
-    blocking pool (False)."""
+    blocking pool (False).
+
+    The methods take no `timeout`: an enclosing `threadlib.timeout` bounds
+    their waits.  A read that is timed out or cancelled leaves nothing
+    behind; a write may still complete (the kernel or the pool finishes
+    what it was given), as `pwrite` says."""
 
     def __init__(self, path: str, fd: int, writable: bool, direct: bool) -> None:
         self.path = path
@@ -248,6 +254,7 @@ class File:
 
     @property
     def closed(self) -> bool:
+        """Whether ``close`` was called."""
         return self._fd < 0
 
     @property
@@ -272,7 +279,8 @@ class File:
     # -- reading ----------------------------------------------------------------
     @types.coroutine
     def pread(self, n: int, offset: int) -> Waits[bytes]:
-        """Up to `n` bytes at `offset` (fewer only at end of file)."""
+        """Up to `n` bytes at `offset` (fewer only at end of file); waits in
+        `AioRead` (or on the blocking pool)."""
         # The hot path of a file server: kept to one system call and no
         # nested generator.
         fd = self._fd
@@ -386,7 +394,11 @@ class File:
     @types.coroutine
     def pwrite(self, data: Any, offset: int) -> Waits[int]:
         """Write all of `data` (any bytes-like object) at `offset`, extending
-        the file if needed; returns len(data)."""
+        the file if needed; returns len(data).  Waits in `AioWrite` (or on
+        the blocking pool), and for overlapping writes through this File.
+        After a timeout or cancellation any part of `data` may have been
+        written: the requests already made complete, and their blocks stay
+        locked against other writes until they do."""
         self._check_writable()
         try:
             src = memoryview(data).cast("B")
@@ -485,7 +497,8 @@ class File:
 
     @types.coroutine
     def truncate(self, size: int) -> Waits[None]:
-        """Set the file's size to `size` bytes (cut or zero-extended)."""
+        """Set the file's size to `size` bytes (cut or zero-extended), once
+        writes through this File past `size` are done (it waits for them)."""
         self._check_writable()
         _check_range(0, size)
         held = yield from self._ranges.acquire(size & ~_MASK, float("inf"))
@@ -496,7 +509,8 @@ class File:
 
     @types.coroutine
     def fsync(self, datasync: bool = False) -> Waits[None]:
-        """Flush the file's data (and metadata unless `datasync`) to disk."""
+        """Flush the file's data (and metadata unless `datasync`) to disk;
+        waits in `AioFsync`, or on the blocking pool where AIO has none."""
         self._check_open()
         if self._aio_fsync:
             try:
@@ -510,7 +524,7 @@ class File:
 
     @types.coroutine
     def stat(self) -> Waits[os.stat_result]:
-        """os.fstat of the file."""
+        """os.fstat of the file (inline: never waits)."""
         self._check_open()
         return os.fstat(self._fd)
         yield  # a generator, so it works with yield from and await
@@ -611,7 +625,7 @@ def _pwrite_all(fd: int, src: memoryview, offset: int) -> int:
 @types.coroutine
 def open(path: str | os.PathLike[Any], mode: str = "r", *, direct: bool | None = None,
          perms: int = 0o644) -> Waits[File]:
-    """Open `path` for thread IO.
+    """Open `path` for thread IO (inline metadata calls: it never waits).
 
     `mode`: "r" (read), "r+" (read and write), "w" (create or truncate),
     "x" (create, fail if it exists); a "b" is accepted and ignored (data is
@@ -669,7 +683,8 @@ def _check_regular(fd: int, path: str) -> None:
 
 @types.coroutine
 def read_file(path: str | os.PathLike[Any], *, direct: bool | None = None) -> Waits[bytes]:
-    """The whole contents of `path` (up to its size when opened)."""
+    """The whole contents of `path` (up to its size when opened): `open`,
+    `pread`, `close`, and so waits as they do."""
     f = yield from open(path, "r", direct=direct)
     try:
         return (yield from f.pread(f.size, 0))
@@ -679,7 +694,9 @@ def read_file(path: str | os.PathLike[Any], *, direct: bool | None = None) -> Wa
 
 @types.coroutine
 def write_file(path: str | os.PathLike[Any], data: Any, *, direct: bool | None = None) -> Waits[int]:
-    """Replace the contents of `path` with `data` (created if missing)."""
+    """Replace the contents of `path` with `data` (created if missing):
+    `open`, `pwrite`, `close`, and so waits as they do; interrupted, the
+    file may hold any part of `data`."""
     f = yield from open(path, "w", direct=direct)
     try:
         return (yield from f.pwrite(data, 0))
@@ -689,6 +706,6 @@ def write_file(path: str | os.PathLike[Any], data: Any, *, direct: bool | None =
 
 @types.coroutine
 def stat(path: str | os.PathLike[Any]) -> Waits[os.stat_result]:
-    """os.stat of `path` (inline: a metadata lookup)."""
+    """os.stat of `path` (inline: a metadata lookup; never waits)."""
     return os.stat(path)
     yield

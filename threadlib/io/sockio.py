@@ -84,6 +84,7 @@ class _SocketBase:
         self._wait_write = WaitWrite(self._fd)
 
     def fileno(self) -> int:
+        """The socket's fd; -1 once closed."""
         return self._fd
 
     @property
@@ -93,20 +94,25 @@ class _SocketBase:
 
     @property
     def family(self) -> int:
+        """The address family: socket.AF_INET, AF_INET6 or AF_UNIX."""
         return self._sock.family
 
     @property
     def local_address(self) -> Any:
+        """This end's address (getsockname)."""
         return self._sock.getsockname()
 
     def getsockopt(self, level: int, option: int, buflen: int = 0) -> Any:
+        """``socket.getsockopt`` of the underlying socket."""
         return self._sock.getsockopt(level, option, buflen) if buflen else self._sock.getsockopt(level, option)
 
     def setsockopt(self, level: int, option: int, value: Any) -> None:
+        """``socket.setsockopt`` of the underlying socket."""
         self._sock.setsockopt(level, option, value)
 
     @property
     def closed(self) -> bool:
+        """Whether ``close`` was called."""
         return self._fd < 0
 
     def close(self) -> None:
@@ -154,11 +160,15 @@ class Stream(_SocketBase):
 
     @property
     def peer_address(self) -> Any:
+        """The other end's address (getpeername)."""
         return self._sock.getpeername()
 
     @types.coroutine
     def recv(self, max_bytes: int = 65536, timeout: float | None = None) -> Waits[bytes]:
-        """Up to ``max_bytes`` bytes; b'' once the peer has closed its side."""
+        """Up to ``max_bytes`` bytes; b'' once the peer has closed its side.
+
+        Waits (WaitRead) only when nothing is buffered; on ``timeout``
+        (TimeoutError) or cancellation nothing was consumed."""
         sock = self._sock
         while True:
             if self._drained:
@@ -181,6 +191,8 @@ class Stream(_SocketBase):
 
     @types.coroutine
     def recv_into(self, buffer: Any, nbytes: int = 0, timeout: float | None = None) -> Waits[int]:
+        """Read into ``buffer`` (up to ``nbytes``, 0 for its size); the count,
+        0 at end of stream. Waits like ``recv``."""
         sock = self._sock
         while True:
             if self._drained:
@@ -203,7 +215,10 @@ class Stream(_SocketBase):
 
     @types.coroutine
     def recv_exactly(self, nbytes: int, timeout: float | None = None) -> Waits[bytes]:
-        """Exactly ``nbytes`` bytes, or EOFError if the stream ends first."""
+        """Exactly ``nbytes`` bytes, or EOFError if the stream ends first.
+
+        ``timeout`` bounds the whole read; after EOFError, TimeoutError or a
+        cancellation the bytes read so far are consumed and lost."""
         buf = bytearray(nbytes)
         view = memoryview(buf)
         got = 0
@@ -217,7 +232,10 @@ class Stream(_SocketBase):
 
     @types.coroutine
     def send(self, data: Any, timeout: float | None = None) -> Waits[int]:
-        """Send some of ``data``; return how many bytes went."""
+        """Send some of ``data``; return how many bytes went.
+
+        Waits (WaitWrite) only while the socket buffer is full; on
+        ``timeout`` (TimeoutError) or cancellation nothing was sent."""
         sock = self._sock
         while True:
             try:
@@ -233,7 +251,9 @@ class Stream(_SocketBase):
         The first send happens at the call: when the socket buffer takes
         everything (the usual case for a response), no generator is made
         and ``yield from``/``await`` completes at once. Otherwise the
-        returned awaitable sends the rest."""
+        returned awaitable sends the rest, waiting (WaitWrite) for room.
+        ``timeout`` bounds that rest; after TimeoutError or a cancellation
+        an unknown prefix of ``data`` has been sent."""
         try:
             sent = self._sock.send(data)
         except BlockingIOError:
@@ -259,7 +279,8 @@ class Stream(_SocketBase):
         """Send ``count`` bytes (to end of file if None) of ``file`` (an
         object with ``fileno()`` or an fd) from ``offset`` with
         sendfile(2), zero-copy. Returns the bytes sent (fewer only at end
-        of file)."""
+        of file). Waits for room like ``sendall``, with the same
+        ``timeout`` and the same uncertainty after an interruption."""
         in_fd = file if isinstance(file, int) else file.fileno()
         if count is None:
             count = os.fstat(in_fd).st_size - offset
@@ -286,6 +307,7 @@ class Stream(_SocketBase):
                 raise
 
     def set_nodelay(self, on: bool = True) -> None:
+        """Turn Nagle's algorithm off (``on``) or back on (TCP_NODELAY)."""
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(on))
 
 
@@ -309,9 +331,11 @@ class Listener(_SocketBase):
     def accept(self, timeout: float | None = None) -> Waits[tuple[Stream, Any]]:
         """The next connection and its peer address.
 
-        Running out of fds (EMFILE) or buffers makes accept back off (up to
-        a second) and retry; it never ends the server. A connection that
-        was aborted before it was accepted is skipped.
+        Waits (WaitRead) while none is pending. Running out of fds (EMFILE)
+        or buffers makes accept back off (up to a second) and retry; it
+        never ends the server. A connection that was aborted before it was
+        accepted is skipped. On ``timeout`` (TimeoutError) or cancellation
+        no connection was taken: pending ones stay queued.
         """
         sock = self._sock
         with _timeout(timeout):
@@ -349,6 +373,8 @@ class DatagramSocket(_SocketBase):
 
     @types.coroutine
     def recvfrom(self, max_bytes: int = 65536, timeout: float | None = None) -> Waits[tuple[bytes, Any]]:
+        """One datagram and its sender, waiting (WaitRead) while none is
+        queued; on ``timeout`` (TimeoutError) or cancellation none was taken."""
         sock = self._sock
         with _timeout(timeout):
             while True:
@@ -359,11 +385,14 @@ class DatagramSocket(_SocketBase):
 
     @types.coroutine
     def recv(self, max_bytes: int = 65536, timeout: float | None = None) -> Waits[bytes]:
+        """One datagram's data (``recvfrom`` without the sender)."""
         data, _ = yield from self.recvfrom(max_bytes, timeout)
         return data
 
     @types.coroutine
     def sendto(self, data: Any, address: Any, timeout: float | None = None) -> Waits[int]:
+        """Send ``data`` as one datagram to ``address``; the byte count.
+        Waits (WaitWrite) only while the send buffer is full."""
         sock = self._sock
         with _timeout(timeout):
             while True:
@@ -402,7 +431,8 @@ def _literal_family(host: str) -> int | None:
 @types.coroutine
 def resolve(host: str, port: int, type: int = socket.SOCK_STREAM) -> Waits[list[tuple[int, Any]]]:
     """``[(family, sockaddr), ...]`` for ``host``; literals need no lookup,
-    names are resolved on the blocking pool (getaddrinfo blocks)."""
+    names are resolved on the blocking pool (getaddrinfo blocks). A lookup
+    whose caller timed out or was cancelled runs on; its answer is dropped."""
     family = _literal_family(host) if host else socket.AF_INET
     if family is not None:
         return [(family, (host or "0.0.0.0", port))]
@@ -430,7 +460,8 @@ class KernelNetwork:
         self, address: tuple[str, int], backlog: int = 1024, reuse_port: bool = False, nodelay: bool = True
     ) -> Waits[Listener]:
         """A TCP listener bound to ``(host, port)``; port 0 picks a free one;
-        ``reuse_port`` lets several processes share the port."""
+        ``reuse_port`` lets several processes share the port. Waits only to
+        resolve a host name."""
         host, port = address[0], address[1]
         family, sockaddr = (yield from resolve(host, port))[0]
         if len(address) == 4 and family == socket.AF_INET6:
@@ -452,7 +483,11 @@ class KernelNetwork:
         self, address: tuple[str, int], timeout: float | None = None, nodelay: bool = True, local: Any = None
     ) -> Waits[Stream]:
         """A TCP connection to ``(host, port)``; tries each resolved address
-        in turn. Raises ConnectionRefusedError, TimeoutError, ..."""
+        in turn. Raises ConnectionRefusedError, TimeoutError, ...
+
+        Waits for name resolution and for each handshake (WaitWrite);
+        ``timeout`` bounds all of it. A socket that did not connect (an
+        error, a timeout, a cancellation) is closed."""
         host, port = address[0], address[1]
         last_error: BaseException | None = None
         with _timeout(timeout):
@@ -476,7 +511,8 @@ class KernelNetwork:
 
     @types.coroutine
     def udp(self, bind: tuple[str, int] | None = None, family: int | None = None) -> Waits[DatagramSocket]:
-        """A UDP socket, bound to ``bind`` if given."""
+        """A UDP socket, bound to ``bind`` if given. Waits only to resolve
+        the host name of ``bind``."""
         if family is None:
             family = socket.AF_INET
             if bind is not None:
@@ -492,6 +528,7 @@ class KernelNetwork:
 
     @types.coroutine
     def unix_listen(self, path: str, backlog: int = 1024) -> Waits[Listener]:
+        """A listener bound to the Unix socket ``path`` (never waits)."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(path)
@@ -504,6 +541,8 @@ class KernelNetwork:
 
     @types.coroutine
     def unix_connect(self, path: str, timeout: float | None = None) -> Waits[Stream]:
+        """A stream connected to the Unix socket ``path``; ``timeout`` bounds
+        the connect, and a socket that did not connect is closed."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             with _timeout(timeout):

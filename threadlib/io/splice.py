@@ -351,7 +351,9 @@ def proxy(a: Any, b: Any, chunk_size: int | None = None, *, fallback: bool = Fal
     direction (a reset, a broken pipe) ends the other as well, at once;
     it is reported in ``result.error``, not raised. Neither socket is
     closed: the caller closes both (after an error, an abortive close,
-    SO_LINGER 0, passes the reset on to the other peer).
+    SO_LINGER 0, passes the reset on to the other peer). A timeout or a
+    cancellation of the caller cancels both directions and waits for them
+    to end before it is raised.
     """
     started = time.monotonic()
     ab, ba = Transfer(), Transfer()

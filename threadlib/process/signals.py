@@ -37,6 +37,10 @@ class WaitSignal(SystemCall):
 
 
 class SignalWorker(Worker):
+    """Serves ``WaitSignal`` through ``signal.set_wakeup_fd`` and a socket
+    pair in the scheduler's epoll (see the module docstring). Signals are
+    caught from the first wait on; ``close`` restores the old handlers."""
+
     def __init__(self) -> None:
         self._waiters: dict[int, list[tuple[Thread, WaitSignal]]] = {}
         self._pending: dict[int, int] = {}
@@ -46,6 +50,7 @@ class SignalWorker(Worker):
         self._old_wakeup_fd = -1
 
     def attach(self, sched: Scheduler) -> dict[type, Handler]:
+        """Serve ``WaitSignal``; nothing is caught until the first wait."""
         self._sched = sched
         return {WaitSignal: self._wait_signal}
 
@@ -98,15 +103,18 @@ class SignalWorker(Worker):
                 self._pending[signum] = self._pending.get(signum, 0) + 1
 
     def withdraw(self, thread: Thread, syscall: Any) -> None:
+        """Take the thread off the waiters of its signals (they stay caught)."""
         for signum in syscall.signums:
             waiters = self._waiters.get(signum)
             if waiters:
                 waiters[:] = [(t, sc) for t, sc in waiters if t is not thread]
 
     def busy(self) -> bool:
+        """Whether any thread waits for a signal."""
         return any(self._waiters.values())
 
     def close(self) -> None:
+        """Restore the signal handlers and wake-up fd found, close the sockets."""
         for signum, handler in self._old_handlers.items():
             signal.signal(signum, handler)
         self._old_handlers.clear()
@@ -125,7 +133,10 @@ def _note_signal(signum: int, frame: Any) -> None:
 @types.coroutine
 def wait_signal(*signums: int) -> Waits[int]:
     """Wait for any of ``signums``; return the one that arrived. Needs a
-    scheduler with a SignalWorker (``threadlib.process.signals.scheduler()``)."""
+    scheduler with a SignalWorker (``threadlib.process.signals.scheduler()``).
+
+    A signal caught while nobody waits is kept for the next wait; one that
+    arrives after the waiter timed out or was cancelled is kept likewise."""
     if not signums:
         raise ValueError("wait_signal() needs at least one signal number")
     signum: int = yield WaitSignal(tuple(signums))

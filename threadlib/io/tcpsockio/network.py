@@ -98,7 +98,7 @@ class UserNetwork:
                nodelay: bool = True) -> Waits[Listener]:
         """A listener on ``(host, port)``: a wildcard host ("", "0.0.0.0",
         "::") means every local address of both families; port 0 picks a
-        free one.
+        free one. Never waits.
 
         ``reuse_port`` has no effect on the stack itself (a stack serves
         one process and never shares its ports).  On a network made by
@@ -153,7 +153,11 @@ class UserNetwork:
                 local: Any = None) -> Waits[Stream]:
         """A connection to ``(host, port)``. Raises ``ConnectionRefused``,
         ``NetUnreachable``, ``TimeoutError``, ... ``local`` is an optional
-        ``(address, port)`` to send from."""
+        ``(address, port)`` to send from.
+
+        Waits for name resolution and the handshake (TcpWait); ``timeout``
+        bounds all of it. A connection that fails, times out or is cancelled
+        half-way is reset."""
         if self.queue is not None:
             raise OSError(errno.EOPNOTSUPP, f"connect() is refused on queue {self.queue} of multi-queue TUN device "
                           f"{self.device.name!r}: the kernel steers the replies of a connection opened here by a "
@@ -201,7 +205,8 @@ class UserNetwork:
         """Wait (up to ``timeout``) until every connection's sent data is
         acknowledged and its FIN, if closed, too: call it before leaving
         the scheduler, which is the only thing that moves this stack.
-        Returns whether everything drained."""
+        Returns whether everything drained (False when ``timeout`` passes:
+        it does not raise). It checks every 10 ms, sleeping in between."""
         from ...calls import sleep
 
         deadline = self.worker.now() + timeout
@@ -282,6 +287,7 @@ class MultiQueueNetwork:
 
     @property
     def queues(self) -> int:
+        """The number of queues of the device."""
         return len(self.devices)
 
     @property
@@ -291,6 +297,7 @@ class MultiQueueNetwork:
 
     @property
     def device_name(self) -> str:
+        """The TUN device's name."""
         return self.devices[0].name
 
     def for_queue(self, index: int) -> UserNetwork:
@@ -311,6 +318,8 @@ class MultiQueueNetwork:
         return UserNetwork(device, self._make_stack(index), self.routes, queue=index)
 
     def listen(self, *args: Any, **kwargs: Any) -> Any:
+        """Refused (RuntimeError), like ``connect``: a multi-queue network
+        does not serve; listen and connect on ``for_queue(i)``."""
         raise RuntimeError(f"a MultiQueueNetwork ({self.queues} queues on {self.device_name!r}) does not serve: "
                            "call for_queue(i) in worker i and listen on that network")
 
@@ -318,6 +327,7 @@ class MultiQueueNetwork:
 
     @property
     def closed(self) -> bool:
+        """Whether ``close`` was called."""
         return self._closed
 
     def close(self) -> None:

@@ -72,6 +72,8 @@ class UserTcpWorker(Worker):
 
     # -- Worker protocol ---------------------------------------------------
     def attach(self, sched: Scheduler) -> dict[type, Handler]:
+        """Join ``sched``: watch the TUN fd and serve this network's TcpWait
+        class. A network serves one scheduler at a time."""
         if self.sched is not None and self.sched is not sched:
             raise RuntimeError("this user network is attached to another scheduler; close that one first")
         self.sched = sched
@@ -82,9 +84,11 @@ class UserTcpWorker(Worker):
         return {self.wait_class: self._wait}
 
     def now(self) -> float:
+        """The attached scheduler's clock (0.0 before the first attach)."""
         return self._clock_now()
 
     def withdraw(self, thread: Thread, syscall: Any) -> None:
+        """Take the thread off its socket's waiters."""
         waiters = syscall.socket._waiters(syscall.what)
         try:
             waiters.remove(thread)
@@ -93,11 +97,15 @@ class UserTcpWorker(Worker):
         self._waiting -= 1
 
     def next_deadline(self) -> float | None:
+        """At once while packets or events wait to be handled, else the
+        stack's next timer (a retransmission, a delayed ACK, ...)."""
         if self.dirty or self._more_input:
             return _NEG_INF
         return self.stack.next_deadline()
 
     def expire(self, now: float) -> None:
+        """Read what the last batch left on the device, run the stack's
+        timers, send what it produced and wake the threads it concerns."""
         if self._more_input:
             self._more_input = False
             self._read_device(now)
@@ -107,6 +115,7 @@ class UserTcpWorker(Worker):
         self._dispatch()
 
     def busy(self) -> bool:
+        """Whether a thread waits here, or the stack has work or timers left."""
         return self._waiting > 0 or self.dirty or self.stack.next_deadline() is not None
 
     def close(self) -> None:
