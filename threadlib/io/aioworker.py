@@ -232,7 +232,8 @@ class AioWorker(Worker):
 
     # -- the event loop side ------------------------------------------------------
     def next_deadline(self) -> float | None:
-        """At once while requests wait to be submitted, else None."""
+        """When the oldest request still to be submitted was queued (so: at
+        once), or None."""
         # "Now" while requests wait to be submitted: the scheduler then polls
         # without sleeping and calls expire(), which submits them in one batch.
         return self._flush_due

@@ -275,7 +275,8 @@ class Stream(_SocketBase):
                     yield self._wait_write
 
     @types.coroutine
-    def sendfile(self, file: Any, offset: int = 0, count: int | None = None, timeout: float | None = None) -> Waits[int]:
+    def sendfile(self, file: Any, offset: int = 0, count: int | None = None,
+                 timeout: float | None = None) -> Waits[int]:
         """Send ``count`` bytes (to end of file if None) of ``file`` (an
         object with ``fileno()`` or an fd) from ``offset`` with
         sendfile(2), zero-copy. Returns the bytes sent (fewer only at end

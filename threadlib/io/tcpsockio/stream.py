@@ -369,7 +369,8 @@ class Stream:
             self._writable = False
 
     @types.coroutine
-    def sendfile(self, file: Any, offset: int = 0, count: int | None = None, timeout: float | None = None) -> Waits[int]:
+    def sendfile(self, file: Any, offset: int = 0, count: int | None = None,
+                 timeout: float | None = None) -> Waits[int]:
         """Send ``count`` bytes (to end of file if None) of ``file`` (an
         object with ``fileno()`` or an fd) from ``offset``: read and send,
         there is no zero-copy path into a user-level stack. Returns the
