@@ -33,13 +33,13 @@ from .calls import (
     timeout,
     timeout_at,
 )
-from .sync import Condition, Event, Mutex, Queue, QueueClosed, Semaphore
+from .sync import Condition, Event, Mutex, Queue, QueueClosed, QueueEmpty, QueueFull, Semaphore
 
 __all__ = [
     "run", "spawn", "sleep", "current", "current_thread", "blocking", "join_all", "join_any", "now",
     "timeout", "timeout_at", "current_scheduler",
     "Thread", "ThreadCancelled", "WorkerError",
-    "Event", "Mutex", "Semaphore", "Condition", "Queue", "QueueClosed",
+    "Event", "Mutex", "Semaphore", "Condition", "Queue", "QueueClosed", "QueueFull", "QueueEmpty",
 ]
 
 _SUBMODULES = ("io", "net", "frontends", "process", "lowlevel", "syscalls")

@@ -11,13 +11,14 @@ calls such as ``now()``) reads the scheduler running in this OS thread.
 from __future__ import annotations
 
 import types
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Literal
 
 from ._kernel import COROUTINE_TYPES, Scheduler, Thread, ThreadCancelled, running_scheduler
 from .syscalls import GET_CURRENT, YIELD, Blocking, JoinAny, Sleep, Spawn
+from .syscalls import Waits as Waits  # re-exported: users annotate their own waiting calls with it
 
 
-def _as_coroutine(target: Any, args: tuple) -> Any:
+def _as_coroutine(target: Any, args: tuple[Any, ...]) -> Any:
     if hasattr(target, "send") and hasattr(target, "throw"):
         if args:
             raise TypeError(f"spawn() got arguments for {target!r}, which is already a running generator")
@@ -29,23 +30,26 @@ def _as_coroutine(target: Any, args: tuple) -> Any:
     raise TypeError(f"spawn() needs a generator, a coroutine, or a function returning one; got {target!r}")
 
 
-def _drive(awaitable: Any) -> Any:
+def _drive(awaitable: Any) -> Waits[Any]:
     return (yield from awaitable.__await__())
 
 
 @types.coroutine
-def spawn(target: Any, *args: Any, name: str | None = None) -> Thread:
+def spawn(target: Any, *args: Any, name: str | None = None) -> Waits[Thread]:
     """Start a thread running ``target`` (a generator or coroutine object,
-    or a function called with ``args``); return its Thread at once."""
+    or a function called with ``args``); return its Thread at once (the
+    call never waits: the new thread is ready, the caller goes on)."""
     if args or type(target) not in COROUTINE_TYPES:
         target = _as_coroutine(target, args)
-    return (yield Spawn(target, name))
+    thread: Thread = yield Spawn(target, name)
+    return thread
 
 
 @types.coroutine
-def sleep(seconds: float) -> None:
+def sleep(seconds: float) -> Waits[None]:
     """Wait ``seconds`` on the scheduler's clock; ``sleep(0)`` lets every
-    other ready thread run first."""
+    other ready thread run first. An enclosing ``timeout`` that falls
+    earlier ends it with TimeoutError."""
     if seconds <= 0:
         yield YIELD
     else:
@@ -53,22 +57,27 @@ def sleep(seconds: float) -> None:
 
 
 @types.coroutine
-def current() -> Thread:
-    """The calling thread."""
-    return (yield GET_CURRENT)
+def current() -> Waits[Thread]:
+    """The calling thread (resumes at once)."""
+    thread: Thread = yield GET_CURRENT
+    return thread
 
 
 @types.coroutine
-def blocking(func: Any, *args: Any) -> Any:
+def blocking(func: Callable[..., Any], *args: Any) -> Waits[Any]:
     """Run ``func(*args)`` on the blocking pool (an OS thread) and return
-    its result; other threads keep running meanwhile."""
+    its result; other threads keep running meanwhile.
+
+    A timeout or cancellation ends the wait, not the call: ``func`` runs to
+    its end on the OS thread and its result is dropped."""
     return (yield Blocking(func, args))
 
 
 @types.coroutine
-def join_all(threads: Iterable[Thread]) -> list[Any]:
+def join_all(threads: Iterable[Thread]) -> Waits[list[Any]]:
     """Wait for every thread; return their results in order. The first
-    exception (in order) is raised once all have ended."""
+    exception (in order) is raised once all have ended. A timeout or a
+    cancellation of the caller leaves the threads running."""
     threads = list(threads)
     results = []
     error = None
@@ -87,12 +96,14 @@ def join_all(threads: Iterable[Thread]) -> list[Any]:
 
 
 @types.coroutine
-def join_any(threads: Iterable[Thread]) -> Thread:
-    """Wait until one of ``threads`` has ended; return that thread."""
+def join_any(threads: Iterable[Thread]) -> Waits[Thread]:
+    """Wait until one of ``threads`` has ended; return that thread (its
+    result is left for ``join``). The others keep running."""
     threads = tuple(threads)
     if not threads:
         raise ValueError("join_any() needs at least one thread")
-    return (yield JoinAny(threads))
+    first: Thread = yield JoinAny(threads)
+    return first
 
 
 def now() -> float:
@@ -122,6 +133,9 @@ class timeout:
 
     __slots__ = ("seconds", "deadline", "expired", "_thread", "_outer")
 
+    _thread: Thread | None  # None when there is no deadline (seconds is None)
+    _outer: float | None  # the thread's deadline before this block
+
     def __init__(self, seconds: float | None) -> None:
         self.seconds = seconds
         self.deadline: float | None = None
@@ -142,12 +156,13 @@ class timeout:
             t.deadline = self.deadline
         return self
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Literal[False]:
         t = self._thread
         if t is None:
             return False
         t.deadline = self._outer
-        if exc_type is TimeoutError and running_scheduler().clock.now() >= self.deadline:
+        deadline = self.deadline
+        if exc_type is TimeoutError and deadline is not None and running_scheduler().clock.now() >= deadline:
             self.expired = True
         return False
 

@@ -108,7 +108,7 @@ class Listener(Protocol):
     def closed(self) -> bool:
         """Whether ``close`` was called."""
 
-    def accept(self, timeout: float | None = None) -> Call[tuple[Any, Address]]:
+    def accept(self, timeout: float | None = None) -> Call[tuple[Stream, Address]]:
         """The next connection: ``(stream, peer_address)``."""
 
     def close(self) -> None:
@@ -127,11 +127,11 @@ class Network(Protocol):
     name: str
 
     def listen(self, address: Address, backlog: int = 1024, reuse_port: bool = False,
-               nodelay: bool = True) -> Call[Any]:
+               nodelay: bool = True) -> Call[Listener]:
         """A ``Listener`` bound to ``address``; port 0 picks a free port."""
 
     def connect(self, address: Address, timeout: float | None = None, nodelay: bool = True,
-                local: Any = None) -> Call[Any]:
+                local: Any = None) -> Call[Stream]:
         """A ``Stream`` connected to ``address`` (names are resolved first)."""
 
     def resolve(self, host: str, port: int) -> Call[list[tuple[int, Any]]]:
@@ -157,5 +157,5 @@ class DatagramNetwork(Network, Protocol):
     """A network that also carries UDP (the kernel's does; the user-level
     stack is TCP only)."""
 
-    def udp(self, bind: Address | None = None, family: int | None = None) -> Call[Any]:
+    def udp(self, bind: Address | None = None, family: int | None = None) -> Call[DatagramSocket]:
         """A ``DatagramSocket``, bound to ``bind`` if given."""

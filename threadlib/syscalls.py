@@ -14,7 +14,18 @@ user code, plus a worker that registers a handler for it.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Generator, TypeAlias, TypeVar
+
+_T = TypeVar("_T")
+
+#: The return type of a call that may wait: a generator that yields system
+#: calls and returns ``T``. Decorated with ``types.coroutine`` (as every
+#: waiting call in threadlib is), it serves ``yield from call()`` in a
+#: generator thread and ``await call()`` in an ``async def`` thread, both
+#: giving ``T``. Annotate your own waiting helpers with it:
+#: ``def fetch(conn) -> Waits[bytes]``. Calls that may hand back a
+#: ready-made awaitable instead of a generator return ``threadlib.net.Call[T]``.
+Waits: TypeAlias = Generator[Any, Any, _T]
 
 
 class SystemCall:
@@ -96,7 +107,7 @@ class JoinAny(SystemCall):
 
     __slots__ = ("threads",)
 
-    def __init__(self, threads: tuple) -> None:
+    def __init__(self, threads: tuple[Any, ...]) -> None:
         self.threads = threads
 
 
@@ -141,7 +152,7 @@ class Blocking(SystemCall):
 
     __slots__ = ("func", "args")
 
-    def __init__(self, func: Callable[..., Any], args: tuple = ()) -> None:
+    def __init__(self, func: Callable[..., Any], args: tuple[Any, ...] = ()) -> None:
         self.func = func
         self.args = args
 

@@ -49,7 +49,7 @@ def test_the_top_level_is_the_user_api_only():
     assert set(threadlib.__all__) == {
         "run", "spawn", "sleep", "current", "current_thread", "blocking", "join_all", "join_any", "now",
         "timeout", "timeout_at", "current_scheduler", "Thread", "ThreadCancelled", "WorkerError",
-        "Event", "Mutex", "Semaphore", "Condition", "Queue", "QueueClosed",
+        "Event", "Mutex", "Semaphore", "Condition", "Queue", "QueueClosed", "QueueFull", "QueueEmpty",
     }
     # Extender names live in lowlevel, not at the top.
     for name in ("Scheduler", "Worker", "WaitQueue", "SystemCall", "Park", "TimerWorker", "IOWorker"):

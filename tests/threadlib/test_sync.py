@@ -165,6 +165,60 @@ def test_bounded_queue_backpressure_order_and_close():
     assert threadlib.run(main()) == list(range(10))
 
 
+def test_queue_nowait_calls_raise_when_they_cannot_go_on():
+    """put_nowait and get_nowait agree, as in asyncio: QueueFull and
+    QueueEmpty, never a return value the caller might not look at."""
+    assert issubclass(threadlib.QueueFull, Exception) and issubclass(threadlib.QueueEmpty, Exception)
+    assert not issubclass(threadlib.QueueEmpty, IndexError)
+    q = threadlib.Queue(maxsize=2)
+    assert q.put_nowait("a") is None
+    q.put_nowait("b")
+    with pytest.raises(threadlib.QueueFull):
+        q.put_nowait("c")
+    assert q.qsize() == 2  # the refused item was not added
+    assert q.get_nowait() == "a"
+    assert q.get_nowait() == "b"
+    with pytest.raises(threadlib.QueueEmpty):
+        q.get_nowait()
+    q.close()
+    with pytest.raises(threadlib.QueueClosed):
+        q.put_nowait("d")
+    with pytest.raises(threadlib.QueueClosed):
+        q.get_nowait()  # closed and empty: the end, not "try again"
+
+
+def test_queue_nowait_calls_hand_over_to_waiters():
+    q = threadlib.Queue(maxsize=1)
+    log = []
+
+    def getter():
+        log.append((yield from q.get()))
+
+    def putter():
+        yield from q.put("second")
+        log.append("put second")
+
+    def main():
+        g = yield from threadlib.spawn(getter())
+        yield from threadlib.sleep(0)
+        q.put_nowait("first")  # to the waiting getter, not into the queue
+        assert q.empty()
+        yield from g.join()
+        q.put_nowait("queued")
+        p = yield from threadlib.spawn(putter())
+        yield from threadlib.sleep(0)  # the putter waits: the queue is full
+        with pytest.raises(threadlib.QueueFull):
+            q.put_nowait("refused")
+        assert q.get_nowait() == "queued"  # makes room: the putter goes on
+        yield from p.join()
+        assert q.get_nowait() == "second"
+        with pytest.raises(threadlib.QueueEmpty):
+            q.get_nowait()
+        return log
+
+    assert threadlib.run(main()) == ["first", "put second"]
+
+
 def test_queue_close_wakes_waiting_getters():
     q = threadlib.Queue()
 

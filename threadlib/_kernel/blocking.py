@@ -34,7 +34,8 @@ class BlockingPool(Worker):
     def __init__(self, max_threads: int = 16) -> None:
         self.max_threads = max_threads
         self._jobs: Any = None
-        self._done: collections.deque = collections.deque()
+        # (thread, syscall, (ok, result or exception)) from the OS threads
+        self._done: collections.deque[tuple[Thread, Blocking, tuple[bool, Any]]] = collections.deque()
         self._os_threads: list[threading.Thread] = []
         self._idle = 0
         self._pending = 0
@@ -45,6 +46,7 @@ class BlockingPool(Worker):
         self._efd_lock = threading.Lock()
 
     def attach(self, sched: Scheduler) -> dict[type, Handler]:
+        """Serve ``Blocking``; the OS threads and the eventfd come at first use."""
         self._sched = sched
         return {Blocking: self._blocking}
 
@@ -106,9 +108,12 @@ class BlockingPool(Worker):
                 sched.throw(thread, value)
 
     def busy(self) -> bool:
+        """Whether a call is queued or running (its caller may be waiting)."""
         return self._pending > 0
 
     def close(self) -> None:
+        """Tell the OS threads to stop once idle (a running call is not
+        interrupted; the threads are daemons) and close the eventfd."""
         if self._jobs is not None:
             for _ in self._os_threads:
                 self._jobs.put(None)

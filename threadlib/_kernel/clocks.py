@@ -12,6 +12,24 @@ Nothing else in threadlib may call ``time.monotonic``, ``time.time`` or
 from __future__ import annotations
 
 import time
+from typing import Protocol
+
+
+class Clock(Protocol):
+    """What a scheduler needs of its clock (``MonotonicClock`` and
+    ``VirtualClock`` are the two kinds; a clock is any object of this shape)."""
+
+    #: True if time moves only when the scheduler says so (``advance_to``).
+    virtual: bool
+
+    def now(self) -> float:
+        """The current time, in seconds."""
+
+    def idle(self, seconds: float) -> None:
+        """Let ``seconds`` pass; the scheduler has nothing to wait in."""
+
+    def advance_to(self, when: float) -> None:
+        """Jump to ``when``; called only on a virtual clock, when every thread waits."""
 
 
 class MonotonicClock:
@@ -27,6 +45,10 @@ class MonotonicClock:
         if seconds > 0:
             time.sleep(seconds)
 
+    def advance_to(self, when: float) -> None:
+        """Nothing: real time moves by itself (the scheduler moves only
+        virtual clocks; this makes the class a ``Clock``)."""
+
 
 class VirtualClock:
     """Simulated time. It stands still while threads run and jumps to the
@@ -39,6 +61,7 @@ class VirtualClock:
         self._now = start
 
     def now(self) -> float:
+        """The simulated time, in seconds."""
         return self._now
 
     def advance_to(self, when: float) -> None:

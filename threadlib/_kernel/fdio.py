@@ -41,6 +41,7 @@ class IOWorker(Worker):
         self._fds: dict[int, _FdWaiters] = {}
 
     def attach(self, sched: Scheduler) -> dict[type, Handler]:
+        """Serve ``WaitRead`` and ``WaitWrite``; fds are registered at their first wait."""
         self._sched = sched
         return {WaitRead: self._wait_read, WaitWrite: self._wait_write}
 
@@ -85,6 +86,7 @@ class IOWorker(Worker):
         self._sched.suspend(thread, sc)
 
     def withdraw(self, thread: Thread, syscall: Any) -> None:
+        """Free the fd's reader or writer slot the thread held (the fd stays registered)."""
         rec = self._fds.get(syscall.fd)
         if rec is not None:
             if rec.reader is thread:
@@ -104,6 +106,7 @@ class IOWorker(Worker):
                 self._sched.throw(t, OSError(9, f"fd {fd} was closed while a thread waited on it"))
 
     def busy(self) -> bool:
+        """Whether any thread waits on an fd."""
         return any(r.reader is not None or r.writer is not None for r in self._fds.values())
 
 
@@ -118,8 +121,8 @@ class _FdWaiters:
 
     def __init__(self, sched: Scheduler, fd: int) -> None:
         self.ready_append = sched._ready.append
-        self.reader = None
-        self.writer = None
+        self.reader: Thread | None = None
+        self.writer: Thread | None = None
         self.read_ready = 0  # events that arrived while no reader waited
         self.watching_out = False
         self.fd = fd

@@ -24,14 +24,18 @@ class EpollPoller:
         self.modify = self._epoll.modify
 
     def register(self, fd: int, events: int, callback: Callable[[int], None]) -> None:
+        """Add ``fd`` to the epoll set; ``callback(events)`` runs when it fires."""
         self._epoll.register(fd, events)
         self._callbacks[fd] = callback
 
     def unregister(self, fd: int) -> None:
+        """Remove ``fd`` (quietly if it was never registered)."""
         if self._callbacks.pop(fd, None) is not None:
             self._epoll.unregister(fd)
 
     def poll(self, timeout: float) -> int:
+        """One epoll_wait of up to ``timeout`` seconds (negative: no limit);
+        run the callbacks of the fds that fired and return how many did."""
         events = self._epoll.poll(timeout)
         if events:
             callbacks = self._callbacks
@@ -42,7 +46,9 @@ class EpollPoller:
         return len(events)
 
     def fileno(self) -> int:
+        """The epoll instance's fd (to nest it in another poller)."""
         return self._epoll.fileno()
 
     def close(self) -> None:
+        """Close the epoll instance."""
         self._epoll.close()

@@ -34,7 +34,7 @@ import collections
 import logging
 import threading
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 from ..syscalls import (
     YIELD,
@@ -50,7 +50,7 @@ from ..syscalls import (
     Yield,
 )
 from .blocking import BlockingPool
-from .clocks import MonotonicClock
+from .clocks import Clock, MonotonicClock
 from .fdio import IOWorker
 from .pollers import EpollPoller
 from .threads import COROUTINE_TYPES, Thread, ThreadCancelled, _Unretrieved, mark_retrieved
@@ -61,15 +61,18 @@ log = logging.getLogger("threadlib")
 
 _local = threading.local()
 
+_W = TypeVar("_W")
+
 
 def current_scheduler() -> Scheduler | None:
     """The scheduler running in this OS thread, or None."""
-    return getattr(_local, "scheduler", None)
+    sched: Scheduler | None = getattr(_local, "scheduler", None)
+    return sched
 
 
 def running_scheduler() -> Scheduler:
     """The scheduler running in this OS thread; RuntimeError if none."""
-    sched = getattr(_local, "scheduler", None)
+    sched: Scheduler | None = getattr(_local, "scheduler", None)
     if sched is None:
         raise RuntimeError("no threadlib scheduler is running in this OS thread")
     return sched
@@ -90,19 +93,19 @@ class Scheduler:
     ``clock`` replaces real time (``VirtualClock`` for simulations).
     """
 
-    def __init__(self, workers: Iterable[Worker] | None = None, clock: Any = None,
+    def __init__(self, workers: Iterable[Worker] | None = None, clock: Clock | None = None,
                  poller: Poller | None = None) -> None:
-        self.clock = clock or MonotonicClock()
+        self.clock: Clock = clock or MonotonicClock()
         self._poller: Poller | None = poller
         self._ready: collections.deque[Thread] = collections.deque()
-        self._joiners: dict[Thread, list] = {}
-        self._timeouts: dict[Thread, list] = {}
+        # A joiner is a waiting Thread or a callback taking the ended thread.
+        self._joiners: dict[Thread, list[Any]] = {}
+        self._timeouts: dict[Thread, list[Any]] = {}
         # Interrupts (cancel) aimed at a thread that is ready, not waiting:
         # delivered at its next wait, so the value it was resumed with (a
         # lock handed over, a queue item) is never lost.
         self._pending: dict[Thread, BaseException] = {}
         self.current: Thread | None = None
-        self._timers: TimerWorker | None = None
         self._owners: dict[type, Worker] = {}  # system call class -> the worker serving it
         self._fd_forgetters: list[Callable[[int], None]] = []
         # The list of live threads is intrusive (Thread._prev/_next), so
@@ -131,16 +134,19 @@ class Scheduler:
         }
         self.workers: list[Worker] = []
         workers = default_workers() if workers is None else list(workers)
-        if not any(isinstance(w, TimerWorker) for w in workers):
-            workers.insert(0, TimerWorker())
+        timers = next((w for w in workers if isinstance(w, TimerWorker)), None)
+        if timers is None:
+            timers = TimerWorker()
+            workers.insert(0, timers)
+        # Known before any worker attaches: an attach may set timers. A
+        # second TimerWorker would fail to attach (Sleep is served once).
+        self._timers: TimerWorker = timers
         for worker in workers:
             self.add_worker(worker)
 
     # -- assembling ---------------------------------------------------------
     def add_worker(self, worker: Worker) -> None:
         """Attach a worker: its system calls join the dispatch table."""
-        if isinstance(worker, TimerWorker) and self._timers is None:
-            self._timers = worker  # before attach: a later worker's attach may set timers
         handlers = worker.attach(self) or {}
         for cls in handlers:
             if cls in self._handlers:
@@ -155,7 +161,7 @@ class Scheduler:
             self._fd_forgetters.append(forget)
         self.workers.append(worker)
 
-    def worker(self, cls: type) -> Any:
+    def worker(self, cls: type[_W]) -> _W | None:
         """The attached worker that is an instance of ``cls``, or None."""
         for w in self.workers:
             if isinstance(w, cls):
@@ -205,12 +211,12 @@ class Scheduler:
         """The scheduler's clock."""
         return self.clock.now()
 
-    def call_at(self, when: float, callback: Callable[[Any], None], arg: Any = None) -> list:
+    def call_at(self, when: float, callback: Callable[[Any], None], arg: Any = None) -> list[Any]:
         """Run ``callback(arg)`` in the scheduler once the clock reaches
         ``when``; returns a handle for :meth:`cancel_call`."""
         return self._timers.call_at(when, callback, arg)
 
-    def cancel_call(self, handle: list) -> None:
+    def cancel_call(self, handle: list[Any]) -> None:
         """Cancel a callback scheduled with :meth:`call_at` (no-op if it ran)."""
         self._timers.cancel(handle)
 
@@ -303,7 +309,7 @@ class Scheduler:
         t._wait = None
         t._prev._next = t._next
         t._next._prev = t._prev
-        t._prev = t._next = None
+        del t._prev, t._next  # an ended thread keeps no neighbour alive
         self._live -= 1
         if t.deadline is not None:
             self._disarm_timeout(t)
@@ -355,7 +361,7 @@ class Scheduler:
         append = ready.append
         handlers = self._handlers
         pending = self._pending
-        stop = False
+        stop: BaseException | None = None
         while ready:
             t = popleft()
             self.current = t

@@ -17,7 +17,7 @@ import logging
 import types
 from typing import Any
 
-from ..syscalls import Cancel, Join, JoinAny, SystemCall
+from ..syscalls import Cancel, Join, JoinAny, SystemCall, Waits
 
 log = logging.getLogger("threadlib")
 
@@ -41,13 +41,18 @@ class Thread:
 
     __slots__ = ("_coro", "_value", "_exc", "_wait", "deadline", "_id", "_name", "_prev", "_next")
 
+    # Set by the scheduler when it links the thread into its live list.
+    _prev: Thread
+    _next: Thread
+
     def __init__(self, coro: Any, name: str | None) -> None:
-        self._coro = coro
-        self._value = None
-        self._exc = None
-        self._wait = None
-        self.deadline = None  # absolute clock time of the innermost timeout scope
-        self._id = None
+        self._coro: Any = coro  # None once the thread has ended
+        self._value: Any = None
+        self._exc: BaseException | None = None
+        # A SystemCall while waiting; an _Unretrieved after a failed end.
+        self._wait: Any = None
+        self.deadline: float | None = None  # absolute clock time of the innermost timeout scope
+        self._id: int | None = None
         self._name = name
 
     @property
@@ -62,6 +67,7 @@ class Thread:
     # -- introspection ----------------------------------------------------
     @property
     def name(self) -> str:
+        """The name given at spawn, or the coroutine's qualified name plus the id."""
         if self._name is not None:
             return self._name
         coro = self._coro
@@ -70,6 +76,7 @@ class Thread:
 
     @property
     def done(self) -> bool:
+        """Whether the thread has ended (returned, raised or was cancelled)."""
         return self._coro is None
 
     @property
@@ -80,6 +87,7 @@ class Thread:
 
     @property
     def state(self) -> str:
+        """"ready", "waiting", "done", "failed" or "cancelled"."""
         if self._coro is None:
             if self._exc is None:
                 return "done"
@@ -103,14 +111,22 @@ class Thread:
 
     # -- blocking operations, usable with yield from and await -------------
     @types.coroutine
-    def join(self) -> Any:
-        """Wait for the thread to end; return its result or raise its exception."""
+    def join(self) -> Waits[Any]:
+        """Wait for the thread to end; return its result or raise its exception.
+
+        Parks until the thread ends (at once if it has). A timeout or a
+        cancellation of the joiner leaves the thread running and its
+        outcome unretrieved."""
         return (yield Join(self))
 
     @types.coroutine
-    def cancel(self) -> Any:
+    def cancel(self) -> Waits[bool]:
         """Deliver ThreadCancelled at the thread's wait and wait until it has
-        ended. Returns True if the thread was still running."""
+        ended. Returns True if the thread was still running.
+
+        The wait lasts as long as the thread's ``finally`` blocks do; if the
+        canceller is itself timed out or cancelled meanwhile, the thread has
+        still been told and ends on its own."""
         if self._coro is None:
             return False
         yield Cancel(self)
@@ -121,8 +137,9 @@ class Thread:
         return True
 
     @types.coroutine
-    def wait(self) -> None:
-        """Wait for the thread to end without taking its result or exception."""
+    def wait(self) -> Waits[None]:
+        """Wait for the thread to end without taking its result or exception
+        (an exception nobody joins is still logged)."""
         if self._coro is None:
             return
         yield JoinAny((self,))
@@ -141,7 +158,7 @@ class _Unretrieved:
 
     def __init__(self, thread_name: str, exc: BaseException) -> None:
         self.thread_name = thread_name
-        self.exc = exc
+        self.exc: BaseException | None = exc
 
     def __del__(self) -> None:
         exc = self.exc
@@ -155,6 +172,7 @@ class _Unretrieved:
 
 
 def mark_retrieved(thread: Thread) -> None:
+    """Someone has seen ``thread``'s exception: do not log it as unjoined."""
     reporter = thread._wait
     if type(reporter) is _Unretrieved:
         reporter.exc = None

@@ -31,22 +31,24 @@ class TimerWorker(Worker):
     """
 
     def __init__(self) -> None:
-        self._heap: list[list] = []
+        self._heap: list[list[Any]] = []
         self._seq = itertools.count()
         self._dead = 0
 
     def attach(self, sched: Scheduler) -> dict[type, Handler]:
+        """Serve ``Sleep``; the scheduler also arms every timeout here."""
         self._sched = sched
         return {Sleep: self._sleep}
 
-    def call_at(self, when: float, callback: Callable[[Any], None], arg: Any = None) -> list:
+    def call_at(self, when: float, callback: Callable[[Any], None], arg: Any = None) -> list[Any]:
         """Run ``callback(arg)`` once the clock reaches ``when``; returns a
         handle for :meth:`cancel`."""
         entry = [when, next(self._seq), callback, arg]
         heapq.heappush(self._heap, entry)
         return entry
 
-    def cancel(self, entry: list) -> None:
+    def cancel(self, entry: list[Any]) -> None:
+        """Drop a timer made by :meth:`call_at` (no-op if it has run)."""
         if entry[2] is not None:
             entry[2] = None
             entry[3] = None
@@ -67,6 +69,7 @@ class TimerWorker(Worker):
     # the thread no longer in that Sleep when it fires, and does nothing.
 
     def next_deadline(self) -> float | None:
+        """When the earliest live timer is due, or None."""
         heap = self._heap
         while heap and heap[0][2] is None:
             heapq.heappop(heap)
@@ -74,6 +77,7 @@ class TimerWorker(Worker):
         return heap[0][0] if heap else None
 
     def expire(self, now: float) -> None:
+        """Wake the sleepers and run the callbacks due by ``now``, earliest first."""
         heap = self._heap
         pop = heapq.heappop
         resume = self._sched.resume
@@ -92,4 +96,5 @@ class TimerWorker(Worker):
                 callback(entry[3])
 
     def busy(self) -> bool:
+        """Whether any timer is pending."""
         return self.next_deadline() is not None

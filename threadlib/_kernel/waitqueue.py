@@ -16,7 +16,7 @@ from __future__ import annotations
 import collections
 from typing import TYPE_CHECKING, Any
 
-from ..syscalls import Park
+from ..syscalls import Park, Waits
 from .threads import Thread
 
 if TYPE_CHECKING:
@@ -34,8 +34,10 @@ class ParkOnce:
     def __init__(self, syscall: Any) -> None:
         self._step = (syscall,)
 
-    def __iter__(self) -> Any:
-        return iter(self._step)
+    def __iter__(self) -> Waits[None]:
+        # yield from and await accept any iterator; typing's Awaitable and
+        # Call insist on a Generator, which would cost a frame per wait.
+        return iter(self._step)  # type: ignore[return-value]
 
     __await__ = __iter__
 
@@ -45,8 +47,9 @@ class _Done:
 
     __slots__ = ()
 
-    def __iter__(self) -> Any:
-        return iter(())
+    def __iter__(self) -> Waits[None]:
+        # As in ParkOnce: an empty tuple iterator stands in for a generator.
+        return iter(())  # type: ignore[return-value]
 
     __await__ = __iter__
 
@@ -65,6 +68,10 @@ class WaitQueue:
 
     __slots__ = ("_waiters", "park", "parked", "_stale", "_sched")
 
+    # Set by the first park (a queue lives in one scheduler) and read only
+    # while threads wait here, so it is never read unset.
+    _sched: Scheduler
+
     def __init__(self) -> None:
         self._waiters: collections.deque[Thread] = collections.deque()
         self.park = Park(self)
@@ -73,7 +80,6 @@ class WaitQueue:
         # parked thread ~150 bytes smaller.
         self.parked = ParkOnce(self.park)
         self._stale = 0
-        self._sched: Scheduler | None = None  # set by the first park: a queue lives in one scheduler
 
     def has_waiters(self) -> bool:
         """Cheap and possibly stale-positive; wake_one tells for sure."""
@@ -91,7 +97,7 @@ class WaitQueue:
         if self._stale > 64 and self._stale * 2 > len(waiters):
             park = self.park
             seen: set[int] = set()
-            live = collections.deque()
+            live: collections.deque[Thread] = collections.deque()
             for t in waiters:
                 if t._wait is park and id(t) not in seen:
                     seen.add(id(t))
@@ -118,6 +124,7 @@ class WaitQueue:
         return None
 
     def wake_all(self, value: Any = None) -> int:
+        """Make every waiting thread ready with ``value``; return how many."""
         waiters = self._waiters
         self._waiters = collections.deque()
         self._stale = 0

@@ -14,7 +14,7 @@ Nothing here monkey-patches the standard library.
 from __future__ import annotations
 
 import types
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable, Generator, TypeVar, overload
 
 import greenlet
 
@@ -25,13 +25,15 @@ from .._kernel import Thread, current_scheduler
 
 __all__ = ["thread", "run", "spawn", "call", "sleep", "join", "wrap", "listen", "connect", "current"]
 
+_T = TypeVar("_T")
+
 
 class GreenThread:
     """Adapts a greenlet to the coroutine protocol the scheduler drives."""
 
     __slots__ = ("_glet", "__qualname__")
 
-    def __init__(self, func: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+    def __init__(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         def body(_first_value: Any) -> Any:
             return func(*args, **kwargs)
 
@@ -39,6 +41,8 @@ class GreenThread:
         self.__qualname__ = getattr(func, "__qualname__", "green")
 
     def send(self, value: Any) -> Any:
+        """Run the greenlet until its next system call (returned) or its end
+        (StopIteration with its result), as ``generator.send`` does."""
         glet = self._glet
         # The scheduler's greenlet is whoever resumes us; our return value
         # and every system call we yield go back to it.
@@ -49,6 +53,7 @@ class GreenThread:
         return syscall
 
     def throw(self, exc: BaseException, *_: Any) -> Any:
+        """Raise ``exc`` in the greenlet where it waits, as ``generator.throw`` does."""
         glet = self._glet
         # As in send: our result goes back to whoever throws. A greenlet
         # never started ends with the exception, as a generator would.
@@ -59,6 +64,7 @@ class GreenThread:
         return syscall
 
     def close(self) -> None:
+        """End an unfinished greenlet by raising GreenletExit in it."""
         if self._glet and not self._glet.dead:
             try:
                 self._glet.throw(greenlet.GreenletExit)
@@ -78,10 +84,15 @@ def _in_green_thread() -> greenlet.greenlet:
     return me
 
 
+@overload
+def call(awaitable: Awaitable[_T]) -> _T: ...
+@overload
+def call(awaitable: Generator[Any, Any, _T]) -> _T: ...
 def call(awaitable: Any) -> Any:
     """Run a threadlib call (a generator or coroutine such as
     ``sock.recv(10)``) to completion from a green thread, blocking only
-    this green thread."""
+    this green thread. The call's timeouts and cancellation behave as in a
+    generator thread: they are raised here."""
     me = _in_green_thread()
     if isinstance(awaitable, types.CoroutineType):
         awaitable = awaitable.__await__()
@@ -116,14 +127,17 @@ def spawn(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Thread:
 
 
 def sleep(seconds: float) -> None:
+    """``threadlib.sleep`` for a green thread: blocks only this green thread."""
     call(calls.sleep(seconds))
 
 
 def join(thread: Thread) -> Any:
+    """Block this green thread until ``thread`` ends; its result, or its exception raised."""
     return call(thread.join())
 
 
 def current() -> Thread:
+    """The calling green thread's Thread."""
     return call(calls.current())
 
 
@@ -153,12 +167,19 @@ def _blocking_method(name: str) -> Callable[..., Any]:
     return method
 
 
+def _forwarded_attribute(name: str) -> property:
+    def get(self: Any) -> Any:
+        return getattr(self._target, name)
+
+    return property(get)
+
+
 def wrap(target: Any) -> Any:
     """A view of ``target`` (a socket, Queue, Mutex, Thread, ...) whose
     waiting methods block the green thread instead of returning a
     generator: ``wrap(queue).get()``, ``wrap(conn).recv(100)``."""
     cls = type(target)
-    proxy = _proxy_classes.get(cls)
+    proxy: Any = _proxy_classes.get(cls)  # a class made below: mypy knows no more of it
     if proxy is None:
         namespace: dict[str, Any] = {"__slots__": ("_target",)}
         for name in dir(cls):
@@ -168,7 +189,7 @@ def wrap(target: Any) -> Any:
             if callable(attr) and not isinstance(attr, type):
                 namespace[name] = _blocking_method(name)
             else:
-                namespace[name] = property(lambda self, _n=name: getattr(self._target, _n))
+                namespace[name] = _forwarded_attribute(name)
         namespace["__repr__"] = lambda self: f"<green {self._target!r}>"
         namespace["unwrap"] = lambda self: self._target
         proxy = type(f"Green{cls.__name__}", (), namespace)
@@ -184,4 +205,6 @@ def listen(address: tuple[str, int], **kwargs: Any) -> Any:
 
 
 def connect(address: tuple[str, int], **kwargs: Any) -> Any:
+    """A blocking-style stream connected to ``address`` (``sockio.connect``'s
+    keyword arguments, ``timeout`` among them)."""
     return wrap(call(sockio.connect(address, **kwargs)))

@@ -27,11 +27,12 @@ import logging
 import os
 import select
 import types
-from typing import Any
+from typing import Any, Callable
 
 from iolib.aio import AioContext, AioUnavailable, aio_unavailable_reason
 from .._kernel import Scheduler, Thread, Worker, current_scheduler
-from ..syscalls import SystemCall
+from .._kernel.worker import Handler
+from ..syscalls import SystemCall, Waits
 
 log = logging.getLogger("threadlib")
 
@@ -95,11 +96,12 @@ class AioWorker(Worker):
     used instead of raising.
     """
 
+    _sched: Scheduler  # unset until attach: handlers run only after it
+
     def __init__(self, max_in_flight: int = 128) -> None:
         if not isinstance(max_in_flight, int) or not 1 <= max_in_flight <= 65536:
             raise ValueError(f"max_in_flight must be an int in 1..65536, got {max_in_flight!r}")
         self.max_in_flight = max_in_flight
-        self._sched: Scheduler | None = None
         self._ctx: AioContext | None = None
         self._closed = False
         self._flush_due: float | None = None  # when the oldest unsubmitted request was queued
@@ -110,13 +112,15 @@ class AioWorker(Worker):
         # Every request not yet reaped -> the thread that made it; and what
         # to run when an interrupted caller's request finally completes.
         self._requests: dict[SystemCall, Thread] = {}
-        self._after: dict[SystemCall, tuple] = {}
+        self._after: dict[SystemCall, tuple[Callable[..., Any], tuple[Any, ...]]] = {}
         self.completed = 0   # requests reaped (for tests and benchmarks)
         self.orphaned = 0    # completions whose waiter had been withdrawn
 
     # -- assembly -----------------------------------------------------------
-    def attach(self, sched: Scheduler) -> dict:
-        if self._sched is not None:
+    def attach(self, sched: Scheduler) -> dict[type, Handler]:
+        """Serve the Aio* calls for ``sched`` (one scheduler per worker); the
+        kernel context is made at first use."""
+        if getattr(self, "_sched", None) is not None:
             raise RuntimeError("an AioWorker serves one scheduler; create another for this one")
         self._sched = sched
         return {AioRead: self._submit_read, AioWrite: self._submit_write, AioFsync: self._submit_fsync,
@@ -128,7 +132,7 @@ class AioWorker(Worker):
             return None
         if self._closed:
             return "the AIO worker is closed"
-        if self._sched is None:
+        if getattr(self, "_sched", None) is None:
             return "the AIO worker is not attached to a scheduler"
         reason = aio_unavailable_reason()
         if reason is not None:
@@ -139,7 +143,7 @@ class AioWorker(Worker):
             return str(exc)
         except OSError as exc:  # io_setup: EAGAIN once /proc/sys/fs/aio-max-nr is used up
             return (f"Linux AIO unavailable: io_setup({self.max_in_flight}) failed with "
-                    f"{errno.errorcode.get(exc.errno, exc.errno)} ({exc.strerror}); "
+                    f"{errno.errorcode.get(exc.errno or 0, exc.errno)} ({exc.strerror}); "
                     f"see /proc/sys/fs/aio-max-nr")
         self._ctx = ctx
         self._sched.watch_fd(ctx.eventfd, select.EPOLLIN, self._on_completion)
@@ -196,6 +200,7 @@ class AioWorker(Worker):
             if reason is not None:
                 raise AioUnavailable(reason)
             ctx = self._ctx
+            assert ctx is not None  # start() made it, or said why not
         return ctx
 
     def _close_fd(self, thread: Thread, sc: AioClose) -> None:
@@ -218,6 +223,7 @@ class AioWorker(Worker):
         self._sched.suspend(thread, sc)
 
     def withdraw(self, thread: Thread, syscall: Any) -> None:
+        """Forget the interrupted caller; its request runs on in the kernel."""
         # The request stays with the kernel and its buffer stays referenced by
         # the engine until reaped; _on_completion then finds the thread no
         # longer waiting in this call and drops the result.  A withdrawn
@@ -226,20 +232,27 @@ class AioWorker(Worker):
 
     # -- the event loop side ------------------------------------------------------
     def next_deadline(self) -> float | None:
+        """When the oldest request still to be submitted was queued (so: at
+        once), or None."""
         # "Now" while requests wait to be submitted: the scheduler then polls
         # without sleeping and calls expire(), which submits them in one batch.
         return self._flush_due
 
     def expire(self, now: float) -> None:
+        """Submit the queued requests in one io_submit."""
         if self._flush_due is not None:
             self._flush_due = None
-            self._ctx.flush()
+            ctx = self._ctx
+            assert ctx is not None  # requests are queued only once it exists
+            ctx.flush()
 
     def _on_completion(self, events: int) -> None:
         sched = self._sched
         pending = self._pending_by_fd
         requests = self._requests
-        results = self._ctx.reap()
+        ctx = self._ctx
+        assert ctx is not None  # its eventfd is watched only while it exists
+        results = ctx.reap()
         self.completed += len(results)
         for sc, res in results:
             thread = requests.pop(sc)
@@ -263,7 +276,7 @@ class AioWorker(Worker):
             else:
                 sched.throw(thread, OSError(-res, os.strerror(-res)))
 
-    def after_completion(self, sc: SystemCall, callback: Any, args: tuple = ()) -> bool:
+    def after_completion(self, sc: SystemCall, callback: Callable[..., Any], args: tuple[Any, ...] = ()) -> bool:
         """Run `callback(result, *args)` in the scheduler when the request
         made by `sc` (whose caller was interrupted) completes.  Returns False,
         registering nothing, if `sc` is not pending here."""
@@ -277,7 +290,7 @@ class AioWorker(Worker):
         return sc in self._requests
 
     @staticmethod
-    def _run_after(after: tuple, res: int) -> None:
+    def _run_after(after: tuple[Callable[..., Any], tuple[Any, ...]], res: int) -> None:
         callback, args = after
         try:
             callback(res, *args)
@@ -304,12 +317,16 @@ class AioWorker(Worker):
         return sum(self._pending_by_fd.values())
 
     def pending_on(self, fd: int) -> int:
+        """Requests on ``fd`` not yet reaped."""
         return self._pending_by_fd.get(fd, 0)
 
     def busy(self) -> bool:
+        """Whether any request is in flight."""
         return bool(self._pending_by_fd)
 
     def close(self) -> None:
+        """Wait for the kernel to finish every request (io_destroy), run
+        the cleanups of interrupted ones, and close fds still pending close."""
         if self._closed:
             return
         self._closed = True
@@ -347,23 +364,30 @@ def ensure_aio_worker(sched: Scheduler | None = None) -> AioWorker:
 
 
 @types.coroutine
-def aio_read(fd: int, buf: Any, offset: int) -> int:
-    """Read into the aligned `buf` at the aligned `offset`; the byte count."""
-    return (yield AioRead(fd, buf, offset))
+def aio_read(fd: int, buf: Any, offset: int) -> Waits[int]:
+    """Read into the aligned `buf` at the aligned `offset`; the byte count.
+    A cancelled or timed-out caller leaves the request with the kernel,
+    which may still write into `buf`: do not reuse it."""
+    count: int = yield AioRead(fd, buf, offset)
+    return count
 
 
 @types.coroutine
-def aio_write(fd: int, buf: Any, offset: int) -> int:
-    """Write the aligned `buf` at the aligned `offset`; the byte count."""
-    return (yield AioWrite(fd, buf, offset))
+def aio_write(fd: int, buf: Any, offset: int) -> Waits[int]:
+    """Write the aligned `buf` at the aligned `offset`; the byte count.
+    A cancelled or timed-out caller leaves the write to complete in the
+    kernel, which may still read `buf`."""
+    count: int = yield AioWrite(fd, buf, offset)
+    return count
 
 
 @types.coroutine
-def aio_fsync(fd: int, datasync: bool = False) -> None:
+def aio_fsync(fd: int, datasync: bool = False) -> Waits[None]:
+    """Flush `fd` to stable storage (its data only when `datasync`)."""
     yield AioFsync(fd, datasync)
 
 
 @types.coroutine
-def aio_close(fd: int) -> None:
+def aio_close(fd: int) -> Waits[None]:
     """Close `fd` once the worker has no request pending on it."""
     yield AioClose(fd)

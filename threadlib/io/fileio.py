@@ -38,16 +38,18 @@ import os
 import stat as _stat
 import threading
 import types
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from iolib.aio import FSYNC_UNSUPPORTED_ERRNOS, DirectIOUnsupported, open_direct
 from .aioworker import AioClose, AioFsync, AioRead, AioWorker, AioWrite, ensure_aio_worker
 from .._kernel import WaitQueue, running_scheduler
-from ..syscalls import Blocking
+from ..syscalls import Blocking, Waits
 
 __all__ = ["File", "ReadView", "open", "read_file", "write_file", "stat", "BLOCK", "MAX_CHUNK"]
 
 log = logging.getLogger("threadlib.io.fileio")
+
+_R = TypeVar("_R")
 
 BLOCK = 4096              # alignment of offsets, lengths and buffers (any device's logical block divides it)
 MAX_CHUNK = 1 << 20       # largest single request; bigger transfers are split
@@ -140,6 +142,7 @@ class ReadView:
         return bytes(self.view)
 
     def release(self) -> None:
+        """Give the buffer back for reuse; the view must not be used after."""
         buf = self._buf
         if buf is not None:
             self._buf = None
@@ -156,7 +159,7 @@ class ReadView:
 # ---------------------------------------------------------------------------
 # Fallback bookkeeping
 
-_warned: set = set()
+_warned: set[Any] = set()
 
 
 def _warn_once(key: Any, message: str) -> None:
@@ -189,7 +192,7 @@ class _RangeLock:
         self._waiters = WaitQueue()
 
     @types.coroutine
-    def acquire(self, lo: int, hi: float) -> Any:
+    def acquire(self, lo: int, hi: float) -> Waits[tuple[int, float]]:
         while any(l < hi and lo < h for l, h in self._held):
             yield self._waiters.park
         entry = (lo, hi)
@@ -205,7 +208,12 @@ class _RangeLock:
 class File:
     """An open file. Every method that may wait works with `yield from` and
     `await`.  `direct` tells whether IO goes through Linux AIO (True) or the
-    blocking pool (False)."""
+    blocking pool (False).
+
+    The methods take no `timeout`: an enclosing `threadlib.timeout` bounds
+    their waits.  A read that is timed out or cancelled leaves nothing
+    behind; a write may still complete (the kernel or the pool finishes
+    what it was given), as `pwrite` says."""
 
     def __init__(self, path: str, fd: int, writable: bool, direct: bool) -> None:
         self.path = path
@@ -246,6 +254,7 @@ class File:
 
     @property
     def closed(self) -> bool:
+        """Whether ``close`` was called."""
         return self._fd < 0
 
     @property
@@ -269,8 +278,9 @@ class File:
 
     # -- reading ----------------------------------------------------------------
     @types.coroutine
-    def pread(self, n: int, offset: int) -> bytes:
-        """Up to `n` bytes at `offset` (fewer only at end of file)."""
+    def pread(self, n: int, offset: int) -> Waits[bytes]:
+        """Up to `n` bytes at `offset` (fewer only at end of file); waits in
+        `AioRead` (or on the blocking pool)."""
         # The hot path of a file server: kept to one system call and no
         # nested generator.
         fd = self._fd
@@ -308,7 +318,7 @@ class File:
         return data
 
     @types.coroutine
-    def pread_into(self, buffer: Any, offset: int) -> int:
+    def pread_into(self, buffer: Any, offset: int) -> Waits[int]:
         """Read into the writable `buffer` at `offset`; the byte count (less
         than len(buffer) only at end of file)."""
         self._check_open()
@@ -340,7 +350,7 @@ class File:
         return done
 
     @types.coroutine
-    def pread_view(self, n: int, offset: int) -> ReadView:
+    def pread_view(self, n: int, offset: int) -> Waits[ReadView]:
         """Up to `n` bytes at `offset` as a ReadView: a memoryview of the
         pooled buffer the kernel read into (no copy).  Release it when done."""
         self._check_open()
@@ -355,11 +365,11 @@ class File:
         return ReadView(buf[start:max(start, min(got, start + n))], buf)
 
     @types.coroutine
-    def _read_aligned(self, buf: memoryview, pos: int, span: int) -> int:
+    def _read_aligned(self, buf: memoryview, pos: int, span: int) -> Waits[int]:
         """Fill buf[:span] from the aligned `pos`; bytes read (short at EOF).
         On an exception `buf` is not given back: the kernel may still own it."""
         try:
-            got = yield AioRead(self._fd, buf if len(buf) == span else buf[:span], pos)
+            got: int = yield AioRead(self._fd, buf if len(buf) == span else buf[:span], pos)
         except OSError as exc:
             raise self._error(exc) from None
         if got < span and got > 0 and not got & _MASK:
@@ -367,7 +377,7 @@ class File:
         return got
 
     @types.coroutine
-    def _read_rest(self, buf: memoryview, pos: int, span: int, got: int) -> int:
+    def _read_rest(self, buf: memoryview, pos: int, span: int, got: int) -> Waits[int]:
         # A regular file reads short only at its end; a read that stopped on a
         # block boundary short of the span is continued until it returns 0.
         try:
@@ -382,9 +392,13 @@ class File:
 
     # -- writing ----------------------------------------------------------------
     @types.coroutine
-    def pwrite(self, data: Any, offset: int) -> int:
+    def pwrite(self, data: Any, offset: int) -> Waits[int]:
         """Write all of `data` (any bytes-like object) at `offset`, extending
-        the file if needed; returns len(data)."""
+        the file if needed; returns len(data).  Waits in `AioWrite` (or on
+        the blocking pool), and for overlapping writes through this File.
+        After a timeout or cancellation any part of `data` may have been
+        written: the requests already made complete, and their blocks stay
+        locked against other writes until they do."""
         self._check_writable()
         try:
             src = memoryview(data).cast("B")
@@ -403,15 +417,15 @@ class File:
         return n
 
     @types.coroutine
-    def _write_chunk(self, src: memoryview, offset: int) -> None:
+    def _write_chunk(self, src: memoryview, offset: int) -> Waits[None]:
         n = len(src)
         end = offset + n
         a0 = offset & ~_MASK
         a1 = (end + _MASK) & ~_MASK
         fd = self._fd
         ranges = self._ranges
-        held = None
-        pending_write = None
+        held: tuple[int, float] | None = None
+        pending_write: AioWrite | None = None
         try:
             size = os.fstat(fd).st_size
             extending = a1 > size
@@ -462,7 +476,7 @@ class File:
             raise
         ranges.release(held)
 
-    def _settle_write(self, result: int, held: tuple, extending: bool, target: int) -> None:
+    def _settle_write(self, result: int, held: tuple[int, float], extending: bool, target: int) -> None:
         """Finish a write whose thread was interrupted, once the kernel is done."""
         try:
             if extending and self._fd >= 0 and os.fstat(self._fd).st_size > target:
@@ -473,7 +487,7 @@ class File:
             self._ranges.release(held)
 
     @types.coroutine
-    def _fill_block(self, buf: memoryview, at: int, pos: int, size: int) -> None:
+    def _fill_block(self, buf: memoryview, at: int, pos: int, size: int) -> Waits[None]:
         """Read the block at `pos` into buf[at:at+BLOCK] (zeros past EOF)."""
         got = 0
         if pos < size:
@@ -482,8 +496,9 @@ class File:
             buf[at + got:at + BLOCK] = _ZEROS[got:]
 
     @types.coroutine
-    def truncate(self, size: int) -> None:
-        """Set the file's size to `size` bytes (cut or zero-extended)."""
+    def truncate(self, size: int) -> Waits[None]:
+        """Set the file's size to `size` bytes (cut or zero-extended), once
+        writes through this File past `size` are done (it waits for them)."""
         self._check_writable()
         _check_range(0, size)
         held = yield from self._ranges.acquire(size & ~_MASK, float("inf"))
@@ -493,8 +508,9 @@ class File:
             self._ranges.release(held)
 
     @types.coroutine
-    def fsync(self, datasync: bool = False) -> None:
-        """Flush the file's data (and metadata unless `datasync`) to disk."""
+    def fsync(self, datasync: bool = False) -> Waits[None]:
+        """Flush the file's data (and metadata unless `datasync`) to disk;
+        waits in `AioFsync`, or on the blocking pool where AIO has none."""
         self._check_open()
         if self._aio_fsync:
             try:
@@ -507,14 +523,14 @@ class File:
         yield from self._pool_call(os.fdatasync if datasync else os.fsync, self._fd)
 
     @types.coroutine
-    def stat(self) -> os.stat_result:
-        """os.fstat of the file."""
+    def stat(self) -> Waits[os.stat_result]:
+        """os.fstat of the file (inline: never waits)."""
         self._check_open()
         return os.fstat(self._fd)
         yield  # a generator, so it works with yield from and await
 
     @types.coroutine
-    def close(self) -> None:
+    def close(self) -> Waits[None]:
         """Close the file. Requests still in flight (of cancelled callers) are
         waited for before the descriptor is released, so its number cannot
         be reused under them. Closing twice is allowed."""
@@ -542,18 +558,19 @@ class File:
 
     # -- the blocking pool path ----------------------------------------------------
     @types.coroutine
-    def _pool_call(self, func: Any, *args: Any) -> Any:
+    def _pool_call(self, func: Callable[..., _R], *args: Any) -> Waits[_R]:
         if running_scheduler().worker_for(Blocking) is None:
             raise RuntimeError(f"{self.path!r} is served by the blocking pool, and this scheduler "
                                f"has no BlockingPool worker (see threadlib.default_workers())")
         with self._pool_lock:
             self._pool_users += 1
         try:
-            return (yield Blocking(self._run_in_pool, (func, args)))
+            result: _R = yield Blocking(self._run_in_pool, (func, args))
+            return result
         except OSError as exc:
             raise self._error(exc) from None
 
-    def _run_in_pool(self, func: Any, args: tuple) -> Any:
+    def _run_in_pool(self, func: Callable[..., _R], args: tuple[Any, ...]) -> _R:
         # Runs on an OS thread of the pool. If close() came meanwhile (the
         # caller may have been cancelled), the last call out closes the fd.
         try:
@@ -606,9 +623,9 @@ def _pwrite_all(fd: int, src: memoryview, offset: int) -> int:
 
 
 @types.coroutine
-def open(path: str | os.PathLike, mode: str = "r", *, direct: bool | None = None,
-         perms: int = 0o644) -> File:
-    """Open `path` for thread IO.
+def open(path: str | os.PathLike[Any], mode: str = "r", *, direct: bool | None = None,
+         perms: int = 0o644) -> Waits[File]:
+    """Open `path` for thread IO (inline metadata calls: it never waits).
 
     `mode`: "r" (read), "r+" (read and write), "w" (create or truncate),
     "x" (create, fail if it exists); a "b" is accepted and ignored (data is
@@ -665,8 +682,9 @@ def _check_regular(fd: int, path: str) -> None:
 
 
 @types.coroutine
-def read_file(path: str | os.PathLike, *, direct: bool | None = None) -> bytes:
-    """The whole contents of `path` (up to its size when opened)."""
+def read_file(path: str | os.PathLike[Any], *, direct: bool | None = None) -> Waits[bytes]:
+    """The whole contents of `path` (up to its size when opened): `open`,
+    `pread`, `close`, and so waits as they do."""
     f = yield from open(path, "r", direct=direct)
     try:
         return (yield from f.pread(f.size, 0))
@@ -675,8 +693,10 @@ def read_file(path: str | os.PathLike, *, direct: bool | None = None) -> bytes:
 
 
 @types.coroutine
-def write_file(path: str | os.PathLike, data: Any, *, direct: bool | None = None) -> int:
-    """Replace the contents of `path` with `data` (created if missing)."""
+def write_file(path: str | os.PathLike[Any], data: Any, *, direct: bool | None = None) -> Waits[int]:
+    """Replace the contents of `path` with `data` (created if missing):
+    `open`, `pwrite`, `close`, and so waits as they do; interrupted, the
+    file may hold any part of `data`."""
     f = yield from open(path, "w", direct=direct)
     try:
         return (yield from f.pwrite(data, 0))
@@ -685,7 +705,7 @@ def write_file(path: str | os.PathLike, data: Any, *, direct: bool | None = None
 
 
 @types.coroutine
-def stat(path: str | os.PathLike) -> os.stat_result:
-    """os.stat of `path` (inline: a metadata lookup)."""
+def stat(path: str | os.PathLike[Any]) -> Waits[os.stat_result]:
+    """os.stat of `path` (inline: a metadata lookup; never waits)."""
     return os.stat(path)
     yield

@@ -23,11 +23,14 @@ import os
 import select
 import socket
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..calls import timeout as _timeout
 from .._kernel import DONE, current_scheduler
-from ..syscalls import Blocking, Sleep, WaitRead, WaitWrite
+from ..syscalls import Blocking, Sleep, WaitRead, WaitWrite, Waits
+
+if TYPE_CHECKING:
+    from ..net import Call
 
 log = logging.getLogger("threadlib.io.sockio")
 
@@ -81,6 +84,7 @@ class _SocketBase:
         self._wait_write = WaitWrite(self._fd)
 
     def fileno(self) -> int:
+        """The socket's fd; -1 once closed."""
         return self._fd
 
     @property
@@ -90,20 +94,25 @@ class _SocketBase:
 
     @property
     def family(self) -> int:
+        """The address family: socket.AF_INET, AF_INET6 or AF_UNIX."""
         return self._sock.family
 
     @property
     def local_address(self) -> Any:
+        """This end's address (getsockname)."""
         return self._sock.getsockname()
 
     def getsockopt(self, level: int, option: int, buflen: int = 0) -> Any:
+        """``socket.getsockopt`` of the underlying socket."""
         return self._sock.getsockopt(level, option, buflen) if buflen else self._sock.getsockopt(level, option)
 
     def setsockopt(self, level: int, option: int, value: Any) -> None:
+        """``socket.setsockopt`` of the underlying socket."""
         self._sock.setsockopt(level, option, value)
 
     @property
     def closed(self) -> bool:
+        """Whether ``close`` was called."""
         return self._fd < 0
 
     def close(self) -> None:
@@ -151,11 +160,15 @@ class Stream(_SocketBase):
 
     @property
     def peer_address(self) -> Any:
+        """The other end's address (getpeername)."""
         return self._sock.getpeername()
 
     @types.coroutine
-    def recv(self, max_bytes: int = 65536, timeout: float | None = None) -> bytes:
-        """Up to ``max_bytes`` bytes; b'' once the peer has closed its side."""
+    def recv(self, max_bytes: int = 65536, timeout: float | None = None) -> Waits[bytes]:
+        """Up to ``max_bytes`` bytes; b'' once the peer has closed its side.
+
+        Waits (WaitRead) only when nothing is buffered; on ``timeout``
+        (TimeoutError) or cancellation nothing was consumed."""
         sock = self._sock
         while True:
             if self._drained:
@@ -177,7 +190,9 @@ class Stream(_SocketBase):
                 self._hung_up = True
 
     @types.coroutine
-    def recv_into(self, buffer: Any, nbytes: int = 0, timeout: float | None = None) -> int:
+    def recv_into(self, buffer: Any, nbytes: int = 0, timeout: float | None = None) -> Waits[int]:
+        """Read into ``buffer`` (up to ``nbytes``, 0 for its size); the count,
+        0 at end of stream. Waits like ``recv``."""
         sock = self._sock
         while True:
             if self._drained:
@@ -199,8 +214,11 @@ class Stream(_SocketBase):
                 self._hung_up = True
 
     @types.coroutine
-    def recv_exactly(self, nbytes: int, timeout: float | None = None) -> bytes:
-        """Exactly ``nbytes`` bytes, or EOFError if the stream ends first."""
+    def recv_exactly(self, nbytes: int, timeout: float | None = None) -> Waits[bytes]:
+        """Exactly ``nbytes`` bytes, or EOFError if the stream ends first.
+
+        ``timeout`` bounds the whole read; after EOFError, TimeoutError or a
+        cancellation the bytes read so far are consumed and lost."""
         buf = bytearray(nbytes)
         view = memoryview(buf)
         got = 0
@@ -213,8 +231,11 @@ class Stream(_SocketBase):
         return bytes(buf)
 
     @types.coroutine
-    def send(self, data: Any, timeout: float | None = None) -> int:
-        """Send some of ``data``; return how many bytes went."""
+    def send(self, data: Any, timeout: float | None = None) -> Waits[int]:
+        """Send some of ``data``; return how many bytes went.
+
+        Waits (WaitWrite) only while the socket buffer is full; on
+        ``timeout`` (TimeoutError) or cancellation nothing was sent."""
         sock = self._sock
         while True:
             try:
@@ -224,13 +245,15 @@ class Stream(_SocketBase):
             with _timeout(timeout):
                 yield self._wait_write
 
-    def sendall(self, data: Any, timeout: float | None = None) -> Any:
+    def sendall(self, data: Any, timeout: float | None = None) -> Call[None]:
         """Send all of ``data``, waiting for buffer space as needed.
 
         The first send happens at the call: when the socket buffer takes
         everything (the usual case for a response), no generator is made
         and ``yield from``/``await`` completes at once. Otherwise the
-        returned awaitable sends the rest."""
+        returned awaitable sends the rest, waiting (WaitWrite) for room.
+        ``timeout`` bounds that rest; after TimeoutError or a cancellation
+        an unknown prefix of ``data`` has been sent."""
         try:
             sent = self._sock.send(data)
         except BlockingIOError:
@@ -240,7 +263,7 @@ class Stream(_SocketBase):
         return self._send_rest(data, sent, timeout)
 
     @types.coroutine
-    def _send_rest(self, data: Any, sent: int, timeout: float | None) -> None:
+    def _send_rest(self, data: Any, sent: int, timeout: float | None) -> Waits[None]:
         sock = self._sock
         view = memoryview(data).cast("B")
         total = len(view)
@@ -252,11 +275,13 @@ class Stream(_SocketBase):
                     yield self._wait_write
 
     @types.coroutine
-    def sendfile(self, file: Any, offset: int = 0, count: int | None = None, timeout: float | None = None) -> int:
+    def sendfile(self, file: Any, offset: int = 0, count: int | None = None,
+                 timeout: float | None = None) -> Waits[int]:
         """Send ``count`` bytes (to end of file if None) of ``file`` (an
         object with ``fileno()`` or an fd) from ``offset`` with
         sendfile(2), zero-copy. Returns the bytes sent (fewer only at end
-        of file)."""
+        of file). Waits for room like ``sendall``, with the same
+        ``timeout`` and the same uncertainty after an interruption."""
         in_fd = file if isinstance(file, int) else file.fileno()
         if count is None:
             count = os.fstat(in_fd).st_size - offset
@@ -283,6 +308,7 @@ class Stream(_SocketBase):
                 raise
 
     def set_nodelay(self, on: bool = True) -> None:
+        """Turn Nagle's algorithm off (``on``) or back on (TCP_NODELAY)."""
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(on))
 
 
@@ -303,18 +329,23 @@ class Listener(_SocketBase):
         return addr[:2] if isinstance(addr, tuple) else addr
 
     @types.coroutine
-    def accept(self, timeout: float | None = None) -> tuple[Stream, Any]:
+    def accept(self, timeout: float | None = None) -> Waits[tuple[Stream, Any]]:
         """The next connection and its peer address.
 
-        Running out of fds (EMFILE) or buffers makes accept back off (up to
-        a second) and retry; it never ends the server. A connection that
-        was aborted before it was accepted is skipped.
+        Waits (WaitRead) while none is pending. Running out of fds (EMFILE)
+        or buffers makes accept back off (up to a second) and retry; it
+        never ends the server. A connection that was aborted before it was
+        accepted is skipped. On ``timeout`` (TimeoutError) or cancellation
+        no connection was taken: pending ones stay queued.
         """
         sock = self._sock
         with _timeout(timeout):
             while True:
                 try:
-                    fd, addr = sock._accept()
+                    # The fd alone: the socket object is made below with the
+                    # listener's family and type. CPython has it; typeshed
+                    # does not declare it.
+                    fd, addr = sock._accept()  # type: ignore[attr-defined]
                 except BlockingIOError:
                     yield self._wait_read
                     continue
@@ -342,7 +373,9 @@ class DatagramSocket(_SocketBase):
     __slots__ = ()
 
     @types.coroutine
-    def recvfrom(self, max_bytes: int = 65536, timeout: float | None = None) -> tuple[bytes, Any]:
+    def recvfrom(self, max_bytes: int = 65536, timeout: float | None = None) -> Waits[tuple[bytes, Any]]:
+        """One datagram and its sender, waiting (WaitRead) while none is
+        queued; on ``timeout`` (TimeoutError) or cancellation none was taken."""
         sock = self._sock
         with _timeout(timeout):
             while True:
@@ -352,12 +385,15 @@ class DatagramSocket(_SocketBase):
                     yield self._wait_read
 
     @types.coroutine
-    def recv(self, max_bytes: int = 65536, timeout: float | None = None) -> bytes:
+    def recv(self, max_bytes: int = 65536, timeout: float | None = None) -> Waits[bytes]:
+        """One datagram's data (``recvfrom`` without the sender)."""
         data, _ = yield from self.recvfrom(max_bytes, timeout)
         return data
 
     @types.coroutine
-    def sendto(self, data: Any, address: Any, timeout: float | None = None) -> int:
+    def sendto(self, data: Any, address: Any, timeout: float | None = None) -> Waits[int]:
+        """Send ``data`` as one datagram to ``address``; the byte count.
+        Waits (WaitWrite) only while the send buffer is full."""
         sock = self._sock
         with _timeout(timeout):
             while True:
@@ -367,7 +403,7 @@ class DatagramSocket(_SocketBase):
                     yield self._wait_write
 
     @types.coroutine
-    def send(self, data: Any, timeout: float | None = None) -> int:
+    def send(self, data: Any, timeout: float | None = None) -> Waits[int]:
         """Send to the connected peer (see ``connect``)."""
         sock = self._sock
         with _timeout(timeout):
@@ -394,9 +430,10 @@ def _literal_family(host: str) -> int | None:
 
 
 @types.coroutine
-def resolve(host: str, port: int, type: int = socket.SOCK_STREAM) -> list[tuple[int, Any]]:
+def resolve(host: str, port: int, type: int = socket.SOCK_STREAM) -> Waits[list[tuple[int, Any]]]:
     """``[(family, sockaddr), ...]`` for ``host``; literals need no lookup,
-    names are resolved on the blocking pool (getaddrinfo blocks)."""
+    names are resolved on the blocking pool (getaddrinfo blocks). A lookup
+    whose caller timed out or was cancelled runs on; its answer is dropped."""
     family = _literal_family(host) if host else socket.AF_INET
     if family is not None:
         return [(family, (host or "0.0.0.0", port))]
@@ -415,16 +452,17 @@ class KernelNetwork:
 
     name = "kernel"
 
-    def resolve(self, host: str, port: int) -> Any:
+    def resolve(self, host: str, port: int) -> Call[list[tuple[int, Any]]]:
         """``[(family, sockaddr), ...]`` for ``host`` (see module ``resolve``)."""
         return resolve(host, port)
 
     @types.coroutine
     def listen(
         self, address: tuple[str, int], backlog: int = 1024, reuse_port: bool = False, nodelay: bool = True
-    ) -> Listener:
+    ) -> Waits[Listener]:
         """A TCP listener bound to ``(host, port)``; port 0 picks a free one;
-        ``reuse_port`` lets several processes share the port."""
+        ``reuse_port`` lets several processes share the port. Waits only to
+        resolve a host name."""
         host, port = address[0], address[1]
         family, sockaddr = (yield from resolve(host, port))[0]
         if len(address) == 4 and family == socket.AF_INET6:
@@ -444,9 +482,13 @@ class KernelNetwork:
     @types.coroutine
     def connect(
         self, address: tuple[str, int], timeout: float | None = None, nodelay: bool = True, local: Any = None
-    ) -> Stream:
+    ) -> Waits[Stream]:
         """A TCP connection to ``(host, port)``; tries each resolved address
-        in turn. Raises ConnectionRefusedError, TimeoutError, ..."""
+        in turn. Raises ConnectionRefusedError, TimeoutError, ...
+
+        Waits for name resolution and for each handshake (WaitWrite);
+        ``timeout`` bounds all of it. A socket that did not connect (an
+        error, a timeout, a cancellation) is closed."""
         host, port = address[0], address[1]
         last_error: BaseException | None = None
         with _timeout(timeout):
@@ -469,8 +511,9 @@ class KernelNetwork:
         raise last_error
 
     @types.coroutine
-    def udp(self, bind: tuple[str, int] | None = None, family: int | None = None) -> DatagramSocket:
-        """A UDP socket, bound to ``bind`` if given."""
+    def udp(self, bind: tuple[str, int] | None = None, family: int | None = None) -> Waits[DatagramSocket]:
+        """A UDP socket, bound to ``bind`` if given. Waits only to resolve
+        the host name of ``bind``."""
         if family is None:
             family = socket.AF_INET
             if bind is not None:
@@ -485,7 +528,8 @@ class KernelNetwork:
         return DatagramSocket(sock)
 
     @types.coroutine
-    def unix_listen(self, path: str, backlog: int = 1024) -> Listener:
+    def unix_listen(self, path: str, backlog: int = 1024) -> Waits[Listener]:
+        """A listener bound to the Unix socket ``path`` (never waits)."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(path)
@@ -497,7 +541,9 @@ class KernelNetwork:
         yield  # a generator, like every call that may wait
 
     @types.coroutine
-    def unix_connect(self, path: str, timeout: float | None = None) -> Stream:
+    def unix_connect(self, path: str, timeout: float | None = None) -> Waits[Stream]:
+        """A stream connected to the Unix socket ``path``; ``timeout`` bounds
+        the connect, and a socket that did not connect is closed."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             with _timeout(timeout):
@@ -509,7 +555,7 @@ class KernelNetwork:
 
 
 @types.coroutine
-def _connect_socket(sock: socket.socket, sockaddr: Any) -> Any:
+def _connect_socket(sock: socket.socket, sockaddr: Any) -> Waits[None]:
     sock.setblocking(False)
     err = sock.connect_ex(sockaddr)
     if err in (errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY):

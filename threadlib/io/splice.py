@@ -50,7 +50,7 @@ from iolib.nbio import splice as _nb
 from ..calls import join_any, spawn
 from .._kernel import ThreadCancelled, Worker, current_scheduler
 from .sockio import Stream
-from ..syscalls import WaitRead, WaitWrite
+from ..syscalls import WaitRead, WaitWrite, Waits
 
 __all__ = [
     "AVAILABLE",
@@ -118,7 +118,7 @@ class ProxyResult:
         # the other direction.
         errors = [e for e in (ab.error, ba.error) if e is not None]
         real = [e for e in errors if not isinstance(e, ThreadCancelled)]
-        self.error = (real or errors or [None])[0]
+        self.error = real[0] if real else errors[0] if errors else None
         self.seconds = seconds
 
     def __repr__(self) -> str:
@@ -165,7 +165,7 @@ def pipe_pool(sched: Any = None, pipe_size: int = DEFAULT_PIPE_SIZE, max_idle: i
 
 @types.coroutine
 def splice(src: Any, dst: Any, chunk_size: int | None = None, *, fallback: bool = False,
-           half_close: bool = False, stats: Transfer | None = None) -> int:
+           half_close: bool = False, stats: Transfer | None = None) -> Waits[int]:
     """Move data from ``src`` to ``dst`` until ``src`` reaches end of file;
     return the bytes moved. Errors are raised (ConnectionResetError,
     BrokenPipeError, ...). ``stats`` (a :class:`Transfer`), if given, is
@@ -180,7 +180,8 @@ def splice(src: Any, dst: Any, chunk_size: int | None = None, *, fallback: bool 
     """
     if stats is None:
         stats = Transfer()
-    pool = pipe = None
+    pool: _nb.PipePool | None = None
+    pipe: _nb.PipePair | None = None
     if zero_copy(src, dst, fallback=fallback):
         pool = pipe_pool()
         try:
@@ -192,7 +193,7 @@ def splice(src: Any, dst: Any, chunk_size: int | None = None, *, fallback: bool 
             log.warning("no pipe for splice (%s); copying instead", exc.strerror)
     stats.zero_copy = pipe is not None
     try:
-        if pipe is not None:
+        if pool is not None and pipe is not None:
             yield from _splice_streams(src, dst, chunk_size, stats, pool, pipe)
         elif isinstance(src, Stream) and isinstance(dst, Stream):
             yield from _copy_streams(src, dst, chunk_size or DEFAULT_COPY_CHUNK, stats)
@@ -209,7 +210,7 @@ def splice(src: Any, dst: Any, chunk_size: int | None = None, *, fallback: bool 
 
 @types.coroutine
 def _splice_streams(src: Stream, dst: Stream, chunk_size: int | None, stats: Transfer,
-                    pool: _nb.PipePool, pipe: _nb.PipePair) -> Any:
+                    pool: _nb.PipePool, pipe: _nb.PipePair) -> Waits[Any]:
     src_fd, dst_fd = src.fileno(), dst.fileno()
     wait_src = WaitRead(src_fd)
     wait_dst = WaitWrite(dst_fd)
@@ -247,7 +248,7 @@ def _splice_streams(src: Stream, dst: Stream, chunk_size: int | None, stats: Tra
 
 
 @types.coroutine
-def _copy_streams(src: Stream, dst: Stream, chunk_size: int, stats: Transfer) -> Any:
+def _copy_streams(src: Stream, dst: Stream, chunk_size: int, stats: Transfer) -> Waits[Any]:
     """The copy loop on kernel sockets, straight on the sockets (no method
     call per step): one buffer, recv_into, send until all is sent."""
     buf = bytearray(chunk_size)
@@ -287,7 +288,7 @@ def _copy_streams(src: Stream, dst: Stream, chunk_size: int, stats: Transfer) ->
 
 
 @types.coroutine
-def _copy_generic(src: Any, dst: Any, chunk_size: int, stats: Transfer) -> Any:
+def _copy_generic(src: Any, dst: Any, chunk_size: int, stats: Transfer) -> Waits[Any]:
     """The copy loop on anything with ``recv_into``/``recv`` and ``sendall``
     methods that may wait (tcpsockio connections, simulated sockets, a
     Stream paired with one of those)."""
@@ -313,7 +314,7 @@ def _copy_generic(src: Any, dst: Any, chunk_size: int, stats: Transfer) -> Any:
 
 
 @types.coroutine
-def _maybe_wait(result: Any) -> Any:
+def _maybe_wait(result: Any) -> Waits[Any]:
     """``yield from`` a call's result if it is a generator or coroutine
     (a call that may wait), else return it as is."""
     if isinstance(result, types.GeneratorType):
@@ -324,7 +325,7 @@ def _maybe_wait(result: Any) -> Any:
 
 
 @types.coroutine
-def _shutdown_write(dst: Any) -> Any:
+def _shutdown_write(dst: Any) -> Waits[Any]:
     try:
         result = dst.shutdown(socket.SHUT_WR)
     except TypeError:
@@ -341,7 +342,7 @@ def _shutdown_write(dst: Any) -> Any:
 
 
 @types.coroutine
-def proxy(a: Any, b: Any, chunk_size: int | None = None, *, fallback: bool = False) -> ProxyResult:
+def proxy(a: Any, b: Any, chunk_size: int | None = None, *, fallback: bool = False) -> Waits[ProxyResult]:
     """Move data both ways between ``a`` and ``b`` until both directions
     have ended; return a :class:`ProxyResult`.
 
@@ -350,7 +351,9 @@ def proxy(a: Any, b: Any, chunk_size: int | None = None, *, fallback: bool = Fal
     direction (a reset, a broken pipe) ends the other as well, at once;
     it is reported in ``result.error``, not raised. Neither socket is
     closed: the caller closes both (after an error, an abortive close,
-    SO_LINGER 0, passes the reset on to the other peer).
+    SO_LINGER 0, passes the reset on to the other peer). A timeout or a
+    cancellation of the caller cancels both directions and waits for them
+    to end before it is raised.
     """
     started = time.monotonic()
     ab, ba = Transfer(), Transfer()
@@ -373,7 +376,7 @@ def proxy(a: Any, b: Any, chunk_size: int | None = None, *, fallback: bool = Fal
 
 
 @types.coroutine
-def _direction(src: Any, dst: Any, chunk_size: int | None, fallback: bool, stats: Transfer) -> Any:
+def _direction(src: Any, dst: Any, chunk_size: int | None, fallback: bool, stats: Transfer) -> Waits[Any]:
     try:
         yield from splice(src, dst, chunk_size, fallback=fallback, half_close=True, stats=stats)
     except ThreadCancelled:

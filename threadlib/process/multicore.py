@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from .. import calls
 from . import signals
+from ..syscalls import Waits
 from ..sync import Event
 
 log = logging.getLogger("threadlib.process.multicore")
@@ -35,11 +36,11 @@ def run_worker(main: Callable[[int, Event], Any], index: int = 0) -> Any:
     setting ``shutdown``; return main's result."""
 
     @types.coroutine
-    def supervised() -> Any:
+    def supervised() -> Waits[Any]:
         shutdown = Event()
 
         @types.coroutine
-        def watch_signals() -> Any:
+        def watch_signals() -> Waits[Any]:
             yield from signals.wait_signal(signal.SIGTERM, signal.SIGINT)
             shutdown.set()
 
@@ -54,7 +55,7 @@ def run_worker(main: Callable[[int, Event], Any], index: int = 0) -> Any:
 
 
 @types.coroutine
-def _as_generator(coro: Any) -> Any:
+def _as_generator(coro: Any) -> Waits[Any]:
     if isinstance(coro, types.CoroutineType):
         return (yield from coro.__await__())
     return (yield from coro)

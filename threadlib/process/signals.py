@@ -21,7 +21,8 @@ import types
 from typing import Any, Iterable
 
 from .._kernel import Scheduler, Thread, Worker
-from ..syscalls import SystemCall
+from .._kernel.worker import Handler
+from ..syscalls import SystemCall, Waits
 
 __all__ = ["WaitSignal", "SignalWorker", "wait_signal", "scheduler"]
 
@@ -36,6 +37,10 @@ class WaitSignal(SystemCall):
 
 
 class SignalWorker(Worker):
+    """Serves ``WaitSignal`` through ``signal.set_wakeup_fd`` and a socket
+    pair in the scheduler's epoll (see the module docstring). Signals are
+    caught from the first wait on; ``close`` restores the old handlers."""
+
     def __init__(self) -> None:
         self._waiters: dict[int, list[tuple[Thread, WaitSignal]]] = {}
         self._pending: dict[int, int] = {}
@@ -44,7 +49,8 @@ class SignalWorker(Worker):
         self._writer: socket.socket | None = None
         self._old_wakeup_fd = -1
 
-    def attach(self, sched: Scheduler) -> dict:
+    def attach(self, sched: Scheduler) -> dict[type, Handler]:
+        """Serve ``WaitSignal``; nothing is caught until the first wait."""
         self._sched = sched
         return {WaitSignal: self._wait_signal}
 
@@ -81,8 +87,10 @@ class SignalWorker(Worker):
             self._waiters.setdefault(signum, []).append((thread, sc))
 
     def _on_readable(self, events: int) -> None:
+        reader = self._reader
+        assert reader is not None  # its fd is watched only while it is open
         try:
-            data = self._reader.recv(4096)
+            data = reader.recv(4096)
         except BlockingIOError:
             return
         for signum in data:
@@ -95,19 +103,22 @@ class SignalWorker(Worker):
                 self._pending[signum] = self._pending.get(signum, 0) + 1
 
     def withdraw(self, thread: Thread, syscall: Any) -> None:
+        """Take the thread off the waiters of its signals (they stay caught)."""
         for signum in syscall.signums:
             waiters = self._waiters.get(signum)
             if waiters:
                 waiters[:] = [(t, sc) for t, sc in waiters if t is not thread]
 
     def busy(self) -> bool:
+        """Whether any thread waits for a signal."""
         return any(self._waiters.values())
 
     def close(self) -> None:
+        """Restore the signal handlers and wake-up fd found, close the sockets."""
         for signum, handler in self._old_handlers.items():
             signal.signal(signum, handler)
         self._old_handlers.clear()
-        if self._reader is not None:
+        if self._reader is not None and self._writer is not None:
             signal.set_wakeup_fd(self._old_wakeup_fd)
             self._sched.unwatch_fd(self._reader.fileno())
             self._reader.close()
@@ -120,12 +131,16 @@ def _note_signal(signum: int, frame: Any) -> None:
 
 
 @types.coroutine
-def wait_signal(*signums: int) -> int:
+def wait_signal(*signums: int) -> Waits[int]:
     """Wait for any of ``signums``; return the one that arrived. Needs a
-    scheduler with a SignalWorker (``threadlib.process.signals.scheduler()``)."""
+    scheduler with a SignalWorker (``threadlib.process.signals.scheduler()``).
+
+    A signal caught while nobody waits is kept for the next wait; one that
+    arrives after the waiter timed out or was cancelled is kept likewise."""
     if not signums:
         raise ValueError("wait_signal() needs at least one signal number")
-    return (yield WaitSignal(tuple(signums)))
+    signum: int = yield WaitSignal(tuple(signums))
+    return signum
 
 
 def scheduler(workers: Iterable[Worker] | None = None, **kwargs: Any) -> Scheduler:

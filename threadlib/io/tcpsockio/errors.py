@@ -50,4 +50,5 @@ def translate(exc: BaseException) -> BaseException:
 
 
 def closed_error(what: str) -> OSError:
+    """The error for using ``what`` (a stream, a listener) after close: EBADF."""
     return OSError(errno.EBADF, f"{what} is closed")

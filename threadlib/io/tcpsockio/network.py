@@ -15,7 +15,7 @@ import logging
 import os
 import random
 import types
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Literal, overload
 
 from iolib.packetio import MAX_QUEUES, TunDevice
 from iolib.tcp import Stack
@@ -24,6 +24,8 @@ from iolib.tcp.connection import SYN_RECEIVED, SYN_SENT
 
 from ..._kernel import Scheduler, current_scheduler
 from ...calls import timeout as _timeout
+from ...syscalls import Waits
+from ...net import Call
 from .errors import NetUnreachable, closed_error, translate
 from .stream import Listener, Stream
 from .worker import TcpWait, UserTcpWorker
@@ -33,7 +35,7 @@ log = logging.getLogger("threadlib.io.tcpsockio")
 # The runtime's defaults for every connection: Linux's 200 ms minimum RTO
 # (RFC 6298's 1 s makes a single loss on a LAN stall for a second), and
 # Nagle off as sockio does for TCP.
-DEFAULT_CONN_OPTIONS = {"min_rto": 0.2}
+DEFAULT_CONN_OPTIONS: dict[str, Any] = {"min_rto": 0.2}
 
 
 _WILDCARDS = ("", "0.0.0.0", "::", None)
@@ -93,10 +95,10 @@ class UserNetwork:
 
     @types.coroutine
     def listen(self, address: tuple[str, int], backlog: int = 1024, reuse_port: bool = False,
-               nodelay: bool = True) -> Listener:
+               nodelay: bool = True) -> Waits[Listener]:
         """A listener on ``(host, port)``: a wildcard host ("", "0.0.0.0",
         "::") means every local address of both families; port 0 picks a
-        free one.
+        free one. Never waits.
 
         ``reuse_port`` has no effect on the stack itself (a stack serves
         one process and never shares its ports).  On a network made by
@@ -139,7 +141,7 @@ class UserNetwork:
         if not any(ip.version == net.version and ip in net for net in self.routes):
             raise NetUnreachable(errno.ENETUNREACH, f"network is unreachable: no route to {ip}")
 
-    def resolve(self, host: str, port: int) -> Any:
+    def resolve(self, host: str, port: int) -> Call[list[tuple[int, Any]]]:
         """``[(family, sockaddr), ...]`` for ``host``: literals as they are,
         names through the system resolver on the blocking pool."""
         from ..sockio import resolve
@@ -148,10 +150,14 @@ class UserNetwork:
 
     @types.coroutine
     def connect(self, address: tuple[str, int], timeout: float | None = None, nodelay: bool = True,
-                local: Any = None) -> Stream:
+                local: Any = None) -> Waits[Stream]:
         """A connection to ``(host, port)``. Raises ``ConnectionRefused``,
         ``NetUnreachable``, ``TimeoutError``, ... ``local`` is an optional
-        ``(address, port)`` to send from."""
+        ``(address, port)`` to send from.
+
+        Waits for name resolution and the handshake (TcpWait); ``timeout``
+        bounds all of it. A connection that fails, times out or is cancelled
+        half-way is reset."""
         if self.queue is not None:
             raise OSError(errno.EOPNOTSUPP, f"connect() is refused on queue {self.queue} of multi-queue TUN device "
                           f"{self.device.name!r}: the kernel steers the replies of a connection opened here by a "
@@ -170,7 +176,7 @@ class UserNetwork:
         raise last_error
 
     @types.coroutine
-    def _connect_one(self, worker: UserTcpWorker, host: str, port: int, nodelay: bool, local: Any) -> Any:
+    def _connect_one(self, worker: UserTcpWorker, host: str, port: int, nodelay: bool, local: Any) -> Waits[Stream]:
         self._route(host)
         laddr, lport = (local[0] or None, local[1] or None) if local is not None else (None, None)
         try:
@@ -195,11 +201,12 @@ class UserNetwork:
         return stream
 
     @types.coroutine
-    def drain(self, timeout: float = 10.0) -> bool:
+    def drain(self, timeout: float = 10.0) -> Waits[bool]:
         """Wait (up to ``timeout``) until every connection's sent data is
         acknowledged and its FIN, if closed, too: call it before leaving
         the scheduler, which is the only thing that moves this stack.
-        Returns whether everything drained."""
+        Returns whether everything drained (False when ``timeout`` passes:
+        it does not raise). It checks every 10 ms, sleeping in between."""
         from ...calls import sleep
 
         deadline = self.worker.now() + timeout
@@ -280,6 +287,7 @@ class MultiQueueNetwork:
 
     @property
     def queues(self) -> int:
+        """The number of queues of the device."""
         return len(self.devices)
 
     @property
@@ -289,6 +297,7 @@ class MultiQueueNetwork:
 
     @property
     def device_name(self) -> str:
+        """The TUN device's name."""
         return self.devices[0].name
 
     def for_queue(self, index: int) -> UserNetwork:
@@ -309,6 +318,8 @@ class MultiQueueNetwork:
         return UserNetwork(device, self._make_stack(index), self.routes, queue=index)
 
     def listen(self, *args: Any, **kwargs: Any) -> Any:
+        """Refused (RuntimeError), like ``connect``: a multi-queue network
+        does not serve; listen and connect on ``for_queue(i)``."""
         raise RuntimeError(f"a MultiQueueNetwork ({self.queues} queues on {self.device_name!r}) does not serve: "
                            "call for_queue(i) in worker i and listen on that network")
 
@@ -316,6 +327,7 @@ class MultiQueueNetwork:
 
     @property
     def closed(self) -> bool:
+        """Whether ``close`` was called."""
         return self._closed
 
     def close(self) -> None:
@@ -337,6 +349,20 @@ class MultiQueueNetwork:
         return f"<MultiQueueNetwork {self.device_name} queues={self.queues} {', '.join(self.addresses)}>"
 
 
+# One queue (the default) gives a UserNetwork, which serves; more give a
+# MultiQueueNetwork, which only hands out per-queue UserNetworks.
+@overload
+def open_network(
+    tun: str = ..., peer: str | None = ..., address: str | None = ..., peer6: str | None = ...,
+    address6: str | None = ..., netns: str | None = ..., *, mtu: int = ..., routes: Iterable[str] | None = ...,
+    seed: int | None = ..., offload: bool = ..., queues: Literal[1] = ..., **conn_options: Any,
+) -> UserNetwork: ...
+@overload
+def open_network(
+    tun: str = ..., peer: str | None = ..., address: str | None = ..., peer6: str | None = ...,
+    address6: str | None = ..., netns: str | None = ..., *, mtu: int = ..., routes: Iterable[str] | None = ...,
+    seed: int | None = ..., offload: bool = ..., queues: int, **conn_options: Any,
+) -> UserNetwork | MultiQueueNetwork: ...
 def open_network(
     tun: str = "tl0",
     peer: str | None = "10.77.0.1/24",
@@ -397,7 +423,7 @@ def open_network(
         user_side.append(str(user_if))
     if not user_side:
         raise ValueError("open_network() needs at least one user-stack address (address or address6)")
-    options = dict(DEFAULT_CONN_OPTIONS)
+    options: dict[str, Any] = dict(DEFAULT_CONN_OPTIONS)
     options.update(conn_options)
     if queues == 1:
         stack = Stack(user_side, rng=random.Random(seed if seed is not None else os.urandom(16)), mtu=mtu,

@@ -21,6 +21,7 @@ from iolib.tcp import errors as tcperr
 from iolib.tcp.connection import SYN_RECEIVED, SYN_SENT
 
 from ...calls import timeout as _timeout
+from ...syscalls import Waits
 from .errors import closed_error, translate
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ class Stream:
         self._readers: list[Thread] = []
         self._writers: list[Thread] = []
         self._connecters: list[Thread] = []
-        self._backlog: collections.deque = collections.deque()  # written, not yet in the stack
+        self._backlog: collections.deque[bytes] = collections.deque()  # written, not yet in the stack
         self._writable = True
         self._closed = False
         self._close_pending = False
@@ -78,15 +79,20 @@ class Stream:
 
     @property
     def family(self) -> int:
+        """socket.AF_INET or socket.AF_INET6."""
         return socket.AF_INET6 if len(self._conn.laddr) == 16 else socket.AF_INET
 
     @property
     def local_address(self) -> tuple[str, int]:
-        return self._conn.local
+        """This end's ``(address, port)``."""
+        local: tuple[str, int] = self._conn.local
+        return local
 
     @property
     def peer_address(self) -> tuple[str, int]:
-        return self._conn.remote
+        """The other end's ``(address, port)``."""
+        remote: tuple[str, int] = self._conn.remote
+        return remote
 
     def peers(self) -> tuple[tuple[str, int], tuple[str, int]]:
         """``(local, remote)``, each an ``(address, port)`` pair."""
@@ -94,12 +100,16 @@ class Stream:
 
     @property
     def closed(self) -> bool:
+        """Whether ``close`` (or ``abort``) was called."""
         return self._closed
 
     def fileno(self) -> int:
-        return -1  # no kernel fd: code that asks is told so, as a closed socket would be
+        """-1: there is no kernel fd, which code that asks learns as it would
+        from a closed socket."""
+        return -1
 
     def set_nodelay(self, on: bool = True) -> None:
+        """Turn Nagle's algorithm off (``on``) or back on."""
         self._stack.set_options(self._conn, nodelay=bool(on))
 
     def __repr__(self) -> str:
@@ -118,7 +128,7 @@ class Stream:
         self.close()
 
     # -- worker side -------------------------------------------------------
-    def _waiters(self, what: str) -> list:
+    def _waiters(self, what: str) -> list[Thread]:
         if what == "read":
             return self._readers
         if what == "write":
@@ -172,8 +182,11 @@ class Stream:
             raise closed_error("stream")
 
     @types.coroutine
-    def recv(self, max_bytes: int = 65536, timeout: float | None = None) -> bytes:
-        """Up to ``max_bytes`` bytes; b'' once the peer has closed its side."""
+    def recv(self, max_bytes: int = 65536, timeout: float | None = None) -> Waits[bytes]:
+        """Up to ``max_bytes`` bytes; b'' once the peer has closed its side.
+
+        Waits (TcpWait) only when nothing is buffered; on ``timeout``
+        (TimeoutError) or cancellation nothing was consumed."""
         net = self._net
         stack = self._stack
         conn = self._conn
@@ -181,7 +194,7 @@ class Stream:
             if self._closed:
                 raise closed_error("stream")
             try:
-                data = stack.recv(conn, max_bytes, net._clock_now())
+                data: bytes | None = stack.recv(conn, max_bytes, net._clock_now())
             except tcperr.BadArgument:
                 raise
             except OSError as exc:
@@ -196,9 +209,9 @@ class Stream:
                     yield self._wait_r
 
     @types.coroutine
-    def recv_into(self, buffer: Any, nbytes: int = 0, timeout: float | None = None) -> int:
+    def recv_into(self, buffer: Any, nbytes: int = 0, timeout: float | None = None) -> Waits[int]:
         """Read into ``buffer`` (up to ``nbytes``, or its length); 0 at end
-        of stream."""
+        of stream. Waits like ``recv``."""
         view = memoryview(buffer).cast("B")
         if nbytes:
             if nbytes < 0 or nbytes > len(view):
@@ -212,8 +225,11 @@ class Stream:
         return n
 
     @types.coroutine
-    def recv_exactly(self, nbytes: int, timeout: float | None = None) -> bytes:
-        """Exactly ``nbytes`` bytes, or EOFError if the stream ends first."""
+    def recv_exactly(self, nbytes: int, timeout: float | None = None) -> Waits[bytes]:
+        """Exactly ``nbytes`` bytes, or EOFError if the stream ends first.
+
+        ``timeout`` bounds the whole read; after EOFError, TimeoutError or a
+        cancellation the bytes read so far are consumed and lost."""
         parts = []
         got = 0
         with _timeout(timeout):
@@ -226,10 +242,10 @@ class Stream:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     @types.coroutine
-    def read(self, buffer: Any, offset: int = 0, length: int | None = None, timeout: float | None = None) -> int:
+    def read(self, buffer: Any, offset: int = 0, length: int | None = None, timeout: float | None = None) -> Waits[int]:
         """Mnet's read: up to ``length`` bytes into ``buffer[offset:]``;
         the count, 0 at end of stream. Never loses bytes: it asks the
-        stack for no more than fits."""
+        stack for no more than fits. Waits like ``recv``."""
         view = _check_buffer_range(buffer, offset, length)
         if not len(view):
             return 0
@@ -238,10 +254,10 @@ class Stream:
         return len(data)
 
     @types.coroutine
-    def get(self, timeout: float | None = None) -> bytes:
+    def get(self, timeout: float | None = None) -> Waits[bytes]:
         """Everything received so far (waiting for at least one byte), as
         the stack's own buffer copy, without a further copy; b'' at end of
-        stream."""
+        stream. Waits like ``recv``."""
         net = self._net
         while True:
             if self._closed:
@@ -260,9 +276,11 @@ class Stream:
 
     @types.coroutine
     def really_read(self, buffer: Any, offset: int = 0, length: int | None = None,
-                    timeout: float | None = None) -> None:
+                    timeout: float | None = None) -> Waits[None]:
         """Fill ``buffer[offset:offset+length]`` completely, or raise
-        EOFError (the stream ended first) or the connection's error."""
+        EOFError (the stream ended first) or the connection's error.
+        ``timeout`` bounds the whole read; after an interruption the part
+        filled so far is consumed."""
         view = _check_buffer_range(buffer, offset, length)
         got = 0
         with _timeout(timeout):
@@ -275,9 +293,10 @@ class Stream:
 
     # -- writing -------------------------------------------------------------
     @types.coroutine
-    def send(self, data: Any, timeout: float | None = None) -> int:
+    def send(self, data: Any, timeout: float | None = None) -> Waits[int]:
         """Send some of ``data``; return how many bytes went (at least one
-        unless ``data`` is empty)."""
+        unless ``data`` is empty). Waits (TcpWait) only while the send
+        buffer is full; on ``timeout`` or cancellation nothing was sent."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"send() needs a bytes-like object, got {type(data).__name__}")
         net = self._net
@@ -297,8 +316,11 @@ class Stream:
                 yield self._wait_w
 
     @types.coroutine
-    def sendall(self, data: Any, timeout: float | None = None) -> None:
-        """Send all of ``data`` (waiting for buffer space as needed)."""
+    def sendall(self, data: Any, timeout: float | None = None) -> Waits[None]:
+        """Send all of ``data``, waiting (TcpWait) for buffer space as
+        needed. ``timeout`` bounds the whole call; after TimeoutError or a
+        cancellation an unknown prefix of ``data`` is with the stack, and
+        will be delivered."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"sendall() needs a bytes-like object, got {type(data).__name__}")
         view = memoryview(data).cast("B")
@@ -347,11 +369,13 @@ class Stream:
             self._writable = False
 
     @types.coroutine
-    def sendfile(self, file: Any, offset: int = 0, count: int | None = None, timeout: float | None = None) -> int:
+    def sendfile(self, file: Any, offset: int = 0, count: int | None = None,
+                 timeout: float | None = None) -> Waits[int]:
         """Send ``count`` bytes (to end of file if None) of ``file`` (an
         object with ``fileno()`` or an fd) from ``offset``: read and send,
         there is no zero-copy path into a user-level stack. Returns the
-        bytes sent (fewer only at end of file)."""
+        bytes sent (fewer only at end of file). Waits like ``sendall``;
+        ``timeout`` bounds the whole call."""
         fd = file if isinstance(file, int) else file.fileno()
         if count is None:
             count = max(0, os.fstat(fd).st_size - offset)
@@ -459,12 +483,14 @@ class Listener:
 
     @property
     def closed(self) -> bool:
+        """Whether ``close`` was called."""
         return self._closed
 
     def fileno(self) -> int:
+        """-1: there is no kernel fd."""
         return -1
 
-    def _waiters(self, what: str) -> list:
+    def _waiters(self, what: str) -> list[Thread]:
         return self._readers
 
     def _ready(self, what: str) -> bool:
@@ -474,8 +500,10 @@ class Listener:
         self._readers.clear()
 
     @types.coroutine
-    def accept(self, timeout: float | None = None) -> tuple[Stream, tuple[str, int]]:
-        """The next connection and its peer ``(address, port)``."""
+    def accept(self, timeout: float | None = None) -> Waits[tuple[Stream, tuple[str, int]]]:
+        """The next connection and its peer ``(address, port)``, waiting
+        (TcpWait) while none is pending; on ``timeout`` (TimeoutError) or
+        cancellation none was taken: pending ones stay queued."""
         net = self._net
         with _timeout(timeout):
             while True:

@@ -22,6 +22,7 @@ from iolib.tcp import Stack
 from iolib.tcp.connection import EV_ACCEPT, EV_CLOSED, EV_CONNECTED, EV_READABLE, EV_WRITABLE
 
 from ..._kernel import Scheduler, Thread, Worker
+from ..._kernel.worker import Handler
 from ...syscalls import SystemCall
 
 _EPOLLIN = select.EPOLLIN
@@ -53,7 +54,7 @@ class UserTcpWorker(Worker):
     poll (the worker's deadline is then "now").
     """
 
-    def __init__(self, device: TunDevice, stack: Stack, wait_class: type, max_batch: int = 1024) -> None:
+    def __init__(self, device: TunDevice, stack: Stack, wait_class: type[TcpWait], max_batch: int = 1024) -> None:
         self.device = device
         self.stack = stack
         self.wait_class = wait_class
@@ -62,15 +63,17 @@ class UserTcpWorker(Worker):
         self._clock_now: Callable[[], float] = lambda: 0.0
         self._fd = -1
         self._sockets: dict[Any, Any] = {}  # stack handle -> Stream / Listener
-        self._out: collections.deque = collections.deque()  # packets the device refused for now (EAGAIN)
+        self._out: collections.deque[Any] = collections.deque()  # packets the device refused for now (EAGAIN)
         self._want_out = False
         self.dirty = False  # threads made the stack produce packets or events
         self._more_input = False
         self._waiting = 0
-        self.stats = collections.Counter()
+        self.stats: collections.Counter[str] = collections.Counter()
 
     # -- Worker protocol ---------------------------------------------------
-    def attach(self, sched: Scheduler) -> dict:
+    def attach(self, sched: Scheduler) -> dict[type, Handler]:
+        """Join ``sched``: watch the TUN fd and serve this network's TcpWait
+        class. A network serves one scheduler at a time."""
         if self.sched is not None and self.sched is not sched:
             raise RuntimeError("this user network is attached to another scheduler; close that one first")
         self.sched = sched
@@ -81,9 +84,11 @@ class UserTcpWorker(Worker):
         return {self.wait_class: self._wait}
 
     def now(self) -> float:
+        """The attached scheduler's clock (0.0 before the first attach)."""
         return self._clock_now()
 
     def withdraw(self, thread: Thread, syscall: Any) -> None:
+        """Take the thread off its socket's waiters."""
         waiters = syscall.socket._waiters(syscall.what)
         try:
             waiters.remove(thread)
@@ -92,11 +97,15 @@ class UserTcpWorker(Worker):
         self._waiting -= 1
 
     def next_deadline(self) -> float | None:
+        """At once while packets or events wait to be handled, else the
+        stack's next timer (a retransmission, a delayed ACK, ...)."""
         if self.dirty or self._more_input:
             return _NEG_INF
         return self.stack.next_deadline()
 
     def expire(self, now: float) -> None:
+        """Read what the last batch left on the device, run the stack's
+        timers, send what it produced and wake the threads it concerns."""
         if self._more_input:
             self._more_input = False
             self._read_device(now)
@@ -106,6 +115,7 @@ class UserTcpWorker(Worker):
         self._dispatch()
 
     def busy(self) -> bool:
+        """Whether a thread waits here, or the stack has work or timers left."""
         return self._waiting > 0 or self.dirty or self.stack.next_deadline() is not None
 
     def close(self) -> None:
@@ -136,25 +146,31 @@ class UserTcpWorker(Worker):
     # -- waiting -------------------------------------------------------------
     def _wait(self, thread: Thread, sc: TcpWait) -> None:
         sock = sc.socket
+        sched = self.sched
+        assert sched is not None  # the scheduler serves this call only while attached
         if sock._ready(sc.what):
-            self.sched.resume(thread)
+            sched.resume(thread)
             return
-        self.sched.suspend(thread, sc)
+        sched.suspend(thread, sc)
         sock._waiters(sc.what).append(thread)
         self._waiting += 1
 
-    def _wake(self, waiters: list) -> None:
+    def _wake(self, waiters: list[Thread]) -> None:
         if waiters:
-            resume = self.sched.resume
+            sched = self.sched
+            assert sched is not None  # events are dispatched only while attached
+            resume = sched.resume
             for t in waiters:
                 resume(t)
             self._waiting -= len(waiters)
             waiters.clear()
 
-    def _throw(self, waiters: list, exc: BaseException) -> None:
+    def _throw(self, waiters: list[Thread], exc: BaseException) -> None:
         if waiters:
+            sched = self.sched
+            assert sched is not None  # threads wait here only while attached
             for t in waiters:
-                self.sched.throw(t, exc)
+                sched.throw(t, exc)
             self._waiting -= len(waiters)
             waiters.clear()
 
