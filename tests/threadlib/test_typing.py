@@ -11,14 +11,15 @@ failing sample that must be rejected carries ``# error: CODE``.
 
 from __future__ import annotations
 
-import pathlib
 import re
 import subprocess
 import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+from tests import REPO_ROOT
+
+ROOT = REPO_ROOT
 
 pytestmark = pytest.mark.timeout(300)
 
