@@ -25,7 +25,6 @@ import logging
 import socket
 import struct
 import sys
-import time
 from typing import Any, Callable
 
 import threadlib
@@ -92,7 +91,7 @@ class ProxyServer:
 
     # -- one connection -------------------------------------------------------
     def handle(self, client: Any, peer: Any, cid: int) -> Any:
-        started = time.monotonic()
+        started = threadlib.now()
         upstream = None
         try:
             try:
@@ -113,7 +112,7 @@ class ProxyServer:
                 _abort(upstream)
             log.info(
                 "conn %d %s -> %s closed: up %d B, down %d B, %.3f s, %s%s",
-                cid, _fmt(peer), _fmt(self.target), up, down, time.monotonic() - started,
+                cid, _fmt(peer), _fmt(self.target), up, down, threadlib.now() - started,
                 "splice" if result.zero_copy else "copy",
                 f", error: {type(error).__name__}: {error}" if error is not None else "",
             )

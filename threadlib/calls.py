@@ -13,7 +13,7 @@ from __future__ import annotations
 import types
 from typing import Any, Callable, Iterable, Literal
 
-from ._kernel import COROUTINE_TYPES, Scheduler, Thread, ThreadCancelled, running_scheduler
+from ._kernel import COROUTINE_TYPES, Scheduler, Thread, running_scheduler
 from .syscalls import GET_CURRENT, YIELD, Blocking, JoinAny, Sleep, Spawn
 from .syscalls import Waits as Waits  # re-exported: users annotate their own waiting calls with it
 
@@ -84,10 +84,10 @@ def join_all(threads: Iterable[Thread]) -> Waits[list[Any]]:
     for t in threads:
         try:
             results.append((yield from t.join()))
-        except ThreadCancelled:
-            raise
-        except BaseException as exc:  # kept, raised after the others end
-            if error is None:
+        except BaseException as exc:
+            if not t._ended_with(exc):
+                raise  # aimed at the caller (its cancel or timeout), not the thread's outcome
+            if error is None:  # the thread's own exception: kept, raised after the others end
                 error = exc
             results.append(None)
     if error is not None:

@@ -10,9 +10,11 @@ conformance suite against each network.
 Every method that may wait returns a ``Call[T]``: use it with
 ``yield from`` in a generator thread or ``await`` in an ``async def``
 thread; both give ``T``. Waiting methods take ``timeout`` (seconds, None
-for none); on expiry they raise ``TimeoutError`` and nothing was consumed
-or sent beyond what they returned. Cancellation (``ThreadCancelled``) is
-delivered at the wait, with the same guarantee.
+for none); on expiry they raise ``TimeoutError``. ``recv``/``recv_into``
+then have consumed nothing and ``send`` has sent nothing; ``sendall`` may
+have sent a prefix of the data (the count is lost, as with kernel sockets).
+Cancellation (``ThreadCancelled``) is delivered at the wait, with the same
+guarantees.
 
 Semantics every network keeps (what the conformance suite checks):
 
@@ -27,8 +29,10 @@ Semantics every network keeps (what the conformance suite checks):
   port nobody listens on raises ``ConnectionRefusedError``.
 * ``close`` never waits; what was already accepted by ``sendall`` is still
   delivered. Streams and listeners are context managers that close.
-* One reader and one writer at a time per stream (two threads may read and
-  write the same stream concurrently; two readers are an error).
+* One reader and one writer at a time per stream: two threads may read and
+  write the same stream concurrently. A second concurrent reader (or
+  writer) is not portable: kernel sockets refuse it with RuntimeError, the
+  user-level stack queues it.
 
 Nothing here is a base class: a network satisfies the contract by shape.
 """

@@ -4,8 +4,8 @@ A system call is plain data. It names what the thread waits for and carries
 nothing else: no callbacks, no references to the scheduler. The scheduler
 looks up ``type(syscall)`` in a dispatch table that its workers filled in,
 and the worker that owns the class decides when the thread resumes and with
-what value or exception. Because they are only data, a scheduler can log,
-compare and replay them.
+what value or exception. Because they are only data, they can be logged,
+compared and printed (``Thread.waiting_on`` shows the one a thread waits in).
 
 This module must never import the scheduler or any worker: it is the
 vocabulary both sides share. A new system call is a new class here or in

@@ -22,7 +22,6 @@ import logging
 import os
 import socket
 import threading
-import time
 import types
 from typing import Any, Callable
 
@@ -66,7 +65,7 @@ class _Connection:
     def __init__(self) -> None:
         self.thread: Thread | None = None
         self.idle = False  # waiting for the first byte of a request
-        self.idle_since = 0.0  # time.monotonic() when it began waiting
+        self.idle_since = 0.0  # the scheduler's clock when it began waiting
         self.served = False  # a connection that never sent a request gets only header_timeout
 
 
@@ -160,7 +159,7 @@ class WebServer:
         period = min(1.0, max(0.01, first / 4))
         while True:
             yield from threadlib.sleep(period)
-            now = time.monotonic()
+            now = threadlib.now()
             for state in list(self._open):
                 t = state.thread
                 # Only a thread blocked in its idle recv: one that was just
@@ -199,7 +198,7 @@ class WebServer:
         recv = conn.recv
         sendall = conn.sendall
         send_timeout = self.send_timeout
-        monotonic = time.monotonic
+        monotonic = threadlib.current_scheduler().clock.now  # the scheduler's clock, bound once per connection
         deadline = None
         try:
             while True:

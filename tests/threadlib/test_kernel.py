@@ -85,6 +85,7 @@ def test_unjoined_exception_is_logged_once(caplog):
     hits = [r for r in caplog.records if "nobody joined" in r.getMessage()]
     assert len(hits) == 1
     assert "nobody listens" in str(hits[0].exc_info[1])
+    assert ".bad-" in hits[0].getMessage()  # named after its function, not "thread-N"
 
 
 def test_joined_exception_is_not_logged(caplog):
@@ -793,3 +794,73 @@ def test_a_blocking_call_outliving_its_scheduler_writes_into_no_reused_fd():
     for a, b in pairs:
         a.close()
         b.close()
+
+
+def test_a_canceller_interrupted_while_waiting_gets_its_own_interrupt():
+    """cancel() waits for the target's finally blocks; a timeout aimed at the
+    canceller meanwhile is raised, not swallowed as the target's outcome."""
+    def slow_to_die():
+        try:
+            yield from threadlib.sleep(60)
+        finally:
+            yield from threadlib.sleep(0.2)
+
+    def main():
+        t = yield from threadlib.spawn(slow_to_die())
+        yield from threadlib.sleep(0)
+        with pytest.raises(TimeoutError):
+            with threadlib.timeout(0.02):
+                yield from t.cancel()
+        assert not t.done  # still in its finally block
+        yield from t.wait()
+        return t.state
+
+    assert threadlib.run(main()) == "cancelled"
+
+
+def test_join_all_keeps_a_cancelled_child_as_its_outcome_and_waits_for_the_rest():
+    order = []
+
+    def child(name, seconds):
+        yield from threadlib.sleep(seconds)
+        order.append(name)
+        return name
+
+    def main():
+        doomed = yield from threadlib.spawn(child("doomed", 60))
+        slow = yield from threadlib.spawn(child("slow", 0.05))
+        yield from threadlib.sleep(0)
+        yield from doomed.cancel()
+        with pytest.raises(ThreadCancelled):
+            yield from threadlib.join_all([doomed, slow])
+        return order, slow.done
+
+    # join_all waited for "slow" before raising the child's ThreadCancelled.
+    assert threadlib.run(main()) == (["slow"], True)
+
+
+def test_ctrl_c_in_a_thread_still_runs_the_others_finally_blocks_and_closes_workers(caplog):
+    from threadlib.process import signals
+
+    cleaned = []
+    before = signal.getsignal(signal.SIGTERM)
+
+    def bystander():
+        try:
+            yield from signals.wait_signal(signal.SIGTERM)
+        finally:
+            yield from threadlib.sleep(0.01)  # a finally that waits
+            cleaned.append("bystander")
+
+    def main():
+        yield from threadlib.spawn(bystander())
+        yield from threadlib.sleep(0.01)
+        raise KeyboardInterrupt
+
+    with caplog.at_level(logging.ERROR, logger="threadlib"):
+        with pytest.raises(KeyboardInterrupt):
+            signals.scheduler().run(main())
+        gc.collect()
+    assert cleaned == ["bystander"]
+    assert signal.getsignal(signal.SIGTERM) is before  # the SignalWorker was closed
+    assert not [r for r in caplog.records if "nobody joined" in r.getMessage()]

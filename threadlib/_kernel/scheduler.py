@@ -33,7 +33,6 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-import time
 from typing import Any, Callable, Iterable, TypeVar
 
 from ..syscalls import (
@@ -303,6 +302,8 @@ class Scheduler:
         self.throw(thread, exc)
 
     def _finish(self, t: Thread, value: Any, exc: BaseException | None) -> None:
+        # The default name comes from the coroutine: read it before it goes.
+        name = t.name if exc is not None else ""
         t._coro = None
         t._value = value
         t._exc = exc
@@ -327,7 +328,7 @@ class Scheduler:
                 else:
                     j(t)
         elif exc is not None and not isinstance(exc, ThreadCancelled):
-            t._wait = _Unretrieved(t.name, exc)
+            t._wait = _Unretrieved(name, exc)
 
     # -- the run loop ---------------------------------------------------------
     def run(self, main: Any, *args: Any) -> Any:
@@ -341,7 +342,14 @@ class Scheduler:
         _local.scheduler = self
         try:
             main_thread = self.spawn(main, name="main")
-            self._loop(main_thread)
+            try:
+                self._loop(main_thread)
+            except (KeyboardInterrupt, SystemExit):
+                # Ctrl-C or exit() in some thread: the other threads' finally
+                # blocks still run and the workers still close before it
+                # reaches the caller.
+                self._cancel_remaining()
+                raise
             self._cancel_remaining()
             return main_thread.result()
         finally:
@@ -377,6 +385,7 @@ class Scheduler:
                 continue
             except (KeyboardInterrupt, SystemExit) as e:
                 self._finish(t, None, e)
+                mark_retrieved(t)  # run() raises it to its caller: nobody need log it
                 stop = e
                 break
             except BaseException as e:
@@ -490,8 +499,8 @@ class Scheduler:
             return
         for t in self.threads():
             self.interrupt(t, ThreadCancelled())
-        give_up = time.monotonic() + 1.0
-        while self._live and time.monotonic() < give_up:
+        give_up = self.clock.now() + 1.0
+        while self._live and self.clock.now() < give_up:
             self._run_ready()
             if not self._live:
                 break

@@ -132,9 +132,16 @@ class Thread:
         yield Cancel(self)
         try:
             yield Join(self)
-        except BaseException:
-            pass  # ThreadCancelled, as asked; anything else it died of is its joiner's news
+        except BaseException as exc:
+            if not self._ended_with(exc):
+                raise  # the canceller itself was cancelled or timed out while waiting
+            # ThreadCancelled, as asked; anything else it died of is its joiner's news
         return True
+
+    def _ended_with(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is this thread's own outcome (what a Join on it
+        raised), as opposed to an interrupt aimed at the joiner."""
+        return self._coro is None and exc is self._exc
 
     @types.coroutine
     def wait(self) -> Waits[None]:

@@ -53,7 +53,15 @@ A handler runs inside the scheduler, on the thread's behalf. It must
     Whether this worker may still wake a thread without any thread acting
     (a pending timer, an fd waiter, a call running in the pool). Used only
     to tell a deadlock from idling: when no thread is ready and no worker is
-    busy, every live thread waits for another thread.
+    busy, every live thread waits for another thread. The base class says
+    True (a worker that cannot tell might wake someone), which turns
+    deadlock detection off while it is attached: override it.
+
+``forget_fd(fd)`` (optional)
+    A worker that tracks fds defines it; ``sched.forget_fd(fd)``, which
+    sockio calls before closing an fd, calls it on every such worker so a
+    later fd with the same number does not meet stale waiters. Threads
+    waiting on ``fd`` get ``OSError(EBADF)``.
 
 ``close()``
     The scheduler has ended: release fds and OS threads. Must not raise.
@@ -85,8 +93,9 @@ class WorkerError(RuntimeError):
 
 
 class Worker:
-    """Base class with the contract's defaults: serves nothing, never busy
-    by itself, no deadline. See the module docstring for the contract."""
+    """Base class with the contract's defaults: serves nothing, no
+    deadline, and busy (override ``busy`` so deadlocks can be detected).
+    See the module docstring for the contract."""
 
     def attach(self, sched: Scheduler) -> dict[type, Handler]:
         """Called once when added to ``sched``; return the handlers."""

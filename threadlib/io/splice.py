@@ -40,14 +40,13 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-import time
 import types
 from typing import Any
 
 from iolib.nbio import WOULD_BLOCK
 from iolib.nbio import splice as _nb
 
-from ..calls import join_any, spawn
+from ..calls import join_any, now, spawn
 from .._kernel import ThreadCancelled, Worker, current_scheduler
 from .sockio import Stream
 from ..syscalls import WaitRead, WaitWrite, Waits
@@ -355,7 +354,7 @@ def proxy(a: Any, b: Any, chunk_size: int | None = None, *, fallback: bool = Fal
     cancellation of the caller cancels both directions and waits for them
     to end before it is raised.
     """
-    started = time.monotonic()
+    started = now()
     ab, ba = Transfer(), Transfer()
     ab.zero_copy = ba.zero_copy = zero_copy(a, b, fallback=fallback)
     t_ab = yield from spawn(_direction(a, b, chunk_size, fallback, ab), name="splice a->b")
@@ -372,7 +371,7 @@ def proxy(a: Any, b: Any, chunk_size: int | None = None, *, fallback: bool = Fal
     finally:
         for t in running:  # we were cancelled: end both directions first
             yield from t.cancel()
-    return ProxyResult(ab, ba, time.monotonic() - started)
+    return ProxyResult(ab, ba, now() - started)
 
 
 @types.coroutine

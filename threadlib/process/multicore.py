@@ -6,8 +6,9 @@ accept lock. The parent only supervises: it restarts a worker that dies
 unexpectedly (with a back-off), and on SIGINT/SIGTERM tells every worker to
 stop (SIGTERM) and waits for them, so responses in flight are finished.
 
-A worker's main is an ordinary thread function ``main(worker_index)``; it
-is expected to stop when ``shutdown`` (a threadlib Event) is set. The
+A worker's main is an ordinary thread function ``main(index, shutdown)``
+(index: 0..N-1); it is expected to stop when ``shutdown`` (a threadlib
+Event) is set. The
 worker's own SIGTERM handling sets it.
 """
 
