@@ -16,9 +16,11 @@ import sys
 from typing import Any
 
 import threadlib
-from threadlib.process import multicore
 from threadlib.io import sockio
 from threadlib.net import Network
+from threadlib.process import multicore
+
+from . import program_name, summary
 
 log = logging.getLogger("apps.echo")
 
@@ -55,7 +57,7 @@ def accept_loop(listener: sockio.Listener) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m apps.echo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=program_name("echo"), description=summary(__doc__))
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7000)
     parser.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")

@@ -38,6 +38,8 @@ import threadlib
 from threadlib.io import sockio
 from threadlib.lowlevel import IOWorker, Scheduler, TimerWorker, WaitWrite
 
+from . import program_name, summary
+
 __all__ = ["Target", "LoadGen", "Result", "main"]
 
 
@@ -351,7 +353,7 @@ class LoadGen:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m apps.loadgen", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=program_name("loadgen"), description=summary(__doc__))
     parser.add_argument("urls", nargs="+", metavar="URL", help="http:// URLs, used in turn")
     parser.add_argument("-c", "--connections", type=int, default=10, help="concurrent connections (threads)")
     parser.add_argument("-d", "--duration", type=float, help="seconds to run (default 10 unless -n is given)")

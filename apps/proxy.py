@@ -28,10 +28,12 @@ import sys
 from typing import Any, Callable
 
 import threadlib
-from threadlib.process import multicore
 from threadlib.io import sockio
-from threadlib.net import Network
 from threadlib.io import splice as tsplice
+from threadlib.net import Network
+from threadlib.process import multicore
+
+from . import program_name
 
 log = logging.getLogger("apps.proxy")
 
@@ -183,7 +185,7 @@ def serve(listen: tuple[str, int], target: tuple[str, int], connect_timeout: flo
 
 def main(argv: list[str] | None = None) -> int:
     doc = __doc__.splitlines()[0]
-    parser = argparse.ArgumentParser(prog="python -m apps.proxy", description=doc)
+    parser = argparse.ArgumentParser(prog=program_name("proxy"), description=doc)
     parser.add_argument("--listen", type=parse_address, required=True, help="HOST:PORT to accept on (port 0: any)")
     parser.add_argument("--target", type=parse_address, required=True, help="HOST:PORT to forward to")
     parser.add_argument("--connect-timeout", type=float, default=5.0, help="seconds to connect to the target")

@@ -18,9 +18,10 @@ import os
 import sys
 from typing import Any
 
-from threadlib.process import multicore
 from threadlib.io import sockio
+from threadlib.process import multicore
 
+from .. import program_name
 from .http import Limits
 from .server import IO_MODES, SAMPLE_SITE, WebServer, user_network
 
@@ -29,7 +30,7 @@ log = logging.getLogger("apps.webserver")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m apps.webserver",
+        prog=program_name("webserver"),
         description="A static-file HTTP/1.1 server on threadlib: one user-level thread per connection.",
     )
     parser.add_argument("--root", default=SAMPLE_SITE, help="directory to serve (default: the built-in sample site)")

@@ -26,12 +26,28 @@ import types
 from typing import Any, Callable
 
 import threadlib
+from threadlib import Thread, ThreadCancelled
 from threadlib.io import sockio
 from threadlib.net import Network
-from threadlib import Thread, ThreadCancelled
 
-from .files import FileCache, FileEntry, RangeNotSatisfiable, Redirect, byte_range, not_modified, range_applies
-from .http import STATUS_LINES, Clock, HttpError, Limits, Request, RequestReader, error_response
+from .files import (
+    FileCache,
+    FileEntry,
+    RangeNotSatisfiable,
+    Redirect,
+    byte_range,
+    not_modified,
+    range_applies,
+)
+from .http import (
+    STATUS_LINES,
+    Clock,
+    HttpError,
+    Limits,
+    Request,
+    RequestReader,
+    error_response,
+)
 
 log = logging.getLogger("apps.webserver")
 
@@ -560,7 +576,9 @@ def user_network(queues: int = 1, **options: Any) -> Any:
     override ``open_network`` arguments of that environment (tun, netns,
     ...), and ``queues`` > 1 gives a multi-queue handle whose
     ``for_queue(i)`` is worker i's network."""
-    from threadlib.io import tcpsockio  # deferred: only --stack user needs TUN and netlink
+    from threadlib.io import (
+        tcpsockio,  # deferred: only --stack user needs TUN and netlink
+    )
 
     if queues > 1 or options:
         settings = tcpsockio.env_network_options()
