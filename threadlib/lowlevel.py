@@ -25,22 +25,8 @@ from ._kernel import (
     default_workers,
 )
 from ._kernel.worker import Handler
-from .syscalls import (
-    Blocking,
-    Cancel,
-    GetCurrent,
-    GetScheduler,
-    Join,
-    JoinAny,
-    Park,
-    Sleep,
-    Spawn,
-    SystemCall,
-    Unpark,
-    WaitRead,
-    WaitWrite,
-    Yield,
-)
+from .syscalls import Blocking, Cancel, GetCurrent, GetScheduler, Join, JoinAny, Park, Sleep
+from .syscalls import Spawn, SystemCall, Unpark, WaitRead, WaitWrite, Yield
 
 __all__ = [
     "Scheduler", "Worker", "WorkerError", "Handler", "Poller", "EpollPoller",

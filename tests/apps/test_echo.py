@@ -1,6 +1,5 @@
 """The echo programs as a user runs them: real processes, real signals."""
 
-import os
 import re
 import signal
 import socket
@@ -11,8 +10,10 @@ import time
 import pytest
 
 import threadlib
-from threadlib.io import sockio
 from tests import REPO_ROOT
+from threadlib.io import sockio
+
+from . import kill_group
 
 ROOT = str(REPO_ROOT)
 
@@ -25,7 +26,8 @@ def free_port():
 
 def start(args):
     proc = subprocess.Popen(
-        [sys.executable, "-m", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [sys.executable, "-m", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,  # so kill_group reaches the workers too
     )
     return proc
 
@@ -65,9 +67,7 @@ def test_echo_app_serves_and_stops_cleanly_on_sigterm():
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", port), timeout=1)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill_group(proc)
 
 
 def test_echo_app_with_two_worker_processes_shares_the_port():
@@ -89,9 +89,7 @@ def test_echo_app_with_two_worker_processes_shares_the_port():
         # both workers came up and each reported its own listener
         assert len(re.findall(r"worker \d: echo on", out)) == 2, out
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill_group(proc)
 
 
 def test_rooster_style_echo_is_three_lines():

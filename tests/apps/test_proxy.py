@@ -18,6 +18,7 @@ import threading
 import time
 
 import pytest
+
 from tests import REPO_ROOT
 
 ROOT = str(REPO_ROOT)

@@ -20,8 +20,10 @@ import pytest
 
 import threadlib
 from apps.webserver import SAMPLE_SITE, BackgroundServer, Limits, WebServer
-from threadlib.io import sockio
 from tests import REPO_ROOT
+from threadlib.io import sockio
+
+from . import kill_group
 
 ROOT = str(REPO_ROOT)
 
@@ -537,11 +539,11 @@ def _free_port():
 
 
 def _start_program(*args):
-    proc = subprocess.Popen([sys.executable, "-m", "apps.webserver", *args], cwd=ROOT,
+    proc = subprocess.Popen(start_new_session=True, args=[sys.executable, "-m", "apps.webserver", *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     line = proc.stdout.readline()
     if "serving" not in line:
-        proc.kill()
+        kill_group(proc)
         raise AssertionError(f"no banner: {line}{proc.stdout.read()}")
     return proc
 
@@ -582,9 +584,7 @@ def test_program_finishes_responses_in_flight_on_sigterm(site, tmp_path):
         pattern = r'^127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\] "GET /huge\.bin HTTP/1\.1" 200 (\d+)$'
         assert int(re.match(pattern, lines[1]).group(1)) == len(big)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill_group(proc)
 
 
 def test_program_with_two_workers_and_aio(site):
@@ -598,9 +598,7 @@ def test_program_with_two_workers_and_aio(site):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill_group(proc)
 
 
 def test_program_refuses_bad_options_before_serving(tmp_path):
@@ -634,7 +632,7 @@ def test_program_serves_over_the_user_level_tcp_stack(site):
     n = os.getpid() % 200 + 20
     env = dict(os.environ, TL_TUN=f"tlws{n}", TL_PEER=f"10.{n}.77.1/24", TL_ADDRESS=f"10.{n}.77.2/24",
                TL_PEER6="", TL_ADDRESS6="")
-    proc = subprocess.Popen([sys.executable, "-m", "apps.webserver", "--stack", "user", "--root", str(site),
+    proc = subprocess.Popen(start_new_session=True, args=[sys.executable, "-m", "apps.webserver", "--stack", "user", "--root", str(site),
                              "--port", "8080"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
@@ -650,9 +648,7 @@ def test_program_serves_over_the_user_level_tcp_stack(site):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill_group(proc)
 
 
 @pytest.mark.skipif(not _user_stack_usable(), reason="needs threadlib.io.tcpsockio, root and /dev/net/tun")
@@ -661,7 +657,7 @@ def test_program_with_two_workers_on_the_user_level_stack_uses_both_queues(site)
 
     expected = (site / "big.bin").read_bytes()
     with temporary_netns("tlwsmq") as ns:
-        proc = subprocess.Popen([sys.executable, "-m", "apps.webserver", "--stack", "user", "--workers", "2",
+        proc = subprocess.Popen(start_new_session=True, args=[sys.executable, "-m", "apps.webserver", "--stack", "user", "--workers", "2",
                                  "--tun", "tlwsmq0", "--netns", ns.name, "--root", str(site), "--port", "8080"],
                                 cwd=ROOT, env=dict(os.environ, TL_PEER6="", TL_ADDRESS6=""),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -690,6 +686,4 @@ def test_program_with_two_workers_on_the_user_level_stack_uses_both_queues(site)
             gone = ns.exec(["ip", "link", "show", "tlwsmq0"], capture_output=True, text=True)
             assert gone.returncode != 0 and "does not exist" in gone.stderr
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            kill_group(proc)

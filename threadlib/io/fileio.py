@@ -322,12 +322,7 @@ class File:
         """Read into the writable `buffer` at `offset`; the byte count (less
         than len(buffer) only at end of file)."""
         self._check_open()
-        try:
-            out = memoryview(buffer).cast("B")
-        except TypeError:
-            raise TypeError(f"pread_into needs a writable buffer, got {type(buffer).__name__}") from None
-        if out.readonly:
-            raise TypeError(f"pread_into needs a writable buffer, got a read-only {type(buffer).__name__}")
+        out = _byte_view(buffer, "pread_into needs a writable buffer", writable=True)
         n = len(out)
         _check_range(n, offset)
         if not self.direct:
@@ -400,10 +395,7 @@ class File:
         written: the requests already made complete, and their blocks stay
         locked against other writes until they do."""
         self._check_writable()
-        try:
-            src = memoryview(data).cast("B")
-        except TypeError:
-            raise TypeError(f"pwrite needs a bytes-like object, got {type(data).__name__}") from None
+        src = _byte_view(data, "pwrite needs a bytes-like object")
         n = len(src)
         _check_range(n, offset)
         if not self.direct:
@@ -590,6 +582,17 @@ class File:
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.close()
+
+
+def _byte_view(obj: Any, what: str, writable: bool = False) -> memoryview:
+    """``obj`` as a flat byte view; TypeError saying ``what`` was expected."""
+    try:
+        view = memoryview(obj).cast("B")
+    except TypeError:
+        raise TypeError(f"{what}, got {type(obj).__name__}") from None
+    if writable and view.readonly:
+        raise TypeError(f"{what}, got a read-only {type(obj).__name__}")
+    return view
 
 
 def _check_range(n: Any, offset: Any) -> None:

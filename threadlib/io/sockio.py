@@ -193,6 +193,8 @@ class Stream(_SocketBase):
     def recv_into(self, buffer: Any, nbytes: int = 0, timeout: float | None = None) -> Waits[int]:
         """Read into ``buffer`` (up to ``nbytes``, 0 for its size); the count,
         0 at end of stream. Waits like ``recv``."""
+        # The same loop as recv, written out again on purpose: a shared
+        # helper would cost every read a generator frame (the hot path).
         sock = self._sock
         while True:
             if self._drained:
