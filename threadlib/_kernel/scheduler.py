@@ -258,6 +258,8 @@ class Scheduler:
 
     def throw(self, thread: Thread, exc: BaseException) -> None:
         """Make a suspended thread ready; its wait raises ``exc``."""
+        # resume's body with one slot changed, kept apart: every wake-up
+        # passes through resume, which should not test which kind it is.
         thread._exc = exc
         thread._wait = None
         if thread.deadline is not None:
