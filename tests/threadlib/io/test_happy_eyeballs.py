@@ -16,26 +16,15 @@ from threadlib.io import happy_eyeballs, sockio
 from threadlib.io.happy_eyeballs import HostTable, interleave
 from threadlib.lowlevel import WaitWrite
 
+from ..fds import make_epoll, open_fds
+
 V4, V6 = socket.AF_INET, socket.AF_INET6
 root_only = pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/net/tun"),
                                reason="needs root and /dev/net/tun (network namespace, TUN device)")
 
 
-def open_fds() -> set[int]:
-    """This process's open fds (less the one listdir used to read them)."""
-    return {int(name) for name in os.listdir("/proc/self/fd") if os.path.lexists(f"/proc/self/fd/{name}")}
-
-
 def attempt_threads(sched) -> list:
     return [t for t in sched.threads() if t.name.startswith("connect ")]
-
-
-def make_epoll():
-    """Wait once, so the scheduler's epoll fd exists before fds are counted."""
-    a, b = sockio.socketpair()
-    with a, b:
-        with pytest.raises(TimeoutError):
-            yield from a.recv(1, timeout=0)
 
 
 # ---------------------------------------------------------------------------
