@@ -30,7 +30,7 @@ import signal
 import socket
 import subprocess
 import types
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from .._kernel import Scheduler, Worker, current_scheduler
 from .._kernel.worker import Handler
@@ -62,6 +62,8 @@ class _Pipe:
 
     __slots__ = ("_fd", "_wait")
 
+    _wait: WaitRead | WaitWrite  # set by the subclass: this end's one wait
+
     def __init__(self, fd: int) -> None:
         os.set_blocking(fd, False)
         self._fd = fd
@@ -89,6 +91,17 @@ class _Pipe:
             raise OSError(errno.EBADF, f"{type(self).__name__} is closed")
         return fd
 
+    @types.coroutine
+    def _io(self, op: Callable[[int, Any], Any], arg: Any, timeout: float | None) -> Waits[Any]:
+        """``op(fd, arg)``, waiting for the pipe while it would block."""
+        while True:
+            try:
+                return op(self._check(), arg)
+            except BlockingIOError:
+                pass
+            with _timeout(timeout):
+                yield self._wait
+
     def __enter__(self) -> Any:
         return self
 
@@ -97,6 +110,10 @@ class _Pipe:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} fd={self._fd}>"
+
+
+def _read_into(fd: int, view: memoryview) -> int:
+    return os.readv(fd, [view])
 
 
 class PipeReader(_Pipe):
@@ -118,16 +135,11 @@ class PipeReader(_Pipe):
         """Up to ``max_bytes`` bytes (at least one), ``b""`` once the child
         closed its end and everything was read."""
         if self._buffer:
-            data = bytes(self._buffer[:max_bytes])
+            buffered = bytes(self._buffer[:max_bytes])
             del self._buffer[:max_bytes]
-            return data
-        while True:
-            try:
-                return os.read(self._check(), max_bytes)
-            except BlockingIOError:
-                pass
-            with _timeout(timeout):
-                yield self._wait
+            return buffered
+        data: bytes = yield from self._io(os.read, max_bytes, timeout)
+        return data
 
     @types.coroutine
     def recv_into(self, buffer: Any, nbytes: int = 0, timeout: float | None = None) -> Waits[int]:
@@ -137,17 +149,12 @@ class PipeReader(_Pipe):
         if nbytes:
             view = view[:nbytes]
         if self._buffer:
-            n = min(len(view), len(self._buffer))
-            view[:n] = self._buffer[:n]
-            del self._buffer[:n]
-            return n
-        while True:
-            try:
-                return os.readv(self._check(), [view])
-            except BlockingIOError:
-                pass
-            with _timeout(timeout):
-                yield self._wait
+            taken = min(len(view), len(self._buffer))
+            view[:taken] = self._buffer[:taken]
+            del self._buffer[:taken]
+            return taken
+        n: int = yield from self._io(_read_into, view, timeout)
+        return n
 
     @types.coroutine
     def readline(self, limit: int = 65536, timeout: float | None = None) -> Waits[bytes]:
@@ -207,13 +214,8 @@ class PipeWriter(_Pipe):
     def send(self, data: Any, timeout: float | None = None) -> Waits[int]:
         """Write some of ``data``; the count. On a timeout or a cancellation
         nothing was written."""
-        while True:
-            try:
-                return os.write(self._check(), data)
-            except BlockingIOError:
-                pass
-            with _timeout(timeout):
-                yield self._wait
+        n: int = yield from self._io(os.write, data, timeout)
+        return n
 
     @types.coroutine
     def sendall(self, data: Any, timeout: float | None = None) -> Waits[None]:
