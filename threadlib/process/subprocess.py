@@ -130,6 +130,12 @@ class PipeReader(_Pipe):
         self._wait = WaitRead(fd)
         self._buffer = bytearray()  # read ahead by readline, served first
 
+    @property
+    def buffered(self) -> int:
+        """Bytes read ahead by ``readline`` that the next reads return first
+        (``threadlib.io.splice`` forwards them before splicing the pipe)."""
+        return len(self._buffer)
+
     @types.coroutine
     def recv(self, max_bytes: int = 65536, timeout: float | None = None) -> Waits[bytes]:
         """Up to ``max_bytes`` bytes (at least one), ``b""`` once the child

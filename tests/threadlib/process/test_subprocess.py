@@ -244,9 +244,14 @@ def test_process_close_kills_a_running_child_and_the_scheduler_reaps_it():
     assert_reaped(proc.pid)
 
 
-def test_a_childs_output_spliced_into_a_socket_arrives_byte_exact():
+@pytest.mark.parametrize("fallback", [False, True], ids=["splice", "copy"])
+def test_a_childs_output_spliced_into_a_socket_arrives_byte_exact(fallback):
+    """After a banner line (read with readline, which reads ahead), the
+    rest of the child's output is forwarded into a TCP connection: with
+    splice(2) straight from the pipe, or through the copy loop."""
     size = 8 << 20
-    code = ("import os, sys\nblock = bytes(range(256)) * 4096\n"
+    code = ("import os, sys\nos.write(1, b'banner\\nahead')\nsys.stdin.readline()\n"
+            "block = bytes(range(256)) * 4096\n"
             f"for _ in range({size} // len(block)): sys.stdout.buffer.write(block)")
 
     def main():
@@ -263,13 +268,19 @@ def test_a_childs_output_spliced_into_a_socket_arrives_byte_exact():
             return got, digest.hexdigest()
 
         receiver = yield from threadlib.spawn(receive())
-        proc = yield from spawn_process(python(code), stdout=PIPE)
+        proc = yield from spawn_process(python(code), stdin=PIPE, stdout=PIPE)
         with proc, client, server:
-            moved = yield from splice.splice(proc.stdout, client, half_close=True)
+            assert (yield from proc.stdout.readline(timeout=30)) == b"banner\n"
+            assert proc.stdout.buffered == len(b"ahead")  # one write, read whole: read ahead
+            yield from proc.stdin.sendall(b"go\n")
+            assert splice.zero_copy(proc.stdout, client, fallback=fallback) is not fallback
+            stats = splice.Transfer()
+            moved = yield from splice.splice(proc.stdout, client, half_close=True, fallback=fallback, stats=stats)
+            assert stats.zero_copy is not fallback and stats.eof
             assert (yield from proc.wait()) == 0
             got, digest = yield from receiver.join()
         return moved, got, digest
 
     moved, got, digest = threadlib.run(main())
-    expected = hashlib.sha256(bytes(range(256)) * 4096 * (size // (256 * 4096))).hexdigest()
-    assert moved == got == size and digest == expected
+    expected = hashlib.sha256(b"ahead" + bytes(range(256)) * 4096 * (size // (256 * 4096))).hexdigest()
+    assert moved == got == size + len(b"ahead") and digest == expected
