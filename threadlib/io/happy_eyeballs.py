@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_DELAY", "Resolver", "interleave", "connect_first", "HostTable", "literal_family"]
 
 
-
 class _Closable(Protocol):
     def close(self) -> None: ...
 

@@ -319,12 +319,12 @@ class Process:
         reading its input early is not an error. A cancellation kills and
         reaps the child; after a timeout (of an enclosing scope) it runs
         on and what was read so far is lost."""
+        if input and self.stdin is None:
+            raise ValueError("communicate(input=...) needs a process started with stdin=PIPE")
         helpers = []
         try:
             if self.stdin is not None:
                 helpers.append((yield from spawn(self._feed(self.stdin, input), name=f"stdin of {self.pid}")))
-            elif input:
-                raise ValueError("communicate(input=...) needs stdin=PIPE")
             readers = [(p, b) for p, b in ((self.stdout, self._out), (self.stderr, self._err)) if p is not None]
             for pipe, buf in readers[1:]:
                 helpers.append((yield from spawn(self._drain(pipe, buf), name=f"output of {self.pid}")))
@@ -436,7 +436,8 @@ class Process:
 
     def close(self) -> None:
         """Close the pipes; kill a child that still runs (it is reaped as
-        soon as it dies). Never waits."""
+        soon as it dies). Never waits in a scheduler; outside one it blocks
+        until the killed child is gone, which is prompt."""
         for pipe in (self.stdin, self.stdout, self.stderr):
             if pipe is not None:
                 pipe.close()

@@ -174,8 +174,9 @@ class UserNetwork:
         the other).
 
         Waits for name resolution and the handshake (TcpWait); ``timeout``
-        bounds all of it. A connection that fails, times out, is cancelled
-        half-way or loses the race is reset."""
+        bounds all of it. A connection that fails, times out or is cancelled
+        half-way is reset; one that loses the race is reset, or closed if it
+        connected in the same instant as the winner."""
         if self.queue is not None:
             raise OSError(errno.EOPNOTSUPP, f"connect() is refused on queue {self.queue} of multi-queue TUN device "
                           f"{self.device.name!r}: the kernel steers the replies of a connection opened here by a "
