@@ -12,6 +12,18 @@ from pathlib import Path
 import pytest
 
 
+def pytest_configure(config):
+    """threadlib's pytest plugin: registered by its entry point once the
+    package is installed with this pyproject; from a checkout whose
+    installed metadata predates it (or PYTHONPATH on another tree), here.
+    Registering it under the entry point's name keeps the two from
+    clashing and keeps -p no:threadlib working."""
+    if not config.pluginmanager.has_plugin("threadlib") and not config.pluginmanager.is_blocked("threadlib"):
+        from threadlib.testing import pytest_plugin
+
+        config.pluginmanager.register(pytest_plugin, "threadlib")
+
+
 # --- fixtures for tests/test_aio.py -----------------------------------------
 
 def _supports_o_direct(directory: str) -> bool:

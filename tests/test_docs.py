@@ -28,8 +28,9 @@ DESIGN = DOCS / "design.md"
 PUBLIC_MODULES = [
     "threadlib", "threadlib.lowlevel", "threadlib.net", "threadlib.syscalls", "threadlib.sync",
     "threadlib.io.sockio", "threadlib.io.fileio", "threadlib.io.aioworker", "threadlib.io.splice",
-    "threadlib.io.tcpsockio", "threadlib.frontends.green", "threadlib.process.multicore",
-    "threadlib.process.signals",
+    "threadlib.io.tcpsockio", "threadlib.io.happy_eyeballs", "threadlib.frontends.green",
+    "threadlib.process.multicore", "threadlib.process.signals", "threadlib.process.subprocess",
+    "threadlib.testing.pytest_plugin",
 ]
 
 # "- `threadlib.x.y(args)` — ..." (a list entry, possibly indented); the

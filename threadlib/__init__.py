@@ -10,10 +10,11 @@ This module is the user API: running, spawning, sleeping, timeouts, joins
 and the sync primitives. The rest lives in subpackages, loaded on first use:
 
 ``threadlib.io``         sockio (kernel sockets), fileio (files, AIO),
-                         tcpsockio (the user-level TCP/IP stack), splice
+                         tcpsockio (the user-level TCP/IP stack), splice, happy_eyeballs
 ``threadlib.net``        the Network/Listener/Stream contracts servers are typed against
 ``threadlib.frontends``  green (greenlet threads that block in plain calls)
-``threadlib.process``    multicore (worker processes), signals
+``threadlib.process``    multicore (worker processes), signals, subprocess (child processes)
+``threadlib.testing``    the pytest plugin (generator and async def tests as threads)
 ``threadlib.lowlevel``   for extenders: Scheduler, Worker, WaitQueue, system calls
 
 ``docs/design.md`` tours the internals; ``docs/api.md`` is the reference.

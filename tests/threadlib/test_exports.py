@@ -24,6 +24,7 @@ PUBLIC_MODULES = [
     "threadlib.io.sockio", "threadlib.io.fileio", "threadlib.io.aioworker", "threadlib.io.splice",
     "threadlib.io.tcpsockio",
     "threadlib.frontends.green", "threadlib.process.multicore", "threadlib.process.signals",
+    "threadlib.process.subprocess", "threadlib.io.happy_eyeballs", "threadlib.testing.pytest_plugin",
 ]
 
 
@@ -120,6 +121,10 @@ def test_the_wheel_installs_only_threadlib_and_iolib_plus_console_scripts(tmp_pa
                            ("threadlib-proxy", "threadlib.apps.proxy:main"),
                            ("threadlib-echo", "threadlib.apps.echo:main")]:
         assert f"{script} = {target}" in entry_points
+    # The pytest plugin (threadlib.testing.pytest_plugin) is found by pytest through this entry point.
+    assert "threadlib/testing/pytest_plugin.py" in names
+    pytest11 = entry_points.split("[pytest11]", 1)[1].split("\n[", 1)[0]
+    assert "threadlib = threadlib.testing.pytest_plugin" in pytest11
 
 
 def test_the_console_script_runs_the_installed_program():

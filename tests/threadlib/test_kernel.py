@@ -269,26 +269,23 @@ def test_cancel_of_a_ready_thread_is_delivered_at_its_next_wait_and_keeps_the_ha
 # -- timeouts -------------------------------------------------------------------
 
 
+@pytest.mark.threadlib(virtual_clock=True)
 def test_timeout_scope_raises_at_the_wait_and_nested_keeps_earliest():
-    def main():
-        t0 = threadlib.now()
-        with pytest.raises(TimeoutError):
-            with threadlib.timeout(0.02) as scope:
-                yield from threadlib.sleep(5)
-        assert scope.expired
-        assert 0.015 <= threadlib.now() - t0 < 1.0
-        with pytest.raises(TimeoutError):
-            with threadlib.timeout(5) as outer:
-                with threadlib.timeout(0.01) as inner:
-                    yield from threadlib.Event().wait()
-        assert inner.expired and not outer.expired
-        # a scope that does not expire leaves no trace
-        with threadlib.timeout(1):
-            yield from threadlib.sleep(0.001)
-        yield from threadlib.sleep(0.002)
-        return "ok"
-
-    assert threadlib.run(main()) == "ok"
+    t0 = threadlib.now()
+    with pytest.raises(TimeoutError):
+        with threadlib.timeout(0.02) as scope:
+            yield from threadlib.sleep(5)
+    assert scope.expired
+    assert 0.015 <= threadlib.now() - t0 < 1.0
+    with pytest.raises(TimeoutError):
+        with threadlib.timeout(5) as outer:
+            with threadlib.timeout(0.01) as inner:
+                yield from threadlib.Event().wait()
+    assert inner.expired and not outer.expired
+    # a scope that does not expire leaves no trace
+    with threadlib.timeout(1):
+        yield from threadlib.sleep(0.001)
+    yield from threadlib.sleep(0.002)
 
 
 def test_timeout_arguments_on_blocking_calls():
@@ -796,6 +793,7 @@ def test_a_blocking_call_outliving_its_scheduler_writes_into_no_reused_fd():
         b.close()
 
 
+@pytest.mark.threadlib(virtual_clock=True)
 def test_a_canceller_interrupted_while_waiting_gets_its_own_interrupt():
     """cancel() waits for the target's finally blocks; a timeout aimed at the
     canceller meanwhile is raised, not swallowed as the target's outcome."""
@@ -805,19 +803,17 @@ def test_a_canceller_interrupted_while_waiting_gets_its_own_interrupt():
         finally:
             yield from threadlib.sleep(0.2)
 
-    def main():
-        t = yield from threadlib.spawn(slow_to_die())
-        yield from threadlib.sleep(0)
-        with pytest.raises(TimeoutError):
-            with threadlib.timeout(0.02):
-                yield from t.cancel()
-        assert not t.done  # still in its finally block
-        yield from t.wait()
-        return t.state
-
-    assert threadlib.run(main()) == "cancelled"
+    t = yield from threadlib.spawn(slow_to_die())
+    yield from threadlib.sleep(0)
+    with pytest.raises(TimeoutError):
+        with threadlib.timeout(0.02):
+            yield from t.cancel()
+    assert not t.done  # still in its finally block
+    yield from t.wait()
+    assert t.state == "cancelled"
 
 
+@pytest.mark.threadlib(virtual_clock=True)
 def test_join_all_keeps_a_cancelled_child_as_its_outcome_and_waits_for_the_rest():
     order = []
 
@@ -826,17 +822,14 @@ def test_join_all_keeps_a_cancelled_child_as_its_outcome_and_waits_for_the_rest(
         order.append(name)
         return name
 
-    def main():
-        doomed = yield from threadlib.spawn(child("doomed", 60))
-        slow = yield from threadlib.spawn(child("slow", 0.05))
-        yield from threadlib.sleep(0)
-        yield from doomed.cancel()
-        with pytest.raises(ThreadCancelled):
-            yield from threadlib.join_all([doomed, slow])
-        return order, slow.done
-
+    doomed = yield from threadlib.spawn(child("doomed", 60))
+    slow = yield from threadlib.spawn(child("slow", 0.05))
+    yield from threadlib.sleep(0)
+    yield from doomed.cancel()
+    with pytest.raises(ThreadCancelled):
+        yield from threadlib.join_all([doomed, slow])
     # join_all waited for "slow" before raising the child's ThreadCancelled.
-    assert threadlib.run(main()) == (["slow"], True)
+    assert (order, slow.done) == (["slow"], True)
 
 
 def test_ctrl_c_in_a_thread_still_runs_the_others_finally_blocks_and_closes_workers(caplog):

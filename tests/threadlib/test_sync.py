@@ -1,10 +1,13 @@
-"""Mutex, Event, Semaphore, Condition, Queue, join_all/join_any."""
+"""Mutex, Event, Semaphore, Condition, Queue, join_all/join_any. Tests
+marked ``threadlib`` run as threads (tests/conftest.py registers the
+plugin), those that only wait for time on a virtual clock."""
 
 import pytest
 
 import threadlib
 
 
+@pytest.mark.threadlib(virtual_clock=True)
 def test_mutex_is_fifo_and_excludes():
     m = threadlib.Mutex()
     inside = []
@@ -19,13 +22,10 @@ def test_mutex_is_fifo_and_excludes():
         inside.remove(i)
         m.release()
 
-    def main():
-        ts = []
-        for i in range(10):
-            ts.append((yield from threadlib.spawn(worker(i))))
-        yield from threadlib.join_all(ts)
-
-    threadlib.run(main())
+    ts = []
+    for i in range(10):
+        ts.append((yield from threadlib.spawn(worker(i))))
+    yield from threadlib.join_all(ts)
     assert order == list(range(10))
 
 
@@ -48,6 +48,7 @@ def test_async_with_mutex_and_semaphore():
     assert threadlib.run(main()) == (False, 2)
 
 
+@pytest.mark.threadlib(virtual_clock=True)
 def test_semaphore_limits_concurrency_and_bounded_refuses_extra_release():
     s = threadlib.Semaphore(3)
     running = [0]
@@ -61,13 +62,10 @@ def test_semaphore_limits_concurrency_and_bounded_refuses_extra_release():
         running[0] -= 1
         s.release()
 
-    def main():
-        ts = []
-        for _ in range(20):
-            ts.append((yield from threadlib.spawn(worker())))
-        yield from threadlib.join_all(ts)
-
-    threadlib.run(main())
+    ts = []
+    for _ in range(20):
+        ts.append((yield from threadlib.spawn(worker())))
+    yield from threadlib.join_all(ts)
     assert peak[0] == 3
     b = threadlib.Semaphore(1, bounded=True)
     with pytest.raises(ValueError, match="more than"):
@@ -257,19 +255,17 @@ def test_queue_item_handed_to_a_cancelled_getter_is_not_lost():
     assert threadlib.run(main()) == "cancelled"
 
 
+@pytest.mark.threadlib(virtual_clock=True)
 def test_join_all_and_join_any():
     def work(d, v):
         yield from threadlib.sleep(d)
         return v
 
-    def main():
-        a = yield from threadlib.spawn(work(0.03, "slow"))
-        b = yield from threadlib.spawn(work(0.001, "fast"))
-        first = yield from threadlib.join_any([a, b])
-        assert first is b
-        return (yield from threadlib.join_all([a, b]))
-
-    assert threadlib.run(main()) == ["slow", "fast"]
+    a = yield from threadlib.spawn(work(0.03, "slow"))
+    b = yield from threadlib.spawn(work(0.001, "fast"))
+    first = yield from threadlib.join_any([a, b])
+    assert first is b
+    assert (yield from threadlib.join_all([a, b])) == ["slow", "fast"]
 
 
 def test_many_timeouts_on_one_queue_do_not_grow_it():

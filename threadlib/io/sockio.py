@@ -17,17 +17,17 @@ blocking pool, and every wait is a system call.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import logging
 import os
 import select
 import socket
 import types
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from ..calls import timeout as _timeout
 from .._kernel import DONE, current_scheduler
 from ..syscalls import Blocking, Sleep, WaitRead, WaitWrite, Waits
+from .happy_eyeballs import DEFAULT_DELAY, HostTable, Resolver, connect_first, literal_family
 
 if TYPE_CHECKING:
     from ..net import Call
@@ -424,19 +424,12 @@ class DatagramSocket(_SocketBase):
 # Addresses
 
 
-def _literal_family(host: str) -> int | None:
-    try:
-        return socket.AF_INET6 if ipaddress.ip_address(host.split("%")[0]).version == 6 else socket.AF_INET
-    except ValueError:
-        return None
-
-
 @types.coroutine
 def resolve(host: str, port: int, type: int = socket.SOCK_STREAM) -> Waits[list[tuple[int, Any]]]:
     """``[(family, sockaddr), ...]`` for ``host``; literals need no lookup,
     names are resolved on the blocking pool (getaddrinfo blocks). A lookup
     whose caller timed out or was cancelled runs on; its answer is dropped."""
-    family = _literal_family(host) if host else socket.AF_INET
+    family = literal_family(host) if host else socket.AF_INET
     if family is not None:
         return [(family, (host or "0.0.0.0", port))]
     infos = yield Blocking(socket.getaddrinfo, (host, port, 0, type))
@@ -450,13 +443,30 @@ def resolve(host: str, port: int, type: int = socket.SOCK_STREAM) -> Waits[list[
 
 
 class KernelNetwork:
-    """The kernel's TCP/IP and Unix sockets, reached through sockio."""
+    """The kernel's TCP/IP and Unix sockets, reached through sockio.
+
+    Host names are resolved by ``resolver`` (``resolver(host, port)``
+    giving ``[(family, sockaddr), ...]``; default: the module's
+    ``resolve``, getaddrinfo on the blocking pool); ``hosts`` (a dict
+    ``{"name": ["address", ...]}``) is consulted first, falling back to
+    the resolver. IP literals are never looked up."""
 
     name = "kernel"
 
+    def __init__(self, resolver: Resolver | None = None,
+                 hosts: Mapping[str, str | Iterable[str]] | None = None) -> None:
+        if hosts is not None:
+            resolver = HostTable(hosts, fallback=resolver or resolve)
+        self.resolver: Resolver | None = resolver
+
     def resolve(self, host: str, port: int) -> Call[list[tuple[int, Any]]]:
-        """``[(family, sockaddr), ...]`` for ``host`` (see module ``resolve``)."""
-        return resolve(host, port)
+        """``[(family, sockaddr), ...]`` for ``host``, through this network's
+        resolver (see the class; by default the module's ``resolve``)."""
+        resolver = self.resolver
+        if resolver is None or literal_family(host) is not None or not host:
+            return resolve(host, port)
+        result: Call[list[tuple[int, Any]]] = resolver(host, port)
+        return result
 
     @types.coroutine
     def listen(
@@ -466,7 +476,7 @@ class KernelNetwork:
         ``reuse_port`` lets several processes share the port. Waits only to
         resolve a host name."""
         host, port = address[0], address[1]
-        family, sockaddr = (yield from resolve(host, port))[0]
+        family, sockaddr = (yield from self.resolve(host, port))[0]
         if len(address) == 4 and family == socket.AF_INET6:
             sockaddr = tuple(address)
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -483,34 +493,30 @@ class KernelNetwork:
 
     @types.coroutine
     def connect(
-        self, address: tuple[str, int], timeout: float | None = None, nodelay: bool = True, local: Any = None
+        self, address: tuple[str, int], timeout: float | None = None, nodelay: bool = True, local: Any = None,
+        happy_eyeballs_delay: float | None = DEFAULT_DELAY,
     ) -> Waits[Stream]:
-        """A TCP connection to ``(host, port)``; tries each resolved address
-        in turn. Raises ConnectionRefusedError, TimeoutError, ...
+        """A TCP connection to ``(host, port)``. A name with several
+        addresses is connected with Happy Eyeballs (RFC 8305, see
+        ``threadlib.io.happy_eyeballs.connect_first``): IPv6 first, then
+        alternating families, a new attempt every ``happy_eyeballs_delay``
+        seconds (None: one after the other) or as soon as one fails; the
+        first to connect wins and the others are closed. Raises
+        ConnectionRefusedError, TimeoutError, ... (several failed
+        addresses: one OSError naming them all).
 
-        Waits for name resolution and for each handshake (WaitWrite);
+        Waits for name resolution and the handshakes (WaitWrite);
         ``timeout`` bounds all of it. A socket that did not connect (an
-        error, a timeout, a cancellation) is closed."""
+        error, a timeout, a cancellation, a lost race) is closed."""
         host, port = address[0], address[1]
-        last_error: BaseException | None = None
         with _timeout(timeout):
-            for family, sockaddr in (yield from resolve(host, port)):
-                sock = socket.socket(family, socket.SOCK_STREAM)
-                try:
-                    if local is not None:
-                        sock.bind(local)
-                    yield from _connect_socket(sock, sockaddr)
-                    if nodelay:
-                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    return Stream(sock)
-                except OSError as exc:
-                    _discard(sock)
-                    last_error = exc
-                except BaseException:
-                    _discard(sock)
-                    raise
-        assert last_error is not None
-        raise last_error
+            addresses = yield from self.resolve(host, port)
+            if len(addresses) == 1:  # no race to run: no thread, no delay
+                family, sockaddr = addresses[0]
+                return (yield from _connect_tcp(family, sockaddr, nodelay, local))
+            return (yield from connect_first(
+                addresses, lambda a: _connect_tcp(a[0], a[1], nodelay, local), happy_eyeballs_delay,
+                f"{host}:{port}"))
 
     @types.coroutine
     def udp(self, bind: tuple[str, int] | None = None, family: int | None = None) -> Waits[DatagramSocket]:
@@ -554,6 +560,22 @@ class KernelNetwork:
             _discard(sock)
             raise
         return Stream(sock)
+
+
+@types.coroutine
+def _connect_tcp(family: int, sockaddr: Any, nodelay: bool, local: Any) -> Waits[Stream]:
+    """One connection attempt; the socket is closed unless it connected."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if local is not None:
+            sock.bind(local)
+        yield from _connect_socket(sock, sockaddr)
+        if nodelay:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except BaseException:
+        _discard(sock)
+        raise
+    return Stream(sock)
 
 
 @types.coroutine

@@ -11,6 +11,9 @@ Two implementations, one API:
   source socket into a pipe and from the pipe to the destination socket;
   the data never enters user space. Each direction has its own pipe,
   enlarged to 1 MiB, taken from a small per-scheduler pool of clean pipes.
+- **zero-copy from a pipe** (Linux, the source a pipe's read end, such as
+  a child process's ``stdout``, the destination a ``sockio.Stream``): one
+  ``splice(2)`` straight from the pipe to the socket, no pipe of our own.
 - **copy** (everywhere else, and when asked with ``fallback=True``): one
   preallocated buffer per direction, ``recv_into`` then ``sendall``. Used for
   objects that are not kernel sockets (``tcpsockio`` connections, simulated
@@ -38,8 +41,13 @@ mid-drain) is closed, never pooled.
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
+import os
 import socket
+import stat
+import struct
+import termios
 import types
 from typing import Any
 
@@ -68,6 +76,7 @@ log = logging.getLogger("threadlib.io.splice")
 #: True where splice(2) exists (Linux): the zero-copy path can be used.
 AVAILABLE: bool = _nb.AVAILABLE
 DEFAULT_PIPE_SIZE = _nb.DEFAULT_PIPE_SIZE
+_MOVE = getattr(os, "SPLICE_F_MOVE", 0)
 #: Buffer size of the copy loop (one buffer per direction).
 DEFAULT_COPY_CHUNK = 256 * 1024
 
@@ -77,10 +86,24 @@ def zero_copy(src: Any, dst: Any = None, *, fallback: bool = False) -> bool:
     with splice(2) (True) or through a user-space buffer (False)."""
     if fallback or not AVAILABLE:
         return False
+    if dst is not None and _is_pipe(src):
+        return isinstance(dst, Stream) and _nb.splice_capable(dst.socket)
     for end in (src, dst) if dst is not None else (src,):
         if not isinstance(end, Stream) or not _nb.splice_capable(end.socket):
             return False
     return True
+
+
+def _is_pipe(end: Any) -> bool:
+    """Whether ``end`` is the read end of a pipe (an object with ``fileno``
+    and ``recv``, like a child process's ``stdout``), which splice(2)
+    reads without a pipe of ours in between."""
+    if isinstance(end, Stream) or not hasattr(end, "recv"):
+        return False
+    try:
+        return stat.S_ISFIFO(os.fstat(end.fileno()).st_mode)
+    except (AttributeError, OSError, TypeError, ValueError):
+        return False
 
 
 class Transfer:
@@ -181,7 +204,7 @@ def splice(src: Any, dst: Any, chunk_size: int | None = None, *, fallback: bool 
         stats = Transfer()
     pool: _nb.PipePool | None = None
     pipe: _nb.PipePair | None = None
-    if zero_copy(src, dst, fallback=fallback):
+    if zero_copy(src, dst, fallback=fallback) and not _is_pipe(src):
         pool = pipe_pool()
         try:
             pipe = pool.get()
@@ -190,9 +213,12 @@ def splice(src: Any, dst: Any, chunk_size: int | None = None, *, fallback: bool 
             if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
                 raise
             log.warning("no pipe for splice (%s); copying instead", exc.strerror)
-    stats.zero_copy = pipe is not None
+    from_pipe = pipe is None and zero_copy(src, dst, fallback=fallback) and _is_pipe(src)
+    stats.zero_copy = pipe is not None or from_pipe
     try:
-        if pool is not None and pipe is not None:
+        if from_pipe:
+            yield from _splice_from_pipe(src, dst, chunk_size, stats)
+        elif pool is not None and pipe is not None:
             yield from _splice_streams(src, dst, chunk_size, stats, pool, pipe)
         elif isinstance(src, Stream) and isinstance(dst, Stream):
             yield from _copy_streams(src, dst, chunk_size or DEFAULT_COPY_CHUNK, stats)
@@ -244,6 +270,46 @@ def _splice_streams(src: Stream, dst: Stream, chunk_size: int | None, stats: Tra
         # A pipe with bytes in it (the destination failed, or we were
         # cancelled mid-drain) is closed; a clean one goes back to the pool.
         pool.put(pipe)
+
+
+@types.coroutine
+def _splice_from_pipe(src: Any, dst: Stream, chunk_size: int | None, stats: Transfer) -> Waits[Any]:
+    """Pipe to socket in one splice(2) per step. EAGAIN means the pipe is
+    empty or the socket full; the pipe's byte count (FIONREAD) tells which
+    to wait for. Data that arrives after the count only raises a new edge,
+    so neither wait can miss it."""
+    buffered = getattr(src, "buffered", 0)
+    if buffered:  # read ahead by the source (a readline): it goes first
+        data = yield from src.recv(buffered)
+        yield from dst.sendall(data)
+        stats.bytes += len(data)
+    src_fd, dst_fd = src.fileno(), dst.fileno()
+    wait_src = WaitRead(src_fd)
+    wait_dst = WaitWrite(dst_fd)
+    chunk = chunk_size or DEFAULT_PIPE_SIZE
+    moved = 0
+    waits = 0
+    try:
+        while True:
+            n = _nb.splice(src_fd, dst_fd, chunk, _MOVE)
+            if n is WOULD_BLOCK:
+                waits += 1
+                if _pipe_pending(src_fd):
+                    yield wait_dst
+                else:
+                    yield wait_src
+                continue
+            if n == 0:  # the writer closed its end and the pipe is empty
+                return
+            moved += n
+    finally:
+        stats.bytes += moved
+        stats.waits += waits
+
+
+def _pipe_pending(fd: int) -> int:
+    """Bytes in the pipe ``fd``, from the kernel (FIONREAD)."""
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]  # type: ignore[no-any-return]
 
 
 @types.coroutine

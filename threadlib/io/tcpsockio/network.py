@@ -3,8 +3,10 @@
 queue of a multi-queue TUN, one queue per worker process) and
 ``open_network``, which makes the device and the stacks.
 
-Name resolution goes to the blocking pool through ``sockio.resolve``; the
-network never reads the device itself (its worker does).
+Name resolution goes to the network's resolver (by default the blocking
+pool, through ``sockio.resolve``) and connecting to a name with several
+addresses to ``happy_eyeballs.connect_first``; the network never reads
+the device itself (its worker does).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import logging
 import os
 import random
 import types
-from typing import Any, Callable, Iterable, Literal, overload
+from typing import Any, Callable, Iterable, Literal, Mapping, overload
 
 from iolib.packetio import MAX_QUEUES, TunDevice
 from iolib.tcp import Stack
@@ -26,6 +28,8 @@ from ..._kernel import Scheduler, current_scheduler
 from ...calls import timeout as _timeout
 from ...syscalls import Waits
 from ...net import Call
+from .. import sockio
+from ..happy_eyeballs import DEFAULT_DELAY, HostTable, Resolver, connect_first, literal_family
 from .errors import NetUnreachable, closed_error, translate
 from .stream import Listener, Stream
 from .worker import TcpWait, UserTcpWorker
@@ -55,12 +59,20 @@ class UserNetwork:
     prefixes of the stack's own addresses; pass "0.0.0.0/0" or "::/0" when
     the kernel side forwards further). Anything else raises
     ``NetUnreachable`` at once, as the kernel does without a route.
+
+    Host names are resolved by ``resolver`` and ``hosts`` as for
+    ``sockio.KernelNetwork`` (default: the system's resolver on the
+    blocking pool).
     """
 
     name = "user"
 
     def __init__(self, device: TunDevice, stack: Stack, routes: Iterable[str] | None = None,
-                 queue: int | None = None) -> None:
+                 queue: int | None = None, resolver: Resolver | None = None,
+                 hosts: Mapping[str, str | Iterable[str]] | None = None) -> None:
+        if hosts is not None:
+            resolver = HostTable(hosts, fallback=resolver or sockio.resolve)
+        self.resolver: Resolver | None = resolver
         self.device = device
         self.stack = stack
         self.queue = queue  # the queue index on a multi-queue device (MultiQueueNetwork.for_queue)
@@ -143,21 +155,28 @@ class UserNetwork:
 
     def resolve(self, host: str, port: int) -> Call[list[tuple[int, Any]]]:
         """``[(family, sockaddr), ...]`` for ``host``: literals as they are,
-        names through the system resolver on the blocking pool."""
-        from ..sockio import resolve
-
-        return resolve(host, port)
+        names through this network's resolver (by default the system's, on
+        the blocking pool)."""
+        resolver = self.resolver
+        if resolver is None or literal_family(host) is not None or not host:
+            return sockio.resolve(host, port)
+        result: Call[list[tuple[int, Any]]] = resolver(host, port)
+        return result
 
     @types.coroutine
     def connect(self, address: tuple[str, int], timeout: float | None = None, nodelay: bool = True,
-                local: Any = None) -> Waits[Stream]:
+                local: Any = None, happy_eyeballs_delay: float | None = DEFAULT_DELAY) -> Waits[Stream]:
         """A connection to ``(host, port)``. Raises ``ConnectionRefused``,
         ``NetUnreachable``, ``TimeoutError``, ... ``local`` is an optional
-        ``(address, port)`` to send from.
+        ``(address, port)`` to send from. A name with several addresses is
+        connected with Happy Eyeballs as ``sockio.KernelNetwork.connect``
+        does (``happy_eyeballs_delay`` between attempts, None: one after
+        the other).
 
         Waits for name resolution and the handshake (TcpWait); ``timeout``
         bounds all of it. A connection that fails, times out or is cancelled
-        half-way is reset."""
+        half-way is reset; one that loses the race is reset, or closed if it
+        connected in the same instant as the winner."""
         if self.queue is not None:
             raise OSError(errno.EOPNOTSUPP, f"connect() is refused on queue {self.queue} of multi-queue TUN device "
                           f"{self.device.name!r}: the kernel steers the replies of a connection opened here by a "
@@ -165,15 +184,13 @@ class UserNetwork:
                           "stack, which resets the connection; connect from a single-queue network instead")
         worker = self._ensure()
         host, port = address[0], address[1]
-        last_error: BaseException | None = None
         with _timeout(timeout):
-            for family, sockaddr in (yield from self.resolve(host, port)):
-                try:
-                    return (yield from self._connect_one(worker, sockaddr[0], port, nodelay, local))
-                except OSError as exc:
-                    last_error = exc
-        assert last_error is not None
-        raise last_error
+            addresses = yield from self.resolve(host, port)
+            if len(addresses) == 1:  # no race to run: no thread, no delay
+                return (yield from self._connect_one(worker, addresses[0][1][0], port, nodelay, local))
+            return (yield from connect_first(
+                addresses, lambda a: self._connect_one(worker, a[1][0], port, nodelay, local),
+                happy_eyeballs_delay, f"{host}:{port}"))
 
     @types.coroutine
     def _connect_one(self, worker: UserTcpWorker, host: str, port: int, nodelay: bool, local: Any) -> Waits[Stream]:
@@ -277,8 +294,11 @@ class MultiQueueNetwork:
     name = "user"
 
     def __init__(self, devices: list[TunDevice], make_stack: Callable[[int], Stack],
-                 addresses: list[str], routes: Iterable[str] | None = None) -> None:
+                 addresses: list[str], routes: Iterable[str] | None = None, resolver: Resolver | None = None,
+                 hosts: Mapping[str, str | Iterable[str]] | None = None) -> None:
         self.devices = list(devices)
+        self._resolver = resolver
+        self._hosts = hosts
         self._make_stack = make_stack
         self._addresses = list(addresses)
         self.routes = routes
@@ -315,7 +335,8 @@ class MultiQueueNetwork:
         if device.closed:
             raise closed_error(f"queue {index} of TUN device {self.device_name!r}")
         self._taken[index] = os.getpid()
-        return UserNetwork(device, self._make_stack(index), self.routes, queue=index)
+        return UserNetwork(device, self._make_stack(index), self.routes, queue=index, resolver=self._resolver,
+                           hosts=self._hosts)
 
     def listen(self, *args: Any, **kwargs: Any) -> Any:
         """Refused (RuntimeError), like ``connect``: a multi-queue network
@@ -355,13 +376,15 @@ class MultiQueueNetwork:
 def open_network(
     tun: str = ..., peer: str | None = ..., address: str | None = ..., peer6: str | None = ...,
     address6: str | None = ..., netns: str | None = ..., *, mtu: int = ..., routes: Iterable[str] | None = ...,
-    seed: int | None = ..., offload: bool = ..., queues: Literal[1] = ..., **conn_options: Any,
+    seed: int | None = ..., offload: bool = ..., queues: Literal[1] = ..., resolver: Resolver | None = ...,
+    hosts: Mapping[str, str | Iterable[str]] | None = ..., **conn_options: Any,
 ) -> UserNetwork: ...
 @overload
 def open_network(
     tun: str = ..., peer: str | None = ..., address: str | None = ..., peer6: str | None = ...,
     address6: str | None = ..., netns: str | None = ..., *, mtu: int = ..., routes: Iterable[str] | None = ...,
-    seed: int | None = ..., offload: bool = ..., queues: int, **conn_options: Any,
+    seed: int | None = ..., offload: bool = ..., queues: int, resolver: Resolver | None = ...,
+    hosts: Mapping[str, str | Iterable[str]] | None = ..., **conn_options: Any,
 ) -> UserNetwork | MultiQueueNetwork: ...
 def open_network(
     tun: str = "tl0",
@@ -376,6 +399,8 @@ def open_network(
     seed: int | None = None,
     offload: bool = True,
     queues: int = 1,
+    resolver: Resolver | None = None,
+    hosts: Mapping[str, str | Iterable[str]] | None = None,
     **conn_options: Any,
 ) -> UserNetwork | MultiQueueNetwork:
     """Create TUN device ``tun`` (in namespace ``netns`` if given) whose
@@ -398,6 +423,9 @@ def open_network(
     many queues and returns a ``MultiQueueNetwork`` instead: make it
     before forking the workers and give worker i ``for_queue(i)``.  With
     ``seed``, queue i's stack is seeded from (seed, i).
+
+    ``resolver`` and ``hosts`` resolve host names for ``connect`` and
+    ``resolve`` (see ``UserNetwork``; each queue's network gets them).
     """
     if not isinstance(queues, int) or isinstance(queues, bool) or not 1 <= queues <= MAX_QUEUES:
         raise ValueError(f"queues must be an int in 1..{MAX_QUEUES}, got {queues!r}")
@@ -429,7 +457,7 @@ def open_network(
         stack = Stack(user_side, rng=random.Random(seed if seed is not None else os.urandom(16)), mtu=mtu,
                       offload=offload, **options)
         device = TunDevice(tun, netns=netns, addresses=kernel_side, mtu=mtu, vnet_hdr=offload)
-        return UserNetwork(device, stack, routes)
+        return UserNetwork(device, stack, routes, resolver=resolver, hosts=hosts)
 
     def make_stack(index: int) -> Stack:
         # Fresh entropy per call, so workers forked from one parent never
@@ -448,7 +476,7 @@ def open_network(
         for device in devices:
             device.close()
         raise
-    return MultiQueueNetwork(devices, make_stack, user_side, routes)
+    return MultiQueueNetwork(devices, make_stack, user_side, routes, resolver=resolver, hosts=hosts)
 
 
 _default: UserNetwork | None = None
