@@ -272,6 +272,32 @@ def test_an_instrument_installed_mid_run_keeps_every_threads_context():
     assert steps.count >= 8  # a's and b's steps after the install were seen
 
 
+def test_cancellation_and_timeouts_reach_a_thread_inside_its_own_context():
+    def handler(ev):
+        request_id.set("handler")
+        try:
+            with threadlib.timeout(0.5):
+                yield from ev.wait()
+        except TimeoutError:
+            timed_out = request_id.get()
+        try:
+            yield from ev.wait()
+        finally:
+            finally_saw.append((timed_out, request_id.get()))
+
+    finally_saw = []
+
+    def main():
+        ev = threadlib.Event()
+        t = yield from threadlib.spawn(handler(ev))
+        yield from threadlib.sleep(1)
+        assert (yield from t.cancel()) is True
+        return request_id.get()
+
+    assert Scheduler(clock=VirtualClock()).run(main()) == "unset"
+    assert finally_saw == [("handler", "handler")]
+
+
 @pytest.mark.parametrize("flavour", ["generator", "async"])
 def test_many_threads_that_never_set_a_variable_all_read_the_callers_values(flavour):
     token = request_id.set("shared")

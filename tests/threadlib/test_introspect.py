@@ -396,9 +396,9 @@ def test_the_slow_step_detector_names_the_thread_that_blocked_and_where(caplog):
     assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
     message = warnings[0].getMessage()
     assert "thread slowpoke" in message and "fine" not in message
-    # from where it resumed to where it waited next: the blocking call is between
-    start = _line_of(blocks_the_scheduler, "sleep(0)")
-    assert f"from {HERE}:{start} in blocks_the_scheduler to {HERE}:{start + 2} in blocks_the_scheduler" in message
+    # where the step stopped: the next wait after the blocking call
+    stop = _line_of(blocks_the_scheduler, "time.sleep(0.2)") + 1
+    assert f"stopping at {HERE}:{stop} in blocks_the_scheduler" in message
     assert detector.slow_steps == 1 and isinstance(detector, SlowStepDetector)
 
 

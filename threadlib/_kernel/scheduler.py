@@ -159,6 +159,7 @@ class Scheduler:
         # _run_ready, which never looks for them.
         self._instruments: list[Any] = []
         self._hooks: dict[str, HookList] = hook_lists([])
+        self._spawn_hooks: HookList = self._hooks["thread_spawned"]
         self._run_pass: Callable[[], bool] = self._run_ready
         self.workers: list[Worker] = []
         workers = default_workers() if workers is None else list(workers)
@@ -279,7 +280,7 @@ class Scheduler:
         head._prev = t
         self._live += 1
         self._ready.append(t)
-        if self._instruments:
+        if self._spawn_hooks:
             self._report("thread_spawned", t)
         return t
 
@@ -414,7 +415,10 @@ class Scheduler:
         raise ValueError(f"{instrument!r} is not installed")
 
     def _use_instruments(self) -> None:
-        self._hooks = hook_lists(self._instruments)
+        # In place: a pass in progress holds these lists, and takes the
+        # change from the next hook call on.
+        for name, hooks in hook_lists(self._instruments).items():
+            self._hooks[name][:] = hooks
         self._run_pass = self._run_ready_instrumented if self._instruments else self._run_ready
         twin = self._twin
         if twin is not None:
@@ -476,9 +480,13 @@ class Scheduler:
             try:
                 method(*args)
             except Exception:
-                log.exception("instrument %r failed in %s and was removed", instrument, hook)
-                if any(i is instrument for i in self._instruments):
-                    self.remove_instrument(instrument)
+                self._instrument_failed(instrument, hook)
+
+    def _instrument_failed(self, instrument: Any, hook: str) -> None:
+        # Called from an except block: log.exception has the traceback.
+        log.exception("instrument %r failed in %s and was removed", instrument, hook)
+        if any(i is instrument for i in self._instruments):
+            self.remove_instrument(instrument)
 
     # -- the run loop ---------------------------------------------------------
     def run(self, main: Any, *args: Any) -> Any:
@@ -596,26 +604,34 @@ class Scheduler:
         loop that runs instead of it while any instrument is installed."""
         ready = self._ready
         hooks = self._hooks
-        before, after, syscall = hooks["before_step"], hooks["after_step"], hooks["system_call"]
+        before, after, calls = hooks["before_step"], hooks["after_step"], hooks["system_call"]
         base = self._base
         twin = self._twin
+        # The hooks are called in place, not through _report: the slow-step
+        # detector runs in production, and a Python call per hook counts.
         while ready:
             t = ready.popleft()
             self.current = t
-            if before:
-                self._report("before_step", t)
+            for owner, hook in before:
+                try:
+                    hook(t)
+                except Exception:
+                    self._instrument_failed(owner, "before_step")
+            exc, t._exc = t._exc, None
             try:
-                sc = _step(t)
+                sc = t._coro.send(t._value) if exc is None else t._coro.throw(exc)
             except BaseException as e:
-                if after:
-                    self._report("after_step", t)
+                self._report("after_step", t)
                 self._ended(t, e)
                 if base != twin:
                     return self._rebase(None, None)
                 continue
-            if after:
-                self._report("after_step", t)
-            if syscall:
+            for owner, hook in after:
+                try:
+                    hook(t)
+                except Exception:
+                    self._instrument_failed(owner, "after_step")
+            if calls:
                 self._report("system_call", t, sc)
             if base != twin:
                 return self._rebase(t, sc)
@@ -657,17 +673,16 @@ class Scheduler:
 
     def _dispatch(self, t: Thread, sc: Any) -> None:
         # The generic path of _run_ready's dispatch, for the rare passes
-        # that leave the fast loop and for the instrumented loop.
-        handler = self._handlers.get(type(sc))
-        if handler is None:
-            self._unknown_call(t, sc)
-            return
+        # that leave the fast loop and for the instrumented loop (YIELD
+        # included: _sys_yield serves it).
+        handler = self._handlers.get(type(sc), self._unknown_call)
         try:
             handler(t, sc)
-        except _PendingInterrupt as e:
-            self._interrupted_wait(t, sc, e.exc)
         except BaseException as e:
-            self._worker_failed(t, sc, e)
+            if isinstance(e, _PendingInterrupt):
+                self._interrupted_wait(t, sc, e.exc)
+            else:
+                self._worker_failed(t, sc, e)
 
     def _unknown_call(self, t: Thread, sc: Any) -> None:
         t._value = None
@@ -870,15 +885,6 @@ class Scheduler:
             queue._withdrawn()
             self.resume(target, sc.value)
         self.resume(t)
-
-
-def _step(t: Thread) -> Any:
-    """Run ``t`` until its next system call (returned) or its end (raised)."""
-    exc = t._exc
-    if exc is None:
-        return t._coro.send(t._value)
-    t._exc = None
-    return t._coro.throw(exc)
 
 
 class _PendingInterrupt(BaseException):
