@@ -159,7 +159,7 @@ class Scheduler:
         # _run_ready, which never looks for them.
         self._instruments: list[Any] = []
         self._hooks: dict[str, HookList] = hook_lists([])
-        self._spawn_hooks: HookList = self._hooks["thread_spawned"]
+        self._spawn_hooks: HookList | None = None  # the thread_spawned hooks, if any
         self._run_pass: Callable[[], bool] = self._run_ready
         self.workers: list[Worker] = []
         workers = default_workers() if workers is None else list(workers)
@@ -257,8 +257,8 @@ class Scheduler:
         (``self.current``), or, from outside any thread, of the caller's
         current context (while ``run`` runs: of the context ``run`` was
         called in)."""
-        native = type(coro) in COROUTINE_TYPES
-        if not native and not (hasattr(coro, "send") and hasattr(coro, "throw")):
+        foreign = type(coro) not in COROUTINE_TYPES
+        if foreign and not (hasattr(coro, "send") and hasattr(coro, "throw")):
             raise TypeError(
                 f"a thread needs a generator or coroutine object, got {coro!r}"
                 + (" (a function: call it first, or use spawn(func, *args))" if callable(coro) else "")
@@ -266,11 +266,16 @@ class Scheduler:
         t = Thread(coro, name)
         parent = self.current
         if parent is not None:
-            if type(parent._coro) is InContext:
-                t._coro = InContext(coro, parent._coro.context.copy())
+            pcoro = parent._coro
+            if type(pcoro) not in COROUTINE_TYPES:
+                # An InContext, or a thread object keeping its own context
+                # (a green thread's ``context``): the child copies it.
+                ctx = getattr(pcoro, "context", None)
+                if ctx is not None:
+                    t._coro = InContext(coro, ctx.copy())
         elif self._origin is None:
             t._coro = InContext(coro, contextvars.copy_context())
-        if not native:
+        if foreign:
             self._adopt_context(t)
         head = self._head
         last = head._prev
@@ -280,23 +285,26 @@ class Scheduler:
         head._prev = t
         self._live += 1
         self._ready.append(t)
-        if self._spawn_hooks:
+        if self._spawn_hooks is not None:
             self._report("thread_spawned", t)
         return t
 
     def _adopt_context(self, t: Thread) -> None:
-        # A thread object that keeps a context of its own (a greenlet does)
-        # gets one at once, and is told which: the thread's steps and its
-        # own switches must agree on the object.
+        # A thread object that switches contexts itself (a greenlet does:
+        # its gr_context) is given its own context at once, and runs
+        # unwrapped: its steps need no Context.run.
         coro = t._coro
         inner = coro.coro if type(coro) is InContext else coro
         adopt = getattr(inner, "adopt_context", None)
         if adopt is None:
-            return
-        if type(coro) is not InContext:
+            return  # any other object with send/throw is run like a generator
+        if type(coro) is InContext:
+            ctx = coro.context
+        else:
             origin = self._origin
-            coro = t._coro = InContext(inner, origin.copy() if origin is not None else contextvars.copy_context())
-        adopt(coro.context)
+            ctx = origin.copy() if origin is not None else contextvars.copy_context()
+        t._coro = inner
+        adopt(ctx)
 
     def threads(self) -> list[Thread]:
         """Every live thread, oldest first (for debugging)."""
@@ -420,6 +428,7 @@ class Scheduler:
         for name, hooks in hook_lists(self._instruments).items():
             self._hooks[name][:] = hooks
         self._run_pass = self._run_ready_instrumented if self._instruments else self._run_ready
+        self._spawn_hooks = self._hooks["thread_spawned"] or None
         twin = self._twin
         if twin is not None:
             # A pass in progress ends at its next step (its base no longer
@@ -662,7 +671,7 @@ class Scheduler:
         origin = self._origin
         assert origin is not None and self._base is not None  # only while run() runs
         written = self._base
-        if t is not None and written != origin and type(t._coro) is not InContext:
+        if t is not None and type(t._coro) in COROUTINE_TYPES and written != origin:
             t._coro = InContext(t._coro, written)
         self._base = origin.copy()
         self._twin = origin.copy()
@@ -673,9 +682,18 @@ class Scheduler:
 
     def _dispatch(self, t: Thread, sc: Any) -> None:
         # The generic path of _run_ready's dispatch, for the rare passes
-        # that leave the fast loop and for the instrumented loop (YIELD
-        # included: _sys_yield serves it).
-        handler = self._handlers.get(type(sc), self._unknown_call)
+        # that leave the fast loop and for the instrumented loop.
+        if sc is YIELD:  # served here, as in _run_ready: the commonest call
+            t._value = None
+            pending = self._pending
+            if pending and t in pending:
+                t._exc = pending.pop(t)
+            self._ready.append(t)
+            return
+        handler = self._handlers.get(type(sc))
+        if handler is None:
+            self._unknown_call(t, sc)
+            return
         try:
             handler(t, sc)
         except BaseException as e:

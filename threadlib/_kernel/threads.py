@@ -197,12 +197,6 @@ class InContext:
         return self.context.run(self.coro.throw, exc)
 
 
-def own_context(thread: Thread) -> contextvars.Context | None:
-    """The thread's own context, or None if it shares the scheduler's base."""
-    coro = thread._coro
-    return coro.context if type(coro) is InContext else None
-
-
 _thread_ids = itertools.count(1)
 COROUTINE_TYPES = (types.GeneratorType, types.CoroutineType)
 

@@ -11,9 +11,9 @@ freely in one process and share every sync object and socket.
 A greenlet switches ``contextvars`` contexts itself (each has its own
 ``gr_context``), so a green thread tells the scheduler so
 (``adopt_context``): the scheduler gives it its own context, copied from
-its spawner's, and the greenlet runs in that very object. For dumps it
-shows its frames (``frames``), those of the greenlet and of the threadlib
-call it is blocked in.
+its spawner's, as the greenlet's context, and the threads it spawns copy
+``context``. For dumps it shows its frames (``frames``), those of the
+greenlet and of the threadlib call it is blocked in.
 
 Nothing here monkey-patches the standard library.
 """
@@ -76,6 +76,13 @@ class GreenThread:
         """Run the greenlet in ``context`` (called by the scheduler at
         spawn, with the thread's own copy of its spawner's context)."""
         self._glet.gr_context = context
+
+    @property
+    def context(self) -> contextvars.Context | None:
+        """The context the green code is in (what a thread it spawns
+        copies): its greenlet's ``gr_context``."""
+        ctx: contextvars.Context | None = self._glet.gr_context
+        return ctx
 
     def frames(self) -> list[types.FrameType]:
         """The greenlet's frames, outermost first, continued by those of
