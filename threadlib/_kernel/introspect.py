@@ -185,12 +185,13 @@ _short.maxlong = 30
 _MAX_IDS = 10  # threads listed by id per group; the rest are counted
 
 
-def _describe_wait(thread: Thread, running: Thread | None, frames: list[types.FrameType]) -> str:
+def _describe_wait(thread: Thread, running: Thread | None, frames: list[types.FrameType]) -> tuple[str, str]:
+    """(what the thread does, the fields of its system call)."""
     if thread is running:
-        return "running"
+        return "running", ""
     wait = thread.waiting_on
     if wait is None:
-        return "ready"
+        return "ready", ""
     fields = []
     for name in _slot_names(type(wait)):
         value = getattr(wait, name, None)
@@ -198,7 +199,7 @@ def _describe_wait(thread: Thread, running: Thread | None, frames: list[types.Fr
         # or Queue the thread waits on), found among the innermost locals.
         shown = _owner_of(value, frames) if type(value) is WaitQueue else None
         fields.append(f"{name}={shown or _short.repr(value)}")
-    return f"waiting in {type(wait).__name__}({', '.join(fields)})"
+    return f"waiting in {type(wait).__name__}", ", ".join(fields)
 
 
 _OWNER_FRAMES = 6  # how far out from the innermost frame to look for a queue's owner
@@ -237,13 +238,17 @@ def format_dump(sched: Scheduler) -> str:
     """The text of ``Scheduler.dump``: every live thread, grouped by what it
     waits on and its stack (file, line, function), largest group first."""
     running = sched.current
-    groups: dict[tuple[str, tuple[tuple[str, int, str], ...]], list[Thread]] = {}
+    # (what they do, stack) -> [(thread, the fields of its system call)]:
+    # threads that differ only in the fields (each connection's fd) are
+    # one group, as in Go, which lists every thread's own fields.
+    groups: dict[tuple[str, tuple[tuple[str, int, str], ...]], list[tuple[Thread, str]]] = {}
     threads = sched.threads()
     for t in threads:
         frames = thread_frames(t._coro)
         stack = tuple((f.f_code.co_filename, f.f_lineno or 0, f.f_code.co_qualname) for f in frames)
-        groups.setdefault((_describe_wait(t, running, frames), stack), []).append(t)
-    ordered = sorted(groups.items(), key=lambda item: (-len(item[1]), item[1][0].id))
+        state, fields = _describe_wait(t, running, frames)
+        groups.setdefault((state, stack), []).append((t, fields))
+    ordered = sorted(groups.items(), key=lambda item: (-len(item[1]), item[1][0][0].id))
     lines = [
         f"threadlib thread dump: {len(threads)} live thread{'s' if len(threads) != 1 else ''} "
         f"in {len(groups)} group{'s' if len(groups) != 1 else ''} "
@@ -251,8 +256,11 @@ def format_dump(sched: Scheduler) -> str:
     ]
     for (state, stack), members in ordered:
         lines.append("")
-        lines.append(f"{len(members)} thread{'s' if len(members) != 1 else ''} {state}:")
-        shown = ", ".join(_describe_thread(t) for t in members[:_MAX_IDS])
+        distinct = {fields for _, fields in members}
+        same = len(distinct) == 1
+        header = f"{state}({distinct.pop()})" if same and state.startswith("waiting") else state
+        lines.append(f"{len(members)} thread{'s' if len(members) != 1 else ''} {header}:")
+        shown = ", ".join(_describe_thread(t) + ("" if same else f" ({fields})") for t, fields in members[:_MAX_IDS])
         more = f", and {len(members) - _MAX_IDS} more" if len(members) > _MAX_IDS else ""
         lines.append(f"  threads: {shown}{more}")
         if not stack:

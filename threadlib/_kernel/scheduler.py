@@ -266,13 +266,8 @@ class Scheduler:
         t = Thread(coro, name)
         parent = self.current
         if parent is not None:
-            pcoro = parent._coro
-            if type(pcoro) not in COROUTINE_TYPES:
-                # An InContext, or a thread object keeping its own context
-                # (a green thread's ``context``): the child copies it.
-                ctx = getattr(pcoro, "context", None)
-                if ctx is not None:
-                    t._coro = InContext(coro, ctx.copy())
+            if type(parent._coro) is InContext:
+                t._coro = InContext(coro, parent._coro.current_context().copy())
         elif self._origin is None:
             t._coro = InContext(coro, contextvars.copy_context())
         if foreign:
@@ -291,20 +286,16 @@ class Scheduler:
 
     def _adopt_context(self, t: Thread) -> None:
         # A thread object that switches contexts itself (a greenlet does:
-        # its gr_context) is given its own context at once, and runs
-        # unwrapped: its steps need no Context.run.
+        # its gr_context) gets its own context at once, and is told which.
         coro = t._coro
-        inner = coro.coro if type(coro) is InContext else coro
-        adopt = getattr(inner, "adopt_context", None)
-        if adopt is None:
-            return  # any other object with send/throw is run like a generator
         if type(coro) is InContext:
-            ctx = coro.context
-        else:
+            coro = coro.coro
+        if getattr(coro, "adopt_context", None) is None:
+            return  # any other object with send/throw is run like a generator
+        if type(t._coro) is not InContext:
             origin = self._origin
-            ctx = origin.copy() if origin is not None else contextvars.copy_context()
-        t._coro = inner
-        adopt(ctx)
+            t._coro = InContext(coro, origin.copy() if origin is not None else contextvars.copy_context())
+        coro.adopt_context(t._coro.context)
 
     def threads(self) -> list[Thread]:
         """Every live thread, oldest first (for debugging)."""

@@ -177,7 +177,9 @@ class InContext:
     Only threads that need their own context (one that wrote a context
     variable, a child of such a thread, a green thread) are wrapped, so the
     run loop never asks which kind a thread is: ``send`` is a C-level
-    partial, no Python frame per step.
+    partial, no Python frame per step. A thread object that switches
+    contexts itself (it has ``adopt_context``: a green thread, whose
+    greenlet runs in ``context``) is called directly.
     """
 
     __slots__ = ("send", "coro", "context")
@@ -185,7 +187,9 @@ class InContext:
     def __init__(self, coro: Any, context: contextvars.Context) -> None:
         self.coro = coro
         self.context = context
-        if type(coro) in COROUTINE_TYPES:
+        if hasattr(coro, "adopt_context"):
+            self.send = coro.send
+        elif type(coro) in COROUTINE_TYPES:
             # Context.run(context, Type.send, coro, value): unbound, so that
             # no bound-method objects are kept per thread (110 bytes less).
             self.send = functools.partial(contextvars.Context.run, context, type(coro).send, coro)
@@ -195,6 +199,12 @@ class InContext:
     def throw(self, exc: BaseException) -> Any:
         """``coro.throw(exc)`` inside the context."""
         return self.context.run(self.coro.throw, exc)
+
+    def current_context(self) -> contextvars.Context:
+        """The context the thread's code is in now (what a thread it spawns
+        copies): ``context``, or for a green thread its greenlet's."""
+        own = getattr(self.coro, "context", None)
+        return own if own is not None else self.context
 
 
 _thread_ids = itertools.count(1)
