@@ -18,8 +18,9 @@ for the warning, and never decides when anything runs.
 from __future__ import annotations
 
 import linecache
-import math
 import logging
+import math
+import os
 import reprlib
 import types
 from time import perf_counter
@@ -134,7 +135,7 @@ class SlowStepDetector(Instrument):
         return f"<SlowStepDetector threshold={self.threshold} slow_steps={self.slow_steps}>"
 
 
-_THREADLIB_DIR = __file__.rsplit("/", 2)[0] + "/"
+_THREADLIB_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
 def _where(coro: Any) -> str:

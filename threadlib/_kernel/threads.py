@@ -179,7 +179,7 @@ class InContext:
     run loop never asks which kind a thread is: ``send`` is a C-level
     partial, no Python frame per step. A thread object that switches
     contexts itself (it has ``adopt_context``: a green thread, whose
-    greenlet runs in ``context``) is called directly.
+    greenlet runs in ``context``) has its own ``send`` called directly.
     """
 
     __slots__ = ("send", "coro", "context")

@@ -12,9 +12,10 @@ A greenlet switches ``contextvars`` contexts itself (each has its own
 ``gr_context``), so a green thread tells the scheduler so
 (``adopt_context``): the scheduler gives it its own context, copied from
 its spawner's, as the greenlet's context, and the threads it spawns copy
-the one the green code is in (``context``: a green thread may be inside
-a ``copy_context().run`` of its own when it spawns). For dumps it shows its frames (``frames``), those of the
-greenlet and of the threadlib call it is blocked in.
+the one the green code is in (``context``: it may be inside a
+``copy_context().run`` of its own when it spawns). For dumps it shows its
+frames (``frames``): the greenlet's, then those of the threadlib call it
+is blocked in.
 
 Nothing here monkey-patches the standard library.
 """
