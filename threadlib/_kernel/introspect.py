@@ -186,8 +186,11 @@ _short.maxlong = 30
 _MAX_IDS = 10  # threads listed by id per group; the rest are counted
 
 
-def _describe_wait(thread: Thread, running: Thread | None, frames: list[types.FrameType]) -> tuple[str, str]:
-    """(what the thread does, the fields of its system call)."""
+def _describe_wait(thread: Thread, running: Thread | None, frames: list[types.FrameType],
+                   owners: dict[int, str | None]) -> tuple[str, str]:
+    """(what the thread does, the fields of its system call). ``owners``
+    caches the owner found per WaitQueue (by id): reading a frame's locals
+    makes CPython keep a dict on it, so it is done once per queue."""
     if thread is running:
         return "running", ""
     wait = thread.waiting_on
@@ -198,7 +201,12 @@ def _describe_wait(thread: Thread, running: Thread | None, frames: list[types.Fr
         value = getattr(wait, name, None)
         # A Park names a bare WaitQueue: say whose it is (the Event, Mutex
         # or Queue the thread waits on), found among the innermost locals.
-        shown = _owner_of(value, frames) if type(value) is WaitQueue else None
+        shown = None
+        if type(value) is WaitQueue:
+            key = id(value)
+            if key not in owners:
+                owners[key] = _owner_of(value, frames)
+            shown = owners[key]
         fields.append(f"{name}={shown or _short.repr(value)}")
     return f"waiting in {type(wait).__name__}", ", ".join(fields)
 
@@ -244,10 +252,11 @@ def format_dump(sched: Scheduler) -> str:
     # one group, as in Go, which lists every thread's own fields.
     groups: dict[tuple[str, tuple[tuple[str, int, str], ...]], list[tuple[Thread, str]]] = {}
     threads = sched.threads()
+    owners: dict[int, str | None] = {}
     for t in threads:
         frames = thread_frames(t._coro)
         stack = tuple((f.f_code.co_filename, f.f_lineno or 0, f.f_code.co_qualname) for f in frames)
-        state, fields = _describe_wait(t, running, frames)
+        state, fields = _describe_wait(t, running, frames, owners)
         groups.setdefault((state, stack), []).append((t, fields))
     ordered = sorted(groups.items(), key=lambda item: (-len(item[1]), item[1][0][0].id))
     lines = [
