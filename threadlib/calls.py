@@ -10,6 +10,7 @@ calls such as ``now()``) reads the scheduler running in this OS thread.
 
 from __future__ import annotations
 
+import contextvars
 import types
 from typing import Any, Callable, Iterable, Literal
 
@@ -66,11 +67,13 @@ def current() -> Waits[Thread]:
 @types.coroutine
 def blocking(func: Callable[..., Any], *args: Any) -> Waits[Any]:
     """Run ``func(*args)`` on the blocking pool (an OS thread) and return
-    its result; other threads keep running meanwhile.
+    its result; other threads keep running meanwhile. ``func`` runs in a
+    copy of the calling thread's context variables (what it sets there
+    stays there).
 
     A timeout or cancellation ends the wait, not the call: ``func`` runs to
     its end on the OS thread and its result is dropped."""
-    return (yield Blocking(func, args))
+    return (yield Blocking(func, args, contextvars.copy_context()))
 
 
 @types.coroutine
@@ -172,7 +175,12 @@ def timeout_at(deadline: float) -> timeout:
     return timeout(deadline - now())
 
 
-def run(main: Any, *args: Any, scheduler: Scheduler | None = None) -> Any:
+def run(main: Any, *args: Any, scheduler: Scheduler | None = None, dump_on: int | None = None) -> Any:
     """Run ``main`` on a new default scheduler (or ``scheduler``) until it
-    ends; return its result or raise its exception."""
-    return (scheduler or Scheduler()).run(main, *args)
+    ends; return its result or raise its exception. With ``dump_on`` (a
+    signal number such as ``signal.SIGUSR1``), that signal writes a thread
+    dump to stderr (``Scheduler.enable_dump_signal``)."""
+    sched = scheduler or Scheduler()
+    if dump_on is not None:
+        sched.enable_dump_signal(dump_on)
+    return sched.run(main, *args)

@@ -10,11 +10,13 @@ Everything here is documented in ``docs/design.md`` (the tour) and
 from ._kernel import (
     BlockingPool,
     EpollPoller,
+    Instrument,
     IOWorker,
     MonotonicClock,
     ParkOnce,
     Poller,
     Scheduler,
+    SlowStepDetector,
     Thread,
     TimerWorker,
     VirtualClock,
@@ -34,4 +36,5 @@ __all__ = [
     "Thread", "WaitQueue", "ParkOnce", "MonotonicClock", "VirtualClock",
     "SystemCall", "Yield", "Sleep", "WaitRead", "WaitWrite", "Spawn", "Join", "JoinAny", "Cancel",
     "Park", "Unpark", "Blocking", "GetCurrent", "GetScheduler",
+    "Instrument", "SlowStepDetector",
 ]

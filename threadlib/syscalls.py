@@ -14,6 +14,7 @@ user code, plus a worker that registers a handler for it.
 
 from __future__ import annotations
 
+import contextvars
 from typing import Any, Callable, Generator, TypeAlias, TypeVar
 
 _T = TypeVar("_T")
@@ -148,13 +149,17 @@ class Blocking(SystemCall):
 
     The original runtime's SYS_BLIO: for calls that cannot be made
     non-blocking (getaddrinfo, a stat on a slow disk, a C library call).
+    With a ``context``, ``func`` runs in it (``context.run(func, *args)``):
+    ``threadlib.blocking`` passes a copy of the caller's context.
     """
 
-    __slots__ = ("func", "args")
+    __slots__ = ("func", "args", "context")
 
-    def __init__(self, func: Callable[..., Any], args: tuple[Any, ...] = ()) -> None:
+    def __init__(self, func: Callable[..., Any], args: tuple[Any, ...] = (),
+                 context: contextvars.Context | None = None) -> None:
         self.func = func
         self.args = args
+        self.context = context
 
 
 class GetCurrent(SystemCall):

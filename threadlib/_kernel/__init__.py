@@ -14,12 +14,14 @@ One job per module:
 ``timers``         TimerWorker: Sleep, timeouts, call_at
 ``fdio``           IOWorker: WaitRead/WaitWrite on fds
 ``blocking``       BlockingPool: Blocking calls on OS threads
+``introspect``     thread dumps, instruments, the slow-step detector
 =================  =========================================================
 """
 
 from .blocking import BlockingPool
 from .clocks import MonotonicClock, VirtualClock
 from .fdio import IOWorker
+from .introspect import Instrument, SlowStepDetector
 from .pollers import EpollPoller
 from .scheduler import Scheduler, current_scheduler, default_workers, running_scheduler
 from .threads import COROUTINE_TYPES, Thread, ThreadCancelled
@@ -31,4 +33,5 @@ __all__ = [
     "BlockingPool", "MonotonicClock", "VirtualClock", "IOWorker", "EpollPoller", "Scheduler",
     "current_scheduler", "default_workers", "running_scheduler", "COROUTINE_TYPES", "Thread",
     "ThreadCancelled", "TimerWorker", "DONE", "ParkOnce", "WaitQueue", "Poller", "Worker", "WorkerError",
+    "Instrument", "SlowStepDetector",
 ]

@@ -80,7 +80,8 @@ class BlockingPool(Worker):
             self._idle -= 1  # racy by design: only a hint for spawning more OS threads
             thread, sc = job
             try:
-                outcome = (True, sc.func(*sc.args))
+                ctx = sc.context
+                outcome = (True, sc.func(*sc.args) if ctx is None else ctx.run(sc.func, *sc.args))
             except BaseException as exc:  # handed to the caller, not swallowed
                 outcome = (False, exc)
             done.append((thread, sc, outcome))

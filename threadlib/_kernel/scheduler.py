@@ -26,14 +26,26 @@ The scheduler idles in its poller (an epoll instance, made when the first
 fd is watched, or one a worker provides) or, with no fds at all, on its
 clock. It never does IO itself and never blocks anywhere else; it reads
 time only through ``self.clock``.
+
+Context variables: every thread sees its own ``contextvars.Context``,
+copied from its spawner's, without paying for one until it writes. Threads
+that never set a variable all run, uncopied, in one *base* context (a copy
+of the context ``run`` was called in) that ``run`` enters once; after each
+step an O(1) comparison with an untouched twin of the base tells whether
+the step wrote to it, and if so the written base becomes that thread's own
+context and the others move to a fresh copy (``_rebase``). A thread with a
+context of its own has its coroutine wrapped in an ``InContext``, whose
+``send`` runs in that context: the loop itself never asks.
 """
 
 from __future__ import annotations
 
 import collections
+import contextvars
 import logging
+import sys
 import threading
-from typing import Any, Callable, Iterable, TypeVar
+from typing import IO, Any, Callable, Iterable, TypeVar
 
 from ..syscalls import (
     YIELD,
@@ -51,14 +63,20 @@ from ..syscalls import (
 from .blocking import BlockingPool
 from .clocks import Clock, MonotonicClock
 from .fdio import IOWorker
+from .introspect import HookList, SlowStepDetector, format_dump, hook_lists
 from .pollers import EpollPoller
-from .threads import COROUTINE_TYPES, Thread, ThreadCancelled, _Unretrieved, mark_retrieved
+from .threads import COROUTINE_TYPES, InContext, Thread, ThreadCancelled, _Unretrieved, mark_retrieved
 from .timers import TimerWorker
 from .worker import Handler, Poller, Worker, WorkerError
 
 log = logging.getLogger("threadlib")
 
 _local = threading.local()
+
+# Set in the untouched twin of the base context by add_instrument and
+# remove_instrument, so that the running pass ends at its next step and
+# the next pass runs the right loop.
+_END_PASS: contextvars.ContextVar[bool] = contextvars.ContextVar("threadlib_end_pass", default=False)
 
 _W = TypeVar("_W")
 
@@ -131,6 +149,18 @@ class Scheduler:
             Join: ignore,
             JoinAny: ignore,
         }
+        # While run() runs: the context it was called in (never entered nor
+        # written), the shared base the context-less threads run in, and an
+        # untouched twin of the base that a written base no longer equals.
+        self._origin: contextvars.Context | None = None
+        self._base: contextvars.Context | None = None
+        self._twin: contextvars.Context | None = None
+        # Instruments (introspect.Instrument): with none, passes run
+        # _run_ready, which never looks for them.
+        self._instruments: list[Any] = []
+        self._hooks: dict[str, HookList] = hook_lists([])
+        self._spawn_hooks: HookList | None = None  # the thread_spawned hooks, if any
+        self._run_pass: Callable[[], bool] = self._run_ready
         self.workers: list[Worker] = []
         workers = default_workers() if workers is None else list(workers)
         timers = next((w for w in workers if isinstance(w, TimerWorker)), None)
@@ -221,13 +251,27 @@ class Scheduler:
 
     # -- the thread life cycle ----------------------------------------------
     def spawn(self, coro: Any, name: str | None = None) -> Thread:
-        """Create a thread (from outside any thread, or from a handler)."""
-        if type(coro) not in COROUTINE_TYPES and not (hasattr(coro, "send") and hasattr(coro, "throw")):
+        """Create a thread (from outside any thread, or from a handler).
+
+        Its context variables start as a copy of the spawning thread's
+        (``self.current``), or, from outside any thread, of the caller's
+        current context (while ``run`` runs: of the context ``run`` was
+        called in)."""
+        foreign = type(coro) not in COROUTINE_TYPES
+        if foreign and not (hasattr(coro, "send") and hasattr(coro, "throw")):
             raise TypeError(
                 f"a thread needs a generator or coroutine object, got {coro!r}"
                 + (" (a function: call it first, or use spawn(func, *args))" if callable(coro) else "")
             )
         t = Thread(coro, name)
+        parent = self.current
+        if parent is not None:
+            if type(parent._coro) is InContext:
+                t._coro = InContext(coro, parent._coro.current_context().copy())
+        elif self._origin is None:
+            t._coro = InContext(coro, contextvars.copy_context())
+        if foreign:
+            self._adopt_context(t)
         head = self._head
         last = head._prev
         t._prev = last
@@ -236,7 +280,22 @@ class Scheduler:
         head._prev = t
         self._live += 1
         self._ready.append(t)
+        if self._spawn_hooks is not None:
+            self._report("thread_spawned", t)
         return t
+
+    def _adopt_context(self, t: Thread) -> None:
+        # A thread object that switches contexts itself (a greenlet does:
+        # its gr_context) gets its own context at once, and is told which.
+        coro = t._coro
+        if type(coro) is InContext:
+            coro = coro.coro
+        if getattr(coro, "adopt_context", None) is None:
+            return  # any other object with send/throw is run like a generator
+        if type(t._coro) is not InContext:
+            origin = self._origin
+            t._coro = InContext(coro, origin.copy() if origin is not None else contextvars.copy_context())
+        coro.adopt_context(t._coro.context)
 
     def threads(self) -> list[Thread]:
         """Every live thread, oldest first (for debugging)."""
@@ -332,6 +391,103 @@ class Scheduler:
         elif exc is not None and not isinstance(exc, ThreadCancelled):
             t._wait = _Unretrieved(name, exc)
 
+    # -- seeing what the threads do ------------------------------------------
+    def add_instrument(self, instrument: Any) -> None:
+        """Call ``instrument``'s hook methods (see ``Instrument``: any of
+        ``thread_spawned``, ``before_step``, ``after_step``, ``system_call``,
+        ``thread_finished``) from now on. Installed from inside a thread, it
+        sees the steps from the next one on. While no instrument is
+        installed the run loop never looks for hooks."""
+        if any(i is instrument for i in self._instruments):
+            raise ValueError(f"{instrument!r} is already installed")
+        self._instruments.append(instrument)
+        self._use_instruments()
+
+    def remove_instrument(self, instrument: Any) -> None:
+        """Stop calling ``instrument``'s hooks (``ValueError`` if it is not
+        installed)."""
+        for i, installed in enumerate(self._instruments):
+            if installed is instrument:
+                del self._instruments[i]
+                self._use_instruments()
+                return
+        raise ValueError(f"{instrument!r} is not installed")
+
+    def _use_instruments(self) -> None:
+        # In place: a pass in progress holds these lists, and takes the
+        # change from the next hook call on.
+        for name, hooks in hook_lists(self._instruments).items():
+            self._hooks[name][:] = hooks
+        self._run_pass = self._run_ready_instrumented if self._instruments else self._run_ready
+        self._spawn_hooks = self._hooks["thread_spawned"] or None
+        twin = self._twin
+        if twin is not None:
+            # A pass in progress ends at its next step (its base no longer
+            # equals the twin), so the change does not wait for the ready
+            # queue to drain, which busy threads may never let happen.
+            twin.run(_END_PASS.set, True)
+
+    def warn_slow_steps(self, threshold: float = 0.1, logger: logging.Logger | None = None) -> SlowStepDetector:
+        """Install a ``SlowStepDetector``: log a WARNING (on ``logger``, by
+        default the "threadlib" logger) naming the thread and where it
+        was, whenever one step ran longer than ``threshold`` seconds.
+        Returns it; ``remove_instrument`` takes it away."""
+        detector = SlowStepDetector(threshold, logger)
+        self.add_instrument(detector)
+        return detector
+
+    def dump(self, file: IO[str] | None = None) -> str:
+        """A thread dump: every live thread grouped by what it waits on
+        (the system call and its fields) and its stack, with the count,
+        ids, names and parents of the threads in each group. Returns the
+        text; also writes it to ``file`` when one is given."""
+        text = format_dump(self)
+        if file is not None:
+            file.write(text)
+            file.flush()
+        return text
+
+    def enable_dump_signal(self, signum: int, file: IO[str] | None = None) -> None:
+        """Write a thread dump to ``file`` (default: ``sys.stderr`` at the
+        time) each time the process receives ``signum`` (e.g.
+        ``signal.SIGUSR1``), without stopping anything else. The signal is
+        caught from now until the scheduler ends; must be called in the
+        main OS thread. The dump is written by the scheduler between steps,
+        never in the signal handler.
+
+        It goes through the scheduler's ``SignalWorker`` (one is added if
+        missing), which owns the process's signal wake-up fd, so
+        ``wait_signal`` keeps working alongside."""
+        # The one import from a layer above the kernel: CPython has a single
+        # wake-up fd per process, and threadlib.process.signals owns it.
+        from ..process.signals import SignalWorker
+
+        worker = self.worker(SignalWorker)
+        if worker is None:
+            worker = SignalWorker()
+            self.add_worker(worker)
+
+        def write_dump(signum: int) -> None:
+            try:
+                self.dump(file if file is not None else sys.stderr)
+            except Exception:  # a closed stderr must not stop the server
+                log.exception("writing the thread dump asked for by signal %d failed", signum)
+
+        worker.on_signal(signum, write_dump)
+
+    def _report(self, hook: str, *args: Any) -> None:
+        for instrument, method in self._hooks[hook]:
+            try:
+                method(*args)
+            except Exception:
+                self._instrument_failed(instrument, hook)
+
+    def _instrument_failed(self, instrument: Any, hook: str) -> None:
+        # Called from an except block: log.exception has the traceback.
+        log.exception("instrument %r failed in %s and was removed", instrument, hook)
+        if any(i is instrument for i in self._instruments):
+            self.remove_instrument(instrument)
+
     # -- the run loop ---------------------------------------------------------
     def run(self, main: Any, *args: Any) -> Any:
         """Run ``main`` (a generator, coroutine, or function plus args) as a
@@ -342,10 +498,13 @@ class Scheduler:
         if getattr(_local, "scheduler", None) is not None:
             raise RuntimeError("a threadlib scheduler is already running in this OS thread")
         _local.scheduler = self
+        origin = self._origin = contextvars.copy_context()
+        self._base = origin.copy()
+        self._twin = origin.copy()
         try:
             main_thread = self.spawn(main, name="main")
             try:
-                self._loop(main_thread)
+                self._in_base(self._loop, main_thread)
             except (KeyboardInterrupt, SystemExit):
                 # Ctrl-C or exit() in some thread: the other threads' finally
                 # blocks still run and the workers still close before it
@@ -357,20 +516,39 @@ class Scheduler:
         finally:
             _local.scheduler = None
             self.current = None
+            self._origin = self._base = self._twin = None
 
-    def _loop(self, until: Thread) -> None:
+    def _in_base(self, loop: Callable[[Any], bool], arg: Any) -> None:
+        # Run loop(arg) in the base context. A loop returns True when a step
+        # wrote to the base (which now belongs to that thread): it goes on in
+        # the fresh base _rebase made.
+        while True:
+            base = self._base
+            assert base is not None  # set while run() runs
+            if not base.run(loop, arg):
+                return
+
+    def _loop(self, until: Thread) -> bool:
+        # add_instrument/remove_instrument end the pass (True), so the loop
+        # in use can be read once per entry.
+        run_pass = self._run_pass
+        poll = self._poll
         while until._coro is not None:
-            self._run_ready()
+            if run_pass():
+                return True
             if until._coro is None:
                 break
-            self._poll()
+            poll()
+        return False
 
-    def _run_ready(self) -> None:
+    def _run_ready(self) -> bool:
         ready = self._ready
         popleft = ready.popleft
         append = ready.append
         handlers = self._handlers
         pending = self._pending
+        base = self._base
+        twin = self._twin
         stop: BaseException | None = None
         while ready:
             t = popleft()
@@ -384,6 +562,8 @@ class Scheduler:
                     sc = t._coro.throw(exc)
             except StopIteration as e:
                 self._finish(t, e.value, None)
+                if base != twin:
+                    return self._rebase(None, None)
                 continue
             except (KeyboardInterrupt, SystemExit) as e:
                 self._finish(t, None, e)
@@ -392,7 +572,11 @@ class Scheduler:
                 break
             except BaseException as e:
                 self._finish(t, None, e)
+                if base != twin:
+                    return self._rebase(None, None)
                 continue
+            if base != twin:  # O(1) while they share one mapping: the step wrote nothing
+                return self._rebase(t, sc)
             if sc is YIELD:
                 t._value = None
                 if pending and t in pending:
@@ -402,30 +586,129 @@ class Scheduler:
             try:
                 handler = handlers[sc.__class__]
             except (KeyError, AttributeError, TypeError):
-                handler = None
-            if handler is None:
-                t._value = None
-                t._exc = TypeError(
-                    f"thread {t.name} yielded {sc!r} ({type(sc).__name__}), which is not a "
-                    f"system call this scheduler serves"
-                    + ("; did you write `yield` where `yield from` was meant?" if not isinstance(sc, SystemCall) else "")
-                )
-                append(t)
+                self._unknown_call(t, sc)
                 continue
             try:
                 handler(t, sc)
             except _PendingInterrupt as e:
-                # suspend() found a cancel or timeout waiting for this thread.
-                self._withdrawers[sc.__class__](t, sc)
-                t._wait = None
-                t._value = None
-                t._exc = e.exc
-                append(t)
+                self._interrupted_wait(t, sc, e.exc)
             except BaseException as e:
                 self._worker_failed(t, sc, e)
         self.current = None
         if stop:
             raise stop
+        return False
+
+    def _run_ready_instrumented(self) -> bool:
+        """_run_ready with the instruments' hooks around every step: the
+        loop that runs instead of it while any instrument is installed."""
+        ready = self._ready
+        hooks = self._hooks
+        before, after, calls = hooks["before_step"], hooks["after_step"], hooks["system_call"]
+        base = self._base
+        twin = self._twin
+        # The hooks are called in place, not through _report: the slow-step
+        # detector runs in production, and a Python call per hook counts.
+        while ready:
+            t = ready.popleft()
+            self.current = t
+            for owner, hook in before:
+                try:
+                    hook(t)
+                except Exception:
+                    self._instrument_failed(owner, "before_step")
+            exc, t._exc = t._exc, None
+            try:
+                sc = t._coro.send(t._value) if exc is None else t._coro.throw(exc)
+            except BaseException as e:
+                self._report("after_step", t)
+                self._ended(t, e)
+                if base != twin:
+                    return self._rebase(None, None)
+                continue
+            for owner, hook in after:
+                try:
+                    hook(t)
+                except Exception:
+                    self._instrument_failed(owner, "after_step")
+            if calls:
+                self._report("system_call", t, sc)
+            if base != twin:
+                return self._rebase(t, sc)
+            self._dispatch(t, sc)
+        self.current = None
+        return False
+
+    def _ended(self, t: Thread, e: BaseException) -> None:
+        # A step of t raised: it returned (StopIteration) or failed.
+        if isinstance(e, StopIteration):
+            value, exc = e.value, None
+        else:
+            value, exc = None, e
+        self._finish(t, value, exc)
+        if self._hooks["thread_finished"]:
+            self._report("thread_finished", t, value, exc)
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            mark_retrieved(t)  # run() raises it to its caller: nobody need log it
+            self.current = None
+            raise e
+
+    def _rebase(self, t: Thread | None, sc: Any) -> bool:
+        """A step wrote to the base context (or add_instrument asked the
+        pass to end): the written base becomes the context of ``t`` (if it
+        is a thread that wrote and is still alive), the other threads move
+        to a fresh copy of the origin, and ``sc`` is dispatched. Returns
+        True: the pass must end, so that the new base is entered."""
+        origin = self._origin
+        assert origin is not None and self._base is not None  # only while run() runs
+        written = self._base
+        if t is not None and type(t._coro) in COROUTINE_TYPES and written != origin:
+            t._coro = InContext(t._coro, written)
+        self._base = origin.copy()
+        self._twin = origin.copy()
+        if t is not None:
+            self._dispatch(t, sc)
+        self.current = None
+        return True
+
+    def _dispatch(self, t: Thread, sc: Any) -> None:
+        # The generic path of _run_ready's dispatch, for the rare passes
+        # that leave the fast loop and for the instrumented loop.
+        if sc is YIELD:  # served here, as in _run_ready: the commonest call
+            t._value = None
+            pending = self._pending
+            if pending and t in pending:
+                t._exc = pending.pop(t)
+            self._ready.append(t)
+            return
+        handler = self._handlers.get(type(sc))
+        if handler is None:
+            self._unknown_call(t, sc)
+            return
+        try:
+            handler(t, sc)
+        except BaseException as e:
+            if isinstance(e, _PendingInterrupt):
+                self._interrupted_wait(t, sc, e.exc)
+            else:
+                self._worker_failed(t, sc, e)
+
+    def _unknown_call(self, t: Thread, sc: Any) -> None:
+        t._value = None
+        t._exc = TypeError(
+            f"thread {t.name} yielded {sc!r} ({type(sc).__name__}), which is not a "
+            f"system call this scheduler serves"
+            + ("; did you write `yield` where `yield from` was meant?" if not isinstance(sc, SystemCall) else "")
+        )
+        self._ready.append(t)
+
+    def _interrupted_wait(self, t: Thread, sc: Any, exc: BaseException) -> None:
+        # suspend() found a cancel or timeout waiting for this thread.
+        self._withdrawers[sc.__class__](t, sc)
+        t._wait = None
+        t._value = None
+        t._exc = exc
+        self._ready.append(t)
 
     def _worker_failed(self, t: Thread, sc: Any, error: BaseException) -> None:
         """A handler raised: a bug in the worker, not the thread's fault.
@@ -501,15 +784,19 @@ class Scheduler:
             return
         for t in self.threads():
             self.interrupt(t, ThreadCancelled())
-        give_up = self.clock.now() + 1.0
+        self._in_base(self._drain, self.clock.now() + 1.0)
+        self._close_workers()
+
+    def _drain(self, give_up: float) -> bool:
         while self._live and self.clock.now() < give_up:
-            self._run_ready()
+            if self._run_pass():
+                return True
             if not self._live:
                 break
             if not self._ready and not any(w.busy() for w in self.workers):
                 break
             self._poll()
-        self._close_workers()
+        return False
 
     def _close_workers(self) -> None:
         for w in reversed(self.workers):
@@ -520,8 +807,11 @@ class Scheduler:
     # -- the kernel's own system calls ----------------------------------------
     def _sys_yield(self, t: Thread, sc: Any) -> None:
         # The YIELD singleton is served inline by _run_ready; this serves
-        # any other Yield instance a thread may build itself.
+        # any other Yield instance a thread may build itself, and YIELD in
+        # the instrumented loop.
         t._value = None
+        if self._pending and t in self._pending:
+            t._exc = self._pending.pop(t)
         self._ready.append(t)
 
     def _sys_spawn(self, t: Thread, sc: Spawn) -> None:

@@ -8,12 +8,18 @@ system calls. Nothing here runs a thread: the scheduler does.
 
 Workers read a thread's state through ``waiting_on`` (the system call it
 waits in) and change it only through the scheduler's ``resume``/``throw``.
+A thread with context variables of its own has its coroutine wrapped in
+an ``InContext`` (see ``Scheduler.spawn``); the others share the
+scheduler's base context and cost nothing more.
 """
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import itertools
 import logging
+import traceback
 import types
 from typing import Any
 
@@ -71,6 +77,8 @@ class Thread:
         if self._name is not None:
             return self._name
         coro = self._coro
+        if type(coro) is InContext:
+            coro = coro.coro
         qualname = getattr(coro, "__qualname__", None) if coro is not None else None
         return f"{qualname or 'thread'}-{self.id}"
 
@@ -93,6 +101,16 @@ class Thread:
                 return "done"
             return "cancelled" if isinstance(self._exc, ThreadCancelled) else "failed"
         return "waiting" if self._wait is not None else "ready"
+
+    def stack(self) -> list[traceback.FrameSummary]:
+        """Where the thread is: its frames, outermost first, down the chain
+        of ``yield from``/``await`` to the innermost (for a green thread, its
+        greenlet's frames). Empty once it has ended."""
+        from .introspect import thread_frames
+
+        return [traceback.FrameSummary(f.f_code.co_filename, f.f_lineno or 0, f.f_code.co_qualname,
+                                       lookup_line=False)
+                for f in thread_frames(self._coro)]
 
     def result(self) -> Any:
         """The thread's return value; raises its exception. Only once done."""
@@ -150,6 +168,43 @@ class Thread:
         if self._coro is None:
             return
         yield JoinAny((self,))
+
+
+class InContext:
+    """A thread's coroutine that runs in a ``contextvars.Context`` of its
+    own: ``send`` and ``throw`` go through ``context.run``.
+
+    Only threads that need their own context (one that wrote a context
+    variable, a child of such a thread, a green thread) are wrapped, so the
+    run loop never asks which kind a thread is: ``send`` is a C-level
+    partial, no Python frame per step. A thread object that switches
+    contexts itself (it has ``adopt_context``: a green thread, whose
+    greenlet runs in ``context``) has its own ``send`` called directly.
+    """
+
+    __slots__ = ("send", "coro", "context")
+
+    def __init__(self, coro: Any, context: contextvars.Context) -> None:
+        self.coro = coro
+        self.context = context
+        if hasattr(coro, "adopt_context"):
+            self.send = coro.send
+        elif type(coro) in COROUTINE_TYPES:
+            # Context.run(context, Type.send, coro, value): unbound, so that
+            # no bound-method objects are kept per thread (110 bytes less).
+            self.send = functools.partial(contextvars.Context.run, context, type(coro).send, coro)
+        else:
+            self.send = functools.partial(contextvars.Context.run, context, coro.send)
+
+    def throw(self, exc: BaseException) -> Any:
+        """``coro.throw(exc)`` inside the context."""
+        return self.context.run(self.coro.throw, exc)
+
+    def current_context(self) -> contextvars.Context:
+        """The context the thread's code is in now (what a thread it spawns
+        copies): ``context``, or for a green thread its greenlet's."""
+        own = getattr(self.coro, "context", None)
+        return own if own is not None else self.context
 
 
 _thread_ids = itertools.count(1)

@@ -91,6 +91,9 @@ class WaitQueue:
     def __bool__(self) -> bool:
         return len(self._waiters) > self._stale
 
+    def __repr__(self) -> str:
+        return f"<WaitQueue waiters={len(self)}>"
+
     def _withdrawn(self) -> None:
         self._stale += 1
         waiters = self._waiters

@@ -8,11 +8,21 @@ scheduler a green thread is just another coroutine: an object with
 ``send`` and ``throw``. Generator, ``async def`` and green threads mix
 freely in one process and share every sync object and socket.
 
+A greenlet switches ``contextvars`` contexts itself (each has its own
+``gr_context``), so a green thread tells the scheduler so
+(``adopt_context``): the scheduler gives it its own context, copied from
+its spawner's, as the greenlet's context, and the threads it spawns copy
+the one the green code is in (``context``: it may be inside a
+``copy_context().run`` of its own when it spawns). For dumps it shows its
+frames (``frames``): the greenlet's, then those of the threadlib call it
+is blocked in.
+
 Nothing here monkey-patches the standard library.
 """
 
 from __future__ import annotations
 
+import contextvars
 import types
 from typing import Any, Awaitable, Callable, Generator, TypeVar, overload
 
@@ -22,6 +32,7 @@ from .. import calls
 from ..io import sockio
 from ..calls import _drive
 from .._kernel import Thread, current_scheduler
+from .._kernel.introspect import thread_frames
 
 __all__ = ["thread", "run", "spawn", "call", "sleep", "join", "wrap", "listen", "connect", "current"]
 
@@ -62,6 +73,33 @@ class GreenThread:
         if glet.dead:
             raise StopIteration(syscall)
         return syscall
+
+    def adopt_context(self, context: contextvars.Context) -> None:
+        """Run the greenlet in ``context`` (called by the scheduler at
+        spawn, with the thread's own copy of its spawner's context)."""
+        self._glet.gr_context = context
+
+    @property
+    def context(self) -> contextvars.Context | None:
+        """The context the green code is in (what a thread it spawns
+        copies): its greenlet's ``gr_context``."""
+        ctx: contextvars.Context | None = self._glet.gr_context
+        return ctx
+
+    def frames(self) -> list[types.FrameType]:
+        """The greenlet's frames, outermost first, continued by those of
+        the threadlib call it is blocked in (for dumps). Empty while it runs
+        or once it has ended."""
+        frames: list[types.FrameType] = []
+        frame = self._glet.gr_frame
+        while frame is not None:
+            frames.append(frame)
+            frame = frame.f_back
+        frames.reverse()
+        if frames and frames[-1].f_code is call.__code__:
+            # Blocked in call(): the generator it drives holds the rest.
+            frames.extend(thread_frames(frames[-1].f_locals.get("awaitable")))
+        return frames
 
     def close(self) -> None:
         """End an unfinished greenlet by raising GreenletExit in it."""

@@ -8,23 +8,29 @@ scheduler's epoll, and wakes the threads waiting for the signal. (Python
 has no signalfd binding, and signalfd would need the signal blocked in
 every OS thread, the blocking pool's included; the wake-up fd needs
 neither.) A signal that arrives while nobody waits is remembered and
-returned by the next wait.
+returned by the next wait. Code that is not a thread (the scheduler's
+thread dump) can have a callback run in the scheduler for a signal
+instead (``SignalWorker.on_signal``). Nothing here runs in the signal
+handler but CPython's own write to the wake-up fd.
 
 Signal handlers can only be installed from the main OS thread.
 """
 
 from __future__ import annotations
 
+import logging
 import signal
 import socket
 import types
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from .._kernel import Scheduler, Thread, Worker
 from .._kernel.worker import Handler
 from ..syscalls import SystemCall, Waits
 
 __all__ = ["WaitSignal", "SignalWorker", "wait_signal", "scheduler"]
+
+log = logging.getLogger("threadlib")
 
 
 class WaitSignal(SystemCall):
@@ -43,6 +49,7 @@ class SignalWorker(Worker):
 
     def __init__(self) -> None:
         self._waiters: dict[int, list[tuple[Thread, WaitSignal]]] = {}
+        self._callbacks: dict[int, list[Callable[[int], None]]] = {}
         self._pending: dict[int, int] = {}
         self._old_handlers: dict[int, Any] = {}
         self._reader: socket.socket | None = None
@@ -86,6 +93,17 @@ class SignalWorker(Worker):
         for signum in sc.signums:
             self._waiters.setdefault(signum, []).append((thread, sc))
 
+    def on_signal(self, signum: int, callback: Callable[[int], None]) -> None:
+        """Run ``callback(signum)`` in the scheduler each time ``signum``
+        arrives, until the scheduler ends. The signal is caught from now on
+        (main OS thread only: ``ValueError`` otherwise, as for a number
+        Python cannot catch). A signal that has callbacks is not remembered
+        for later ``wait_signal`` calls unless a thread was waiting for it."""
+        if self._reader is None:
+            self._start()
+        self._catch(signum)
+        self._callbacks.setdefault(signum, []).append(callback)
+
     def _on_readable(self, events: int) -> None:
         reader = self._reader
         assert reader is not None  # its fd is watched only while it is open
@@ -94,7 +112,13 @@ class SignalWorker(Worker):
         except BlockingIOError:
             return
         for signum in data:
-            woken = False
+            callbacks = self._callbacks.get(signum)
+            for callback in callbacks or ():
+                try:
+                    callback(signum)
+                except Exception:  # the callback's bug must not stop the scheduler
+                    log.exception("callback %r for signal %d failed", callback, signum)
+            woken = callbacks is not None
             for thread, sc in self._waiters.pop(signum, []):
                 if thread.waiting_on is sc:
                     self._sched.resume(thread, signum)
@@ -118,6 +142,7 @@ class SignalWorker(Worker):
         for signum, handler in self._old_handlers.items():
             signal.signal(signum, handler)
         self._old_handlers.clear()
+        self._callbacks.clear()
         if self._reader is not None and self._writer is not None:
             signal.set_wakeup_fd(self._old_wakeup_fd)
             self._sched.unwatch_fd(self._reader.fileno())
