@@ -20,7 +20,9 @@ Design principles (in the spirit of curio's kernel):
    worker's bug: logged as an internal error naming the worker, and raised
    at the thread's wait as ``WorkerError``.
 5. Timeouts and cancellation are one mechanism: the wait is withdrawn from
-   the worker that owns it and an exception is thrown at the wait.
+   the worker that owns it and an exception is thrown at the wait. Cancel
+   scopes (``scopes``) give a thread a deadline; a timer is armed only
+   when the thread suspends, and the scope chain says what to raise.
 
 The scheduler idles in its poller (an epoll instance, made when the first
 fd is watched, or one a worker provides) or, with no fds at all, on its
@@ -51,8 +53,9 @@ from ..syscalls import (
 from .blocking import BlockingPool
 from .clocks import Clock, MonotonicClock
 from .fdio import IOWorker
+from .interrupts import ConsoleSignals
 from .pollers import EpollPoller
-from .threads import COROUTINE_TYPES, Thread, ThreadCancelled, _Unretrieved, mark_retrieved
+from .threads import COROUTINE_TYPES, Thread, ThreadCancelled, _Lineage, _Unretrieved, mark_retrieved
 from .timers import TimerWorker
 from .worker import Handler, Poller, Worker, WorkerError
 
@@ -112,6 +115,8 @@ class Scheduler:
         self._head = Thread(None, "<head>")
         self._head._prev = self._head._next = self._head
         self._live = 0
+        # The Ctrl-C/SIGTERM handling of run(), while installed.
+        self._signals: Any = None
         self._handlers: dict[type, Handler] = {
             Yield: self._sys_yield,
             Spawn: self._sys_spawn,
@@ -184,6 +189,8 @@ class Scheduler:
         poller = self._poller
         if poller is None:
             poller = self._poller = EpollPoller()
+            if self._signals is not None:
+                self._signals.watch(poller)
         return poller
 
     def watch_fd(self, fd: int, events: int, callback: Callable[[int], None]) -> None:
@@ -228,6 +235,9 @@ class Scheduler:
                 + (" (a function: call it first, or use spawn(func, *args))" if callable(coro) else "")
             )
         t = Thread(coro, name)
+        parent = self.current  # the thread whose Spawn (or handler) this is
+        if parent is not None:
+            t._parent = parent._lineage or self._lineage(parent)
         head = self._head
         last = head._prev
         t._prev = last
@@ -237,6 +247,10 @@ class Scheduler:
         self._live += 1
         self._ready.append(t)
         return t
+
+    def _lineage(self, parent: Thread) -> _Lineage:
+        lineage = parent._lineage = _Lineage(parent)
+        return lineage
 
     def threads(self) -> list[Thread]:
         """Every live thread, oldest first (for debugging)."""
@@ -248,11 +262,28 @@ class Scheduler:
             t = t._next
         return out
 
+    def thread_tree(self) -> dict[Thread | None, list[Thread]]:
+        """Every live thread under its parent: ``{parent: [children, oldest
+        first]}``, with the roots (the main thread, threads spawned from
+        outside, threads whose parent has ended) under None. Every key but
+        None is itself a live thread, so walking from ``tree[None]`` with
+        ``tree.get(t, [])`` visits each live thread once."""
+        tree: dict[Thread | None, list[Thread]] = {}
+        for t in self.threads():
+            lineage = t._parent
+            parent = lineage.thread if lineage is not None else None
+            children = tree.get(parent)
+            if children is None:
+                tree[parent] = [t]
+            else:
+                children.append(t)
+        return tree
+
     def resume(self, thread: Thread, value: Any = None) -> None:
         """Make a suspended thread ready; its wait returns ``value``."""
         thread._value = value
         thread._wait = None
-        if thread.deadline is not None:
+        if thread._scope is not None:
             self._disarm_timeout(thread)
         self._ready.append(thread)
 
@@ -262,7 +293,7 @@ class Scheduler:
         # passes through resume, which should not test which kind it is.
         thread._exc = exc
         thread._wait = None
-        if thread.deadline is not None:
+        if thread._scope is not None:
             self._disarm_timeout(thread)
         self._ready.append(thread)
 
@@ -276,9 +307,11 @@ class Scheduler:
             exc = self._pending.pop(thread, None)
             if exc is not None:
                 raise _PendingInterrupt(exc)
-        deadline = thread.deadline
-        if deadline is not None:
-            self._timeouts[thread] = self._timers.call_at(deadline, self._time_out, thread)
+        scope = thread._scope
+        if scope is not None:
+            deadline = scope._effective
+            if deadline is not None:
+                self._timeouts[thread] = self._timers.call_at(deadline, self._time_out, thread)
 
     def _disarm_timeout(self, thread: Thread) -> None:
         entry = self._timeouts.pop(thread, None)
@@ -287,8 +320,47 @@ class Scheduler:
 
     def _time_out(self, thread: Thread) -> None:
         self._timeouts.pop(thread, None)
-        if thread._wait is not None and thread._coro is not None:
-            self.interrupt(thread, TimeoutError(f"timed out waiting on {thread._wait!r}"))
+        wait = thread._wait
+        if wait is None or thread._coro is None:
+            return
+        now = self.clock.now()
+        scope = thread._scope
+        # The innermost scope in effect that is due raises; scopes outside
+        # a shield do not count.
+        while scope is not None:
+            if scope._fired(now):
+                self.interrupt(thread, scope._exception(wait))
+                return
+            if scope._shield:
+                break
+            scope = scope._outer
+        deadline = thread.deadline
+        if deadline is not None and deadline > now:  # moved later since the timer was armed
+            self._timeouts[thread] = self._timers.call_at(deadline, self._time_out, thread)
+
+    def _deadline_changed(self, thread: Thread) -> None:
+        """A scope of ``thread`` moved its deadline or was cancelled: re-arm
+        the timer of the wait in progress, if any (at -inf for a cancel, so
+        the wait raises at the next poll)."""
+        if thread._wait is None or thread._coro is None:
+            return
+        self._disarm_timeout(thread)
+        deadline = thread.deadline
+        if deadline is not None:
+            self._timeouts[thread] = self._timers.call_at(deadline, self._time_out, thread)
+
+    def _cancel_thread(self, thread: Thread, exc: BaseException) -> None:
+        """Cancel a whole thread (``Thread.cancel``, a task group, Ctrl-C):
+        ``interrupt`` it with ``exc``, unless it is inside a shielded scope,
+        which holds ``exc`` back until it exits."""
+        scope = thread._scope
+        while scope is not None:
+            if scope._shield:
+                if getattr(scope, "_held", None) is None:
+                    scope._held = exc
+                return
+            scope = scope._outer
+        self.interrupt(thread, exc)
 
     def interrupt(self, thread: Thread, exc: BaseException) -> None:
         """Withdraw ``thread`` from whatever it waits on and raise ``exc``
@@ -314,7 +386,10 @@ class Scheduler:
         t._next._prev = t._prev
         del t._prev, t._next  # an ended thread keeps no neighbour alive
         self._live -= 1
-        if t.deadline is not None:
+        lineage = t._lineage
+        if lineage is not None:
+            lineage.thread = None  # its children now have no parent
+        if t._scope is not None:
             self._disarm_timeout(t)
         if self._pending:
             self._pending.pop(t, None)
@@ -333,10 +408,16 @@ class Scheduler:
             t._wait = _Unretrieved(name, exc)
 
     # -- the run loop ---------------------------------------------------------
-    def run(self, main: Any, *args: Any) -> Any:
+    def run(self, main: Any, *args: Any, handle_sigint: bool = True, handle_sigterm: bool = False) -> Any:
         """Run ``main`` (a generator, coroutine, or function plus args) as a
         thread until it ends; return its result or raise its exception.
-        Threads still alive then are cancelled and run to their end."""
+        Threads still alive then are cancelled and run to their end.
+
+        In the main OS thread, while Python's default handlers are in
+        place, Ctrl-C (and SIGTERM with ``handle_sigterm``) is delivered to
+        the main thread as ``KeyboardInterrupt`` (``SystemExit(143)``) at
+        its wait, as a cancel; a second one within 3 s exits at once
+        (see ``interrupts``)."""
         if args or (callable(main) and not hasattr(main, "send")):
             main = main(*args)
         if getattr(_local, "scheduler", None) is not None:
@@ -344,17 +425,22 @@ class Scheduler:
         _local.scheduler = self
         try:
             main_thread = self.spawn(main, name="main")
+            if handle_sigint or handle_sigterm:
+                self._signals = ConsoleSignals.install(self, main_thread, handle_sigint, handle_sigterm)
             try:
                 self._loop(main_thread)
             except (KeyboardInterrupt, SystemExit):
                 # Ctrl-C or exit() in some thread: the other threads' finally
                 # blocks still run and the workers still close before it
                 # reaches the caller.
-                self._cancel_remaining()
+                self._cancel_remaining(interrupted=True)
                 raise
             self._cancel_remaining()
             return main_thread.result()
         finally:
+            if self._signals is not None:
+                self._signals.uninstall()
+                self._signals = None
             _local.scheduler = None
             self.current = None
 
@@ -472,7 +558,10 @@ class Scheduler:
             events = poller.poll(timeout)
         else:
             events = 0
-            clock.idle(timeout)
+            if self._signals is None:
+                clock.idle(timeout)
+            else:  # a Ctrl-C must end the idle sleep: no poller to wake
+                self._signals.idle(clock, timeout)
         if deadline is not None:
             if clock.virtual and not self._ready and not events:
                 clock.advance_to(deadline)
@@ -493,23 +582,52 @@ class Scheduler:
                 return
         raise RuntimeError(f"deadlock: every thread waits forever: {summary}")
 
-    def _cancel_remaining(self) -> None:
+    def _cancel_remaining(self, interrupted: bool = False) -> None:
         """Cancel every live thread so its finally blocks run, and let them
-        finish (bounded: a thread that keeps waiting past a second is left)."""
-        if not self._live:
+        finish; then close the workers. Bounded to one second of the clock,
+        except after Ctrl-C (``interrupted``) with the console handler in
+        place: a second Ctrl-C is then the bound, and cleanup may take as
+        long as it needs until then."""
+        signals = self._signals
+        try:
+            if not self._live or (signals is not None and signals.forced):
+                return
+            for t in self.threads():
+                self._cancel_thread(t, ThreadCancelled())
+            patient = interrupted and signals is not None
+            give_up = self.clock.now() + 1.0
+            while self._live:
+                if self.clock.now() >= give_up:
+                    if not patient:
+                        break
+                    patient = False
+                    give_up = float("inf")
+                    names = ", ".join(t.name for t in self.threads()[:5])
+                    log.warning("waiting for %d threads to finish cleaning up (%s); "
+                                "interrupt again to exit at once", self._live, names)
+                self._run_ready()
+                if not self._live:
+                    break
+                if not self._ready and not any(w.busy() for w in self.workers):
+                    break
+                self._poll()
+        finally:
+            if signals is not None and signals.forced:
+                self._close_remaining()
             self._close_workers()
-            return
+
+    def _close_remaining(self) -> None:
+        """After a forced exit (a second Ctrl-C): close every live thread's
+        coroutine now, quietly, rather than leave it to the garbage
+        collector at interpreter exit. ``finally`` blocks run up to their
+        first wait, which is refused; nothing waits any more."""
         for t in self.threads():
-            self.interrupt(t, ThreadCancelled())
-        give_up = self.clock.now() + 1.0
-        while self._live and self.clock.now() < give_up:
-            self._run_ready()
-            if not self._live:
-                break
-            if not self._ready and not any(w.busy() for w in self.workers):
-                break
-            self._poll()
-        self._close_workers()
+            close = getattr(t._coro, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except BaseException:  # a finally that tried to wait; or yet another Ctrl-C
+                    pass
 
     def _close_workers(self) -> None:
         for w in reversed(self.workers):
@@ -582,14 +700,14 @@ class Scheduler:
         if target is t:
             self.throw(t, RuntimeError("a thread cannot cancel itself through Cancel; raise ThreadCancelled"))
             return
-        self.interrupt(target, ThreadCancelled())
+        self._cancel_thread(target, ThreadCancelled())
         self.resume(t)
 
     def _sys_park(self, t: Thread, sc: Park) -> None:
         queue = sc.queue
         queue._sched = self
         queue._waiters.append(t)
-        if self._pending or t.deadline is not None:
+        if self._pending or t._scope is not None:
             self.suspend(t, sc)
         else:
             t._wait = sc

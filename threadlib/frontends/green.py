@@ -20,7 +20,7 @@ import greenlet
 
 from .. import calls
 from ..io import sockio
-from ..calls import _drive
+from .._kernel.threads import drive as _drive
 from .._kernel import Thread, current_scheduler
 
 __all__ = ["thread", "run", "spawn", "call", "sleep", "join", "wrap", "listen", "connect", "current"]
