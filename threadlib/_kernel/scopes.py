@@ -125,7 +125,7 @@ class CancelScope:
         if state & (_ENTERED | _EXITED) != _ENTERED:
             raise RuntimeError(f"{self!r} exited without being entered, or twice")
         t = self._thread
-        if t._scope is not self:
+        if t._scope is not self or running_scheduler().current is not t:
             self._unwind(t)
         t._scope = self._outer
         del self._thread  # a scope kept for its flags keeps no thread alive
@@ -139,12 +139,14 @@ class CancelScope:
 
     def _unwind(self, t: Thread) -> None:
         # Inner scopes left entered (an abandoned generator) are dropped
-        # with this one; a scope not on the chain was misused.
+        # with this one; a scope exited by another thread was misused.
+        if running_scheduler().current is not t:
+            raise RuntimeError(f"{self!r} exited by a thread other than the one that entered it ({t.name})")
         s = t._scope
         while s is not None and s is not self:
             s = s._outer
         if s is None:
-            raise RuntimeError(f"{self!r} exited by a thread other than the one that entered it")
+            raise RuntimeError(f"{self!r} is not among the scopes {t.name} is in")
 
     def _release(self, t: Thread) -> None:
         """Pass on the thread cancel this shield held back: to a shield
