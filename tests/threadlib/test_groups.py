@@ -377,3 +377,21 @@ def test_a_live_child_does_not_keep_its_ended_parent_alive(caplog):
 
     with caplog.at_level(logging.ERROR, logger="threadlib"):
         run(main())
+
+
+def test_children_that_can_never_end_are_reported_as_a_deadlock_not_waited_for():
+    def stuck(ev):
+        try:
+            yield from ev.wait()
+        finally:
+            yield from ev.wait()  # nobody will ever set it
+
+    def body(g):
+        g.spawn(stuck, threadlib.Event())
+        raise KeyError("body")  # the child is cancelled, and its cleanup hangs
+
+    def main():
+        yield from threadlib.task_group(body)
+
+    with pytest.raises(RuntimeError, match="deadlock"):
+        run(main())

@@ -191,3 +191,30 @@ def test_a_scheduler_in_a_background_os_thread_installs_nothing(default_sigint):
     t.start()
     t.join(timeout=30)
     assert seen["int"] is signal.default_int_handler
+
+
+# -- shutdown -------------------------------------------------------------------------
+
+
+def test_shutdown_is_bounded_even_when_a_finally_waits_on_a_socket_forever():
+    """main returns; a background thread's finally then waits for data that
+    never comes: run() still returns, after one second of its clock."""
+    from threadlib.io import sockio
+    from threadlib.lowlevel import Scheduler, VirtualClock
+
+    def background(conn):
+        try:
+            yield from conn.recv(1)
+        finally:
+            yield from conn.recv(1)
+
+    def main():
+        a, b = sockio.socketpair()
+        yield from threadlib.spawn(background(a))
+        yield from threadlib.sleep(0)
+        return threadlib.now(), b
+
+    sched = Scheduler(clock=VirtualClock())
+    started, peer = threadlib.run(main(), scheduler=sched)
+    assert sched.clock.now() == started + 1.0
+    peer.close()

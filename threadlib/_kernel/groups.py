@@ -205,15 +205,20 @@ class TaskGroup:
                 self.cancel()  # the owner's coroutine is being closed: no more waiting
                 raise
             except BaseException as interrupt:
+                if shield is not None:
+                    # Through the shield only what no cancel is: a deadlock
+                    # report, a worker's failure. Waiting on cannot help.
+                    shield.__exit__(None, None, None)
+                    self._state = _ENDED
+                    raise
                 # The owner was cancelled, interrupted or timed out while
                 # waiting: cancel the children and wait on, shielded, so
                 # they cannot outlive the block.
                 if body is None:
                     body = interrupt
                 self.cancel()
-                if shield is None:
-                    shield = CancelScope(shield=True)
-                    shield.__enter__()
+                shield = CancelScope(shield=True)
+                shield.__enter__()
         if shield is not None:
             shield.__exit__(None, None, None)
         self._state = _ENDED

@@ -29,6 +29,7 @@ handler, install anything outside the main OS thread, or replace a handler
 
 from __future__ import annotations
 
+import logging
 import select
 import signal
 import socket
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
     from .clocks import Clock
     from .scheduler import Scheduler
     from .threads import Thread
+
+log = logging.getLogger("threadlib")
 
 #: Seconds within which a second Ctrl-C (or SIGTERM) exits at once.
 FORCE_WINDOW = 3.0
@@ -96,7 +99,11 @@ class ConsoleSignals:
             signums.append(signal.SIGTERM)
         if not signums:
             return None
-        guard = cls(sched, main)
+        try:
+            guard = cls(sched, main)
+        except OSError as exc:  # no fd left for the socket pair: run on without
+            log.warning("Ctrl-C will interrupt wherever it lands (no socket pair for the handler: %s)", exc)
+            return None
         previous_fd = signal.set_wakeup_fd(guard._writer.fileno(), warn_on_full_buffer=False)
         if previous_fd != -1:
             signal.set_wakeup_fd(previous_fd)

@@ -228,7 +228,9 @@ class Scheduler:
 
     # -- the thread life cycle ----------------------------------------------
     def spawn(self, coro: Any, name: str | None = None) -> Thread:
-        """Create a thread (from outside any thread, or from a handler)."""
+        """Create a thread (from outside any thread, or from a handler). Its
+        parent is the running thread (the one whose system call a handler
+        serves), if any."""
         if type(coro) not in COROUTINE_TYPES and not (hasattr(coro, "send") and hasattr(coro, "throw")):
             raise TypeError(
                 f"a thread needs a generator or coroutine object, got {coro!r}"
@@ -596,6 +598,7 @@ class Scheduler:
                 self._cancel_thread(t, ThreadCancelled())
             patient = interrupted and signals is not None
             give_up = self.clock.now() + 1.0
+            self.call_at(give_up, _nothing)  # so that a poll with nothing else due still wakes then
             while self._live:
                 if self.clock.now() >= give_up:
                     if not patient:
@@ -722,6 +725,10 @@ class Scheduler:
             queue._withdrawn()
             self.resume(target, sc.value)
         self.resume(t)
+
+
+def _nothing(arg: Any) -> None:
+    pass
 
 
 class _PendingInterrupt(BaseException):
