@@ -7,7 +7,8 @@ system call, a plain data object; a scheduler assembled from workers
 your own) resumes it.
 
 This module is the user API: running, spawning, sleeping, timeouts and
-cancel scopes, task groups, joins and the sync primitives. The rest lives in subpackages, loaded on first use:
+cancel scopes, task groups, joins and the sync primitives. The rest lives
+in subpackages, loaded on first use:
 
 ``threadlib.io``         sockio (kernel sockets), fileio (files, AIO),
                          tcpsockio (the user-level TCP/IP stack), splice

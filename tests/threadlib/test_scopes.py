@@ -70,6 +70,12 @@ def test_timeout_is_a_fail_after_scope_and_keeps_its_behaviour():
         assert inert.deadline is None and not inert.expired
         with pytest.raises(RuntimeError, match="inert"):
             inert.cancel()
+        # fail_after(None) is a real scope: cancel() times it out at once
+        with pytest.raises(TimeoutError):
+            with threadlib.fail_after(None) as later:
+                later.cancel()
+                yield from threadlib.sleep(60)
+        assert later.expired
         return threadlib.now()
 
     assert run(main()) == 3.0

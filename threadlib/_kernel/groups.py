@@ -71,7 +71,7 @@ class TaskGroup:
         self._sched: Scheduler | None = None
         self._owner: Thread | None = None
         self._scope = CancelScope()  # around the body
-        self._children: set[Thread] = set()  # live ones only
+        self._children: dict[Thread, None] = {}  # live ones only, oldest first
         self._failures: list[BaseException] = []
         self._fatal: BaseException | None = None  # the first KeyboardInterrupt/SystemExit
         self._waiter = WaitQueue()  # the owner, waiting for the last child
@@ -100,7 +100,7 @@ class TaskGroup:
         t = sched.spawn(as_coroutine(target, args), name)
         if t.parent is not owner:
             t._parent = owner._lineage or sched._lineage(owner)
-        self._children.add(t)
+        self._children[t] = None
         sched._joiners[t] = [self]  # a new thread has no other joiner yet
         if self._cancelled:
             sched._cancel_thread(t, ThreadCancelled())
@@ -125,7 +125,7 @@ class TaskGroup:
 
     @property
     def children(self) -> list[Thread]:
-        """The children still running."""
+        """The children still running, oldest first."""
         return list(self._children)
 
     # -- async with -----------------------------------------------------------------
@@ -159,7 +159,7 @@ class TaskGroup:
 
     def __call__(self, child: Thread) -> None:
         """A child has ended (called by the scheduler, as the child's joiner)."""
-        self._children.discard(child)
+        self._children.pop(child, None)
         exc = child._exc
         if exc is not None and not isinstance(exc, ThreadCancelled):
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):

@@ -19,8 +19,9 @@ deadline still in effect, ``-inf`` once a scope in effect is cancelled.
 The scheduler arms a timer from it only when the thread suspends
 (``Scheduler.suspend``), and asks the scope chain which exception to raise
 only when that timer fires. A thread outside every scope has ``_scope``
-None, the one test the hot paths make, and pays nothing. Nothing here waits, and time is
-read only through the scheduler's clock.
+None, the one test the hot paths make, and pays nothing.
+
+Nothing here waits, and time is read only through the scheduler's clock.
 """
 
 from __future__ import annotations
