@@ -6,8 +6,9 @@ system call, a plain data object; a scheduler assembled from workers
 (timers, epoll IO, a blocking-call pool, Linux AIO, a user-level TCP stack,
 your own) resumes it.
 
-This module is the user API: running, spawning, sleeping, timeouts, joins
-and the sync primitives. The rest lives in subpackages, loaded on first use:
+This module is the user API: running, spawning, sleeping, timeouts and
+cancel scopes, task groups, joins and the sync primitives. The rest lives
+in subpackages, loaded on first use:
 
 ``threadlib.io``         sockio (kernel sockets), fileio (files, AIO),
                          tcpsockio (the user-level TCP/IP stack), splice, happy_eyeballs
@@ -22,15 +23,22 @@ and the sync primitives. The rest lives in subpackages, loaded on first use:
 
 from ._kernel import Thread, ThreadCancelled, WorkerError, current_scheduler
 from .calls import (
+    CancelScope,
+    TaskGroup,
     blocking,
     current,
     current_thread,
+    fail_after,
+    fail_at,
     join_all,
     join_any,
+    move_on_after,
+    move_on_at,
     now,
     run,
     sleep,
     spawn,
+    task_group,
     timeout,
     timeout_at,
 )
@@ -39,6 +47,7 @@ from .sync import Condition, Event, Mutex, Queue, QueueClosed, QueueEmpty, Queue
 __all__ = [
     "run", "spawn", "sleep", "current", "current_thread", "blocking", "join_all", "join_any", "now",
     "timeout", "timeout_at", "current_scheduler",
+    "CancelScope", "move_on_after", "move_on_at", "fail_after", "fail_at", "TaskGroup", "task_group",
     "Thread", "ThreadCancelled", "WorkerError",
     "Event", "Mutex", "Semaphore", "Condition", "Queue", "QueueClosed", "QueueFull", "QueueEmpty",
 ]

@@ -1,38 +1,35 @@
 """The calls a thread makes to the runtime itself: spawn, sleep, join,
-timeouts, the clock.
+timeouts and cancel scopes, task groups, the clock.
 
 Each call that may wait is a generator function decorated with
 ``types.coroutine``, so ``yield from spawn(...)`` and ``await spawn(...)``
 are the same call producing the same system calls. Nothing here touches
 the scheduler's internals: it yields system calls, or (for the few plain
 calls such as ``now()``) reads the scheduler running in this OS thread.
+Cancel scopes (``timeout``, ``move_on_after``, ...) and task groups touch
+thread state, so they live in the kernel (``_kernel.scopes``,
+``_kernel.groups``) and are re-exported here.
 """
 
 from __future__ import annotations
 
 import contextvars
 import types
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Callable, Iterable
 
 from ._kernel import COROUTINE_TYPES, Scheduler, Thread, running_scheduler
+from ._kernel.groups import TaskGroup as TaskGroup
+from ._kernel.groups import task_group as task_group
+from ._kernel.scopes import CancelScope as CancelScope
+from ._kernel.scopes import fail_after as fail_after
+from ._kernel.scopes import fail_at as fail_at
+from ._kernel.scopes import move_on_after as move_on_after
+from ._kernel.scopes import move_on_at as move_on_at
+from ._kernel.scopes import timeout as timeout
+from ._kernel.scopes import timeout_at as timeout_at
+from ._kernel.threads import as_coroutine as _as_coroutine
 from .syscalls import GET_CURRENT, YIELD, Blocking, JoinAny, Sleep, Spawn
 from .syscalls import Waits as Waits  # re-exported: users annotate their own waiting calls with it
-
-
-def _as_coroutine(target: Any, args: tuple[Any, ...]) -> Any:
-    if hasattr(target, "send") and hasattr(target, "throw"):
-        if args:
-            raise TypeError(f"spawn() got arguments for {target!r}, which is already a running generator")
-        return target
-    if hasattr(target, "__await__") and not args:
-        return _drive(target)  # an awaitable such as ev.wait() or conn.sendall(data)
-    if callable(target):
-        return target(*args)
-    raise TypeError(f"spawn() needs a generator, a coroutine, or a function returning one; got {target!r}")
-
-
-def _drive(awaitable: Any) -> Waits[Any]:
-    return (yield from awaitable.__await__())
 
 
 @types.coroutine
@@ -122,65 +119,15 @@ def current_thread() -> Thread:
     return t
 
 
-class timeout:
-    """``with timeout(seconds):`` -- every wait inside the block raises
-    ``TimeoutError`` once the deadline has passed.
-
-    Timeouts are deadlines, not durations: a block that waits many times
-    shares one deadline, and nested blocks keep the earliest. The deadline
-    is checked only at waits, so a thread that never waits is never
-    interrupted. ``expired`` tells afterwards whether this block's own
-    deadline is the one that fired. ``timeout(None)`` does nothing, so
-    library calls can take an optional ``timeout`` argument cheaply.
-    """
-
-    __slots__ = ("seconds", "deadline", "expired", "_thread", "_outer")
-
-    _thread: Thread | None  # None when there is no deadline (seconds is None)
-    _outer: float | None  # the thread's deadline before this block
-
-    def __init__(self, seconds: float | None) -> None:
-        self.seconds = seconds
-        self.deadline: float | None = None
-        self.expired = False
-
-    def __enter__(self) -> "timeout":
-        if self.seconds is None:
-            self._thread = None
-            return self
-        sched = running_scheduler()
-        t = sched.current
-        if t is None:
-            raise RuntimeError("timeout() used outside a thread")
-        self.deadline = sched.clock.now() + self.seconds
-        self._thread = t
-        self._outer = t.deadline
-        if self._outer is None or self.deadline < self._outer:
-            t.deadline = self.deadline
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Literal[False]:
-        t = self._thread
-        if t is None:
-            return False
-        t.deadline = self._outer
-        deadline = self.deadline
-        if exc_type is TimeoutError and deadline is not None and running_scheduler().clock.now() >= deadline:
-            self.expired = True
-        return False
-
-
-def timeout_at(deadline: float) -> timeout:
-    """Like ``timeout`` with an absolute deadline on the scheduler's clock."""
-    return timeout(deadline - now())
-
-
-def run(main: Any, *args: Any, scheduler: Scheduler | None = None, dump_on: int | None = None) -> Any:
+def run(main: Any, *args: Any, scheduler: Scheduler | None = None, handle_sigint: bool = True,
+        handle_sigterm: bool = False, dump_on: int | None = None) -> Any:
     """Run ``main`` on a new default scheduler (or ``scheduler``) until it
-    ends; return its result or raise its exception. With ``dump_on`` (a
-    signal number such as ``signal.SIGUSR1``), that signal writes a thread
-    dump to stderr (``Scheduler.enable_dump_signal``)."""
+    ends; return its result or raise its exception. Ctrl-C (and SIGTERM
+    with ``handle_sigterm``) cancels the main thread: see
+    ``Scheduler.run``. With ``dump_on`` (a signal number such as
+    ``signal.SIGUSR1``), that signal writes a thread dump to stderr
+    (``Scheduler.enable_dump_signal``)."""
     sched = scheduler or Scheduler()
     if dump_on is not None:
         sched.enable_dump_signal(dump_on)
-    return sched.run(main, *args)
+    return sched.run(main, *args, handle_sigint=handle_sigint, handle_sigterm=handle_sigterm)

@@ -51,6 +51,7 @@ def test_the_top_level_is_the_user_api_only():
         "run", "spawn", "sleep", "current", "current_thread", "blocking", "join_all", "join_any", "now",
         "timeout", "timeout_at", "current_scheduler", "Thread", "ThreadCancelled", "WorkerError",
         "Event", "Mutex", "Semaphore", "Condition", "Queue", "QueueClosed", "QueueFull", "QueueEmpty",
+        "CancelScope", "move_on_after", "move_on_at", "fail_after", "fail_at", "TaskGroup", "task_group",
     }
     # Extender names live in lowlevel, not at the top.
     for name in ("Scheduler", "Worker", "WaitQueue", "SystemCall", "Park", "TimerWorker", "IOWorker"):

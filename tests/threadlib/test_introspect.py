@@ -164,7 +164,7 @@ def test_a_signal_dumps_the_threads_of_a_running_server_to_stderr():
         assert "threadlib thread dump: 4 live threads in 2 groups" in dump
         # the three connection threads are one group (same stack), each with its fd
         assert "3 threads waiting in WaitRead:" in dump
-        assert len(re.findall(r"#\d+ 'conn' \(fd=\d+\)", dump)) == 3
+        assert len(re.findall(r"#\d+ 'conn' \(parent #\d+\) \(fd=\d+\)", dump)) == 3
         assert re.search(r"1 thread waiting in WaitRead\(fd=\d+\):", dump) and "in Listener.accept" in dump
         # the server goes on serving after the dump, and a second signal dumps again
         clients[0].sendall(b"again")

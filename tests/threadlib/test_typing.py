@@ -133,6 +133,36 @@ def concrete_objects_keep_the_contract(
     k: sockio.Stream, u: tcpsockio.Stream, kl: sockio.Listener, ul: tcpsockio.Listener
 ) -> list[Stream | Listener]:
     return [k, u, kl, ul]
+
+
+def group_body(g: threadlib.TaskGroup, conn: sockio.Stream) -> Waits[str]:
+    child = g.spawn(echo, conn)
+    reveal_type(child)  # expect: THREAD
+    reveal_type(child.parent)  # expect: THREAD | None
+    yield from threadlib.sleep(0)
+    return "done"
+
+
+def scopes_and_groups(conn: sockio.Stream) -> Waits[int]:
+    result = yield from threadlib.task_group(group_body, conn)
+    reveal_type(result)  # expect: Any
+    with threadlib.move_on_after(1.0) as scope:
+        yield from threadlib.sleep(5)
+    reveal_type(scope.cancelled_caught)  # expect: bool
+    with threadlib.fail_after(1.0, shield=True) as limit:
+        yield from threadlib.sleep(5)
+    reveal_type(limit.expired)  # expect: bool
+    scope.deadline = threadlib.now() + 1
+    return 1
+
+
+async def async_group() -> None:
+    async with threadlib.TaskGroup() as g:
+        reveal_type(g)  # expect: threadlib._kernel.groups.TaskGroup
+        g.spawn(async_thread)
+    with threadlib.CancelScope(shield=True):
+        await threadlib.sleep(1)
+    await threadlib.task_group(lambda g: async_thread())
 '''
 
 FAILING_SAMPLE = '''

@@ -10,6 +10,9 @@ One job per module:
 ``clocks``         MonotonicClock, VirtualClock: the only readers of time
 ``worker``         the worker contract (Worker, Poller, WorkerError)
 ``scheduler``      Scheduler: ready queue, dispatch, idle wait, kernel calls
+``scopes``         CancelScope, timeout: deadlines and cancellation of a block
+``groups``         TaskGroup, task_group: children that cannot outlive a block
+``interrupts``     ConsoleSignals: Ctrl-C/SIGTERM as a cancel of the main thread
 ``pollers``        EpollPoller: the default idle wait
 ``timers``         TimerWorker: Sleep, timeouts, call_at
 ``fdio``           IOWorker: WaitRead/WaitWrite on fds

@@ -67,7 +67,7 @@ class IOWorker(Worker):
         rec.reader = thread
         # Scheduler.suspend, inlined for the common case (no timeout, no
         # pending cancel): this is every socket read that has to wait.
-        if sched._pending or thread.deadline is not None:
+        if sched._pending or thread._scope is not None:
             sched.suspend(thread, sc)
         else:
             thread._wait = sc
@@ -133,7 +133,7 @@ class _FdWaiters:
             t = self.reader
             if t is not None:
                 self.reader = None
-                if t.deadline is None:  # Scheduler.resume, inlined
+                if t._scope is None:  # Scheduler.resume, inlined (no timer to disarm)
                     t._value = events
                     t._wait = None
                     self.ready_append(t)

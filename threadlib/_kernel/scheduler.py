@@ -20,7 +20,9 @@ Design principles (in the spirit of curio's kernel):
    worker's bug: logged as an internal error naming the worker, and raised
    at the thread's wait as ``WorkerError``.
 5. Timeouts and cancellation are one mechanism: the wait is withdrawn from
-   the worker that owns it and an exception is thrown at the wait.
+   the worker that owns it and an exception is thrown at the wait. Cancel
+   scopes (``scopes``) give a thread a deadline; a timer is armed only
+   when the thread suspends, and the scope chain says what to raise.
 
 The scheduler idles in its poller (an epoll instance, made when the first
 fd is watched, or one a worker provides) or, with no fds at all, on its
@@ -63,9 +65,10 @@ from ..syscalls import (
 from .blocking import BlockingPool
 from .clocks import Clock, MonotonicClock
 from .fdio import IOWorker
+from .interrupts import ConsoleSignals
 from .introspect import HookList, SlowStepDetector, format_dump, hook_lists
 from .pollers import EpollPoller
-from .threads import COROUTINE_TYPES, InContext, Thread, ThreadCancelled, _Unretrieved, mark_retrieved
+from .threads import COROUTINE_TYPES, InContext, Thread, ThreadCancelled, _Lineage, _Unretrieved, mark_retrieved
 from .timers import TimerWorker
 from .worker import Handler, Poller, Worker, WorkerError
 
@@ -130,6 +133,8 @@ class Scheduler:
         self._head = Thread(None, "<head>")
         self._head._prev = self._head._next = self._head
         self._live = 0
+        # The Ctrl-C/SIGTERM handling of run(), while installed.
+        self._signals: Any = None
         self._handlers: dict[type, Handler] = {
             Yield: self._sys_yield,
             Spawn: self._sys_spawn,
@@ -214,6 +219,8 @@ class Scheduler:
         poller = self._poller
         if poller is None:
             poller = self._poller = EpollPoller()
+            if self._signals is not None:
+                self._signals.watch(poller)
         return poller
 
     def watch_fd(self, fd: int, events: int, callback: Callable[[int], None]) -> None:
@@ -253,10 +260,10 @@ class Scheduler:
     def spawn(self, coro: Any, name: str | None = None) -> Thread:
         """Create a thread (from outside any thread, or from a handler).
 
-        Its context variables start as a copy of the spawning thread's
-        (``self.current``), or, from outside any thread, of the caller's
-        current context (while ``run`` runs: of the context ``run`` was
-        called in)."""
+        Its parent is the running thread (the one whose system call a
+        handler serves), if any. Its context variables start as a copy of
+        that thread's, or, from outside any thread, of the caller's current
+        context (while ``run`` runs: of the context ``run`` was called in)."""
         foreign = type(coro) not in COROUTINE_TYPES
         if foreign and not (hasattr(coro, "send") and hasattr(coro, "throw")):
             raise TypeError(
@@ -264,8 +271,9 @@ class Scheduler:
                 + (" (a function: call it first, or use spawn(func, *args))" if callable(coro) else "")
             )
         t = Thread(coro, name)
-        parent = self.current
+        parent = self.current  # the thread whose Spawn (or handler) this is
         if parent is not None:
+            t._parent = parent._lineage or self._lineage(parent)
             if type(parent._coro) is InContext:
                 t._coro = InContext(coro, parent._coro.current_context().copy())
         elif self._origin is None:
@@ -283,6 +291,10 @@ class Scheduler:
         if self._spawn_hooks is not None:
             self._report("thread_spawned", t)
         return t
+
+    def _lineage(self, parent: Thread) -> _Lineage:
+        lineage = parent._lineage = _Lineage(parent)
+        return lineage
 
     def _adopt_context(self, t: Thread) -> None:
         # A thread object that switches contexts itself (a greenlet does:
@@ -307,11 +319,28 @@ class Scheduler:
             t = t._next
         return out
 
+    def thread_tree(self) -> dict[Thread | None, list[Thread]]:
+        """Every live thread under its parent: ``{parent: [children, oldest
+        first]}``, with the roots (the main thread, threads spawned from
+        outside, threads whose parent has ended) under None. Every key but
+        None is itself a live thread, so walking from ``tree[None]`` with
+        ``tree.get(t, [])`` visits each live thread once."""
+        tree: dict[Thread | None, list[Thread]] = {}
+        for t in self.threads():
+            lineage = t._parent
+            parent = lineage.thread if lineage is not None else None
+            children = tree.get(parent)
+            if children is None:
+                tree[parent] = [t]
+            else:
+                children.append(t)
+        return tree
+
     def resume(self, thread: Thread, value: Any = None) -> None:
         """Make a suspended thread ready; its wait returns ``value``."""
         thread._value = value
         thread._wait = None
-        if thread.deadline is not None:
+        if thread._scope is not None:
             self._disarm_timeout(thread)
         self._ready.append(thread)
 
@@ -321,7 +350,7 @@ class Scheduler:
         # passes through resume, which should not test which kind it is.
         thread._exc = exc
         thread._wait = None
-        if thread.deadline is not None:
+        if thread._scope is not None:
             self._disarm_timeout(thread)
         self._ready.append(thread)
 
@@ -335,9 +364,11 @@ class Scheduler:
             exc = self._pending.pop(thread, None)
             if exc is not None:
                 raise _PendingInterrupt(exc)
-        deadline = thread.deadline
-        if deadline is not None:
-            self._timeouts[thread] = self._timers.call_at(deadline, self._time_out, thread)
+        scope = thread._scope
+        if scope is not None:
+            deadline = scope._effective
+            if deadline is not None:
+                self._timeouts[thread] = self._timers.call_at(deadline, self._time_out, thread)
 
     def _disarm_timeout(self, thread: Thread) -> None:
         entry = self._timeouts.pop(thread, None)
@@ -346,8 +377,47 @@ class Scheduler:
 
     def _time_out(self, thread: Thread) -> None:
         self._timeouts.pop(thread, None)
-        if thread._wait is not None and thread._coro is not None:
-            self.interrupt(thread, TimeoutError(f"timed out waiting on {thread._wait!r}"))
+        wait = thread._wait
+        if wait is None or thread._coro is None:
+            return
+        now = self.clock.now()
+        scope = thread._scope
+        # The innermost scope in effect that is due raises; scopes outside
+        # a shield do not count.
+        while scope is not None:
+            if scope._fired(now):
+                self.interrupt(thread, scope._exception(wait))
+                return
+            if scope._shield:
+                break
+            scope = scope._outer
+        deadline = thread.deadline
+        if deadline is not None and deadline > now:  # moved later since the timer was armed
+            self._timeouts[thread] = self._timers.call_at(deadline, self._time_out, thread)
+
+    def _deadline_changed(self, thread: Thread) -> None:
+        """A scope of ``thread`` moved its deadline or was cancelled: re-arm
+        the timer of the wait in progress, if any (at -inf for a cancel, so
+        the wait raises at the next poll)."""
+        if thread._wait is None or thread._coro is None:
+            return
+        self._disarm_timeout(thread)
+        deadline = thread.deadline
+        if deadline is not None:
+            self._timeouts[thread] = self._timers.call_at(deadline, self._time_out, thread)
+
+    def _cancel_thread(self, thread: Thread, exc: BaseException) -> None:
+        """Cancel a whole thread (``Thread.cancel``, a task group, Ctrl-C):
+        ``interrupt`` it with ``exc``, unless it is inside a shielded scope,
+        which holds ``exc`` back until it exits."""
+        scope = thread._scope
+        while scope is not None:
+            if scope._shield:
+                if getattr(scope, "_held", None) is None:
+                    scope._held = exc
+                return
+            scope = scope._outer
+        self.interrupt(thread, exc)
 
     def interrupt(self, thread: Thread, exc: BaseException) -> None:
         """Withdraw ``thread`` from whatever it waits on and raise ``exc``
@@ -373,7 +443,10 @@ class Scheduler:
         t._next._prev = t._prev
         del t._prev, t._next  # an ended thread keeps no neighbour alive
         self._live -= 1
-        if t.deadline is not None:
+        lineage = t._lineage
+        if lineage is not None:
+            lineage.thread = None  # its children now have no parent
+        if t._scope is not None:
             self._disarm_timeout(t)
         if self._pending:
             self._pending.pop(t, None)
@@ -489,10 +562,16 @@ class Scheduler:
             self.remove_instrument(instrument)
 
     # -- the run loop ---------------------------------------------------------
-    def run(self, main: Any, *args: Any) -> Any:
+    def run(self, main: Any, *args: Any, handle_sigint: bool = True, handle_sigterm: bool = False) -> Any:
         """Run ``main`` (a generator, coroutine, or function plus args) as a
         thread until it ends; return its result or raise its exception.
-        Threads still alive then are cancelled and run to their end."""
+        Threads still alive then are cancelled and run to their end.
+
+        In the main OS thread, while Python's default handlers are in
+        place, Ctrl-C (and SIGTERM with ``handle_sigterm``) is delivered to
+        the main thread as ``KeyboardInterrupt`` (``SystemExit(143)``) at
+        its wait, as a cancel; a second one within 3 s exits at once
+        (see ``interrupts``)."""
         if args or (callable(main) and not hasattr(main, "send")):
             main = main(*args)
         if getattr(_local, "scheduler", None) is not None:
@@ -503,17 +582,22 @@ class Scheduler:
         self._twin = origin.copy()
         try:
             main_thread = self.spawn(main, name="main")
+            if handle_sigint or handle_sigterm:
+                self._signals = ConsoleSignals.install(self, main_thread, handle_sigint, handle_sigterm)
             try:
                 self._in_base(self._loop, main_thread)
             except (KeyboardInterrupt, SystemExit):
                 # Ctrl-C or exit() in some thread: the other threads' finally
                 # blocks still run and the workers still close before it
                 # reaches the caller.
-                self._cancel_remaining()
+                self._cancel_remaining(interrupted=True)
                 raise
             self._cancel_remaining()
             return main_thread.result()
         finally:
+            if self._signals is not None:
+                self._signals.uninstall()
+                self._signals = None
             _local.scheduler = None
             self.current = None
             self._origin = self._base = self._twin = None
@@ -755,7 +839,10 @@ class Scheduler:
             events = poller.poll(timeout)
         else:
             events = 0
-            clock.idle(timeout)
+            if self._signals is None:
+                clock.idle(timeout)
+            else:  # a Ctrl-C must end the idle sleep: no poller to wake
+                self._signals.idle(clock, timeout)
         if deadline is not None:
             if clock.virtual and not self._ready and not events:
                 clock.advance_to(deadline)
@@ -776,19 +863,50 @@ class Scheduler:
                 return
         raise RuntimeError(f"deadlock: every thread waits forever: {summary}")
 
-    def _cancel_remaining(self) -> None:
+    def _cancel_remaining(self, interrupted: bool = False) -> None:
         """Cancel every live thread so its finally blocks run, and let them
-        finish (bounded: a thread that keeps waiting past a second is left)."""
-        if not self._live:
+        finish; then close the workers. Bounded to one second of the clock,
+        except after Ctrl-C (``interrupted``) with the console handler in
+        place: a second Ctrl-C is then the bound, and cleanup may take as
+        long as it needs until then."""
+        signals = self._signals
+        try:
+            if not self._live or (signals is not None and signals.forced):
+                return
+            for t in self.threads():
+                self._cancel_thread(t, ThreadCancelled())
+            bound = _Drain(self.clock.now() + 1.0, patient=interrupted and signals is not None)
+            self.call_at(bound.give_up, _nothing)  # so that a poll with nothing else due still wakes then
+            self._in_base(self._drain, bound)
+        finally:
+            if signals is not None and signals.forced:
+                self._close_remaining()
             self._close_workers()
-            return
-        for t in self.threads():
-            self.interrupt(t, ThreadCancelled())
-        self._in_base(self._drain, self.clock.now() + 1.0)
-        self._close_workers()
 
-    def _drain(self, give_up: float) -> bool:
-        while self._live and self.clock.now() < give_up:
+    def _close_remaining(self) -> None:
+        """After a forced exit (a second Ctrl-C): close every live thread's
+        coroutine now, quietly, rather than leave it to the garbage
+        collector at interpreter exit. ``finally`` blocks run up to their
+        first wait, which is refused; nothing waits any more."""
+        for t in self.threads():
+            close = getattr(t._coro, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except BaseException:  # a finally that tried to wait; or yet another Ctrl-C
+                    pass
+
+    def _drain(self, bound: _Drain) -> bool:
+        # The loop of _cancel_remaining; True: re-enter the base context.
+        while self._live:
+            if self.clock.now() >= bound.give_up:
+                if not bound.patient:
+                    break
+                bound.patient = False
+                bound.give_up = float("inf")
+                names = ", ".join(t.name for t in self.threads()[:5])
+                log.warning("waiting for %d threads to finish cleaning up (%s); "
+                            "interrupt again to exit at once", self._live, names)
             if self._run_pass():
                 return True
             if not self._live:
@@ -872,14 +990,14 @@ class Scheduler:
         if target is t:
             self.throw(t, RuntimeError("a thread cannot cancel itself through Cancel; raise ThreadCancelled"))
             return
-        self.interrupt(target, ThreadCancelled())
+        self._cancel_thread(target, ThreadCancelled())
         self.resume(t)
 
     def _sys_park(self, t: Thread, sc: Park) -> None:
         queue = sc.queue
         queue._sched = self
         queue._waiters.append(t)
-        if self._pending or t.deadline is not None:
+        if self._pending or t._scope is not None:
             self.suspend(t, sc)
         else:
             t._wait = sc
@@ -896,6 +1014,10 @@ class Scheduler:
         self.resume(t)
 
 
+def _nothing(arg: Any) -> None:
+    pass
+
+
 class _PendingInterrupt(BaseException):
     """Raised by ``suspend`` through a worker's handler when a cancel or
     timeout was already waiting for the thread; the dispatcher withdraws
@@ -905,3 +1027,15 @@ class _PendingInterrupt(BaseException):
 
     def __init__(self, exc: BaseException) -> None:
         self.exc = exc
+
+
+class _Drain:
+    """How long shutdown waits for cancelled threads: until ``give_up`` on
+    the scheduler's clock, or, when ``patient`` (after Ctrl-C, with the
+    console handler in place), until a second Ctrl-C."""
+
+    __slots__ = ("give_up", "patient")
+
+    def __init__(self, give_up: float, patient: bool) -> None:
+        self.give_up = give_up
+        self.patient = patient

@@ -2,9 +2,10 @@
 
 A ``Thread`` is a coroutine (generator, ``async def`` coroutine, or anything
 with ``send``/``throw``) plus the few slots the scheduler needs: the value or
-exception to resume it with, the system call it waits in, its deadline. It
-also offers the thread-level calls (``join``, ``cancel``, ``wait``) as
-system calls. Nothing here runs a thread: the scheduler does.
+exception to resume it with, the system call it waits in, its deadline, its
+innermost cancel scope and the thread that spawned it. It also offers the
+thread-level calls (``join``, ``cancel``, ``wait``) as system calls.
+Nothing here runs a thread: the scheduler does.
 
 Workers read a thread's state through ``waiting_on`` (the system call it
 waits in) and change it only through the scheduler's ``resume``/``throw``.
@@ -32,8 +33,13 @@ class ThreadCancelled(BaseException):
     """Thrown into a thread at its current wait when it is cancelled.
 
     A BaseException, like asyncio.CancelledError, so that ``except
-    Exception`` in user code does not swallow it by accident.
+    Exception`` in user code does not swallow it by accident. ``scope`` is
+    the cancel scope whose cancellation raised it (that scope catches it at
+    its exit), or None when the whole thread was cancelled.
     """
+
+    #: The CancelScope that raised it, or None for a cancel of the thread.
+    scope: Any = None
 
 
 class Thread:
@@ -45,7 +51,8 @@ class Thread:
     an exception nobody has retrieved yet.
     """
 
-    __slots__ = ("_coro", "_value", "_exc", "_wait", "deadline", "_id", "_name", "_prev", "_next")
+    __slots__ = ("_coro", "_value", "_exc", "_wait", "_scope", "_id", "_name", "_prev", "_next",
+                 "_parent", "_lineage")
 
     # Set by the scheduler when it links the thread into its live list.
     _prev: Thread
@@ -57,9 +64,16 @@ class Thread:
         self._exc: BaseException | None = None
         # A SystemCall while waiting; an _Unretrieved after a failed end.
         self._wait: Any = None
-        self.deadline: float | None = None  # absolute clock time of the innermost timeout scope
+        # The innermost CancelScope the thread is in; its ``_effective`` is
+        # the thread's deadline. None (the common case) means no deadline:
+        # the hot paths test this slot alone.
+        self._scope: Any = None
         self._id: int | None = None
         self._name = name
+        # The spawner's _Lineage (set by Scheduler.spawn), not the spawner
+        # itself: a live child never keeps an ended parent alive.
+        self._parent: _Lineage | None = None
+        self._lineage: _Lineage | None = None  # made on its first spawn, cleared at its end
 
     @property
     def id(self) -> int:
@@ -81,6 +95,23 @@ class Thread:
             coro = coro.coro
         qualname = getattr(coro, "__qualname__", None) if coro is not None else None
         return f"{qualname or 'thread'}-{self.id}"
+
+    @property
+    def deadline(self) -> float | None:
+        """The absolute clock time at which the thread's waits start to
+        raise (the earliest deadline of the cancel scopes in effect, -inf
+        once one of them is cancelled), or None. Set through scopes only."""
+        scope = self._scope
+        return scope._effective if scope is not None else None
+
+    @property
+    def parent(self) -> Thread | None:
+        """The thread that spawned this one (for a task group's child, the
+        group's owner), while that thread lives; None for the main thread,
+        for threads spawned from outside any thread, and once the parent
+        has ended."""
+        lineage = self._parent
+        return lineage.thread if lineage is not None else None
 
     @property
     def done(self) -> bool:
@@ -209,6 +240,38 @@ class InContext:
 
 _thread_ids = itertools.count(1)
 COROUTINE_TYPES = (types.GeneratorType, types.CoroutineType)
+
+
+class _Lineage:
+    """What children point at instead of their parent Thread: the scheduler
+    clears ``thread`` when the parent ends, so ended threads are never kept
+    alive by their children (nor their unjoined exceptions kept unlogged).
+    One per thread that has spawned, shared by all its children."""
+
+    __slots__ = ("thread",)
+
+    def __init__(self, thread: Thread) -> None:
+        self.thread: Thread | None = thread
+
+
+def as_coroutine(target: Any, args: tuple[Any, ...]) -> Any:
+    """What ``spawn(target, *args)`` runs: ``target`` itself if it is a
+    running generator or coroutine, a driver for another awaitable, or
+    ``target(*args)``; TypeError for anything else."""
+    if hasattr(target, "send") and hasattr(target, "throw"):
+        if args:
+            raise TypeError(f"spawn() got arguments for {target!r}, which is already a running generator")
+        return target
+    if hasattr(target, "__await__") and not args:
+        return drive(target)  # an awaitable such as ev.wait() or conn.sendall(data)
+    if callable(target):
+        return target(*args)
+    raise TypeError(f"spawn() needs a generator, a coroutine, or a function returning one; got {target!r}")
+
+
+def drive(awaitable: Any) -> Waits[Any]:
+    """A generator running ``awaitable`` (anything with ``__await__``) to its end."""
+    return (yield from awaitable.__await__())
 
 
 class _Unretrieved:

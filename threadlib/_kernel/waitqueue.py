@@ -119,7 +119,7 @@ class WaitQueue:
                 t._value = value
                 t._wait = None
                 sched = self._sched
-                if t.deadline is not None:
+                if t._scope is not None:
                     sched._disarm_timeout(t)
                 sched._ready.append(t)
                 return t

@@ -30,7 +30,7 @@ import greenlet
 
 from .. import calls
 from ..io import sockio
-from ..calls import _drive
+from .._kernel.threads import drive as _drive
 from .._kernel import Thread, current_scheduler
 from .._kernel.introspect import thread_frames
 

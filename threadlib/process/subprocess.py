@@ -33,8 +33,9 @@ import types
 from typing import Any, Callable, Mapping, Sequence
 
 from .._kernel import Scheduler, Worker, current_scheduler
+from .._kernel.scopes import CancelScope
 from .._kernel.worker import Handler
-from ..calls import current_thread, join_all, spawn
+from ..calls import join_all, spawn
 from ..calls import timeout as _timeout
 from ..sync import Event
 from ..syscalls import Cancel, WaitRead, WaitWrite, Waits
@@ -336,7 +337,7 @@ class Process:
         except GeneratorExit:
             raise  # the thread is being discarded: it cannot wait any more
         except BaseException as exc:
-            with _NoDeadline():
+            with CancelScope(shield=True):  # the caller's deadline or cancel must not cut the reaping short
                 for t in helpers:
                     if not t.done:
                         yield Cancel(t)
@@ -405,7 +406,7 @@ class Process:
         if self._try_reap():
             return
         try:
-            with _NoDeadline():
+            with CancelScope(shield=True):  # the caller's deadline or cancel must not cut the reaping short
                 if self.kill_grace > 0:
                     self.terminate()
                     try:
@@ -470,21 +471,6 @@ def _reap_now(proc: Process) -> None:
         return
     assert info is not None
     proc._finish(info.si_status if info.si_code == os.CLD_EXITED else -info.si_status)
-
-
-class _NoDeadline:
-    """Lift the running thread's deadline for a cleanup that must wait (for
-    a killed child to die) even though the caller's own timeout has passed."""
-
-    __slots__ = ("_thread", "_saved")
-
-    def __enter__(self) -> None:
-        self._thread = current_thread()
-        self._saved = self._thread.deadline
-        self._thread.deadline = None
-
-    def __exit__(self, *exc: Any) -> None:
-        self._thread.deadline = self._saved
 
 
 class _ChildWatcher(Worker):
