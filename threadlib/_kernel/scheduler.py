@@ -24,6 +24,12 @@ Design principles (in the spirit of curio's kernel):
    scopes (``scopes``) give a thread a deadline; a timer is armed only
    when the thread suspends, and the scope chain says what to raise.
 
+This file is over 800 lines on purpose: the run loop, its instrumented
+twin, the dispatch and the kernel's own system calls all read and write
+the same private state of one object (the ready queue, the pending
+interrupts, the base context and its twin), and their invariants are
+easier to check side by side than spread over mixins.
+
 The scheduler idles in its poller (an epoll instance, made when the first
 fd is watched, or one a worker provides) or, with no fds at all, on its
 clock. It never does IO itself and never blocks anywhere else; it reads
@@ -757,14 +763,8 @@ class Scheduler:
 
     def _dispatch(self, t: Thread, sc: Any) -> None:
         # The generic path of _run_ready's dispatch, for the rare passes
-        # that leave the fast loop and for the instrumented loop.
-        if sc is YIELD:  # served here, as in _run_ready: the commonest call
-            t._value = None
-            pending = self._pending
-            if pending and t in pending:
-                t._exc = pending.pop(t)
-            self._ready.append(t)
-            return
+        # that leave the fast loop and for the instrumented loop (YIELD
+        # goes to _sys_yield here, which does what _run_ready inlines).
         handler = self._handlers.get(type(sc))
         if handler is None:
             self._unknown_call(t, sc)
@@ -813,7 +813,6 @@ class Scheduler:
         t._value = None
         t._exc = failure
         self._ready.append(t)
-
 
     def _poll(self) -> None:
         clock = self.clock

@@ -438,6 +438,16 @@ def resolve(host: str, port: int, type: int = socket.SOCK_STREAM) -> Waits[list[
     return [(fam, sockaddr) for fam, _, _, _, sockaddr in infos]
 
 
+def resolve_with(resolver: Any, host: str, port: int) -> Call[list[tuple[int, Any]]]:
+    """``resolver(host, port)``, or ``resolve`` when ``resolver`` is None or
+    ``host`` is an IP literal or empty (never looked up): what every
+    network's ``resolve`` method does with its own resolver."""
+    if resolver is None or literal_family(host) is not None or not host:
+        return resolve(host, port)
+    result: Call[list[tuple[int, Any]]] = resolver(host, port)
+    return result
+
+
 # ---------------------------------------------------------------------------
 # The kernel's network
 
@@ -462,11 +472,7 @@ class KernelNetwork:
     def resolve(self, host: str, port: int) -> Call[list[tuple[int, Any]]]:
         """``[(family, sockaddr), ...]`` for ``host``, through this network's
         resolver (see the class; by default the module's ``resolve``)."""
-        resolver = self.resolver
-        if resolver is None or literal_family(host) is not None or not host:
-            return resolve(host, port)
-        result: Call[list[tuple[int, Any]]] = resolver(host, port)
-        return result
+        return resolve_with(self.resolver, host, port)
 
     @types.coroutine
     def listen(

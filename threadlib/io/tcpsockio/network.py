@@ -29,7 +29,7 @@ from ...calls import timeout as _timeout
 from ...syscalls import Waits
 from ...net import Call
 from .. import sockio
-from ..happy_eyeballs import DEFAULT_DELAY, HostTable, Resolver, connect_first, literal_family
+from ..happy_eyeballs import DEFAULT_DELAY, HostTable, Resolver, connect_first
 from .errors import NetUnreachable, closed_error, translate
 from .stream import Listener, Stream
 from .worker import TcpWait, UserTcpWorker
@@ -157,11 +157,7 @@ class UserNetwork:
         """``[(family, sockaddr), ...]`` for ``host``: literals as they are,
         names through this network's resolver (by default the system's, on
         the blocking pool)."""
-        resolver = self.resolver
-        if resolver is None or literal_family(host) is not None or not host:
-            return sockio.resolve(host, port)
-        result: Call[list[tuple[int, Any]]] = resolver(host, port)
-        return result
+        return sockio.resolve_with(self.resolver, host, port)
 
     @types.coroutine
     def connect(self, address: tuple[str, int], timeout: float | None = None, nodelay: bool = True,
