@@ -26,7 +26,7 @@ from .clocks import MonotonicClock, VirtualClock
 from .fdio import IOWorker
 from .introspect import Instrument, SlowStepDetector
 from .pollers import EpollPoller
-from .scheduler import Scheduler, current_scheduler, default_workers, running_scheduler
+from .scheduler import Scheduler, current_scheduler, default_workers, forget_fd, running_scheduler
 from .threads import COROUTINE_TYPES, Thread, ThreadCancelled
 from .timers import TimerWorker
 from .waitqueue import DONE, ParkOnce, WaitQueue
@@ -34,7 +34,7 @@ from .worker import Poller, Worker, WorkerError
 
 __all__ = [
     "BlockingPool", "MonotonicClock", "VirtualClock", "IOWorker", "EpollPoller", "Scheduler",
-    "current_scheduler", "default_workers", "running_scheduler", "COROUTINE_TYPES", "Thread",
+    "current_scheduler", "default_workers", "forget_fd", "running_scheduler", "COROUTINE_TYPES", "Thread",
     "ThreadCancelled", "TimerWorker", "DONE", "ParkOnce", "WaitQueue", "Poller", "Worker", "WorkerError",
     "Instrument", "SlowStepDetector",
 ]

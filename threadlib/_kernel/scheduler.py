@@ -104,6 +104,15 @@ def running_scheduler() -> Scheduler:
     return sched
 
 
+def forget_fd(fd: int) -> None:
+    """Before closing ``fd``: the scheduler running in this OS thread, if
+    any, forgets it (``Scheduler.forget_fd``), so that the next fd with
+    that number does not meet stale waiters."""
+    sched: Scheduler | None = getattr(_local, "scheduler", None)
+    if sched is not None:
+        sched.forget_fd(fd)
+
+
 def default_workers() -> list[Worker]:
     """The standard workers: timers, fd readiness (epoll), the blocking pool."""
     return [TimerWorker(), IOWorker(), BlockingPool()]

@@ -25,7 +25,7 @@ import types
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from ..calls import timeout as _timeout
-from .._kernel import DONE, current_scheduler
+from .._kernel import DONE, forget_fd
 from ..syscalls import Blocking, Sleep, WaitRead, WaitWrite, Waits
 from .happy_eyeballs import DEFAULT_DELAY, HostTable, Resolver, connect_first, literal_family
 
@@ -56,19 +56,13 @@ _HANG_UP = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 _ACCEPT_CONNECTION_ERRORS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
 
 
-def _forget(fd: int) -> None:
-    sched = current_scheduler()
-    if sched is not None:
-        sched.forget_fd(fd)
-
-
 def _discard(sock: socket.socket) -> None:
     """Close a socket that never became a sockio object but may have been
     waited on (a failed connect): the IO worker must forget its fd first,
     or the next socket to get that fd number would wait on a dead record."""
     fd = sock.fileno()
     if fd >= 0:
-        _forget(fd)
+        forget_fd(fd)
     sock.close()
 
 
@@ -120,7 +114,7 @@ class _SocketBase:
         fd = self._fd
         if fd >= 0:
             self._fd = -1
-            _forget(fd)
+            forget_fd(fd)
             self._sock.close()
 
     def __enter__(self) -> Any:

@@ -32,7 +32,7 @@ import subprocess
 import types
 from typing import Any, Callable, Mapping, Sequence
 
-from .._kernel import Scheduler, Worker, current_scheduler
+from .._kernel import Scheduler, Worker, current_scheduler, forget_fd
 from .._kernel.scopes import CancelScope
 from .._kernel.worker import Handler
 from ..calls import join_all, spawn
@@ -50,12 +50,6 @@ PIPE = subprocess.PIPE
 DEVNULL = subprocess.DEVNULL
 #: For ``stderr``: send it where ``stdout`` goes.
 STDOUT = subprocess.STDOUT
-
-
-def _forget(fd: int) -> None:
-    sched = current_scheduler()
-    if sched is not None:
-        sched.forget_fd(fd)
 
 
 class _Pipe:
@@ -83,7 +77,7 @@ class _Pipe:
         fd = self._fd
         if fd >= 0:
             self._fd = -1
-            _forget(fd)
+            forget_fd(fd)
             os.close(fd)
 
     def _check(self) -> int:
