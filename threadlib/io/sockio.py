@@ -23,14 +23,17 @@ import os
 import select
 import socket
 import types
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from ..calls import timeout as _timeout
 from .._kernel import DONE, current_scheduler
 from ..syscalls import Blocking, Sleep, WaitRead, WaitWrite, Waits
 
 if TYPE_CHECKING:
+    from ssl import SSLContext
+
     from ..net import Call
+    from .tls import TlsListener, TlsStream
 
 log = logging.getLogger("threadlib.io.sockio")
 
@@ -458,13 +461,24 @@ class KernelNetwork:
         """``[(family, sockaddr), ...]`` for ``host`` (see module ``resolve``)."""
         return resolve(host, port)
 
+    @overload
+    def listen(self, address: tuple[str, int], backlog: int = ..., reuse_port: bool = ..., nodelay: bool = ...,
+               ssl: None = ...) -> Waits[Listener]: ...
+    @overload
+    def listen(self, address: tuple[str, int], backlog: int = ..., reuse_port: bool = ..., nodelay: bool = ..., *,
+               ssl: SSLContext) -> Waits[TlsListener]: ...
+    @overload
+    def listen(self, address: tuple[str, int], backlog: int = ..., reuse_port: bool = ..., nodelay: bool = ...,
+               ssl: SSLContext | None = ...) -> Waits[Listener | TlsListener]: ...
     @types.coroutine
     def listen(
-        self, address: tuple[str, int], backlog: int = 1024, reuse_port: bool = False, nodelay: bool = True
-    ) -> Waits[Listener]:
+        self, address: tuple[str, int], backlog: int = 1024, reuse_port: bool = False, nodelay: bool = True,
+        ssl: SSLContext | None = None,
+    ) -> Waits[Any]:
         """A TCP listener bound to ``(host, port)``; port 0 picks a free one;
         ``reuse_port`` lets several processes share the port. Waits only to
-        resolve a host name."""
+        resolve a host name. With ``ssl`` (a server-side SSLContext) it is a
+        ``tls.TlsListener``: accepted streams handshake lazily (see there)."""
         host, port = address[0], address[1]
         family, sockaddr = (yield from resolve(host, port))[0]
         if len(address) == 4 and family == socket.AF_INET6:
@@ -479,18 +493,40 @@ class KernelNetwork:
         except BaseException:
             sock.close()
             raise
+        if ssl is not None:
+            from .tls import TlsListener
+
+            return TlsListener(Listener(sock, nodelay), ssl)
         return Listener(sock, nodelay)
 
+    @overload
+    def connect(self, address: tuple[str, int], timeout: float | None = ..., nodelay: bool = ..., local: Any = ...,
+                ssl: None = ..., server_hostname: None = ...) -> Waits[Stream]: ...
+    @overload
+    def connect(self, address: tuple[str, int], timeout: float | None = ..., nodelay: bool = ..., local: Any = ...,
+                *, ssl: SSLContext, server_hostname: str | None = ...) -> Waits[TlsStream]: ...
+    @overload
+    def connect(self, address: tuple[str, int], timeout: float | None = ..., nodelay: bool = ..., local: Any = ...,
+                ssl: SSLContext | None = ..., server_hostname: str | None = ...) -> Waits[Stream | TlsStream]: ...
     @types.coroutine
     def connect(
-        self, address: tuple[str, int], timeout: float | None = None, nodelay: bool = True, local: Any = None
-    ) -> Waits[Stream]:
+        self, address: tuple[str, int], timeout: float | None = None, nodelay: bool = True, local: Any = None,
+        ssl: SSLContext | None = None, server_hostname: str | None = None,
+    ) -> Waits[Any]:
         """A TCP connection to ``(host, port)``; tries each resolved address
         in turn. Raises ConnectionRefusedError, TimeoutError, ...
 
         Waits for name resolution and for each handshake (WaitWrite);
         ``timeout`` bounds all of it. A socket that did not connect (an
-        error, a timeout, a cancellation) is closed."""
+        error, a timeout, a cancellation) is closed. With ``ssl`` (a
+        client-side SSLContext) the result is a ``tls.TlsStream`` whose
+        handshake is done, verifying ``server_hostname`` (default: the
+        host connected to); ``timeout`` bounds the handshake too."""
+        if ssl is not None:
+            from .tls import connect_over
+
+            return (yield from connect_over(self.connect, address, timeout, ssl, server_hostname,
+                                            nodelay=nodelay, local=local))
         host, port = address[0], address[1]
         last_error: BaseException | None = None
         with _timeout(timeout):
