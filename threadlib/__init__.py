@@ -10,7 +10,7 @@ This module is the user API: running, spawning, sleeping, timeouts, joins
 and the sync primitives. The rest lives in subpackages, loaded on first use:
 
 ``threadlib.io``         sockio (kernel sockets), fileio (files, AIO),
-                         tcpsockio (the user-level TCP/IP stack), splice
+                         tcpsockio (the user-level TCP/IP stack), splice, tls
 ``threadlib.net``        the Network/Listener/Stream contracts servers are typed against
 ``threadlib.frontends``  green (greenlet threads that block in plain calls)
 ``threadlib.process``    multicore (worker processes), signals

@@ -6,6 +6,7 @@
 ``fileio``     files: Linux AIO with O_DIRECT, or the blocking pool
 ``aioworker``  the Linux AIO worker and its system calls
 ``splice``     zero-copy socket-to-socket forwarding with splice(2)
+``tls``        TLS over any stream (kernel sockets, tcpsockio, ...)
 =============  ================================================================
 
 Import the one you need (``from threadlib.io import sockio``); this package
