@@ -40,8 +40,10 @@ Nothing here is a base class: a network satisfies the contract by shape.
 from __future__ import annotations
 
 import socket
-from ssl import SSLContext
-from typing import Any, Generator, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Generator, Protocol, TypeVar, runtime_checkable
+
+if TYPE_CHECKING:
+    from ssl import SSLContext  # only named in annotations: importing ssl costs every program
 
 __all__ = ["Call", "Address", "Stream", "Listener", "Network", "DatagramSocket", "DatagramNetwork"]
 

@@ -377,8 +377,9 @@ class TlsStream:
                                            f"{self._handshake_timeout:g} s")
                 self._fail(failure)
                 raise failure from exc
-            except (_ssl.SSLError, ConnectionError, EOFError) as exc:
-                self._fail(exc)
+            except (OSError, EOFError) as exc:  # ssl.SSLError and the transport's errors
+                if not self._closed:
+                    self._fail(exc)
                 raise
         finally:
             lock.release()
