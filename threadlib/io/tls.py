@@ -70,6 +70,7 @@ is set on every context passed here (for TLS 1.2 peers).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -107,6 +108,14 @@ _WRITE_CHUNK = 256 * 1024
 _READ_SIZE = 65536
 
 _HANDSHAKING, _OPEN, _FAILED = 0, 1, 2
+
+# What a call without ``timeout`` enters: shared, so the common call makes
+# no ``threadlib.timeout`` object.
+_NO_TIMEOUT = contextlib.nullcontext()
+
+
+def _scope(timeout: float | None) -> Any:
+    return _NO_TIMEOUT if timeout is None else _timeout(timeout)
 
 
 class HandshakeTimeout(TimeoutError):
@@ -440,7 +449,7 @@ class TlsStream:
         ``timeout`` or cancellation nothing is consumed."""
         sslobj = self._sslobj
         incoming = self._incoming
-        with _timeout(timeout):
+        with _scope(timeout):
             if self._state != _OPEN:
                 yield from self._handshake()
             while True:
@@ -460,7 +469,22 @@ class TlsStream:
                         if not data and max_bytes:
                             self._read_eof = True  # b"": the peer's close_notify
                         return data
-                yield from self._fill()
+                if self._unsent is not None or self._outgoing.pending or self._recv_lock.locked():
+                    yield from self._fill()
+                    continue
+                # _fill's common case written out (one generator less per
+                # read): nobody else reads, nothing of ours waits to go out.
+                lock = self._recv_lock
+                yield from lock.acquire()
+                try:
+                    data = yield from self._transport.recv(_READ_SIZE)
+                finally:
+                    lock.release()
+                self._reads += 1
+                if data:
+                    incoming.write(data)
+                else:
+                    incoming.write_eof()
 
     @types.coroutine
     def recv_into(self, buffer: Any, nbytes: int = 0, timeout: float | None = None) -> Waits[int]:
@@ -475,7 +499,7 @@ class TlsStream:
             return 0
         sslobj = self._sslobj
         incoming = self._incoming
-        with _timeout(timeout):
+        with _scope(timeout):
             if self._state != _OPEN:
                 yield from self._handshake()
             while True:
@@ -521,13 +545,13 @@ class TlsStream:
             raise BrokenPipeError(errno.EPIPE, "the TLS stream's write side is shut down (close_notify sent)")
 
     @types.coroutine
-    def _write(self, view: memoryview) -> Waits[None]:
-        """Encrypt and send ``view``: the caller holds ``_send_lock``, which
+    def _write(self, data: Any) -> Waits[None]:
+        """Encrypt and send ``data``: the caller holds ``_send_lock``, which
         is let go (and taken back) only while a write needs input."""
         sslobj = self._sslobj
         while True:
             try:
-                sslobj.write(view)
+                sslobj.write(data)
                 break
             except _ssl.SSLWantReadError:
                 pass
@@ -538,7 +562,14 @@ class TlsStream:
             finally:
                 yield from self._send_lock.acquire()
             self._check_writable()
-        yield from self._flush_locked()
+        # _flush_locked's first round written out (one generator less per
+        # write); the unsent rest is recorded before any wait.
+        out = self._outgoing
+        view = self._unsent = memoryview(out.read())
+        n = yield from self._transport.send(view)
+        self._unsent = view[n:] if n < len(view) else None
+        if self._unsent is not None or out.pending:
+            yield from self._flush_locked()
 
     @types.coroutine
     def send(self, data: Any, timeout: float | None = None) -> Waits[int]:
@@ -547,13 +578,14 @@ class TlsStream:
         still to do. After a timeout or cancellation what was encrypted is
         committed: it is queued and goes out with the next write."""
         view = memoryview(data).cast("B")[:_WRITE_CHUNK]
-        with _timeout(timeout):
+        with _scope(timeout):
             if self._state != _OPEN:
                 yield from self._handshake()
             yield from self._send_lock.acquire()
             try:
                 self._check_writable()
-                yield from self._flush_locked()
+                if self._unsent is not None or self._outgoing.pending:
+                    yield from self._flush_locked()
                 if len(view):
                     yield from self._write(view)
             finally:
@@ -565,20 +597,20 @@ class TlsStream:
         """Encrypt and send all of ``data``, returning once the transport
         took every byte. ``timeout`` bounds the whole call; after it (or a
         cancellation) a prefix of ``data`` was sent or is queued."""
-        view = memoryview(data).cast("B")
-        total = len(view)
-        with _timeout(timeout):
+        with _scope(timeout):
             if self._state != _OPEN:
                 yield from self._handshake()
             yield from self._send_lock.acquire()
             try:
                 self._check_writable()
-                yield from self._flush_locked()
-                if total <= _WRITE_CHUNK:
-                    if total:
-                        yield from self._write(view)
+                if self._unsent is not None or self._outgoing.pending:
+                    yield from self._flush_locked()
+                if type(data) is bytes and len(data) <= _WRITE_CHUNK:
+                    if data:
+                        yield from self._write(data)  # the usual response: no view needed
                     return
-                for start in range(0, total, _WRITE_CHUNK):
+                view = memoryview(data).cast("B")
+                for start in range(0, len(view), _WRITE_CHUNK):
                     yield from self._write(view[start:start + _WRITE_CHUNK])
             finally:
                 self._release_send()
