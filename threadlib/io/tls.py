@@ -196,7 +196,7 @@ class TlsStream:
         self._ragged_eof = ragged_eof
         self._read_eof = False      # the peer's close_notify (or a tolerated ragged EOF) was read
         self._write_shut = False    # our close_notify is queued: no more writes
-        self._shut_pending = False  # the transport's FIN waits for the holder of _send_lock
+        self._shut_pending = False  # close_notify and the FIN wait for the writer holding _send_lock
         self._closed = False
         self._reads = 0             # transport reads so far: lets a writer see a reader got input
 
@@ -310,9 +310,15 @@ class TlsStream:
             self._release_send()
 
     def _release_send(self) -> None:
-        if self._shut_pending and self._unsent is None and not self._outgoing.pending:
+        if self._shut_pending:
+            # shutdown() came while this writer was at work: its data is all
+            # encrypted now, so close_notify may follow it.
             self._shut_pending = False
-            self._shutdown_transport()
+            self._queue_close_notify()
+            sent = self._send_now()
+            self._send_lock.release()
+            self._after_close_notify(sent)
+            return
         self._send_lock.release()
 
     @types.coroutine
@@ -561,7 +567,7 @@ class TlsStream:
                 yield from self._fill()
             finally:
                 yield from self._send_lock.acquire()
-            self._check_writable()
+            self._check()
         # _flush_locked's first round written out (one generator less per
         # write); the unsent rest is recorded before any wait.
         out = self._outgoing
@@ -704,29 +710,30 @@ class TlsStream:
             self._write_shut = True
             self._shutdown_transport()
             return
-        self._queue_close_notify()
         if self._send_lock.locked():
-            self._shut_pending = True  # the writer holding the lock sends it, then the FIN
+            self._write_shut = True    # no new write; the one at work finishes,
+            self._shut_pending = True  # then sends close_notify and the FIN
             return
-        if self._send_now():
+        self._queue_close_notify()
+        self._after_close_notify(self._send_now())
+
+    def _after_close_notify(self, sent: bool) -> None:
+        """close_notify is queued (and ``sent`` says whether the transport
+        took it at once): the FIN now, or after a thread has sent the rest."""
+        if sent:
             self._shutdown_transport()
             return
-        self._shut_pending = True
-        self._in_background(self._finish_shutdown(), "tls-shutdown")
+        sched = current_scheduler()
+        if sched is not None:
+            sched.spawn(self._finish_shutdown(), "tls-shutdown")
 
     @types.coroutine
     def _finish_shutdown(self) -> Waits[None]:
         try:
-            yield from self._flush()  # releasing the lock sends the FIN
+            yield from self._flush()
         except (OSError, TimeoutError):
-            pass  # the stream was closed or failed meanwhile: nothing left to shut
-
-    def _in_background(self, coro: Any, name: str) -> None:
-        sched = current_scheduler()
-        if sched is None:
-            coro.close()
-            return
-        sched.spawn(coro, name)
+            return  # the stream was closed or failed meanwhile: nothing left to shut
+        self._shutdown_transport()
 
     def close(self) -> None:
         """Close now, never waiting: close_notify goes out if the transport

@@ -707,3 +707,178 @@ def test_bad_arguments_are_named(certs):
     finally:
         a.close()
         b.close()
+
+
+# ---------------------------------------------------------------------------
+# Writes the transport cannot take at once
+
+
+def _small_buffers(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+
+
+def blocked_writing(thread):
+    """Wait until ``thread`` waits for room in a socket (the peer does not read)."""
+    from threadlib.lowlevel import WaitWrite
+
+    for _ in range(2000):  # bounded: 20 s
+        if isinstance(thread.waiting_on, WaitWrite):
+            return
+        yield from threadlib.sleep(0.01)
+    raise AssertionError(f"{thread} never waited for room; it waits in {thread.waiting_on}")
+
+
+def test_close_with_a_full_transport_still_sends_close_notify(certs):
+    """close() never waits: when the transport is full, a thread sends the
+    rest and close_notify once the peer reads, and the peer sees a clean
+    end after every byte."""
+    data = random.Random(7).randbytes(2 << 20)
+    go = threading.Event()
+
+    def handler(conn):
+        go.wait(20)
+        return read_to_end(conn)  # raises at a transport EOF without close_notify
+
+    def main():
+        srv = socket.socket()
+        _small_buffers(srv)
+        srv.bind((HOST, 0))
+        srv.listen(1)
+        srv.settimeout(20)
+
+        def serve():
+            with srv:
+                raw, _ = srv.accept()
+                with certs.server().wrap_socket(raw, server_side=True, suppress_ragged_eofs=False) as conn:
+                    return handler(conn)
+
+        peer = Peer(serve)
+        raw = socket.create_connection((HOST, srv.getsockname()[1]), timeout=20)
+        _small_buffers(raw)
+        conn = yield from tls.wrap(sockio.Stream(raw), certs.client(), server_hostname="localhost")
+        writer = yield from threadlib.spawn(conn.sendall(data))
+        yield from blocked_writing(writer)  # the peer does not read yet
+        yield from writer.cancel()  # an interrupted write: its encrypted rest stays queued
+        conn.close()                # returns at once; the queued bytes and close_notify follow
+        assert conn.closed
+        go.set()
+        return (yield from finished(peer))
+
+    got = threadlib.run(main())
+    # The cancelled sendall sent a prefix of the data (everything it had
+    # encrypted), and the stream ended cleanly after it.
+    assert 0 < len(got) < len(data) and data.startswith(got)
+
+
+def test_an_interrupted_sendall_leaves_the_stream_usable(certs):
+    """A sendall cut by its timeout keeps what it encrypted queued: the
+    next write sends it first, and the peer reads a prefix of the data
+    followed by the next message, with no TLS error."""
+    data = random.Random(8).randbytes(4 << 20)
+    go = threading.Event()
+
+    def handler(conn):
+        go.wait(20)
+        got = bytearray()
+        while not got.endswith(b"THE END"):
+            chunk = conn.recv(1 << 16)
+            assert chunk, "the stream ended early"
+            got += chunk
+        conn.sendall(b"ok")
+        conn.unwrap()
+        return bytes(got)
+
+    def main():
+        srv = socket.socket()
+        _small_buffers(srv)
+        srv.bind((HOST, 0))
+        srv.listen(1)
+        srv.settimeout(20)
+
+        def serve():
+            with srv:
+                raw, _ = srv.accept()
+                with certs.server().wrap_socket(raw, server_side=True) as conn:
+                    return handler(conn)
+
+        peer = Peer(serve)
+        raw = socket.create_connection((HOST, srv.getsockname()[1]), timeout=20)
+        _small_buffers(raw)
+        conn = yield from tls.wrap(sockio.Stream(raw), certs.client(), server_hostname="localhost")
+        with conn:
+            with pytest.raises(TimeoutError):
+                yield from conn.sendall(data, timeout=0.3)
+            go.set()
+            yield from conn.sendall(b"THE END", timeout=20)
+            assert (yield from conn.recv(10, timeout=20)) == b"ok"
+        return (yield from finished(peer))
+
+    got = threadlib.run(main())
+    head = got[:-len(b"THE END")]
+    assert 0 < len(head) < len(data) and data.startswith(head)
+
+
+def test_shutdown_with_a_full_transport_finishes_in_the_background(certs):
+    data = random.Random(9).randbytes(2 << 20)
+    go = threading.Event()
+
+    def handler(conn):
+        go.wait(20)
+        got = read_to_end(conn)  # ends at our close_notify, after all of it
+        conn.sendall(b"got %d" % len(got))
+        conn.unwrap()
+        return got
+
+    def main():
+        srv = socket.socket()
+        _small_buffers(srv)
+        srv.bind((HOST, 0))
+        srv.listen(1)
+        srv.settimeout(20)
+
+        def serve():
+            with srv:
+                raw, _ = srv.accept()
+                with certs.server().wrap_socket(raw, server_side=True, suppress_ragged_eofs=False) as conn:
+                    return handler(conn)
+
+        peer = Peer(serve)
+        raw = socket.create_connection((HOST, srv.getsockname()[1]), timeout=20)
+        _small_buffers(raw)
+        conn = yield from tls.wrap(sockio.Stream(raw), certs.client(), server_hostname="localhost")
+        with conn:
+            writer = yield from threadlib.spawn(conn.sendall(data))
+            yield from blocked_writing(writer)
+            conn.shutdown(socket.SHUT_WR)  # the writer holds the lock: it sends close_notify and the FIN after
+            go.set()
+            yield from writer.join()
+            reply = yield from conn.recv(100, timeout=20)
+            assert (yield from conn.recv(100, timeout=20)) == b""
+        return reply, (yield from finished(peer))
+
+    reply, got = threadlib.run(main())
+    assert got == data and reply == b"got %d" % len(data)
+
+
+def test_a_green_thread_uses_a_tls_stream_with_plain_calls(certs):
+    from threadlib.frontends import green
+
+    def client(port):
+        conn = green.wrap(green.call(sockio.kernel.connect((HOST, port), timeout=10, ssl=certs.client())))
+        with conn:
+            conn.sendall(b"green")
+            return conn.recv(100)
+
+    def handler(conn):
+        conn.sendall(conn.recv(100).upper())
+        conn.unwrap()
+
+    def main():
+        port, peer = kernel_tls_server(certs.server(), handler)
+        t = yield from threadlib.spawn(green.thread(client, port))
+        reply = yield from t.join()
+        yield from finished(peer)
+        return reply
+
+    assert threadlib.run(main()) == b"GREEN"
