@@ -132,6 +132,21 @@ def read_to_end(sock: socket.socket) -> bytes:
     return b"".join(parts)
 
 
+def bad_client(port: int, data: bytes, meanwhile=None) -> int:
+    """Send ``data`` to the TLS port, run ``meanwhile()`` while the server
+    holds the connection, check it is closed unanswered; its local port."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(data)
+        if meanwhile is not None:
+            meanwhile()
+        assert read_to_end(s) == b""
+        return s.getsockname()[1]
+
+
+PLAIN_HTTP = b"GET /small.txt HTTP/1.1\r\nHost: x\r\n\r\n"
+HELLO_START = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"  # the start of a ClientHello
+
+
 # ---------------------------------------------------------------------------
 # The web server
 
@@ -175,26 +190,19 @@ def test_http_and_https_at_once_and_bad_clients_are_logged_once_each(site, pki):
         plain.close()
 
         # Plain HTTP on the HTTPS port: closed unanswered, one log line.
-        with socket.create_connection(("127.0.0.1", https_port), timeout=10) as s:
-            port_a = s.getsockname()[1]
-            s.sendall(b"GET /small.txt HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert read_to_end(s) == b""
+        port_a = bad_client(https_port, PLAIN_HTTP)
         server.wait_for(rf"TLS handshake with 127\.0\.0\.1:{port_a} failed: a plaintext HTTP request on the TLS port")
 
         # Garbage instead of a ClientHello.
-        with socket.create_connection(("127.0.0.1", https_port), timeout=10) as s:
-            port_b = s.getsockname()[1]
-            s.sendall(b"\x00" * 64)
-            assert read_to_end(s) == b""
+        port_b = bad_client(https_port, b"\x00" * 64)
         server.wait_for(rf"TLS handshake with 127\.0\.0\.1:{port_b} failed: not a TLS handshake")
 
         # A client stalling mid-handshake: a good client is served meanwhile,
         # and the staller is cut at the handshake timeout.
-        with socket.create_connection(("127.0.0.1", https_port), timeout=10) as s:
-            port_c = s.getsockname()[1]
-            s.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+        def good():
             assert https_get(https_port, "/small.txt", pki["client"]) == (200, small)
-            assert read_to_end(s) == b""
+
+        port_c = bad_client(https_port, HELLO_START, meanwhile=good)
         server.wait_for(rf"TLS handshake with 127\.0\.0\.1:{port_c} failed: TLS handshake with "
                         rf"127\.0\.0\.1:{port_c} not finished within 0\.5 s")
 
@@ -323,16 +331,13 @@ def test_proxy_terminates_tls_in_front_of_a_plain_server(site, pki, tmp_path):
         assert out.read_bytes() == (site / "big.bin").read_bytes()
         proxy.wait_for(r"closed: up \d+ B, down \d+ B")
 
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-            port_a = s.getsockname()[1]
-            s.sendall(b"GET /small.txt HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert read_to_end(s) == b""
+        port_a = bad_client(port, PLAIN_HTTP)
         proxy.wait_for(rf"from 127\.0\.0\.1:{port_a}: TLS handshake failed: a plaintext HTTP request on the TLS port")
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-            port_b = s.getsockname()[1]
-            s.sendall(b"\x16\x03\x01")
+
+        def good():
             assert https_get(port, "/small.txt", pki["client"]) == (200, (site / "small.txt").read_bytes())
-            assert read_to_end(s) == b""
+
+        port_b = bad_client(port, HELLO_START, meanwhile=good)
         proxy.wait_for(rf"from 127\.0\.0\.1:{port_b}: TLS handshake failed: .*not finished within 0\.5 s")
         output = proxy.stop()
         assert "2 failed TLS handshake(s)" in output and "Traceback" not in output

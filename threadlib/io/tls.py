@@ -48,8 +48,9 @@ a ``send`` interrupted by its timeout may still deliver what it encrypted.
 
 Closing and half-closing
 ------------------------
-``shutdown(SHUT_WR)`` sends close_notify and then the transport's FIN;
-reading still works. TLS 1.3 (RFC 8446, 6.1) makes close_notify a
+``shutdown(SHUT_WR)`` sends close_notify and then the transport's FIN
+(after the write at work, if a thread is in ``sendall``: close_notify
+must follow the last record); reading still works. TLS 1.3 (RFC 8446, 6.1) makes close_notify a
 half-close, and OpenSSL reads on after sending one, so the contract's
 half-close holds both ways; a TLS 1.2 peer may instead answer with its own
 close_notify and drop what it had not sent. A peer's close_notify makes

@@ -18,6 +18,7 @@ import pytest
 import trustme
 
 import threadlib
+from tests.threadlib.test_net_contract import Peer, finished, read_to_end
 from threadlib.io import sockio, tls
 
 pytestmark = pytest.mark.timeout(60)
@@ -59,52 +60,18 @@ def certs() -> Certs:
     return Certs()
 
 
-class Peer(threading.Thread):
-    """Peer code in an OS thread; ``value`` re-raises its error."""
-
-    def __init__(self, fn, *args):
-        super().__init__(daemon=True)
-        self.fn, self.args = fn, args
-        self.result = None
-        self.error = None
-        self.start()
-
-    def run(self):
-        try:
-            self.result = self.fn(*self.args)
-        except BaseException as exc:  # handed to the test
-            self.error = exc
-
-    @property
-    def value(self):
-        self.join(30)
-        assert not self.is_alive(), "peer did not finish"
-        if self.error is not None:
-            raise self.error
-        return self.result
-
-
-def finished(peer: Peer):
-    yield from threadlib.blocking(peer.join, 30)
-    return peer.value
-
-
 def tls_client(certs: Certs, port: int, *, name: str = "localhost", **options) -> ssl.SSLSocket:
     raw = socket.create_connection((HOST, port), timeout=20)
     return certs.client(**options).wrap_socket(raw, server_hostname=name)
 
 
-def read_to_end(sock) -> bytes:
-    parts = []
-    while chunk := sock.recv(1 << 16):
-        parts.append(chunk)
-    return b"".join(parts)
-
-
-def kernel_tls_server(ctx: ssl.SSLContext, handler):
+def kernel_tls_server(ctx: ssl.SSLContext, handler, small_buffers: bool = False):
     """A listening kernel socket whose first connection, wrapped in TLS, is
-    given to ``handler`` in an OS thread: (port, Peer)."""
+    given to ``handler`` in an OS thread: (port, Peer). ``small_buffers``:
+    4 KiB socket buffers, and a transport EOF without close_notify raises."""
     srv = socket.socket()
+    if small_buffers:
+        _small_buffers(srv)
     srv.bind((HOST, 0))
     srv.listen(4)
     srv.settimeout(20)
@@ -112,7 +79,7 @@ def kernel_tls_server(ctx: ssl.SSLContext, handler):
     def serve():
         with srv:
             raw, _ = srv.accept()
-            with ctx.wrap_socket(raw, server_side=True) as conn:
+            with ctx.wrap_socket(raw, server_side=True, suppress_ragged_eofs=not small_buffers) as conn:
                 return handler(conn)
 
     return srv.getsockname()[1], Peer(serve)
@@ -718,6 +685,17 @@ def _small_buffers(sock: socket.socket) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
 
 
+def small_buffer_connection(certs, handler):
+    """Our TLS stream to a kernel ssl server that gives its connection to
+    ``handler`` in an OS thread (strict about close_notify), with 4 KiB
+    socket buffers at both ends so writes soon wait: (stream, Peer)."""
+    port, peer = kernel_tls_server(certs.server(), handler, small_buffers=True)
+    raw = socket.create_connection((HOST, port), timeout=20)
+    _small_buffers(raw)
+    conn = yield from tls.wrap(sockio.Stream(raw), certs.client(), server_hostname="localhost")
+    return conn, peer
+
+
 def blocked_writing(thread):
     """Wait until ``thread`` waits for room in a socket (the peer does not read)."""
     from threadlib.lowlevel import WaitWrite
@@ -741,22 +719,7 @@ def test_close_with_a_full_transport_still_sends_close_notify(certs):
         return read_to_end(conn)  # raises at a transport EOF without close_notify
 
     def main():
-        srv = socket.socket()
-        _small_buffers(srv)
-        srv.bind((HOST, 0))
-        srv.listen(1)
-        srv.settimeout(20)
-
-        def serve():
-            with srv:
-                raw, _ = srv.accept()
-                with certs.server().wrap_socket(raw, server_side=True, suppress_ragged_eofs=False) as conn:
-                    return handler(conn)
-
-        peer = Peer(serve)
-        raw = socket.create_connection((HOST, srv.getsockname()[1]), timeout=20)
-        _small_buffers(raw)
-        conn = yield from tls.wrap(sockio.Stream(raw), certs.client(), server_hostname="localhost")
+        conn, peer = yield from small_buffer_connection(certs, handler)
         writer = yield from threadlib.spawn(conn.sendall(data))
         yield from blocked_writing(writer)  # the peer does not read yet
         yield from writer.cancel()  # an interrupted write: its encrypted rest stays queued
@@ -790,22 +753,7 @@ def test_an_interrupted_sendall_leaves_the_stream_usable(certs):
         return bytes(got)
 
     def main():
-        srv = socket.socket()
-        _small_buffers(srv)
-        srv.bind((HOST, 0))
-        srv.listen(1)
-        srv.settimeout(20)
-
-        def serve():
-            with srv:
-                raw, _ = srv.accept()
-                with certs.server().wrap_socket(raw, server_side=True) as conn:
-                    return handler(conn)
-
-        peer = Peer(serve)
-        raw = socket.create_connection((HOST, srv.getsockname()[1]), timeout=20)
-        _small_buffers(raw)
-        conn = yield from tls.wrap(sockio.Stream(raw), certs.client(), server_hostname="localhost")
+        conn, peer = yield from small_buffer_connection(certs, handler)
         with conn:
             with pytest.raises(TimeoutError):
                 yield from conn.sendall(data, timeout=0.3)
@@ -831,22 +779,7 @@ def test_shutdown_with_a_full_transport_finishes_in_the_background(certs):
         return got
 
     def main():
-        srv = socket.socket()
-        _small_buffers(srv)
-        srv.bind((HOST, 0))
-        srv.listen(1)
-        srv.settimeout(20)
-
-        def serve():
-            with srv:
-                raw, _ = srv.accept()
-                with certs.server().wrap_socket(raw, server_side=True, suppress_ragged_eofs=False) as conn:
-                    return handler(conn)
-
-        peer = Peer(serve)
-        raw = socket.create_connection((HOST, srv.getsockname()[1]), timeout=20)
-        _small_buffers(raw)
-        conn = yield from tls.wrap(sockio.Stream(raw), certs.client(), server_hostname="localhost")
+        conn, peer = yield from small_buffer_connection(certs, handler)
         with conn:
             writer = yield from threadlib.spawn(conn.sendall(data))
             yield from blocked_writing(writer)
