@@ -50,9 +50,9 @@ Closing and half-closing
 ------------------------
 ``shutdown(SHUT_WR)`` sends close_notify and then the transport's FIN
 (after the write at work, if a thread is in ``sendall``: close_notify
-must follow the last record); reading still works. TLS 1.3 (RFC 8446, 6.1) makes close_notify a
-half-close, and OpenSSL reads on after sending one, so the contract's
-half-close holds both ways; a TLS 1.2 peer may instead answer with its own
+must follow the last record); reading still works. TLS 1.3 (RFC 8446,
+6.1) makes close_notify a half-close, and OpenSSL reads on after sending
+one, so the contract's half-close holds both ways; a TLS 1.2 peer may instead answer with its own
 close_notify and drop what it had not sent. A peer's close_notify makes
 ``recv`` return ``b""`` (a clean end). A transport EOF *without*
 close_notify (a "ragged EOF") may be an attacker truncating the stream, so
