@@ -815,3 +815,42 @@ def test_a_green_thread_uses_a_tls_stream_with_plain_calls(certs):
         return reply
 
     assert threadlib.run(main()) == b"GREEN"
+
+
+def test_a_key_update_the_peer_asks_for_is_answered_while_reading(certs, tmp_path):
+    """openssl s_client's "K" sends a TLS 1.3 KeyUpdate asking us to update
+    too: a read on our side meets it and must write our own KeyUpdate (a
+    read that writes), after which data still flows both ways."""
+    ca_file = tmp_path / "ca.pem"
+    certs.ca.cert_pem.write_to_path(str(ca_file))
+
+    def until(proc, marker):
+        seen = []
+        for line in proc.stdout:  # bounded by the test's timeout; s_client prints the marker or ends
+            seen.append(line)
+            if marker in line:
+                return b"".join(seen)
+        raise AssertionError(f"s_client never printed {marker!r}: {b''.join(seen)!r}")
+
+    def main():
+        listener = yield from sockio.kernel.listen((HOST, 0), ssl=certs.server())
+        proc = subprocess.Popen(
+            ["openssl", "s_client", "-connect", f"{HOST}:{listener.address[1]}", "-tls1_3", "-CAfile", str(ca_file)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        conn, _ = yield from listener.accept(timeout=10)
+        with conn, listener:
+            reader = yield from threadlib.spawn(conn.recv(100, timeout=20))
+            proc.stdin.write(b"K\n")  # alone on its line and in its read: a command
+            proc.stdin.flush()
+            yield from threadlib.blocking(until, proc, b"KEYUPDATE")
+            proc.stdin.write(b"after\n")
+            proc.stdin.flush()
+            got = yield from reader.join()
+            yield from conn.sendall(b"reply after the key update\n")
+            out = yield from threadlib.blocking(until, proc, b"reply after the key update")
+            proc.stdin.close()
+        proc.wait(20)
+        return got, out.decode(errors="replace")
+
+    got, out = threadlib.run(main())
+    assert got == b"after\n" and "reply after the key update" in out
