@@ -180,7 +180,7 @@ def test_https_program_serves_curl_and_the_load_generator(site, pki, tmp_path):
 def test_http_and_https_at_once_and_bad_clients_are_logged_once_each(site, pki):
     http_port, https_port = free_port(), free_port()
     server = Program("apps.webserver", "--root", str(site), "--port", str(http_port), "--tls-port", str(https_port),
-                     "--tls-cert", pki["cert"], "--tls-key", pki["key"], "--handshake-timeout", "0.5")
+                     "--tls-cert", pki["cert"], "--tls-key", pki["key"], "--handshake-timeout", "1.5")
     small = (site / "small.txt").read_bytes()
     try:
         server.wait_for(rf"on http://127\.0\.0\.1:{http_port}/ https://127\.0\.0\.1:{https_port}/ ")
@@ -322,7 +322,7 @@ def test_proxy_terminates_tls_in_front_of_a_plain_server(site, pki, tmp_path):
     host, backend_port = backend.start()
     port = free_port()
     proxy = Program("apps.proxy", "--listen", f"127.0.0.1:{port}", "--target", f"127.0.0.1:{backend_port}",
-                    "--tls-cert", pki["cert"], "--tls-key", pki["key"], "--handshake-timeout", "0.5")
+                    "--tls-cert", pki["cert"], "--tls-key", pki["key"], "--handshake-timeout", "1.5")
     try:
         proxy.wait_for("proxy listening on")
         out = tmp_path / "got.bin"
