@@ -204,7 +204,7 @@ def test_http_and_https_at_once_and_bad_clients_are_logged_once_each(site, pki):
 
         port_c = bad_client(https_port, HELLO_START, meanwhile=good)
         server.wait_for(rf"TLS handshake with 127\.0\.0\.1:{port_c} failed: TLS handshake with "
-                        rf"127\.0\.0\.1:{port_c} not finished within 0\.5 s")
+                        rf"127\.0\.0\.1:{port_c} not finished within 1\.5 s")
 
         assert https_get(https_port, "/small.txt", pki["client"]) == (200, small)
         output = server.stop()
@@ -338,7 +338,7 @@ def test_proxy_terminates_tls_in_front_of_a_plain_server(site, pki, tmp_path):
             assert https_get(port, "/small.txt", pki["client"]) == (200, (site / "small.txt").read_bytes())
 
         port_b = bad_client(port, HELLO_START, meanwhile=good)
-        proxy.wait_for(rf"from 127\.0\.0\.1:{port_b}: TLS handshake failed: .*not finished within 0\.5 s")
+        proxy.wait_for(rf"from 127\.0\.0\.1:{port_b}: TLS handshake failed: .*not finished within 1\.5 s")
         output = proxy.stop()
         assert "2 failed TLS handshake(s)" in output and "Traceback" not in output
     finally:
