@@ -71,7 +71,6 @@ is set on every context passed here (for TLS 1.2 peers).
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import socket
@@ -110,13 +109,6 @@ _READ_SIZE = 65536
 
 _HANDSHAKING, _OPEN, _FAILED = 0, 1, 2
 
-# What a call without ``timeout`` enters: shared, so the common call makes
-# no ``threadlib.timeout`` object.
-_NO_TIMEOUT = contextlib.nullcontext()
-
-
-def _scope(timeout: float | None) -> Any:
-    return _NO_TIMEOUT if timeout is None else _timeout(timeout)
 
 
 class HandshakeTimeout(TimeoutError):
@@ -448,53 +440,64 @@ class TlsStream:
         raise exc
 
     @types.coroutine
-    def recv(self, max_bytes: int = 65536, timeout: float | None = None) -> Waits[bytes]:
+    def _within(self, call: Any, timeout: float | None) -> Waits[Any]:
+        """``call`` (a waiting method's body) after the handshake, both
+        within ``timeout``. The common call, with no timeout on an open
+        stream, runs its body directly: no generator and no scope more."""
+        with _timeout(timeout):
+            if self._state != _OPEN:
+                yield from self._handshake()
+            return (yield from call)
+
+    def recv(self, max_bytes: int = 65536, timeout: float | None = None) -> Call[bytes]:
         """Up to ``max_bytes`` bytes of plaintext (at least one); ``b""``
         once the peer's close_notify was read (or a transport EOF, with
         ``ragged_eof``); ``ssl.SSLEOFError`` at a transport EOF without
         close_notify. The handshake first, if it is still to do. On
         ``timeout`` or cancellation nothing is consumed."""
-        sslobj = self._sslobj
-        incoming = self._incoming
-        with _scope(timeout):
-            if self._state != _OPEN:
-                yield from self._handshake()
-            while True:
-                if self._closed:
-                    raise _closed_error()
-                if self._read_eof:
-                    return b""
-                if incoming.pending or sslobj.pending() or incoming.eof:
-                    try:
-                        data = sslobj.read(max_bytes)
-                    except _ssl.SSLError as exc:
-                        if self._read_result(exc):
-                            return b""
-                    else:
-                        if self._outgoing.pending:
-                            yield from self._flush_for_reader()
-                        if not data and max_bytes:
-                            self._read_eof = True  # b"": the peer's close_notify
-                        return data
-                if self._unsent is not None or self._outgoing.pending or self._recv_lock.locked():
-                    yield from self._fill()
-                    continue
-                # _fill's common case written out (one generator less per
-                # read): nobody else reads, nothing of ours waits to go out.
-                lock = self._recv_lock
-                yield from lock.acquire()
-                try:
-                    data = yield from self._transport.recv(_READ_SIZE)
-                finally:
-                    lock.release()
-                self._reads += 1
-                if data:
-                    incoming.write(data)
-                else:
-                    incoming.write_eof()
+        if timeout is None and self._state == _OPEN:
+            return self._recv(max_bytes)
+        return self._within(self._recv(max_bytes), timeout)
 
     @types.coroutine
-    def recv_into(self, buffer: Any, nbytes: int = 0, timeout: float | None = None) -> Waits[int]:
+    def _recv(self, max_bytes: int) -> Waits[bytes]:
+        sslobj = self._sslobj
+        incoming = self._incoming
+        while True:
+            if self._closed:
+                raise _closed_error()
+            if self._read_eof:
+                return b""
+            if incoming.pending or sslobj.pending() or incoming.eof:
+                try:
+                    data = sslobj.read(max_bytes)
+                except _ssl.SSLError as exc:
+                    if self._read_result(exc):
+                        return b""
+                else:
+                    if self._outgoing.pending:
+                        yield from self._flush_for_reader()
+                    if not data and max_bytes:
+                        self._read_eof = True  # b"": the peer's close_notify
+                    return data
+            if self._unsent is not None or self._outgoing.pending or self._recv_lock.locked():
+                yield from self._fill()
+                continue
+            # _fill's common case written out (one generator less per
+            # read): nobody else reads, nothing of ours waits to go out.
+            lock = self._recv_lock
+            yield from lock.acquire()
+            try:
+                data = yield from self._transport.recv(_READ_SIZE)
+            finally:
+                lock.release()
+            self._reads += 1
+            if data:
+                incoming.write(data)
+            else:
+                incoming.write_eof()
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, timeout: float | None = None) -> Call[int]:
         """Read into ``buffer`` (up to ``nbytes``, 0 for its size); the
         count, 0 at the end. Waits like ``recv``."""
         view = memoryview(buffer).cast("B")
@@ -502,32 +505,35 @@ class TlsStream:
             if not 0 < nbytes <= len(view):
                 raise ValueError(f"nbytes {nbytes} is outside a buffer of {len(view)} bytes")
             view = view[:nbytes]
+        if timeout is None and self._state == _OPEN:
+            return self._recv_into(view)
+        return self._within(self._recv_into(view), timeout)
+
+    @types.coroutine
+    def _recv_into(self, view: memoryview) -> Waits[int]:
         if not len(view):
             return 0
         sslobj = self._sslobj
         incoming = self._incoming
-        with _scope(timeout):
-            if self._state != _OPEN:
-                yield from self._handshake()
-            while True:
-                if self._closed:
-                    raise _closed_error()
-                if self._read_eof:
-                    return 0
-                if incoming.pending or sslobj.pending() or incoming.eof:
-                    try:
-                        # With a buffer, read returns a count (typeshed says bytes).
-                        n: int = sslobj.read(len(view), view)  # type: ignore[assignment]
-                    except _ssl.SSLError as exc:
-                        if self._read_result(exc):
-                            return 0
-                    else:
-                        if self._outgoing.pending:
-                            yield from self._flush_for_reader()
-                        if not n:
-                            self._read_eof = True
-                        return n
-                yield from self._fill()
+        while True:
+            if self._closed:
+                raise _closed_error()
+            if self._read_eof:
+                return 0
+            if incoming.pending or sslobj.pending() or incoming.eof:
+                try:
+                    # With a buffer, read returns a count (typeshed says bytes).
+                    n: int = sslobj.read(len(view), view)  # type: ignore[assignment]
+                except _ssl.SSLError as exc:
+                    if self._read_result(exc):
+                        return 0
+                else:
+                    if self._outgoing.pending:
+                        yield from self._flush_for_reader()
+                    if not n:
+                        self._read_eof = True
+                    return n
+            yield from self._fill()
 
     @types.coroutine
     def recv_exactly(self, nbytes: int, timeout: float | None = None) -> Waits[bytes]:
@@ -578,49 +584,54 @@ class TlsStream:
         if self._unsent is not None or out.pending:
             yield from self._flush_locked()
 
-    @types.coroutine
-    def send(self, data: Any, timeout: float | None = None) -> Waits[int]:
+    def send(self, data: Any, timeout: float | None = None) -> Call[int]:
         """Encrypt and send some of ``data`` (up to 256 KiB), waiting until
         the transport took it; the count. The handshake first, if it is
         still to do. After a timeout or cancellation what was encrypted is
         committed: it is queued and goes out with the next write."""
         view = memoryview(data).cast("B")[:_WRITE_CHUNK]
-        with _scope(timeout):
-            if self._state != _OPEN:
-                yield from self._handshake()
-            yield from self._send_lock.acquire()
-            try:
-                self._check_writable()
-                if self._unsent is not None or self._outgoing.pending:
-                    yield from self._flush_locked()
-                if len(view):
-                    yield from self._write(view)
-            finally:
-                self._release_send()
-        return len(view)
+        if timeout is None and self._state == _OPEN:
+            return self._send(view)
+        return self._within(self._send(view), timeout)
 
     @types.coroutine
-    def sendall(self, data: Any, timeout: float | None = None) -> Waits[None]:
+    def _send(self, view: memoryview) -> Waits[int]:
+        yield from self._send_lock.acquire()
+        try:
+            self._check_writable()
+            if self._unsent is not None or self._outgoing.pending:
+                yield from self._flush_locked()
+            if len(view):
+                yield from self._write(view)
+        finally:
+            self._release_send()
+        return len(view)
+
+    def sendall(self, data: Any, timeout: float | None = None) -> Call[None]:
         """Encrypt and send all of ``data``, returning once the transport
         took every byte. ``timeout`` bounds the whole call; after it (or a
         cancellation) a prefix of ``data`` was sent or is queued."""
-        with _scope(timeout):
-            if self._state != _OPEN:
-                yield from self._handshake()
-            yield from self._send_lock.acquire()
-            try:
+        if timeout is None and self._state == _OPEN:
+            return self._sendall(data)
+        return self._within(self._sendall(data), timeout)
+
+    @types.coroutine
+    def _sendall(self, data: Any) -> Waits[None]:
+        yield from self._send_lock.acquire()
+        try:
+            if self._closed or self._failure is not None or self._write_shut:
                 self._check_writable()
-                if self._unsent is not None or self._outgoing.pending:
-                    yield from self._flush_locked()
-                if type(data) is bytes and len(data) <= _WRITE_CHUNK:
-                    if data:
-                        yield from self._write(data)  # the usual response: no view needed
-                    return
-                view = memoryview(data).cast("B")
-                for start in range(0, len(view), _WRITE_CHUNK):
-                    yield from self._write(view[start:start + _WRITE_CHUNK])
-            finally:
-                self._release_send()
+            if self._unsent is not None or self._outgoing.pending:
+                yield from self._flush_locked()
+            if type(data) is bytes and len(data) <= _WRITE_CHUNK:
+                if data:
+                    yield from self._write(data)  # the usual response: no view needed
+                return
+            view = memoryview(data).cast("B")
+            for start in range(0, len(view), _WRITE_CHUNK):
+                yield from self._write(view[start:start + _WRITE_CHUNK])
+        finally:
+            self._release_send()
 
     @types.coroutine
     def sendfile(self, file: Any, offset: int = 0, count: int | None = None,
