@@ -146,52 +146,55 @@ def test_client_side_connect_verifies_and_sends_sni(certs):
     assert ("DNS", "localhost") in cert["subjectAltName"]
 
 
-def test_mutual_tls_gives_each_side_the_others_certificate(certs):
+def mutual_tls(certs, client_ctx, server_side, client_side):
+    """A listener asking for client certificates; ``server_side(conn)``
+    serves the one connection in a thread while ``client_side(client)``
+    runs on a client made with ``client_ctx``: both results."""
     def main():
         listener = yield from sockio.kernel.listen((HOST, 0), ssl=certs.server(require_client_cert=True))
-        port = listener.address[1]
 
         def server():
             conn, _ = yield from listener.accept(timeout=10)
             with conn:
-                yield from conn.do_handshake(timeout=10)
-                yield from conn.sendall(b"hi")
-                return conn.getpeercert()
+                return (yield from server_side(conn))
 
         srv = yield from threadlib.spawn(server())
-        client = yield from sockio.kernel.connect((HOST, port), timeout=10, ssl=certs.client(with_cert=True))
+        client = yield from sockio.kernel.connect((HOST, listener.address[1]), timeout=10, ssl=client_ctx)
         with client, listener:
-            assert (yield from client.recv(10, timeout=10)) == b"hi"
-            server_cert = client.getpeercert()
-            client_cert = yield from srv.join()
-        return server_cert, client_cert
+            theirs = yield from client_side(client)
+            return (yield from srv.join()), theirs
 
-    server_cert, client_cert = threadlib.run(main())
+    return threadlib.run(main())
+
+
+def test_mutual_tls_gives_each_side_the_others_certificate(certs):
+    def server_side(conn):
+        yield from conn.do_handshake(timeout=10)
+        yield from conn.sendall(b"hi")
+        return conn.getpeercert()
+
+    def client_side(client):
+        assert (yield from client.recv(10, timeout=10)) == b"hi"
+        return client.getpeercert()
+
+    client_cert, server_cert = mutual_tls(certs, certs.client(with_cert=True), server_side, client_side)
     assert ("IP Address", "127.0.0.1") in server_cert["subjectAltName"]
     assert dict(x[0] for x in client_cert["subject"])["commonName"] == "client.example"
 
 
 def test_a_client_without_the_required_certificate_is_refused(certs):
-    def main():
-        listener = yield from sockio.kernel.listen((HOST, 0), ssl=certs.server(require_client_cert=True))
-        port = listener.address[1]
+    def server_side(conn):
+        with pytest.raises(ssl.SSLError) as info:
+            yield from conn.recv(10, timeout=10)
+        return tls.describe_error(info.value)
 
-        def server():
-            conn, _ = yield from listener.accept(timeout=10)
-            with conn:
-                with pytest.raises(ssl.SSLError) as info:
-                    yield from conn.recv(10, timeout=10)
-                return tls.describe_error(info.value)
+    def client_side(client):
+        # TLS 1.3: the client's handshake ends before the server checks; the refusal arrives as an alert.
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            yield from client.recv(10, timeout=10)
 
-        srv = yield from threadlib.spawn(server())
-        client = yield from sockio.kernel.connect((HOST, port), timeout=10, ssl=certs.client())
-        with client, listener:
-            # TLS 1.3: the client's handshake ends before the server checks; the refusal arrives as an alert.
-            with pytest.raises((ssl.SSLError, ConnectionError)):
-                yield from client.recv(10, timeout=10)
-            return (yield from srv.join())
-
-    assert "certificate" in threadlib.run(main())
+    reason, _ = mutual_tls(certs, certs.client(), server_side, client_side)
+    assert "certificate" in reason
 
 
 def test_both_ends_in_one_scheduler_concurrent_recv_and_sendall(certs):
@@ -536,6 +539,13 @@ def test_a_connect_timeout_bounds_the_handshake_too(certs):
 # Other real clients
 
 
+def s_client(port: int, ca_file, *options: str) -> subprocess.Popen:
+    """``openssl s_client`` connected to our port, trusting ``ca_file``; its
+    stdin and (merged) output are pipes."""
+    return subprocess.Popen(["openssl", "s_client", "-connect", f"{HOST}:{port}", "-CAfile", str(ca_file), *options],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
 def test_openssl_s_client_sees_verification_sni_and_alpn(certs, tmp_path):
     ca_file = tmp_path / "ca.pem"
     certs.ca.cert_pem.write_to_path(str(ca_file))
@@ -546,10 +556,8 @@ def test_openssl_s_client_sees_verification_sni_and_alpn(certs, tmp_path):
     def main():
         listener = yield from sockio.kernel.listen((HOST, 0), ssl=ctx)
         port = listener.address[1]
-        proc = subprocess.Popen(
-            ["openssl", "s_client", "-connect", f"{HOST}:{port}", "-servername", "localhost", "-CAfile",
-             str(ca_file), "-verify_return_error", "-alpn", "http/1.1", "-ign_eof"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        proc = s_client(port, ca_file, "-servername", "localhost", "-verify_return_error", "-alpn", "http/1.1",
+                        "-ign_eof")
         conn, _ = yield from listener.accept(timeout=10)
         with conn, listener:
             yield from conn.sendall(b"greetings from threadlib\n")
@@ -576,9 +584,7 @@ def test_renegotiation_is_refused(certs, tmp_path):
     def main():
         listener = yield from sockio.kernel.listen((HOST, 0), ssl=certs.server())
         # Interactive mode (no -ign_eof/-quiet): "R" on a line of its own renegotiates.
-        proc = subprocess.Popen(
-            ["openssl", "s_client", "-connect", f"{HOST}:{listener.address[1]}", "-tls1_2", "-CAfile", str(ca_file)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        proc = s_client(listener.address[1], ca_file, "-tls1_2")
         conn, _ = yield from listener.accept(timeout=10)
         with conn, listener:
             proc.stdin.write(b"before\n")
@@ -834,9 +840,7 @@ def test_a_key_update_the_peer_asks_for_is_answered_while_reading(certs, tmp_pat
 
     def main():
         listener = yield from sockio.kernel.listen((HOST, 0), ssl=certs.server())
-        proc = subprocess.Popen(
-            ["openssl", "s_client", "-connect", f"{HOST}:{listener.address[1]}", "-tls1_3", "-CAfile", str(ca_file)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        proc = s_client(listener.address[1], ca_file, "-tls1_3")
         conn, _ = yield from listener.accept(timeout=10)
         with conn, listener:
             reader = yield from threadlib.spawn(conn.recv(100, timeout=20))
