@@ -777,7 +777,7 @@ class TlsStream:
     def _linger(self) -> Waits[None]:
         try:
             with _timeout(CLOSE_LINGER):
-                yield from self._flush_locked()
+                yield from self._flush()  # the lock is free (close checked): taken at once, for the rule's sake
         except (OSError, TimeoutError):
             pass  # the peer does not read: it gets the FIN without close_notify
         finally:
