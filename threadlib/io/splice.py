@@ -276,8 +276,12 @@ def _splice_streams(src: Stream, dst: Stream, chunk_size: int | None, stats: Tra
 def _splice_from_pipe(src: Any, dst: Stream, chunk_size: int | None, stats: Transfer) -> Waits[Any]:
     """Pipe to socket in one splice(2) per step. EAGAIN means the pipe is
     empty or the socket full; the pipe's byte count (FIONREAD) tells which
-    to wait for. Data that arrives after the count only raises a new edge,
-    so neither wait can miss it."""
+    to wait for. Bytes can land in the pipe between the EAGAIN and the
+    count: then the socket may well have room, and a wait for it would
+    never see an edge (it is writable already), so the splice is tried
+    once more first; only a second EAGAIN with bytes waiting means a full
+    socket. An empty pipe's wait cannot miss data that arrives after the
+    count: that raises a new edge."""
     buffered = getattr(src, "buffered", 0)
     if buffered:  # read ahead by the source (a readline): it goes first
         data = yield from src.recv(buffered)
@@ -293,12 +297,15 @@ def _splice_from_pipe(src: Any, dst: Stream, chunk_size: int | None, stats: Tran
         while True:
             n = _nb.splice(src_fd, dst_fd, chunk, _MOVE)
             if n is WOULD_BLOCK:
-                waits += 1
-                if _pipe_pending(src_fd):
-                    yield wait_dst
-                else:
+                if not _pipe_pending(src_fd):
+                    waits += 1
                     yield wait_src
-                continue
+                    continue
+                n = _nb.splice(src_fd, dst_fd, chunk, _MOVE)
+                if n is WOULD_BLOCK:
+                    waits += 1
+                    yield wait_dst
+                    continue
             if n == 0:  # the writer closed its end and the pipe is empty
                 return
             moved += n
