@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Sets up everything threadlib needs on a fresh Debian machine, idempotently:
 # the Debian packages (libaio1 for Linux AIO, iproute2 and iputils-ping for the TUN/netns
-# tests, curl and wrk for the interop tests) and a venv in .venv with the
+# tests, curl, wrk and openssl for the interop tests) and a venv in .venv with the
 # package and its test extras installed.  Run as root (CI is).
 set -euo pipefail
 cd "$(dirname "$0")"
 need=()
-for pkg in libaio1 iproute2 iputils-ping curl wrk; do
+for pkg in libaio1 iproute2 iputils-ping curl wrk openssl; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

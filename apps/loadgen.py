@@ -3,13 +3,18 @@ sending GET requests one after another (keep-alive, or a new connection per
 request with ``--no-keepalive``) for a duration or a request count.
 
     python -m apps.loadgen URL [URL ...] -c 100 -d 10 [-n 50000] [--no-keepalive] [--json]
+                           [--cacert FILE | --insecure]
 
 Like the LoadGen of the original work, it assembles its own scheduler
 from workers: only a timer worker and the epoll IO worker, no blocking
 pool, so the run loop is a tight epoll-plus-timers loop. Names are
 resolved once, before the run. It prints requests/s, bytes/s, latency
 percentiles (p50, p90, p99, p99.9) and errors by kind, with a live
-progress line when stdout is a terminal.
+progress line when stdout is a terminal. ``https://`` URLs are fetched
+over ``threadlib.io.tls`` (verifying the server against the system's CAs,
+``--cacert FILE``, or not at all with ``--insecure``), and the report adds
+TLS handshakes per second: with ``--no-keepalive`` every request is a
+new connection and a full handshake (no session resumption).
 
 It must never send traffic to anything but the URLs it was given, and
 never count a response it did not read completely.
@@ -24,6 +29,7 @@ import json
 import math
 import os
 import socket
+import ssl
 import sys
 import time
 import types
@@ -35,7 +41,7 @@ from urllib.parse import urlsplit
 import httptools
 
 import threadlib
-from threadlib.io import sockio
+from threadlib.io import sockio, tls
 from threadlib.lowlevel import IOWorker, Scheduler, TimerWorker, WaitWrite
 
 from . import program_name, summary
@@ -51,15 +57,17 @@ class Target:
     address: tuple[str, int]
     request: bytes
     request_close: bytes
+    tls: bool = False       # https://
+    hostname: str = ""      # the name sent by SNI and verified
 
     @classmethod
     def parse(cls, url: str) -> "Target":
         parts = urlsplit(url)
-        if parts.scheme != "http":
-            raise ValueError(f"{url!r}: only http:// URLs are supported")
+        if parts.scheme not in ("http", "https"):
+            raise ValueError(f"{url!r}: only http:// and https:// URLs are supported")
         if not parts.hostname:
             raise ValueError(f"{url!r}: no host")
-        port = parts.port or 80
+        port = parts.port or (443 if parts.scheme == "https" else 80)
         infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
         if not infos:
             raise ValueError(f"{url!r}: {parts.hostname} does not resolve")
@@ -69,7 +77,8 @@ class Target:
             path += "?" + parts.query
         host = parts.netloc.rsplit("@", 1)[-1]
         head = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: threadlib-loadgen\r\n"
-        return cls(url, address, (head + "\r\n").encode(), (head + "Connection: close\r\n\r\n").encode())
+        return cls(url, address, (head + "\r\n").encode(), (head + "Connection: close\r\n\r\n").encode(),
+                   parts.scheme == "https", parts.hostname)
 
 
 @dataclass
@@ -80,6 +89,7 @@ class Result:
     bytes: int = 0
     seconds: float = 0.0
     connections_opened: int = 0
+    handshakes: int = 0  # TLS handshakes completed
     errors: Counter = field(default_factory=Counter)
     statuses: Counter = field(default_factory=Counter)
     latencies: list = field(default_factory=list)
@@ -87,6 +97,10 @@ class Result:
     @property
     def requests_per_second(self) -> float:
         return self.requests / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def handshakes_per_second(self) -> float:
+        return self.handshakes / self.seconds if self.seconds > 0 else 0.0
 
     @property
     def bytes_per_second(self) -> float:
@@ -115,6 +129,8 @@ class Result:
             "bytes": self.bytes,
             "bytes_per_second": round(self.bytes_per_second, 1),
             "connections_opened": self.connections_opened,
+            "tls_handshakes": self.handshakes,
+            "tls_handshakes_per_second": round(self.handshakes_per_second, 1),
             "latency_ms": {name: round(self.percentile(p) * 1e3, 3)
                            for name, p in (("p50", 50), ("p90", 90), ("p99", 99), ("p99.9", 99.9))},
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
@@ -128,6 +144,10 @@ class Result:
             f"{self.requests} requests in {self.seconds:.2f}s over {self.connections_opened} connections",
             f"  requests/s  {self.requests_per_second:,.1f}",
             f"  bytes/s     {_human(self.bytes_per_second)}B/s ({self.bytes:,} bytes)",
+        ]
+        if self.handshakes:
+            lines.append(f"  handshakes  {self.handshakes_per_second:,.1f}/s ({self.handshakes:,} TLS handshakes)")
+        lines += [
             "  latency     " + "  ".join(f"{k} {v:.3f} ms" for k, v in lat.items()),
             "  statuses    " + (", ".join(f"{k}: {v}" for k, v in s["statuses"].items()) or "none"),
             "  errors      " + (", ".join(f"{k}: {v}" for k, v in sorted(self.errors.items())) or "none"),
@@ -193,6 +213,20 @@ def _kernel_connect(address: tuple[str, int], timeout: float) -> Any:
         raise
 
 
+def client_context(cafile: str | None = None, insecure: bool = False) -> ssl.SSLContext:
+    """The TLS client context for https:// targets: verifying against the
+    system's CAs, or ``cafile``'s, or (``insecure``) not verifying at all.
+    ALPN offers http/1.1 only: the requests are HTTP/1.1."""
+    if insecure:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    else:
+        context = ssl.create_default_context(cafile=cafile)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
 class LoadGen:
     """One load run. ``run()`` builds its own scheduler (timers + epoll, no
     blocking pool) in the calling OS thread and returns a Result."""
@@ -207,6 +241,8 @@ class LoadGen:
         timeout: float = 10.0,
         network: Any = None,
         progress: bool = False,
+        cafile: str | None = None,
+        insecure: bool = False,
     ) -> None:
         if not urls:
             raise ValueError("at least one URL is needed")
@@ -222,6 +258,9 @@ class LoadGen:
         self.timeout = timeout
         self.network = network if network is not None else sockio.kernel
         self.progress = progress
+        self.tls_context = None
+        if any(t.tls for t in self.targets):
+            self.tls_context = client_context(cafile, insecure)
         self.result = Result()
         self._remaining = requests if requests is not None else -1
         self._deadline = 0.0
@@ -281,10 +320,20 @@ class LoadGen:
                 if conn is None:
                     try:
                         # a connect still pending at the end of the run is abandoned, not an error
-                        conn = yield from connect(target.address, min(timeout, max(0.001, self._deadline - monotonic())))
+                        with threadlib.timeout(min(timeout, max(0.001, self._deadline - monotonic()))):
+                            stream = yield from connect(target.address, None)
+                            if target.tls:  # wrap closes the TCP connection if the handshake fails
+                                stream = yield from tls.wrap(stream, self.tls_context,
+                                                             server_hostname=target.hostname, handshake_timeout=None)
+                                result.handshakes += 1
+                        conn = stream
                     except TimeoutError:
                         if monotonic() < self._deadline:
                             errors["connect timeout"] += 1
+                        continue
+                    except ssl.SSLError as exc:
+                        errors[f"tls: {tls.describe_error(exc)}"] += 1
+                        yield from threadlib.sleep(0.01)
                         continue
                     except OSError as exc:
                         errors[f"connect: {_kind(exc)}"] += 1
@@ -361,6 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-keepalive", action="store_true", help="a new connection for every request")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per connect and per response")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+    verify = parser.add_mutually_exclusive_group()
+    verify.add_argument("--cacert", metavar="FILE", help="https: trust the CA certificates in FILE (PEM)")
+    verify.add_argument("--insecure", action="store_true", help="https: do not verify the server's certificate")
     args = parser.parse_args(argv)
     if args.duration is None and args.requests is None:
         args.duration = 10.0
@@ -372,8 +424,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--connections must be at least 1")
     try:
         gen = LoadGen(args.urls, args.connections, args.duration, args.requests, keepalive=not args.no_keepalive,
-                      timeout=args.timeout, progress=sys.stdout.isatty() and not args.json)
+                      timeout=args.timeout, progress=sys.stdout.isatty() and not args.json, cafile=args.cacert,
+                      insecure=args.insecure)
+    except ssl.SSLError as exc:
+        parser.error(f"--cacert {args.cacert}: no usable CA certificate in it ({exc.reason or exc})")
     except (ValueError, OSError) as exc:
+        if args.cacert is not None and isinstance(exc, FileNotFoundError):
+            parser.error(f"--cacert {args.cacert}: {exc.strerror}")
         parser.error(str(exc))
     result = gen.run()
     if args.json:

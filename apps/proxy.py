@@ -2,6 +2,7 @@
 
     python -m apps.proxy --listen HOST:PORT --target HOST:PORT
                          [--connect-timeout 5] [--fallback] [--workers N] [--grace 30]
+                         [--tls-cert FILE --tls-key FILE]
 
 One thread per connection connects to the target (giving up after
 --connect-timeout seconds) and runs ``threadlib.io.splice.proxy``: both
@@ -11,6 +12,15 @@ from one side becomes shutdown(SHUT_WR) on the other). When a connection
 ends, one log line gives its byte counts each way, its duration, the path
 used and the error if any; a reset on one side is passed on to the other
 (abortive close).
+
+With ``--tls-cert``/``--tls-key`` the proxy terminates TLS: clients speak
+TLS to --listen (``threadlib.io.tls``; the handshake runs in the
+connection's thread, bounded by --handshake-timeout, before the target is
+dialled), the target gets plaintext, and the bytes move through the copy
+loop (there is no zero-copy path through TLS). A client's close without a
+TLS close_notify is taken as its end of data, as a half-close, like a FIN
+(the protocol inside frames its own messages or does not care). A failed
+handshake is one log line naming the client and the reason.
 
 SIGTERM or SIGINT stops accepting at once and lets the transfers in flight
 finish; those still running after --grace seconds are cut. ``--workers N``
@@ -23,17 +33,18 @@ from __future__ import annotations
 import argparse
 import logging
 import socket
+import ssl
 import struct
 import sys
 from typing import Any, Callable
 
 import threadlib
-from threadlib.io import sockio
+from threadlib.io import sockio, tls
 from threadlib.io import splice as tsplice
 from threadlib.net import Network
 from threadlib.process import multicore
 
-from . import program_name
+from . import program_name, tls_server_context
 
 log = logging.getLogger("apps.proxy")
 
@@ -73,6 +84,7 @@ class ProxyServer:
         self.accepted = 0
         self.finished = 0
         self.failed_connects = 0
+        self.failed_handshakes = 0
         self.bytes_up = 0
         self.bytes_down = 0
         self._idle = threadlib.Event()
@@ -96,6 +108,13 @@ class ProxyServer:
         started = threadlib.now()
         upstream = None
         try:
+            if isinstance(client, tls.TlsStream):
+                try:
+                    yield from client.do_handshake()
+                except (OSError, TimeoutError) as exc:
+                    self.failed_handshakes += 1
+                    log.warning("conn %d from %s: TLS handshake failed: %s", cid, _fmt(peer), tls.describe_error(exc))
+                    return
             try:
                 upstream = yield from self.network.connect(self.target, timeout=self.connect_timeout)
             except OSError as exc:  # refused, unreachable, TimeoutError
@@ -155,14 +174,19 @@ def _abort(conn: Any) -> None:
 def serve(listen: tuple[str, int], target: tuple[str, int], connect_timeout: float | None = 5.0,
           fallback: bool = False, reuse_port: bool = False, grace: float | None = 30.0,
           chunk_size: int | None = None, network: Network = sockio.kernel,
-          ready: Callable[[Any], None] | None = None) -> Callable[[int, threadlib.Event], Any]:
+          ready: Callable[[Any], None] | None = None, tls_context: ssl.SSLContext | None = None,
+          handshake_timeout: float = tls.DEFAULT_HANDSHAKE_TIMEOUT) -> Callable[[int, threadlib.Event], Any]:
     """A worker main for ``threadlib.process.multicore``: proxy until ``shutdown``
-    is set, then stop accepting and drain."""
+    is set, then stop accepting and drain. With ``tls_context`` clients
+    speak TLS to ``listen`` and the target gets plaintext."""
 
     def main(index: int, shutdown: threadlib.Event) -> Any:
         server = ProxyServer(target, connect_timeout, fallback, chunk_size, network)
-        listener = yield from network.listen(listen, reuse_port=reuse_port)
-        path = "copy" if fallback or not tsplice.AVAILABLE else "splice"
+        listener: Any = yield from network.listen(listen, reuse_port=reuse_port)
+        if tls_context is not None:
+            listener = tls.TlsListener(listener, tls_context, handshake_timeout=handshake_timeout, ragged_eof=True)
+        path = "copy" if fallback or not tsplice.AVAILABLE or tls_context is not None else "splice"
+        path += ", TLS terminated here" if tls_context is not None else ""
         log.info("worker %d: proxy on %s -> %s (%s)", index, _fmt(listener.address), _fmt(target), path)
         if ready is not None:
             ready(listener.address)
@@ -174,8 +198,9 @@ def serve(listen: tuple[str, int], target: tuple[str, int], connect_timeout: flo
             listener.close()
         cut = yield from server.drain(grace)
         log.info(
-            "worker %d: stopped; %d connection(s), %d B up, %d B down, %d connect failure(s)%s",
+            "worker %d: stopped; %d connection(s), %d B up, %d B down, %d connect failure(s)%s%s",
             index, server.accepted, server.bytes_up, server.bytes_down, server.failed_connects,
+            f", {server.failed_handshakes} failed TLS handshake(s)" if server.failed_handshakes else "",
             f", {cut} cut at shutdown" if cut else "",
         )
         return server
@@ -194,10 +219,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grace", type=float, default=30.0,
                         help="seconds to let transfers finish after SIGTERM (negative: no limit)")
     parser.add_argument("--chunk-size", type=int, default=None, help="bytes per splice or copy (default: pipe size)")
+    parser.add_argument("--tls-cert", metavar="FILE", help="terminate TLS on --listen with this PEM certificate "
+                                                           "chain (with --tls-key); the target gets plaintext")
+    parser.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    parser.add_argument("--handshake-timeout", type=float, default=10.0,
+                        help="seconds a client has to finish the TLS handshake")
     parser.add_argument("--quiet", action="store_true", help="no per-connection log lines")
     args = parser.parse_args(argv)
     if args.workers > 1 and args.listen[1] == 0:
         parser.error("--workers N needs a fixed --listen port (port 0 would give each worker its own)")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    if args.handshake_timeout <= 0:
+        parser.error("--handshake-timeout must be positive")
+    context = None
+    if args.tls_cert is not None:
+        try:
+            context = tls_server_context(args.tls_cert, args.tls_key)
+        except ValueError as exc:
+            parser.error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.quiet:
         log.setLevel(logging.WARNING)
@@ -210,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     body = serve(
         args.listen, args.target, connect_timeout=args.connect_timeout, fallback=args.fallback,
         reuse_port=args.workers > 1, grace=None if args.grace < 0 else args.grace,
-        chunk_size=args.chunk_size, ready=ready,
+        chunk_size=args.chunk_size, ready=ready, tls_context=context, handshake_timeout=args.handshake_timeout,
     )
     return multicore.serve(body, args.workers)
 

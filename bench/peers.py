@@ -477,7 +477,7 @@ http {{
     keepalive_requests 100000000;
     keepalive_timeout 60s;
     server {{
-        listen {host}:{port} backlog=1024;
+        listen {host}:{port} backlog=1024{listen};
         {server}
     }}
 }}
@@ -485,16 +485,17 @@ http {{
 
 
 def nginx_argv(tmp: str, port: int, server: str, http: tuple[str, ...] = (),
-               worker_connections: int = 1024) -> list[str]:
+               worker_connections: int = 1024, listen: str = "") -> list[str]:
     """nginx in the foreground, one worker process, access_log off, its
     config, pid file, logs and temp paths in tmp: `server` is what its server
-    block holds besides `listen`, `http` more directives for the http block."""
+    block holds besides `listen`, `http` more directives for the http block,
+    `listen` more parameters of the listen directive (" ssl")."""
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     if not Path(nginx).exists():
         raise H.Skip("nginx not installed")
     conf = Path(tmp) / "nginx.conf"
     conf.write_text(NGINX_CONF.format(d=tmp, host=HOST, port=port, server=server, worker_connections=worker_connections,
-                                      http="".join(f"    {line}\n" for line in http)))
+                                      http="".join(f"    {line}\n" for line in http), listen=listen))
     return [nginx, "-p", tmp, "-e", f"{tmp}/error.log", "-c", str(conf)]
 
 

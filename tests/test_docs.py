@@ -28,7 +28,7 @@ DESIGN = DOCS / "design.md"
 PUBLIC_MODULES = [
     "threadlib", "threadlib.lowlevel", "threadlib.net", "threadlib.syscalls", "threadlib.sync",
     "threadlib.io.sockio", "threadlib.io.fileio", "threadlib.io.aioworker", "threadlib.io.splice",
-    "threadlib.io.tcpsockio", "threadlib.io.happy_eyeballs", "threadlib.frontends.green",
+    "threadlib.io.tcpsockio", "threadlib.io.happy_eyeballs", "threadlib.io.tls", "threadlib.frontends.green",
     "threadlib.process.multicore", "threadlib.process.signals", "threadlib.process.subprocess",
     "threadlib.testing.pytest_plugin",
 ]

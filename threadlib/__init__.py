@@ -11,7 +11,7 @@ cancel scopes, task groups, joins and the sync primitives. The rest lives
 in subpackages, loaded on first use:
 
 ``threadlib.io``         sockio (kernel sockets), fileio (files, AIO),
-                         tcpsockio (the user-level TCP/IP stack), splice, happy_eyeballs
+                         tcpsockio (the user-level TCP/IP stack), splice, tls, happy_eyeballs
 ``threadlib.net``        the Network/Listener/Stream contracts servers are typed against
 ``threadlib.frontends``  green (greenlet threads that block in plain calls)
 ``threadlib.process``    multicore (worker processes), signals, subprocess (child processes)

@@ -40,7 +40,10 @@ Nothing here is a base class: a network satisfies the contract by shape.
 from __future__ import annotations
 
 import socket
-from typing import Any, Generator, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Generator, Protocol, TypeVar, runtime_checkable
+
+if TYPE_CHECKING:
+    from ssl import SSLContext  # only named in annotations: importing ssl costs every program
 
 __all__ = ["Call", "Address", "Stream", "Listener", "Network", "DatagramSocket", "DatagramNetwork"]
 
@@ -131,12 +134,20 @@ class Network(Protocol):
     name: str
 
     def listen(self, address: Address, backlog: int = 1024, reuse_port: bool = False,
-               nodelay: bool = True) -> Call[Listener]:
-        """A ``Listener`` bound to ``address``; port 0 picks a free port."""
+               nodelay: bool = True, *, ssl: SSLContext | None = None) -> Call[Listener]:
+        """A ``Listener`` bound to ``address``; port 0 picks a free port.
+        With ``ssl`` (a server-side SSLContext) it accepts TLS streams
+        (``threadlib.io.tls.TlsListener``: each handshakes lazily, at its
+        first read or write)."""
 
     def connect(self, address: Address, timeout: float | None = None, nodelay: bool = True,
-                local: Any = None) -> Call[Stream]:
-        """A ``Stream`` connected to ``address`` (names are resolved first)."""
+                local: Any = None, *, ssl: SSLContext | None = None,
+                server_hostname: str | None = None) -> Call[Stream]:
+        """A ``Stream`` connected to ``address`` (names are resolved first).
+        With ``ssl`` (a client-side SSLContext) it is a TLS stream whose
+        handshake is done (``threadlib.io.tls.TlsStream``), verifying
+        ``server_hostname`` (default: the host of ``address``); ``timeout``
+        bounds the handshake too."""
 
     def resolve(self, host: str, port: int) -> Call[list[tuple[int, Any]]]:
         """``[(family, sockaddr), ...]`` for ``host`` as this network sees it."""

@@ -3,6 +3,7 @@ user-level thread per connection.
 
     python -m apps.webserver [--root DIR] [--port 8080] [--io sendfile|aio]
                              [--workers N] [--stack kernel|user] [--access-log FILE]
+                             [--tls-cert FILE --tls-key FILE [--tls-port P]]
 
 ``http`` reads requests (httptools) and builds responses, ``files`` maps
 targets to files under the root and does the range and conditional-request

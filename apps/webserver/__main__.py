@@ -6,7 +6,9 @@ finish the responses in flight.  With ``--stack user --workers N`` the
 parent creates one multi-queue TUN device with N queues before forking,
 worker i runs its own user-level stack on queue i (the kernel steers each
 connection to one queue), and the device goes when the parent and its
-workers have closed their queues. It must never start serving with a bad
+workers have closed their queues. ``--tls-cert``/``--tls-key`` serve HTTPS
+on ``--port`` (or, with ``--tls-port``, HTTP on ``--port`` and HTTPS on
+the other), on either stack and in every worker. It must never start serving with a bad
 option: every mistake is reported before the port is opened.
 """
 
@@ -21,7 +23,7 @@ from typing import Any
 from threadlib.io import sockio
 from threadlib.process import multicore
 
-from .. import program_name
+from .. import program_name, tls_server_context
 from .http import Limits
 from .server import IO_MODES, SAMPLE_SITE, WebServer, user_network
 
@@ -56,6 +58,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-request-line", type=int, default=8192, help="request target bytes allowed (414 beyond)")
     parser.add_argument("--cache-max-body", type=int, default=65536,
                         help="keep bodies up to this size in memory (0: every body is read from disk)")
+    parser.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain: serve HTTPS (with --tls-key)")
+    parser.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    parser.add_argument("--tls-port", type=int, metavar="P",
+                        help="serve HTTPS on P and plain HTTP on --port (default: HTTPS on --port)")
+    parser.add_argument("--handshake-timeout", type=float, default=10.0,
+                        help="seconds a client has to finish the TLS handshake")
     parser.add_argument("--quiet", action="store_true", help="log warnings only")
     args = parser.parse_args(argv)
     if not os.path.isdir(args.root):
@@ -70,6 +78,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--stack user --workers is at most 256 (one TUN queue per worker)")
     if args.netns is not None and not os.path.exists(os.path.join("/var/run/netns", args.netns)):
         parser.error(f"--netns {args.netns!r}: no such network namespace")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    if args.tls_port is not None:
+        if args.tls_cert is None:
+            parser.error("--tls-port needs --tls-cert and --tls-key")
+        if not 0 <= args.tls_port <= 65535:
+            parser.error(f"--tls-port {args.tls_port} is not a TCP port")
+        if args.tls_port == args.port and args.port != 0:
+            parser.error(f"--tls-port {args.tls_port} is --port too: give HTTP and HTTPS different ports")
+    if args.handshake_timeout <= 0:
+        parser.error("--handshake-timeout must be positive")
+    args.tls = None
+    if args.tls_cert is not None:
+        try:
+            args.tls = tls_server_context(args.tls_cert, args.tls_key, alpn=["http/1.1"])
+        except ValueError as exc:
+            parser.error(str(exc))
     if args.host is None:
         args.host = "127.0.0.1" if args.stack == "kernel" else "0.0.0.0"
     if args.io == "aio":
@@ -109,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             root, io=args.io, network=net, limits=limits, header_timeout=args.header_timeout,
             keepalive_timeout=args.keepalive_timeout, send_timeout=args.send_timeout,
             drain_timeout=args.drain_timeout, cache_max_body=args.cache_max_body, access_log=access_log,
+            tls_context=args.tls, handshake_timeout=args.handshake_timeout,
         )
 
         def ready(address: Any) -> None:
@@ -116,16 +142,27 @@ def main(argv: list[str] | None = None) -> int:
                 hosts = [address[0]]
                 if args.stack == "user" and address[0] in ("", "0.0.0.0", "::"):
                     hosts = [a.split("/")[0] for a in getattr(network, "addresses", [])] or hosts
-                urls = " ".join(f"http://{h if ':' not in h else f'[{h}]'}:{address[1]}/" for h in hosts)
+                if args.tls is None:
+                    endpoints = [("http", address[1])]
+                elif args.tls_port is None:
+                    endpoints = [("https", address[1])]
+                else:
+                    endpoints = [("http", address[1]), ("https", server.tls_address[1])]
+                urls = " ".join(f"{scheme}://{h if ':' not in h else f'[{h}]'}:{port}/"
+                                for scheme, port in endpoints for h in hosts)
                 print(f"serving {root} on {urls} (io={args.io}, stack={args.stack}, workers={args.workers})",
                       flush=True)
 
+        tls_address = (args.host, args.tls_port) if args.tls_port is not None else None
         try:
-            yield from server.serve((args.host, args.port), shutdown, reuse_port=args.workers > 1, ready=ready)
+            yield from server.serve((args.host, args.port), shutdown, reuse_port=args.workers > 1, ready=ready,
+                                    tls_address=tls_address)
         finally:
             if access_log is not None and access_log is not sys.stdout:
                 access_log.close()
-        log.info("worker %d stopped after %d requests on %d connections", index, server.requests, server.connections)
+        log.info("worker %d stopped after %d requests on %d connections%s", index, server.requests,
+                 server.connections,
+                 f", {server.handshake_failures} failed TLS handshakes" if server.handshake_failures else "")
 
     try:
         return multicore.serve(worker, args.workers)

@@ -11,7 +11,11 @@ send timeout.
 
 The server takes a *network* object (any ``threadlib.net.Network``:
 ``sockio.kernel`` by default, or the user-level stack's ``UserNetwork``)
-and never names a socket module itself. It must
+and never names a socket module itself. With a TLS context it serves
+HTTPS (``threadlib.io.tls``) on that network, alone or next to plain HTTP
+on a second port; each connection's handshake runs in its own thread,
+bounded by ``handshake_timeout``, and a failed one is logged once with the
+peer and the reason. It must
 never let one connection's failure reach another, never send a response
 out of order, and never drop a response in flight when asked to stop.
 """
@@ -21,13 +25,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import ssl
 import threading
 import types
 from typing import Any, Callable
 
 import threadlib
 from threadlib import Thread, ThreadCancelled
-from threadlib.io import sockio
+from threadlib.io import sockio, tls
 from threadlib.net import Network
 
 from .files import (
@@ -108,6 +113,8 @@ class WebServer:
         cache_validity: float = 1.0,
         cache_max_body: int = 65536,
         access_log: Any = None,
+        tls_context: ssl.SSLContext | None = None,
+        handshake_timeout: float = tls.DEFAULT_HANDSHAKE_TIMEOUT,
     ) -> None:
         if io not in IO_MODES:
             raise ValueError(f"io must be one of {', '.join(IO_MODES)}, not {io!r}")
@@ -127,7 +134,11 @@ class WebServer:
         self.cache_max_body = cache_max_body
         self.clock = Clock()
         self.access_log = access_log  # a writable text file, or None
-        self.address: Any = None
+        self.tls_context = tls_context  # HTTPS with this server-side context
+        self.handshake_timeout = handshake_timeout
+        self.handshake_failures = 0
+        self.address: Any = None  # the first listener's (HTTPS unless tls_address is given)
+        self.tls_address: Any = None  # the HTTPS listener's, when there is one
         self.requests = 0  # responses sent (or begun), all statuses
         self.connections = 0  # accepted so far
         self._open: set[_Connection] = set()
@@ -141,21 +152,54 @@ class WebServer:
         shutdown: threadlib.Event | None = None,
         reuse_port: bool = False,
         ready: Callable[[Any], None] | None = None,
+        tls_address: tuple[str, int] | None = None,
     ) -> Any:
-        listener = yield from self.network.listen(address, reuse_port=reuse_port)
-        self.address = listener.address
+        """Serve until ``shutdown`` is set. With a ``tls_context``,
+        ``address`` serves HTTPS; or, given ``tls_address`` too, HTTP on
+        ``address`` and HTTPS on ``tls_address``. ``ready(address)`` is
+        called once every listener is open (``self.tls_address`` then
+        holds the HTTPS one's)."""
+        if tls_address is not None and self.tls_context is None:
+            raise ValueError("tls_address needs a WebServer made with a tls_context")
+        listeners = []
+        try:
+            if tls_address is None:
+                listeners.append(self._secure((yield from self.network.listen(address, reuse_port=reuse_port))))
+            else:
+                listeners.append((yield from self.network.listen(address, reuse_port=reuse_port)))
+                listeners.append(self._secure((yield from self.network.listen(tls_address, reuse_port=reuse_port))))
+        except BaseException:
+            for listener in listeners:
+                listener.close()
+            raise
+        self.address = listeners[0].address
+        if self.tls_context is not None:
+            self.tls_address = listeners[-1].address
         if ready is not None:
             ready(self.address)
-        acceptor = yield from threadlib.spawn(self._accept_loop(listener), name="http-accept")
+        acceptors = []
+        for listener in listeners:
+            acceptors.append((yield from threadlib.spawn(self._accept_loop(listener), name="http-accept")))
         sweeper = yield from threadlib.spawn(self._sweep_idle(), name="http-idle-sweeper")
         try:
             yield from (shutdown or threadlib.Event()).wait()
         finally:
-            yield from acceptor.cancel()
+            for acceptor in acceptors:
+                yield from acceptor.cancel()
             yield from sweeper.cancel()
-            listener.close()
+            for listener in listeners:
+                listener.close()
             yield from self._drain()
             self._flush_log()
+
+    def _secure(self, listener: Any) -> Any:
+        """HTTPS on ``listener`` if this server has a TLS context. HTTP
+        frames its own messages, so a client's close without close_notify
+        is a normal end (``ragged_eof``), as for every HTTPS server."""
+        if self.tls_context is None:
+            return listener
+        return tls.TlsListener(listener, self.tls_context, handshake_timeout=self.handshake_timeout,
+                               ragged_eof=True)
 
     @types.coroutine
     def _accept_loop(self, listener: Any) -> Any:
@@ -217,6 +261,15 @@ class WebServer:
         monotonic = threadlib.current_scheduler().clock.now  # the scheduler's clock, bound once per connection
         deadline = None
         try:
+            if isinstance(conn, tls.TlsStream):
+                try:
+                    yield from conn.do_handshake()
+                except (OSError, TimeoutError) as exc:
+                    # A bad client (plain HTTP, garbage, a stall, a refused
+                    # certificate): one line, then this connection closes.
+                    self.handshake_failures += 1
+                    log.info("TLS handshake with %s failed: %s", _peer_text(peer), tls.describe_error(exc))
+                    return
             while True:
                 if reader.in_message:
                     # A request has begun: it must be complete by its deadline,
@@ -570,6 +623,13 @@ class WebServer:
                 pass
 
 
+def _peer_text(peer: Any) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host = str(peer[0])
+        return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+    return str(peer)
+
+
 def user_network(queues: int = 1, **options: Any) -> Any:
     """The user-level TCP stack's network.  Without arguments it is the
     process's default network (from the TL_* environment); ``options``
@@ -597,9 +657,11 @@ class BackgroundServer:
     is in flight) and waits for the OS thread to end.
     """
 
-    def __init__(self, server: WebServer, address: tuple[str, int] = ("127.0.0.1", 0)) -> None:
+    def __init__(self, server: WebServer, address: tuple[str, int] = ("127.0.0.1", 0),
+                 tls_address: tuple[str, int] | None = None) -> None:
         self.server = server
         self.bind = address
+        self.tls_bind = tls_address
         self.address: Any = None
         self.error: BaseException | None = None
         self._ready = threading.Event()
@@ -645,7 +707,7 @@ class BackgroundServer:
 
             waiter = yield from threadlib.spawn(wait_for_stop())
             try:
-                yield from self.server.serve(self.bind, shutdown, ready=ready)
+                yield from self.server.serve(self.bind, shutdown, ready=ready, tls_address=self.tls_bind)
             finally:
                 yield from waiter.cancel()
                 wake.close()

@@ -84,8 +84,8 @@ def test_errors_are_counted_by_kind(logged_server):
 
 
 def test_bad_arguments_are_refused():
-    with pytest.raises(ValueError, match="only http://"):
-        LoadGen(["https://127.0.0.1/"], duration=1)
+    with pytest.raises(ValueError, match="only http:// and https://"):
+        LoadGen(["ws://127.0.0.1/"], duration=1)
     with pytest.raises(ValueError, match="connections"):
         LoadGen(["http://127.0.0.1/"], connections=0, duration=1)
     r = subprocess.run([sys.executable, "-m", "apps.loadgen", "ftp://x/", "-d", "1"], cwd=ROOT,

@@ -22,7 +22,7 @@ PUBLIC_MODULES = [
     "threadlib", "threadlib.lowlevel", "threadlib.net", "threadlib.syscalls", "threadlib.sync",
     "threadlib.calls",
     "threadlib.io.sockio", "threadlib.io.fileio", "threadlib.io.aioworker", "threadlib.io.splice",
-    "threadlib.io.tcpsockio",
+    "threadlib.io.tcpsockio", "threadlib.io.tls",
     "threadlib.frontends.green", "threadlib.process.multicore", "threadlib.process.signals",
     "threadlib.process.subprocess", "threadlib.io.happy_eyeballs", "threadlib.testing.pytest_plugin",
 ]

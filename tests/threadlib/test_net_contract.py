@@ -5,6 +5,13 @@ makes). The other end is always a plain kernel socket driven from an OS
 thread, so each network is judged against the same reference peer.
 
 A new network (simulated, TLS-wrapped) joins by adding a fixture param.
+The TLS params ("kernel+tls", "user+tls") run each network under
+``threadlib.io.tls.TlsNetwork`` with certificates trustme makes; their
+reference peer wraps its kernel sockets with Python's ssl module (the
+handshake happens at the peer's first read or write, as ours does at our
+first), and the few peer steps TLS changes (a half-close is close_notify,
+one OS thread cannot read and write one ssl socket at once) go through the
+helpers ``shut_wr`` and ``send_and_read_to_end``.
 """
 
 from __future__ import annotations
@@ -12,9 +19,12 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import selectors
 import socket
+import ssl
 import struct
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -33,13 +43,36 @@ class Subject:
     host: str                                  # where the network listens and is reached
     peer_host: str                             # where reference listeners bind
     peer_socket: Callable[[], socket.socket]   # a kernel socket that can reach ``host``
+    peer_tls: Any = None                       # (server context, client context) of a TLS reference peer
 
 
-@pytest.fixture(params=["kernel", "user"])
+def _tls_contexts(*hosts: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server, client) contexts: one certificate for ``hosts``, trusted by the client."""
+    import trustme
+
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(*hosts).configure_cert(server)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    return server, client
+
+
+def _with_tls(s: Subject) -> Subject:
+    from threadlib.io import tls
+
+    server, client = _tls_contexts(s.host, s.peer_host)
+    return Subject(tls.TlsNetwork(s.network, server, client), s.host, s.peer_host, s.peer_socket,
+                   peer_tls=(server, client))
+
+
+@pytest.fixture(params=["kernel", "user", "kernel+tls", "user+tls"])
 def subject(request):
-    if request.param == "kernel":
-        yield Subject(sockio.kernel, "127.0.0.1", "127.0.0.1",
-                      lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    base, _, wrapped = request.param.partition("+")
+    if base == "kernel":
+        s = Subject(sockio.kernel, "127.0.0.1", "127.0.0.1",
+                    lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+        yield _with_tls(s) if wrapped else s
         return
     if os.geteuid() != 0 or not os.path.exists("/dev/net/tun"):
         pytest.skip("the user-level network needs root and /dev/net/tun")
@@ -49,8 +82,9 @@ def subject(request):
     with temporary_netns("tlnc") as ns:
         network = tcpsockio.open_network(tun="tlnc0", netns=ns.name, seed=11)
         try:
-            yield Subject(network, "10.77.0.2", "10.77.0.1",
-                          lambda: ns.run(socket.socket, socket.AF_INET, socket.SOCK_STREAM))
+            s = Subject(network, "10.77.0.2", "10.77.0.1",
+                        lambda: ns.run(socket.socket, socket.AF_INET, socket.SOCK_STREAM))
+            yield _with_tls(s) if wrapped else s
         finally:
             network.close()
 
@@ -90,6 +124,8 @@ def connect_peer(s: Subject, port: int) -> socket.socket:
     sock = s.peer_socket()
     sock.settimeout(20)
     sock.connect((s.host, port))
+    if s.peer_tls is not None:
+        sock = s.peer_tls[1].wrap_socket(sock, server_hostname=s.host, do_handshake_on_connect=False)
     return sock
 
 
@@ -98,7 +134,63 @@ def listen_peer(s: Subject) -> tuple[socket.socket, int]:
     sock.bind((s.peer_host, 0))
     sock.listen(4)
     sock.settimeout(20)
-    return sock, sock.getsockname()[1]
+    port = sock.getsockname()[1]
+    if s.peer_tls is not None:  # accept() gives TLS sockets
+        sock = s.peer_tls[0].wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+    return sock, port
+
+
+def shut_wr(sock: socket.socket) -> None:
+    """The peer's half-close: FIN, or over TLS close_notify then FIN (an
+    ssl socket's own shutdown() sends no close_notify; its unwrap() sends
+    one, and returns at once when ours has arrived already)."""
+    if isinstance(sock, ssl.SSLSocket):
+        sock.unwrap()
+    sock.shutdown(socket.SHUT_WR)
+
+
+def send_and_read_to_end(sock: socket.socket, data: bytes) -> bytes:
+    """Send ``data`` and half-close while reading to the end. A plain socket
+    does it with a sender thread; an ssl socket cannot be read and written
+    from two OS threads at once, so it is driven non-blocking from one,
+    bounded to 60 s."""
+    if not isinstance(sock, ssl.SSLSocket):
+        sender = Peer(lambda: (sock.sendall(data), sock.shutdown(socket.SHUT_WR)))
+        got = read_to_end(sock)
+        sender.value
+        return got
+    sock.setblocking(False)
+    view, sent, shut, eof, parts = memoryview(data), 0, False, False, []
+    deadline = time.monotonic() + 60
+    with selectors.DefaultSelector() as sel:
+        sel.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+        while not (eof and shut):
+            assert time.monotonic() < deadline, "TLS duplex transfer did not finish in 60 s"
+            try:
+                while not eof:
+                    chunk = sock.recv(1 << 16)
+                    eof = not chunk
+                    parts.append(chunk)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                pass
+            except ssl.SSLZeroReturnError:  # close_notify, after ours was sent
+                eof = True
+            try:
+                if sent < len(view):
+                    sent += sock.send(view[sent:sent + (1 << 16)])
+                elif not shut:
+                    try:
+                        sock.unwrap()
+                    except ssl.SSLWantReadError:
+                        pass  # our close_notify is out; theirs is still to come
+                    shut = True
+                    # The FIN alone: ssl.SSLSocket.shutdown would also drop TLS for reads.
+                    socket.socket.shutdown(sock, socket.SHUT_WR)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                pass
+            sel.modify(sock, selectors.EVENT_READ | (0 if shut else selectors.EVENT_WRITE))
+            sel.select(1.0)
+    return b"".join(parts)
 
 
 def read_to_end(sock: socket.socket) -> bytes:
@@ -195,7 +287,7 @@ def test_half_close_each_way(subject):
         with sock:
             request = read_to_end(sock)           # ends at our FIN
             sock.sendall(b"reply to " + request)
-            sock.shutdown(socket.SHUT_WR)
+            shut_wr(sock)
             return request
 
     def main():
@@ -287,9 +379,7 @@ def test_large_transfer_both_ways_byte_exact(subject):
     def peer_side(port):
         sock = connect_peer(subject, port)
         with sock:
-            sender = Peer(lambda: (sock.sendall(theirs), sock.shutdown(socket.SHUT_WR)))
-            got = read_to_end(sock)
-            sender.value
+            got = send_and_read_to_end(sock, theirs)
             return hashlib.sha256(got).hexdigest(), len(got)
 
     def main():

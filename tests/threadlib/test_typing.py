@@ -28,11 +28,12 @@ THREAD = "threadlib._kernel.threads.Thread"
 SAMPLE = '''
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 import threadlib
 from threadlib.calls import Waits
-from threadlib.io import sockio, tcpsockio
+from threadlib.io import sockio, tcpsockio, tls
 from threadlib.net import DatagramNetwork, Listener, Network, Stream
 
 
@@ -129,10 +130,25 @@ def on_both_networks(user: tcpsockio.UserNetwork) -> Waits[None]:
     udp: DatagramNetwork = sockio.kernel
 
 
+def over_tls(ctx: ssl.SSLContext, user: tcpsockio.UserNetwork) -> Waits[None]:
+    listener = yield from sockio.listen(("127.0.0.1", 0), ssl=ctx)
+    reveal_type(listener)  # expect: threadlib.io.tls.TlsListener
+    conn, peer = yield from listener.accept()
+    reveal_type(conn)  # expect: threadlib.io.tls.TlsStream
+    client = yield from sockio.kernel.connect(("127.0.0.1", 443), ssl=ctx, server_hostname="localhost")
+    reveal_type(client)  # expect: threadlib.io.tls.TlsStream
+    plain = yield from user.connect(("10.77.0.1", 80))
+    reveal_type(plain)  # expect: threadlib.io.tcpsockio.stream.Stream
+    wrapped = yield from tls.wrap(plain, ctx, server_hostname="example.org")
+    reveal_type(wrapped)  # expect: threadlib.io.tls.TlsStream
+    yield from serve(tls.TlsNetwork(user, ctx, ctx))
+
+
 def concrete_objects_keep_the_contract(
-    k: sockio.Stream, u: tcpsockio.Stream, kl: sockio.Listener, ul: tcpsockio.Listener
+    k: sockio.Stream, u: tcpsockio.Stream, kl: sockio.Listener, ul: tcpsockio.Listener,
+    t: tls.TlsStream, tl: tls.TlsListener,
 ) -> list[Stream | Listener]:
-    return [k, u, kl, ul]
+    return [k, u, kl, ul, t, tl]
 
 
 def group_body(g: threadlib.TaskGroup, conn: sockio.Stream) -> Waits[str]:

@@ -22,7 +22,7 @@ import os
 import select
 import socket
 import types
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, overload
 
 from ..calls import timeout as _timeout
 from .._kernel import DONE, forget_fd
@@ -30,7 +30,10 @@ from ..syscalls import Blocking, Sleep, WaitRead, WaitWrite, Waits
 from .happy_eyeballs import DEFAULT_DELAY, HostTable, Resolver, connect_first, literal_family
 
 if TYPE_CHECKING:
+    from ssl import SSLContext
+
     from ..net import Call
+    from .tls import TlsListener, TlsStream
 
 log = logging.getLogger("threadlib.io.sockio")
 
@@ -468,13 +471,24 @@ class KernelNetwork:
         resolver (see the class; by default the module's ``resolve``)."""
         return resolve_with(self.resolver, host, port)
 
+    @overload
+    def listen(self, address: tuple[str, int], backlog: int = ..., reuse_port: bool = ..., nodelay: bool = ...,
+               ssl: None = ...) -> Call[Listener]: ...
+    @overload
+    def listen(self, address: tuple[str, int], backlog: int = ..., reuse_port: bool = ..., nodelay: bool = ..., *,
+               ssl: SSLContext) -> Call[TlsListener]: ...
+    @overload
+    def listen(self, address: tuple[str, int], backlog: int = ..., reuse_port: bool = ..., nodelay: bool = ...,
+               ssl: SSLContext | None = ...) -> Call[Listener | TlsListener]: ...
     @types.coroutine
     def listen(
-        self, address: tuple[str, int], backlog: int = 1024, reuse_port: bool = False, nodelay: bool = True
-    ) -> Waits[Listener]:
+        self, address: tuple[str, int], backlog: int = 1024, reuse_port: bool = False, nodelay: bool = True,
+        ssl: SSLContext | None = None,
+    ) -> Waits[Any]:
         """A TCP listener bound to ``(host, port)``; port 0 picks a free one;
         ``reuse_port`` lets several processes share the port. Waits only to
-        resolve a host name."""
+        resolve a host name. With ``ssl`` (a server-side SSLContext) it is a
+        ``tls.TlsListener``: accepted streams handshake lazily (see there)."""
         host, port = address[0], address[1]
         family, sockaddr = (yield from self.resolve(host, port))[0]
         if len(address) == 4 and family == socket.AF_INET6:
@@ -489,13 +503,28 @@ class KernelNetwork:
         except BaseException:
             sock.close()
             raise
+        if ssl is not None:
+            from .tls import TlsListener
+
+            return TlsListener(Listener(sock, nodelay), ssl)
         return Listener(sock, nodelay)
 
+    @overload
+    def connect(self, address: tuple[str, int], timeout: float | None = ..., nodelay: bool = ..., local: Any = ...,
+                happy_eyeballs_delay: float | None = ..., ssl: None = ..., server_hostname: None = ...) -> Call[Stream]: ...
+    @overload
+    def connect(self, address: tuple[str, int], timeout: float | None = ..., nodelay: bool = ..., local: Any = ...,
+                happy_eyeballs_delay: float | None = ..., *, ssl: SSLContext, server_hostname: str | None = ...) -> Call[TlsStream]: ...
+    @overload
+    def connect(self, address: tuple[str, int], timeout: float | None = ..., nodelay: bool = ..., local: Any = ...,
+                happy_eyeballs_delay: float | None = ..., ssl: SSLContext | None = ...,
+                server_hostname: str | None = ...) -> Call[Stream | TlsStream]: ...
     @types.coroutine
     def connect(
         self, address: tuple[str, int], timeout: float | None = None, nodelay: bool = True, local: Any = None,
         happy_eyeballs_delay: float | None = DEFAULT_DELAY,
-    ) -> Waits[Stream]:
+        ssl: SSLContext | None = None, server_hostname: str | None = None,
+    ) -> Waits[Any]:
         """A TCP connection to ``(host, port)``. A name with several
         addresses is connected with Happy Eyeballs (RFC 8305, see
         ``threadlib.io.happy_eyeballs.connect_first``): IPv6 first, then
@@ -507,7 +536,16 @@ class KernelNetwork:
 
         Waits for name resolution and the handshakes (WaitWrite);
         ``timeout`` bounds all of it. A socket that did not connect (an
-        error, a timeout, a cancellation, a lost race) is closed."""
+        error, a timeout, a cancellation, a lost race) is closed. With ``ssl``
+        (a client-side SSLContext) the result is a ``tls.TlsStream`` whose
+        handshake is done, verifying ``server_hostname`` (default: the host
+        connected to); ``timeout`` bounds the handshake too."""
+        if ssl is not None:
+            from .tls import connect_over
+
+            return (yield from connect_over(self.connect, address, timeout, ssl, server_hostname,
+                                            nodelay=nodelay, local=local,
+                                            happy_eyeballs_delay=happy_eyeballs_delay))
         host, port = address[0], address[1]
         with _timeout(timeout):
             addresses = yield from self.resolve(host, port)

@@ -17,7 +17,7 @@ import logging
 import os
 import random
 import types
-from typing import Any, Callable, Iterable, Literal, Mapping, overload
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Mapping, overload
 
 from iolib.packetio import MAX_QUEUES, TunDevice
 from iolib.tcp import Stack
@@ -33,6 +33,11 @@ from ..happy_eyeballs import DEFAULT_DELAY, HostTable, Resolver, connect_first
 from .errors import NetUnreachable, closed_error, translate
 from .stream import Listener, Stream
 from .worker import TcpWait, UserTcpWorker
+
+if TYPE_CHECKING:
+    from ssl import SSLContext
+
+    from ..tls import TlsListener, TlsStream
 
 log = logging.getLogger("threadlib.io.tcpsockio")
 
@@ -105,12 +110,22 @@ class UserNetwork:
             self.attach()
         return self.worker
 
+    @overload
+    def listen(self, address: tuple[str, int], backlog: int = ..., reuse_port: bool = ..., nodelay: bool = ...,
+               ssl: None = ...) -> Call[Listener]: ...
+    @overload
+    def listen(self, address: tuple[str, int], backlog: int = ..., reuse_port: bool = ..., nodelay: bool = ..., *,
+               ssl: SSLContext) -> Call[TlsListener]: ...
+    @overload
+    def listen(self, address: tuple[str, int], backlog: int = ..., reuse_port: bool = ..., nodelay: bool = ...,
+               ssl: SSLContext | None = ...) -> Call[Listener | TlsListener]: ...
     @types.coroutine
     def listen(self, address: tuple[str, int], backlog: int = 1024, reuse_port: bool = False,
-               nodelay: bool = True) -> Waits[Listener]:
+               nodelay: bool = True, ssl: SSLContext | None = None) -> Waits[Any]:
         """A listener on ``(host, port)``: a wildcard host ("", "0.0.0.0",
         "::") means every local address of both families; port 0 picks a
-        free one. Never waits.
+        free one. Never waits. With ``ssl`` (a server-side SSLContext) it
+        is a ``tls.TlsListener``: accepted streams handshake lazily.
 
         ``reuse_port`` has no effect on the stack itself (a stack serves
         one process and never shares its ports).  On a network made by
@@ -132,6 +147,10 @@ class UserNetwork:
             if local is not None and "not local" in str(exc):
                 raise OSError(errno.EADDRNOTAVAIL, str(exc)) from None
             raise
+        if ssl is not None:
+            from ..tls import TlsListener
+
+            return TlsListener(Listener(worker, lst, nodelay), ssl)
         return Listener(worker, lst, nodelay)
         yield  # a generator, like every call that may wait
 
@@ -159,9 +178,20 @@ class UserNetwork:
         the blocking pool)."""
         return sockio.resolve_with(self.resolver, host, port)
 
+    @overload
+    def connect(self, address: tuple[str, int], timeout: float | None = ..., nodelay: bool = ..., local: Any = ...,
+                happy_eyeballs_delay: float | None = ..., ssl: None = ..., server_hostname: None = ...) -> Call[Stream]: ...
+    @overload
+    def connect(self, address: tuple[str, int], timeout: float | None = ..., nodelay: bool = ..., local: Any = ...,
+                happy_eyeballs_delay: float | None = ..., *, ssl: SSLContext, server_hostname: str | None = ...) -> Call[TlsStream]: ...
+    @overload
+    def connect(self, address: tuple[str, int], timeout: float | None = ..., nodelay: bool = ..., local: Any = ...,
+                happy_eyeballs_delay: float | None = ..., ssl: SSLContext | None = ...,
+                server_hostname: str | None = ...) -> Call[Stream | TlsStream]: ...
     @types.coroutine
     def connect(self, address: tuple[str, int], timeout: float | None = None, nodelay: bool = True,
-                local: Any = None, happy_eyeballs_delay: float | None = DEFAULT_DELAY) -> Waits[Stream]:
+                local: Any = None, happy_eyeballs_delay: float | None = DEFAULT_DELAY,
+                ssl: SSLContext | None = None, server_hostname: str | None = None) -> Waits[Any]:
         """A connection to ``(host, port)``. Raises ``ConnectionRefused``,
         ``NetUnreachable``, ``TimeoutError``, ... ``local`` is an optional
         ``(address, port)`` to send from. A name with several addresses is
@@ -172,7 +202,16 @@ class UserNetwork:
         Waits for name resolution and the handshake (TcpWait); ``timeout``
         bounds all of it. A connection that fails, times out or is cancelled
         half-way is reset; one that loses the race is reset, or closed if it
-        connected in the same instant as the winner."""
+        connected in the same instant as the winner. With ``ssl`` (a
+        client-side SSLContext) the result is a ``tls.TlsStream`` whose
+        handshake is done, verifying ``server_hostname`` (default: the host
+        connected to); ``timeout`` bounds the handshake too."""
+        if ssl is not None:
+            from ..tls import connect_over
+
+            return (yield from connect_over(self.connect, address, timeout, ssl, server_hostname,
+                                            nodelay=nodelay, local=local,
+                                            happy_eyeballs_delay=happy_eyeballs_delay))
         if self.queue is not None:
             raise OSError(errno.EOPNOTSUPP, f"connect() is refused on queue {self.queue} of multi-queue TUN device "
                           f"{self.device.name!r}: the kernel steers the replies of a connection opened here by a "
