@@ -175,6 +175,9 @@ class Backend:
         return f"{self.address[0]}:{self.address[1]}"
 
     def close(self) -> None:
+        # close() alone would not wake the accept() blocked in _serve.
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self._t.join(30)
         self.sock.close()
         for t in self.threads:
             t.join(30)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 import pytest
@@ -10,7 +11,10 @@ from threadlib.io import sockio
 
 
 def open_fds() -> set[int]:
-    """This process's open fds (less the one listdir used to read them)."""
+    """This process's open fds (less the one listdir used to read them),
+    after a collection: an fd an earlier test left to the collector must
+    not close between two counts."""
+    gc.collect()
     return {int(name) for name in os.listdir("/proc/self/fd") if os.path.lexists(f"/proc/self/fd/{name}")}
 
 

@@ -212,9 +212,10 @@ def test_shutdown_is_bounded_even_when_a_finally_waits_on_a_socket_forever():
         a, b = sockio.socketpair()
         yield from threadlib.spawn(background(a))
         yield from threadlib.sleep(0)
-        return threadlib.now(), b
+        return threadlib.now(), (a, b)
 
     sched = Scheduler(clock=VirtualClock())
-    started, peer = threadlib.run(main(), scheduler=sched)
+    started, pair = threadlib.run(main(), scheduler=sched)
     assert sched.clock.now() == started + 1.0
-    peer.close()
+    for end in pair:
+        end.close()

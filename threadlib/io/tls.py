@@ -165,7 +165,7 @@ class TlsStream:
 
     __slots__ = ("_transport", "_sslobj", "_incoming", "_outgoing", "_unsent", "_send_lock", "_recv_lock",
                  "_handshake_lock", "_state", "_failure", "_handshake_timeout", "_handshake_deadline",
-                 "_ragged_eof", "_read_eof", "_write_shut", "_shut_pending", "_closed", "_reads")
+                 "_ragged_eof", "_read_eof", "_write_shut", "_shut_pending", "_closed", "_reads", "_held")
 
     def __init__(self, transport: Stream, context: _ssl.SSLContext, *, server_side: bool = False,
                  server_hostname: str | None = None, handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
@@ -192,6 +192,7 @@ class TlsStream:
         self._shut_pending = False  # close_notify and the FIN wait for the writer holding _send_lock
         self._closed = False
         self._reads = 0             # transport reads so far: lets a writer see a reader got input
+        self._held: memoryview | None = None  # plaintext decrypted early by _queue_close_notify, not yet read
 
     # -- introspection ---------------------------------------------------------
     @property
@@ -466,6 +467,8 @@ class TlsStream:
         while True:
             if self._closed:
                 raise _closed_error()
+            if self._held is not None and max_bytes:
+                return self._take_held(max_bytes)
             if self._read_eof:
                 return b""
             if incoming.pending or sslobj.pending() or incoming.eof:
@@ -518,6 +521,8 @@ class TlsStream:
         while True:
             if self._closed:
                 raise _closed_error()
+            if self._held is not None:
+                return self._take_held_into(view)
             if self._read_eof:
                 return 0
             if incoming.pending or sslobj.pending() or incoming.eof:
@@ -688,11 +693,41 @@ class TlsStream:
         return True
 
     def _queue_close_notify(self) -> None:
+        """Queue close_notify without losing input. CPython's
+        ``SSLObject.unwrap`` calls ``SSL_shutdown`` a second time, which
+        reads on and throws away application data: the rest of a record
+        half read and the records waiting in the incoming BIO. So the
+        record's rest is decrypted into ``_held`` first (reads take it
+        before anything else) and the BIO's bytes are taken out around the
+        call and put back. The incoming BIO has an EOF only when it is
+        empty (the transport's end is written only after all was read), so
+        putting back never follows an EOF."""
         self._write_shut = True
+        sslobj, incoming = self._sslobj, self._incoming
+        if sslobj.pending():
+            held = sslobj.read(sslobj.pending())
+            self._held = memoryview(bytes(self._held) + held) if self._held is not None else memoryview(held)
+        waiting = incoming.read() if incoming.pending else b""
         try:
-            self._sslobj.unwrap()
+            sslobj.unwrap()
         except _ssl.SSLError:
             pass  # SSLWantReadError: sent, the peer's not yet read (what we want here)
+        if waiting:
+            incoming.write(waiting)
+
+    def _take_held(self, max_bytes: int) -> bytes:
+        held = self._held
+        assert held is not None
+        self._held = held[max_bytes:] if max_bytes < len(held) else None
+        return bytes(held[:max_bytes])
+
+    def _take_held_into(self, view: memoryview) -> int:
+        held = self._held
+        assert held is not None
+        n = min(len(held), len(view))
+        view[:n] = held[:n]
+        self._held = held[n:] if n < len(held) else None
+        return n
 
     def _shutdown_transport(self) -> None:
         try:

@@ -575,6 +575,45 @@ def test_openssl_s_client_sees_verification_sni_and_alpn(certs, tmp_path):
     assert names == ["localhost"]
 
 
+@pytest.mark.parametrize("read", ["recv", "recv_into"])
+def test_half_close_loses_none_of_the_input_waiting_to_be_read(certs, read):
+    """shutdown(SHUT_WR) while the peer's records wait unread (one half
+    read, more behind it): they are all read after it, then the end.
+    (CPython's unwrap, under close_notify, would read on and drop them.)"""
+    data = random.Random(5).randbytes(200_000)
+    all_sent = threading.Event()
+
+    def handler(conn):
+        conn.sendall(data)
+        all_sent.set()
+        assert read_to_end(conn) == b""  # ends at our close_notify
+        conn.unwrap()
+
+    def main():
+        port, peer = kernel_tls_server(certs.server(), handler)
+        conn = yield from sockio.kernel.connect((HOST, port), timeout=10, ssl=certs.client())
+        with conn:
+            yield from conn.do_handshake(timeout=10)
+            assert (yield from threadlib.blocking(all_sent.wait, 10))
+            got = bytearray((yield from conn.recv(10, timeout=10)))
+            assert conn.ssl_object.pending() > 0  # the rest of a record is decrypted, unread
+            conn.shutdown(socket.SHUT_WR)
+            buf = bytearray(7000)
+            while True:
+                if read == "recv":
+                    chunk = yield from conn.recv(7000, timeout=10)
+                else:
+                    chunk = buf[:(yield from conn.recv_into(buf, timeout=10))]
+                if not chunk:
+                    break
+                got += chunk
+        yield from finished(peer)
+        return bytes(got)
+
+    got = threadlib.run(main())
+    assert len(got) == len(data) and got == data
+
+
 def test_renegotiation_is_refused(certs, tmp_path):
     """A TLS 1.2 client asking to renegotiate (s_client's "R" command) is
     refused: the client reports it, and our read fails on its alert."""
@@ -597,6 +636,7 @@ def test_renegotiation_is_refused(certs, tmp_path):
                 yield from conn.recv(100, timeout=10)
             proc.stdin.close()
         out = yield from threadlib.blocking(proc.stdout.read)
+        proc.stdout.close()
         proc.wait(20)
         return info.value, out.decode(errors="replace")
 
