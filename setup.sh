@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # Sets up everything threadlib needs on a fresh Debian machine, idempotently:
 # the Debian packages (libaio1 for Linux AIO, iproute2 and iputils-ping for the TUN/netns
-# tests, curl, wrk and openssl for the interop tests) and a venv in .venv with the
-# package and its test extras installed.  Run as root (CI is).
+# tests, curl, wrk and openssl for the interop tests, gcc and libc6-dev to build the
+# optional compiled run loop) and a venv in .venv with the package and its test
+# extras installed.  Run as root (CI is).
 set -euo pipefail
 cd "$(dirname "$0")"
 need=()
-for pkg in libaio1 iproute2 iputils-ping curl wrk openssl; do
+for pkg in libaio1 iproute2 iputils-ping curl wrk openssl gcc libc6-dev; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
+# Debian's own Python keeps its headers in a separate package.
+if ! python3 -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then
+    need+=("python3-dev")
+fi
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing Debian packages: ${need[*]}"
     apt-get update -qq
@@ -19,3 +24,4 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/pip install -q -e ".[test]"
+.venv/bin/python -c 'import threadlib.lowlevel as l; print("setup: compiled run loop", "built" if l.COMPILED else "NOT built (pure Python: no C compiler or Python headers?)")' 

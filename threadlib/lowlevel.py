@@ -26,6 +26,7 @@ from ._kernel import (
     current_scheduler,
     default_workers,
 )
+from ._kernel.scheduler import COMPILED
 from ._kernel.worker import Handler
 from .syscalls import Blocking, Cancel, GetCurrent, GetScheduler, Join, JoinAny, Park, Sleep
 from .syscalls import Spawn, SystemCall, Unpark, WaitRead, WaitWrite, Yield
@@ -36,5 +37,5 @@ __all__ = [
     "Thread", "WaitQueue", "ParkOnce", "MonotonicClock", "VirtualClock",
     "SystemCall", "Yield", "Sleep", "WaitRead", "WaitWrite", "Spawn", "Join", "JoinAny", "Cancel",
     "Park", "Unpark", "Blocking", "GetCurrent", "GetScheduler",
-    "Instrument", "SlowStepDetector",
+    "Instrument", "SlowStepDetector", "COMPILED",
 ]

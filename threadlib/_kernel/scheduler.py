@@ -51,8 +51,10 @@ from __future__ import annotations
 import collections
 import contextvars
 import logging
+import os
 import sys
 import threading
+import types
 from typing import IO, Any, Callable, Iterable, TypeVar
 
 from ..syscalls import (
@@ -180,7 +182,11 @@ class Scheduler:
         self._instruments: list[Any] = []
         self._hooks: dict[str, HookList] = hook_lists([])
         self._spawn_hooks: HookList | None = None  # the thread_spawned hooks, if any
-        self._run_pass: Callable[[], bool] = self._run_ready
+        # The pass used without instruments: the compiled loop when it is
+        # built (and THREADLIB_PURE is unset), else _run_ready.
+        self._run_plain: Callable[[], bool] = (self._run_ready if _speedups is None
+                                               else types.MethodType(_speedups.run_ready, self))
+        self._run_pass: Callable[[], bool] = self._run_plain
         self.workers: list[Worker] = []
         workers = default_workers() if workers is None else list(workers)
         timers = next((w for w in workers if isinstance(w, TimerWorker)), None)
@@ -506,7 +512,7 @@ class Scheduler:
         # change from the next hook call on.
         for name, hooks in hook_lists(self._instruments).items():
             self._hooks[name][:] = hooks
-        self._run_pass = self._run_ready_instrumented if self._instruments else self._run_ready
+        self._run_pass = self._run_ready_instrumented if self._instruments else self._run_plain
         self._spawn_hooks = self._hooks["thread_spawned"] or None
         twin = self._twin
         if twin is not None:
@@ -641,6 +647,8 @@ class Scheduler:
         return False
 
     def _run_ready(self) -> bool:
+        # The specification of _speedups.run_ready, which must do exactly
+        # this: a change here is a change there.
         ready = self._ready
         popleft = ready.popleft
         append = ready.append
@@ -1047,3 +1055,21 @@ class _Drain:
     def __init__(self, give_up: float, patient: bool) -> None:
         self.give_up = give_up
         self.patient = patient
+
+
+def _load_speedups() -> Any:
+    """The compiled run loop (``_speedups.c``), or None: not built, or
+    THREADLIB_PURE set (to anything but "" or "0")."""
+    if os.environ.get("THREADLIB_PURE", "") not in ("", "0"):
+        return None
+    try:
+        from . import _speedups as compiled  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    compiled.configure(YIELD, _PendingInterrupt, mark_retrieved, Thread)
+    return compiled
+
+
+_speedups = _load_speedups()
+COMPILED: bool = _speedups is not None
+"""Whether the scheduler runs its compiled loop."""

@@ -294,6 +294,10 @@ class _Unretrieved:
                 self.thread_name,
                 exc_info=(type(exc), exc, exc.__traceback__),
             )
+            # Nobody else has it: handlers that keep the record (a test's
+            # capture, a memory handler) keep the traceback, which formats
+            # without the frames' locals, so the failed thread's data goes.
+            traceback.clear_frames(exc.__traceback__)
 
 
 def mark_retrieved(thread: Thread) -> None:

@@ -1,0 +1,388 @@
+/* threadlib._kernel._speedups: the scheduler's run loop, compiled.
+ *
+ * What it is for: Scheduler._run_ready (scheduler.py) is the one loop every
+ * step of every thread passes through. This is the same loop in C, so that a
+ * step costs a generator resume and a dict lookup rather than thirty
+ * bytecodes; it is used when this module is built and THREADLIB_PURE is not
+ * set. scheduler.py stays the specification: this file must do exactly what
+ * _run_ready does, in the same order, with the same exceptions, and must
+ * never do anything else. Every rare path (a thread ending, a context
+ * rebase, an unknown call, an interrupted wait, a worker's failure) calls
+ * back into the Scheduler's own Python methods, so that no behaviour exists
+ * only here.
+ *
+ * What it must never do: block, read a clock, keep a reference to a thread
+ * or a scheduler after it returns, or run with anything but the GIL held.
+ *
+ * Plain C API rather than Cython: one loop of ~150 lines needs no build
+ * dependency beyond the compiler, and the exact CPython calls it makes
+ * (PyIter_Send resumes a generator without raising StopIteration at its end)
+ * are visible in the source.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+/* Set once by configure(): the objects the loop compares against. */
+static PyObject *yield_singleton;      /* syscalls.YIELD */
+static PyObject *pending_interrupt;    /* scheduler._PendingInterrupt */
+static PyObject *mark_retrieved;       /* threads.mark_retrieved */
+static PyTypeObject *thread_type;      /* threads.Thread */
+
+/* Byte offsets of Thread's __slots__ _coro, _value and _exc: read and written
+ * directly, as the interpreter's own slot access does. */
+static Py_ssize_t off_coro, off_value, off_exc;
+
+static PyObject *s_ready, *s_handlers, *s_pending, *s_base, *s_twin, *s_current, *s_finish,
+    *s_rebase, *s_unknown_call, *s_interrupted_wait, *s_worker_failed, *s_popleft, *s_append,
+    *s_throw, *s_exc, *s_value, *s_coro_slot, *s_value_slot, *s_exc_slot;
+
+/* A slot of a Thread: a new reference, or NULL with AttributeError when it
+ * is unset (as Python's own access would raise). */
+static PyObject *
+slot_get(PyObject *t, Py_ssize_t off, PyObject *name)
+{
+    PyObject *v = *(PyObject **)((char *)t + off);
+    if (v == NULL) {
+        PyErr_SetObject(PyExc_AttributeError, name);
+        return NULL;
+    }
+    return Py_NewRef(v);
+}
+
+static void
+slot_set(PyObject *t, Py_ssize_t off, PyObject *v)
+{
+    PyObject **slot = (PyObject **)((char *)t + off);
+    PyObject *old = *slot;
+    *slot = Py_NewRef(v);
+    Py_XDECREF(old);
+}
+
+/* The raised exception, normalized, with its traceback attached; the error
+ * indicator is cleared. */
+static PyObject *
+take_exception(void)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL) {
+        PyException_SetTraceback(value, tb);
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value;
+}
+
+static PyObject *
+call_method(PyObject *obj, PyObject *name, PyObject *a, PyObject *b, PyObject *c, Py_ssize_t n)
+{
+    PyObject *args[4] = {obj, a, b, c};
+    return PyObject_VectorcallMethod(name, args, (size_t)(n + 1) | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                     NULL);
+}
+
+/* The step of t ended the thread: _finish it, as _run_ready's except
+ * clauses do. Returns 1 to go on, 0 when the loop must stop with `*stop` set
+ * (KeyboardInterrupt, SystemExit), -1 on error. */
+static int
+thread_ended(PyObject *sched, PyObject *t, PyObject *retval, PyObject *exc, PyObject **stop)
+{
+    PyObject *r = call_method(sched, s_finish, t, retval ? retval : Py_None, exc ? exc : Py_None, 3);
+    if (r == NULL) {
+        return -1;
+    }
+    Py_DECREF(r);
+    if (exc != NULL && (PyObject_TypeCheck(exc, (PyTypeObject *)PyExc_KeyboardInterrupt) ||
+                        PyObject_TypeCheck(exc, (PyTypeObject *)PyExc_SystemExit))) {
+        r = PyObject_CallOneArg(mark_retrieved, t);
+        if (r == NULL) {
+            return -1;
+        }
+        Py_DECREF(r);
+        *stop = Py_NewRef(exc);
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *
+run_ready(PyObject *module, PyObject *sched)
+{
+    PyObject *ready = NULL, *popleft = NULL, *append = NULL, *handlers = NULL, *pending = NULL,
+             *base = NULL, *twin = NULL, *stop = NULL, *result = NULL;
+    PyObject *t = NULL, *sc = NULL;
+
+    if ((ready = PyObject_GetAttr(sched, s_ready)) == NULL ||
+        (popleft = PyObject_GetAttr(ready, s_popleft)) == NULL ||
+        (append = PyObject_GetAttr(ready, s_append)) == NULL ||
+        (handlers = PyObject_GetAttr(sched, s_handlers)) == NULL ||
+        (pending = PyObject_GetAttr(sched, s_pending)) == NULL ||
+        (base = PyObject_GetAttr(sched, s_base)) == NULL ||
+        (twin = PyObject_GetAttr(sched, s_twin)) == NULL) {
+        goto done;
+    }
+    if (!PyDict_CheckExact(handlers) || !PyDict_CheckExact(pending)) {
+        PyErr_SetString(PyExc_TypeError, "run_ready: the scheduler's _handlers and _pending must be dicts");
+        goto done;
+    }
+
+    for (;;) {
+        Py_ssize_t queued = PyObject_Length(ready);
+        if (queued < 0) {
+            goto done;
+        }
+        if (queued == 0) {
+            break;
+        }
+        t = PyObject_CallNoArgs(popleft);
+        if (t == NULL || PyObject_SetAttr(sched, s_current, t) < 0) {
+            goto done;
+        }
+        if (!PyObject_TypeCheck(t, thread_type)) {
+            PyErr_Format(PyExc_TypeError, "run_ready: %R on the ready queue is not a Thread", t);
+            goto done;
+        }
+
+        PyObject *coro = slot_get(t, off_coro, s_coro_slot);
+        if (coro == NULL) {
+            goto done;
+        }
+        PyObject *exc = slot_get(t, off_exc, s_exc_slot);
+        if (exc == NULL) {
+            Py_DECREF(coro);
+            goto done;
+        }
+        PyObject *retval = NULL, *raised = NULL;
+        int ended = 0;
+        if (exc == Py_None) {
+            PyObject *value = slot_get(t, off_value, s_value_slot);
+            if (value == NULL) {
+                Py_DECREF(coro);
+                Py_DECREF(exc);
+                goto done;
+            }
+            PySendResult how = PyIter_Send(coro, value, &sc);
+            Py_DECREF(value);
+            if (how == PYGEN_RETURN) {
+                retval = sc;
+                sc = NULL;
+                ended = 1;
+            }
+            else if (how == PYGEN_ERROR) {
+                sc = NULL;
+                raised = take_exception();
+                ended = 1;
+            }
+        }
+        else {
+            slot_set(t, off_exc, Py_None);
+            sc = call_method(coro, s_throw, exc, NULL, NULL, 1);
+            if (sc == NULL) {
+                raised = take_exception();
+                ended = 1;
+                if (PyObject_TypeCheck(raised, (PyTypeObject *)PyExc_StopIteration)) {
+                    retval = PyObject_GetAttr(raised, s_value);
+                    Py_CLEAR(raised);
+                    if (retval == NULL) {
+                        Py_DECREF(coro);
+                        Py_DECREF(exc);
+                        goto done;
+                    }
+                }
+            }
+        }
+        Py_DECREF(coro);
+        Py_DECREF(exc);
+
+        if (ended) {
+            int go_on = thread_ended(sched, t, retval, raised, &stop);
+            Py_XDECREF(retval);
+            Py_XDECREF(raised);
+            if (go_on < 0) {
+                goto done;
+            }
+            if (go_on == 0) {
+                Py_CLEAR(t);
+                break;
+            }
+            int wrote = PyObject_RichCompareBool(base, twin, Py_NE);
+            if (wrote < 0) {
+                goto done;
+            }
+            if (wrote) {
+                result = call_method(sched, s_rebase, Py_None, Py_None, NULL, 2);
+                goto done;
+            }
+            Py_CLEAR(t);
+            continue;
+        }
+
+        /* O(1) while they share one mapping: the step wrote nothing. */
+        int wrote = PyObject_RichCompareBool(base, twin, Py_NE);
+        if (wrote < 0) {
+            goto done;
+        }
+        if (wrote) {
+            result = call_method(sched, s_rebase, t, sc, NULL, 2);
+            goto done;
+        }
+        if (sc == yield_singleton) {
+            slot_set(t, off_value, Py_None);
+            if (PyDict_GET_SIZE(pending)) {
+                PyObject *interrupt = PyDict_GetItemWithError(pending, t);
+                if (interrupt != NULL) {
+                    slot_set(t, off_exc, interrupt);
+                    if (PyDict_DelItem(pending, t) < 0) {
+                        goto done;
+                    }
+                }
+                else if (PyErr_Occurred()) {
+                    goto done;
+                }
+            }
+            PyObject *r = PyObject_CallOneArg(append, t);
+            if (r == NULL) {
+                goto done;
+            }
+            Py_DECREF(r);
+            Py_CLEAR(sc);
+            Py_CLEAR(t);
+            continue;
+        }
+        PyObject *handler = PyDict_GetItemWithError(handlers, (PyObject *)Py_TYPE(sc));
+        PyObject *r;
+        if (handler == NULL) {
+            PyErr_Clear();
+            r = call_method(sched, s_unknown_call, t, sc, NULL, 2);
+        }
+        else {
+            Py_INCREF(handler);
+            PyObject *args[2] = {t, sc};
+            r = PyObject_Vectorcall(handler, args, 2, NULL);
+            Py_DECREF(handler);
+            if (r == NULL) {
+                PyObject *failure = take_exception();
+                if (PyObject_TypeCheck(failure, (PyTypeObject *)pending_interrupt)) {
+                    PyObject *inner = PyObject_GetAttr(failure, s_exc);
+                    r = inner ? call_method(sched, s_interrupted_wait, t, sc, inner, 3) : NULL;
+                    Py_XDECREF(inner);
+                }
+                else {
+                    r = call_method(sched, s_worker_failed, t, sc, failure, 3);
+                }
+                Py_DECREF(failure);
+            }
+        }
+        if (r == NULL) {
+            goto done;
+        }
+        Py_DECREF(r);
+        Py_CLEAR(sc);
+        Py_CLEAR(t);
+    }
+    if (PyObject_SetAttr(sched, s_current, Py_None) < 0) {
+        goto done;
+    }
+    if (stop != NULL) {
+        PyErr_SetObject((PyObject *)Py_TYPE(stop), stop);
+        goto done;
+    }
+    result = Py_NewRef(Py_False);
+
+done:
+    Py_XDECREF(t);
+    Py_XDECREF(sc);
+    Py_XDECREF(stop);
+    Py_XDECREF(ready);
+    Py_XDECREF(popleft);
+    Py_XDECREF(append);
+    Py_XDECREF(handlers);
+    Py_XDECREF(pending);
+    Py_XDECREF(base);
+    Py_XDECREF(twin);
+    return result;
+}
+
+static int
+slot_offset(PyTypeObject *type, const char *name, Py_ssize_t *offset)
+{
+    PyObject *descr = PyDict_GetItemString(type->tp_dict, name);
+    if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+        PyErr_Format(PyExc_TypeError, "configure: %s.%s is not a __slots__ member", type->tp_name, name);
+        return -1;
+    }
+    PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+    if (member->type != T_OBJECT_EX) {
+        PyErr_Format(PyExc_TypeError, "configure: %s.%s is not an object slot", type->tp_name, name);
+        return -1;
+    }
+    *offset = member->offset;
+    return 0;
+}
+
+static PyObject *
+configure(PyObject *module, PyObject *args)
+{
+    PyObject *yield_obj, *interrupt, *retrieved, *thread;
+    if (!PyArg_ParseTuple(args, "OOOO!:configure", &yield_obj, &interrupt, &retrieved, &PyType_Type,
+                          &thread)) {
+        return NULL;
+    }
+    if (!PyType_Check(interrupt) || !PyCallable_Check(retrieved)) {
+        PyErr_SetString(PyExc_TypeError, "configure(YIELD, _PendingInterrupt, mark_retrieved, Thread)");
+        return NULL;
+    }
+    if (slot_offset((PyTypeObject *)thread, "_coro", &off_coro) < 0 ||
+        slot_offset((PyTypeObject *)thread, "_value", &off_value) < 0 ||
+        slot_offset((PyTypeObject *)thread, "_exc", &off_exc) < 0) {
+        return NULL;
+    }
+    Py_XSETREF(yield_singleton, Py_NewRef(yield_obj));
+    Py_XSETREF(pending_interrupt, Py_NewRef(interrupt));
+    Py_XSETREF(mark_retrieved, Py_NewRef(retrieved));
+    Py_XSETREF(thread_type, (PyTypeObject *)Py_NewRef(thread));
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"run_ready", run_ready, METH_O,
+     "run_ready(scheduler) -> bool: Scheduler._run_ready, compiled (see scheduler.py)."},
+    {"configure", configure, METH_VARARGS,
+     "configure(YIELD, _PendingInterrupt, mark_retrieved, Thread): the objects run_ready needs."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "threadlib._kernel._speedups",
+    "The scheduler's run loop, compiled (optional; scheduler.py is the specification).", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+#define INTERN(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL
+    INTERN(s_ready, "_ready");
+    INTERN(s_handlers, "_handlers");
+    INTERN(s_pending, "_pending");
+    INTERN(s_base, "_base");
+    INTERN(s_twin, "_twin");
+    INTERN(s_current, "current");
+    INTERN(s_finish, "_finish");
+    INTERN(s_rebase, "_rebase");
+    INTERN(s_unknown_call, "_unknown_call");
+    INTERN(s_interrupted_wait, "_interrupted_wait");
+    INTERN(s_worker_failed, "_worker_failed");
+    INTERN(s_popleft, "popleft");
+    INTERN(s_append, "append");
+    INTERN(s_throw, "throw");
+    INTERN(s_exc, "exc");
+    INTERN(s_value, "value");
+    INTERN(s_coro_slot, "_coro");
+    INTERN(s_value_slot, "_value");
+    INTERN(s_exc_slot, "_exc");
+#undef INTERN
+    return PyModule_Create(&module_def);
+}
