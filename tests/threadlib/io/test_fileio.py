@@ -22,6 +22,7 @@ from iolib.aio import aio_unavailable_reason
 from threadlib.io import fileio
 from threadlib.io.aioworker import AioWorker, aio_read, ensure_aio_worker
 from tests import REPO_ROOT
+from tests.waiting import until
 
 pytestmark = [
     pytest.mark.skipif(aio_unavailable_reason() is not None, reason=str(aio_unavailable_reason())),
@@ -354,8 +355,7 @@ def test_timeout_and_cancel_while_waiting_on_aio_leave_the_engine_consistent(dat
         after = []
         for off in (0, 4095, SIZE - 10):
             after.append((yield from f.pread(1000, off)))
-        while worker.in_flight:
-            yield from threadlib.sleep(0.001)
+        yield from until(lambda: not worker.in_flight, what="the cancelled reads completed")
         yield from f.close()
         return timed_out, states, after, worker.orphaned
 

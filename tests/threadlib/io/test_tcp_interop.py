@@ -23,6 +23,7 @@ import time
 import pytest
 
 import threadlib
+from tests.waiting import until
 from iolib.netns import NetNamespace
 from threadlib.io import tcpsockio
 
@@ -89,7 +90,8 @@ def serve_while(net, root, port, body):
         server = webserver(root, net)
         t = yield from threadlib.spawn(server.serve(("", port), shutdown))
         try:
-            yield from threadlib.sleep(0.05)
+            # Listening (or failed: then the thread's error is raised here).
+            yield from until(lambda: server.address is not None or t.done, what="the web server listening")
             assert not t.done, t.result()
             return (yield from threadlib.blocking(body))
         finally:
