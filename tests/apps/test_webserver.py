@@ -7,6 +7,7 @@ import http.client
 import io
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -19,24 +20,23 @@ import urllib.request
 import pytest
 
 import threadlib
+from iolib.aio import aio_unavailable_reason
 from apps.webserver import SAMPLE_SITE, BackgroundServer, Limits, WebServer
 from tests import REPO_ROOT
 from threadlib.io import sockio
 
+from ..waiting import wait_until
 from . import kill_group
 
 ROOT = str(REPO_ROOT)
 
 
-def _aio_available():
-    try:
-        from threadlib.io import fileio  # noqa: F401
-    except Exception:
-        return False
-    return True
+# A fact about the machine (the kernel grants an AIO context), checked on
+# its own: a failing import of threadlib.io.fileio is a failure, not a skip.
+AIO_UNAVAILABLE = aio_unavailable_reason()
 
-
-IO_MODES = ["sendfile", pytest.param("aio", marks=pytest.mark.skipif(not _aio_available(), reason="no threadlib.io.fileio"))]
+IO_MODES = ["sendfile", pytest.param("aio", marks=pytest.mark.skipif(AIO_UNAVAILABLE is not None,
+                                                                     reason=str(AIO_UNAVAILABLE)))]
 
 
 @pytest.fixture
@@ -385,12 +385,18 @@ def test_every_refusal_has_its_status_and_a_short_reason(serve):
     reply = raw_exchange(address, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
     assert b"Allow: GET, HEAD\r\n" in reply
     # a refused upload still gets its answer when the body keeps coming
-    with socket.create_connection(address, timeout=10) as s:
+    with socket.create_connection(address, timeout=30) as s:
         s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 900000\r\n\r\n")
-        time.sleep(0.3)  # the 413 is sent; now the body arrives, unread
-        s.sendall(b"u" * 200000)
-        time.sleep(0.3)
-        assert s.recv(65536).startswith(b"HTTP/1.1 413 ")
+        # The 413 comes before the body: wait for it to be readable (unread).
+        assert select.select([s], [], [], 30)[0], "no answer to the oversized request"
+        s.sendall(b"u" * 200000)  # the body arrives, unread by the server
+        s.shutdown(socket.SHUT_WR)
+        # The server drains what it will not read and closes cleanly: the
+        # answer is all there, then end of file (a reset would raise here).
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+        assert reply.startswith(b"HTTP/1.1 413 "), reply[:100]
     # a chunked body past the limit is caught while it streams
     address2 = serve(limits=Limits(max_body=1000))
     chunked = b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + b"400\r\n" + b"z" * 1024 + b"\r\n0\r\n\r\n"
@@ -420,6 +426,8 @@ def test_curl_sees_ranges_head_and_errors(serve, site, tmp_path):
 def test_slow_client_is_cut_off_while_others_are_served(serve):
     address = serve(header_timeout=1.5, keepalive_timeout=10)
     outcome = {}
+    # Sent one byte a second, the request line and headers would take 35 s:
+    # a 408 before that is the header timeout at work.
 
     def slowloris():
         s = socket.create_connection(address, timeout=10)
@@ -441,28 +449,30 @@ def test_slow_client_is_cut_off_while_others_are_served(serve):
 
     slow = threading.Thread(target=slowloris)
     slow.start()
-    served = 0
-    fastest, slowest = 1e9, 0.0
-    while slow.is_alive() and served < 200:
-        t0 = time.monotonic()
+    served_meanwhile = 0
+    while slow.is_alive() and served_meanwhile < 200:
         assert get(address, "/small.txt")[0] == 200
-        elapsed = time.monotonic() - t0
-        fastest, slowest = min(fastest, elapsed), max(slowest, elapsed)
-        served += 1
-        time.sleep(0.02)
-    slow.join(10)
+        if "reply" not in outcome:
+            served_meanwhile += 1  # answered while the slow client held its connection
+        time.sleep(0.02)  # pacing, not waiting for anything
+    slow.join(30)
+    assert not slow.is_alive()
     assert "reply" in outcome, "the slow client was never cut off"
     assert isinstance(outcome["reply"], bytes) and outcome["reply"].startswith(b"HTTP/1.1 408 ")
-    assert 1.4 <= outcome["after"] < 3.5
-    assert served >= 10 and slowest < 1.0
+    # Not before the header timeout (its lower bound is exact; how much
+    # later depends on the machine's load, so no upper bound but the 408).
+    assert outcome["after"] >= 1.4
+    assert served_meanwhile >= 1
 
 
 def test_silent_new_connections_get_only_the_header_timeout(serve):
-    address = serve(header_timeout=0.5, keepalive_timeout=30)
-    silent = socket.create_connection(address, timeout=5)
+    # keep-alive an hour: closed at all within the 60 s hang guard, the
+    # connection got the header timeout.
+    address = serve(header_timeout=0.5, keepalive_timeout=3600)
+    silent = socket.create_connection(address, timeout=60)
     t0 = time.monotonic()
     assert silent.recv(10) == b""
-    assert 0.4 <= time.monotonic() - t0 < 3
+    assert time.monotonic() - t0 >= 0.4   # not before the timeout
     silent.close()
 
 
@@ -472,8 +482,8 @@ def test_idle_keep_alive_connections_are_closed(serve):
     c.send(b"GET /small.txt HTTP/1.1\r\nHost: x\r\n\r\n")
     assert c.response()[0] == 200
     t0 = time.monotonic()
-    assert c.at_eof(timeout=5)
-    assert 0.4 <= time.monotonic() - t0 < 3
+    assert c.at_eof(timeout=60)
+    assert time.monotonic() - t0 >= 0.4   # not before the timeout
     c.close()
 
 
@@ -548,6 +558,14 @@ def _start_program(*args):
     return proc
 
 
+def _refused(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except OSError:
+        return True
+    return False
+
+
 def test_program_finishes_responses_in_flight_on_sigterm(site, tmp_path):
     big = os.urandom(16 * 1024 * 1024)
     (site / "huge.bin").write_bytes(big)
@@ -565,11 +583,10 @@ def test_program_finishes_responses_in_flight_on_sigterm(site, tmp_path):
         s.sendall(b"GET /huge.bin HTTP/1.1\r\nHost: x\r\n\r\n")
         got = s.recv(65536)
         proc.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
-        # no longer accepting; the idle keep-alive connection is closed
-        with pytest.raises(OSError):
-            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        # the idle keep-alive connection is closed; new ones are refused
+        idle.settimeout(30)
         assert idle.recv(10) == b""
+        wait_until(lambda: _refused(port), what="refusing new connections after SIGTERM")
         # the response in flight arrives complete
         while True:
             chunk = s.recv(1 << 20)
@@ -587,9 +604,8 @@ def test_program_finishes_responses_in_flight_on_sigterm(site, tmp_path):
         kill_group(proc)
 
 
+@pytest.mark.skipif(AIO_UNAVAILABLE is not None, reason=str(AIO_UNAVAILABLE))
 def test_program_with_two_workers_and_aio(site):
-    if not _aio_available():
-        pytest.skip("no threadlib.io.fileio")
     port = _free_port()
     proc = _start_program("--root", str(site), "--port", str(port), "--workers", "2", "--io", "aio", "--quiet")
     try:
@@ -620,13 +636,12 @@ def test_program_refuses_bad_options_before_serving(tmp_path):
 
 
 def _user_stack_usable():
-    import importlib.util
+    # Machine facts only: threadlib.io.tcpsockio is part of the project, and
+    # failing to import it is a failure, not a reason to skip.
+    return os.geteuid() == 0 and os.path.exists("/dev/net/tun")
 
-    return (importlib.util.find_spec("threadlib.io.tcpsockio") is not None and os.geteuid() == 0
-            and os.path.exists("/dev/net/tun"))
 
-
-@pytest.mark.skipif(not _user_stack_usable(), reason="needs threadlib.io.tcpsockio, root and /dev/net/tun")
+@pytest.mark.skipif(not _user_stack_usable(), reason="needs root and /dev/net/tun")
 def test_program_serves_over_the_user_level_tcp_stack(site):
     # A TUN device and subnet of its own, so parallel runs do not collide.
     n = os.getpid() % 200 + 20
@@ -651,7 +666,7 @@ def test_program_serves_over_the_user_level_tcp_stack(site):
         kill_group(proc)
 
 
-@pytest.mark.skipif(not _user_stack_usable(), reason="needs threadlib.io.tcpsockio, root and /dev/net/tun")
+@pytest.mark.skipif(not _user_stack_usable(), reason="needs root and /dev/net/tun")
 def test_program_with_two_workers_on_the_user_level_stack_uses_both_queues(site):
     from iolib.netns import temporary_netns
 

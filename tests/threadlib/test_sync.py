@@ -93,7 +93,7 @@ def test_event_wakes_all_waiters_and_clear():
             yield from ev.wait(timeout=0.001)
 
     threadlib.run(main())
-    assert sorted(woke) == list(range(100))
+    assert woke == list(range(100))   # woken in the order they waited (FIFO)
 
 
 def test_condition_producer_consumer():
@@ -240,19 +240,23 @@ def test_queue_close_wakes_waiting_getters():
 def test_queue_item_handed_to_a_cancelled_getter_is_not_lost():
     q = threadlib.Queue()
 
+    got = []
+
     def getter():
         item = yield from q.get()
+        got.append(item)
         yield from threadlib.sleep(60)  # cancel lands here
-        return item
 
     def main():
         t = yield from threadlib.spawn(getter())
         yield from threadlib.sleep(0)
         q.put_nowait("precious")  # handed to t; t is ready
         yield from t.cancel()
-        return t.state
+        return t.state, q.qsize()
 
-    assert threadlib.run(main()) == "cancelled"
+    # The getter got the item (not lost, not put back twice), then the cancel.
+    assert threadlib.run(main()) == ("cancelled", 0)
+    assert got == ["precious"]
 
 
 @pytest.mark.threadlib(virtual_clock=True)

@@ -4,14 +4,15 @@ and bad-checksum packets are counted and dropped; random segment streams
 and user calls keep the connection invariants."""
 
 import copy
+import ipaddress
 import random
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from iolib.tcp import Stack, TcpError
-from iolib.tcp.ip import Malformed, parse_icmp_error, parse_ip
-from iolib.tcp.segment import parse_segment
+from iolib.tcp.ip import PROTO_TCP, IPFragment, Malformed, parse_icmp_error, parse_ip, pseudo_sum
+from iolib.tcp.segment import flags_str, parse_segment
 from .testkit import ACK, FIN, PSH, REMOTE_ISS, RST, SYN, URG, Harness, seg
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -67,25 +68,141 @@ def _valid_packet(h, i):
     return h.packet(kinds[i % 3])
 
 
+def _fix_checksums(pkt: bytearray) -> None:
+    """Make a mutated packet's IPv4 header and TCP checksums right again
+    (when its length fields still allow), so that the mutation reaches the
+    TCP state machine instead of the checksum check."""
+    if pkt[0] >> 4 == 4:
+        ihl = (pkt[0] & 15) * 4
+        total = int.from_bytes(pkt[2:4], "big")
+        if not 20 <= ihl <= total <= len(pkt):
+            return
+        pkt[10:12] = b"\0\0"
+        pkt[10:12] = (0xFFFF - _one_sum(pkt[:ihl]) % 0xFFFF).to_bytes(2, "big")
+        start, end, src, dst, proto = ihl, total, pkt[12:16], pkt[16:20], pkt[9]
+    elif pkt[0] >> 4 == 6 and len(pkt) >= 40:
+        start, end, src, dst, proto = 40, 40 + int.from_bytes(pkt[4:6], "big"), pkt[8:24], pkt[24:40], pkt[6]
+        if end > len(pkt):
+            return
+    else:
+        return
+    if proto != PROTO_TCP or end - start < 18:
+        return
+    pkt[start + 16:start + 18] = b"\0\0"
+    cks = 0xFFFF - (_one_sum(pkt[start:end]) + pseudo_sum(bytes(src), bytes(dst), PROTO_TCP, end - start)) % 0xFFFF
+    pkt[start + 16:start + 18] = cks.to_bytes(2, "big")
+
+
+def _one_sum(data) -> int:
+    return int.from_bytes(data, "big") << (8 if len(data) & 1 else 0)
+
+
+def _tcp_checksum_ok(ip, pkt) -> bool:
+    body = pkt[ip.start:ip.end]
+    return (_one_sum(body) + pseudo_sum(ip.src, ip.dst, PROTO_TCP, len(body))) % 0xFFFF == 0
+
+
+def _rfc9293_reply(ip, s):
+    """What RFC 9293 says a stack with one listener on port 80 and no
+    connection sends for segment `s` (§3.10.7.1 CLOSED, §3.10.7.2 LISTEN):
+    (flags, seq or None for any, ack), or None for nothing."""
+    source = ipaddress.ip_address(ip.src)
+    if source.is_multicast or source.is_unspecified or source == ipaddress.ip_address("255.255.255.255"):
+        return None                                   # MUST-63: no reply to a martian
+    if s.flags & RST:
+        return None
+    if s.flags & ACK:
+        return (RST, s.ack, 0)
+    if s.dport == 80:
+        return (SYN | ACK, None, (s.seq + 1) & 0xFFFFFFFF) if s.flags & SYN else None
+    return (RST | ACK, 0, (s.seq + s.seg_len) & 0xFFFFFFFF)
+
+
 @FUZZ
 @given(st.integers(0, 2), st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)),
-                                   min_size=1, max_size=6))
-def test_mutated_packets_are_dropped_or_handled(which, flips):
-    h = Harness()
+                                   min_size=1, max_size=6), st.booleans(), st.booleans())
+def test_mutated_packets_are_dropped_or_handled(which, flips, fix_checksums, v6):
+    """Whatever a mutation does, the packet is counted once; one that is
+    refused leaves no trace; one that is still a valid TCP segment to us
+    gets exactly the reply RFC 9293 gives for LISTEN / CLOSED, addressed
+    back to where it came from, and the stack's state matches that reply."""
+    h = Harness(v6=v6)
     h.stack.listen(80)
     pkt = bytearray(_valid_packet(h, which))
     for pos, val in flips:
         pkt[pos % len(pkt)] ^= val or 1
+    if fix_checksums:
+        _fix_checksums(pkt)
+    pkt = bytes(pkt)
     stats = h.stack.stats
-    before = dropped(stats)
-    h.stack.receive(0.0, bytes(pkt))
+    before = stats.as_dict()
+    h.stack.receive(0.0, pkt)
+    grew = {k: v - before[k] for k, v in stats.as_dict().items() if v != before[k]}
+    assert grew.pop("packets_in") == 1
     try:
-        parse_ip(bytes(pkt), True)   # a fragment is buffered, not dropped
-    except Malformed:
-        assert dropped(stats) == before + 1
+        ip = parse_ip(pkt, True)
+    except Malformed as e:
+        # Counted once: for what is wrong with it, or (the stack looks at
+        # the destination first) as not for us.
+        event("refused by the IP parser")
+        assert grew in ({"dropped_" + e.reason: 1}, {"dropped_not_for_us": 1}), (grew, e)
+        h.expect_none()
         return
-    h.stack.take_packets()
-    h.stack.timer(10.0)
+    ours = ipaddress.ip_address(ip.dst) == ipaddress.ip_address(h.local)
+    if not ours:
+        event("not for us")
+        assert grew == {"dropped_not_for_us": 1}
+        h.expect_none()
+        return
+    if isinstance(ip, IPFragment):
+        # One fragment never completes a datagram: buffered or dropped.
+        event("a fragment")
+        assert grew.get("fragments_in") == 1 or set(grew) <= {"dropped_fragment_limit", "dropped_malformed"}
+        h.expect_none()
+        return
+    if ip.proto != PROTO_TCP:
+        # Not TCP: counted as an ICMP message or dropped, never answered with TCP.
+        event("not TCP")
+        assert sum(grew.values()) >= 1
+        assert all(parse_ip(p).proto != PROTO_TCP for p in h.stack.take_packets())
+        return
+    if not _tcp_checksum_ok(ip, pkt):
+        event("bad TCP checksum")
+        assert grew == {"dropped_bad_checksum": 1}
+        h.expect_none()
+        return
+    try:
+        s = parse_segment(pkt, ip.start, ip.end)
+    except Malformed:
+        event("bad TCP header")
+        assert grew == {"dropped_malformed": 1}
+        h.expect_none()
+        return
+    assert grew.pop("segments_in") == 1
+    reply = _rfc9293_reply(ip, s)
+    event(f"valid TCP segment, reply {reply and flags_str(reply[0])}")
+    source = str(ipaddress.ip_address(ip.src))
+    h.flows.add((s.dport, source, s.sport))
+    if reply is None:
+        h.expect_none()
+        assert h.stack.connections() == []
+        return
+    flags, seq, ack = reply
+    (got,) = h.out_wire()
+    assert (got.dst, got.seg.sport, got.seg.dport) == (source, s.dport, s.sport), got
+    assert (got.seg.flags, got.seg.ack) == (flags, ack), got
+    if flags & RST:
+        assert got.seg.seq == seq and got.seg.payload == b"" and got.options == b"", got
+        assert h.stack.connections() == []
+    else:
+        (conn,) = h.stack.connections()
+        assert conn.state == "SYN-RECEIVED" and got.seg.seq == conn.iss
+        # The SYN-ACK is retransmitted from the same sequence number until
+        # the handshake completes or gives up.
+        h.at(1.5)
+        (again,) = h.out()
+        assert (again.flags, again.seq, again.ack) == (SYN | ACK, conn.iss, ack)
+    copy.deepcopy(h.stack)
 
 
 @FUZZ

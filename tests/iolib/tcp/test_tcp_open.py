@@ -238,7 +238,7 @@ def test_syn_queue_and_accept_queue_limits():
     lst = h.stack.listen(80, backlog=2, syn_backlog=2)
     for port in (5001, 5002, 5003):
         h.send(seg(SYN, REMOTE_ISS, 0, 4000), sport=port)
-    assert len(h.out()) == 2
+    assert [(s.flags, s.sport, s.dport) for s in h.out()] == [(SYN | ACK, 80, 5001), (SYN | ACK, 80, 5002)]
     assert h.stack.stats.syn_queue_overflow == 1
     for c in h.stack.connections():
         h.send(seg(ACK, REMOTE_ISS + 1, c.iss + 1, 4000), sport=c.rport)
@@ -256,7 +256,7 @@ def test_one_listener_accepts_many_connections_on_one_port():
     lst = h.stack.listen(80)
     for port in range(6000, 6010):
         h.send(seg(SYN, REMOTE_ISS, 0, 4000), sport=port)
-        (synack,) = h.out()
+        (synack,) = h.expect(seg(SYN | ACK, ANY, REMOTE_ISS + 1, 65535, mss=1460, dport=port))
         h.send(seg(ACK, REMOTE_ISS + 1, synack.seq + 1, 4000), sport=port)
     got = []
     while (c := h.stack.accept(lst)) is not None:

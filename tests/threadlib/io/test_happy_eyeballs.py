@@ -17,6 +17,7 @@ from threadlib.io.happy_eyeballs import HostTable, interleave
 from threadlib.lowlevel import WaitWrite
 
 from ..fds import make_epoll, open_fds
+from ...waiting import until
 
 V4, V6 = socket.AF_INET, socket.AF_INET6
 root_only = pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/net/tun"),
@@ -296,8 +297,8 @@ def test_cancelling_a_racing_connect_closes_every_attempt(sink_netns):
         yield from make_epoll()
         before = open_fds()
         racer = yield from threadlib.spawn(net.connect(("svc", 80), happy_eyeballs_delay=0.05))
-        while sum(isinstance(t.waiting_on, WaitWrite) for t in attempt_threads(sched)) < 3:
-            yield from threadlib.sleep(0.01)  # until all three attempts hang in their handshakes
+        yield from until(lambda: sum(isinstance(t.waiting_on, WaitWrite) for t in attempt_threads(sched)) == 3,
+                         what="all three attempts hanging in their handshakes")
         assert len(open_fds() - before) == 3
         assert (yield from racer.cancel()) is True
         assert open_fds() == before

@@ -3,6 +3,7 @@ and 5,000 concurrent connections echoing byte-exact."""
 
 import errno
 import hashlib
+import logging
 import os
 import resource
 import socket
@@ -12,6 +13,7 @@ import pytest
 
 import threadlib
 from threadlib.io import sockio
+from tests.waiting import until
 
 
 def echo_handler(conn):
@@ -239,9 +241,13 @@ def test_sendfile_sends_a_real_file_zero_copy():
     assert sent == len(data) - 10 and got == data[10:]
 
 
-def test_accept_survives_running_out_of_fds():
+def test_accept_survives_running_out_of_fds(caplog):
     """EMFILE makes accept back off and retry; the server keeps serving."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    caplog.set_level(logging.WARNING)
+
+    def backed_off():
+        return [r for r in caplog.records if "retrying in" in r.getMessage()]
 
     def main():
         listener, acceptor = yield from start_echo_server()
@@ -256,7 +262,8 @@ def test_accept_survives_running_out_of_fds():
             # One fd free for the client socket: the server's accept gets EMFILE.
             os.close(hog.pop())
             raw = socket.create_connection(listener.address)
-            yield from threadlib.sleep(0.1)  # accept fails and backs off meanwhile
+            (first, *_) = yield from until(backed_off, what="accept backing off on EMFILE")
+            assert os.strerror(errno.EMFILE) in first.getMessage()
             for fd in hog[:10]:
                 os.close(fd)
             del hog[:10]

@@ -23,6 +23,7 @@ import time
 import pytest
 
 import threadlib
+from tests.waiting import until
 from iolib.netns import NetNamespace
 from threadlib.io import tcpsockio
 
@@ -89,7 +90,8 @@ def serve_while(net, root, port, body):
         server = webserver(root, net)
         t = yield from threadlib.spawn(server.serve(("", port), shutdown))
         try:
-            yield from threadlib.sleep(0.05)
+            # Listening (or failed: then the thread's error is raised here).
+            yield from until(lambda: server.address is not None or t.done, what="the web server listening")
             assert not t.done, t.result()
             return (yield from threadlib.blocking(body))
         finally:
@@ -352,10 +354,14 @@ def test_wrk_100_connections_against_the_web_server_has_no_socket_errors(ns, net
         return ns.exec(["wrk", "-t2", "-c100", "-d3s", "--timeout", "5s", f"http://{USER4}:8081/hello.txt"],
                        capture_output=True, text=True, timeout=60)
 
+    accepted_before = net.stack.stats.connections_accepted
     r = serve_while(net, root, 8081, load)
     assert r.returncode == 0, r.stderr
     print(r.stdout)
+    # How many requests fit in 3 s is a matter of speed (bench/): here, every
+    # one of wrk's 100 connections was accepted and requests were answered.
+    assert net.stack.stats.connections_accepted - accepted_before >= 100
     requests = int(re.search(r"(\d+) requests in", r.stdout).group(1))
-    assert requests > 100
+    assert requests > 0
     assert "Socket errors" not in r.stdout, r.stdout
     assert "Non-2xx" not in r.stdout, r.stdout

@@ -18,6 +18,7 @@ import time
 import pytest
 
 import threadlib
+from tests.waiting import until
 from iolib.netns import temporary_netns
 from threadlib.io import tcpsockio
 
@@ -182,8 +183,7 @@ def test_timeouts_and_cancel_withdraw_waits_without_losing_data(env):
             with threadlib.timeout(0.1):
                 yield from conn.recv_exactly(10)
         blocked = yield from threadlib.spawn(conn.recv(100))
-        yield from threadlib.sleep(0.05)
-        assert blocked.waiting_on is not None
+        yield from until(lambda: blocked.waiting_on is not None, what="recv() waiting for data")
         yield from blocked.cancel()
         kconn.sendall(b"still here")
         data = yield from conn.recv_exactly(10, timeout=10)
@@ -308,7 +308,8 @@ def test_close_wakes_waiting_threads_with_ebadf(env):
         listener = yield from net.listen(("", 0))
         reader = yield from threadlib.spawn(conn.recv(100))
         acceptor = yield from threadlib.spawn(listener.accept())
-        yield from threadlib.sleep(0.05)
+        yield from until(lambda: reader.waiting_on is not None and acceptor.waiting_on is not None,
+                         what="recv() and accept() both waiting")
         conn.close()
         listener.close()
         errors = []
