@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextvars
 import functools
 import os
@@ -583,6 +584,10 @@ def _call_blocking(fut: asyncio.Future[Any], func: Callable[..., Any],
         return
     except BaseException as exc:
         if not fut.done():
+            # As asyncio's executor futures report it: concurrent.futures'
+            # CancelledError becomes asyncio's.
+            if isinstance(exc, concurrent.futures.CancelledError):
+                exc = asyncio.CancelledError(*exc.args)
             fut.set_exception(exc)
         return
     if not fut.done():
