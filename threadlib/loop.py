@@ -106,19 +106,19 @@ class _Watch:
     def __init__(self, key: selectors.SelectorKey, loop: ThreadlibEventLoop) -> None:
         self.key = key
         self.loop = loop
-        self.ready_append = loop._ready.append  # type: ignore[attr-defined]
+        self.ready_append = loop._ready.append
 
     def on_events(self, fired: int) -> None:
         key = self.key
         reader, writer = key.data
         if fired & _READ_FIRED and reader is not None and key.events & selectors.EVENT_READ:
             if reader._cancelled:
-                self.loop._remove_reader(key.fd)  # type: ignore[attr-defined]
+                self.loop._remove_reader(key.fd)
             else:
                 self.ready_append(reader)
         if fired & _WRITE_FIRED and writer is not None and key.events & selectors.EVENT_WRITE:
             if writer._cancelled:
-                self.loop._remove_writer(key.fd)  # type: ignore[attr-defined]
+                self.loop._remove_writer(key.fd)
             else:
                 self.ready_append(writer)
         self.loop._worker.wake()
@@ -254,7 +254,7 @@ class _LoopWorker(Worker):
 
     def __init__(self, loop: ThreadlibEventLoop) -> None:
         self._loop = loop
-        self._ready: collections.deque[Any] = loop._ready  # type: ignore[attr-defined]
+        self._ready: collections.deque[Any] = loop._ready
         self.thread: Thread | None = None  # the loop thread, while it waits
         self._waiting: dict[Thread, Callable[[Any], None]] = {}  # threads on futures
 
@@ -291,14 +291,14 @@ class _LoopWorker(Worker):
         """At once (-inf) while callbacks wait for the waiting loop thread:
         the scheduler then polls with a zero timeout first, as asyncio does."""
         loop = self._loop
-        if self.thread is not None and (self._ready or loop._stopping) and not loop._halted:  # type: ignore[attr-defined]
+        if self.thread is not None and (self._ready or loop._stopping) and not loop._halted:
             return float("-inf")
         return None
 
     def expire(self, now: float) -> None:
         """Resume the loop thread to run the ready callbacks."""
         loop = self._loop
-        if self._ready or loop._stopping:  # type: ignore[attr-defined]
+        if self._ready or loop._stopping:
             self.wake()
 
     def withdraw(self, thread: Thread, syscall: Any) -> None:
@@ -347,24 +347,35 @@ class _LoopWorker(Worker):
         loop = self._loop
         if not loop._hosted:
             return True
-        selector = loop._selector  # type: ignore[attr-defined]
-        return bool(self._waiting or self._ready or loop._signal_handlers  # type: ignore[attr-defined]
+        selector = loop._selector
+        return bool(self._waiting or self._ready or loop._signal_handlers
                     or (selector is not None and len(selector.get_map()) > 1))
 
 
-class _TimerHandle(asyncio.TimerHandle):
+# asyncio's loop and handle internals (_ready, _check_closed, _scheduled,
+# ...) are not in typeshed: to mypy the two classes built on them derive
+# from Any, so their use of those internals is not checked, while the
+# instances still pass wherever an asyncio loop or handle is expected.
+_SelectorEventLoop: Any = asyncio.SelectorEventLoop
+_AsyncioTimerHandle: Any = asyncio.TimerHandle
+
+
+class _TimerHandle(_AsyncioTimerHandle):  # type: ignore[misc]
     """asyncio's timer handle, which also holds its entry in the
     scheduler's timer heap."""
 
     __slots__ = ("_entry",)
 
 
-class ThreadlibEventLoop(asyncio.SelectorEventLoop):
+class ThreadlibEventLoop(_SelectorEventLoop):  # type: ignore[misc]
     """An asyncio event loop whose fds, timers, blocking calls and child
     processes are served by a threadlib scheduler (``scheduler``, by
     default a new one with the standard workers). See the module docstring
     for how. ``run_forever`` drives the scheduler, so threadlib threads
     spawned on it run while the loop runs."""
+
+    _thread_id: int | None  # asyncio's: the OS thread running the loop
+    _stopping: bool  # asyncio's: stop() was called
 
     def __init__(self, scheduler: Scheduler | None = None) -> None:
         self._sched = sched = scheduler if scheduler is not None else Scheduler()
@@ -496,7 +507,7 @@ class ThreadlibEventLoop(asyncio.SelectorEventLoop):
         self._check_closed()
         if self._debug:
             self._check_thread()
-            self._check_callback(callback, "call_at")  # type: ignore[attr-defined]
+            self._check_callback(callback, "call_at")
         timer = _TimerHandle(when, callback, args, self, context)
         if timer._source_traceback:
             del timer._source_traceback[-1]
@@ -511,7 +522,7 @@ class ThreadlibEventLoop(asyncio.SelectorEventLoop):
             self._ready.append(timer)
             self._worker.wake()
 
-    def _timer_handle_cancelled(self, handle: asyncio.TimerHandle) -> None:
+    def _timer_handle_cancelled(self, handle: Any) -> None:
         if handle._scheduled and type(handle) is _TimerHandle:
             handle._scheduled = False
             self._sched.cancel_call(handle._entry)
@@ -522,10 +533,11 @@ class ThreadlibEventLoop(asyncio.SelectorEventLoop):
         """With no executor (and no default set), ``func(*args)`` runs in the
         scheduler's blocking pool; otherwise as asyncio does."""
         if executor is not None or self._default_executor is not None:
-            return super().run_in_executor(executor, func, *args)
+            started: asyncio.Future[_T] = super().run_in_executor(executor, func, *args)
+            return started
         self._check_closed()
         if self._debug:
-            self._check_callback(func, "run_in_executor")  # type: ignore[attr-defined]
+            self._check_callback(func, "run_in_executor")
         fut: asyncio.Future[_T] = self.create_future()
         thread = self._sched.spawn(_call_blocking(fut, func, args), name="asyncio-executor")
 

@@ -150,7 +150,7 @@ class Scheduler:
         self._live = 0
         # The Ctrl-C/SIGTERM handling of run(), while installed.
         self._signals: Any = None
-        self._closed = False  # by close(), after run_while
+        self._closed = False  # the workers are closed (the end of run, or close())
         self._handlers: dict[type, Handler] = {
             Yield: self._sys_yield,
             Spawn: self._sys_spawn,
@@ -650,9 +650,8 @@ class Scheduler:
             return
         self._enter()
         try:
-            self._cancel_remaining()
+            self._cancel_remaining()  # closes the workers, which marks it closed
         finally:
-            self._closed = True
             self._leave()
 
     def _enter(self) -> None:
@@ -1001,6 +1000,7 @@ class Scheduler:
         return False
 
     def _close_workers(self) -> None:
+        self._closed = True
         for w in reversed(self.workers):
             w.close()
         if self._poller is not None:
