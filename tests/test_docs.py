@@ -29,7 +29,7 @@ PUBLIC_MODULES = [
     "threadlib", "threadlib.lowlevel", "threadlib.net", "threadlib.syscalls", "threadlib.sync",
     "threadlib.io.sockio", "threadlib.io.fileio", "threadlib.io.aioworker", "threadlib.io.splice",
     "threadlib.io.tcpsockio", "threadlib.io.happy_eyeballs", "threadlib.io.tls", "threadlib.frontends.green",
-    "threadlib.process.multicore", "threadlib.process.signals", "threadlib.process.subprocess",
+    "threadlib.process.multicore", "threadlib.process.signals", "threadlib.process.subprocess", "threadlib.loop",
     "threadlib.testing.pytest_plugin",
 ]
 
@@ -320,6 +320,9 @@ def test_each_row_names_the_worker_really_serving_the_call():
     classes = {cls.__name__: cls for cls in syscall_classes()}
     table = syscall_table()
     sched = Scheduler(workers=default_workers() + [AioWorker(), SignalWorker()])
+    from threadlib.loop import ThreadlibEventLoop
+
+    loop = ThreadlibEventLoop(sched)  # attaches the loop's worker
     try:
         for name, (served_by, _) in table.items():
             cls = classes[name]
@@ -335,6 +338,7 @@ def test_each_row_names_the_worker_really_serving_the_call():
                     f"design.md says {served_by} serves {name}; {type(owner).__name__} does"
     finally:
         sched.run(_nothing())  # ends at once, closing the workers
+        loop.close()
 
 
 def test_tcp_wait_is_served_by_the_user_tcp_worker_of_each_network():

@@ -17,6 +17,7 @@ in subpackages, loaded on first use:
 ``threadlib.process``    multicore (worker processes), signals, subprocess (child processes)
 ``threadlib.testing``    the pytest plugin (generator and async def tests as threads)
 ``threadlib.lowlevel``   for extenders: Scheduler, Worker, WaitQueue, system calls
+``threadlib.loop``       an asyncio event loop on the scheduler (asyncio tasks next to threads)
 
 ``docs/design.md`` tours the internals; ``docs/api.md`` is the reference.
 """
@@ -52,7 +53,7 @@ __all__ = [
     "Event", "Mutex", "Semaphore", "Condition", "Queue", "QueueClosed", "QueueFull", "QueueEmpty",
 ]
 
-_SUBMODULES = ("io", "net", "frontends", "process", "lowlevel", "syscalls")
+_SUBMODULES = ("io", "net", "frontends", "process", "lowlevel", "syscalls", "loop")
 
 
 def __getattr__(name: str) -> object:

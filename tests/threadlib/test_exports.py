@@ -24,7 +24,7 @@ PUBLIC_MODULES = [
     "threadlib.io.sockio", "threadlib.io.fileio", "threadlib.io.aioworker", "threadlib.io.splice",
     "threadlib.io.tcpsockio", "threadlib.io.tls",
     "threadlib.frontends.green", "threadlib.process.multicore", "threadlib.process.signals",
-    "threadlib.process.subprocess", "threadlib.io.happy_eyeballs", "threadlib.testing.pytest_plugin",
+    "threadlib.process.subprocess", "threadlib.loop", "threadlib.io.happy_eyeballs", "threadlib.testing.pytest_plugin",
 ]
 
 
@@ -58,7 +58,7 @@ def test_the_top_level_is_the_user_api_only():
         assert not hasattr(threadlib, name), name
         assert hasattr(threadlib.lowlevel, name), name
     # Subpackages load on first use, and only the documented ones.
-    for sub in ("io", "net", "frontends", "process", "lowlevel", "syscalls"):
+    for sub in ("io", "net", "frontends", "process", "lowlevel", "syscalls", "loop"):
         assert getattr(threadlib, sub).__name__ == f"threadlib.{sub}"
     with pytest.raises(AttributeError):
         threadlib.replay  # noqa: B018 (promised by nothing any more)

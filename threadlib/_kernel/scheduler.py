@@ -152,6 +152,7 @@ class Scheduler:
         self._live = 0
         # The Ctrl-C/SIGTERM handling of run(), while installed.
         self._signals: Any = None
+        self._closed = False  # the workers are closed (the end of run, or close())
         self._handlers: dict[type, Handler] = {
             Yield: self._sys_yield,
             Spawn: self._sys_spawn,
@@ -278,13 +279,16 @@ class Scheduler:
         self._timers.cancel(handle)
 
     # -- the thread life cycle ----------------------------------------------
-    def spawn(self, coro: Any, name: str | None = None) -> Thread:
+    def spawn(self, coro: Any, name: str | None = None, context: contextvars.Context | None = None) -> Thread:
         """Create a thread (from outside any thread, or from a handler).
 
         Its parent is the running thread (the one whose system call a
         handler serves), if any. Its context variables start as a copy of
         that thread's, or, from outside any thread, of the caller's current
-        context (while ``run`` runs: of the context ``run`` was called in)."""
+        context (while ``run`` runs: of the context ``run`` was called in).
+        ``context`` gives the thread that context instead (not a copy: the
+        caller hands it over), for code that runs threads on behalf of
+        callers with contexts of their own (an asyncio task)."""
         foreign = type(coro) not in COROUTINE_TYPES
         if foreign and not (hasattr(coro, "send") and hasattr(coro, "throw")):
             raise TypeError(
@@ -299,6 +303,8 @@ class Scheduler:
                 t._coro = InContext(coro, parent._coro.current_context().copy())
         elif self._origin is None:
             t._coro = InContext(coro, contextvars.copy_context())
+        if context is not None:
+            t._coro = InContext(coro, context)
         if foreign:
             self._adopt_context(t)
         head = self._head
@@ -485,6 +491,16 @@ class Scheduler:
         elif exc is not None and not isinstance(exc, ThreadCancelled):
             t._wait = _Unretrieved(name, exc)
 
+    def add_done_callback(self, thread: Thread, callback: Callable[[Thread], None]) -> None:
+        """Run ``callback(thread)`` in the scheduler when ``thread`` ends
+        (at once if it has ended). The callback counts as a joiner: an
+        exception the thread ends with is not logged as unretrieved; the
+        callback should take it (``thread.result()``)."""
+        if thread._coro is None:
+            callback(thread)
+        else:
+            self._joiners.setdefault(thread, []).append(callback)
+
     # -- seeing what the threads do ------------------------------------------
     def add_instrument(self, instrument: Any) -> None:
         """Call ``instrument``'s hook methods (see ``Instrument``: any of
@@ -595,12 +611,7 @@ class Scheduler:
         (see ``interrupts``)."""
         if args or (callable(main) and not hasattr(main, "send")):
             main = main(*args)
-        if getattr(_local, "scheduler", None) is not None:
-            raise RuntimeError("a threadlib scheduler is already running in this OS thread")
-        _local.scheduler = self
-        origin = self._origin = contextvars.copy_context()
-        self._base = origin.copy()
-        self._twin = origin.copy()
+        self._enter()
         try:
             main_thread = self.spawn(main, name="main")
             if handle_sigint or handle_sigterm:
@@ -619,9 +630,60 @@ class Scheduler:
             if self._signals is not None:
                 self._signals.uninstall()
                 self._signals = None
-            _local.scheduler = None
-            self.current = None
-            self._origin = self._base = self._twin = None
+            self._leave()
+
+    def run_while(self, keep_going: Callable[[], bool]) -> None:
+        """Run threads and workers while ``keep_going()`` is true (asked
+        after every pass and before every poll); then return, leaving every
+        thread and worker as it is for a later ``run_while`` or ``close``.
+        For a host event loop that drives threadlib (``threadlib.loop``):
+        unlike ``run`` it starts no thread, cancels nothing, closes nothing
+        and installs no Ctrl-C handling. A ``KeyboardInterrupt`` or
+        ``SystemExit`` that ends a thread comes out of it."""
+        if self._closed:
+            raise RuntimeError("this scheduler has been closed")
+        self._enter()
+        try:
+            self._in_base(self._loop_while, keep_going)
+        finally:
+            self._leave()
+
+    def close(self) -> None:
+        """End a scheduler driven by ``run_while``: cancel the live threads,
+        let them finish as ``run`` does at its end (up to one second of the
+        clock), and close the workers. A second call does nothing."""
+        if self._closed:
+            return
+        self._enter()
+        try:
+            self._cancel_remaining()  # closes the workers, which marks it closed
+        finally:
+            self._leave()
+
+    def _enter(self) -> None:
+        if getattr(_local, "scheduler", None) is not None:
+            raise RuntimeError("a threadlib scheduler is already running in this OS thread")
+        _local.scheduler = self
+        origin = self._origin = contextvars.copy_context()
+        self._base = origin.copy()
+        self._twin = origin.copy()
+
+    def _leave(self) -> None:
+        _local.scheduler = None
+        self.current = None
+        self._origin = self._base = self._twin = None
+
+    def _loop_while(self, keep_going: Callable[[], bool]) -> bool:
+        # _loop with a condition in place of a thread to wait for.
+        run_pass = self._run_pass
+        poll = self._poll
+        while keep_going():
+            if run_pass():
+                return True
+            if not keep_going():
+                break
+            poll()
+        return False
 
     def _in_base(self, loop: Callable[[Any], bool], arg: Any) -> None:
         # Run loop(arg) in the base context. A loop returns True when a step
@@ -795,6 +857,19 @@ class Scheduler:
                 self._worker_failed(t, sc, e)
 
     def _unknown_call(self, t: Thread, sc: Any) -> None:
+        # A subclass of a served class (a subclass of asyncio.Future, say)
+        # is served by its base's worker; the handler is found once per class.
+        handlers = self._handlers
+        for klass in getattr(type(sc), "__mro__", ())[1:]:
+            handler = handlers.get(klass)
+            if handler is not None and klass is not object:
+                cls = type(sc)
+                handlers[cls] = handler
+                self._withdrawers[cls] = self._withdrawers[klass]
+                if klass in self._owners:
+                    self._owners[cls] = self._owners[klass]
+                self._dispatch(t, sc)
+                return
         t._value = None
         t._exc = TypeError(
             f"thread {t.name} yielded {sc!r} ({type(sc).__name__}), which is not a "
@@ -933,6 +1008,7 @@ class Scheduler:
         return False
 
     def _close_workers(self) -> None:
+        self._closed = True
         for w in reversed(self.workers):
             w.close()
         if self._poller is not None:
