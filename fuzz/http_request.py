@@ -85,9 +85,6 @@ class _Failures(logging.Handler):
 
 _failures = _Failures()
 _log = logging.getLogger("apps.webserver")
-_log.addHandler(_failures)
-_log.setLevel(logging.INFO)
-_log.propagate = False
 
 
 class _OneConnectionNetwork:
@@ -233,7 +230,17 @@ def TestOneInput(data: bytes) -> None:
     if not data:
         return
     _failures.records.clear()
-    stream, server, log_text = serve_one_connection(data[1:], data[0])
+    # Only for this call: a test process has other users of the logger.
+    level, propagate = _log.level, _log.propagate
+    _log.addHandler(_failures)
+    _log.setLevel(logging.INFO)
+    _log.propagate = False
+    try:
+        stream, server, log_text = serve_one_connection(data[1:], data[0])
+    finally:
+        _log.removeHandler(_failures)
+        _log.setLevel(level)
+        _log.propagate = propagate
     assert not _failures.records, f"the server logged: {_failures.records[0].getMessage()}"
     assert not stream.misuse, f"stream misuse: {stream.misuse}"
     assert stream.closed, "the connection was not closed"

@@ -10,8 +10,9 @@ operands:
   ``checksum_ok`` = bit 3 of op (a device that vouches for the checksum);
 * ``1``: a packet whose IPv4 header, TCP, ICMP and ICMPv6 checksums the
   harness fixes first; ``2``: the same, and its TCP sequence, ack and SACK
-  edges count from the matching connection's initial numbers (so the
-  fuzzer can complete handshakes it cannot predict the ISN of);
+  edges (or the sequence number an ICMP error quotes) count from the
+  matching connection's initial numbers (so the fuzzer can complete
+  handshakes and name segments whose ISN it cannot predict);
 * ``3``: time passes (operand byte x 50 ms) and the timers run;
 * ``4``, ``5``, ``6``: the user sends (operand x 37 bytes), reads
   everything and accepts, or closes / shuts down / aborts a connection;
@@ -97,6 +98,9 @@ def _transport(packet: bytearray) -> tuple[int, int, int, bytes, bytes] | None:
 
 def _relative_to(stack: Stack, packet: bytearray, where: tuple[int, int, int, bytes, bytes]) -> None:
     proto, start, end, src, dst = where
+    if proto in (1, 58):
+        _quote_relative_to(stack, packet, start + 8, end)
+        return
     if proto != 6 or end - start < 20:
         return
     sport, dport = struct.unpack_from("!HH", packet, start)
@@ -121,6 +125,19 @@ def _relative_to(stack: Stack, packet: bytearray, where: tuple[int, int, int, by
             for edge in range(pos + 2, min(pos + size, options_end) - 3, 4):
                 struct.pack_into("!I", packet, edge, (conn.iss + struct.unpack_from("!I", packet, edge)[0]) & _MASK)
         pos += size
+
+
+def _quote_relative_to(stack: Stack, packet: bytearray, start: int, end: int) -> None:
+    """The sequence number in the TCP header an ICMP error quotes counts
+    from the quoted connection's ISS."""
+    quoted = _transport(packet[start:end])
+    if quoted is None or quoted[0] != 6 or quoted[1] + 8 > end - start:
+        return
+    at = start + quoted[1]
+    sport, dport, seq = struct.unpack_from("!HHI", packet, at)
+    conn = _connection(stack, (quoted[3], sport, quoted[4], dport))
+    if conn is not None:
+        struct.pack_into("!I", packet, at + 4, (conn.iss + seq) & _MASK)
 
 
 def _connection(stack: Stack, key: tuple) -> object | None:
