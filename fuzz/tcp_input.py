@@ -165,8 +165,10 @@ def fix_checksums(packet: bytearray) -> None:
         return
     proto, start, end, src, dst = where
     offset = {6: 16, 1: 2, 58: 2}.get(proto)
-    if offset is None or end - start < offset + 2 or (proto == 1) != (len(src) == 4) and proto != 6:
+    if offset is None or end - start < offset + 2:
         return
+    if proto == 1 and len(src) != 4 or proto == 58 and len(src) != 16:
+        return  # ICMP over IPv6 or ICMPv6 over IPv4: no checksum rule to follow
     packet[start + offset:start + offset + 2] = b"\0\0"
     pseudo = b"" if proto == 1 else _pseudo_header(src, dst, proto, end - start)
     packet[start + offset:start + offset + 2] = struct.pack("!H", internet_checksum(pseudo + packet[start:end]))
