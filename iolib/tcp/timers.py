@@ -102,7 +102,11 @@ class Timers:
         """RFC 6298 §5 (5.4)-(5.6), RFC 5681 §3.1 (4), RFC 6582 §3.2 (6);
         what is resent is up to the loss recovery."""
         opts = self.options
-        if now - self.rtx_start >= opts.user_timeout:
+        # The same sum the deadline below is set to: `now - rtx_start` can
+        # round to just under user_timeout when now == rtx_start +
+        # user_timeout, and the timer would then be re-armed for `now`
+        # and fire again without end.
+        if now >= self.rtx_start + opts.user_timeout:
             self._timed_out("user timeout expired with data unacknowledged")
             return
         if self.snd_max == self.snd_una and self.state not in (SYN_SENT, SYN_RECEIVED):

@@ -248,3 +248,26 @@ def test_limited_transmit_sends_new_data_on_the_first_two_dupacks():
     assert c.cwnd == 4000
     h.send(seg(ACK, R, c.iss + 1, 65535))          # third: fast retransmit
     assert sent_offsets(h, c) == [(0, 1000)]
+
+
+@pytest.mark.timeout(20)
+def test_user_timeout_ends_when_the_start_time_does_not_add_up_exactly():
+    """Found by fuzz.tcp_input (fuzz/crashers/tcp_input/user-timeout-rounding-*):
+    a SYN first sent at t=350.35 reaches its 300 s user timeout at
+    350.35 + 300, where `now - start` rounds to just under 300; the
+    connection must time out there, not re-arm its timer for the same
+    instant and spin in Stack.timer forever."""
+    from iolib.tcp import Stack
+    from iolib.tcp.errors import ConnectionTimedOut
+
+    start = 350.3500000000002
+    assert (start + 300.0) - start < 300.0   # the float fact the bug needs
+    stack = Stack(["10.0.0.1/24"], rng=14)
+    conn = stack.connect(start, "10.0.0.2", 5000)
+    for _ in range(50):
+        deadline = stack.next_deadline()
+        if deadline is None:
+            break
+        stack.timer(deadline)
+    assert isinstance(conn.error, ConnectionTimedOut)
+    assert stack.next_deadline() is None
