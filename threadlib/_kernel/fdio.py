@@ -39,6 +39,9 @@ class IOWorker(Worker):
 
     def __init__(self) -> None:
         self._fds: dict[int, _FdWaiters] = {}
+        # Threads in reader or writer slots, kept as they come and go so
+        # that busy() (asked at every idle poll) never scans the fds.
+        self.waiting = 0
 
     def attach(self, sched: Scheduler) -> dict[type, Handler]:
         """Serve ``WaitRead`` and ``WaitWrite``; fds are registered at their first wait."""
@@ -48,7 +51,7 @@ class IOWorker(Worker):
     def _record(self, fd: int) -> _FdWaiters:
         rec = self._fds.get(fd)
         if rec is None:
-            rec = _FdWaiters(self._sched, fd)
+            rec = _FdWaiters(self._sched, self, fd)
             self._sched.watch_fd(fd, _EDGE_READ, rec.on_events)
             self._fds[fd] = rec
         return rec
@@ -65,6 +68,7 @@ class IOWorker(Worker):
             sched.resume(thread, ready)
             return
         rec.reader = thread
+        self.waiting += 1
         # Scheduler.suspend, inlined for the common case (no timeout, no
         # pending cancel): this is every socket read that has to wait.
         if sched._pending or thread._scope is not None:
@@ -83,6 +87,7 @@ class IOWorker(Worker):
             # event is queued at once, so nothing is missed.
             self._sched.modify_fd(sc.fd, _EDGE_BOTH)
         rec.writer = thread
+        self.waiting += 1
         self._sched.suspend(thread, sc)
 
     def withdraw(self, thread: Thread, syscall: Any) -> None:
@@ -91,8 +96,10 @@ class IOWorker(Worker):
         if rec is not None:
             if rec.reader is thread:
                 rec.reader = None
+                self.waiting -= 1
             if rec.writer is thread:
                 rec.writer = None
+                self.waiting -= 1
 
     def forget_fd(self, fd: int) -> None:
         """Stop watching ``fd`` (call before closing it). Threads still
@@ -103,11 +110,12 @@ class IOWorker(Worker):
         self._sched.unwatch_fd(fd)
         for t in (rec.reader, rec.writer):
             if t is not None:
+                self.waiting -= 1
                 self._sched.throw(t, OSError(9, f"fd {fd} was closed while a thread waited on it"))
 
     def busy(self) -> bool:
         """Whether any thread waits on an fd."""
-        return any(r.reader is not None or r.writer is not None for r in self._fds.values())
+        return self.waiting > 0
 
 
 _EDGE_READ = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
@@ -117,9 +125,10 @@ _WRITE_EVENTS = select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP
 
 
 class _FdWaiters:
-    __slots__ = ("reader", "writer", "read_ready", "watching_out", "fd", "sched", "ready_append")
+    __slots__ = ("reader", "writer", "read_ready", "watching_out", "fd", "sched", "ready_append", "worker")
 
-    def __init__(self, sched: Scheduler, fd: int) -> None:
+    def __init__(self, sched: Scheduler, worker: IOWorker, fd: int) -> None:
+        self.worker = worker
         self.ready_append = sched._ready.append
         self.reader: Thread | None = None
         self.writer: Thread | None = None
@@ -133,6 +142,7 @@ class _FdWaiters:
             t = self.reader
             if t is not None:
                 self.reader = None
+                self.worker.waiting -= 1
                 if t._scope is None:  # Scheduler.resume, inlined (no timer to disarm)
                     t._value = events
                     t._wait = None
@@ -145,6 +155,7 @@ class _FdWaiters:
             t = self.writer
             if t is not None:
                 self.writer = None
+                self.worker.waiting -= 1
                 self.sched.resume(t, events)
             elif events & select.EPOLLOUT:
                 self.watching_out = False

@@ -921,7 +921,7 @@ class Scheduler:
                 timeout = 0.0
         else:
             timeout = -1.0
-            if self._poller is None or not any(w.busy() for w in self.workers):
+            if self._poller is None or not self._any_worker_busy():
                 # Nothing could wake a thread: no fd to wait on, no deadline.
                 self._deadlock()
                 return
@@ -942,6 +942,14 @@ class Scheduler:
                 d = w.next_deadline()
                 if d is not None and d <= now:
                     w.expire(now)
+
+    def _any_worker_busy(self) -> bool:
+        # Asked at every poll that may block: a loop, not any() over a
+        # generator expression (a function and a generator made per poll).
+        for w in self.workers:
+            if w.busy():
+                return True
+        return False
 
     def _deadlock(self) -> None:
         """No thread is ready and no worker can ever wake one: every live
