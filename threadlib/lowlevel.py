@@ -26,7 +26,7 @@ from ._kernel import (
     current_scheduler,
     default_workers,
 )
-from ._kernel.scheduler import COMPILED
+from ._kernel.compiled import COMPILED
 from ._kernel.worker import Handler
 from .syscalls import Blocking, Cancel, GetCurrent, GetScheduler, Join, JoinAny, Park, Sleep
 from .syscalls import Spawn, SystemCall, Unpark, WaitRead, WaitWrite, Yield

@@ -5,9 +5,13 @@ the two directly, in child processes, since the choice is made at import."""
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 import subprocess
 import sys
+
+import pytest
 
 from tests import REPO_ROOT
 
@@ -43,3 +47,66 @@ def test_both_loops_do_the_same_things_in_the_same_order():
     assert any(line.startswith("unknown call: thread misuses") for line in compiled)
     assert "worker error: ZeroDivisionError" in compiled
     assert compiled[-2:] == ["now 0.5", "run raised KeyboardInterrupt(from main)"]
+
+
+def _socket_call_outcomes(recv, recv_into, send) -> list:
+    """What each socket call gives, or the exception's type and errno."""
+    def outcome(call, *args):
+        try:
+            return call(*args)
+        except Exception as exc:  # noqa: BLE001 (the outcome is the point)
+            return (type(exc).__name__, getattr(exc, "errno", None))
+
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    buf = bytearray(8)
+    got = [
+        outcome(send, a, b"hello world"),
+        outcome(recv, b, 5),
+        outcome(recv_into, b, buf, 3),
+        bytes(buf),
+        outcome(recv_into, b, buf, 0),
+        bytes(buf),
+        outcome(recv, b, 10),  # nothing there: EAGAIN
+        outcome(recv, b, -1),
+        outcome(recv_into, b, bytearray(2), 5),
+        outcome(send, a, memoryview(b"xyz")[1:]),
+        outcome(recv, b, 10),
+    ]
+    a.close()
+    got.append(outcome(recv, b, 10))  # the peer closed: EOF
+    got.append(outcome(send, b, b"x"))  # and is gone: EPIPE
+    b.close()
+    got.append(outcome(recv, b, 10))  # closed: EBADF
+    got.append(outcome(send, b, b"x"))
+    got.append(outcome(recv, "not a socket", 1))
+    return got
+
+
+def test_the_compiled_socket_calls_behave_as_socket_methods():
+    from threadlib._kernel import _speedups
+
+    ours = _socket_call_outcomes(_speedups.sock_recv, _speedups.sock_recv_into, _speedups.sock_send)
+    stdlib = _socket_call_outcomes(socket.socket.recv, socket.socket.recv_into, socket.socket.send)
+    assert ours[:-1] == stdlib[:-1]
+    assert ours[0] == 11 and ours[1] == b"hello" and ours[3][:3] == b" wo"
+    assert ours[6] == ("BlockingIOError", errno.EAGAIN)
+    assert ours[-5] == b"" and ours[-4] == ("BrokenPipeError", errno.EPIPE)
+    assert ours[-3] == ours[-2] == ("OSError", errno.EBADF)
+    assert ours[-1][0] == stdlib[-1][0] == "TypeError"
+
+
+def test_sockio_refuses_a_socket_whose_io_methods_are_overridden():
+    import ssl
+
+    from threadlib.io import sockio
+
+    raw = socket.socket()
+    try:
+        wrapped = ssl.create_default_context().wrap_socket(raw, do_handshake_on_connect=False,
+                                                           server_hostname="localhost")
+        with wrapped, pytest.raises(TypeError, match="threadlib.io.tls"):
+            sockio.wrap(wrapped)
+    finally:
+        raw.close()

@@ -11,6 +11,16 @@
  * back into the Scheduler's own Python methods, so that no behaviour exists
  * only here.
  *
+ * It also holds sockio's socket fast paths (sock_recv, sock_recv_into,
+ * sock_send): socket.socket's recv/recv_into/send for the non-blocking
+ * sockets sockio makes, with the same results and the same exceptions
+ * (BlockingIOError at EAGAIN, the errno's OSError subclass otherwise), minus
+ * what a non-blocking call never needs: argument-tuple parsing, timeout
+ * handling and letting go of the GIL around a call that cannot block. The
+ * fd is asked of the socket at every call (fileno() is -1 once it is
+ * closed), never remembered: a remembered number could name another file
+ * by the next call.
+ *
  * What it must never do: block, read a clock, keep a reference to a thread
  * or a scheduler after it returns, or run with anything but the GIL held.
  *
@@ -22,6 +32,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <errno.h>
+#include <sys/socket.h>
 
 /* Set once by configure(): the objects the loop compares against. */
 static PyObject *yield_singleton;      /* syscalls.YIELD */
@@ -35,7 +47,7 @@ static Py_ssize_t off_coro, off_value, off_exc;
 
 static PyObject *s_ready, *s_handlers, *s_pending, *s_base, *s_twin, *s_current, *s_finish,
     *s_rebase, *s_unknown_call, *s_interrupted_wait, *s_worker_failed, *s_popleft, *s_append,
-    *s_throw, *s_exc, *s_value, *s_coro_slot, *s_value_slot, *s_exc_slot;
+    *s_throw, *s_exc, *s_value, *s_coro_slot, *s_value_slot, *s_exc_slot, *s_fileno;
 
 /* A slot of a Thread: a new reference, or NULL with AttributeError when it
  * is unset (as Python's own access would raise). */
@@ -305,6 +317,164 @@ done:
     return result;
 }
 
+/* -- sockio's fast paths ------------------------------------------------ */
+
+static PyObject *socket_type;          /* socket.socket */
+
+static int
+socket_fd(PyObject *sock)
+{
+    if (!PyObject_TypeCheck(sock, (PyTypeObject *)socket_type)) {
+        PyErr_Format(PyExc_TypeError, "expected a socket.socket, got %.100s", Py_TYPE(sock)->tp_name);
+        return -1;
+    }
+    PyObject *number = PyObject_CallMethodNoArgs(sock, s_fileno);
+    if (number == NULL) {
+        return -1;
+    }
+    long fd = PyLong_AsLong(number);
+    Py_DECREF(number);
+    if (fd == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (fd < 0 || fd > INT_MAX) {
+        /* A closed socket.socket says -1: the call fails as the socket
+         * module's own would. */
+        errno = EBADF;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    return (int)fd;
+}
+
+static PyObject *
+sock_recv(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "sock_recv(sock, bufsize)");
+        return NULL;
+    }
+    Py_ssize_t size = PyLong_AsSsize_t(args[1]);
+    if (size == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (size < 0) {
+        PyErr_SetString(PyExc_ValueError, "negative buffersize in recv");
+        return NULL;
+    }
+    int fd = socket_fd(args[0]);
+    if (fd < 0) {
+        return NULL;
+    }
+    PyObject *data = PyBytes_FromStringAndSize(NULL, size);
+    if (data == NULL) {
+        return NULL;
+    }
+    ssize_t n;
+    for (;;) {
+        n = recv(fd, PyBytes_AS_STRING(data), (size_t)size, 0);
+        if (n >= 0 || errno != EINTR) {
+            break;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            Py_DECREF(data);
+            return NULL;
+        }
+    }
+    if (n < 0) {
+        Py_DECREF(data);
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    if (n != size && _PyBytes_Resize(&data, n) < 0) {
+        return NULL;
+    }
+    return data;
+}
+
+static PyObject *
+sock_recv_into(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "sock_recv_into(sock, buffer, nbytes)");
+        return NULL;
+    }
+    Py_ssize_t want = PyLong_AsSsize_t(args[2]);
+    if (want == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (want < 0) {
+        PyErr_SetString(PyExc_ValueError, "negative buffersize in recv_into");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_WRITABLE) < 0) {
+        return NULL;
+    }
+    if (want == 0) {
+        want = view.len;
+    }
+    else if (view.len < want) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "buffer too small for requested bytes");
+        return NULL;
+    }
+    int fd = socket_fd(args[0]);
+    if (fd < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    ssize_t n;
+    for (;;) {
+        n = recv(fd, view.buf, (size_t)want, 0);
+        if (n >= 0 || errno != EINTR) {
+            break;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+    }
+    PyBuffer_Release(&view);
+    if (n < 0) {
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyLong_FromSsize_t(n);
+}
+
+static PyObject *
+sock_send(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "sock_send(sock, data)");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    int fd = socket_fd(args[0]);
+    if (fd < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    ssize_t n;
+    for (;;) {
+        n = send(fd, view.buf, (size_t)view.len, 0);
+        if (n >= 0 || errno != EINTR) {
+            break;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+    }
+    PyBuffer_Release(&view);
+    if (n < 0) {
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyLong_FromSsize_t(n);
+}
+
 static int
 slot_offset(PyTypeObject *type, const char *name, Py_ssize_t *offset)
 {
@@ -349,6 +519,12 @@ configure(PyObject *module, PyObject *args)
 static PyMethodDef methods[] = {
     {"run_ready", run_ready, METH_O,
      "run_ready(scheduler) -> bool: Scheduler._run_ready, compiled (see scheduler.py)."},
+    {"sock_recv", (PyCFunction)(void (*)(void))sock_recv, METH_FASTCALL,
+     "sock_recv(sock, bufsize) -> bytes: socket.socket.recv(bufsize) on a non-blocking socket."},
+    {"sock_recv_into", (PyCFunction)(void (*)(void))sock_recv_into, METH_FASTCALL,
+     "sock_recv_into(sock, buffer, nbytes) -> int: socket.socket.recv_into on a non-blocking socket."},
+    {"sock_send", (PyCFunction)(void (*)(void))sock_send, METH_FASTCALL,
+     "sock_send(sock, data) -> int: socket.socket.send(data) on a non-blocking socket."},
     {"configure", configure, METH_VARARGS,
      "configure(YIELD, _PendingInterrupt, mark_retrieved, Thread): the objects run_ready needs."},
     {NULL, NULL, 0, NULL},
@@ -383,6 +559,16 @@ PyInit__speedups(void)
     INTERN(s_coro_slot, "_coro");
     INTERN(s_value_slot, "_value");
     INTERN(s_exc_slot, "_exc");
+    INTERN(s_fileno, "fileno");
 #undef INTERN
+    PyObject *socket_module = PyImport_ImportModule("socket");
+    if (socket_module == NULL) {
+        return NULL;
+    }
+    socket_type = PyObject_GetAttrString(socket_module, "socket");
+    Py_DECREF(socket_module);
+    if (socket_type == NULL) {
+        return NULL;
+    }
     return PyModule_Create(&module_def);
 }

@@ -51,7 +51,6 @@ from __future__ import annotations
 import collections
 import contextvars
 import logging
-import os
 import sys
 import threading
 import types
@@ -72,6 +71,8 @@ from ..syscalls import (
 )
 from .blocking import BlockingPool
 from .clocks import Clock, MonotonicClock
+from .compiled import COMPILED
+from .compiled import speedups as _speedups
 from .fdio import IOWorker
 from .interrupts import ConsoleSignals
 from .introspect import HookList, SlowStepDetector, format_dump, hook_lists
@@ -1141,19 +1142,5 @@ class _Drain:
         self.patient = patient
 
 
-def _load_speedups() -> Any:
-    """The compiled run loop (``_speedups.c``), or None: not built, or
-    THREADLIB_PURE set (to anything but "" or "0")."""
-    if os.environ.get("THREADLIB_PURE", "") not in ("", "0"):
-        return None
-    try:
-        from . import _speedups as compiled  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    compiled.configure(YIELD, _PendingInterrupt, mark_retrieved, Thread)
-    return compiled
-
-
-_speedups = _load_speedups()
-COMPILED: bool = _speedups is not None
-"""Whether the scheduler runs its compiled loop."""
+if _speedups is not None:
+    _speedups.configure(YIELD, _PendingInterrupt, mark_retrieved, Thread)

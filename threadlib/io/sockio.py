@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, overload
 
 from ..calls import timeout as _timeout
 from .._kernel import DONE, forget_fd
+from .._kernel.compiled import sock_recv, sock_recv_into, sock_send
 from ..syscalls import Blocking, Sleep, WaitRead, WaitWrite, Waits
 from .happy_eyeballs import DEFAULT_DELAY, HostTable, Resolver, connect_first, literal_family
 
@@ -59,6 +60,12 @@ _HANG_UP = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 _ACCEPT_CONNECTION_ERRORS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
 
 
+# The socket calls of the hot paths: socket.socket's own, or their compiled
+# twins (no argument tuple, no GIL hand-off), which behave the same.
+_recv, _recv_into, _send = sock_recv, sock_recv_into, sock_send
+_OWN_METHODS = ("recv", "recv_into", "send")
+
+
 def _discard(sock: socket.socket) -> None:
     """Close a socket that never became a sockio object but may have been
     waited on (a failed connect): the IO worker must forget its fd first,
@@ -73,6 +80,10 @@ class _SocketBase:
     __slots__ = ("_sock", "_fd", "_wait_read", "_wait_write")
 
     def __init__(self, sock: socket.socket) -> None:
+        if not isinstance(sock, socket.socket) or any(
+                getattr(type(sock), name) is not getattr(socket.socket, name) for name in _OWN_METHODS):
+            raise TypeError(f"sockio needs a socket.socket whose recv/recv_into/send are socket.socket's own, "
+                            f"got {type(sock).__name__} (for TLS use threadlib.io.tls)")
         sock.setblocking(False)
         self._sock = sock
         self._fd = sock.fileno()
@@ -172,7 +183,7 @@ class Stream(_SocketBase):
                 self._drained = False
             else:
                 try:
-                    data = sock.recv(max_bytes)
+                    data = _recv(sock, max_bytes)
                 except BlockingIOError:
                     pass
                 else:
@@ -198,7 +209,7 @@ class Stream(_SocketBase):
                 self._drained = False
             else:
                 try:
-                    n = sock.recv_into(buffer, nbytes)
+                    n = _recv_into(sock, buffer, nbytes)
                 except BlockingIOError:
                     pass
                 else:
@@ -238,7 +249,7 @@ class Stream(_SocketBase):
         sock = self._sock
         while True:
             try:
-                return sock.send(data)
+                return _send(sock, data)
             except BlockingIOError:
                 pass
             with _timeout(timeout):
@@ -254,7 +265,7 @@ class Stream(_SocketBase):
         ``timeout`` bounds that rest; after TimeoutError or a cancellation
         an unknown prefix of ``data`` has been sent."""
         try:
-            sent = self._sock.send(data)
+            sent = _send(self._sock, data)
         except BlockingIOError:
             sent = 0
         if sent == len(data):
@@ -269,7 +280,7 @@ class Stream(_SocketBase):
         with _timeout(timeout):
             while sent < total:
                 try:
-                    sent += sock.send(view[sent:])
+                    sent += _send(sock, view[sent:])
                 except BlockingIOError:
                     yield self._wait_write
 
