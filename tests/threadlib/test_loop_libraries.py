@@ -97,6 +97,28 @@ def test_httpx_async_client_round_trip(stdlib_server):
     assert second.content == b"echo:cba"
 
 
+def test_httpx_from_a_thread_of_plain_threadlib_run(stdlib_server):
+    """No asyncio.run anywhere: the scheduler of threadlib.run provides the
+    loop. httpx (through anyio) asks for the current asyncio task, which a
+    threadlib thread is not, so the request runs as a task through
+    from_asyncio; the thread awaits it."""
+    host, port = stdlib_server
+
+    async def fetch():
+        async with httpx.AsyncClient() as client:
+            return await client.post(f"http://{host}:{port}/t", content=PAYLOAD)
+
+    async def main():
+        await asyncio.sleep(0.01)
+        reply = await tloop.from_asyncio(fetch())
+        return on_threadlib_loop(), reply
+
+    on_loop, reply = threadlib.run(main())
+    assert on_loop
+    assert reply.status_code == 201
+    assert reply.content == b"echo:" + PAYLOAD[::-1]
+
+
 # -- uvicorn + Starlette ---------------------------------------------------------------
 
 
