@@ -186,8 +186,10 @@ def main(argv: list[str] | None = None) -> int:
                  server.connections,
                  f", {server.handshake_failures} failed TLS handshakes" if server.handshake_failures else "")
 
+    startup_failed: list[int] = []  # workers whose app failed its lifespan startup
+
     def serve_asgi(index: int, shutdown: Any, net: Any) -> Any:
-        from .asgi import AsgiServer
+        from .asgi import AsgiServer, LifespanFailed
 
         server = AsgiServer(
             args.app, app_name=args.asgi, network=net, limits=limits, header_timeout=args.header_timeout,
@@ -202,12 +204,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"serving ASGI app {args.asgi} on {scheme}://{address[0]}:{address[1]}/ "
                       f"(stack={args.stack}, workers={args.workers})", flush=True)
 
-        yield from server.serve((args.host, args.port), shutdown, reuse_port=args.workers > 1, ready=ready)
+        try:
+            yield from server.serve((args.host, args.port), shutdown, reuse_port=args.workers > 1, ready=ready)
+        except LifespanFailed as exc:
+            log.error("%s", exc)
+            startup_failed.append(index)
+            return 3
         log.info("worker %d stopped after %d requests on %d connections (%d app failures)", index,
                  server.requests, server.connections, server.app_failures)
 
     try:
-        return multicore.serve(worker, args.workers)
+        status = multicore.serve(worker, args.workers)
+        return 3 if startup_failed else status
     finally:
         if queues is not None:
             queues.close()  # the device goes once the workers' copies are closed too

@@ -722,13 +722,18 @@ class _Lifespan:
     def startup(self) -> Any:
         server = self.server
         self.task = self.loop.create_task(self._main())
+        # Its failure is reported here (startup) or in shutdown, never as
+        # asyncio's "exception was never retrieved".
+        self.task.add_done_callback(lambda task: task.cancelled() or task.exception())
         answer = yield from self._ask("lifespan.startup")
         kind = answer and answer.get("type")
         if kind == "lifespan.startup.complete":
             self.running = True
             return
         if kind == "lifespan.startup.failed":
-            raise LifespanFailed(f"ASGI app {server.app_name} failed its startup: {answer.get('message', '')}")
+            # Frameworks put a whole traceback in the message: its last line says what failed.
+            lines = str(answer.get("message", "")).strip().splitlines()
+            raise LifespanFailed(f"ASGI app {server.app_name} failed its startup: {lines[-1] if lines else '?'}")
         failure = self.task.exception() if self.task.done() and not self.task.cancelled() else None
         if server.lifespan == "on" or kind is not None:
             raise LifespanFailed(f"ASGI app {server.app_name} did not complete the lifespan startup"
