@@ -386,8 +386,17 @@ class ThreadlibEventLoop(_SelectorEventLoop):  # type: ignore[misc]
         self._clock_now = sched.clock.now
         super().__init__(_SchedulerSelector(sched, self))
         self._worker = _LoopWorker(self)  # after asyncio's __init__, which makes the ready deque
-        sched.add_worker(self._worker)
-        self._loop_thread = sched.spawn(self._serve(), name="asyncio-loop")
+        self._loop_thread: Thread | None = None
+        if not self._dormant:
+            self._start_on_scheduler()
+
+    # A dormant loop (the one Scheduler.run provides, _ProvidedLoop) has no
+    # self-pipe, worker or loop thread until asyncio code first uses it.
+    _dormant = False
+
+    def _start_on_scheduler(self) -> None:
+        self._sched.add_worker(self._worker)
+        self._loop_thread = self._sched.spawn(self._serve(), name="asyncio-loop")
 
     @property
     def scheduler(self) -> Scheduler:
@@ -622,6 +631,70 @@ def install() -> None:
     """Make asyncio's ``new_event_loop`` (and so ``asyncio.run``) use
     ``ThreadlibEventLoop``: sets ``EventLoopPolicy`` as asyncio's policy."""
     asyncio.set_event_loop_policy(EventLoopPolicy())
+
+
+class _ProvidedLoop(ThreadlibEventLoop):
+    """The running loop ``Scheduler.run`` provides to its threads when
+    asyncio is loaded and no loop runs yet, so that ``await
+    asyncio.sleep(1)`` works in a thread of plain ``threadlib.run``. It is
+    dormant until asyncio code first schedules something on it (every
+    asyncio entry point that does checks ``_check_closed`` first; futures
+    are made by ``create_future``): only then does it make its self-pipe,
+    attach its worker and start its loop thread, so a run that never
+    touches asyncio pays for a few attributes and nothing else, and a
+    bare ``yield`` keeps its error until then. It installs no async
+    generator hooks: threadlib's own async generators are finalized as
+    they would be without it."""
+
+    _dormant = True
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self._ssock = self._csock = None  # asyncio's self-pipe, made on waking
+        super().__init__(scheduler)
+        self._hosted = True
+
+    def _make_self_pipe(self) -> None:
+        if not self._dormant:
+            super()._make_self_pipe()
+
+    def _close_self_pipe(self) -> None:
+        if self._ssock is not None:
+            super()._close_self_pipe()
+
+    def _wake(self) -> None:
+        if self._dormant and not self._closed:
+            self._dormant = False
+            self._make_self_pipe()
+            self._start_on_scheduler()
+
+    def _check_closed(self) -> None:
+        self._wake()
+        super()._check_closed()
+
+    def create_future(self) -> asyncio.Future[Any]:
+        """A future of this loop (which wakes, so that threads can await it)."""
+        self._wake()
+        fut: asyncio.Future[Any] = super().create_future()
+        return fut
+
+
+def _provide_running_loop(sched: Scheduler) -> Callable[[], None] | None:
+    """Called by ``Scheduler.run`` (only when asyncio is loaded): make a
+    dormant ``_ProvidedLoop`` the running loop of this OS thread while
+    ``sched`` runs, unless a loop runs already (``threadlib.loop.run``, or
+    asyncio around us). Returns what undoes it, or None."""
+    if events._get_running_loop() is not None:
+        return None
+    loop = _ProvidedLoop(sched)
+    loop._thread_id = threading.get_ident()
+    events._set_running_loop(loop)
+
+    def withdraw() -> None:
+        events._set_running_loop(None)
+        loop._thread_id = None
+        loop.close()
+
+    return withdraw
 
 
 def run(main: Any, *args: Any, scheduler: Scheduler | None = None, **options: Any) -> Any:

@@ -64,8 +64,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="serve HTTPS on P and plain HTTP on --port (default: HTTPS on --port)")
     parser.add_argument("--handshake-timeout", type=float, default=10.0,
                         help="seconds a client has to finish the TLS handshake")
+    parser.add_argument("--asgi", metavar="MODULE:APP",
+                        help="serve this ASGI 3 application (HTTP and lifespan) instead of static files")
+    parser.add_argument("--lifespan", choices=("auto", "on", "off"), default="auto",
+                        help="with --asgi: run the app's lifespan startup/shutdown (auto: if it supports it)")
     parser.add_argument("--quiet", action="store_true", help="log warnings only")
     args = parser.parse_args(argv)
+    args.app = None
+    if args.asgi is not None:
+        if args.io != "sendfile" or args.root != SAMPLE_SITE or args.tls_port is not None or args.access_log:
+            parser.error("--root, --io, --tls-port and --access-log belong to the static file server: "
+                         "they do not apply with --asgi")
+        # As ASGI servers do: the app's module is looked for from here.
+        if os.getcwd() not in sys.path and "" not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        from .asgi import load_app
+
+        try:
+            args.app = load_app(args.asgi)
+        except ValueError as exc:
+            # One line and status 2, before any port is opened.
+            print(f"{parser.prog}: error: --asgi {args.asgi}: {exc}", file=sys.stderr)
+            sys.exit(2)
     if not os.path.isdir(args.root):
         parser.error(f"--root {args.root!r} is not a directory")
     if not 0 <= args.port <= 65535:
@@ -125,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     def worker(index: int, shutdown: Any) -> Any:
         # In worker i (a forked child): a stack of its own on queue i.
         net = queues.for_queue(index) if queues is not None else network
+        if args.app is not None:
+            return (yield from serve_asgi(index, shutdown, net))
         access_log = None
         if args.access_log == "-":
             access_log = sys.stdout
@@ -164,8 +186,36 @@ def main(argv: list[str] | None = None) -> int:
                  server.connections,
                  f", {server.handshake_failures} failed TLS handshakes" if server.handshake_failures else "")
 
+    startup_failed: list[int] = []  # workers whose app failed its lifespan startup
+
+    def serve_asgi(index: int, shutdown: Any, net: Any) -> Any:
+        from .asgi import AsgiServer, LifespanFailed
+
+        server = AsgiServer(
+            args.app, app_name=args.asgi, network=net, limits=limits, header_timeout=args.header_timeout,
+            keepalive_timeout=args.keepalive_timeout, send_timeout=args.send_timeout,
+            drain_timeout=args.drain_timeout, lifespan=args.lifespan, tls_context=args.tls,
+            handshake_timeout=args.handshake_timeout,
+        )
+
+        def ready(address: Any) -> None:
+            if index == 0:
+                scheme = "https" if args.tls is not None else "http"
+                print(f"serving ASGI app {args.asgi} on {scheme}://{address[0]}:{address[1]}/ "
+                      f"(stack={args.stack}, workers={args.workers})", flush=True)
+
+        try:
+            yield from server.serve((args.host, args.port), shutdown, reuse_port=args.workers > 1, ready=ready)
+        except LifespanFailed as exc:
+            log.error("%s", exc)
+            startup_failed.append(index)
+            return 3
+        log.info("worker %d stopped after %d requests on %d connections (%d app failures)", index,
+                 server.requests, server.connections, server.app_failures)
+
     try:
-        return multicore.serve(worker, args.workers)
+        status = multicore.serve(worker, args.workers)
+        return 3 if startup_failed else status
     finally:
         if queues is not None:
             queues.close()  # the device goes once the workers' copies are closed too

@@ -507,3 +507,84 @@ def test_call_soon_threadsafe_from_another_os_thread_wakes_the_loop():
         return await asyncio.wait_for(fut, 10)
 
     assert run(main) == "woken"
+
+
+# -- plain threadlib.run: the scheduler provides a loop -------------------------------
+
+
+def test_plain_run_gives_its_threads_a_running_threadlib_loop():
+    sched = Scheduler(clock=VirtualClock(50.0))
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        before = threadlib.now()
+        await asyncio.sleep(0.01)
+        slept = threadlib.now() - before
+        # An asyncio task and an Event across the two worlds.
+        event = asyncio.Event()
+        task = asyncio.ensure_future(asyncio.wait_for(event.wait(), 60))
+        setter = asyncio.get_running_loop().call_later(5, event.set)
+        await task
+        return loop, slept, threadlib.now() - before, setter.cancelled()
+
+    loop, slept, total, cancelled = threadlib.run(main(), scheduler=sched)
+    assert isinstance(loop, tloop.ThreadlibEventLoop) and loop.scheduler is sched
+    assert slept == pytest.approx(0.01)  # on the scheduler's (virtual) clock
+    assert total == pytest.approx(5.01)
+    assert not cancelled
+    assert loop.is_closed()
+    assert asyncio._get_running_loop() is None  # withdrawn when run returns
+
+
+def test_the_provided_loop_sleeps_until_asyncio_is_used():
+    def names():
+        return sorted(t.name for t in threadlib.current_scheduler().threads())
+
+    def main():
+        loop = asyncio.get_running_loop()
+        untouched = (names(), loop.scheduler.worker(type(loop._worker)))
+        yield from tloop.from_asyncio(asyncio.sleep(0))
+        return untouched, names()
+
+    (before, worker), after = threadlib.run(main())
+    assert before == ["main"] and worker is None  # no loop thread, no worker, no self-pipe
+    assert after == ["asyncio-loop", "main"]
+
+    def mistaken():
+        yield  # still the error it always was, with asyncio loaded
+
+    with pytest.raises(TypeError, match="did you write `yield` where `yield from` was meant"):
+        threadlib.run(mistaken())
+
+
+def test_plain_run_inside_threadlib_loop_run_keeps_that_loop():
+    async def main():
+        return asyncio.get_running_loop()
+
+    def outer():
+        return (yield from main().__await__())
+
+    loop = tloop.run(outer)
+    assert type(loop) is tloop.ThreadlibEventLoop  # not a second, provided one
+
+
+def test_a_raising_callback_goes_to_the_loop_exception_handler():
+    reported = []
+
+    def broken():
+        raise ValueError("callback broke")
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda loop, context: reported.append(context))
+        loop.call_soon(broken)
+        loop.call_later(0.001, broken)
+        await asyncio.sleep(0.01)
+        return "loop still runs"
+
+    assert run(main) == "loop still runs"
+    assert threadlib.run(main()) == "loop still runs"  # the provided loop too
+    assert len(reported) == 4
+    for context in reported:
+        assert isinstance(context["exception"], ValueError)
+        assert "broken" in repr(context["handle"])

@@ -613,6 +613,18 @@ class Scheduler:
         if args or (callable(main) and not hasattr(main, "send")):
             main = main(*args)
         self._enter()
+        # Threads may await asyncio code (asyncio.sleep, a client library),
+        # which needs a running loop: threadlib.loop provides one, dormant
+        # until asyncio first schedules something on it. Only when asyncio
+        # is loaded: a program that never imports it pays nothing.
+        withdraw_loop = None
+        if "asyncio" in sys.modules:
+            try:
+                from ..loop import _provide_running_loop
+                withdraw_loop = _provide_running_loop(self)
+            except BaseException:
+                self._leave()
+                raise
         try:
             main_thread = self.spawn(main, name="main")
             if handle_sigint or handle_sigterm:
@@ -632,6 +644,8 @@ class Scheduler:
                 self._signals.uninstall()
                 self._signals = None
             self._leave()
+            if withdraw_loop is not None:
+                withdraw_loop()
 
     def run_while(self, keep_going: Callable[[], bool]) -> None:
         """Run threads and workers while ``keep_going()`` is true (asked

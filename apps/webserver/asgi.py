@@ -1,0 +1,773 @@
+"""An ASGI 3 server on threadlib: HTTP/1.1 (request bodies streamed to the
+app, streaming responses) and the lifespan protocol, for apps such as
+Starlette's, run on threadlib.loop's asyncio loop.
+
+The split: each connection is a threadlib thread that owns its stream (so
+any ``threadlib.net.Network`` works: kernel sockets, the user-level TCP/IP
+stack, TLS), parses with httptools and keeps the clocks (header, idle,
+read and send timeouts), exactly as the static server's connections do.
+Each request's app call is an asyncio task on the scheduler's
+``ThreadlibEventLoop``, because ASGI frameworks need one (anyio, under
+Starlette, asks for ``asyncio.current_task()``). The two meet in a
+``_Exchange``: the app's ``receive`` and ``send`` leave orders (read more
+body, write these bytes) and wait on asyncio futures; the connection
+thread waits on an asyncio future too (the loop's worker serves them as
+system calls), carries the orders out on the stream, and settles the
+futures. The thread reads only when the app asks for body, so a client
+can never make the server hold more than one read beyond what the app
+has taken.
+
+It must never let an app's failure reach another request or crash the
+server (a raising app gets a 500 and one log line naming it), never send
+a response the framing would make ambiguous (a body shorter than its
+Content-Length closes the connection), and never read a response header
+it did not validate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextvars
+import logging
+import ssl
+import types
+import urllib.parse
+from typing import Any, Callable
+
+import httptools
+
+import threadlib
+from threadlib import ThreadCancelled
+from threadlib.io import sockio, tls
+from threadlib.loop import ThreadlibEventLoop
+from threadlib.net import Network
+
+from .http import REASONS, Clock, HttpError, Limits, error_response
+
+log = logging.getLogger("apps.webserver.asgi")
+
+_CLOSE = b"Connection: close\r\n"
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_NO_BODY_STATUSES = frozenset((204, 304))
+_LIFESPAN_MODES = ("auto", "on", "off")
+
+
+class ClientDisconnected(OSError):
+    """Raised by ``send`` once the client has gone (ASGI spec 2.4: a
+    server-specific ``OSError``)."""
+
+
+class LifespanFailed(Exception):
+    """The app reported ``lifespan.startup.failed`` (or raised during
+    startup with ``lifespan="on"``): the server does not start."""
+
+
+def load_app(spec: str) -> Any:
+    """Import ``MODULE:ATTR`` (ATTR may be dotted) and return the ASGI
+    app; ValueError with a one-line reason when it cannot."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"{spec!r} is not MODULE:APP")
+    import importlib
+
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        first_line = (str(exc).splitlines() or [""])[0]
+        raise ValueError(f"cannot import {module_name}: {type(exc).__name__}: {first_line}") from None
+    app: Any = module
+    for part in attr.split("."):
+        try:
+            app = getattr(app, part)
+        except AttributeError:
+            raise ValueError(f"module {module_name} has no attribute {attr}") from None
+    if not callable(app):
+        raise ValueError(f"{spec} is {type(app).__name__}, not an ASGI application (an async callable)")
+    return app
+
+
+class _Request:
+    """One request as parsed: its head, then its body pieces as they come."""
+
+    __slots__ = ("method", "target", "version", "headers", "keep_alive", "upgrade", "expects_continue",
+                 "body", "complete", "body_bytes")
+
+    def __init__(self) -> None:
+        self.method = b""
+        self.target = b""
+        self.version = "1.1"
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.keep_alive = True
+        self.upgrade = False
+        self.expects_continue = False
+        self.body: collections.deque[bytes] = collections.deque()
+        self.complete = False  # the whole body has been parsed
+        self.body_bytes = 0
+
+
+class _Parser:
+    """The httptools protocol of one connection: complete request heads
+    collect in ``heads``; each request's body pieces go to that request."""
+
+    __slots__ = ("parser", "heads", "limits", "current", "_header_bytes", "in_head")
+
+    def __init__(self, limits: Limits) -> None:
+        self.parser = httptools.HttpRequestParser(self)
+        self.heads: collections.deque[_Request] = collections.deque()
+        self.limits = limits
+        self.current: _Request | None = None
+        self._header_bytes = 0
+        self.in_head = False  # a request has begun but its head is not complete
+
+    def feed(self, data: bytes) -> None:
+        """Parse ``data``; HttpError for a request that must be refused."""
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # The bytes after an Upgrade head belong to another protocol;
+            # the request is served as plain HTTP and the connection closes.
+            pass
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, HttpError):
+                raise exc.__context__ from None
+            raise HttpError(500, "internal error while reading the request") from exc
+        except httptools.HttpParserError as exc:
+            text = str(exc) or type(exc).__name__
+            if "HTTP version" in text:
+                raise HttpError(505, "unsupported HTTP version; use HTTP/1.1 or HTTP/1.0") from None
+            raise HttpError(400, f"malformed request: {text}") from None
+
+    def on_message_begin(self) -> None:
+        self.current = _Request()
+        self._header_bytes = 0
+        self.in_head = True
+
+    def on_url(self, url: bytes) -> None:
+        assert self.current is not None
+        target = self.current.target + url
+        if len(target) > self.limits.max_request_line:
+            raise HttpError(414, f"request target longer than {self.limits.max_request_line} bytes")
+        self.current.target = target
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        request = self.current
+        assert request is not None
+        self._header_bytes += len(name) + len(value) + 4
+        if len(request.headers) >= self.limits.max_headers:
+            raise HttpError(431, f"more than {self.limits.max_headers} header fields")
+        if self._header_bytes > self.limits.max_header_bytes:
+            raise HttpError(431, f"header fields larger than {self.limits.max_header_bytes} bytes in total")
+        name = name.lower()
+        if name == b"expect" and value.lower() == b"100-continue":
+            request.expects_continue = True
+        request.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        request = self.current
+        assert request is not None
+        parser = self.parser
+        request.method = parser.get_method()
+        request.version = parser.get_http_version()
+        request.keep_alive = parser.should_keep_alive()
+        request.upgrade = parser.should_upgrade()
+        self.in_head = False
+        if request.version not in ("1.1", "1.0"):
+            raise HttpError(505, f"HTTP/{request.version} is not supported; use HTTP/1.1 or HTTP/1.0")
+        self.heads.append(request)
+
+    def on_body(self, body: bytes) -> None:
+        assert self.current is not None
+        self.current.body.append(body)
+        self.current.body_bytes += len(body)
+
+    def on_message_complete(self) -> None:
+        assert self.current is not None
+        self.current.complete = True
+
+
+class _Exchange:
+    """One request/response between the connection thread and the app's
+    task. The app side (``receive``, ``send``) runs in the task; the
+    thread side (``next_order``, ``settle``) in the connection thread."""
+
+    def __init__(self, server: AsgiServer, request: _Request, loop: asyncio.AbstractEventLoop) -> None:
+        self.server = server
+        self.request = request
+        self.loop = loop
+        self.head_only = request.method == b"HEAD"
+        self.orders: collections.deque[tuple[Any, ...]] = collections.deque()
+        self.thread_waiter: asyncio.Future[None] | None = None  # the connection thread's wait
+        self.app_waiter: asyncio.Future[None] | None = None  # receive's wait for body or the end
+        self.read_ordered = False
+        self.body_ended = False  # receive has returned more_body=False
+        self.disconnected = False
+        self.started = False  # http.response.start was sent by the app
+        self.complete = False  # the last body message was sent
+        self.pending_head: bytes | None = None  # held until the first body message
+        self.chunked = False
+        self.declared_length: int | None = None
+        self.sent_length = 0
+        self.keep_alive = request.keep_alive and not request.upgrade
+        self.status = 0
+
+    # -- the thread side ---------------------------------------------------------
+    def wake_thread(self) -> None:
+        waiter = self.thread_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def wake_app(self) -> None:
+        waiter = self.app_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- the app side: receive ---------------------------------------------------------
+    async def receive(self) -> dict[str, Any]:
+        request = self.request
+        while True:
+            if request.body:
+                body = b"".join(request.body)
+                request.body.clear()
+                more = not request.complete
+                self.body_ended = not more
+                return {"type": "http.request", "body": body, "more_body": more}
+            if request.complete and not self.body_ended:
+                self.body_ended = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            if self.disconnected or self.complete:
+                return {"type": "http.disconnect"}
+            if not request.complete and not self.read_ordered:
+                self.read_ordered = True
+                self.orders.append(("read",))
+                self.wake_thread()
+            # Wait for body, the response's end or the client's departure.
+            self.app_waiter = self.loop.create_future()
+            try:
+                await self.app_waiter
+            finally:
+                self.app_waiter = None
+
+    # -- the app side: send -------------------------------------------------------------
+    async def send(self, message: dict[str, Any]) -> None:
+        kind = message.get("type") if isinstance(message, dict) else None
+        if self.disconnected:
+            raise ClientDisconnected("the client has closed the connection")
+        if kind == "http.response.start":
+            if self.started:
+                raise RuntimeError("ASGI: http.response.start sent twice")
+            self.pending_head = self._head(message)
+            self.started = True
+            return
+        if kind == "http.response.body":
+            if not self.started:
+                raise RuntimeError("ASGI: http.response.body before http.response.start")
+            if self.complete:
+                raise RuntimeError("ASGI: http.response.body after the response's last body message")
+            body = message.get("body", b"")
+            if not isinstance(body, (bytes, bytearray, memoryview)):
+                raise TypeError(f"ASGI: http.response.body's body must be bytes, not {type(body).__name__}")
+            more = bool(message.get("more_body", False))
+            data = self._frame(bytes(body), more)
+            if not more:
+                self.complete = True
+            if data:
+                done = self.loop.create_future()
+                self.orders.append(("write", data, done))
+                self.wake_thread()
+                await done
+            elif not more:
+                self.wake_thread()
+            if not more:
+                self.wake_app()  # a receive waiting for the end returns http.disconnect
+            return
+        raise RuntimeError(f"ASGI: unexpected message type {kind!r} for an http scope")
+
+    def _head(self, message: dict[str, Any]) -> bytes:
+        status = message.get("status")
+        if type(status) is not int or not 100 <= status <= 599:
+            raise ValueError(f"ASGI: http.response.start status must be an int 100-599, not {status!r}")
+        self.status = status
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, "").encode())]
+        seen_date = seen_server = False
+        for pair in message.get("headers", ()):
+            try:
+                name, value = pair
+                name = bytes(name)
+                value = bytes(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"ASGI: response header {pair!r} is not a (name, value) pair of bytes") from None
+            if not name or any(c in name for c in b"\r\n: \t") or b"\r" in value or b"\n" in value:
+                raise ValueError(f"ASGI: response header {name!r}: {value!r} has a forbidden character")
+            lower = name.lower()
+            if lower == b"content-length":
+                try:
+                    self.declared_length = int(value)
+                except ValueError:
+                    raise ValueError(f"ASGI: response Content-Length {value!r} is not a number") from None
+            elif lower == b"transfer-encoding":
+                continue  # the server frames the body itself
+            elif lower == b"connection":
+                if b"close" in value.lower():
+                    self.keep_alive = False
+                continue
+            elif lower == b"date":
+                seen_date = True
+            elif lower == b"server":
+                seen_server = True
+            lines.append(b"%s: %s\r\n" % (name, value))
+        if not (seen_date and seen_server):
+            clock = self.server.clock
+            clock.tick()
+            lines.insert(1, clock.date_block)
+        bodyless = self.head_only or status in _NO_BODY_STATUSES or status < 200
+        if self.declared_length is None and not bodyless:
+            if self.request.version == "1.1":
+                self.chunked = True
+                lines.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                self.keep_alive = False  # HTTP/1.0: the close ends the body
+        if self.server.stopping:
+            self.keep_alive = False
+        if not self.keep_alive:
+            lines.append(_CLOSE)
+        elif self.request.version == "1.0":
+            lines.append(b"Connection: keep-alive\r\n")
+        lines.append(b"\r\n")
+        return b"".join(lines)
+
+    def _frame(self, body: bytes, more: bool) -> bytes:
+        head, self.pending_head = self.pending_head, None
+        pieces = [head] if head is not None else []
+        if self.head_only or self.status in _NO_BODY_STATUSES:
+            body = b""
+        elif self.declared_length is not None:
+            if self.sent_length + len(body) > self.declared_length:
+                raise RuntimeError(f"ASGI: response body longer than its Content-Length "
+                                   f"{self.declared_length}")
+        self.sent_length += len(body)
+        if self.chunked:
+            if body:
+                pieces.append(b"%x\r\n%s\r\n" % (len(body), body))
+            if not more:
+                pieces.append(b"0\r\n\r\n")
+        elif body:
+            pieces.append(body)
+        return b"".join(pieces)
+
+    @property
+    def framing_intact(self) -> bool:
+        """The response ended as its framing says (the connection may be reused)."""
+        if not self.complete:
+            return False
+        if self.declared_length is not None and not self.head_only and self.status not in _NO_BODY_STATUSES:
+            return self.sent_length == self.declared_length
+        return True
+
+
+class AsgiServer:
+    """Serves an ASGI 3 ``app`` on a threadlib scheduler whose threads have
+    a ``threadlib.loop`` event loop (plain ``threadlib.run`` provides one).
+
+    ``yield from server.serve((host, port), shutdown)`` runs the app's
+    lifespan startup, listens, serves until ``shutdown`` (a threadlib
+    Event) is set, lets requests in flight finish (up to
+    ``drain_timeout``), then runs the lifespan shutdown.
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        *,
+        app_name: str | None = None,
+        network: Network | None = None,
+        limits: Limits | None = None,
+        header_timeout: float = 10.0,
+        keepalive_timeout: float = 15.0,
+        read_timeout: float = 30.0,
+        send_timeout: float = 30.0,
+        drain_timeout: float = 10.0,
+        lifespan: str = "auto",
+        root_path: str = "",
+        tls_context: ssl.SSLContext | None = None,
+        handshake_timeout: float = tls.DEFAULT_HANDSHAKE_TIMEOUT,
+    ) -> None:
+        if lifespan not in _LIFESPAN_MODES:
+            raise ValueError(f"lifespan must be one of {', '.join(_LIFESPAN_MODES)}, not {lifespan!r}")
+        self.app = app
+        self.app_name = app_name or getattr(app, "__qualname__", None) or type(app).__qualname__
+        self.network: Network = network if network is not None else sockio.kernel
+        self.limits = limits or Limits()
+        self.header_timeout = header_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.read_timeout = read_timeout
+        self.send_timeout = send_timeout
+        self.drain_timeout = drain_timeout
+        self.lifespan = lifespan
+        self.root_path = root_path
+        self.tls_context = tls_context
+        self.handshake_timeout = handshake_timeout
+        self.clock = Clock()
+        self.state: dict[str, Any] = {}  # the lifespan state, copied into each request's scope
+        self.address: Any = None
+        self.requests = 0
+        self.connections = 0
+        self.app_failures = 0
+        self.stopping = False
+        self._busy: dict[Any, bool] = {}  # connection thread -> is a request in progress
+
+    # -- life cycle ----------------------------------------------------------------
+    @types.coroutine
+    def serve(self, address: tuple[str, int], shutdown: threadlib.Event | None = None,
+              reuse_port: bool = False, ready: Callable[[Any], None] | None = None) -> Any:
+        """Run the lifespan startup, then serve ``address`` until
+        ``shutdown`` is set; ``ready(address)`` once listening."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if not isinstance(loop, ThreadlibEventLoop):
+            raise RuntimeError("AsgiServer.serve runs in a threadlib thread with a threadlib.loop event loop "
+                               f"(threadlib.run provides one once asyncio is imported), not with {loop!r}")
+        lifespan = _Lifespan(self, loop)
+        if self.lifespan != "off":
+            yield from lifespan.startup()
+        try:
+            listener = yield from self.network.listen(address, reuse_port=reuse_port)
+            if self.tls_context is not None:
+                listener = tls.TlsListener(listener, self.tls_context, handshake_timeout=self.handshake_timeout,
+                                           ragged_eof=True)
+            self.address = listener.address
+            if ready is not None:
+                ready(self.address)
+            acceptor = yield from threadlib.spawn(self._accept_loop(listener, loop), name="asgi-accept")
+            try:
+                yield from (shutdown or threadlib.Event()).wait()
+            finally:
+                yield from acceptor.cancel()
+                listener.close()
+                yield from self._drain()
+        finally:
+            if lifespan.running:
+                yield from lifespan.shutdown()
+
+    @types.coroutine
+    def _accept_loop(self, listener: Any, loop: asyncio.AbstractEventLoop) -> Any:
+        while True:
+            conn, peer = yield from listener.accept()
+            self.connections += 1
+            thread = yield from threadlib.spawn(self._connection(conn, peer, listener.address, loop),
+                                                name="asgi-connection")
+            self._busy.setdefault(thread, False)
+
+    @types.coroutine
+    def _drain(self) -> Any:
+        self.stopping = True
+        for thread, busy in list(self._busy.items()):
+            if not busy and not thread.done:
+                yield from thread.cancel()
+        busy_threads = [t for t in self._busy if not t.done]
+        if not busy_threads:
+            return
+        try:
+            with threadlib.timeout(self.drain_timeout):
+                for thread in busy_threads:
+                    yield from thread.wait()
+        except TimeoutError:
+            log.warning("%d connections still busy after %.1fs; closing them", len(busy_threads),
+                        self.drain_timeout)
+            for thread in busy_threads:
+                if not thread.done:
+                    yield from thread.cancel()
+
+    # -- one connection ---------------------------------------------------------------
+    @types.coroutine
+    def _connection(self, conn: Any, peer: Any, local: Any, loop: asyncio.AbstractEventLoop) -> Any:
+        me = threadlib.current_thread()
+        self._busy[me] = False
+        parser = _Parser(self.limits)
+        try:
+            if isinstance(conn, tls.TlsStream):
+                try:
+                    yield from conn.do_handshake()
+                except (OSError, TimeoutError) as exc:
+                    log.info("TLS handshake with %s failed: %s", peer, tls.describe_error(exc))
+                    return
+            while not self.stopping:
+                if not parser.heads:
+                    try:
+                        request_began = yield from self._read_head(conn, parser)
+                    except HttpError as error:
+                        yield from self._refuse(conn, error)
+                        return
+                    if not request_began:
+                        return
+                request = parser.heads.popleft()
+                self._busy[me] = True
+                try:
+                    keep_open = yield from self._exchange(conn, parser, request, peer, local, loop)
+                finally:
+                    self._busy[me] = False
+                if not keep_open:
+                    return
+        except (ConnectionError, TimeoutError):
+            pass
+        except ThreadCancelled:
+            raise
+        except OSError as exc:
+            log.info("connection from %s: %s", peer, exc)
+        except Exception:
+            log.exception("connection from %s failed", peer)
+        finally:
+            self._busy.pop(me, None)
+            conn.close()
+
+    @types.coroutine
+    def _read_head(self, conn: Any, parser: _Parser) -> Any:
+        """Read until a request head is complete: False if the client closed
+        or idled out before beginning one; HttpError for a bad or late one."""
+        deadline = None
+        while not parser.heads:
+            if parser.in_head:
+                now = threadlib.now()
+                if deadline is None:
+                    deadline = now + self.header_timeout
+                if now >= deadline:
+                    raise HttpError(408, "request not received in time")
+                try:
+                    data = yield from conn.recv(65536, timeout=deadline - now)
+                except TimeoutError:
+                    raise HttpError(408, "request not received in time") from None
+                if not data:
+                    return False
+            else:
+                try:
+                    data = yield from conn.recv(65536, timeout=self.keepalive_timeout)
+                except TimeoutError:
+                    return False
+                if not data:
+                    return False
+            parser.feed(data)
+        return True
+
+    @types.coroutine
+    def _refuse(self, conn: Any, error: HttpError) -> Any:
+        self.clock.tick()
+        try:
+            yield from conn.sendall(error_response(self.clock, error, _CLOSE), timeout=self.send_timeout)
+        except (OSError, TimeoutError):
+            pass
+
+    def _scope(self, request: _Request, peer: Any, local: Any) -> dict[str, Any]:
+        parsed = httptools.parse_url(request.target)
+        raw_path = parsed.path or b"/"
+        try:
+            path = raw_path.decode("ascii")
+        except UnicodeDecodeError:
+            raise HttpError(400, "the request target is not ASCII") from None
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        return {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": request.version,
+            "method": request.method.decode("ascii"),
+            "scheme": "https" if self.tls_context is not None else "http",
+            "path": path,
+            "raw_path": raw_path,
+            "query_string": parsed.query or b"",
+            "root_path": self.root_path,
+            "headers": request.headers,
+            "client": tuple(peer[:2]) if isinstance(peer, tuple) else None,
+            "server": tuple(local[:2]) if isinstance(local, tuple) else None,
+            "state": dict(self.state),
+        }
+
+    @types.coroutine
+    def _exchange(self, conn: Any, parser: _Parser, request: _Request, peer: Any, local: Any,
+                  loop: asyncio.AbstractEventLoop) -> Any:
+        """Serve one request with the app; True if the connection may carry
+        the next one."""
+        self.requests += 1
+        try:
+            scope = self._scope(request, peer, local)
+        except HttpError as error:
+            yield from self._refuse(conn, error)
+            return False
+        exchange = _Exchange(self, request, loop)
+        task = loop.create_task(self._call_app(scope, exchange), context=contextvars.copy_context())
+        task.add_done_callback(lambda _: exchange.wake_thread())
+        try:
+            while True:
+                if exchange.orders:
+                    order = exchange.orders.popleft()
+                    if order[0] == "write":
+                        yield from self._write(conn, exchange, order[1], order[2])
+                    else:
+                        yield from self._read_body(conn, parser, exchange)
+                elif task.done():
+                    break
+                else:
+                    exchange.thread_waiter = loop.create_future()
+                    yield exchange.thread_waiter
+                    exchange.thread_waiter = None
+        except ThreadCancelled:
+            task.cancel()
+            yield from _wait_cancelled(task)
+            raise
+        exchange.disconnected = exchange.disconnected or not exchange.complete
+        exchange.wake_app()
+        failure = task.exception() if not task.cancelled() else None  # retrieved: logged by _call_app
+        if not exchange.started:
+            if failure is None:
+                log.error("ASGI app %s returned without a response to %s %s", self.app_name,
+                          request.method.decode(), request.target.decode("latin-1"))
+            error = HttpError(500, "the application failed")
+            self.clock.tick()
+            try:
+                yield from conn.sendall(error_response(self.clock, error, _CLOSE, exchange.head_only),
+                                        timeout=self.send_timeout)
+            except (OSError, TimeoutError):
+                pass
+            return False
+        return exchange.keep_alive and exchange.framing_intact and request.complete and not self.stopping
+
+    async def _call_app(self, scope: dict[str, Any], exchange: _Exchange) -> None:
+        try:
+            await self.app(scope, exchange.receive, exchange.send)
+        except ClientDisconnected:
+            pass
+        except Exception:
+            request = exchange.request
+            if exchange.disconnected:
+                # The app's own way of saying "the client left" (Starlette's
+                # ClientDisconnect): not the app's failure.
+                log.info("ASGI app %s stopped serving %s %s: the client went away", self.app_name,
+                         request.method.decode(), request.target.decode("latin-1"))
+                return
+            self.app_failures += 1
+            log.exception("ASGI app %s raised while serving %s %s", self.app_name, request.method.decode(),
+                          request.target.decode("latin-1"))
+            raise
+
+    @types.coroutine
+    def _write(self, conn: Any, exchange: _Exchange, data: bytes, done: asyncio.Future[None]) -> Any:
+        try:
+            yield from conn.sendall(data, timeout=self.send_timeout)
+        except (OSError, TimeoutError) as exc:
+            exchange.disconnected = True
+            if not done.done():
+                done.set_exception(ClientDisconnected(f"the client went away: {exc}"))
+            exchange.wake_app()
+            return
+        if not done.done():
+            done.set_result(None)
+
+    @types.coroutine
+    def _read_body(self, conn: Any, parser: _Parser, exchange: _Exchange) -> Any:
+        request = exchange.request
+        try:
+            if request.expects_continue and not exchange.started:
+                request.expects_continue = False
+                yield from conn.sendall(_CONTINUE, timeout=self.send_timeout)
+            while not request.body and not request.complete:
+                data = yield from conn.recv(65536, timeout=self.read_timeout)
+                if not data:
+                    exchange.disconnected = True
+                    break
+                parser.feed(data)
+        except (OSError, TimeoutError, HttpError):
+            exchange.disconnected = True
+        exchange.read_ordered = False
+        exchange.wake_app()
+
+
+class _Lifespan:
+    """The app's lifespan task: startup before listening, shutdown after
+    the last connection."""
+
+    def __init__(self, server: AsgiServer, loop: asyncio.AbstractEventLoop) -> None:
+        self.server = server
+        self.loop = loop
+        self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.answer: asyncio.Future[dict[str, Any]] | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.running = False
+
+    async def _receive(self) -> dict[str, Any]:
+        return await self.inbox.get()
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        if self.answer is not None and not self.answer.done():
+            self.answer.set_result(message)
+
+    async def _main(self) -> None:
+        scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"},
+                 "state": self.server.state}
+        await self.server.app(scope, self._receive, self._send)
+
+    @types.coroutine
+    def _ask(self, message_type: str) -> Any:
+        """Send ``message_type``; the app's answer, or None if the app
+        ended (or raised) without answering."""
+        self.answer = self.loop.create_future()
+        self.inbox.put_nowait({"type": message_type})
+        assert self.task is not None
+        either = asyncio.ensure_future(asyncio.wait([self.answer, self.task],
+                                                    return_when=asyncio.FIRST_COMPLETED))
+        yield from _wait_done(either)
+        return self.answer.result() if self.answer.done() else None
+
+    @types.coroutine
+    def startup(self) -> Any:
+        server = self.server
+        self.task = self.loop.create_task(self._main())
+        # Its failure is reported here (startup) or in shutdown, never as
+        # asyncio's "exception was never retrieved".
+        self.task.add_done_callback(lambda task: task.cancelled() or task.exception())
+        answer = yield from self._ask("lifespan.startup")
+        kind = answer and answer.get("type")
+        if kind == "lifespan.startup.complete":
+            self.running = True
+            return
+        if kind == "lifespan.startup.failed":
+            # Frameworks put a whole traceback in the message: its last line says what failed.
+            lines = str(answer.get("message", "")).strip().splitlines()
+            raise LifespanFailed(f"ASGI app {server.app_name} failed its startup: {lines[-1] if lines else '?'}")
+        failure = self.task.exception() if self.task.done() and not self.task.cancelled() else None
+        if server.lifespan == "on" or kind is not None:
+            raise LifespanFailed(f"ASGI app {server.app_name} did not complete the lifespan startup"
+                                 + (f": {failure!r}" if failure is not None else ""))
+        # lifespan="auto": an app without lifespan support raises or returns.
+        log.info("ASGI app %s does not support the lifespan protocol%s", server.app_name,
+                 f" ({failure!r})" if failure is not None else "")
+
+    @types.coroutine
+    def shutdown(self) -> Any:
+        self.running = False
+        answer = yield from self._ask("lifespan.shutdown")
+        kind = answer and answer.get("type")
+        if kind == "lifespan.shutdown.failed":
+            log.error("ASGI app %s failed its shutdown: %s", self.server.app_name, answer.get("message", ""))
+        elif kind != "lifespan.shutdown.complete":
+            log.error("ASGI app %s did not complete the lifespan shutdown", self.server.app_name)
+        if self.task is not None and self.task.done() and not self.task.cancelled() and self.task.exception():
+            log.error("ASGI app %s raised in its lifespan: %r", self.server.app_name, self.task.exception())
+
+
+@types.coroutine
+def _wait_done(fut: Any) -> Any:
+    """Wait (in a threadlib thread) for an asyncio future to be done."""
+    while not fut.done():
+        yield fut
+
+
+@types.coroutine
+def _wait_cancelled(task: Any) -> Any:
+    """Wait for a cancelled task to end, even if this thread is cancelled
+    again meanwhile."""
+    while not task.done():
+        try:
+            yield task
+        except ThreadCancelled:
+            task.cancel()
