@@ -8,7 +8,9 @@ worker i runs its own user-level stack on queue i (the kernel steers each
 connection to one queue), and the device goes when the parent and its
 workers have closed their queues. ``--tls-cert``/``--tls-key`` serve HTTPS
 on ``--port`` (or, with ``--tls-port``, HTTP on ``--port`` and HTTPS on
-the other), on either stack and in every worker. It must never start serving with a bad
+the other), on either stack and in every worker. ``--wsgi MODULE:APP`` serves
+that WSGI application instead of files (imported before forking; one that
+does not import is a one-line error). It must never start serving with a bad
 option: every mistake is reported before the port is opened.
 """
 
@@ -26,6 +28,7 @@ from threadlib.process import multicore
 from .. import program_name, tls_server_context
 from .http import Limits
 from .server import IO_MODES, SAMPLE_SITE, WebServer, user_network
+from .wsgi import WSGI_MAX_BODY
 
 log = logging.getLogger("apps.webserver")
 
@@ -64,8 +67,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="serve HTTPS on P and plain HTTP on --port (default: HTTPS on --port)")
     parser.add_argument("--handshake-timeout", type=float, default=10.0,
                         help="seconds a client has to finish the TLS handshake")
+    parser.add_argument("--wsgi", metavar="MODULE:APP", help="serve this WSGI application instead of files "
+                                                             "(APP defaults to 'app'; one green thread per connection)")
+    parser.add_argument("--max-body", type=int, metavar="BYTES",
+                        help="request body bytes allowed (413 beyond; default 64 KiB, 1 GiB with --wsgi)")
     parser.add_argument("--quiet", action="store_true", help="log warnings only")
     args = parser.parse_args(argv)
+    args.app = None
+    if args.wsgi is not None:
+        from .wsgi import AppNotFound, load_app
+
+        try:
+            args.app = load_app(args.wsgi)
+        except AppNotFound as exc:
+            print(f"{parser.prog}: error: --wsgi {exc}", file=sys.stderr)
+            sys.exit(2)
+    if args.max_body is not None and args.max_body < 0:
+        parser.error("--max-body must not be negative")
     if not os.path.isdir(args.root):
         parser.error(f"--root {args.root!r} is not a directory")
     if not 0 <= args.port <= 65535:
@@ -120,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         network = sockio.kernel
     limits = Limits(max_request_line=args.max_request_line, max_header_bytes=args.max_header_bytes,
                     max_headers=args.max_headers)
+    if args.max_body is not None:
+        limits.max_body = args.max_body
+    elif args.app is not None:
+        limits.max_body = WSGI_MAX_BODY
     root = os.path.abspath(args.root)
 
     def worker(index: int, shutdown: Any) -> Any:
@@ -135,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             keepalive_timeout=args.keepalive_timeout, send_timeout=args.send_timeout,
             drain_timeout=args.drain_timeout, cache_max_body=args.cache_max_body, access_log=access_log,
             tls_context=args.tls, handshake_timeout=args.handshake_timeout,
+            wsgi=args.app, wsgi_multiprocess=args.workers > 1,
         )
 
         def ready(address: Any) -> None:
@@ -150,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
                     endpoints = [("http", address[1]), ("https", server.tls_address[1])]
                 urls = " ".join(f"{scheme}://{h if ':' not in h else f'[{h}]'}:{port}/"
                                 for scheme, port in endpoints for h in hosts)
-                print(f"serving {root} on {urls} (io={args.io}, stack={args.stack}, workers={args.workers})",
+                what = f"WSGI app {args.wsgi}" if args.app is not None else root
+                print(f"serving {what} on {urls} (io={args.io}, stack={args.stack}, workers={args.workers})",
                       flush=True)
 
         tls_address = (args.host, args.tls_port) if args.tls_port is not None else None

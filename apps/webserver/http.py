@@ -285,7 +285,7 @@ class RequestHead:
     value) bytes pairs; trailer fields are not among them."""
 
     __slots__ = ("method", "target", "version", "headers", "keep_alive", "error", "expect_continue",
-                 "chunked", "body", "body_done")
+                 "chunked", "body", "body_done", "body_error")
 
     def __init__(self, method: bytes, target: bytes, version: str, headers: list[tuple[bytes, bytes]],
                  keep_alive: bool, error: HttpError | None, expect_continue: bool, chunked: bool) -> None:
@@ -299,6 +299,7 @@ class RequestHead:
         self.chunked = chunked
         self.body: list[bytes] = []
         self.body_done = False
+        self.body_error: HttpError | None = None  # the body broke its framing or limit: answer, then close
 
     @property
     def request_line(self) -> str:

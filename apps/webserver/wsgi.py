@@ -184,7 +184,6 @@ class _Link:
         self.state = state
         self.reader = StreamingRequestReader(server.limits)
         self.later_error: HttpError | None = None  # refused after the requests already read
-        self.body_error: HttpError | None = None  # a body broke its framing: answer, then close
         self.broken = False  # a send or receive failed: nothing more can be said on this connection
         self.base_environ = _base_environ(server, conn, peer)
 
@@ -250,15 +249,15 @@ class _Link:
             try:
                 self.reader.feed(data)
             except HttpError as exc:
-                self.later_error = exc
+                self.place_error(exc, None)
         state.served = True
         head: RequestHead = heads.pop(0)  # type: ignore[assignment]
         return head
 
     def receive_body(self, head: RequestHead) -> None:
         """Receive and parse one more piece of ``head``'s body."""
-        if self.body_error is not None:
-            raise self.body_error
+        if head.body_error is not None:
+            raise head.body_error
         if self.broken:
             raise ConnectionError("the connection already failed")
         if head.expect_continue:
@@ -267,8 +266,8 @@ class _Link:
         try:
             data = green.call(self.conn.recv(_RECV_BYTES, timeout=self.server.header_timeout))
         except TimeoutError:
-            self.body_error = HttpError(408, f"no request body bytes for {self.server.header_timeout:g} s")
-            raise self.body_error from None
+            head.body_error = HttpError(408, f"no request body bytes for {self.server.header_timeout:g} s")
+            raise head.body_error from None
         except OSError:
             self.broken = True
             raise
@@ -278,11 +277,20 @@ class _Link:
         try:
             self.reader.feed(data)
         except HttpError as exc:
-            if head.body_done:
-                self.later_error = exc  # it belongs to a request after this one
-            else:
-                self.body_error = exc
+            self.place_error(exc, head)
+            if head.body_error is not None:
                 raise
+
+    def place_error(self, error: HttpError, current: RequestHead | None) -> None:
+        """Give a parse error to the request it belongs to: the body being
+        read (``current``'s), a queued request's body, or the next head."""
+        queued = self.reader.complete
+        if current is not None and not current.body_done:
+            current.body_error = error
+        elif queued and not queued[-1].body_done:  # type: ignore[attr-defined]
+            queued[-1].body_error = error  # type: ignore[attr-defined]
+        else:
+            self.later_error = error  # answered after the requests read before it
 
     def sendall(self, data: bytes | memoryview) -> None:
         """Send ``data`` within the server's send_timeout."""
@@ -343,7 +351,7 @@ class _Exchange:
         if server.access_log is not None:
             server._log(link.peer, head.request_line, self.log_status, self.sent)
             server._flush_log()
-        if self.close_after or link.body_error is not None or not head.keep_alive or server._stopping:
+        if self.close_after or head.body_error is not None or not head.keep_alive or server._stopping:
             return False
         return self.drain()
 
@@ -477,7 +485,10 @@ class _Exchange:
             else:
                 self.close_after = True  # HTTP/1.0: the end of the body is the end of the connection
         self.length = length
-        if self.close_after or not head.keep_alive or server._stopping or self.link.body_error is not None:
+        if (self.close_after or not head.keep_alive or server._stopping or head.body_error is not None
+                or (head.expect_continue and not head.body_done)):
+            # (a client still waiting to send its body after a 100 it will
+            # not get cannot be read reliably: close)
             out.append(_CLOSE)
             self.close_after = True
         elif head.version == "1.0":
@@ -532,7 +543,7 @@ class _Exchange:
         link, head = self.link, self.head
         if link.broken:
             return  # the client went away or stalled mid-exchange: nobody to tell
-        if exc is link.body_error:
+        if exc is head.body_error:
             # wsgi.input found the body broken and the application let it
             # through: answer for the body, not the application.
             if not self.head_sent:
@@ -635,9 +646,9 @@ def _latin1(text: str) -> bool:
 
 
 def _app_name(app: Any) -> str:
-    module = getattr(app, "__module__", None) or type(app).__module__
-    name = getattr(app, "__qualname__", None) or type(app).__qualname__
-    return f"{module}:{name}"
+    if isinstance(app, (types.FunctionType, types.MethodType, type)):
+        return f"{app.__module__}:{app.__qualname__}"
+    return repr(app)  # an application object (Flask's says <Flask 'module'>)
 
 
 def serve_connection(server: Any, conn: Any, peer: Any, state: Any) -> None:
