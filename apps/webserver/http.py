@@ -151,6 +151,7 @@ class RequestReader:
         """Parse ``data``; complete requests are appended to ``complete``.
         Raises HttpError for a request that must be refused (the requests
         completed before it stay in ``complete``)."""
+        at_start = not self.in_message and not self.complete  # data begins with a request line
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -165,7 +166,9 @@ class RequestReader:
                 raise exc.__context__ from None
             raise HttpError(500, "internal error while reading the request") from exc
         except httptools.HttpParserInvalidMethodError:
-            raise _method_error(data) from None
+            # Only a request line at the start of data can be named; one
+            # further on (after pipelined requests or a body) is just bad.
+            raise (_method_error(data) if at_start else HttpError(400, "malformed request line")) from None
         except httptools.HttpParserError as exc:
             raise _parse_error(exc) from None
         if self.in_headers:
