@@ -366,7 +366,7 @@ class WebServer:
     @types.coroutine
     def _refuse(self, conn: Any, peer: Any, request: Any, error: HttpError) -> Any:
         self.clock.tick()
-        data = error_response(self.clock, error, _CLOSE)
+        data = error_response(self.clock, error, _CLOSE, request is not None and request.method == _HEAD)
         body_length = len(data) - data.index(b"\r\n\r\n") - 4
         self.requests += 1
         if self.access_log is not None:

@@ -320,7 +320,7 @@ class _Exchange:
         self.head_sent = False
         self.length: int | None = None  # the body's Content-Length, when the head gave one
         self.chunked = False
-        self.sent = 0  # body bytes sent (or, after HEAD, that would have been)
+        self.sent = 0  # body bytes sent
         self.finished = False
         self.close_after = False
         self.no_body = head.method == b"HEAD"
@@ -434,11 +434,9 @@ class _Exchange:
         if not self.head_sent:
             self.send_head(data, complete=False)
             return
-        if not data:
+        if not data or self.no_body:
             return
         self.sent += len(data)
-        if self.no_body:
-            return
         if self.length is not None and self.sent > self.length:
             self.close_after = True
             raise WsgiAppError(f"sent more body bytes than the {self.length} its Content-Length announced")
@@ -475,10 +473,10 @@ class _Exchange:
         if not body_allowed:
             self.no_body = True
         if length is None and body_allowed:
-            if head.method == b"HEAD":
-                pass  # the length of a body never produced is unknown; HEAD may omit it
-            elif complete:
+            if complete:
                 out.append(b"Content-Length: %d\r\n" % len(first))
+            elif head.method == b"HEAD":
+                pass  # the length of a body never produced is unknown; HEAD may omit it
             elif head.version == "1.1":
                 out.append(b"Transfer-Encoding: chunked\r\n")
                 self.chunked = True
@@ -502,7 +500,7 @@ class _Exchange:
                 self.close_after = True
                 raise WsgiAppError(f"sent more body bytes than the {length} its Content-Length announced")
             out.append(b"%x\r\n%b\r\n" % (len(first), first) if self.chunked else first)
-        self.sent = len(first)
+        self.sent = 0 if self.no_body else len(first)
         self.link.sendall(b"".join(out))
 
     def send_file(self, wrapper: FileWrapper) -> bool:
