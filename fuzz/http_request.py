@@ -1,10 +1,14 @@
 """Fuzz target: the web server's whole request path, from bytes on a
 connection to the bytes it answers.
 
-Input: the first byte picks how the client's bytes arrive (0: in one
-read; n: in n-byte reads, so request lines, headers and pipelined requests
-are split at every place); the rest is what the client sends before its
-EOF. A ``WebServer`` (the public API, ``serve`` on an in-memory network
+Input: the first byte picks the server and how the client's bytes arrive:
+its low 7 bits the read size (0: in one read; n: in n-byte reads, so
+request lines, headers, bodies and pipelined requests are split at every
+place), its top bit a WSGI application instead of files (an echo app that
+reads the body in uneven pieces, with a 4096-byte body limit), so request
+bodies -- Content-Length, chunked, ``Expect: 100-continue``, too large,
+malformed -- go through both the file server's reader and the streaming
+one; the rest is what the client sends before its EOF. A ``WebServer`` (the public API, ``serve`` on an in-memory network
 whose one connection is a ``fuzz.memory.ScriptedStream``) serves a small
 document root made once per process: files of distinct sizes (one larger
 than the in-memory body cache, so ``sendfile`` runs), an empty file,
@@ -15,7 +19,9 @@ output is a sequence of well-formed HTTP/1.1 responses, one per access-log
 line and in its order, each with a known status (never 500), a
 Content-Length that frames its body (none after HEAD or a 304), a body that
 is exactly the file or byte range its headers name, Content-Range
-consistent with the file's size, Allow on a 405, Location on a 301; nothing
+consistent with the file's size, Allow on a 405, Location on a 301; an
+echoed 200 carries exactly the body the application read for that request;
+a ``100 Continue`` only ever comes before a response's head; nothing
 follows a ``Connection: close`` response, and nothing is written after the
 server's half-close.
 
@@ -37,7 +43,7 @@ from typing import Any
 
 import threadlib
 from threadlib.lowlevel import Scheduler, TimerWorker, VirtualClock
-from apps.webserver.http import REASONS
+from apps.webserver.http import CONTINUE, REASONS, Limits
 from apps.webserver.server import WebServer
 
 from .memory import ScriptedStream, chunks_of
@@ -126,13 +132,40 @@ class _OneConnectionListener:
         self.closed = True
 
 
-def serve_one_connection(client_bytes: bytes, chunk_size: int) -> tuple[ScriptedStream, WebServer, str]:
-    """Serve one connection that sends ``client_bytes`` then EOF; the
-    stream (its ``written`` bytes), the server and the access log text."""
+WSGI_MAX_BODY = 4096
+_WSGI = 0x80  # the first byte's bit choosing the WSGI server
+
+
+class EchoApp:
+    """A WSGI application answering 200 with the body it read, read in
+    uneven pieces (``read(n)``, ``readline``, ``read()``) to exercise
+    ``wsgi.input``; ``bodies`` keeps every body it read, in order."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+
+    def __call__(self, environ: dict, start_response: Any) -> list[bytes]:
+        stream = environ["wsgi.input"]
+        parts = [stream.read(3), stream.readline(), stream.read(17), stream.readline(5), stream.read()]
+        body = b"".join(parts)
+        self.bodies.append(body)
+        start_response("200 OK", [("Content-Type", "application/octet-stream"), ("X-Echo", str(len(body)))])
+        return [body]
+
+
+def serve_one_connection(client_bytes: bytes, chunk_size: int,
+                         app: EchoApp | None = None) -> tuple[ScriptedStream, WebServer, str]:
+    """Serve one connection that sends ``client_bytes`` then EOF (with
+    ``app``, a WSGI server of it); the stream (its ``written`` bytes), the
+    server and the access log text."""
     stream = ScriptedStream(chunks_of(client_bytes, chunk_size))
     access_log = io.StringIO()
-    server = WebServer(ROOT, network=_OneConnectionNetwork(stream), access_log=access_log,
-                       cache_max_body=_CACHE_MAX_BODY)
+    if app is None:
+        server = WebServer(ROOT, network=_OneConnectionNetwork(stream), access_log=access_log,
+                           cache_max_body=_CACHE_MAX_BODY)
+    else:
+        server = WebServer(network=_OneConnectionNetwork(stream), access_log=access_log, wsgi=app,
+                           limits=Limits(max_body=WSGI_MAX_BODY))
 
     @types.coroutine
     def main() -> Any:
@@ -165,13 +198,18 @@ def _log_entries(text: str) -> list[tuple[str, int, int]]:
     return entries
 
 
-def check_responses(written: bytes, log_text: str) -> list[tuple[int, dict[bytes, bytes], bytes]]:
+def check_responses(written: bytes, log_text: str,
+                    echoed: list[bytes] | None = None) -> list[tuple[int, dict[bytes, bytes], bytes]]:
     """Assert ``written`` is well-formed HTTP/1.1, one response per log
-    line; returns (status, headers, body) per response."""
+    line (and, from a WSGI echo app, each 200's body the next of
+    ``echoed``); returns (status, headers, body) per response."""
     entries = _log_entries(log_text)
     responses = []
     pos = 0
+    echoes = iter(echoed or ())
     for index, (method, logged_status, logged_length) in enumerate(entries):
+        if written.startswith(CONTINUE, pos):
+            pos += len(CONTINUE)  # an interim response: the final one follows
         end = written.find(b"\r\n\r\n", pos)
         assert end >= 0, f"response {index}: no end of headers in {written[pos:pos + 200]!r}"
         lines = written[pos:end].split(b"\r\n")
@@ -195,9 +233,16 @@ def check_responses(written: bytes, log_text: str) -> list[tuple[int, dict[bytes
         assert len(body) == length, f"response {index}: body cut short ({len(body)} of {length})"
         pos = end + 4 + length
         _check_semantics(index, status, headers, body, no_body)
+        if b"x-echo" in headers:
+            read = next(echoes, None)
+            assert read is not None, f"response {index}: an echo the application never made"
+            assert int(headers[b"x-echo"]) == len(read) <= WSGI_MAX_BODY, f"response {index}: echo length"
+            assert no_body or body == read, f"response {index}: the echo is not the body the app read"
         responses.append((status, headers, body))
         if headers.get(b"connection", b"").lower() == b"close":
             assert pos == len(written), f"response {index}: {len(written) - pos} bytes after Connection: close"
+    if written.startswith(CONTINUE, pos):
+        pos += len(CONTINUE)  # the client ended instead of sending the body it announced
     assert pos == len(written), f"{len(written) - pos} bytes after the last logged response: {written[pos:pos + 200]!r}"
     return responses
 
@@ -226,7 +271,8 @@ def _check_semantics(index: int, status: int, headers: dict[bytes, bytes], body:
 
 
 def TestOneInput(data: bytes) -> None:
-    """Serve ``data[1:]`` in ``data[0]``-byte reads and check the answer."""
+    """Serve ``data[1:]`` in ``data[0] & 0x7f``-byte reads (to the WSGI
+    echo app if ``data[0] & 0x80``) and check the answer."""
     if not data:
         return
     _failures.records.clear()
@@ -236,7 +282,8 @@ def TestOneInput(data: bytes) -> None:
     _log.setLevel(logging.INFO)
     _log.propagate = False
     try:
-        stream, server, log_text = serve_one_connection(data[1:], data[0])
+        app = EchoApp() if data[0] & _WSGI else None
+        stream, server, log_text = serve_one_connection(data[1:], data[0] & ~_WSGI, app)
     finally:
         _log.removeHandler(_failures)
         _log.setLevel(level)
@@ -244,5 +291,5 @@ def TestOneInput(data: bytes) -> None:
     assert not _failures.records, f"the server logged: {_failures.records[0].getMessage()}"
     assert not stream.misuse, f"stream misuse: {stream.misuse}"
     assert stream.closed, "the connection was not closed"
-    responses = check_responses(bytes(stream.written), log_text)
+    responses = check_responses(bytes(stream.written), log_text, app.bodies if app is not None else None)
     assert len(responses) == server.requests, f"{len(responses)} responses, {server.requests} counted"

@@ -54,7 +54,21 @@ def http_seeds() -> list[bytes]:
         b"GET / HTTP/1.1\r\n" + _H + b"Connection: close\r\n\r\nGET / HTTP/1.1\r\n" + _H + b"\r\n",
         b"GET / HTTP/1.1\r\n" + _H + b"X: " + b"y" * 300 + b"\r\n\r\n",
     ]
-    return [bytes((0,)) + r for r in requests] + [bytes((3,)) + requests[1], bytes((1,)) + requests[2]]
+    bodies = [
+        b"POST /f HTTP/1.1\r\n" + _H + b"Content-Length: 11\r\n\r\nline one\nx"
+        + b"PUT /g HTTP/1.1\r\n" + _H + b"Transfer-Encoding: chunked\r\n\r\n4\r\nab\nc\r\n3;e=1\r\ndef\r\n0\r\nT: 1\r\n\r\n"
+        + b"GET / HTTP/1.1\r\n" + _H + b"\r\n",
+        b"POST / HTTP/1.1\r\n" + _H + b"Expect: 100-continue\r\nContent-Length: 4\r\n\r\nbody",
+        b"POST / HTTP/1.1\r\n" + _H + b"Content-Length: 5000\r\n\r\n" + b"z" * 100,
+        b"POST / HTTP/1.1\r\n" + _H + b"Transfer-Encoding: chunked\r\n\r\n1001\r\n" + b"z" * 100,
+        b"POST / HTTP/1.1\r\n" + _H + b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\n" + _H + b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.0\r\nContent-Length: 2\r\n\r\nhiHEAD / HTTP/1.1\r\n" + _H + b"\r\n",
+    ]
+    wsgi = 0x80
+    return ([bytes((0,)) + r for r in requests + bodies] + [bytes((3,)) + requests[1], bytes((1,)) + requests[2]]
+            + [bytes((wsgi,)) + r for r in requests + bodies] + [bytes((wsgi | 1,)) + bodies[0],
+                                                                   bytes((wsgi | 5,)) + bodies[1]])
 
 
 # -- tcp_input -------------------------------------------------------------------

@@ -7,12 +7,15 @@ user-level thread per connection.
 
 ``http`` reads requests (httptools) and builds responses, ``files`` maps
 targets to files under the root and does the range and conditional-request
-arithmetic, ``server`` runs the connections. The package never imports a
+arithmetic, ``server`` runs the connections, ``wsgi`` serves a WSGI
+application instead of files (``--wsgi MODULE:APP``, ``serve_wsgi``). The package never imports a
 network stack directly beyond the default ``sockio.kernel``: the network
 is a parameter.
 """
 
 from .http import HttpError, Limits
 from .server import SAMPLE_SITE, BackgroundServer, WebServer, user_network
+from .wsgi import FileWrapper, WsgiAppError, serve_wsgi
 
-__all__ = ["WebServer", "BackgroundServer", "Limits", "HttpError", "SAMPLE_SITE", "user_network"]
+__all__ = ["WebServer", "BackgroundServer", "Limits", "HttpError", "SAMPLE_SITE", "user_network", "serve_wsgi",
+           "FileWrapper", "WsgiAppError"]

@@ -8,7 +8,10 @@ worker i runs its own user-level stack on queue i (the kernel steers each
 connection to one queue), and the device goes when the parent and its
 workers have closed their queues. ``--tls-cert``/``--tls-key`` serve HTTPS
 on ``--port`` (or, with ``--tls-port``, HTTP on ``--port`` and HTTPS on
-the other), on either stack and in every worker. It must never start serving with a bad
+the other), on either stack and in every worker. ``--wsgi MODULE:APP`` serves
+that WSGI application instead of files (imported before forking; one that
+does not import is a one-line error); ``--asgi MODULE:APP`` serves an ASGI 3
+application on ``threadlib.loop`` (``asgi.py``). It must never start serving with a bad
 option: every mistake is reported before the port is opened.
 """
 
@@ -26,6 +29,7 @@ from threadlib.process import multicore
 from .. import program_name, tls_server_context
 from .http import Limits
 from .server import IO_MODES, SAMPLE_SITE, WebServer, user_network
+from .wsgi import WSGI_MAX_BODY
 
 log = logging.getLogger("apps.webserver")
 
@@ -64,13 +68,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="serve HTTPS on P and plain HTTP on --port (default: HTTPS on --port)")
     parser.add_argument("--handshake-timeout", type=float, default=10.0,
                         help="seconds a client has to finish the TLS handshake")
+    parser.add_argument("--wsgi", metavar="MODULE:APP", help="serve this WSGI application instead of files "
+                                                             "(APP defaults to 'app'; one green thread per connection)")
+    parser.add_argument("--max-body", type=int, metavar="BYTES",
+                        help="request body bytes allowed (413 beyond; default 64 KiB, 1 GiB with --wsgi)")
     parser.add_argument("--asgi", metavar="MODULE:APP",
                         help="serve this ASGI 3 application (HTTP and lifespan) instead of static files")
     parser.add_argument("--lifespan", choices=("auto", "on", "off"), default="auto",
                         help="with --asgi: run the app's lifespan startup/shutdown (auto: if it supports it)")
     parser.add_argument("--quiet", action="store_true", help="log warnings only")
     args = parser.parse_args(argv)
-    args.app = None
+    args.wsgi_app = args.asgi_app = None
+    if args.wsgi is not None and args.asgi is not None:
+        parser.error("--wsgi and --asgi: serve one application or the other")
+    if args.wsgi is not None:
+        from .wsgi import AppNotFound, load_app
+
+        try:
+            args.wsgi_app = load_app(args.wsgi)
+        except AppNotFound as exc:
+            print(f"{parser.prog}: error: --wsgi {exc}", file=sys.stderr)
+            sys.exit(2)
+    if args.max_body is not None and args.max_body < 0:
+        parser.error("--max-body must not be negative")
     if args.asgi is not None:
         if args.io != "sendfile" or args.root != SAMPLE_SITE or args.tls_port is not None or args.access_log:
             parser.error("--root, --io, --tls-port and --access-log belong to the static file server: "
@@ -78,10 +98,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         # As ASGI servers do: the app's module is looked for from here.
         if os.getcwd() not in sys.path and "" not in sys.path:
             sys.path.insert(0, os.getcwd())
-        from .asgi import load_app
+        from .asgi import load_app as load_asgi_app
 
         try:
-            args.app = load_app(args.asgi)
+            args.asgi_app = load_asgi_app(args.asgi)
         except ValueError as exc:
             # One line and status 2, before any port is opened.
             print(f"{parser.prog}: error: --asgi {args.asgi}: {exc}", file=sys.stderr)
@@ -140,12 +160,16 @@ def main(argv: list[str] | None = None) -> int:
         network = sockio.kernel
     limits = Limits(max_request_line=args.max_request_line, max_header_bytes=args.max_header_bytes,
                     max_headers=args.max_headers)
+    if args.max_body is not None:
+        limits.max_body = args.max_body
+    elif args.wsgi_app is not None:
+        limits.max_body = WSGI_MAX_BODY
     root = os.path.abspath(args.root)
 
     def worker(index: int, shutdown: Any) -> Any:
         # In worker i (a forked child): a stack of its own on queue i.
         net = queues.for_queue(index) if queues is not None else network
-        if args.app is not None:
+        if args.asgi_app is not None:
             return (yield from serve_asgi(index, shutdown, net))
         access_log = None
         if args.access_log == "-":
@@ -157,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             keepalive_timeout=args.keepalive_timeout, send_timeout=args.send_timeout,
             drain_timeout=args.drain_timeout, cache_max_body=args.cache_max_body, access_log=access_log,
             tls_context=args.tls, handshake_timeout=args.handshake_timeout,
+            wsgi=args.wsgi_app, wsgi_multiprocess=args.workers > 1,
         )
 
         def ready(address: Any) -> None:
@@ -172,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
                     endpoints = [("http", address[1]), ("https", server.tls_address[1])]
                 urls = " ".join(f"{scheme}://{h if ':' not in h else f'[{h}]'}:{port}/"
                                 for scheme, port in endpoints for h in hosts)
-                print(f"serving {root} on {urls} (io={args.io}, stack={args.stack}, workers={args.workers})",
+                what = f"WSGI app {args.wsgi}" if args.wsgi_app is not None else root
+                print(f"serving {what} on {urls} (io={args.io}, stack={args.stack}, workers={args.workers})",
                       flush=True)
 
         tls_address = (args.host, args.tls_port) if args.tls_port is not None else None
@@ -192,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         from .asgi import AsgiServer, LifespanFailed
 
         server = AsgiServer(
-            args.app, app_name=args.asgi, network=net, limits=limits, header_timeout=args.header_timeout,
+            args.asgi_app, app_name=args.asgi, network=net, limits=limits, header_timeout=args.header_timeout,
             keepalive_timeout=args.keepalive_timeout, send_timeout=args.send_timeout,
             drain_timeout=args.drain_timeout, lifespan=args.lifespan, tls_context=args.tls,
             handshake_timeout=args.handshake_timeout,

@@ -15,7 +15,9 @@ and never names a socket module itself. With a TLS context it serves
 HTTPS (``threadlib.io.tls``) on that network, alone or next to plain HTTP
 on a second port; each connection's handshake runs in its own thread,
 bounded by ``handshake_timeout``, and a failed one is logged once with the
-peer and the reason. It must
+peer and the reason. Given a WSGI application (``wsgi=app``) it serves that
+instead of files: each connection is then a green thread running
+``wsgi.serve_connection``, under the same limits, clocks and shutdown. It must
 never let one connection's failure reach another, never send a response
 out of order, and never drop a response in flight when asked to stop.
 """
@@ -45,6 +47,7 @@ from .files import (
     range_applies,
 )
 from .http import (
+    CONTINUE,
     STATUS_LINES,
     Clock,
     HttpError,
@@ -91,7 +94,9 @@ class _Connection:
 
 
 class WebServer:
-    """A static-file HTTP/1.1 server for one scheduler (one process).
+    """A static-file HTTP/1.1 server for one scheduler (one process), or
+    with ``wsgi=app`` a server of that WSGI application (PEP 3333, one
+    green thread per connection, ``root`` unused).
 
     ``yield from server.serve((host, port), shutdown)`` listens, serves
     until ``shutdown`` (a threadlib Event) is set, then stops accepting,
@@ -115,6 +120,8 @@ class WebServer:
         access_log: Any = None,
         tls_context: ssl.SSLContext | None = None,
         handshake_timeout: float = tls.DEFAULT_HANDSHAKE_TIMEOUT,
+        wsgi: Callable[..., Any] | None = None,
+        wsgi_multiprocess: bool = False,
     ) -> None:
         if io not in IO_MODES:
             raise ValueError(f"io must be one of {', '.join(IO_MODES)}, not {io!r}")
@@ -125,7 +132,16 @@ class WebServer:
 
             self._fileio = fileio
         self.network: Network = network if network is not None else sockio.kernel
-        self.limits = limits or Limits()
+        self.wsgi = wsgi  # the WSGI application served instead of files, or None
+        self.wsgi_multiprocess = wsgi_multiprocess  # its environ's wsgi.multiprocess (--workers > 1)
+        if limits is None:
+            if wsgi is not None:
+                from .wsgi import default_limits  # deferred: a file server needs no greenlets
+
+                limits = default_limits()
+            else:
+                limits = Limits()
+        self.limits = limits
         self.header_timeout = header_timeout
         self.keepalive_timeout = keepalive_timeout
         self.send_timeout = send_timeout
@@ -204,12 +220,28 @@ class WebServer:
     @types.coroutine
     def _accept_loop(self, listener: Any) -> Any:
         spawn = threadlib.spawn
+        if self.wsgi is not None:
+            yield from self._accept_loop_wsgi(listener)
         while True:
             conn, peer = yield from listener.accept()
             state = _Connection()
             self._open.add(state)
             self.connections += 1
             state.thread = yield from spawn(self._connection(conn, peer, state))
+
+    @types.coroutine
+    def _accept_loop_wsgi(self, listener: Any) -> Any:
+        from threadlib.frontends import green
+
+        from .wsgi import serve_connection
+
+        spawn, thread = threadlib.spawn, green.thread
+        while True:
+            conn, peer = yield from listener.accept()
+            state = _Connection()
+            self._open.add(state)
+            self.connections += 1
+            state.thread = yield from spawn(thread(serve_connection, self, conn, peer, state))
 
     @types.coroutine
     def _sweep_idle(self) -> Any:
@@ -277,6 +309,11 @@ class WebServer:
                     now = threadlib.now()
                     if deadline is None:
                         deadline = now + self.header_timeout
+                    if reader.continue_needed:
+                        # The head asked for 100-continue: its body (read and
+                        # dropped, within max_body) comes only after this.
+                        reader.continue_needed = False
+                        yield from sendall(CONTINUE, timeout=send_timeout)
                     try:
                         if now >= deadline:
                             raise TimeoutError
@@ -327,9 +364,9 @@ class WebServer:
             self._open.discard(state)
 
     @types.coroutine
-    def _refuse(self, conn: Any, peer: Any, request: Request | None, error: HttpError) -> Any:
+    def _refuse(self, conn: Any, peer: Any, request: Any, error: HttpError) -> Any:
         self.clock.tick()
-        data = error_response(self.clock, error, _CLOSE)
+        data = error_response(self.clock, error, _CLOSE, request is not None and request.method == _HEAD)
         body_length = len(data) - data.index(b"\r\n\r\n") - 4
         self.requests += 1
         if self.access_log is not None:

@@ -702,3 +702,72 @@ def test_program_with_two_workers_on_the_user_level_stack_uses_both_queues(site)
             assert gone.returncode != 0 and "does not exist" in gone.stderr
         finally:
             kill_group(proc)
+
+
+# ---------------------------------------------------------------- request bodies in the core
+
+
+def test_bodies_keep_their_framing_and_the_connection(serve, site):
+    # A file server answers 405 to POST/PUT, but reads their bodies (with
+    # Content-Length or chunked) so the requests after them still parse.
+    address = serve()
+    client = Client(address)
+    try:
+        client.send(b"POST /small.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 14\r\n\r\nGET / HTTP/1.1"
+                    b"PUT /small.txt HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b"4\r\nGET \r\n3;x=y\r\n/ H\r\n0\r\nTrailer-Field: 1\r\n\r\n"
+                    b"GET /small.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+        first, second, third = client.response(), client.response(), client.response()
+        assert (first[0], first[1]["Allow"], second[0]) == (405, "GET, HEAD", 405)
+        assert third[0] == 200 and third[2] == (site / "small.txt").read_bytes()
+    finally:
+        client.close()
+
+
+def test_expect_100_continue_gets_100_then_the_answer(serve):
+    address = serve()
+    with socket.create_connection(address, timeout=10) as s:
+        s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n")
+        assert s.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.sendall(b"body")
+        client = Client.__new__(Client)
+        client.sock, client.file = s, s.makefile("rb")
+        assert client.response()[0] == 405
+    # a body sent at once gets no 100
+    reply = raw_exchange(address, b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 4\r\n"
+                                  b"Connection: close\r\n\r\nbody")
+    assert reply.startswith(b"HTTP/1.1 405 ") and b"100 Continue" not in reply
+
+
+@pytest.mark.parametrize("data, status, reason", [
+    (b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, b"Content-Length"),
+    (b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n", 400, b"Transfer-Encoding"),
+    (b"Content-Length: 5\r\nContent-Length: 5\r\n\r\nhello", 400, b"Duplicate Content-Length"),
+    (b"Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", 400, b"Duplicate Content-Length"),
+    (b"Content-Length: 5, 5\r\n\r\nhello", 400, b"Content-Length"),
+    (b"Content-Length: +5\r\n\r\nhello", 400, b"Content-Length"),
+    (b"Content-Length: 0x5\r\n\r\nhello", 400, b"Content-Length"),
+    (b"Content-Length: 99999999999999999999999\r\n\r\n", 400, b"Content-Length"),
+    (b"X-A: a\r\n b\r\nContent-Length: 0\r\n\r\n", 400, b"whitespace"),
+    (b"Content-Length: 0\r\n 5\r\n\r\nhello", 400, b"whitespace"),
+    (b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, b"Transfer-Encoding"),
+    (b"Transfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n", 400, b"Transfer-Encoding"),
+    (b"Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n", 501, b"transfer coding 'xchunked'"),
+    (b"Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n", 400, b"header"),
+    (b"Transfer-Encoding: chunked\r\n\r\n5\nhello\n0\n\n", 400, b"chunk"),
+    (b"Transfer-Encoding: chunked\r\n\r\nfffffffffffffffff\r\n", 400, b"Chunk size overflow"),
+    (b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501, b"transfer coding 'gzip, chunked'"),
+    (b"Expect: 100-continue-please\r\nContent-Length: 1\r\n\r\nx", 417, b"100-continue"),
+])
+def test_request_smuggling_shapes_are_refused_and_the_connection_closed(serve, data, status, reason):
+    address = serve()
+    # a GET follows: it must not be read as a request (the framing is lost)
+    reply = raw_exchange(address, b"POST / HTTP/1.1\r\nHost: x\r\n" + data + b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status_of(reply) == status, reply
+    assert reply.count(b"HTTP/1.1 ") == 1 and b"Connection: close\r\n" in reply
+    assert reason in reply.partition(b"\r\n\r\n")[2], reply
+
+
+def test_chunked_http_1_0_request_is_refused(serve):
+    reply = raw_exchange(serve(), b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+    assert status_of(reply) == 400 and b"Transfer-Encoding in an HTTP/1.0 request" in reply
