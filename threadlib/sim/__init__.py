@@ -28,11 +28,10 @@ This package must never read the wall clock, the global ``random`` or
 order that depends on object addresses.
 """
 
-from .fabric import Direction, LinkParams, SimDevice
+from .fabric import LinkParams
 from .world import (
     Deadlock,
     Host,
-    HostClock,
     HostCrashed,
     Link,
     Nondeterminism,
@@ -44,6 +43,6 @@ from .world import (
 )
 
 __all__ = [
-    "World", "Host", "Link", "LinkParams", "Direction", "SimNetwork", "SimDevice", "HostClock",
+    "World", "Host", "Link", "LinkParams", "SimNetwork",
     "check_determinism", "SimulationError", "Deadlock", "TimeLimitReached", "HostCrashed", "Nondeterminism",
 ]
