@@ -90,7 +90,8 @@ class UserTcpWorker(Worker):
         else:
             # A device without an fd (a simulated link: threadlib.sim) says
             # itself when packets wait; they are read at the next poll.
-            self.device.on_input(self.input_waiting)
+            on_input: Callable[[Callable[[], None]], None] = getattr(self.device, "on_input")  # not a TunDevice's
+            on_input(self.input_waiting)
         self.dirty = True  # anything queued while detached goes out at the first poll
         return {self.wait_class: self._wait}
 
