@@ -541,3 +541,85 @@ def test_run_refuses_to_be_called_from_inside_the_simulation():
     with pytest.raises(RuntimeError, match="from outside the simulation"):
         world.run(a.spawn(inside))
     world.close()
+
+
+def test_shuffle_explores_other_interleavings_of_ready_threads():
+    def order(seed, shuffle):
+        world = sim.World(seed, shuffle)
+        a = world.host("a", "10.0.0.1")
+        seen = []
+
+        def worker(tag):
+            for _ in range(3):
+                seen.append(tag)
+                yield from threadlib.sleep(0)
+
+        threads = [a.spawn(worker, tag) for tag in "xyz"]
+        for t in threads:
+            world.run(t)
+        world.close()
+        return "".join(seen)
+
+    assert {order(seed, False) for seed in range(5)} == {"xyzxyzxyz"}  # FIFO without shuffle
+    shuffled = {order(seed, True) for seed in range(8)}
+    assert len(shuffled) > 1 and all(sorted(s) == sorted("xyzxyzxyz") for s in shuffled)
+    assert order(3, True) == order(3, True)  # and each order is the seed's
+
+
+CROSS_PROCESS = """
+import sys
+sys.path.insert(0, {root!r})
+from tests.threadlib.test_sim import transfer_scenario
+from threadlib import sim
+world = sim.World(17, shuffle=True)
+transfer_scenario(world, "name", 50_000)
+print(world.trace_hash())
+"""
+
+
+def test_a_seed_gives_the_same_trace_in_another_process_whatever_the_hash_seed():
+    import subprocess
+    import sys
+
+    from tests import REPO_ROOT
+
+    hashes = set()
+    for hash_seed in ("1", "2"):
+        env = dict(os.environ, PYTHONHASHSEED=hash_seed)
+        result = subprocess.run([sys.executable, "-c", CROSS_PROCESS.format(root=str(REPO_ROOT))],
+                                capture_output=True, text=True, timeout=120, env=env)
+        assert result.returncode == 0, result.stderr[-2000:]
+        hashes.add(result.stdout.strip())
+    world = sim.World(17, shuffle=True)
+    transfer_scenario(world, "name", 50_000)
+    hashes.add(world.trace_hash())
+    world.close()
+    assert len(hashes) == 1
+
+
+def test_a_host_may_crash_itself_or_another_from_a_thread():
+    world = sim.World(0)
+    a = world.host("a", "10.0.0.1")
+    b = world.host("b", "10.0.0.2")
+    after = []
+
+    def suicide(host):
+        yield from threadlib.sleep(1.0)
+        host.crash()  # applied when this pass ends: the thread reaches its next wait first
+        after.append("still running")
+        yield from threadlib.sleep(1.0)
+        after.append("never")
+
+    def killer(victim):
+        yield from threadlib.sleep(2.0)
+        victim.restart()
+        return victim.incarnation
+
+    t = a.spawn(suicide, a)
+    with pytest.raises(sim.HostCrashed, match="crashed at t=1.000000"):
+        world.run(t)
+    assert after == ["still running"] and not a.up
+    assert world.run(b.spawn(killer, a)) == 1  # the restart happens after the step
+    world.run(until=world.now)
+    assert a.up and a.incarnation == 2
+    world.close()

@@ -203,8 +203,9 @@ class Host:
     included, as SIGSTOP would; ``skew(x)`` makes its clock run ``1 + x``
     times as fast as the world's from now on.
 
-    These calls made from inside a thread take effect after that thread's
-    step (a host cannot tear itself down mid-step); from outside, at once.
+    These calls made from inside a thread (of any host) take effect when
+    the running host's current pass of ready threads ends (a host cannot
+    tear itself down mid-step); from outside the simulation, at once.
     """
 
     def __init__(self, world: World, name: str, addresses: list[str], start: Callable[..., Any] | None,
@@ -377,7 +378,9 @@ class Host:
         return d is not None and d <= self.clock.now()
 
     def _keep_going(self) -> bool:
-        return self._has_work()
+        # A fault asked for from inside (a crash, a pause) is applied once
+        # the pass of ready threads in progress ends.
+        return not self.world._deferred and self._has_work()
 
     def _run(self) -> None:
         """Run this host's threads and workers until nothing is due."""
