@@ -623,3 +623,31 @@ def test_a_host_may_crash_itself_or_another_from_a_thread():
     world.run(until=world.now)
     assert a.up and a.incarnation == 2
     world.close()
+
+
+def apps_scenario(world):
+    from apps import echo, rooster
+
+    a = world.host("a", "10.0.0.1")
+    b = world.host("b", "10.0.0.2")
+    world.link(a, b, latency=0.002, loss=0.05, reorder=0.1)
+
+    def shout(client, data):
+        client.write(data.upper())
+
+    def echo_main(net):
+        listener = yield from net.listen(("", 7000))
+        yield from echo.accept_loop(listener)
+
+    a.spawn(echo_main, a.network)
+    a.spawn(rooster.server, shout, ("", 7001), a.network)
+    message = world.rng.randbytes(30_000)
+    assert world.run(b.spawn(echo_once, b.network, "a", message, 7000))[0] == message
+    assert world.run(b.spawn(echo_once, b.network, "a", b"quiet please", 7001))[0] == b"QUIET PLEASE"
+
+
+def test_the_echo_server_and_rooster_run_unchanged_on_a_simulated_host():
+    world = sim.World(12)
+    apps_scenario(world)
+    world.close()
+    sim.check_determinism(apps_scenario, 12)
