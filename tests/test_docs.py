@@ -30,7 +30,7 @@ PUBLIC_MODULES = [
     "threadlib.io.sockio", "threadlib.io.fileio", "threadlib.io.aioworker", "threadlib.io.splice",
     "threadlib.io.tcpsockio", "threadlib.io.happy_eyeballs", "threadlib.io.tls", "threadlib.frontends.green",
     "threadlib.process.multicore", "threadlib.process.signals", "threadlib.process.subprocess", "threadlib.loop",
-    "threadlib.testing.pytest_plugin",
+    "threadlib.testing.pytest_plugin", "threadlib.sim",
 ]
 
 # "- `threadlib.x.y(args)` — ..." (a list entry, possibly indented); the

@@ -18,6 +18,7 @@ in subpackages, loaded on first use:
 ``threadlib.testing``    the pytest plugin (generator and async def tests as threads)
 ``threadlib.lowlevel``   for extenders: Scheduler, Worker, WaitQueue, system calls
 ``threadlib.loop``       an asyncio event loop on the scheduler (asyncio tasks next to threads)
+``threadlib.sim``        a deterministic simulated world: hosts, links and faults on a virtual clock
 
 ``docs/design.md`` tours the internals; ``docs/api.md`` is the reference.
 """
@@ -42,18 +43,19 @@ from .calls import (
     task_group,
     timeout,
     timeout_at,
+    wall_time,
 )
 from .sync import Condition, Event, Mutex, Queue, QueueClosed, QueueEmpty, QueueFull, Semaphore
 
 __all__ = [
     "run", "spawn", "sleep", "current", "current_thread", "blocking", "join_all", "join_any", "now",
-    "timeout", "timeout_at", "current_scheduler",
+    "wall_time", "timeout", "timeout_at", "current_scheduler",
     "CancelScope", "move_on_after", "move_on_at", "fail_after", "fail_at", "TaskGroup", "task_group",
     "Thread", "ThreadCancelled", "WorkerError",
     "Event", "Mutex", "Semaphore", "Condition", "Queue", "QueueClosed", "QueueFull", "QueueEmpty",
 ]
 
-_SUBMODULES = ("io", "net", "frontends", "process", "lowlevel", "syscalls", "loop")
+_SUBMODULES = ("io", "net", "frontends", "process", "lowlevel", "syscalls", "loop", "sim")
 
 
 def __getattr__(name: str) -> object:

@@ -14,10 +14,11 @@ thread state, so they live in the kernel (``_kernel.scopes``,
 from __future__ import annotations
 
 import contextvars
+import time as _time
 import types
 from typing import Any, Callable, Iterable
 
-from ._kernel import COROUTINE_TYPES, Scheduler, Thread, running_scheduler
+from ._kernel import COROUTINE_TYPES, Scheduler, Thread, current_scheduler, running_scheduler
 from ._kernel.groups import TaskGroup as TaskGroup
 from ._kernel.groups import task_group as task_group
 from ._kernel.scopes import CancelScope as CancelScope
@@ -109,6 +110,19 @@ def join_any(threads: Iterable[Thread]) -> Waits[Thread]:
 def now() -> float:
     """The scheduler's clock (monotonic seconds, or virtual time)."""
     return running_scheduler().clock.now()
+
+
+def wall_time() -> float:
+    """The time of day in seconds since the Unix epoch, from the running
+    scheduler's clock (``time.time()`` on a real clock, the simulated date
+    on a ``VirtualClock``); ``time.time()`` outside a scheduler. For dates
+    that are sent or logged (an HTTP ``Date`` header): use ``now()`` to
+    measure intervals."""
+    sched = current_scheduler()
+    if sched is None:
+        return _time.time()
+    wall: Callable[[], float] | None = getattr(sched.clock, "wall", None)
+    return wall() if wall is not None else _time.time()
 
 
 def current_thread() -> Thread:

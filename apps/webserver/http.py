@@ -27,6 +27,8 @@ from typing import Any
 
 import httptools
 
+import threadlib
+
 SERVER_NAME = b"threadlib"
 
 REASONS = {
@@ -404,8 +406,9 @@ class Clock:
         self.tick()
 
     def tick(self) -> float:
-        """The wall clock; refreshes the cached texts when the second changes."""
-        now = time.time()
+        """The time of day through the scheduler's clock (the simulated date
+        on a virtual one); refreshes the cached texts when the second changes."""
+        now = threadlib.wall_time()
         second = int(now)
         if second != self.second:
             self.second = second

@@ -157,7 +157,10 @@ class WebServer:
         self.tls_address: Any = None  # the HTTPS listener's, when there is one
         self.requests = 0  # responses sent (or begun), all statuses
         self.connections = 0  # accepted so far
-        self._open: set[_Connection] = set()
+        # A dict as an ordered set: the sweeper and shutdown visit the
+        # connections in the order they came, not in the order of their
+        # addresses, so a simulated run closes them alike every time.
+        self._open: dict[_Connection, None] = {}
         self._stopping = False
 
     # -- life cycle -------------------------------------------------------------
@@ -225,7 +228,7 @@ class WebServer:
         while True:
             conn, peer = yield from listener.accept()
             state = _Connection()
-            self._open.add(state)
+            self._open[state] = None
             self.connections += 1
             state.thread = yield from spawn(self._connection(conn, peer, state))
 
@@ -361,7 +364,7 @@ class WebServer:
             log.exception("connection from %s failed", peer)
         finally:
             conn.close()
-            self._open.discard(state)
+            self._open.pop(state, None)
 
     @types.coroutine
     def _refuse(self, conn: Any, peer: Any, request: Any, error: HttpError) -> Any:

@@ -25,6 +25,7 @@ PUBLIC_MODULES = [
     "threadlib.io.tcpsockio", "threadlib.io.tls",
     "threadlib.frontends.green", "threadlib.process.multicore", "threadlib.process.signals",
     "threadlib.process.subprocess", "threadlib.loop", "threadlib.io.happy_eyeballs", "threadlib.testing.pytest_plugin",
+    "threadlib.sim",
 ]
 
 
@@ -49,7 +50,7 @@ def test_every_name_in_all_exists_and_none_is_private(name):
 def test_the_top_level_is_the_user_api_only():
     assert set(threadlib.__all__) == {
         "run", "spawn", "sleep", "current", "current_thread", "blocking", "join_all", "join_any", "now",
-        "timeout", "timeout_at", "current_scheduler", "Thread", "ThreadCancelled", "WorkerError",
+        "wall_time", "timeout", "timeout_at", "current_scheduler", "Thread", "ThreadCancelled", "WorkerError",
         "Event", "Mutex", "Semaphore", "Condition", "Queue", "QueueClosed", "QueueFull", "QueueEmpty",
         "CancelScope", "move_on_after", "move_on_at", "fail_after", "fail_at", "TaskGroup", "task_group",
     }
@@ -58,7 +59,7 @@ def test_the_top_level_is_the_user_api_only():
         assert not hasattr(threadlib, name), name
         assert hasattr(threadlib.lowlevel, name), name
     # Subpackages load on first use, and only the documented ones.
-    for sub in ("io", "net", "frontends", "process", "lowlevel", "syscalls", "loop"):
+    for sub in ("io", "net", "frontends", "process", "lowlevel", "syscalls", "loop", "sim"):
         assert getattr(threadlib, sub).__name__ == f"threadlib.{sub}"
     with pytest.raises(AttributeError):
         threadlib.replay  # noqa: B018 (promised by nothing any more)

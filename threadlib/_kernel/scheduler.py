@@ -151,6 +151,7 @@ class Scheduler:
         self._head = Thread(None, "<head>")
         self._head._prev = self._head._next = self._head
         self._live = 0
+        self._spawned = 0  # numbers the threads: Thread.id, per scheduler
         # The Ctrl-C/SIGTERM handling of run(), while installed.
         self._signals: Any = None
         self._closed = False  # the workers are closed (the end of run, or close())
@@ -297,6 +298,8 @@ class Scheduler:
                 + (" (a function: call it first, or use spawn(func, *args))" if callable(coro) else "")
             )
         t = Thread(coro, name)
+        self._spawned += 1
+        t._id = self._spawned
         parent = self.current  # the thread whose Spawn (or handler) this is
         if parent is not None:
             t._parent = parent._lineage or self._lineage(parent)

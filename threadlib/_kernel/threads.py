@@ -77,8 +77,10 @@ class Thread:
 
     @property
     def id(self) -> int:
-        """A process-wide unique number, given when first asked for (an int
-        object per thread would cost a blocked thread 32 bytes more)."""
+        """A number unique among the threads of its scheduler: 1, 2, 3, ...
+        in spawn order, so that two runs of one program in one process
+        number their threads alike (a process-wide counter would not). A
+        thread never spawned by a scheduler gets a process-wide number."""
         tid = self._id
         if tid is None:
             tid = self._id = next(_thread_ids)

@@ -49,6 +49,12 @@ class TcpWait(SystemCall):
 class UserTcpWorker(Worker):
     """Runs a Stack on a TUN device inside a scheduler.
 
+    Any packet device will do (``read_batch``, ``send_packets``,
+    ``fileno``); one without an fd (``fileno()`` is -1, as the simulated
+    hosts' of ``threadlib.sim``) is not polled: it is given
+    ``input_waiting`` through its ``on_input(callback)`` and calls it when
+    packets arrive.
+
     ``max_batch`` bounds the packets read per epoll event, so a flood on
     the link cannot starve the threads; what is left is read at the next
     poll (the worker's deadline is then "now").
@@ -79,13 +85,24 @@ class UserTcpWorker(Worker):
         self.sched = sched
         self._clock_now = sched.clock.now
         self._fd = self.device.fileno()
-        sched.watch_fd(self._fd, _EPOLLIN, self._on_device)
+        if self._fd >= 0:
+            sched.watch_fd(self._fd, _EPOLLIN, self._on_device)
+        else:
+            # A device without an fd (a simulated link: threadlib.sim) says
+            # itself when packets wait; they are read at the next poll.
+            on_input: Callable[[Callable[[], None]], None] = getattr(self.device, "on_input")  # not a TunDevice's
+            on_input(self.input_waiting)
         self.dirty = True  # anything queued while detached goes out at the first poll
         return {self.wait_class: self._wait}
 
     def now(self) -> float:
         """The attached scheduler's clock (0.0 before the first attach)."""
         return self._clock_now()
+
+    def input_waiting(self) -> None:
+        """Packets wait on a device without an fd: read them at the next
+        poll (the worker's deadline becomes "now")."""
+        self._more_input = True
 
     def withdraw(self, thread: Thread, syscall: Any) -> None:
         """Take the thread off its socket's waiters."""

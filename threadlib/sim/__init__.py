@@ -1,0 +1,48 @@
+"""Deterministic simulation: whole networks of unchanged servers on one
+virtual clock, with faults drawn from one seed.
+
+```python
+from threadlib import sim
+
+world = sim.World(seed=7)
+a = world.host("a", "10.0.0.1")
+b = world.host("b", "10.0.0.2", ipv6="fd00::2")
+world.link(a, b, latency=0.002, jitter=0.001, loss=0.01, duplicate=0.001, reorder=0.05)
+srv = a.spawn(server_main, a.network)
+cli = b.spawn(client_main, b.network)
+result = world.run(cli)          # or world.run(until=60.0)
+world.partition([a], [b]); world.heal(); a.crash(); a.restart(); a.pause(0.5); a.skew(0.2)
+world.trace_hash()
+sim.check_determinism(scenario, seed=7)
+```
+
+Every host runs its own ``iolib.tcp`` stack (real IPv4/IPv6 segments,
+real checksums and retransmissions) behind ``host.network``, a
+``threadlib.net.Network``, and its own scheduler; the world moves one
+simulated clock and decides every packet's fate from the seed. See
+``docs/simulation.md`` for how to write a scenario and what breaks
+determinism.
+
+This package must never read the wall clock, the global ``random`` or
+``os.urandom``, never open a real fd and never iterate over anything in an
+order that depends on object addresses.
+"""
+
+from .fabric import LinkParams
+from .world import (
+    Deadlock,
+    Host,
+    HostCrashed,
+    Link,
+    Nondeterminism,
+    SimNetwork,
+    SimulationError,
+    TimeLimitReached,
+    World,
+    check_determinism,
+)
+
+__all__ = [
+    "World", "Host", "Link", "LinkParams", "SimNetwork",
+    "check_determinism", "SimulationError", "Deadlock", "TimeLimitReached", "HostCrashed", "Nondeterminism",
+]

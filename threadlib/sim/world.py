@@ -1,0 +1,906 @@
+"""The simulated world: hosts with their own TCP/IP stacks and schedulers,
+links with faults between them, one virtual clock and one seed.
+
+Each host is a small machine of its own: an ``iolib.tcp`` stack, a
+``SimNetwork`` (the ``threadlib.net.Network`` contract, through the same
+stream and listener code as the TUN-backed ``UserNetwork``) and a
+scheduler of its own with a timer worker and the stack's worker: no
+epoll, no fd, no OS thread. The world drives the schedulers in turn on one
+simulated timeline. When no host has a ready thread or a due timer and no
+packet is due, time jumps to the next event: a packet's arrival, a host's
+timer, the end of a pause, a ``world.at`` callback. A host's clock follows
+the world's, faster or slower after ``host.skew``.
+
+One seed drives everything random, each through a stream of its own
+derived from it: the stacks' ISN secrets and ephemeral ports (per host
+and incarnation), every link direction's fault decisions, the order in
+which ready threads and hosts run (``shuffle=True``) and ``world.rng``,
+which scenarios use for their own choices. Every event goes into the
+trace (``trace_hash()``); ``check_determinism`` runs a scenario twice and
+names the first event where the runs part.
+
+This module must never read the wall clock, the global ``random``,
+``os.urandom`` or anything keyed by object addresses on the simulated
+path, and never opens a real fd: a run is a function of its seed and its
+scenario.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import ipaddress
+import math
+import random
+import types
+from typing import Any, Callable, Iterable
+
+from iolib.tcp import Stack
+
+from .._kernel import Scheduler, Thread, TimerWorker, current_scheduler
+from .._kernel.clocks import VIRTUAL_EPOCH
+from .._kernel.threads import InContext, as_coroutine
+from ..io.happy_eyeballs import HostTable
+from ..io.tcpsockio.network import DEFAULT_CONN_OPTIONS, UserNetwork
+from ..syscalls import Waits
+from .fabric import Direction, LinkParams, SimDevice
+from .trace import Trace, TraceInstrument
+
+
+class SimulationError(RuntimeError):
+    """Base class of the errors a simulation reports about a scenario."""
+
+
+class Deadlock(SimulationError):
+    """``world.run(thread)`` cannot finish: no thread is ready, no timer
+    is pending, no packet is in flight. The message lists the waiting
+    threads per host and the simulated time."""
+
+
+class TimeLimitReached(SimulationError):
+    """``world.run(thread)`` reached its simulated-time limit with the
+    thread still running (a scenario that never ends)."""
+
+
+class HostCrashed(SimulationError):
+    """The thread ``world.run`` waited for was on a host that crashed."""
+
+
+class Nondeterminism(SimulationError):
+    """Two runs of one scenario with one seed differed; the message names
+    the first differing event. ``index`` is its position in the trace,
+    ``first`` and ``second`` the two versions (None past a run's end)."""
+
+    def __init__(self, message: str, index: int, first: str | None, second: str | None) -> None:
+        super().__init__(message)
+        self.index = index
+        self.first = first
+        self.second = second
+
+
+class HostClock:
+    """A host's clock: the world's time, at a rate of its own after
+    ``host.skew``. The scheduler reads it; only the world moves it
+    (``advance_to`` and ``idle`` do nothing: a host never moves time)."""
+
+    virtual = True
+
+    def __init__(self, now: float, epoch: float) -> None:
+        self._now = now
+        self.epoch = epoch
+        self._rate = 1.0
+        self._world_anchor = now
+        self._host_anchor = now
+        self._identity = True  # host time == world time, exactly
+
+    def now(self) -> float:
+        """The host's time, in seconds."""
+        return self._now
+
+    def wall(self) -> float:
+        """The host's time of day: the world's epoch plus its time."""
+        return self.epoch + self._now
+
+    def idle(self, seconds: float) -> None:
+        """Nothing: the world moves time."""
+
+    def advance_to(self, when: float) -> None:
+        """Nothing: the world moves time (``follow``)."""
+
+    @property
+    def rate(self) -> float:
+        """Host seconds per world second (1.0 until skewed)."""
+        return self._rate
+
+    def set_rate(self, world_now: float, rate: float) -> None:
+        """From ``world_now`` on, run at ``rate`` host seconds per world second."""
+        self._world_anchor = world_now
+        self._host_anchor = self._now
+        self._rate = rate
+        self._identity = rate == 1.0 and self._now == world_now
+
+    def host_time(self, world_time: float) -> float:
+        """The host's time when the world's is ``world_time``."""
+        if self._identity:
+            return world_time
+        return self._host_anchor + (world_time - self._world_anchor) * self._rate
+
+    def world_time(self, host_time: float) -> float:
+        """The world's time when the host's is ``host_time``."""
+        if self._identity:
+            return host_time
+        return self._world_anchor + (host_time - self._host_anchor) / self._rate
+
+    def follow(self, world_now: float, due: float | None = None) -> None:
+        """Move to the world's ``world_now``; at least to ``due`` (a host
+        deadline the world woke up for, which rounding must not miss)."""
+        t = self.host_time(world_now)
+        if due is not None and due > t:
+            t = due
+        if t > self._now:
+            self._now = t
+
+
+class _ShuffledReady(collections.deque[Thread]):
+    """A host scheduler's ready queue that runs a random ready thread next
+    (``World(shuffle=True)``): other interleavings of the same program."""
+
+    def __init__(self, rng: random.Random) -> None:
+        super().__init__()
+        self.rng = rng
+
+    def popleft(self) -> Thread:
+        """A ready thread drawn at random from the queue."""
+        n = len(self)
+        if n > 1:
+            i = self.rng.randrange(n)
+            if i:
+                self[0], self[i] = self[i], self[0]
+        return super().popleft()
+
+
+class SimNetwork(UserNetwork):
+    """A simulated host's network: ``UserNetwork`` (listen, connect,
+    resolve; streams and listeners of the user-level stack) on a
+    ``SimDevice``. Names resolve through the world's host table only."""
+
+    name = "sim"
+
+    def __init__(self, host: Host, device: SimDevice, stack: Stack, resolver: Any) -> None:
+        # The device has the shape UserNetwork needs of a TUN device.
+        super().__init__(device, stack, routes=("0.0.0.0/0", "::/0"), resolver=resolver)  # type: ignore[arg-type]
+        self.host = host
+
+    def __repr__(self) -> str:
+        return f"<SimNetwork {self.host.name} {', '.join(self.addresses)}>"
+
+
+class _Incarnation:
+    """One life of a host, from boot to crash: its stack, network,
+    device and scheduler."""
+
+    __slots__ = ("number", "stack", "device", "network", "sched", "alive")
+
+    def __init__(self, number: int, stack: Stack, device: SimDevice, network: SimNetwork, sched: Scheduler) -> None:
+        self.number = number
+        self.stack = stack
+        self.device = device
+        self.network = network
+        self.sched = sched
+        self.alive = True
+
+
+class Host:
+    """A simulated machine: addresses, a user-level TCP/IP stack reached
+    through ``network``, and threads (``spawn``) on a scheduler of its own.
+
+    ``crash()`` stops it at once: its device is cut first (nothing more is
+    sent or received), then every thread is closed at its wait (its
+    ``finally`` blocks run, but reach nothing; one that tries to wait is
+    stopped there). ``restart()`` boots a fresh stack on the same
+    addresses (a new ISN secret) and runs the host's ``start`` function
+    again. ``pause(s)`` stops the host for ``s`` simulated seconds, stack
+    included, as SIGSTOP would; ``skew(x)`` makes its clock run ``1 + x``
+    times as fast as the world's from now on.
+
+    These calls made from inside a thread (of any host) take effect when
+    the running host's current pass of ready threads ends (a host cannot
+    tear itself down mid-step); from outside the simulation, at once.
+    """
+
+    def __init__(self, world: World, name: str, addresses: list[str], start: Callable[..., Any] | None,
+                 mtu: int, conn_options: dict[str, Any]) -> None:
+        self.world = world
+        self.name = name
+        self.addresses = addresses
+        self.start = start
+        self.mtu = mtu
+        self.conn_options = conn_options
+        self.clock = HostClock(world.now, world.epoch)
+        self.paused_until: float | None = None
+        self.crashes = 0
+        self._life: _Incarnation | None = None
+        self._incarnations = 0
+
+    # -- what a scenario uses ----------------------------------------------
+    @property
+    def network(self) -> SimNetwork:
+        """This incarnation's network (a new one after each restart)."""
+        return self._alive("use its network").network
+
+    @property
+    def stack(self) -> Stack:
+        """This incarnation's ``iolib.tcp`` stack (counters, connections)."""
+        return self._alive("use its stack").stack
+
+    @property
+    def scheduler(self) -> Scheduler:
+        """This incarnation's scheduler (thread dumps, ``threads()``)."""
+        return self._alive("use its scheduler").sched
+
+    @property
+    def up(self) -> bool:
+        """Whether the host runs (booted and not crashed)."""
+        return self._life is not None and self._life.alive
+
+    @property
+    def incarnation(self) -> int:
+        """How many times the host has booted (1 after the first boot)."""
+        return self._incarnations
+
+    def spawn(self, target: Any, *args: Any, name: str | None = None) -> Thread:
+        """Start a thread on this host running ``target`` (a function
+        called with ``args``, or a generator or coroutine object); returns
+        its ``Thread`` (``world.run(thread)`` runs until it ends)."""
+        life = self._alive("spawn threads")
+        coro = as_coroutine(target, args)
+        thread = life.sched.spawn(coro, name)
+        self.world._homes[thread] = (self, life)
+        return thread
+
+    def crash(self) -> None:
+        """Stop the host at once (see the class docstring)."""
+        self.world._apply(self._crash)
+
+    def restart(self) -> None:
+        """Boot the host again (crashing it first if it runs): a fresh
+        stack on the same addresses, and ``start(host)`` if it has one."""
+        self.world._apply(self._restart)
+
+    def pause(self, seconds: float) -> None:
+        """Stop the host (threads and stack) for ``seconds`` simulated
+        seconds; packets for it wait on its device meanwhile."""
+        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 < seconds < math.inf:
+            raise ValueError(f"host {self.name}: pause needs a positive finite number of seconds, got {seconds!r}")
+        self.world._apply(lambda: self._pause(float(seconds)))
+
+    def skew(self, rate: float) -> None:
+        """From now on the host's clock runs ``1 + rate`` times as fast as
+        the world's (0.2: 20% fast; -0.1: 10% slow; 0: in step again)."""
+        if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not -1 < rate < math.inf:
+            raise ValueError(f"host {self.name}: skew must be a number greater than -1, got {rate!r}")
+        self.world._apply(lambda: self._skew(float(rate)))
+
+    # -- the world's side ------------------------------------------------------
+    def _alive(self, what: str) -> _Incarnation:
+        life = self._life
+        if life is None or not life.alive:
+            raise RuntimeError(f"host {self.name} is down (crashed {self.crashes} times): "
+                               f"restart() it before you {what}")
+        return life
+
+    def _boot(self) -> None:
+        world = self.world
+        self._incarnations += 1
+        number = self._incarnations
+        rng = random.Random(f"{world.seed}/host/{self.name}/{number}")
+        options = dict(DEFAULT_CONN_OPTIONS)
+        options.update(self.conn_options)
+        # Checksums on (no offload): a corrupted packet must be caught by
+        # the stack, as a real NIC without offload would leave it to.
+        stack = Stack(self.addresses, rng=rng, mtu=self.mtu, offload=False, **options)
+        device = SimDevice(f"{self.name}#{number}", lambda packet: world._transmit(self, packet))
+        network = SimNetwork(self, device, stack, world._resolve)
+        sched = Scheduler(workers=[TimerWorker(), network.worker], clock=self.clock)
+        if world.shuffle:
+            sched._ready = _ShuffledReady(random.Random(f"{world.seed}/ready/{self.name}/{number}"))
+        sched.add_instrument(TraceInstrument(world._trace, self.name, number, world._clock_now))
+        self._life = _Incarnation(number, stack, device, network, sched)
+        world._trace.event("boot", world.now, self.name, number)
+        if self.start is not None:
+            self.spawn(self.start, self, name=f"{self.name}-start")
+
+    def _crash(self) -> None:
+        life = self._life
+        if life is None or not life.alive:
+            return
+        life.alive = False
+        self.crashes += 1
+        self.paused_until = None
+        self.world._trace.event("crash", self.world.now, self.name, life.number)
+        life.device.close()  # first: nothing the dying threads do leaves the host
+        _close_threads(life.sched)
+
+    def _restart(self) -> None:
+        self._crash()
+        self._boot()
+
+    def _pause(self, seconds: float) -> None:
+        if not self.up:
+            return
+        until = self.world.now + seconds
+        if self.paused_until is None or until > self.paused_until:
+            self.paused_until = until
+        self.world._trace.event("pause", self.world.now, self.name, self.paused_until)
+
+    def _skew(self, rate: float) -> None:
+        self.clock.set_rate(self.world.now, 1.0 + rate)
+        self.world._trace.event("skew", self.world.now, self.name, rate)
+
+    def _deadline(self) -> float | None:
+        """The earliest deadline of this host's workers (host time), or None."""
+        life = self._life
+        if life is None or not life.alive:
+            return None
+        best = None
+        for w in life.sched.workers:
+            d = w.next_deadline()
+            if d is not None and (best is None or d < best):
+                best = d
+        return best
+
+    def _next_event(self) -> float | None:
+        """When (world time) this host next needs to run, or None."""
+        life = self._life
+        if life is None or not life.alive:
+            return None
+        if self.paused_until is not None:
+            return self.paused_until
+        if life.sched._ready:
+            return self.world.now
+        d = self._deadline()
+        if d is None:
+            return None
+        return self.world.now if d == -math.inf else max(self.world.now, self.clock.world_time(d))
+
+    def _has_work(self) -> bool:
+        life = self._life
+        if life is None or not life.alive:
+            return False
+        if self.paused_until is not None:
+            if self.world.now < self.paused_until:
+                return False
+            self.paused_until = None
+            self.world._trace.event("resume", self.world.now, self.name)
+        if life.sched._ready:
+            return True
+        d = self._deadline()
+        return d is not None and d <= self.clock.now()
+
+    def _keep_going(self) -> bool:
+        # A fault asked for from inside (a crash, a pause) is applied once
+        # the pass of ready threads in progress ends.
+        return not self.world._deferred and self._has_work()
+
+    def _run(self) -> None:
+        """Run this host's threads and workers until nothing is due."""
+        life = self._life
+        assert life is not None
+        life.sched.run_while(self._keep_going)
+
+    def __repr__(self) -> str:
+        state = "up" if self.up else "down"
+        return f"<Host {self.name} {', '.join(self.addresses)} {state}>"
+
+
+def _close_threads(sched: Scheduler) -> None:
+    """Close every live thread of a crashed host's scheduler at its wait,
+    in the order they were spawned, inside that scheduler (their finally
+    blocks may call the runtime); a finally that tries to wait stops there."""
+    sched._enter()
+    try:
+        for t in sched.threads():
+            coro = t._coro
+            close: Callable[[], Any] | None
+            if type(coro) is InContext:
+                inner = getattr(coro.coro, "close", None)
+                close = (lambda c=coro, f=inner: c.context.run(f)) if inner is not None else None
+            else:
+                close = getattr(coro, "close", None)
+            if close is None:
+                continue
+            try:
+                close()
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException:  # a finally that tried to wait, or failed: the host is gone anyway
+                pass
+    finally:
+        sched._leave()
+
+
+class Link:
+    """The two directions between two hosts (``forward``: a to b), as
+    made by ``world.link``; ``backward`` is None for a one-way link."""
+
+    __slots__ = ("forward", "backward")
+
+    def __init__(self, forward: Direction, backward: Direction | None) -> None:
+        self.forward = forward
+        self.backward = backward
+
+    def __repr__(self) -> str:
+        back = f", {self.backward.name}: {self.backward.params!r}" if self.backward is not None else ""
+        return f"<Link {self.forward.name}: {self.forward.params!r}{back}>"
+
+
+class World:
+    """A deterministic simulated network (see the module docstring).
+
+    ``World(seed)``; ``world.host(name, ipv4, ipv6=None)`` adds a host;
+    ``world.link(a, b, latency=..., ...)`` connects two; ``host.spawn``
+    starts threads; ``world.run(thread)`` runs until that thread ends and
+    returns its result, ``world.run(until=t)`` until simulated time ``t``.
+    ``shuffle=True`` runs ready threads (and hosts) in an order drawn from
+    the seed, to explore interleavings. ``time_limit`` bounds each
+    ``run(thread)`` without ``until`` (simulated seconds). ``keep_events``
+    keeps every trace event as text (``events``), which
+    ``check_determinism`` compares.
+    """
+
+    def __init__(self, seed: Any = 0, shuffle: bool = False, *, time_limit: float = 3600.0,
+                 keep_events: bool = False, epoch: float = VIRTUAL_EPOCH) -> None:
+        if not isinstance(seed, (int, str)) or isinstance(seed, bool):
+            raise ValueError(f"seed must be an int or a str, got {seed!r}")
+        if not isinstance(time_limit, (int, float)) or isinstance(time_limit, bool) or not 0 < time_limit < math.inf:
+            raise ValueError(f"time_limit must be a positive finite number of simulated seconds, got {time_limit!r}")
+        self.seed = seed
+        self.shuffle = bool(shuffle)
+        self.time_limit = float(time_limit)
+        self.epoch = epoch
+        #: The scenario's own random choices (configurations, fault times).
+        self.rng = random.Random(f"{seed}/scenario")
+        self._shuffler = random.Random(f"{seed}/hosts")
+        self.now = 0.0
+        self._trace = Trace(keep=keep_events)
+        self._hosts: dict[str, Host] = {}
+        self._by_address: dict[bytes, Host] = {}
+        self._names = HostTable({})
+        self._directions: dict[tuple[str, str], Direction] = {}
+        self._cut: set[tuple[str, str]] = set()  # (src, dst) pairs a partition separates
+        self._events: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
+        self._seq = 0
+        self._running: Host | None = None  # the host whose threads run now
+        self._deferred: list[Callable[[], None]] = []
+        self._homes: dict[Thread, tuple[Host, _Incarnation]] = {}
+        self._closed = False
+        self._trace.event("world", repr(seed), self.shuffle)
+
+    # -- building ----------------------------------------------------------------
+    def host(self, name: str, ipv4: str | None, ipv6: str | None = None, *, start: Callable[..., Any] | None = None,
+             mtu: int = 1500, **conn_options: Any) -> Host:
+        """A new host named ``name`` (also its name in the world's host
+        table) with the given addresses, booted at once. ``start(host)``,
+        if given, runs as a thread at boot and again at each restart.
+        ``conn_options`` are ``iolib.tcp`` connection options (``min_rto``,
+        ``sndbuf``, ...)."""
+        if self._closed:
+            raise RuntimeError("this world is closed")
+        if not isinstance(name, str) or not name or name != name.strip() or "/" in name:
+            raise ValueError(f"a host name must be a non-empty string without spaces at its ends or '/', got {name!r}")
+        if name in self._hosts:
+            raise ValueError(f"there is already a host named {name!r}")
+        addresses: list[str] = []
+        for family, address in ((4, ipv4), (6, ipv6)):
+            if address is None:
+                continue
+            try:
+                ip = ipaddress.ip_address(address)
+            except ValueError:
+                raise ValueError(f"host {name}: {address!r} is not an IP address") from None
+            if ip.version != family:
+                raise ValueError(f"host {name}: {address!r} is not an IPv{family} address")
+            if ip.packed in self._by_address:
+                raise ValueError(f"host {name}: {address} already belongs to host {self._by_address[ip.packed].name}")
+            addresses.append(str(ip))
+        if not addresses:
+            raise ValueError(f"host {name} needs an IPv4 or an IPv6 address")
+        host = Host(self, name, addresses, start, mtu, conn_options)
+        self._hosts[name] = host
+        for address in addresses:
+            self._by_address[ipaddress.ip_address(address).packed] = host
+        self._names = HostTable({h.name: h.addresses for h in self._hosts.values()})
+        self._trace.event("host", self.now, name, tuple(addresses))
+        host._boot()
+        return host
+
+    @property
+    def hosts(self) -> list[Host]:
+        """Every host, in the order they were added."""
+        return list(self._hosts.values())
+
+    def link(self, a: Host | str, b: Host | str, *, latency: float = 0.001, jitter: float = 0.0, loss: float = 0.0,
+             duplicate: float = 0.0, reorder: float = 0.0, corrupt: float = 0.0, bandwidth: float | None = None,
+             queue: int | None = None, one_way: bool = False) -> Link:
+        """Connect ``a`` and ``b`` (hosts or names) both ways with these
+        parameters (see ``LinkParams``; a bad one raises ``ValueError``
+        naming it), replacing an earlier link; ``one_way=True`` sets only
+        ``a`` to ``b``. Hosts without a link cannot reach each other."""
+        src, dst = self._host(a), self._host(b)
+        if src is dst:
+            raise ValueError(f"link {src.name}<->{dst.name}: a host cannot be linked to itself")
+        label = f"{src.name}{'->' if one_way else '<->'}{dst.name}"
+        params = LinkParams(label, latency, jitter, loss, duplicate, reorder, corrupt, bandwidth, queue)
+        forward = self._direction(src, dst, params)
+        backward = None if one_way else self._direction(dst, src, params)
+        self._trace.event("link", self.now, label, params.as_tuple())
+        return Link(forward, backward)
+
+    def _direction(self, src: Host, dst: Host, params: LinkParams) -> Direction:
+        key = (src.name, dst.name)
+        d = self._directions.get(key)
+        if d is None:
+            d = self._directions[key] = Direction(src, dst, params, self.seed)
+        else:
+            d.params = params
+        return d
+
+    def _host(self, h: Host | str) -> Host:
+        if isinstance(h, Host):
+            if h.world is not self:
+                raise ValueError(f"{h!r} belongs to another world")
+            return h
+        host = self._hosts.get(h) if isinstance(h, str) else None
+        if host is None:
+            raise ValueError(f"no host named {h!r} in this world")
+        return host
+
+    # -- faults --------------------------------------------------------------------
+    def partition(self, *groups: Iterable[Host | str]) -> None:
+        """Cut the network between the groups (``partition([a], [b, c])``):
+        packets sent from a host of one group to a host of another are
+        dropped until ``heal()``. Packets already in flight arrive."""
+        if len(groups) < 2:
+            raise ValueError("partition needs at least two groups of hosts")
+        members = [[self._host(h) for h in group] for group in groups]
+        names = [h.name for group in members for h in group]
+        if len(names) != len(set(names)):
+            raise ValueError(f"partition: a host is in two groups: {names}")
+
+        def cut() -> None:
+            for i, group in enumerate(members):
+                for other in members[i + 1:]:
+                    for x in group:
+                        for y in other:
+                            self._cut.add((x.name, y.name))
+                            self._cut.add((y.name, x.name))
+            self._trace.event("partition", self.now, tuple(tuple(h.name for h in g) for g in members))
+
+        self._apply(cut)
+
+    def heal(self) -> None:
+        """End every partition."""
+
+        def heal() -> None:
+            self._cut.clear()
+            self._trace.event("heal", self.now)
+
+        self._apply(heal)
+
+    def hold(self, a: Host | str, b: Host | str) -> None:
+        """Hold the packets ``a`` sends to ``b`` (not lost: kept) until
+        ``release(a, b)``."""
+        d = self._linked(a, b)
+
+        def hold() -> None:
+            d.holding = True
+            self._trace.event("hold", self.now, d.name)
+
+        self._apply(hold)
+
+    def release(self, a: Host | str, b: Host | str) -> None:
+        """Send what ``hold(a, b)`` kept, in order, as if sent now."""
+        d = self._linked(a, b)
+
+        def release() -> None:
+            self._trace.event("release", self.now, d.name, len(d.held))
+            d.release(self.now, lambda t, p: self._schedule(t, self._deliver, d, p), self._report)
+
+        self._apply(release)
+
+    def _linked(self, a: Host | str, b: Host | str) -> Direction:
+        src, dst = self._host(a), self._host(b)
+        d = self._directions.get((src.name, dst.name))
+        if d is None:
+            raise ValueError(f"no link from {src.name} to {dst.name}")
+        return d
+
+    def at(self, when: float, action: Callable[..., Any], *args: Any) -> None:
+        """Call ``action(*args)`` at simulated time ``when`` (between
+        steps, outside every host): ``world.at(5.0, a.crash)``."""
+        if not isinstance(when, (int, float)) or isinstance(when, bool) or math.isnan(when):
+            raise ValueError(f"at() needs a simulated time, got {when!r}")
+        self._schedule(max(float(when), self.now), _call, action, args)
+
+    def after(self, delay: float, action: Callable[..., Any], *args: Any) -> None:
+        """``at(now + delay, action, *args)``."""
+        self.at(self.now + delay, action, *args)
+
+    def _apply(self, action: Callable[[], None]) -> None:
+        # From inside a host's step the change waits until the step ends.
+        if self._running is not None:
+            self._deferred.append(action)
+        else:
+            action()
+
+    # -- packets ---------------------------------------------------------------------
+    def _transmit(self, src: Host, packet: bytes) -> None:
+        now = self.now
+        if len(packet) >= 20 and packet[0] >> 4 == 4:
+            dst_addr = packet[16:20]
+        elif len(packet) >= 40 and packet[0] >> 4 == 6:
+            dst_addr = packet[24:40]
+        else:
+            self._trace.packet(packet, "malformed", now, src.name)
+            return
+        dst = self._by_address.get(dst_addr)
+        if dst is None:
+            self._trace.packet(packet, "unroutable", now, src.name)
+            return
+        if dst is src:  # to itself: the loopback, no link
+            self._trace.packet(packet, "sent", now, src.name, src.name)
+            self._schedule(now, self._deliver_local, src, packet)
+            return
+        self._trace.packet(packet, "sent", now, src.name, dst.name)
+        if (src.name, dst.name) in self._cut:
+            self._trace.packet(packet, "partitioned", now, src.name, dst.name)
+            return
+        d = self._directions.get((src.name, dst.name))
+        if d is None:
+            self._trace.packet(packet, "no-link", now, src.name, dst.name)
+            return
+        d.transmit(now, packet, lambda t, p: self._schedule(t, self._deliver, d, p), self._report)
+
+    def _report(self, kind: str, *fields: Any) -> None:
+        packet = fields[-1]
+        self._trace.packet(packet, kind, *fields[:-1])
+
+    def _deliver(self, d: Direction, packet: bytes) -> None:
+        host = d.dst
+        if not host.up:
+            self._trace.packet(packet, "dropped-down", self.now, host.name)
+            return
+        self._trace.packet(packet, "delivered", self.now, d.name)
+        assert host._life is not None
+        host._life.device.deliver(packet)
+
+    def _deliver_local(self, host: Host, packet: bytes) -> None:
+        if host.up:
+            self._trace.packet(packet, "delivered", self.now, host.name)
+            assert host._life is not None
+            host._life.device.deliver(packet)
+
+    def _schedule(self, when: float, fn: Callable[..., None], *args: Any) -> None:
+        self._seq += 1
+        heapq.heappush(self._events, (when, self._seq, fn, args))
+
+    @types.coroutine
+    def _resolve(self, host: str, port: int) -> Waits[list[tuple[int, Any]]]:
+        """The world's resolver: the host table of every host's name."""
+        return (yield from self._names(host, port))
+
+    def _clock_now(self) -> float:
+        return self.now
+
+    # -- running -------------------------------------------------------------------
+    def run(self, thread: Thread | None = None, *, until: float | None = None) -> Any:
+        """Run the world. With ``thread`` (from ``host.spawn``): until it
+        ends, returning its result or raising its exception; ``Deadlock``
+        if nothing can ever happen again, ``HostCrashed`` if its host
+        crashes, ``TimeLimitReached`` at ``until`` (default: now plus the
+        world's ``time_limit``). Without: until simulated time ``until``.
+        Call it from outside any scheduler; it may be called again to go on."""
+        if self._closed:
+            raise RuntimeError("this world is closed")
+        if self._running is not None or current_scheduler() is not None:
+            raise RuntimeError("World.run() is called from outside the simulation, not from a thread")
+        home = None
+        if thread is not None:
+            home = self._homes.get(thread)
+            if home is None:
+                raise ValueError(f"{thread!r} was not started with host.spawn() in this world")
+            limit = self.now + self.time_limit if until is None else float(until)
+        elif until is None:
+            raise ValueError("run() needs a thread to wait for or a simulated time (until=...)")
+        else:
+            limit = float(until)
+        if math.isnan(limit):
+            raise ValueError(f"until must be a simulated time, got {until!r}")
+        while True:
+            self._settle()
+            if thread is not None and thread.done:
+                return thread.result()
+            if home is not None and not home[1].alive:
+                raise HostCrashed(f"host {home[0].name} crashed at t={self.now:.6f} s while running "
+                                  f"{thread!r}")
+            nxt = self._next_time()
+            if nxt is None or nxt > limit:
+                if thread is None:
+                    self._advance(max(limit, self.now))
+                    self._settle()
+                    return None
+                if nxt is None:
+                    raise Deadlock(f"deadlock at t={self.now:.6f} s (simulated): {thread.name} on host "
+                                   f"{home[0].name if home else '?'} cannot end; no thread is ready, no timer is "
+                                   f"pending and no packet is in flight.\n{self.waiting_threads()}")
+                self._advance(limit)
+                self._settle()
+                if thread.done:
+                    return thread.result()
+                raise TimeLimitReached(f"simulated time limit reached at t={self.now:.6f} s with {thread.name} on "
+                                       f"host {home[0].name if home else '?'} still running (limit: until="
+                                       f"{limit}; World(time_limit=...) sets the default).\n"
+                                       f"{self.waiting_threads()}")
+            self._advance(nxt)
+
+    def _settle(self) -> None:
+        """Run everything due at the current time until nothing is."""
+        events = self._events
+        while True:
+            progressed = False
+            while events and events[0][0] <= self.now:
+                _when, _seq, fn, args = heapq.heappop(events)
+                fn(*args)
+                progressed = True
+            hosts = list(self._hosts.values())
+            if self.shuffle:
+                self._shuffler.shuffle(hosts)
+            for host in hosts:
+                if host._has_work():
+                    self._running = host
+                    try:
+                        host._run()
+                    finally:
+                        self._running = None
+                        deferred, self._deferred = self._deferred, []
+                        for action in deferred:
+                            action()
+                    progressed = True
+            if not progressed:
+                return
+
+    def _next_time(self) -> float | None:
+        best = self._events[0][0] if self._events else None
+        for host in self._hosts.values():
+            t = host._next_event()
+            if t is not None and (best is None or t < best):
+                best = t
+        return best
+
+    def _advance(self, when: float) -> None:
+        # Also at the same time: a host deadline the world woke for must be
+        # reached on the host's clock even when float rounding says "just
+        # before" (a skewed clock).
+        if when > self.now:
+            self.now = when
+        when = self.now
+        for host in self._hosts.values():
+            d = host._deadline()
+            due = d if d is not None and d != -math.inf and host.clock.world_time(d) <= when else None
+            host.clock.follow(when, due)
+
+    # -- looking at it ------------------------------------------------------------------
+    def trace_hash(self) -> str:
+        """The digest (hex) of every event so far: packets sent, fault
+        decisions, deliveries, thread steps, spawns, ends, crashes,
+        partitions, each with its simulated time. Equal for two runs of
+        one scenario with one seed."""
+        return self._trace.hexdigest()
+
+    @property
+    def events(self) -> list[str] | None:
+        """The trace's events as text (``World(keep_events=True)``), else None."""
+        return self._trace.events
+
+    @property
+    def event_count(self) -> int:
+        """How many events the trace holds."""
+        return self._trace.count
+
+    def waiting_threads(self) -> str:
+        """Every live thread per host and what it waits in (for reports)."""
+        lines = []
+        for host in self._hosts.values():
+            life = host._life
+            if life is None or not life.alive:
+                lines.append(f"  host {host.name}: down")
+                continue
+            threads = life.sched.threads()
+            state = f", paused until t={host.paused_until:.6f}" if host.paused_until is not None else ""
+            lines.append(f"  host {host.name} ({len(threads)} threads{state}):")
+            for t in threads:
+                wait = t.waiting_on
+                if wait is None:
+                    doing = "ready"
+                else:
+                    what = getattr(wait, "what", None)
+                    doing = f"waiting in {type(wait).__name__}" + (f"({what})" if isinstance(what, str) else "")
+                lines.append(f"    #{t.id} {t.name!r} {doing}")
+        return "\n".join(lines)
+
+    def close(self) -> None:
+        """End the world: every host's threads are closed as in a crash
+        (nothing waits, nothing is sent). A second call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        for host in self._hosts.values():
+            life = host._life
+            if life is not None and life.alive:
+                life.alive = False
+                life.device.close()
+                _close_threads(life.sched)
+        self._homes.clear()
+        self._events.clear()
+
+    def __enter__(self) -> World:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<World seed={self.seed!r} t={self.now:.6f} hosts={list(self._hosts)}>"
+
+
+def _call(action: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    action(*args)
+
+
+def check_determinism(scenario: Callable[[World], Any], seed: Any, *, shuffle: bool = False,
+                      time_limit: float = 3600.0) -> str:
+    """Run ``scenario`` (a function taking a fresh ``World``) twice with
+    ``seed`` and compare the traces. Returns the trace hash when the runs
+    agree; raises ``Nondeterminism`` naming the first differing event
+    otherwise (or the differing outcomes, when one run raised and the
+    other did not). A scenario that raises the same way both times
+    raises that exception."""
+    runs = []
+    for _ in range(2):
+        world = World(seed, shuffle, time_limit=time_limit, keep_events=True)
+        error: BaseException | None = None
+        try:
+            scenario(world)
+        except Exception as exc:
+            error = exc
+        finally:
+            world.close()
+        runs.append((world.trace_hash(), world.events or [], error))
+    (hash1, events1, error1), (hash2, events2, error2) = runs
+    if hash1 != hash2:
+        index = next((i for i, (x, y) in enumerate(zip(events1, events2)) if x != y), min(len(events1), len(events2)))
+        first = events1[index] if index < len(events1) else None
+        second = events2[index] if index < len(events2) else None
+        before = events1[index - 1] if index else "(none: the runs differ from the start)"
+        raise Nondeterminism(
+            f"scenario {getattr(scenario, '__qualname__', scenario)!r} with seed {seed!r} is not deterministic: "
+            f"the runs differ at event {index} of {len(events1)}/{len(events2)}.\n"
+            f"  last common event: {before}\n  first run:  {first if first is not None else '(ended)'}\n"
+            f"  second run: {second if second is not None else '(ended)'}",
+            index, first, second)
+    outcome1 = None if error1 is None else f"{type(error1).__name__}: {error1}"
+    outcome2 = None if error2 is None else f"{type(error2).__name__}: {error2}"
+    if outcome1 != outcome2:
+        raise Nondeterminism(
+            f"scenario {getattr(scenario, '__qualname__', scenario)!r} with seed {seed!r} is not deterministic: "
+            f"same trace, different outcomes: first run {outcome1 or 'passed'}, second run {outcome2 or 'passed'}",
+            len(events1), outcome1, outcome2)
+    if error1 is not None:
+        raise error1
+    return hash1
+
+
+__all__ = [
+    "World", "Host", "Link", "SimNetwork", "HostClock", "check_determinism",
+    "SimulationError", "Deadlock", "TimeLimitReached", "HostCrashed", "Nondeterminism",
+]
