@@ -436,6 +436,9 @@ SERVERS = {
     "threadlib": Threadlib(),
     "threadlib-async": ThreadlibAsync(),
     "threadlib-green": ThreadlibGreen(),
+    # The same server on the pure-Python hot path (THREADLIB_PURE=1 in its
+    # child): what the compiled one buys, side by side.
+    "threadlib-pure": Threadlib(),
 }
 
 
@@ -451,7 +454,8 @@ def child_argv(module: str, peer: str, port: int, *args: str) -> list[str]:
     Skip (a 'skipped' row) when a module that peer needs does not import."""
     for name in needs(peer):
         H.import_or_skip(name)
-    return [sys.executable, "-m", module, "--serve", peer, str(port), *args]
+    pure = ["env", "THREADLIB_PURE=1"] if peer.endswith("-pure") else []
+    return [*pure, sys.executable, "-m", module, "--serve", peer, str(port), *args]
 
 
 def c_server_argv(name: str, port: int) -> list[str]:

@@ -242,7 +242,7 @@ class WebServer:
         while True:
             conn, peer = yield from listener.accept()
             state = _Connection()
-            self._open.add(state)
+            self._open[state] = None
             self.connections += 1
             state.thread = yield from spawn(thread(serve_connection, self, conn, peer, state))
 

@@ -212,7 +212,7 @@ class _Link:
             log.exception("connection from %s failed", self.peer)
         finally:
             conn.close()
-            server._open.discard(self.state)
+            server._open.pop(self.state, None)
 
     def next_head(self) -> RequestHead | None:
         """The next request whose head is complete, or None once the

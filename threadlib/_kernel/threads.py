@@ -233,6 +233,13 @@ class InContext:
         """``coro.throw(exc)`` inside the context."""
         return self.context.run(self.coro.throw, exc)
 
+    def close(self) -> None:
+        """``coro.close()`` inside the context (a forced exit closes every
+        live thread's coroutine, this kind too)."""
+        close = getattr(self.coro, "close", None)
+        if close is not None:
+            self.context.run(close)
+
     def current_context(self) -> contextvars.Context:
         """The context the thread's code is in now (what a thread it spawns
         copies): ``context``, or for a green thread its greenlet's."""
