@@ -44,7 +44,7 @@ import threadlib
 from threadlib.io import sockio, tls
 from threadlib.lowlevel import IOWorker, Scheduler, TimerWorker, WaitWrite
 
-from . import program_name, summary
+from . import positive_seconds, program_name, summary
 
 __all__ = ["Target", "LoadGen", "Result", "main"]
 
@@ -68,7 +68,10 @@ class Target:
         if not parts.hostname:
             raise ValueError(f"{url!r}: no host")
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+        try:
+            infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise ValueError(f"{url!r}: host {parts.hostname!r} does not resolve ({exc.strerror})") from None
         if not infos:
             raise ValueError(f"{url!r}: {parts.hostname} does not resolve")
         address = infos[0][4][:2]
@@ -408,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-d", "--duration", type=float, help="seconds to run (default 10 unless -n is given)")
     parser.add_argument("-n", "--requests", type=int, help="stop after this many requests in total")
     parser.add_argument("--no-keepalive", action="store_true", help="a new connection for every request")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per connect and per response")
+    parser.add_argument("--timeout", type=positive_seconds, default=10.0, help="seconds per connect and per response")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     verify = parser.add_mutually_exclusive_group()
     verify.add_argument("--cacert", metavar="FILE", help="https: trust the CA certificates in FILE (PEM)")
