@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Sets up everything threadlib needs on a fresh Debian machine, idempotently:
 # the Debian packages (libaio1 for Linux AIO, iproute2 and iputils-ping for the TUN/netns
-# tests, curl, wrk and openssl for the interop tests, redis-server for the redis.asyncio
-# test, which starts its own; gcc and libc6-dev to build the optional compiled run loop) and a venv in .venv with the package and its test
+# tests, nftables for the kernel packet-loss tests, curl, wrk and openssl for the interop
+# tests, redis-server for the redis.asyncio test, which starts its own; gcc and libc6-dev
+# to build the optional compiled run loop) and a venv in .venv with the package and its test
 # extras installed.  Run as root (CI is).
 set -euo pipefail
 cd "$(dirname "$0")"
 need=()
-for pkg in libaio1 iproute2 iputils-ping curl wrk openssl redis-server gcc libc6-dev; do
+for pkg in libaio1 iproute2 iputils-ping nftables curl wrk openssl redis-server gcc libc6-dev; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 # Debian's own Python keeps its headers in a separate package.

@@ -5,9 +5,13 @@ and the console scripts ``threadlib-NAME``."""
 
 from __future__ import annotations
 
+import argparse
+import math
 import os
 import ssl
 import sys
+
+from threadlib.process.multicore import WorkerStartError
 
 
 def program_name(name: str) -> str:
@@ -15,6 +19,26 @@ def program_name(name: str) -> str:
     ``threadlib-NAME`` as a console script, ``python -m apps.NAME`` else."""
     invoked = os.path.basename(sys.argv[0]) if sys.argv else ""
     return invoked if invoked.startswith("threadlib-") else f"python -m apps.{name}"
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse ``type`` for timeouts: a finite number of seconds above
+    zero (a zero or negative timeout would fire at once, or never)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a positive number of seconds")
+    return value
+
+
+def cannot_start(program: str, exc: BaseException) -> WorkerStartError:
+    """The one-line ``WorkerStartError`` for a program whose listener could
+    not open: the reason (``cannot listen on HOST:PORT: Address already in
+    use``, or the host name that does not resolve) after the program's name."""
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (str(exc) or type(exc).__name__)
+    return WorkerStartError(f"{program_name(program)}: {reason}")
 
 
 def summary(doc: str | None) -> str:

@@ -20,7 +20,7 @@ from threadlib.io import sockio
 from threadlib.net import Network
 from threadlib.process import multicore
 
-from . import program_name, summary
+from . import cannot_start, program_name, summary
 
 log = logging.getLogger("apps.echo")
 
@@ -38,7 +38,10 @@ def serve(host: str, port: int, network: Network = sockio.kernel, reuse_port: bo
     """Thread body: accept until cancelled."""
 
     def main(index: int, shutdown: threadlib.Event) -> Any:
-        listener = yield from network.listen((host, port), reuse_port=reuse_port)
+        try:
+            listener = yield from network.listen((host, port), reuse_port=reuse_port)
+        except OSError as exc:
+            raise cannot_start("echo", exc) from None
         log.info("worker %d: echo on %s", index, listener.address)
         if ready is not None:
             ready(listener.address)

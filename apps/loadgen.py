@@ -2,7 +2,7 @@
 sending GET requests one after another (keep-alive, or a new connection per
 request with ``--no-keepalive``) for a duration or a request count.
 
-    python -m apps.loadgen URL [URL ...] -c 100 -d 10 [-n 50000] [--no-keepalive] [--json]
+    python -m apps.loadgen URL [URL ...] -c 100 -d 10 [-n 50000] [-R 2000] [--no-keepalive] [--json]
                            [--cacert FILE | --insecure]
 
 Like the LoadGen of the original work, it assembles its own scheduler
@@ -10,7 +10,13 @@ from workers: only a timer worker and the epoll IO worker, no blocking
 pool, so the run loop is a tight epoll-plus-timers loop. Names are
 resolved once, before the run. It prints requests/s, bytes/s, latency
 percentiles (p50, p90, p99, p99.9) and errors by kind, with a live
-progress line when stdout is a terminal. ``https://`` URLs are fetched
+progress line when stdout is a terminal. Latencies go into a bounded
+log-linear histogram (0.8 % precision), so a long run's memory does not
+grow. By default each connection sends its next request when the last
+response is in (closed loop); ``-R RATE`` paces the requests at RATE per
+second in all, each due at a fixed time, and counts each latency from
+when it was due (open loop, as wrk2 does), so a server that stalls is
+charged for the requests that queued behind the stall. ``https://`` URLs are fetched
 over ``threadlib.io.tls`` (verifying the server against the system's CAs,
 ``--cacert FILE``, or not at all with ``--insecure``), and the report adds
 TLS handshakes per second: with ``--no-keepalive`` every request is a
@@ -44,9 +50,9 @@ import threadlib
 from threadlib.io import sockio, tls
 from threadlib.lowlevel import IOWorker, Scheduler, TimerWorker, WaitWrite
 
-from . import program_name, summary
+from . import positive_seconds, program_name, summary
 
-__all__ = ["Target", "LoadGen", "Result", "main"]
+__all__ = ["Target", "LoadGen", "LatencyHistogram", "Result", "main"]
 
 
 @dataclass(frozen=True)
@@ -68,7 +74,10 @@ class Target:
         if not parts.hostname:
             raise ValueError(f"{url!r}: no host")
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+        try:
+            infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise ValueError(f"{url!r}: host {parts.hostname!r} does not resolve ({exc.strerror})") from None
         if not infos:
             raise ValueError(f"{url!r}: {parts.hostname} does not resolve")
         address = infos[0][4][:2]
@@ -81,9 +90,92 @@ class Target:
                    parts.scheme == "https", parts.hostname)
 
 
+class LatencyHistogram:
+    """Latencies in bounded memory: log-linear buckets (HdrHistogram's
+    layout) of whole microseconds, exact below 256 us and within 1/128
+    (0.8 %) above, up to about 19 hours (longer ones count as that). A run of
+    any length keeps at most a few thousand counters, never one entry per
+    request. Values go in and come out in seconds."""
+
+    SUB_BUCKETS = 128            # per power of two above the exact range
+    EXACT = 2 * SUB_BUCKETS      # microseconds counted one by one
+    MAX_US = (1 << 36) - 1
+
+    def __init__(self) -> None:
+        self.counts: list[int] = []
+        self.count = 0
+        self.total_us = 0
+        self.min_us = 0
+        self.max_us = 0
+
+    def _index(self, us: int) -> int:
+        if us < self.EXACT:
+            return us
+        shift = us.bit_length() - 8  # sub-bucket in [128, 256)
+        return self.EXACT + (shift - 1) * self.SUB_BUCKETS + ((us >> shift) - self.SUB_BUCKETS)
+
+    def _highest_in(self, index: int) -> int:
+        """The largest microsecond value counted in bucket ``index``."""
+        if index < self.EXACT:
+            return index
+        shift, sub = divmod(index - self.EXACT, self.SUB_BUCKETS)
+        shift += 1
+        return ((sub + self.SUB_BUCKETS + 1) << shift) - 1
+
+    def record(self, seconds: float) -> None:
+        """Count one latency of ``seconds`` (negative counts as 0)."""
+        us = min(self.MAX_US, max(0, int(seconds * 1e6 + 0.5)))
+        index = self._index(us)
+        counts = self.counts
+        if index >= len(counts):
+            counts.extend([0] * (index + 1 - len(counts)))
+        counts[index] += 1
+        if self.count == 0 or us < self.min_us:
+            self.min_us = us
+        if us > self.max_us:
+            self.max_us = us
+        self.count += 1
+        self.total_us += us
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def max(self) -> float:
+        """The largest latency recorded, in seconds (exact)."""
+        return self.max_us / 1e6
+
+    @property
+    def min(self) -> float:
+        """The smallest latency recorded, in seconds (exact)."""
+        return self.min_us / 1e6
+
+    @property
+    def mean(self) -> float:
+        """The mean latency in seconds (0 with none recorded)."""
+        return self.total_us / self.count / 1e6 if self.count else 0.0
+
+    def percentile(self, p: float) -> float:
+        """Latency at percentile ``p`` (0-100) by nearest rank, as the top
+        of its bucket (never above the largest recorded), in seconds."""
+        if not self.count:
+            return 0.0
+        rank = max(1, min(self.count, math.ceil(round(p / 100.0 * self.count, 6))))
+        seen = 0
+        for index, n in enumerate(self.counts):
+            seen += n
+            if seen >= rank:
+                return min(self._highest_in(index), self.max_us) / 1e6
+        return self.max
+
+
 @dataclass
 class Result:
-    """What a run measured. Latencies are in seconds."""
+    """What a run measured. Latencies are in seconds, in a bounded
+    histogram. In open-loop runs (a fixed ``rate``) each latency counts
+    from the moment its request was due, not from when it was sent, so a
+    stalled server's backlog shows in the percentiles (no coordinated
+    omission)."""
 
     requests: int = 0
     bytes: int = 0
@@ -92,7 +184,8 @@ class Result:
     handshakes: int = 0  # TLS handshakes completed
     errors: Counter = field(default_factory=Counter)
     statuses: Counter = field(default_factory=Counter)
-    latencies: list = field(default_factory=list)
+    latencies: LatencyHistogram = field(default_factory=LatencyHistogram)
+    rate: float | None = None  # requests/s the run was paced at (open loop), None: closed loop
 
     @property
     def requests_per_second(self) -> float:
@@ -107,19 +200,9 @@ class Result:
         return self.bytes / self.seconds if self.seconds > 0 else 0.0
 
     def percentile(self, p: float) -> float:
-        """Latency at percentile ``p`` (0-100), nearest rank."""
-        if not self.latencies:
-            return 0.0
-        ordered = self._sorted()
-        rank = max(0, min(len(ordered) - 1, math.ceil(round(p / 100.0 * len(ordered), 6)) - 1))
-        return ordered[rank]
-
-    def _sorted(self) -> list:
-        cache = getattr(self, "_sorted_cache", None)
-        if cache is None or len(cache) != len(self.latencies):
-            cache = sorted(self.latencies)
-            self._sorted_cache = cache
-        return cache
+        """Latency at percentile ``p`` (0-100), nearest rank, within the
+        histogram's precision (see ``LatencyHistogram``)."""
+        return self.latencies.percentile(p)
 
     def summary(self) -> dict:
         return {
@@ -129,10 +212,12 @@ class Result:
             "bytes": self.bytes,
             "bytes_per_second": round(self.bytes_per_second, 1),
             "connections_opened": self.connections_opened,
+            "target_rate": self.rate,
             "tls_handshakes": self.handshakes,
             "tls_handshakes_per_second": round(self.handshakes_per_second, 1),
             "latency_ms": {name: round(self.percentile(p) * 1e3, 3)
                            for name, p in (("p50", 50), ("p90", 90), ("p99", 99), ("p99.9", 99.9))},
+            "latency_max_ms": round(self.latencies.max * 1e3, 3),
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
             "errors": dict(self.errors),
         }
@@ -142,13 +227,15 @@ class Result:
         lat = s["latency_ms"]
         lines = [
             f"{self.requests} requests in {self.seconds:.2f}s over {self.connections_opened} connections",
-            f"  requests/s  {self.requests_per_second:,.1f}",
+            f"  requests/s  {self.requests_per_second:,.1f}"
+            + (f" (open loop, paced at {self.rate:,.1f}/s)" if self.rate else ""),
             f"  bytes/s     {_human(self.bytes_per_second)}B/s ({self.bytes:,} bytes)",
         ]
         if self.handshakes:
             lines.append(f"  handshakes  {self.handshakes_per_second:,.1f}/s ({self.handshakes:,} TLS handshakes)")
         lines += [
-            "  latency     " + "  ".join(f"{k} {v:.3f} ms" for k, v in lat.items()),
+            "  latency     " + "  ".join(f"{k} {v:.3f} ms" for k, v in lat.items())
+            + f"  max {s['latency_max_ms']:.3f} ms",
             "  statuses    " + (", ".join(f"{k}: {v}" for k, v in s["statuses"].items()) or "none"),
             "  errors      " + (", ".join(f"{k}: {v}" for k, v in sorted(self.errors.items())) or "none"),
         ]
@@ -243,6 +330,7 @@ class LoadGen:
         progress: bool = False,
         cafile: str | None = None,
         insecure: bool = False,
+        rate: float | None = None,
     ) -> None:
         if not urls:
             raise ValueError("at least one URL is needed")
@@ -250,6 +338,8 @@ class LoadGen:
             raise ValueError("connections must be at least 1")
         if duration is None and requests is None:
             raise ValueError("give a duration, a request count, or both")
+        if rate is not None and not (rate > 0 and math.isfinite(rate)):
+            raise ValueError(f"rate must be a positive number of requests per second, not {rate!r}")
         self.targets = [Target.parse(u) for u in urls]
         self.connections = connections
         self.duration = duration
@@ -261,7 +351,8 @@ class LoadGen:
         self.tls_context = None
         if any(t.tls for t in self.targets):
             self.tls_context = client_context(cafile, insecure)
-        self.result = Result()
+        self.rate = rate
+        self.result = Result(rate=rate)
         self._remaining = requests if requests is not None else -1
         self._deadline = 0.0
 
@@ -273,6 +364,7 @@ class LoadGen:
     def _main(self) -> Any:
         start = time.monotonic()
         self._deadline = start + self.duration if self.duration is not None else float("inf")
+        self._start = start
         threads = []
         for i in range(self.connections):
             threads.append((yield from threadlib.spawn(self._client(i), name=f"client-{i}")))
@@ -309,10 +401,23 @@ class LoadGen:
         timeout = self.timeout
         connect = _kernel_connect if self.network is sockio.kernel else self.network.connect
         monotonic = time.monotonic
+        record = latencies.record
         conn = None
         conn_target = None
+        # Open loop (wrk2's -R): this connection's share of the rate, its
+        # requests due at fixed times, staggered across connections.
+        interval = self.connections / self.rate if self.rate else 0.0
+        due = self._start + interval * index / self.connections
         try:
-            while self._take():
+            while True:
+                if interval:
+                    now = monotonic()
+                    if due >= self._deadline:
+                        break
+                    if due > now:
+                        yield from threadlib.sleep(due - now)
+                if not self._take():
+                    break
                 target = next(targets)
                 if conn is not None and conn_target is not target and target.address != conn_target.address:
                     conn.close()
@@ -343,7 +448,10 @@ class LoadGen:
                     conn_target = target
                 response = _Response()
                 feed = response.parser.feed_data
-                started = monotonic()
+                # Open loop: the latency counts from when the request was
+                # due, so time spent waiting behind a slow response counts.
+                started = min(due, monotonic()) if interval else monotonic()
+                due += interval
                 try:
                     yield from conn.sendall(target.request if keepalive else target.request_close, timeout=timeout)
                     received = 0
@@ -373,7 +481,7 @@ class LoadGen:
                     conn.close()
                     conn = None
                     continue
-                latencies.append(monotonic() - started)
+                record(monotonic() - started)
                 status = response.status
                 statuses[status] += 1
                 if status >= 400:
@@ -407,8 +515,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-c", "--connections", type=int, default=10, help="concurrent connections (threads)")
     parser.add_argument("-d", "--duration", type=float, help="seconds to run (default 10 unless -n is given)")
     parser.add_argument("-n", "--requests", type=int, help="stop after this many requests in total")
+    parser.add_argument("-R", "--rate", type=float, metavar="REQ_PER_S",
+                        help="open loop: send this many requests per second in all, each on its schedule, and "
+                             "count latencies from when each was due (as wrk2 does); default: closed loop")
     parser.add_argument("--no-keepalive", action="store_true", help="a new connection for every request")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per connect and per response")
+    parser.add_argument("--timeout", type=positive_seconds, default=10.0, help="seconds per connect and per response")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     verify = parser.add_mutually_exclusive_group()
     verify.add_argument("--cacert", metavar="FILE", help="https: trust the CA certificates in FILE (PEM)")
@@ -422,10 +533,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--requests must be at least 1")
     if args.connections < 1:
         parser.error("--connections must be at least 1")
+    if args.rate is not None and not (args.rate > 0 and math.isfinite(args.rate)):
+        parser.error(f"--rate {args.rate}: must be a positive number of requests per second")
     try:
         gen = LoadGen(args.urls, args.connections, args.duration, args.requests, keepalive=not args.no_keepalive,
                       timeout=args.timeout, progress=sys.stdout.isatty() and not args.json, cafile=args.cacert,
-                      insecure=args.insecure)
+                      insecure=args.insecure, rate=args.rate)
     except ssl.SSLError as exc:
         parser.error(f"--cacert {args.cacert}: no usable CA certificate in it ({exc.reason or exc})")
     except (ValueError, OSError) as exc:

@@ -44,7 +44,7 @@ from threadlib.io import splice as tsplice
 from threadlib.net import Network
 from threadlib.process import multicore
 
-from . import program_name, tls_server_context
+from . import cannot_start, positive_seconds, program_name, tls_server_context
 
 log = logging.getLogger("apps.proxy")
 
@@ -182,7 +182,10 @@ def serve(listen: tuple[str, int], target: tuple[str, int], connect_timeout: flo
 
     def main(index: int, shutdown: threadlib.Event) -> Any:
         server = ProxyServer(target, connect_timeout, fallback, chunk_size, network)
-        listener: Any = yield from network.listen(listen, reuse_port=reuse_port)
+        try:
+            listener: Any = yield from network.listen(listen, reuse_port=reuse_port)
+        except OSError as exc:
+            raise cannot_start("proxy", exc) from None
         if tls_context is not None:
             listener = tls.TlsListener(listener, tls_context, handshake_timeout=handshake_timeout, ragged_eof=True)
         path = "copy" if fallback or not tsplice.AVAILABLE or tls_context is not None else "splice"
@@ -213,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=program_name("proxy"), description=doc)
     parser.add_argument("--listen", type=parse_address, required=True, help="HOST:PORT to accept on (port 0: any)")
     parser.add_argument("--target", type=parse_address, required=True, help="HOST:PORT to forward to")
-    parser.add_argument("--connect-timeout", type=float, default=5.0, help="seconds to connect to the target")
+    parser.add_argument("--connect-timeout", type=positive_seconds, default=5.0, help="seconds to connect to the target")
     parser.add_argument("--fallback", action="store_true", help="copy through user space instead of splice(2)")
     parser.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
     parser.add_argument("--grace", type=float, default=30.0,
@@ -222,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tls-cert", metavar="FILE", help="terminate TLS on --listen with this PEM certificate "
                                                            "chain (with --tls-key); the target gets plaintext")
     parser.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
-    parser.add_argument("--handshake-timeout", type=float, default=10.0,
+    parser.add_argument("--handshake-timeout", type=positive_seconds, default=10.0,
                         help="seconds a client has to finish the TLS handshake")
     parser.add_argument("--quiet", action="store_true", help="no per-connection log lines")
     args = parser.parse_args(argv)
@@ -230,8 +233,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--workers N needs a fixed --listen port (port 0 would give each worker its own)")
     if (args.tls_cert is None) != (args.tls_key is None):
         parser.error("--tls-cert and --tls-key go together")
-    if args.handshake_timeout <= 0:
-        parser.error("--handshake-timeout must be positive")
     context = None
     if args.tls_cert is not None:
         try:

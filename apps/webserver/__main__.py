@@ -26,7 +26,7 @@ from typing import Any
 from threadlib.io import sockio
 from threadlib.process import multicore
 
-from .. import program_name, tls_server_context
+from .. import cannot_start, positive_seconds, program_name, tls_server_context
 from .http import Limits
 from .server import IO_MODES, SAMPLE_SITE, WebServer, user_network
 from .wsgi import WSGI_MAX_BODY
@@ -53,10 +53,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--netns", metavar="NAME", help="with --stack user: create the TUN device in this "
                                                         "network namespace (default $TL_NETNS or none)")
     parser.add_argument("--access-log", metavar="FILE", help="append one line per request (common log format); '-' is stdout")
-    parser.add_argument("--header-timeout", type=float, default=10.0, help="seconds a client has to send a whole request head")
-    parser.add_argument("--keepalive-timeout", type=float, default=15.0, help="seconds an idle keep-alive connection stays open")
-    parser.add_argument("--send-timeout", type=float, default=30.0, help="seconds a response may wait for the client to read")
-    parser.add_argument("--drain-timeout", type=float, default=10.0, help="seconds responses in flight get after SIGTERM")
+    parser.add_argument("--header-timeout", type=positive_seconds, default=10.0, help="seconds a client has to send a whole request head")
+    parser.add_argument("--keepalive-timeout", type=positive_seconds, default=15.0, help="seconds an idle keep-alive connection stays open")
+    parser.add_argument("--send-timeout", type=positive_seconds, default=30.0, help="seconds a response may wait for the client to read")
+    parser.add_argument("--drain-timeout", type=positive_seconds, default=10.0, help="seconds responses in flight get after SIGTERM")
     parser.add_argument("--max-header-bytes", type=int, default=16384, help="request header bytes allowed (431 beyond)")
     parser.add_argument("--max-headers", type=int, default=100, help="request header fields allowed (431 beyond)")
     parser.add_argument("--max-request-line", type=int, default=8192, help="request target bytes allowed (414 beyond)")
@@ -66,7 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
     parser.add_argument("--tls-port", type=int, metavar="P",
                         help="serve HTTPS on P and plain HTTP on --port (default: HTTPS on --port)")
-    parser.add_argument("--handshake-timeout", type=float, default=10.0,
+    parser.add_argument("--handshake-timeout", type=positive_seconds, default=10.0,
                         help="seconds a client has to finish the TLS handshake")
     parser.add_argument("--wsgi", metavar="MODULE:APP", help="serve this WSGI application instead of files "
                                                              "(APP defaults to 'app'; one green thread per connection)")
@@ -127,8 +127,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--tls-port {args.tls_port} is not a TCP port")
         if args.tls_port == args.port and args.port != 0:
             parser.error(f"--tls-port {args.tls_port} is --port too: give HTTP and HTTPS different ports")
-    if args.handshake_timeout <= 0:
-        parser.error("--handshake-timeout must be positive")
     args.tls = None
     if args.tls_cert is not None:
         try:
@@ -205,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             yield from server.serve((args.host, args.port), shutdown, reuse_port=args.workers > 1, ready=ready,
                                     tls_address=tls_address)
+        except OSError as exc:
+            if server.address is not None:  # failed while serving: a fault, not a start-up error
+                raise
+            raise cannot_start("webserver", exc) from None
         finally:
             if access_log is not None and access_log is not sys.stdout:
                 access_log.close()

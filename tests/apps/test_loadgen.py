@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from apps.loadgen import LoadGen, Result
+from apps.loadgen import LatencyHistogram, LoadGen, Result
 from apps.webserver import BackgroundServer, WebServer
 from tests import REPO_ROOT
 
@@ -52,7 +52,8 @@ def test_request_count_matches_the_server_access_log(logged_server):
     # bytes counted are whole responses: bodies plus headers
     assert result.bytes > 1500 * 1024 + 1500 * 5000
     lat = [result.percentile(p) for p in (50, 90, 99, 99.9)]
-    assert 0 < lat[0] <= lat[1] <= lat[2] <= lat[3] <= max(result.latencies)
+    assert 0 < lat[0] <= lat[1] <= lat[2] <= lat[3] <= result.latencies.max
+    assert len(result.latencies) == 3000
 
 
 def test_duration_mode_stops_and_counts_only_complete_responses(logged_server):
@@ -109,10 +110,95 @@ def test_program_prints_a_report_and_json(logged_server):
     assert len(_log_lines(log, srv)) == 350
 
 
-def test_percentiles_are_nearest_rank():
-    r = Result(latencies=[i / 1000 for i in range(1, 1001)])
-    assert r.percentile(50) == 0.5 and r.percentile(90) == 0.9 and r.percentile(99.9) == 0.999
-    assert r.percentile(100) == 1.0
+def histogram(values):
+    h = LatencyHistogram()
+    for v in values:
+        h.record(v)
+    return h
+
+
+def test_percentiles_are_nearest_rank_within_the_histogram_precision():
+    r = Result(latencies=histogram(i / 1000 for i in range(1, 1001)))
+    for p, exact in ((50, 0.5), (90, 0.9), (99.9, 0.999)):
+        assert exact <= r.percentile(p) <= exact * (1 + 1 / 128), p
+    assert r.percentile(100) == 1.0 == r.latencies.max  # capped at the largest recorded
+    assert r.latencies.min == 0.001 and abs(r.latencies.mean - 0.5005) < 1e-9
+    # Below 256 us every microsecond has its own bucket: exact.
+    small = histogram(i / 1e6 for i in range(1, 201))
+    assert small.percentile(50) == 100e-6 and small.percentile(99) == 198e-6 and small.percentile(0) == 1e-6
+    assert Result().percentile(99) == 0.0
+
+
+def test_the_histogram_stays_bounded_however_many_latencies_it_holds():
+    h = LatencyHistogram()
+    for i in range(200_000):
+        h.record((i * 7919 % 100_000_007) / 1e3)  # 0 .. 100,000 s, spread
+    h.record(10 ** 9)  # beyond the range: counted at the top
+    h.record(-1.0)     # a clock step: counted as zero
+    assert len(h) == 200_002
+    assert len(h.counts) <= LatencyHistogram.EXACT + 36 * LatencyHistogram.SUB_BUCKETS
+    assert h.max == LatencyHistogram.MAX_US / 1e6 and h.min == 0.0
+
+
+def stalling_server(stall_at: int, stall: float):
+    """An HTTP server on a plain OS thread answering every request at once
+    but the ``stall_at``-th, which it holds for ``stall`` seconds (the fault
+    an open-loop load must charge to the requests queued behind it)."""
+    import threading
+    import time
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    served = []
+
+    def serve():
+        conn, _ = listener.accept()
+        with conn:
+            buffered = b""
+            while True:
+                while b"\r\n\r\n" not in buffered:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buffered += data
+                _, buffered = buffered.split(b"\r\n\r\n", 1)
+                served.append(1)
+                if len(served) == stall_at:
+                    time.sleep(stall)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener, served
+
+
+def test_open_loop_charges_a_stall_to_every_request_due_during_it():
+    """At 100 requests/s on one connection, a 1 s stall at the 20th request
+    holds up the requests due in that second: counted from when each was
+    due, about 75 of the 200 wait 0.25 s or more (a closed loop would show
+    one slow request). The stall is a lower bound, not a speed claim."""
+    listener, served = stalling_server(stall_at=20, stall=1.0)
+    with listener:
+        port = listener.getsockname()[1]
+        result = LoadGen([f"http://127.0.0.1:{port}/"], connections=1, duration=2.0, rate=100.0).run()
+    assert not result.errors and result.rate == 100.0
+    assert 0 < result.requests <= 200  # never more than the schedule: 100/s for 2 s
+    assert result.percentile(70) >= 0.25, result.report()
+    assert result.latencies.max >= 0.95  # the request due when the stall began
+
+
+def test_program_rate_option(logged_server):
+    base, log, srv = logged_server
+    r = subprocess.run([sys.executable, "-m", "apps.loadgen", base + "/a.txt", "-c", "4", "-d", "1", "-R", "200",
+                        "--json"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["target_rate"] == 200.0 and summary["errors"] == {}
+    assert 0 < summary["requests"] <= 200
+    assert len(_log_lines(log, srv)) == summary["requests"]
+    for bad in ("0", "-5", "nan"):
+        r = subprocess.run([sys.executable, "-m", "apps.loadgen", base + "/a.txt", "-n", "1", "-R", bad],
+                           cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and "--rate" in r.stderr.splitlines()[-1], r.stderr
 
 
 def test_progress_line_only_on_a_terminal(logged_server):

@@ -440,7 +440,12 @@ def resolve(host: str, port: int, type: int = socket.SOCK_STREAM) -> Waits[list[
     family = literal_family(host) if host else socket.AF_INET
     if family is not None:
         return [(family, (host or "0.0.0.0", port))]
-    infos = yield Blocking(socket.getaddrinfo, (host, port, 0, type))
+    try:
+        infos = yield Blocking(socket.getaddrinfo, (host, port, 0, type))
+    except socket.gaierror as exc:
+        # getaddrinfo's own message ("Name or service not known") does not
+        # say which name: the caller's log line must.
+        raise socket.gaierror(exc.errno, f"{host!r} does not resolve: {exc.strerror}") from None
     if not infos:
         raise OSError(errno.EHOSTUNREACH, f"no address for {host!r}")
     return [(fam, sockaddr) for fam, _, _, _, sockaddr in infos]
@@ -511,6 +516,10 @@ class KernelNetwork:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind(sockaddr)
             sock.listen(backlog)
+        except OSError as exc:
+            sock.close()
+            where = f"[{sockaddr[0]}]:{sockaddr[1]}" if family == socket.AF_INET6 else f"{sockaddr[0]}:{sockaddr[1]}"
+            raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror}") from None
         except BaseException:
             sock.close()
             raise

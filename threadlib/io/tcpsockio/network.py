@@ -142,10 +142,10 @@ class UserNetwork:
             else:
                 lst = self.stack.listen(port, backlog, local)
         except tcperr.AddressInUse as exc:
-            raise OSError(errno.EADDRINUSE, str(exc)) from None
+            raise OSError(errno.EADDRINUSE, f"cannot listen on {_where(host, port)}: {exc}") from None
         except tcperr.BadArgument as exc:
             if local is not None and "not local" in str(exc):
-                raise OSError(errno.EADDRNOTAVAIL, str(exc)) from None
+                raise OSError(errno.EADDRNOTAVAIL, f"cannot listen on {_where(host, port)}: {exc}") from None
             raise
         if ssl is not None:
             from ..tls import TlsListener
@@ -540,3 +540,8 @@ def network() -> UserNetwork:
     if _default is None or _default._closed:
         _default = open_network(**env_network_options())
     return _default
+
+
+def _where(host: str, port: int) -> str:
+    """``host:port`` for error messages, ``[v6]:port`` for IPv6."""
+    return f"[{host}]:{port}" if ":" in host else f"{host or '*'}:{port}"
