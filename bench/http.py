@@ -17,7 +17,7 @@ import sys
 
 from bench import harness as H, peers
 
-PEERS = ("nginx", "asyncio-protocols", "uvloop-protocols", "gevent", "trio", "curio", "threadlib", "threadlib-pure",
+PEERS = ("nginx", "asyncio-protocols", "uvloop-protocols", "threadlib-loop-protocols", "gevent", "trio", "curio", "threadlib", "threadlib-pure",
          "threadlib-async", "threadlib-green")
 ANCHORS = {"nginx": "8.3 µs"}
 TARGET = [("cpu_us", "<=", 8.5, " µs")]

@@ -46,6 +46,9 @@ NEEDS = {"asyncio": (), "uvloop": ("uvloop",), "gevent": ("gevent",), "trio": ("
          "threadlib": ("threadlib",), "threadlib-async": ("threadlib",),
          "threadlib-green": ("threadlib.frontends.green",)}
 RUNTIMES = tuple(NEEDS)
+# asyncio code on threadlib's own loop: a runtime of the servers only (the
+# switch and spawn benchmarks measure threads, which it has none of).
+NEEDS["threadlib-loop"] = ("threadlib.loop",)
 
 
 def run(runtime: str, main: Callable[[], Any]) -> Any:
@@ -55,6 +58,12 @@ def run(runtime: str, main: Callable[[], Any]) -> Any:
     threadlib-async, a generator function for threadlib, and a plain
     function for threadlib-green and gevent (whose hub starts at the first
     blocking call)."""
+    if runtime == "threadlib-loop":  # asyncio code on threadlib's own loop
+        import asyncio
+
+        import threadlib.loop
+        with asyncio.Runner(loop_factory=threadlib.loop.new_event_loop) as runner:
+            return runner.run(main())
     if runtime in ("asyncio", "uvloop"):
         import asyncio
         if runtime == "uvloop":
@@ -429,6 +438,7 @@ SERVERS = {
     "asyncio-streams": Streams("asyncio"),
     "asyncio-protocols": Protocols("asyncio"),
     "uvloop-protocols": Protocols("uvloop"),
+    "threadlib-loop-protocols": Protocols("threadlib-loop"),
     "uvloop-streams": Streams("uvloop"),
     "gevent": Gevent(),
     "trio": Trio(),
