@@ -151,7 +151,7 @@ class Scheduler:
         self._head = Thread(None, "<head>")
         self._head._prev = self._head._next = self._head
         self._live = 0
-        self._spawned = 0  # numbers the threads: Thread.id, per scheduler
+        self._ids_given = 0  # Thread.id, numbered per scheduler as first asked for
         # The Ctrl-C/SIGTERM handling of run(), while installed.
         self._signals: Any = None
         self._closed = False  # the workers are closed (the end of run, or close())
@@ -298,8 +298,6 @@ class Scheduler:
                 + (" (a function: call it first, or use spawn(func, *args))" if callable(coro) else "")
             )
         t = Thread(coro, name)
-        self._spawned += 1
-        t._id = self._spawned
         parent = self.current  # the thread whose Spawn (or handler) this is
         if parent is not None:
             t._parent = parent._lineage or self._lineage(parent)
@@ -320,8 +318,16 @@ class Scheduler:
         self._live += 1
         self._ready.append(t)
         if self._spawn_hooks is not None:
+            # Numbered by this scheduler now: a hook may ask for the id
+            # from outside any run (a spawn before run), where no
+            # scheduler would be current to number it.
+            t._id = self._next_thread_id()
             self._report("thread_spawned", t)
         return t
+
+    def _next_thread_id(self) -> int:
+        self._ids_given += 1
+        return self._ids_given
 
     def _lineage(self, parent: Thread) -> _Lineage:
         lineage = parent._lineage = _Lineage(parent)

@@ -77,13 +77,18 @@ class Thread:
 
     @property
     def id(self) -> int:
-        """A number unique among the threads of its scheduler: 1, 2, 3, ...
-        in spawn order, so that two runs of one program in one process
-        number their threads alike (a process-wide counter would not). A
-        thread never spawned by a scheduler gets a process-wide number."""
+        """A number unique among the threads of its scheduler (1, 2, 3, ...),
+        given when first asked for, in the order they are asked for: two
+        runs of one program in one process number their threads alike,
+        which a process-wide counter would not, and a thread nobody asks
+        about carries no int object (32 bytes a blocked thread would pay).
+        Asked outside a running scheduler, it is a process-wide number."""
         tid = self._id
         if tid is None:
-            tid = self._id = next(_thread_ids)
+            from .scheduler import current_scheduler  # the scheduler imports this module
+
+            sched = current_scheduler()
+            tid = self._id = sched._next_thread_id() if sched is not None else next(_thread_ids)
         return tid
 
     # -- introspection ----------------------------------------------------
