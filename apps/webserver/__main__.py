@@ -95,9 +95,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if args.io != "sendfile" or args.root != SAMPLE_SITE or args.tls_port is not None or args.access_log:
             parser.error("--root, --io, --tls-port and --access-log belong to the static file server: "
                          "they do not apply with --asgi")
-        # As ASGI servers do: the app's module is looked for from here.
-        if os.getcwd() not in sys.path and "" not in sys.path:
-            sys.path.insert(0, os.getcwd())
         from .asgi import load_app as load_asgi_app
 
         try:

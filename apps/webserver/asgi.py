@@ -41,6 +41,9 @@ import threadlib
 from threadlib import ThreadCancelled
 from threadlib.io import sockio, tls
 from threadlib.loop import ThreadlibEventLoop
+
+from .loading import AppNotFound
+from .loading import load_app as _load_app
 from threadlib.net import Network
 
 from .http import REASONS, Clock, HttpError, Limits, error_response
@@ -64,27 +67,9 @@ class LifespanFailed(Exception):
 
 
 def load_app(spec: str) -> Any:
-    """Import ``MODULE:ATTR`` (ATTR may be dotted) and return the ASGI
-    app; ValueError with a one-line reason when it cannot."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"{spec!r} is not MODULE:APP")
-    import importlib
-
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        first_line = (str(exc).splitlines() or [""])[0]
-        raise ValueError(f"cannot import {module_name}: {type(exc).__name__}: {first_line}") from None
-    app: Any = module
-    for part in attr.split("."):
-        try:
-            app = getattr(app, part)
-        except AttributeError:
-            raise ValueError(f"module {module_name} has no attribute {attr}") from None
-    if not callable(app):
-        raise ValueError(f"{spec} is {type(app).__name__}, not an ASGI application (an async callable)")
-    return app
+    """The ASGI application named by ``MODULE:APP`` (ATTR may be dotted);
+    ``AppNotFound`` (a ValueError, one line) when it cannot be found."""
+    return _load_app(spec, "ASGI")
 
 
 class _Request:

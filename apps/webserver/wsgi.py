@@ -32,7 +32,6 @@ response the client cannot frame.
 from __future__ import annotations
 
 import contextvars
-import importlib
 import logging
 import os
 import re
@@ -48,6 +47,8 @@ from threadlib.frontends import green
 from threadlib.io import tls
 
 from .http import CONTINUE, STATUS_LINES, HttpError, Limits, RequestHead, StreamingRequestReader
+from .loading import AppNotFound
+from .loading import load_app as _load_app
 
 log = logging.getLogger("apps.webserver")
 
@@ -660,35 +661,11 @@ def default_limits() -> Limits:
     return Limits(max_body=WSGI_MAX_BODY)
 
 
-class AppNotFound(Exception):
-    """``load_app`` could not find the application (the message says why, in one line)."""
-
-
 def load_app(spec: str) -> Callable[..., Any]:
     """The WSGI application named by ``MODULE:NAME`` (``MODULE`` alone
-    means ``MODULE:app``), importing MODULE with the current directory
-    on the path, as ``python -m`` has it."""
-    module_name, _, attr = spec.partition(":")
-    attr = attr or "app"
-    if not module_name or not all(part.isidentifier() for part in module_name.split(".")):
-        raise AppNotFound(f"{spec!r} is not MODULE:NAME")
-    if not all(part.isidentifier() for part in attr.split(".")):
-        raise AppNotFound(f"{spec!r}: {attr!r} is not a name")
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise AppNotFound(f"module {module_name!r} does not import: {type(exc).__name__}: {exc}") from None
-    app: Any = module
-    for part in attr.split("."):
-        try:
-            app = getattr(app, part)
-        except AttributeError:
-            raise AppNotFound(f"module {module_name!r} has no {attr!r}") from None
-    if not callable(app):
-        raise AppNotFound(f"{spec!r} is a {type(app).__name__}, not a WSGI application")
-    return app  # type: ignore[no-any-return]
+    means ``MODULE:app``); ``AppNotFound`` (a ValueError, one line) when
+    it does not import, lacks the name or is not callable."""
+    return _load_app(spec, "WSGI", default_name="app")  # type: ignore[no-any-return]
 
 
 @types.coroutine

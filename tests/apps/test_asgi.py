@@ -211,10 +211,10 @@ def test_a_failing_startup_stops_serve():
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("no_such_module_xyz:app", "cannot import no_such_module_xyz: ModuleNotFoundError"),
-    ("tests.apps.asgi_apps:nothing", "has no attribute nothing"),
-    ("tests.apps.asgi_apps:not_callable", "is int, not an ASGI application"),
-    ("tests.apps.asgi_apps", "is not MODULE:APP"),
+    ("no_such_module_xyz:app", "module 'no_such_module_xyz' does not import: ModuleNotFoundError"),
+    ("tests.apps.asgi_apps:nothing", "module 'tests.apps.asgi_apps' has no 'nothing'"),
+    ("tests.apps.asgi_apps:not_callable", "names an object of type int, not a callable ASGI application"),
+    ("tests.apps.asgi_apps", "is not MODULE:NAME"),
 ])
 def test_load_app_errors(spec, message):
     with pytest.raises(ValueError, match=message):
@@ -230,7 +230,7 @@ def test_program_bad_module_is_one_line_and_status_2():
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1
-    assert "--asgi no_such_module_xyz:app: cannot import no_such_module_xyz" in result.stderr
+    assert "--asgi no_such_module_xyz:app: module 'no_such_module_xyz' does not import" in result.stderr
 
 
 def test_program_serves_starlette_and_runs_lifespan_shutdown_on_sigterm():

@@ -513,7 +513,7 @@ def test_program_refuses_an_app_that_does_not_import(tmp_path):
     (tmp_path / "not_app.py").write_text("app = 3\n")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     for spec, message in [("broken_app:app", "module 'broken_app' does not import: ModuleNotFoundError"),
-                          ("not_app:app", "'not_app:app' is a int, not a WSGI application"),
+                          ("not_app:app", "'not_app:app' names an object of type int, not a callable WSGI application"),
                           ("not_app:other", "module 'not_app' has no 'other'"),
                           ("no/such:app", "is not MODULE:NAME")]:
         r = subprocess.run([sys.executable, "-m", "apps.webserver", "--wsgi", spec], cwd=tmp_path, env=env,

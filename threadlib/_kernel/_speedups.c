@@ -347,6 +347,22 @@ socket_fd(PyObject *sock)
     return (int)fd;
 }
 
+/* recv or send once, again after a signal (PEP 475, as the socket module
+ * does): the count, -1 with errno set, or -2 when a signal handler raised. */
+static ssize_t
+transfer(int fd, void *buf, size_t len, int sending)
+{
+    for (;;) {
+        ssize_t n = sending ? send(fd, buf, len, 0) : recv(fd, buf, len, 0);
+        if (n >= 0 || errno != EINTR) {
+            return n;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            return -2;
+        }
+    }
+}
+
 static PyObject *
 sock_recv(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -370,20 +386,10 @@ sock_recv(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (data == NULL) {
         return NULL;
     }
-    ssize_t n;
-    for (;;) {
-        n = recv(fd, PyBytes_AS_STRING(data), (size_t)size, 0);
-        if (n >= 0 || errno != EINTR) {
-            break;
-        }
-        if (PyErr_CheckSignals() < 0) {
-            Py_DECREF(data);
-            return NULL;
-        }
-    }
+    ssize_t n = transfer(fd, PyBytes_AS_STRING(data), (size_t)size, 0);
     if (n < 0) {
         Py_DECREF(data);
-        return PyErr_SetFromErrno(PyExc_OSError);
+        return n == -1 ? PyErr_SetFromErrno(PyExc_OSError) : NULL;
     }
     if (n != size && _PyBytes_Resize(&data, n) < 0) {
         return NULL;
@@ -423,20 +429,12 @@ sock_recv_into(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyBuffer_Release(&view);
         return NULL;
     }
-    ssize_t n;
-    for (;;) {
-        n = recv(fd, view.buf, (size_t)want, 0);
-        if (n >= 0 || errno != EINTR) {
-            break;
-        }
-        if (PyErr_CheckSignals() < 0) {
-            PyBuffer_Release(&view);
-            return NULL;
-        }
-    }
+    ssize_t n = transfer(fd, view.buf, (size_t)want, 0);
+    int saved = errno;
     PyBuffer_Release(&view);
     if (n < 0) {
-        return PyErr_SetFromErrno(PyExc_OSError);
+        errno = saved;
+        return n == -1 ? PyErr_SetFromErrno(PyExc_OSError) : NULL;
     }
     return PyLong_FromSsize_t(n);
 }
@@ -457,20 +455,12 @@ sock_send(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyBuffer_Release(&view);
         return NULL;
     }
-    ssize_t n;
-    for (;;) {
-        n = send(fd, view.buf, (size_t)view.len, 0);
-        if (n >= 0 || errno != EINTR) {
-            break;
-        }
-        if (PyErr_CheckSignals() < 0) {
-            PyBuffer_Release(&view);
-            return NULL;
-        }
-    }
+    ssize_t n = transfer(fd, view.buf, (size_t)view.len, 1);
+    int saved = errno;
     PyBuffer_Release(&view);
     if (n < 0) {
-        return PyErr_SetFromErrno(PyExc_OSError);
+        errno = saved;
+        return n == -1 ? PyErr_SetFromErrno(PyExc_OSError) : NULL;
     }
     return PyLong_FromSsize_t(n);
 }
