@@ -21,6 +21,10 @@
  * closed), never remembered: a remembered number could name another file
  * by the next call.
  *
+ * And fdio's per-fd record, FdWaiters: fdio._FdWaiters with its
+ * on_events (the callback the poller runs for every event on a watched
+ * fd) in C; the same fields, readable and writable from Python.
+ *
  * What it must never do: block, read a clock, keep a reference to a thread
  * or a scheduler after it returns, or run with anything but the GIL held.
  *
@@ -33,6 +37,7 @@
 #include <Python.h>
 #include <structmember.h>
 #include <errno.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 
 /* Set once by configure(): the objects the loop compares against. */
@@ -43,7 +48,7 @@ static PyTypeObject *thread_type;      /* threads.Thread */
 
 /* Byte offsets of Thread's __slots__ _coro, _value and _exc: read and written
  * directly, as the interpreter's own slot access does. */
-static Py_ssize_t off_coro, off_value, off_exc;
+static Py_ssize_t off_coro, off_value, off_exc, off_wait, off_scope;
 
 static PyObject *s_ready, *s_handlers, *s_pending, *s_base, *s_twin, *s_current, *s_finish,
     *s_rebase, *s_unknown_call, *s_interrupted_wait, *s_worker_failed, *s_popleft, *s_append,
@@ -465,6 +470,243 @@ sock_send(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromSsize_t(n);
 }
 
+/* -- fdio's per-fd record ------------------------------------------------- */
+
+#define READ_EVENTS (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP)
+#define WRITE_EVENTS (EPOLLOUT | EPOLLERR | EPOLLHUP)
+#define EDGE_READ (EPOLLIN | EPOLLRDHUP | EPOLLET)
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *reader;       /* the Thread waiting to read, or None */
+    PyObject *writer;       /* the Thread waiting to write, or None */
+    long read_ready;        /* events that arrived while no reader waited */
+    char watching_out;      /* EPOLLOUT is in the fd's epoll mask */
+    int fd;
+    PyObject *sched;
+    PyObject *ready_append; /* sched._ready.append */
+    PyObject *worker;       /* the IOWorker: its `waiting` count */
+} FdWaiters;
+
+static PyObject *s_waiting, *s_resume, *s_modify_fd, *s__ready, *s_append_name;
+
+static int
+fdwaiters_init(FdWaiters *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *sched, *worker;
+    int fd;
+    if (!PyArg_ParseTuple(args, "OOi:FdWaiters", &sched, &worker, &fd)) {
+        return -1;
+    }
+    PyObject *ready = PyObject_GetAttr(sched, s__ready);
+    if (ready == NULL) {
+        return -1;
+    }
+    PyObject *append = PyObject_GetAttr(ready, s_append_name);
+    Py_DECREF(ready);
+    if (append == NULL) {
+        return -1;
+    }
+    Py_XSETREF(self->ready_append, append);
+    Py_XSETREF(self->reader, Py_NewRef(Py_None));
+    Py_XSETREF(self->writer, Py_NewRef(Py_None));
+    Py_XSETREF(self->sched, Py_NewRef(sched));
+    Py_XSETREF(self->worker, Py_NewRef(worker));
+    self->read_ready = 0;
+    self->watching_out = 0;
+    self->fd = fd;
+    return 0;
+}
+
+static int
+fdwaiters_traverse(FdWaiters *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->reader);
+    Py_VISIT(self->writer);
+    Py_VISIT(self->sched);
+    Py_VISIT(self->ready_append);
+    Py_VISIT(self->worker);
+    return 0;
+}
+
+static int
+fdwaiters_clear(FdWaiters *self)
+{
+    Py_CLEAR(self->reader);
+    Py_CLEAR(self->writer);
+    Py_CLEAR(self->sched);
+    Py_CLEAR(self->ready_append);
+    Py_CLEAR(self->worker);
+    return 0;
+}
+
+static void
+fdwaiters_dealloc(FdWaiters *self)
+{
+    PyObject_GC_UnTrack(self);
+    fdwaiters_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* worker.waiting -= 1 */
+static int
+one_less_waiting(PyObject *worker)
+{
+    PyObject *count = PyObject_GetAttr(worker, s_waiting);
+    if (count == NULL) {
+        return -1;
+    }
+    Py_ssize_t n = PyLong_AsSsize_t(count);
+    Py_DECREF(count);
+    if (n == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    PyObject *less = PyLong_FromSsize_t(n - 1);
+    if (less == NULL) {
+        return -1;
+    }
+    int failed = PyObject_SetAttr(worker, s_waiting, less);
+    Py_DECREF(less);
+    return failed;
+}
+
+static PyObject *
+fdwaiters_on_events(FdWaiters *self, PyObject *arg)
+{
+    long events = PyLong_AsLong(arg);
+    if (events == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (events & READ_EVENTS) {
+        PyObject *t = self->reader;
+        if (t != Py_None) {
+            self->reader = Py_NewRef(Py_None); /* t's reference is ours now */
+            if (one_less_waiting(self->worker) < 0) {
+                Py_DECREF(t);
+                return NULL;
+            }
+            PyObject *r;
+            if (thread_type != NULL && PyObject_TypeCheck(t, thread_type) && *(PyObject **)((char *)t + off_scope) == Py_None) {
+                /* Scheduler.resume, inlined (no timer to disarm) */
+                slot_set(t, off_value, arg);
+                slot_set(t, off_wait, Py_None);
+                r = PyObject_CallOneArg(self->ready_append, t);
+            }
+            else {
+                r = call_method(self->sched, s_resume, t, arg, NULL, 2);
+            }
+            Py_DECREF(t);
+            if (r == NULL) {
+                return NULL;
+            }
+            Py_DECREF(r);
+        }
+        else {
+            self->read_ready |= events;
+        }
+    }
+    if ((events & WRITE_EVENTS) && self->watching_out) {
+        PyObject *t = self->writer;
+        PyObject *r;
+        if (t != Py_None) {
+            self->writer = Py_NewRef(Py_None);
+            if (one_less_waiting(self->worker) < 0) {
+                Py_DECREF(t);
+                return NULL;
+            }
+            r = call_method(self->sched, s_resume, t, arg, NULL, 2);
+            Py_DECREF(t);
+        }
+        else if (events & EPOLLOUT) {
+            self->watching_out = 0;
+            PyObject *fd = PyLong_FromLong(self->fd);
+            PyObject *mask = PyLong_FromLong(EDGE_READ);
+            r = (fd && mask) ? call_method(self->sched, s_modify_fd, fd, mask, NULL, 2) : NULL;
+            Py_XDECREF(fd);
+            Py_XDECREF(mask);
+        }
+        else {
+            r = Py_NewRef(Py_None);
+        }
+        if (r == NULL) {
+            return NULL;
+        }
+        Py_DECREF(r);
+    }
+    Py_RETURN_NONE;
+}
+
+static int
+fdwaiters_set_thread(PyObject **field, PyObject *value)
+{
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete a waiter slot");
+        return -1;
+    }
+    Py_XSETREF(*field, Py_NewRef(value));
+    return 0;
+}
+
+static PyObject *fdwaiters_get_reader(FdWaiters *self, void *c) { return Py_NewRef(self->reader); }
+static int fdwaiters_set_reader(FdWaiters *self, PyObject *v, void *c) { return fdwaiters_set_thread(&self->reader, v); }
+static PyObject *fdwaiters_get_writer(FdWaiters *self, void *c) { return Py_NewRef(self->writer); }
+static int fdwaiters_set_writer(FdWaiters *self, PyObject *v, void *c) { return fdwaiters_set_thread(&self->writer, v); }
+
+static PyObject *fdwaiters_get_watching_out(FdWaiters *self, void *c) { return PyBool_FromLong(self->watching_out); }
+
+static int
+fdwaiters_set_watching_out(FdWaiters *self, PyObject *v, void *c)
+{
+    int truth = v ? PyObject_IsTrue(v) : -1;
+    if (truth < 0) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_AttributeError, "cannot delete watching_out");
+        }
+        return -1;
+    }
+    self->watching_out = (char)truth;
+    return 0;
+}
+
+static PyGetSetDef fdwaiters_getset[] = {
+    {"reader", (getter)fdwaiters_get_reader, (setter)fdwaiters_set_reader, "The thread waiting to read, or None.", NULL},
+    {"writer", (getter)fdwaiters_get_writer, (setter)fdwaiters_set_writer, "The thread waiting to write, or None.", NULL},
+    {"watching_out", (getter)fdwaiters_get_watching_out, (setter)fdwaiters_set_watching_out,
+     "Whether EPOLLOUT is in the fd's epoll mask.", NULL},
+    {NULL},
+};
+
+static PyMemberDef fdwaiters_members[] = {
+    {"read_ready", T_LONG, offsetof(FdWaiters, read_ready), 0, "Events that arrived while no reader waited."},
+    {"fd", T_INT, offsetof(FdWaiters, fd), READONLY, "The fd."},
+    {"sched", T_OBJECT, offsetof(FdWaiters, sched), READONLY, "The scheduler."},
+    {"ready_append", T_OBJECT, offsetof(FdWaiters, ready_append), READONLY, "The ready queue's append."},
+    {"worker", T_OBJECT, offsetof(FdWaiters, worker), READONLY, "The IOWorker."},
+    {NULL},
+};
+
+static PyMethodDef fdwaiters_methods[] = {
+    {"on_events", (PyCFunction)fdwaiters_on_events, METH_O,
+     "The poller's callback: wake the reader and/or writer the events are for (fdio._FdWaiters.on_events)."},
+    {NULL},
+};
+
+static PyTypeObject FdWaitersType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "threadlib._kernel._speedups.FdWaiters",
+    .tp_basicsize = sizeof(FdWaiters),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "fdio._FdWaiters, compiled: one fd's reader and writer slots and its event callback.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)fdwaiters_init,
+    .tp_dealloc = (destructor)fdwaiters_dealloc,
+    .tp_traverse = (traverseproc)fdwaiters_traverse,
+    .tp_clear = (inquiry)fdwaiters_clear,
+    .tp_methods = fdwaiters_methods,
+    .tp_members = fdwaiters_members,
+    .tp_getset = fdwaiters_getset,
+};
+
 static int
 slot_offset(PyTypeObject *type, const char *name, Py_ssize_t *offset)
 {
@@ -496,7 +738,9 @@ configure(PyObject *module, PyObject *args)
     }
     if (slot_offset((PyTypeObject *)thread, "_coro", &off_coro) < 0 ||
         slot_offset((PyTypeObject *)thread, "_value", &off_value) < 0 ||
-        slot_offset((PyTypeObject *)thread, "_exc", &off_exc) < 0) {
+        slot_offset((PyTypeObject *)thread, "_exc", &off_exc) < 0 ||
+        slot_offset((PyTypeObject *)thread, "_wait", &off_wait) < 0 ||
+        slot_offset((PyTypeObject *)thread, "_scope", &off_scope) < 0) {
         return NULL;
     }
     Py_XSETREF(yield_singleton, Py_NewRef(yield_obj));
@@ -550,6 +794,11 @@ PyInit__speedups(void)
     INTERN(s_value_slot, "_value");
     INTERN(s_exc_slot, "_exc");
     INTERN(s_fileno, "fileno");
+    INTERN(s_waiting, "waiting");
+    INTERN(s_resume, "resume");
+    INTERN(s_modify_fd, "modify_fd");
+    INTERN(s__ready, "_ready");
+    INTERN(s_append_name, "append");
 #undef INTERN
     PyObject *socket_module = PyImport_ImportModule("socket");
     if (socket_module == NULL) {
@@ -560,5 +809,16 @@ PyInit__speedups(void)
     if (socket_type == NULL) {
         return NULL;
     }
-    return PyModule_Create(&module_def);
+    if (PyType_Ready(&FdWaitersType) < 0) {
+        return NULL;
+    }
+    PyObject *module = PyModule_Create(&module_def);
+    if (module == NULL) {
+        return NULL;
+    }
+    if (PyModule_AddObjectRef(module, "FdWaiters", (PyObject *)&FdWaitersType) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
 }

@@ -12,6 +12,7 @@ import select
 from typing import TYPE_CHECKING, Any
 
 from ..syscalls import WaitRead, WaitWrite
+from .compiled import speedups
 from .threads import Thread
 from .worker import Handler, Worker
 
@@ -51,7 +52,7 @@ class IOWorker(Worker):
     def _record(self, fd: int) -> _FdWaiters:
         rec = self._fds.get(fd)
         if rec is None:
-            rec = _FdWaiters(self._sched, self, fd)
+            rec = _Record(self._sched, self, fd)
             self._sched.watch_fd(fd, _EDGE_READ, rec.on_events)
             self._fds[fd] = rec
         return rec
@@ -160,3 +161,8 @@ class _FdWaiters:
             elif events & select.EPOLLOUT:
                 self.watching_out = False
                 self.sched.modify_fd(self.fd, _EDGE_READ)
+
+
+# The record in use: _FdWaiters itself, or its compiled twin (_speedups.c,
+# same fields, on_events in C) unless the pure-Python path is chosen.
+_Record: Any = speedups.FdWaiters if speedups is not None else _FdWaiters

@@ -191,6 +191,7 @@ class Scheduler:
                                                else types.MethodType(_speedups.run_ready, self))
         self._run_pass: Callable[[], bool] = self._run_plain
         self.workers: list[Worker] = []
+        self._timed: list[Worker] = []  # the workers with a next_deadline of their own
         workers = default_workers() if workers is None else list(workers)
         timers = next((w for w in workers if isinstance(w, TimerWorker)), None)
         if timers is None:
@@ -217,6 +218,8 @@ class Scheduler:
         forget = getattr(worker, "forget_fd", None)
         if forget is not None:
             self._fd_forgetters.append(forget)
+        if getattr(type(worker), "next_deadline", None) is not Worker.next_deadline:
+            self._timed.append(worker)  # it may have deadlines: _poll asks it
         self.workers.append(worker)
 
     def worker(self, cls: type[_W]) -> _W | None:
@@ -933,7 +936,8 @@ class Scheduler:
     def _poll(self) -> None:
         clock = self.clock
         deadline = None
-        for w in self.workers:
+        timed = self._timed  # the others' next_deadline is Worker's: always None
+        for w in timed:
             d = w.next_deadline()
             if d is not None and (deadline is None or d < deadline):
                 deadline = d
@@ -962,7 +966,7 @@ class Scheduler:
             if clock.virtual and not self._ready and not events:
                 clock.advance_to(deadline)
             now = clock.now()
-            for w in self.workers:
+            for w in timed:
                 d = w.next_deadline()
                 if d is not None and d <= now:
                     w.expire(now)

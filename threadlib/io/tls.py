@@ -61,8 +61,9 @@ it raises ``ssl.SSLEOFError``, unless the stream was made with
 their own messages (HTTP with Content-Length or chunks) are safe with it,
 and most HTTPS clients close without close_notify. ``close`` never waits:
 it puts close_notify on the wire if the transport takes it at once, else
-a small thread keeps trying for ``CLOSE_LINGER`` seconds before closing
-the transport (as nginx does); ``unwrap`` sends close_notify, waits for
+a small thread goes on sending it, and closes the transport once the
+peer has taken nothing for ``CLOSE_LINGER`` seconds (nginx's
+``lingering_timeout`` rule); ``unwrap`` sends close_notify, waits for
 the peer's and hands the transport back.
 
 Renegotiation is refused: TLS 1.3 has none, and ``ssl.OP_NO_RENEGOTIATION``
@@ -99,7 +100,7 @@ __all__ = [
 
 #: Seconds a handshake may take from its first attempt (None: no limit).
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
-#: Seconds ``close`` keeps trying to send close_notify the transport could not take at once.
+#: Seconds without progress after which ``close`` stops sending what the transport could not take at once (close_notify).
 CLOSE_LINGER = 3.0
 
 # Plaintext encrypted per step of a long write: bounds the ciphertext held
@@ -280,9 +281,10 @@ class TlsStream:
             raise self._failure.with_traceback(None)
 
     @types.coroutine
-    def _flush_locked(self) -> Waits[None]:
+    def _flush_locked(self, stall: float | None = None) -> Waits[None]:
         """Send the unsent ciphertext and everything in the outgoing BIO;
-        the caller holds ``_send_lock``."""
+        the caller holds ``_send_lock``. ``stall``: TimeoutError once the
+        transport has taken nothing for that many seconds."""
         out = self._outgoing
         send = self._transport.send
         while True:
@@ -291,7 +293,7 @@ class TlsStream:
                 if not out.pending:
                     return
                 view = self._unsent = memoryview(out.read())
-            n = yield from send(view)
+            n = yield from send(view, stall)
             self._unsent = view[n:] if n < len(view) else None
 
     @types.coroutine
@@ -784,8 +786,9 @@ class TlsStream:
 
     def close(self) -> None:
         """Close now, never waiting: close_notify goes out if the transport
-        takes it at once (else a thread keeps trying for ``CLOSE_LINGER``
-        seconds, then closes the transport; readers are woken at once),
+        takes it at once (else a thread goes on sending until the peer has
+        taken nothing for ``CLOSE_LINGER`` seconds, then closes the
+        transport; readers are woken at once),
         then the transport is closed. Threads waiting on the stream get
         OSError(EBADF) or the transport's error."""
         if self._closed:
@@ -800,7 +803,7 @@ class TlsStream:
             self._queue_close_notify()
         sched = current_scheduler()
         if self._send_now() or sched is None:
-            self._transport.close()
+            _close_keeping_output(self._transport)
             return
         try:
             self._transport.shutdown(socket.SHUT_RD)  # wakes a reader blocked in the transport
@@ -810,13 +813,20 @@ class TlsStream:
 
     @types.coroutine
     def _linger(self) -> Waits[None]:
+        # A peer that reads, however slowly (a busy machine), gets the rest
+        # and close_notify; one that takes nothing for CLOSE_LINGER seconds
+        # is cut off.
+        lock = self._send_lock
         try:
-            with _timeout(CLOSE_LINGER):
-                yield from self._flush()  # the lock is free (close checked): taken at once, for the rule's sake
+            yield from lock.acquire()  # free (close checked): taken at once, for the rule's sake
+            try:
+                yield from self._flush_locked(stall=CLOSE_LINGER)
+            finally:
+                lock.release()
         except (OSError, TimeoutError):
             pass  # the peer does not read: it gets the FIN without close_notify
         finally:
-            self._transport.close()
+            _close_keeping_output(self._transport)
 
     @types.coroutine
     def unwrap(self, timeout: float | None = None) -> Waits[tuple[Stream, bytes]]:
@@ -856,6 +866,41 @@ class TlsStream:
         self._closed = True
         trailing = self._incoming.read()
         return self._transport, trailing
+
+
+def _close_keeping_output(transport: Any) -> None:
+    """Close ``transport`` after dropping the input it holds unread (a TLS
+    1.3 server's session tickets to a client that never read, say): a
+    kernel socket closed with unread input is reset, and the reset throws
+    away what the kernel had not yet sent, close_notify included."""
+    try:
+        for _ in range(64):  # bounded: a peer that keeps sending is not waited for
+            data = _recv_without_waiting(transport)
+            if data is None:
+                # A stream may wait instead of trying right after a short
+                # read (sockio's shortcut); the second call tries.
+                data = _recv_without_waiting(transport)
+            if not data:
+                break
+    except OSError:
+        pass
+    transport.close()
+
+
+def _recv_without_waiting(transport: Any) -> bytes | None:
+    """One step of ``transport.recv()``: the bytes if they come without
+    waiting, None if it would wait (the call is then abandoned, which the
+    contract says consumes nothing)."""
+    call = iter(transport.recv(65536))
+    try:
+        next(call)
+    except StopIteration as done:
+        data: bytes = done.value
+        return data
+    close = getattr(call, "close", None)
+    if close is not None:
+        close()
+    return None
 
 
 def _send_without_waiting(transport: Any, data: memoryview) -> int | None:
