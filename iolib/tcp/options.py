@@ -41,6 +41,9 @@ class ConnOptions:
         self.update(**kw)
 
     def update(self, **kw) -> None:
+        """Set the given options; a bad one raises `BadArgument` naming it
+        and leaves every option as it was (nothing is half-applied)."""
+        checked = {}
         for name, value in kw.items():
             if name not in _FIELDS:
                 raise BadArgument(f"unknown TCP option {name!r}; known: {', '.join(_FIELDS)}")
@@ -54,11 +57,16 @@ class ConnOptions:
                 if typ is int and value != int(value):
                     raise BadArgument(f"TCP option {name} must be an integer, got {value!r}")
                 value = typ(value)
+                if value != value:
+                    raise BadArgument(f"TCP option {name} must be a number, got {value!r}")
                 if minimum is not None and value < minimum:
                     raise BadArgument(f"TCP option {name} must be >= {minimum}, got {value!r}")
+            checked[name] = value
+        if checked.get("ack_delay", 0) > 0.5:
+            raise BadArgument("TCP option ack_delay must be <= 0.5 s (RFC 9293 §3.8.6.3), "
+                              f"got {checked['ack_delay']!r}")
+        for name, value in checked.items():
             setattr(self, name, value)
-        if getattr(self, "ack_delay", 0) > 0.5:
-            raise BadArgument("TCP option ack_delay must be <= 0.5 s (RFC 9293 §3.8.6.3)")
 
     def copy(self) -> "ConnOptions":
         new = ConnOptions.__new__(ConnOptions)

@@ -11,8 +11,8 @@ from .testkit import ACK, FIN, PSH, REMOTE_ISS, RST, SYN, Harness, seg
 R = REMOTE_ISS + 1
 
 
-def established():
-    h = Harness()
+def established(**options):
+    h = Harness(**options)
     c = h.established_active(mss=1000)
     return h, c
 
@@ -294,3 +294,36 @@ def test_orphaned_fin_wait_2_times_out():
     assert c.state == "FIN-WAIT-2"
     h.at(60.0)
     assert c.state == "CLOSED"
+
+
+@pytest.mark.parametrize("how", ["w", "rw"])
+def test_fin_wait_2_after_shutdown_waits_for_the_peer_without_a_timeout(how):
+    """`fin_wait2_timeout` is only for connections the user closed: after
+    a shutdown the socket is still the user's, and FIN-WAIT-2 lasts until
+    the peer's FIN, however late it comes."""
+    h, c = established()
+    h.stack.shutdown(h.now, c, how)
+    h.expect(seg(ACK | FIN, c.iss + 1, R, 65535))
+    h.send(seg(ACK, R, c.iss + 2, 65535))
+    assert c.state == "FIN-WAIT-2"
+    h.at(10_000.0)
+    assert c.state == "FIN-WAIT-2" and h.stack.connections() == [c]
+    h.expect_none()
+    h.send(seg(ACK | FIN, R, c.iss + 2, 65535))
+    h.expect(seg(ACK, c.iss + 2, R + 1, 65535))
+    assert c.state == "TIME-WAIT"
+
+
+def test_closing_a_shut_down_connection_in_fin_wait_2_starts_the_timeout():
+    """The close, not the shutdown, starts `fin_wait2_timeout`."""
+    h, c = established(fin_wait2_timeout=20)
+    h.stack.shutdown(h.now, c, "w")
+    h.send(seg(ACK, R, c.iss + 2, 65535))
+    h.out()
+    h.at(100.0)
+    h.stack.close(h.now, c)
+    h.expect_none()                               # the FIN is already out
+    h.at(119.9)
+    assert c.state == "FIN-WAIT-2"
+    h.at(120.0)
+    assert c.state == "CLOSED" and h.stack.connections() == []

@@ -426,3 +426,43 @@ def test_a_shrinking_peer_window_is_survived():
     assert rt.seq == (c.iss + 1001) & 0xFFFFFFFF
     h.send(seg(ACK, R, c.iss + 3001, 4000))
     assert [len(s.payload) for s in h.out()] == [1000, 1000]
+
+
+def test_urgent_pointer_is_processed_with_a_zero_window():
+    """MUST-66, URG half: with the receive window closed, a segment at
+    RCV.NXT still has its urgent pointer taken and the user told, although
+    its text is dropped and answered with a zero-window ACK."""
+    h, c = established(rcvbuf=1000)
+    h.send(seg(ACK, R, c.iss + 1, 65535, b"z" * 1000))
+    h.out()
+    h.take_events()
+    assert c.rcv_adv - c.rcv_nxt == 0                       # the window really is closed
+    h.send(seg(ACK | URG, R + 1000, c.iss + 1, 65535, b"!", urg=5))
+    h.expect(seg(ACK, c.iss + 1, R + 1000, 0))              # the byte did not fit
+    assert h.kinds(c) == [EV_URGENT]
+    assert c.rcv_up - c.rcv_nxt == 5                        # where the urgent data will end
+    assert c.urgent_pending == 1000                         # everything unread lies before it
+    assert h.stack.recv(c, 2000) == b"z" * 1000             # nothing of the probe got in
+
+
+@pytest.mark.parametrize("bad", [0.51, 1, 5.0, float("nan")])
+def test_ack_delay_above_half_a_second_is_refused(bad):
+    """MUST-40: an ACK is never delayed 0.5 s or more, so ack_delay above
+    0.5 is refused wherever options are given (stack, listener, connect,
+    set_options), naming the option; 0.5 itself is allowed and used."""
+    with pytest.raises(ValueError, match="ack_delay"):
+        Stack(["10.0.0.1/24"], ack_delay=bad)
+    h = Harness()
+    with pytest.raises(ValueError, match="ack_delay"):
+        h.stack.listen(80, ack_delay=bad)
+    with pytest.raises(ValueError, match="ack_delay"):
+        h.stack.connect(0.0, "10.0.0.2", 4000, ack_delay=bad)
+    h, c = established(ack_delay=0.5)
+    with pytest.raises(ValueError, match="ack_delay"):
+        h.stack.set_options(c, nodelay=True, ack_delay=bad)
+    assert (c.options.ack_delay, c.options.nodelay) == (0.5, False)   # nothing half-applied
+    h.send(seg(ACK | PSH, R, c.iss + 1, 65535, b"hello"))
+    h.at(0.499)
+    h.expect_none()
+    h.at(0.5)
+    h.expect(seg(ACK, c.iss + 1, R + 5, 65535))

@@ -8,7 +8,7 @@ import pytest
 
 from iolib.tcp import (EV_ACCEPT, EV_CONNECTED, EV_ERROR, EV_REFUSED, EV_WRITABLE, AddressInUse,
                        ConnectionRefused, ConnectionTimedOut, NetUnreachable, Stack)
-from .testkit import ACK, ANY, REMOTE_ISS, RST, SYN, Harness, seg
+from .testkit import ACK, ANY, REMOTE_ISS, REMOTE_PORT, RST, SYN, Harness, seg
 
 M = 0xFFFFFFFF
 
@@ -347,3 +347,30 @@ def test_configurable_ttl():
     s.connect(0, "10.0.0.2", 80)
     (pkt,) = s.take_packets()
     assert parse_ip(pkt).hop_limit == 17
+
+
+def test_accepted_connections_take_the_listeners_options():
+    """A listener's options (from `listen()` and from `set_options` on the
+    listener) are those of the connections it accepts later; connections
+    already accepted keep theirs.  Seen on the wire: the delayed-ACK time."""
+    h = Harness(ack_delay=0.04)
+    h.listener = h.stack.listen(80, ack_delay=0.2)
+    first = h.established_passive()
+    h.stack.set_options(h.listener, ack_delay=0.3)
+    h.rport = REMOTE_PORT + 1
+    second = h.established_passive()
+    start = h.now
+    for conn, port in ((first, REMOTE_PORT), (second, REMOTE_PORT + 1)):
+        h.rport = port
+        h.send(seg(ACK, REMOTE_ISS + 1, conn.iss + 1, 65535, b"x"))
+    h.expect_none()
+    h.at(start + 0.199)
+    h.expect_none()
+    h.at(start + 0.2)
+    h.rport = REMOTE_PORT
+    h.expect(seg(ACK, first.iss + 1, REMOTE_ISS + 2, 65535))
+    h.at(start + 0.299)
+    h.expect_none()
+    h.at(start + 0.3)
+    h.rport = REMOTE_PORT + 1
+    h.expect(seg(ACK, second.iss + 1, REMOTE_ISS + 2, 65535))
