@@ -676,6 +676,8 @@ class World:
         crash's restart), so that removing the fault removes both."""
         self._planned_faults += 1
         name = label if label is not None else getattr(action, "__name__", "fault")
+        if not isinstance(name, str) or "," in name or not name.strip():
+            raise ValueError(f"a fault's label must be a non-empty string without commas, got {name!r}")
         fault = f"at#{self._planned_faults}:{name}"
 
         def planned() -> None:
