@@ -74,11 +74,34 @@ def fetch(conn: Any, path: str, host: str = "web", timeout: float = 30.0) -> Any
 
 @types.coroutine
 def _fetch_all(net: Any, address: tuple[str, int], paths: list[str]) -> Any:
-    """GET each path on one connection; returns how many were byte-exact."""
-    with (yield from net.connect(address, timeout=30.0)) as conn:
+    """GET each path on keep-alive connections; returns how many were
+    byte-exact. A reused connection the server closed before answering
+    (its keep-alive timeout may fire while a request is still held up on
+    the network) is replaced and the request sent again once, as RFC 9112
+    9.3.1 lets a client do for an idempotent request."""
+    done = 0
+    conn = None
+    try:
         for path in paths:
-            yield from fetch(conn, path)
-    return len(paths)
+            for attempt in (1, 2):
+                if conn is None:
+                    conn = yield from net.connect(address, timeout=30.0)
+                    fresh = True
+                try:
+                    yield from fetch(conn, path)
+                    fresh = False
+                    break
+                except ConnectionResetError as exc:
+                    conn.close()
+                    conn = None
+                    if fresh or attempt == 2 or "before the response head" not in str(exc):
+                        raise
+                    sim.sometimes(True, "a keep-alive connection closed under a request was retried")
+            done += 1
+    finally:
+        if conn is not None:
+            conn.close()
+    return done
 
 
 def _web_main(host: Any) -> Any:

@@ -47,7 +47,7 @@ class RunOptions:
     faults: tuple[str, ...] | None = None  # None: every fault the seed draws
     time_limit: float = 3600.0
     liveness: float = 60.0
-    step_limit: int = 200_000
+    step_limit: int = 1_000_000
 
     def command(self, ref: str, seed: int | str, faults: Sequence[str] | None = None) -> str:
         """The shell command that runs ``ref`` with ``seed`` and these options
@@ -62,7 +62,7 @@ class RunOptions:
             words += ["--time-limit", repr(self.time_limit)]
         if self.liveness != 60.0:
             words += ["--liveness", repr(self.liveness)]
-        if self.step_limit != 200_000:
+        if self.step_limit != 1_000_000:
             words += ["--step-limit", str(self.step_limit)]
         return " ".join(shlex.quote(w) for w in words)
 
@@ -308,8 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--fail-fast", action="store_true", help="stop at the first failing seed")
     run.add_argument("--time-limit", type=float, default=3600.0, help="simulated seconds per world.run")
     run.add_argument("--liveness", type=float, default=60.0, help="simulated seconds the liveness phase may take")
-    run.add_argument("--step-limit", type=int, default=200_000,
-                     help="passes of ready threads at one simulated instant before a livelock is reported")
+    run.add_argument("--step-limit", type=int, default=1_000_000,
+                     help="thread steps at one simulated instant before a livelock is reported")
     run.add_argument("--quiet", action="store_true", help="no progress line")
     args = parser.parse_args(argv)
     try:

@@ -98,7 +98,7 @@ class NotConverged(SimulationError):
 class Livelock(SimulationError):
     """Threads kept running without simulated time passing (a thread that
     never waits for time, such as a ``sleep(0)`` loop): more passes of
-    ready threads at one simulated instant than ``World(step_limit=...)``."""
+    thread steps at one simulated instant than ``World(step_limit=...)``."""
 
 
 class HostClock:
@@ -164,12 +164,36 @@ class HostClock:
             self._now = t
 
 
-class _ShuffledReady(collections.deque[Thread]):
+class _CountedReady(collections.deque[Thread]):
+    """A host scheduler's ready queue that counts the steps taken at one
+    simulated instant (every step starts with a ``popleft``): past the
+    world's ``step_limit`` it raises ``Livelock``, since simulated time
+    cannot pass while threads keep running (a ``sleep(0)`` loop would
+    otherwise hang the world, out of reach of its time limit)."""
+
+    def __init__(self, host: Host) -> None:
+        super().__init__()
+        self.host = host
+
+    def popleft(self) -> Thread:
+        """The next ready thread; ``Livelock`` past the step budget."""
+        world = self.host.world
+        world._steps += 1
+        if world._steps > world.step_limit:
+            world._steps = 0
+            raise Livelock(f"livelock: {world.step_limit} steps of threads at t={world.now:.6f} s (simulated) "
+                           f"without time passing, last on host {self.host.name}: a thread that never waits for "
+                           f"time (a sleep(0) loop?); World(step_limit=...) sets the bound.\n"
+                           f"{world.waiting_threads()}")
+        return super().popleft()
+
+
+class _ShuffledReady(_CountedReady):
     """A host scheduler's ready queue that runs a random ready thread next
     (``World(shuffle=True)``): other interleavings of the same program."""
 
-    def __init__(self, rng: random.Random) -> None:
-        super().__init__()
+    def __init__(self, host: Host, rng: random.Random) -> None:
+        super().__init__(host)
         self.rng = rng
 
     def popleft(self) -> Thread:
@@ -326,7 +350,9 @@ class Host:
         network = SimNetwork(self, device, stack, world._resolve)
         sched = Scheduler(workers=[TimerWorker(), network.worker], clock=self.clock)
         if world.shuffle:
-            sched._ready = _ShuffledReady(random.Random(f"{world.seed}/ready/{self.name}/{number}"))
+            sched._ready = _ShuffledReady(self, random.Random(f"{world.seed}/ready/{self.name}/{number}"))
+        else:
+            sched._ready = _CountedReady(self)
         sched.add_instrument(TraceInstrument(world._trace, self.name, number, world._clock_now))
         self._life = _Incarnation(number, stack, device, network, sched)
         world._trace.event("boot", world.now, self.name, number)
@@ -403,14 +429,7 @@ class Host:
     def _keep_going(self) -> bool:
         # A fault asked for from inside (a crash, a pause) is applied once
         # the pass of ready threads in progress ends.
-        world = self.world
-        world._passes += 1
-        if world._passes > world.step_limit:
-            raise Livelock(f"livelock: {world._passes - 1} passes of ready threads at t={world.now:.6f} s "
-                           f"(simulated) without time passing, last on host {self.name}: a thread that never "
-                           f"waits for time (a sleep(0) loop?); World(step_limit=...) sets the bound.\n"
-                           f"{world.waiting_threads()}")
-        return not world._deferred and self._has_work()
+        return not self.world._deferred and self._has_work()
 
     def _run(self) -> None:
         """Run this host's threads and workers until nothing is due."""
@@ -480,18 +499,18 @@ class World:
 
     def __init__(self, seed: Any = 0, shuffle: bool = False, *, time_limit: float = 3600.0,
                  keep_events: bool = False, epoch: float = VIRTUAL_EPOCH, faults: Iterable[str] | None = None,
-                 step_limit: int = 200_000) -> None:
+                 step_limit: int = 1_000_000) -> None:
         if not isinstance(seed, (int, str)) or isinstance(seed, bool):
             raise ValueError(f"seed must be an int or a str, got {seed!r}")
         if not isinstance(time_limit, (int, float)) or isinstance(time_limit, bool) or not 0 < time_limit < math.inf:
             raise ValueError(f"time_limit must be a positive finite number of simulated seconds, got {time_limit!r}")
         if isinstance(step_limit, bool) or not isinstance(step_limit, int) or step_limit < 1:
-            raise ValueError(f"step_limit must be a positive number of passes, got {step_limit!r}")
+            raise ValueError(f"step_limit must be a positive number of steps, got {step_limit!r}")
         self.seed = seed
         #: The faults this world may inject and those it did (``fired``).
         self.faults = FaultSchedule(faults)
         self.step_limit = step_limit
-        self._passes = 0  # passes of ready threads at the current instant
+        self._steps = 0  # thread steps taken at the current instant
         self._planned_faults = 0
         self._violation: InvariantFailed | None = None
         #: ``sim.sometimes`` tallies: message -> [times asked, times true].
@@ -911,7 +930,7 @@ class World:
         # before" (a skewed clock).
         if when > self.now:
             self.now = when
-            self._passes = 0
+            self._steps = 0
         when = self.now
         for host in self._hosts.values():
             d = host._deadline()
