@@ -132,14 +132,15 @@ def load_scenario(ref: str) -> Callable[[World], Any]:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ScenarioNotFound(f"{ref}: cannot import module {module_name!r}: {exc}") from None
-    scenario = module
+    scenario: Any = module
     for part in name.split("."):
         scenario = getattr(scenario, part, None)
         if scenario is None:
             raise ScenarioNotFound(f"{ref}: module {module_name!r} has no {name!r}")
     if not callable(scenario):
         raise ScenarioNotFound(f"{ref}: {name!r} is not a function")
-    return scenario  # type: ignore[return-value]
+    found: Callable[[World], Any] = scenario
+    return found
 
 
 def parse_seeds(text: str) -> list[int]:

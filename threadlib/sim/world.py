@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import heapq
 import ipaddress
 import math
@@ -718,7 +719,7 @@ class World:
             self._cut.clear()
             for d in self._directions.values():
                 if d.holding or d.held:
-                    d.release(self.now, lambda t, p, d=d: self._schedule(t, self._deliver, d, p), self._report)
+                    d.release(self.now, functools.partial(self._schedule_delivery, d), self._report)
             for host in self._hosts.values():
                 host.paused_until = None
                 if not host.up and host.incarnation:
@@ -821,6 +822,9 @@ class World:
             self._trace.packet(packet, "delivered", self.now, host.name)
             assert host._life is not None
             host._life.device.deliver(packet)
+
+    def _schedule_delivery(self, d: Direction, when: float, packet: bytes) -> None:
+        self._schedule(when, self._deliver, d, packet)
 
     def _schedule(self, when: float, fn: Callable[..., None], *args: Any) -> None:
         self._seq += 1
