@@ -29,6 +29,7 @@ never count a response it did not read completely.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import itertools
 import json
@@ -37,7 +38,6 @@ import os
 import socket
 import ssl
 import sys
-import time
 import types
 from collections import Counter
 from dataclasses import dataclass, field
@@ -67,20 +67,29 @@ class Target:
     hostname: str = ""      # the name sent by SNI and verified
 
     @classmethod
-    def parse(cls, url: str) -> "Target":
+    def parse(cls, url: str, resolve: bool = True) -> "Target":
+        """The target ``url`` names. ``resolve=False`` leaves a host name
+        unresolved in ``address`` (for a network that resolves names
+        itself: ``LoadGen`` resolves it there before the run)."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https"):
             raise ValueError(f"{url!r}: only http:// and https:// URLs are supported")
         if not parts.hostname:
             raise ValueError(f"{url!r}: no host")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
         try:
-            infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            raise ValueError(f"{url!r}: host {parts.hostname!r} does not resolve ({exc.strerror})") from None
-        if not infos:
-            raise ValueError(f"{url!r}: {parts.hostname} does not resolve")
-        address = infos[0][4][:2]
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            raise ValueError(f"{url!r}: the port is not a number from 0 to 65535") from None
+        if resolve:
+            try:
+                infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+            except socket.gaierror as exc:
+                raise ValueError(f"{url!r}: host {parts.hostname!r} does not resolve ({exc.strerror})") from None
+            if not infos:
+                raise ValueError(f"{url!r}: {parts.hostname} does not resolve")
+            address = infos[0][4][:2]
+        else:
+            address = (parts.hostname, port)
         path = parts.path or "/"
         if parts.query:
             path += "?" + parts.query
@@ -340,7 +349,11 @@ class LoadGen:
             raise ValueError("give a duration, a request count, or both")
         if rate is not None and not (rate > 0 and math.isfinite(rate)):
             raise ValueError(f"rate must be a positive number of requests per second, not {rate!r}")
-        self.targets = [Target.parse(u) for u in urls]
+        # Names are resolved now through the kernel's resolver, or at the
+        # start of the run through the network given (a simulated one has
+        # its own host table).
+        kernel = network is None or network is sockio.kernel
+        self.targets = [Target.parse(u, resolve=kernel) for u in urls]
         self.connections = connections
         self.duration = duration
         self.requests = requests
@@ -357,12 +370,25 @@ class LoadGen:
         self._deadline = 0.0
 
     def run(self) -> Result:
+        """Run in a scheduler of its own (timers and epoll) in this OS
+        thread; returns the Result."""
         sched = Scheduler(workers=[TimerWorker(), IOWorker()])
-        return sched.run(self._main())
+        return sched.run(self.main())
 
     @types.coroutine
-    def _main(self) -> Any:
-        start = time.monotonic()
+    def main(self) -> Any:
+        """The run as a thread body, for a scheduler someone else runs (a
+        simulated host: ``host.spawn(gen.main)``); returns the Result.
+        Time is the scheduler's (``threadlib.now()``)."""
+        if self.network is not sockio.kernel:
+            resolved = []
+            for t in self.targets:
+                infos = yield from self.network.resolve(t.address[0], t.address[1])
+                if not infos:
+                    raise ValueError(f"{t.url!r}: {t.hostname} does not resolve")
+                resolved.append(dataclasses.replace(t, address=tuple(infos[0][1][:2])))
+            self.targets = resolved
+        start = threadlib.now()
         self._deadline = start + self.duration if self.duration is not None else float("inf")
         self._start = start
         threads = []
@@ -372,7 +398,7 @@ class LoadGen:
         if self.progress:
             reporter = yield from threadlib.spawn(self._progress(start))
         yield from threadlib.join_all(threads)
-        self.result.seconds = time.monotonic() - start
+        self.result.seconds = threadlib.now() - start
         if reporter is not None:
             yield from reporter.cancel()
             sys.stdout.write("\r\x1b[K")
@@ -381,7 +407,7 @@ class LoadGen:
 
     def _take(self) -> bool:
         """May this thread start another request?"""
-        if time.monotonic() >= self._deadline:
+        if threadlib.now() >= self._deadline:
             return False
         if self._remaining < 0:
             return True
@@ -400,7 +426,7 @@ class LoadGen:
         keepalive = self.keepalive
         timeout = self.timeout
         connect = _kernel_connect if self.network is sockio.kernel else self.network.connect
-        monotonic = time.monotonic
+        monotonic = threadlib.now
         record = latencies.record
         conn = None
         conn_target = None
@@ -500,7 +526,7 @@ class LoadGen:
         last_requests, last_time = 0, start
         while True:
             yield from threadlib.sleep(1.0)
-            now = time.monotonic()
+            now = threadlib.now()
             r = self.result
             rate = (r.requests - last_requests) / max(1e-9, now - last_time)
             last_requests, last_time = r.requests, now

@@ -25,7 +25,7 @@ PUBLIC_MODULES = [
     "threadlib.io.tcpsockio", "threadlib.io.tls",
     "threadlib.frontends.green", "threadlib.process.multicore", "threadlib.process.signals",
     "threadlib.process.subprocess", "threadlib.loop", "threadlib.io.happy_eyeballs", "threadlib.testing.pytest_plugin",
-    "threadlib.sim",
+    "threadlib.sim", "threadlib.sim.runner",
 ]
 
 

@@ -28,21 +28,29 @@ This package must never read the wall clock, the global ``random`` or
 order that depends on object addresses.
 """
 
-from .fabric import LinkParams
+from .fabric import FaultSchedule, LinkParams
 from .world import (
     Deadlock,
     Host,
     HostCrashed,
+    InvariantFailed,
     Link,
+    Livelock,
     Nondeterminism,
+    NotConverged,
     SimNetwork,
     SimulationError,
     TimeLimitReached,
     World,
+    always,
     check_determinism,
+    current_world,
+    run_scenario,
+    sometimes,
 )
 
 __all__ = [
-    "World", "Host", "Link", "LinkParams", "SimNetwork",
+    "World", "Host", "Link", "LinkParams", "SimNetwork", "FaultSchedule",
     "check_determinism", "SimulationError", "Deadlock", "TimeLimitReached", "HostCrashed", "Nondeterminism",
+    "InvariantFailed", "NotConverged", "Livelock", "always", "sometimes", "current_world", "run_scenario",
 ]

@@ -93,15 +93,56 @@ Schedule = Callable[[float, bytes], None]
 Report = Callable[..., None]
 
 
+class FaultSchedule:
+    """Which faults a world may inject, and the list of those it did.
+
+    Every fault has an id that names it within its seed's run: a link
+    fault is ``"src->dst#N:kind"`` (the Nth packet decided on that
+    direction; kind ``lost``, ``corrupted``, ``reordered`` or
+    ``duplicated``), a planned one ``"at#N:label"`` (the Nth
+    ``world.fault_at``). With ``allowed=None`` every fault the seed draws
+    happens; with a set of ids only those do, every other decision is
+    taken as "no fault" (the random streams are drawn alike either way,
+    so the faults kept fall where they fell). ``fired`` lists the ids of
+    the faults that happened, in order: run again with ``allowed`` set to
+    it, the run is the same. ``enabled=False`` (``world.heal_all``) stops
+    every fault from then on."""
+
+    __slots__ = ("allowed", "enabled", "fired")
+
+    def __init__(self, allowed: Any = None) -> None:
+        if allowed is not None:
+            if isinstance(allowed, (str, bytes)):
+                raise ValueError(f"faults must be a collection of fault ids or None, got the string {allowed!r}")
+            allowed = frozenset(allowed)
+            for fault in allowed:
+                if not isinstance(fault, str) or "#" not in fault or ":" not in fault:
+                    raise ValueError(f"not a fault id (src->dst#N:kind or at#N:label): {fault!r}")
+        self.allowed: frozenset[str] | None = allowed
+        self.enabled = True
+        self.fired: list[str] = []
+
+    def allow(self, fault: str) -> bool:
+        """Whether the fault ``fault`` (an id) happens; a fault that does
+        is added to ``fired``."""
+        if not self.enabled or (self.allowed is not None and fault not in self.allowed):
+            return False
+        self.fired.append(fault)
+        return True
+
+
 class Direction:
     """One way of a link (``src`` to ``dst``): its parameters, its own
     random stream and its state (the transmitter's backlog, the last
     arrival time that keeps packets in order, packets held)."""
 
-    __slots__ = ("src", "dst", "params", "rng", "busy_until", "departures", "last_arrival", "held", "holding")
+    __slots__ = ("src", "dst", "params", "rng", "busy_until", "departures", "last_arrival", "held", "holding",
+                 "faults", "sent")
 
-    def __init__(self, src: Host, dst: Host, params: LinkParams, seed: Any) -> None:
+    def __init__(self, src: Host, dst: Host, params: LinkParams, seed: Any, faults: FaultSchedule) -> None:
         self.src = src
+        self.faults = faults
+        self.sent = 0  # packets decided on so far: the number in a fault's id
         self.dst = dst
         self.params = params
         self.rng = random.Random(f"{seed}/link/{src.name}/{dst.name}")
@@ -118,14 +159,41 @@ class Direction:
 
     def transmit(self, now: float, packet: bytes, schedule: Schedule, report: Report) -> None:
         """Decide ``packet``'s fate, sent at ``now``: report each decision
-        and schedule each copy that will arrive."""
+        and schedule each copy that will arrive.
+
+        Every packet draws the same numbers from the stream whatever is
+        decided (one per enabled parameter, in a fixed order), and each
+        fault goes through ``faults.allow`` under an id naming this
+        direction, the packet's number on it and the fault: a run with
+        some faults removed draws exactly as the full run did, so the
+        faults left keep hitting the same packets numbers."""
         if self.holding:
             self.held.append(packet)
             report("held", now, self.name, packet)
             return
+        self.sent += 1
         p = self.params
         rng = self.rng
-        if p.loss and rng.random() < p.loss:
+        lose = bool(p.loss) and rng.random() < p.loss
+        jitter = rng.random() * p.jitter if p.jitter else 0.0
+        corrupt = False
+        where = bit = 0
+        if p.corrupt:
+            corrupt = rng.random() < p.corrupt
+            where = int(rng.random() * len(packet))
+            bit = int(rng.random() * 8)
+        reorder = False
+        extra = 0.0
+        if p.reorder:
+            reorder = rng.random() < p.reorder
+            extra = (0.05 + rng.random()) * max(2 * p.latency + p.jitter, 0.001)
+        duplicate = False
+        again = 0.0
+        if p.duplicate:
+            duplicate = rng.random() < p.duplicate
+            again = rng.random() * max(p.jitter, 0.0001)
+        faults = self.faults
+        if lose and faults.allow(self._fault_id("lost")):
             report("lost", now, self.name, packet)
             return
         depart = now
@@ -139,28 +207,27 @@ class Direction:
             depart = max(now, self.busy_until) + len(packet) / p.bandwidth
             self.busy_until = depart
             waiting.append(depart)
-        arrive = depart + p.latency
-        if p.jitter:
-            arrive += rng.random() * p.jitter
-        if p.corrupt and rng.random() < p.corrupt and packet:
-            where = rng.randrange(len(packet))
-            bit = rng.randrange(8)
+        arrive = depart + p.latency + jitter
+        if corrupt and packet and faults.allow(self._fault_id("corrupted")):
             packet = packet[:where] + bytes((packet[where] ^ (1 << bit),)) + packet[where + 1:]
             report("corrupted", now, self.name, where, bit, packet)
-        if p.reorder and rng.random() < p.reorder:
+        if reorder and faults.allow(self._fault_id("reordered")):
             # Held back past the packets sent after it; it does not hold
             # them up (last_arrival is left alone).
-            arrive += (0.05 + rng.random()) * max(2 * p.latency + p.jitter, 0.001)
+            arrive += extra
             report("reordered", now, self.name, arrive, packet)
         else:
             if arrive < self.last_arrival:
                 arrive = self.last_arrival  # jitter alone never reorders
             self.last_arrival = arrive
         schedule(arrive, packet)
-        if p.duplicate and rng.random() < p.duplicate:
-            again = arrive + rng.random() * max(p.jitter, 0.0001)
+        if duplicate and faults.allow(self._fault_id("duplicated")):
+            again += arrive
             report("duplicated", now, self.name, again, packet)
             schedule(again, packet)
+
+    def _fault_id(self, kind: str) -> str:
+        return f"{self.src.name}->{self.dst.name}#{self.sent}:{kind}"
 
     def release(self, now: float, schedule: Schedule, report: Report) -> None:
         """Stop holding: the held packets go now, in the order they were sent."""

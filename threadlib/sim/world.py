@@ -28,12 +28,14 @@ scenario.
 from __future__ import annotations
 
 import collections
+import contextlib
+import functools
 import heapq
 import ipaddress
 import math
 import random
 import types
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from iolib.tcp import Stack
 
@@ -43,7 +45,7 @@ from .._kernel.threads import InContext, as_coroutine
 from ..io.happy_eyeballs import HostTable
 from ..io.tcpsockio.network import DEFAULT_CONN_OPTIONS, UserNetwork
 from ..syscalls import Waits
-from .fabric import Direction, LinkParams, SimDevice
+from .fabric import Direction, FaultSchedule, LinkParams, SimDevice
 from .trace import Trace, TraceInstrument
 
 
@@ -76,6 +78,28 @@ class Nondeterminism(SimulationError):
         self.index = index
         self.first = first
         self.second = second
+
+
+class InvariantFailed(SimulationError):
+    """A ``sim.always`` condition was false: the seed fails. ``message``
+    is the invariant's text, ``time`` the simulated time."""
+
+    def __init__(self, message: str, time: float | None) -> None:
+        where = f" at t={time:.6f} s (simulated)" if time is not None else ""
+        super().__init__(f"invariant failed{where}: {message}")
+        self.message = message
+        self.time = time
+
+
+class NotConverged(SimulationError):
+    """The liveness phase's condition did not hold within its simulated
+    deadline (``world.run_until``)."""
+
+
+class Livelock(SimulationError):
+    """Threads kept running without simulated time passing (a thread that
+    never waits for time, such as a ``sleep(0)`` loop): more passes of
+    thread steps at one simulated instant than ``World(step_limit=...)``."""
 
 
 class HostClock:
@@ -141,12 +165,36 @@ class HostClock:
             self._now = t
 
 
-class _ShuffledReady(collections.deque[Thread]):
+class _CountedReady(collections.deque[Thread]):
+    """A host scheduler's ready queue that counts the steps taken at one
+    simulated instant (every step starts with a ``popleft``): past the
+    world's ``step_limit`` it raises ``Livelock``, since simulated time
+    cannot pass while threads keep running (a ``sleep(0)`` loop would
+    otherwise hang the world, out of reach of its time limit)."""
+
+    def __init__(self, host: Host) -> None:
+        super().__init__()
+        self.host = host
+
+    def popleft(self) -> Thread:
+        """The next ready thread; ``Livelock`` past the step budget."""
+        world = self.host.world
+        world._steps += 1
+        if world._steps > world.step_limit:
+            world._steps = 0
+            raise Livelock(f"livelock: {world.step_limit} steps of threads at t={world.now:.6f} s (simulated) "
+                           f"without time passing, last on host {self.host.name}: a thread that never waits for "
+                           f"time (a sleep(0) loop?); World(step_limit=...) sets the bound.\n"
+                           f"{world.waiting_threads()}")
+        return super().popleft()
+
+
+class _ShuffledReady(_CountedReady):
     """A host scheduler's ready queue that runs a random ready thread next
     (``World(shuffle=True)``): other interleavings of the same program."""
 
-    def __init__(self, rng: random.Random) -> None:
-        super().__init__()
+    def __init__(self, host: Host, rng: random.Random) -> None:
+        super().__init__(host)
         self.rng = rng
 
     def popleft(self) -> Thread:
@@ -303,7 +351,9 @@ class Host:
         network = SimNetwork(self, device, stack, world._resolve)
         sched = Scheduler(workers=[TimerWorker(), network.worker], clock=self.clock)
         if world.shuffle:
-            sched._ready = _ShuffledReady(random.Random(f"{world.seed}/ready/{self.name}/{number}"))
+            sched._ready = _ShuffledReady(self, random.Random(f"{world.seed}/ready/{self.name}/{number}"))
+        else:
+            sched._ready = _CountedReady(self)
         sched.add_instrument(TraceInstrument(world._trace, self.name, number, world._clock_now))
         self._life = _Incarnation(number, stack, device, network, sched)
         world._trace.event("boot", world.now, self.name, number)
@@ -449,12 +499,23 @@ class World:
     """
 
     def __init__(self, seed: Any = 0, shuffle: bool = False, *, time_limit: float = 3600.0,
-                 keep_events: bool = False, epoch: float = VIRTUAL_EPOCH) -> None:
+                 keep_events: bool = False, epoch: float = VIRTUAL_EPOCH, faults: Iterable[str] | None = None,
+                 step_limit: int = 1_000_000) -> None:
         if not isinstance(seed, (int, str)) or isinstance(seed, bool):
             raise ValueError(f"seed must be an int or a str, got {seed!r}")
         if not isinstance(time_limit, (int, float)) or isinstance(time_limit, bool) or not 0 < time_limit < math.inf:
             raise ValueError(f"time_limit must be a positive finite number of simulated seconds, got {time_limit!r}")
+        if isinstance(step_limit, bool) or not isinstance(step_limit, int) or step_limit < 1:
+            raise ValueError(f"step_limit must be a positive number of steps, got {step_limit!r}")
         self.seed = seed
+        #: The faults this world may inject and those it did (``fired``).
+        self.faults = FaultSchedule(faults)
+        self.step_limit = step_limit
+        self._steps = 0  # thread steps taken at the current instant
+        self._planned_faults = 0
+        self._violation: InvariantFailed | None = None
+        #: ``sim.sometimes`` tallies: message -> [times asked, times true].
+        self.sometimes: dict[str, list[int]] = {}
         self.shuffle = bool(shuffle)
         self.time_limit = float(time_limit)
         self.epoch = epoch
@@ -540,7 +601,7 @@ class World:
         key = (src.name, dst.name)
         d = self._directions.get(key)
         if d is None:
-            d = self._directions[key] = Direction(src, dst, params, self.seed)
+            d = self._directions[key] = Direction(src, dst, params, self.seed, self.faults)
         else:
             d.params = params
         return d
@@ -626,6 +687,88 @@ class World:
         """``at(now + delay, action, *args)``."""
         self.at(self.now + delay, action, *args)
 
+    def fault_at(self, when: float, action: Callable[..., Any], *args: Any, label: str | None = None) -> str:
+        """Plan a fault: ``at(when, action, *args)``, but part of the
+        world's fault schedule (``faults``), so that a shrinker can remove
+        it: it happens only if the schedule allows its id,
+        ``"at#N:label"`` (the Nth call; ``label`` defaults to the action's
+        name). Returns the id. Plan the recovery inside the action (a
+        crash's restart), so that removing the fault removes both."""
+        self._planned_faults += 1
+        name = label if label is not None else getattr(action, "__name__", "fault")
+        if not isinstance(name, str) or "," in name or not name.strip():
+            raise ValueError(f"a fault's label must be a non-empty string without commas, got {name!r}")
+        fault = f"at#{self._planned_faults}:{name}"
+
+        def planned() -> None:
+            if self.faults.allow(fault):
+                self._trace.event("fault", self.now, fault)
+                action(*args)
+
+        self.at(when, planned)
+        return fault
+
+    def heal_all(self) -> None:
+        """End every fault, for a liveness phase: no more faults are
+        injected (link faults and planned ones), partitions heal, held
+        packets go, paused hosts resume and crashed hosts restart. Links
+        keep their latency, jitter and bandwidth."""
+
+        def heal_all() -> None:
+            self.faults.enabled = False
+            self._cut.clear()
+            for d in self._directions.values():
+                if d.holding or d.held:
+                    d.release(self.now, functools.partial(self._schedule_delivery, d), self._report)
+            for host in self._hosts.values():
+                host.paused_until = None
+                if not host.up and host.incarnation:
+                    host._restart()
+            self._trace.event("heal-all", self.now)
+
+        self._apply(heal_all)
+
+    def run_until(self, condition: Callable[[], Any], *, timeout: float) -> float:
+        """Run until ``condition()`` is true (asked whenever the world is
+        settled at an instant), at most ``timeout`` simulated seconds;
+        returns the simulated time it took. ``NotConverged`` names the
+        time and the waiting threads when it does not hold in time."""
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 0 <= timeout < math.inf:
+            raise ValueError(f"timeout must be a finite number of simulated seconds >= 0, got {timeout!r}")
+        self._check_runnable()
+        start = self.now
+        limit = start + float(timeout)
+        with self._active():
+            while True:
+                self._settle()
+                if condition():
+                    return self.now - start
+                nxt = self._next_time()
+                if nxt is None or nxt > limit:
+                    self._advance(limit)
+                    self._settle()
+                    if condition():
+                        return self.now - start
+                    name = getattr(condition, "__qualname__", repr(condition))
+                    raise NotConverged(f"not converged: {name}() still false at t={self.now:.6f} s (simulated), "
+                                       f"{timeout} s after t={start:.6f} s.\n{self.waiting_threads()}")
+                self._advance(nxt)
+
+    def _check_runnable(self) -> None:
+        if self._closed:
+            raise RuntimeError("this world is closed")
+        if self._running is not None or current_scheduler() is not None:
+            raise RuntimeError("World.run() is called from outside the simulation, not from a thread")
+
+    @contextlib.contextmanager
+    def _active(self) -> Iterator[None]:
+        # sim.always and sim.sometimes report to the world that runs.
+        _active_worlds.append(self)
+        try:
+            yield
+        finally:
+            _active_worlds.pop()
+
     def _apply(self, action: Callable[[], None]) -> None:
         # From inside a host's step the change waits until the step ends.
         if self._running is not None:
@@ -680,6 +823,9 @@ class World:
             assert host._life is not None
             host._life.device.deliver(packet)
 
+    def _schedule_delivery(self, d: Direction, when: float, packet: bytes) -> None:
+        self._schedule(when, self._deliver, d, packet)
+
     def _schedule(self, when: float, fn: Callable[..., None], *args: Any) -> None:
         self._seq += 1
         heapq.heappush(self._events, (when, self._seq, fn, args))
@@ -700,10 +846,11 @@ class World:
         crashes, ``TimeLimitReached`` at ``until`` (default: now plus the
         world's ``time_limit``). Without: until simulated time ``until``.
         Call it from outside any scheduler; it may be called again to go on."""
-        if self._closed:
-            raise RuntimeError("this world is closed")
-        if self._running is not None or current_scheduler() is not None:
-            raise RuntimeError("World.run() is called from outside the simulation, not from a thread")
+        self._check_runnable()
+        with self._active():
+            return self._run(thread, until)
+
+    def _run(self, thread: Thread | None, until: float | None) -> Any:
         home = None
         if thread is not None:
             home = self._homes.get(thread)
@@ -747,6 +894,8 @@ class World:
         """Run everything due at the current time until nothing is."""
         events = self._events
         while True:
+            if self._violation is not None:
+                raise self._violation
             progressed = False
             while events and events[0][0] <= self.now:
                 _when, _seq, fn, args = heapq.heappop(events)
@@ -767,6 +916,8 @@ class World:
                             action()
                     progressed = True
             if not progressed:
+                if self._violation is not None:
+                    raise self._violation
                 return
 
     def _next_time(self) -> float | None:
@@ -783,6 +934,7 @@ class World:
         # before" (a skewed clock).
         if when > self.now:
             self.now = when
+            self._steps = 0
         when = self.now
         for host in self._hosts.values():
             d = host._deadline()
@@ -857,6 +1009,60 @@ def _call(action: Callable[..., Any], args: tuple[Any, ...]) -> None:
     action(*args)
 
 
+_active_worlds: list[World] = []
+
+
+def current_world() -> World | None:
+    """The world being run (inside ``world.run``, ``run_until`` or a
+    scenario the runner or ``check_determinism`` calls), else None."""
+    return _active_worlds[-1] if _active_worlds else None
+
+
+def always(condition: Any, message: str) -> None:
+    """An invariant: ``condition`` must hold whenever this is reached. When
+    it does not, the seed fails: ``InvariantFailed`` is raised here and
+    again by the world (a thread that catches it does not hide it)."""
+    if condition:
+        return
+    world = current_world()
+    failure = InvariantFailed(message, world.now if world is not None else None)
+    if world is not None and world._violation is None:
+        world._violation = failure
+        world._trace.event("invariant-failed", world.now, message)
+    raise failure
+
+
+def sometimes(condition: Any, message: str) -> bool:
+    """A sign that a run reached an interesting state: counted per
+    ``message``; the seed runner reports every message that was never
+    true across its seeds (a fault that never bit, a branch never taken).
+    Returns ``bool(condition)``."""
+    hit = bool(condition)
+    world = current_world()
+    if world is not None:
+        tally = world.sometimes.get(message)
+        if tally is None:
+            tally = world.sometimes[message] = [0, 0]
+        tally[0] += 1
+        tally[1] += hit
+    return hit
+
+
+def run_scenario(scenario: Callable[[World], Any], world: World, *, liveness: float = 60.0) -> None:
+    """Run ``scenario(world)`` as the seed runner does: the scenario runs
+    (``sim.always`` failures and its exceptions fail it); if it returns a
+    callable ``converged``, a liveness phase follows: ``world.heal_all()``
+    and ``converged()`` must hold within ``liveness`` simulated seconds
+    (``NotConverged`` otherwise)."""
+    with world._active():
+        converged = scenario(world)
+        if world._violation is not None:
+            raise world._violation
+        if callable(converged):
+            world.heal_all()
+            world.run_until(converged, timeout=liveness)
+
+
 def check_determinism(scenario: Callable[[World], Any], seed: Any, *, shuffle: bool = False,
                       time_limit: float = 3600.0) -> str:
     """Run ``scenario`` (a function taking a fresh ``World``) twice with
@@ -870,7 +1076,7 @@ def check_determinism(scenario: Callable[[World], Any], seed: Any, *, shuffle: b
         world = World(seed, shuffle, time_limit=time_limit, keep_events=True)
         error: BaseException | None = None
         try:
-            scenario(world)
+            run_scenario(scenario, world)
         except Exception as exc:
             error = exc
         finally:
@@ -903,4 +1109,5 @@ def check_determinism(scenario: Callable[[World], Any], seed: Any, *, shuffle: b
 __all__ = [
     "World", "Host", "Link", "SimNetwork", "HostClock", "check_determinism",
     "SimulationError", "Deadlock", "TimeLimitReached", "HostCrashed", "Nondeterminism",
+    "InvariantFailed", "NotConverged", "Livelock", "always", "sometimes", "current_world", "run_scenario",
 ]
