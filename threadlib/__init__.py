@@ -23,7 +23,11 @@ in subpackages, loaded on first use:
 ``docs/design.md`` tours the internals; ``docs/api.md`` is the reference.
 """
 
+import sys as _sys
+from typing import Any as _Any
+
 from ._kernel import Thread, ThreadCancelled, WorkerError, current_scheduler
+from ._kernel import scheduler as _scheduler_module
 from .calls import (
     CancelScope,
     TaskGroup,
@@ -69,3 +73,18 @@ def __getattr__(name: str) -> object:
 
 def __dir__() -> list[str]:
     return sorted(list(__all__) + list(_SUBMODULES))
+
+
+def _asyncio_companion(sched: _Any) -> _Any:
+    # Threads may await asyncio code (asyncio.sleep, a client library),
+    # which needs a running loop: threadlib.loop provides one, dormant
+    # until asyncio first schedules something on it. Only when asyncio is
+    # loaded: a program that never imports it pays nothing.
+    if "asyncio" not in _sys.modules:
+        return None
+    from .loop import _provide_running_loop
+
+    return _provide_running_loop(sched)
+
+
+_scheduler_module.RUN_COMPANIONS.append(_asyncio_companion)

@@ -92,6 +92,12 @@ _END_PASS: contextvars.ContextVar[bool] = contextvars.ContextVar("threadlib_end_
 
 _W = TypeVar("_W")
 
+# Called by run() as it starts, with the scheduler; each may return a
+# function for run() to call when it ends. The package registers the one
+# that gives threads a running asyncio loop when asyncio is loaded
+# (threadlib.loop), so that the kernel never imports a layer above it.
+RUN_COMPANIONS: list[Callable[[Scheduler], Callable[[], None] | None]] = []
+
 
 def current_scheduler() -> Scheduler | None:
     """The scheduler running in this OS thread, or None."""
@@ -625,18 +631,17 @@ class Scheduler:
         if args or (callable(main) and not hasattr(main, "send")):
             main = main(*args)
         self._enter()
-        # Threads may await asyncio code (asyncio.sleep, a client library),
-        # which needs a running loop: threadlib.loop provides one, dormant
-        # until asyncio first schedules something on it. Only when asyncio
-        # is loaded: a program that never imports it pays nothing.
-        withdraw_loop = None
-        if "asyncio" in sys.modules:
-            try:
-                from ..loop import _provide_running_loop
-                withdraw_loop = _provide_running_loop(self)
-            except BaseException:
-                self._leave()
-                raise
+        withdrawals: list[Callable[[], None]] = []
+        try:
+            for companion in RUN_COMPANIONS:
+                withdraw = companion(self)
+                if withdraw is not None:
+                    withdrawals.append(withdraw)
+        except BaseException:
+            for withdraw in reversed(withdrawals):
+                withdraw()
+            self._leave()
+            raise
         try:
             main_thread = self.spawn(main, name="main")
             if handle_sigint or handle_sigterm:
@@ -656,8 +661,8 @@ class Scheduler:
                 self._signals.uninstall()
                 self._signals = None
             self._leave()
-            if withdraw_loop is not None:
-                withdraw_loop()
+            for withdraw in reversed(withdrawals):
+                withdraw()
 
     def run_while(self, keep_going: Callable[[], bool]) -> None:
         """Run threads and workers while ``keep_going()`` is true (asked
