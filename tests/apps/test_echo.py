@@ -1,6 +1,7 @@
 """The echo programs as a user runs them: real processes, real signals."""
 
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -74,20 +75,24 @@ def test_echo_app_with_two_worker_processes_shares_the_port():
     port = free_port()
     proc = start(["apps.echo", "--port", str(port), "--workers", "2"])
     try:
-        first = wait_listening(port, proc)
-        first.close()
+        # Both workers come up and each reports its own listener (read as
+        # they come: the second may fork well after the first serves).
+        lines: list[str] = []
+        end = time.monotonic() + 30
+        while len(re.findall(r"worker \d: echo on", "".join(lines))) < 2:
+            assert select.select([proc.stdout], [], [], max(0.0, end - time.monotonic()))[0], \
+                f"both workers did not report listening within 30 s: {lines}"
+            line = proc.stdout.readline()
+            assert line, f"the program ended before both workers listened: {lines}"
+            lines.append(line)
         conns = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(40)]
         for i, c in enumerate(conns):
             c.settimeout(5)
             assert echo_once(c, f"conn {i}".encode()) == f"conn {i}".encode()
         for c in conns:
             c.close()
-        out = ""
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=15) == 0
-        out = proc.stdout.read()
-        # both workers came up and each reported its own listener
-        assert len(re.findall(r"worker \d: echo on", out)) == 2, out
     finally:
         kill_group(proc)
 
