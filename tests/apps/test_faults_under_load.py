@@ -1,0 +1,146 @@
+"""Faults under load (issue 14 part 3): apps.webserver as a real program,
+real clients by the thousand, and the faults a server meets in the field:
+10,000 idle keep-alive connections, slowloris, SIGTERM and ``kill -9``
+during ``wrk``, an EMFILE storm, clients that reset, half-close or vanish,
+and a soak.  Each test's load is bounded in counts and seconds; the
+figures (memory per connection, latencies, times) are printed for
+docs/reliability.md and never asserted: speed is bench/'s business.  What
+is asserted is what was lost: nothing beyond what the fault destroys.
+"""
+
+from __future__ import annotations
+
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from tests import REPO_ROOT
+
+from ..waiting import wait_until
+from . import kill_group
+from .crowd import Crowd, Failed, children, fd_limit, hard_fd_limit, open_fds, parse_response, peer_ports, rss_bytes
+
+SMALL = b"small and served\n" * 4
+GET_SMALL = b"GET /small.txt HTTP/1.1\r\nHost: x\r\n\r\n"
+GET_SMALL_CLOSE = b"GET /small.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+
+@pytest.fixture
+def site(tmp_path):
+    (tmp_path / "small.txt").write_bytes(SMALL)
+    (tmp_path / "medium.bin").write_bytes(bytes(range(256)) * 256)          # 64 KiB
+    (tmp_path / "big.bin").write_bytes(bytes(range(256)) * 4096 * 8)        # 8 MiB
+    return tmp_path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``python -m apps.webserver`` started with a soft fd limit of
+    ``nofile`` (the limit is inherited by its workers)."""
+
+    def __init__(self, site, *args: str, nofile: int | None = None) -> None:
+        self.port = _free_port()
+        limit = None if nofile is None else min(nofile, hard_fd_limit())
+
+        def set_limit() -> None:
+            if limit is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard_fd_limit()))
+
+        self.proc = subprocess.Popen([sys.executable, "-m", "apps.webserver", "--root", str(site), "--port",
+                                      str(self.port), *args], cwd=REPO_ROOT, start_new_session=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     preexec_fn=set_limit)
+        line = self.proc.stdout.readline()
+        if "serving" not in line:
+            kill_group(self.proc)
+            raise AssertionError(f"no banner: {line}{self.proc.stdout.read()}")
+        self.output: list[str] = []
+        self._reader = threading.Thread(target=self._read_output, daemon=True)
+        self._reader.start()
+        self.address = ("127.0.0.1", self.port)
+
+    def _read_output(self) -> None:
+        for line in self.proc.stdout:
+            self.output.append(line)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+    def kill(self) -> None:
+        kill_group(self.proc)
+
+
+@pytest.fixture
+def server(site):
+    started = []
+
+    def start(*args: str, nofile: int | None = None) -> Server:
+        started.append(Server(site, *args, nofile=nofile))
+        return started[-1]
+
+    yield start
+    for s in started:
+        s.kill()
+
+
+def _served(results: dict, body: bytes = SMALL) -> list:
+    """The connections whose response was not a whole 200 with ``body``."""
+    return [(s, r) for s, r in results.items()
+            if isinstance(r, Failed) or r.status != 200 or r.body != body]
+
+
+# ---------------------------------------------------------------- 10,000 idle
+
+@pytest.mark.skipif(hard_fd_limit() < 10_200, reason="the hard fd limit is below 10,200")
+def test_ten_thousand_keep_alive_connections_are_held_and_served_by_one_worker(server):
+    """One worker holds 10,000 idle keep-alive connections (its soft fd
+    limit raised to the hard one); each is served, held idle, and served
+    again; the RSS each idle connection costs is reported."""
+    n = 10_000
+    srv = server("--quiet", "--keepalive-timeout", "600", "--header-timeout", "600", nofile=hard_fd_limit())
+    crowd = Crowd(srv.address)
+    with fd_limit(hard_fd_limit()):
+        try:
+            fds_start = open_fds(srv.pid)
+            warm = Crowd(srv.address)              # the first requests fill caches: not per connection
+            warm.open(50)
+            assert not _served(warm.exchange(GET_SMALL))
+            warm.close()
+            wait_until(lambda: open_fds(srv.pid) <= fds_start, what="the warm-up connections closed")
+            fds_before, rss_before = open_fds(srv.pid), rss_bytes(srv.pid)
+            started = time.monotonic()
+            crowd.open(n)
+            opened = time.monotonic() - started
+            assert not _served(crowd.exchange(GET_SMALL, timeout=120))
+            first = time.monotonic() - started - opened
+            wait_until(lambda: open_fds(srv.pid) >= fds_before + n, what="the server holding every connection")
+            rss_held = rss_bytes(srv.pid)
+            assert not _served(crowd.exchange(GET_SMALL, timeout=120))      # all still open, all served
+            second = time.monotonic() - started - opened - first
+            assert open_fds(srv.pid) == fds_before + n
+        finally:
+            crowd.close()
+    wait_until(lambda: open_fds(srv.pid) <= fds_before, what="the server closing the connections the clients closed")
+    per_conn = (rss_held - rss_before) / n
+    print(f"\n10,000 keep-alive connections on one worker: opened in {opened:.2f} s, first round of requests "
+          f"{first:.2f} s, second {second:.2f} s; RSS {rss_before / 2**20:.1f} MiB -> {rss_held / 2**20:.1f} MiB, "
+          f"{per_conn / 1024:.1f} KiB per idle connection")
+    assert srv.stop() == 0
