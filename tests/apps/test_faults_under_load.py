@@ -10,6 +10,7 @@ is asserted is what was lost: nothing beyond what the fault destroys.
 
 from __future__ import annotations
 
+import os
 import re
 import resource
 import shutil
@@ -265,3 +266,67 @@ def test_five_thousand_slowloris_clients_are_cut_off_by_the_header_timeout_while
           f"({loris.drips} drips); 20 normal keep-alive clients, one request each per round: before {_ms(before)}; "
           f"during {len(during)} rounds, {_ms(during)}; after {_ms(after)}")
     assert srv.stop() == 0
+
+
+# ---------------------------------------------------------------- wrk
+
+def _wrk(address, path: str, connections: int, seconds: float, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", *extra,
+                             f"http://{address[0]}:{address[1]}{path}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wrk_result(proc: subprocess.Popen) -> dict:
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    m = re.search(r"(\d+) requests in ([\d.]+)s", out)
+    assert m, out
+    result = {"requests": int(m.group(1)), "seconds": float(m.group(2)), "connect": 0, "read": 0, "write": 0,
+              "timeout": 0, "non2xx": 0, "text": out}
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        result.update(connect=int(m.group(1)), read=int(m.group(2)), write=int(m.group(3)), timeout=int(m.group(4)))
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        result["non2xx"] = int(m.group(1))
+    return result
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk missing")
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_sigterm_during_wrk_completes_every_response_in_flight_and_exits_0(server, tmp_path):
+    """SIGTERM while 50 wrk connections fetch 64 KiB each: the server stops
+    accepting, every response it began arrives whole (wrk counts exactly
+    as many complete responses as the access log has lines, with no read
+    error, timeout or non-2xx), and it exits 0 within the drain timeout.
+    What wrk reports as connect or write errors are its reconnections
+    after the listener closed, refused by the kernel."""
+    drain = 10.0
+    log = tmp_path / "access.log"
+    srv = server("--quiet", "--drain-timeout", str(drain), "--access-log", str(log))
+    fds_idle = open_fds(srv.pid)
+    wrk = _wrk(srv.address, "/medium.bin", 50, 4)
+    wait_until(lambda: open_fds(srv.pid) >= fds_idle + 50, what="wrk's 50 connections accepted")
+    cpu = _cpu_seconds(srv.pid)
+    wait_until(lambda: _cpu_seconds(srv.pid) >= cpu + 0.5, what="the server busy under wrk")
+    signalled = time.monotonic()
+    srv.proc.send_signal(signal.SIGTERM)
+    status = srv.proc.wait(timeout=drain + 20)
+    exited = time.monotonic() - signalled
+    result = _wrk_result(wrk)
+    print(f"\nSIGTERM during wrk -c50 (64 KiB responses): exit status {status} {exited:.2f} s after the signal "
+          f"(drain timeout {drain:.0f} s); wrk: {result['requests']} requests in {result['seconds']} s, "
+          f"socket errors connect {result['connect']}, read {result['read']}, write {result['write']} (refused "
+          f"reconnections), timeout {result['timeout']}, non-2xx {result['non2xx']}; access log "
+          f"{len(log.read_text().splitlines())} lines")
+    assert status == 0 and exited < drain + 5
+    assert result["requests"] > 0
+    assert (result["read"], result["timeout"], result["non2xx"]) == (0, 0, 0), result["text"]
+    logged = log.read_text().splitlines()
+    assert all('" 200 65536' in line for line in logged)
+    assert result["requests"] == len(logged), result["text"]
