@@ -330,3 +330,62 @@ def test_sigterm_during_wrk_completes_every_response_in_flight_and_exits_0(serve
     logged = log.read_text().splitlines()
     assert all('" 200 65536' in line for line in logged)
     assert result["requests"] == len(logged), result["text"]
+
+
+# ---------------------------------------------------------------- kill -9
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk missing")
+def test_kill_9_of_one_worker_under_wrk_loses_only_its_connections_and_it_is_replaced(server):
+    """``--workers 2`` under wrk (20 connections) with 200 more keep-alive
+    clients whose worker is known (from /proc): ``kill -9`` of one worker
+    fails exactly the clients it held; every client of the other worker
+    is served on; the supervisor forks a replacement, which serves."""
+    srv = server("--quiet", "--workers", "2", "--keepalive-timeout", "120")
+    workers = wait_until(lambda: children(srv.pid) if len(children(srv.pid)) == 2 else None,
+                         what="two workers")
+    crowd = Crowd(srv.address)
+    try:
+        crowd.open(200)
+        assert not _served(crowd.exchange(GET_SMALL))
+        wrk = _wrk(srv.address, "/small.txt", 20, 4)
+        wait_until(lambda: sum(len(peer_ports(pid, srv.port)) for pid in workers) >= 220,
+                   what="wrk's 20 connections accepted")
+        owner = {}
+        for pid in workers:
+            for port in peer_ports(pid, srv.port):
+                owner[port] = pid
+        by_port = {s.getsockname()[1]: s for s in crowd.socks}
+        assert set(by_port) <= set(owner), "a client connection held by no worker"
+        victim, survivor = workers
+        victims = {s for port, s in by_port.items() if owner[port] == victim}
+        wrk_on_victim = len(set(peer_ports(victim, srv.port)) - set(by_port))
+        assert victims and len(victims) < 200, "SO_REUSEPORT gave every client to one worker"
+        os.kill(victim, signal.SIGKILL)
+        replacement = wait_until(
+            lambda: [p for p in children(srv.pid) if p not in workers] if len(children(srv.pid)) == 2 else None,
+            what="the supervisor replacing the killed worker")[0]
+        results = crowd.exchange(GET_SMALL)
+        failed = {s for s, r in results.items() if isinstance(r, Failed)}
+        assert failed == victims
+        assert not _served({s: r for s, r in results.items() if s not in victims})
+        # The replacement serves: new clients until one lands on it.
+        newcomers = Crowd(srv.address)
+
+        def one_served_by_replacement():
+            newcomers.open(10)
+            assert not _served(newcomers.exchange(GET_SMALL, newcomers.socks[-10:]))
+            mine = {s.getsockname()[1] for s in newcomers.socks}
+            return mine & peer_ports(replacement, srv.port)
+
+        wait_until(one_served_by_replacement, what="a client served by the replacement worker", interval=0)
+        newcomers.close()
+        result = _wrk_result(wrk)
+    finally:
+        crowd.close()
+    print(f"\nkill -9 of one of 2 workers under wrk -c20: {len(victims)} of 200 keep-alive clients were on it and "
+          f"failed, the other {200 - len(victims)} were served on; replacement forked and serving; wrk "
+          f"({wrk_on_victim} of its 20 connections on the killed worker; a reconnection queued on it is lost too): {result['requests']} requests, socket "
+          f"errors connect {result['connect']}, read {result['read']}, write {result['write']}, timeout "
+          f"{result['timeout']}, non-2xx {result['non2xx']}")
+    assert result["requests"] > 0 and result["non2xx"] == 0 and result["timeout"] == 0
+    assert srv.stop() == 0
