@@ -389,3 +389,46 @@ def test_kill_9_of_one_worker_under_wrk_loses_only_its_connections_and_it_is_rep
           f"{result['timeout']}, non-2xx {result['non2xx']}")
     assert result["requests"] > 0 and result["non2xx"] == 0 and result["timeout"] == 0
     assert srv.stop() == 0
+
+
+# ---------------------------------------------------------------- EMFILE
+
+def test_emfile_storm_backs_off_keeps_existing_clients_and_serves_everyone_after(server):
+    """The server's fd limit lowered to 256, 50 keep-alive clients held,
+    then 1,000 clients connect at once (the kernel queues them; accept
+    fails with EMFILE): the server backs off instead of spinning or dying,
+    the 50 are served throughout, and as the storm's connections are
+    answered and closed, every one of the 1,000 is served."""
+    srv = server("--keepalive-timeout", "120", nofile=256)
+    with fd_limit(4096):
+        existing = Crowd(srv.address)
+        storm = Crowd(srv.address)
+        try:
+            existing.open(50)
+            assert not _served(existing.exchange(GET_SMALL))
+            fds_before = open_fds(srv.pid)
+            started = time.monotonic()
+            storm.open(1_000)
+            outcome = {}
+            storm_thread = threading.Thread(target=lambda: outcome.update(storm.exchange(GET_SMALL_CLOSE, timeout=120)))
+            storm_thread.start()
+            rounds = 0
+            most_fds = 0
+            while storm_thread.is_alive():
+                most_fds = max(most_fds, open_fds(srv.pid))
+                assert not _served(existing.exchange(GET_SMALL))
+                rounds += 1
+            storm_thread.join()
+            served_all = time.monotonic() - started
+            assert len(outcome) == 1_000 and not _served(outcome)
+            assert not _served(existing.exchange(GET_SMALL))
+            wait_until(lambda: open_fds(srv.pid) <= fds_before, what="the storm's fds released")
+        finally:
+            existing.close()
+            storm.close()
+    backoffs = sum("Too many open files" in line for line in srv.output)
+    print(f"\nEMFILE storm: fd limit 256, 50 keep-alive clients held, 1,000 clients at once: all 1,000 served in "
+          f"{served_all:.2f} s, the server at most {most_fds} fds, {backoffs} accept back-offs logged; the 50 were "
+          f"served in all {rounds} rounds during the storm")
+    assert backoffs > 0          # the storm did hit the limit
+    assert srv.stop() == 0
