@@ -432,3 +432,207 @@ def test_emfile_storm_backs_off_keeps_existing_clients_and_serves_everyone_after
           f"served in all {rounds} rounds during the storm")
     assert backoffs > 0          # the storm did hit the limit
     assert srv.stop() == 0
+
+
+# ---------------------------------------------------------------- resets, half-closes, vanishing clients
+
+BAD_CLIENTS = r'''
+import socket, struct, sys
+
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+GET = b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def connect():
+    return socket.create_connection((host, port), timeout=30)
+
+
+def one_response(s):
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        assert chunk, data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    while len(body) < length:
+        chunk = s.recv(65536)
+        assert chunk
+        body += chunk
+    assert head.startswith(b"HTTP/1.1 200 ") and len(body) == length, head
+    return body
+
+
+# Reset mid-response: read 64 KiB of 8 MiB, then RST (SO_LINGER 0).
+for _ in range(n):
+    s = connect()
+    s.sendall(GET % b"/big.bin")
+    got = 0
+    while got < 65536:
+        got += len(s.recv(65536))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+# Half-close after the request: the whole response still comes, then EOF.
+for _ in range(n):
+    s = connect()
+    s.sendall(GET % b"/small.txt")
+    s.shutdown(socket.SHUT_WR)
+    one_response(s)
+    assert s.recv(10) == b""
+    s.close()
+print("resets and half-closes done", flush=True)
+sys.stdin.readline()   # the test's go-ahead
+# Then hold n idle keep-alive connections (served once) and n with half a
+# request head, until this process vanishes.
+held = []
+for _ in range(n):
+    s = connect()
+    s.sendall(GET % b"/small.txt")
+    one_response(s)
+    held.append(s)
+for _ in range(n):
+    s = connect()
+    s.sendall(b"GET /small.txt HTTP/1.1\r\nHost: x\r\nX-Cut: ")
+    held.append(s)
+print("holding", flush=True)
+sys.stdin.read()
+'''
+
+
+def _user_stack_usable() -> bool:
+    import os as _os
+
+    return _os.geteuid() == 0 and _os.path.exists("/dev/net/tun") and shutil.which("nft") is not None
+
+
+@pytest.mark.skipif(not _user_stack_usable(), reason="needs root, /dev/net/tun and nft (TUN device, namespace, "
+                                                     "nftables)")
+def test_user_stack_reclaims_clients_that_reset_half_close_or_vanish_without_a_fin(site):
+    """apps.webserver on the user-level stack; from a kernel client in a
+    test namespace, 100 clients reset mid-response and 100 half-close
+    after their request (each answered whole); then the client process
+    holds 100 idle keep-alive connections and 100 half-sent heads and
+    vanishes: nftables drops everything on the TUN link both ways before
+    it is killed, so no FIN or RST reaches the stack.  The stack's
+    keep-alive (the server's keep-alive timeout is 10 minutes) reclaims
+    the idle ones, the header timeout and the stack's user timeout the
+    half-sent ones; the stack ends with no connection, and a new client is
+    served."""
+    import threadlib
+    from apps.webserver import WebServer
+    from iolib.netns import NetNamespace
+    from threadlib.io import tcpsockio
+
+    from ..waiting import until
+
+    n, tun, kernel_ip, user_ip, port = 100, "tlf0", "10.81.0.1", "10.81.0.2", 8081
+    ns = NetNamespace.create(prefix="tlf")
+    try:
+        net = tcpsockio.open_network(tun=tun, peer=f"{kernel_ip}/24", address=f"{user_ip}/24", netns=ns.name,
+                                     seed=14, keepalive=True, keepidle=1.0, keepintvl=0.5, keepcnt=3,
+                                     user_timeout=3.0)
+        try:
+            server = WebServer(str(site), network=net, header_timeout=2.0, keepalive_timeout=600.0,
+                               send_timeout=5.0)
+            figures = {}
+            procs = []
+
+            def start_clients():
+                proc = ns.popen([sys.executable, "-c", BAD_CLIENTS, user_ip, str(port), str(n)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                procs.append(proc)
+                for expected in ("resets and half-closes done", "holding"):
+                    line = proc.stdout.readline()
+                    assert line.strip() == expected, line + proc.stdout.read()
+                    if expected != "holding":
+                        proc.stdin.write("go\n")
+                        proc.stdin.flush()
+
+            def vanish():
+                # Nothing crosses the link any more, then the process dies:
+                # its FINs and RSTs are dropped with everything else.
+                r = ns.exec(["nft", "-f", "-"], capture_output=True, text=True, timeout=30, input=f"""
+table inet tl_vanish {{
+    chain in {{ type filter hook input priority -300; policy accept; iifname "{tun}" drop; }}
+    chain out {{ type filter hook output priority -300; policy accept; oifname "{tun}" drop; }}
+}}
+""")
+                assert r.returncode == 0, r.stderr
+                procs[0].kill()
+                procs[0].wait()
+
+            def main():
+                shutdown = threadlib.Event()
+                t = yield from threadlib.spawn(server.serve(("", port), shutdown))
+                try:
+                    yield from until(lambda: server.address is not None or t.done, what="the web server listening")
+                    probes = net.stack.stats.keepalive_probes
+                    try:
+                        yield from threadlib.blocking(start_clients)
+                        figures["held"] = yield from until(
+                            lambda: (lambda k: k if k >= 2 * n else 0)(
+                                net.stack.connection_states().get("ESTABLISHED", 0)),
+                            what=f"{2 * n} connections established")
+                        yield from threadlib.blocking(vanish)
+                    finally:
+                        for proc in procs:
+                            proc.kill()
+                            proc.wait()
+                    vanished = threadlib.now()
+                    yield from until(lambda: not net.stack.connection_states(), timeout=60,
+                                     what="the stack holding no connection")
+                    figures["reclaimed"] = threadlib.now() - vanished
+                    figures["probes"] = net.stack.stats.keepalive_probes - probes
+                    ns.exec(["nft", "delete", "table", "inet", "tl_vanish"], check=True, timeout=30)
+                    return (yield from threadlib.blocking(
+                        lambda: ns.exec(["curl", "-sS", "--max-time", "20", f"http://{user_ip}:{port}/small.txt"],
+                                        capture_output=True, timeout=60)))
+                finally:
+                    shutdown.set()
+                    yield from t.join()
+
+            after = threadlib.run(main())
+        finally:
+            net.close()
+    finally:
+        ns.delete()
+    assert after.returncode == 0 and after.stdout == SMALL, after
+    assert figures["probes"] >= n          # the idle ones were found dead by keep-alive probes
+    print(f"\nuser stack: {n} clients reset mid-response, {n} half-closed (answered whole); {figures['held']} "
+          f"established connections then vanished without a FIN (idle keep-alive and half-sent heads); all "
+          f"reclaimed {figures['reclaimed']:.2f} s later ({figures['probes']} keep-alive probes); a new client served")
+
+
+def test_kernel_stack_reclaims_clients_that_reset_half_close_or_go_silent(server):
+    """The same bad clients against the program on the kernel's stack: 100
+    reset mid-response and 100 half-close (each answered whole, no fd
+    kept); then 100 idle keep-alive connections and 100 half-sent heads
+    go silent while their sockets stay open: the keep-alive (3 s) and
+    header (2 s) timeouts close every one, and the fds return to the
+    baseline."""
+    n = 100
+    srv = server("--quiet", "--header-timeout", "2", "--keepalive-timeout", "3", "--send-timeout", "5")
+    fds_before = open_fds(srv.pid)
+    proc = subprocess.Popen([sys.executable, "-c", BAD_CLIENTS, "127.0.0.1", str(srv.port), str(n)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == "resets and half-closes done", line + proc.stdout.read()
+        wait_until(lambda: open_fds(srv.pid) <= fds_before, what="reset and half-closed connections closed")
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        line = proc.stdout.readline()
+        assert line.strip() == "holding", line + proc.stdout.read()
+        wait_until(lambda: open_fds(srv.pid) - fds_before >= 2 * n, what="the server holding the silent connections")
+        held = open_fds(srv.pid) - fds_before
+        silent = time.monotonic()
+        wait_until(lambda: open_fds(srv.pid) <= fds_before, what="the silent connections reclaimed")
+        reclaimed = time.monotonic() - silent
+        assert proc.poll() is None          # the client still holds its sockets: the server closed them
+    finally:
+        proc.kill()
+        proc.wait()
+    print(f"\nkernel stack: {n} clients reset mid-response, {n} half-closed (answered whole), fds back to the "
+          f"baseline; {held} silent connections (idle keep-alive, half-sent heads) reclaimed {reclaimed:.2f} s "
+          f"after the last was made")
+    assert srv.stop() == 0
