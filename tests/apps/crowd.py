@@ -38,6 +38,7 @@ def fd_limit(soft: int):
 
 
 def hard_fd_limit() -> int:
+    """This process's hard RLIMIT_NOFILE (what a soft limit may be raised to)."""
     return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 
 
@@ -171,6 +172,7 @@ class Crowd:
         return results
 
     def close(self) -> None:
+        """Close every connection of the crowd."""
         for s in self.socks:
             s.close()
         self.socks.clear()
@@ -180,10 +182,12 @@ class Crowd:
 # --------------------------------------------------------------------- /proc
 
 def open_fds(pid: int) -> int:
+    """How many fds process ``pid`` has open."""
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def rss_bytes(pid: int) -> int:
+    """Process ``pid``'s resident set size."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
@@ -192,11 +196,13 @@ def rss_bytes(pid: int) -> int:
 
 
 def children(pid: int) -> list[int]:
+    """The pids of process ``pid``'s children (its workers)."""
     with open(f"/proc/{pid}/task/{pid}/children") as f:
         return [int(p) for p in f.read().split()]
 
 
 def socket_inodes(pid: int) -> set[int]:
+    """The inode numbers of the sockets process ``pid`` holds."""
     inodes = set()
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import resource
 import shutil
 import signal
 import socket
@@ -27,7 +26,16 @@ from tests import REPO_ROOT
 
 from ..waiting import wait_until
 from . import kill_group
-from .crowd import Crowd, Failed, children, fd_limit, hard_fd_limit, open_fds, parse_response, peer_ports, rss_bytes
+from .crowd import (
+    Crowd,
+    Failed,
+    children,
+    fd_limit,
+    hard_fd_limit,
+    open_fds,
+    peer_ports,
+    rss_bytes,
+)
 
 SMALL = b"small and served\n" * 4
 GET_SMALL = b"GET /small.txt HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -54,16 +62,18 @@ class Server:
 
     def __init__(self, site, *args: str, nofile: int | None = None) -> None:
         self.port = _free_port()
-        limit = None if nofile is None else min(nofile, hard_fd_limit())
-
-        def set_limit() -> None:
-            if limit is not None:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard_fd_limit()))
-
-        self.proc = subprocess.Popen([sys.executable, "-m", "apps.webserver", "--root", str(site), "--port",
-                                      str(self.port), *args], cwd=REPO_ROOT, start_new_session=True,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     preexec_fn=set_limit)
+        argv = [sys.executable, "-m", "apps.webserver", "--root", str(site), "--port", str(self.port), *args]
+        if nofile is not None:
+            # The child sets its own limit before it runs the program (a
+            # preexec_fn is unsafe in a test process with threads).
+            limit = min(nofile, hard_fd_limit())
+            bootstrap = ("import resource, runpy, sys; "
+                         f"resource.setrlimit(resource.RLIMIT_NOFILE, ({limit}, {hard_fd_limit()})); "
+                         "sys.argv[0] = 'apps.webserver'; "
+                         "runpy.run_module('apps.webserver', run_name='__main__', alter_sys=True)")
+            argv[1:3] = ["-c", bootstrap]
+        self.proc = subprocess.Popen(argv, cwd=REPO_ROOT, start_new_session=True, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
         line = self.proc.stdout.readline()
         if "serving" not in line:
             kill_group(self.proc)
@@ -356,7 +366,7 @@ def test_kill_9_of_one_worker_under_wrk_loses_only_its_connections_and_it_is_rep
                 owner[port] = pid
         by_port = {s.getsockname()[1]: s for s in crowd.socks}
         assert set(by_port) <= set(owner), "a client connection held by no worker"
-        victim, survivor = workers
+        victim = workers[0]
         victims = {s for port, s in by_port.items() if owner[port] == victim}
         wrk_on_victim = len(set(peer_ports(victim, srv.port)) - set(by_port))
         assert victims and len(victims) < 200, "SO_REUSEPORT gave every client to one worker"
@@ -567,10 +577,9 @@ table inet tl_vanish {{
                     probes = net.stack.stats.keepalive_probes
                     try:
                         yield from threadlib.blocking(start_clients)
-                        figures["held"] = yield from until(
-                            lambda: (lambda k: k if k >= 2 * n else 0)(
-                                net.stack.connection_states().get("ESTABLISHED", 0)),
-                            what=f"{2 * n} connections established")
+                        yield from until(lambda: net.stack.connection_states().get("ESTABLISHED", 0) >= 2 * n,
+                                         what=f"{2 * n} connections established")
+                        figures["held"] = net.stack.connection_states()["ESTABLISHED"]
                         yield from threadlib.blocking(vanish)
                     finally:
                         for proc in procs:
