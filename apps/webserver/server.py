@@ -71,6 +71,12 @@ _GET = b"GET"
 _HEAD = b"HEAD"
 _AIO_CHUNK = 256 * 1024
 _LINGER_SECONDS = 2.0
+# After a stop, how long an idle keep-alive connection may still begin a
+# request (answered with "Connection: close") before it is closed.  A client
+# such as wrk sends its next request the moment a response ends; closing
+# its connection at once would reset that request in flight, a failure the
+# stop itself caused.  Long against a round trip, short against a shutdown.
+_DRAIN_IDLE_GRACE = 1.0
 _BATCH_BYTES = 256 * 1024  # responses of one pipelined batch held before sending
 _LINGER_BYTES = 1 << 20
 _O_READ = os.O_RDONLY | os.O_CLOEXEC
@@ -265,8 +271,15 @@ class WebServer:
 
     @types.coroutine
     def _drain(self) -> Any:
-        """Stop: close idle connections now, give busy ones drain_timeout."""
+        """Stop: idle connections get _DRAIN_IDLE_GRACE to begin one last
+        request, then close; busy ones get drain_timeout.  Every response
+        begun after the stop says "Connection: close", and its connection
+        closes once it is sent (RFC 9112 §9.6)."""
         self._stopping = True
+        grace_end = threadlib.now() + min(_DRAIN_IDLE_GRACE, self.drain_timeout)
+        while threadlib.now() < grace_end and any(
+                s.idle and s.thread is not None and s.thread.waiting_on is not None for s in self._open):
+            yield from threadlib.sleep(min(0.05, max(0.0, grace_end - threadlib.now())))
         for state in list(self._open):
             t = state.thread
             if state.idle and t is not None and t.waiting_on is not None:

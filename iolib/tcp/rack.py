@@ -142,4 +142,5 @@ class Rack:
                 start = conn.snd_una
             conn._retransmit(now, start, conn.snd_max)
         self.tlp_end = conn.snd_max
+        conn.t_rack = INF                   # §7.2: one probe until an ACK (sending may have re-armed it)
         conn.t_rtx = now + conn.rtt.rto     # §7.3: the RTO runs again from the probe

@@ -161,12 +161,17 @@ class SackRecovery(LossRecovery):
         end = conn.snd_max
         if end <= start:
             return
-        if log:
-            last = log[-1]
-            if last[2] == now and last[3] == 0:
-                last[1] = end     # same send time: one range is enough
-                return
-        log.append([start, end, now, 0])
+        if log and log[-1][2] == now and log[-1][3] == 0:
+            log[-1][1] = end      # same send time: one range is enough
+        else:
+            log.append([start, end, now, 0])
+        # RFC 8985 §7.2: (re)start the probe timer after sending new data,
+        # not only on ACKs.  ACK processing arms it before the ACK's own
+        # output: data that output sends after a full ACK (nothing was
+        # outstanding then) would otherwise have no probe, and a lost tail
+        # of it would wait for the RTO.  A probe's own new data does not
+        # re-arm it (send_probe disarms after sending).
+        self.rack.arm_probe(conn, now, self.in_recovery or conn.snd_una < self.recover)
 
     def on_retransmitted(self, conn, now: float, start: int, end: int) -> None:
         self.on_sent(conn, now)   # it may have reached past SND.MAX (more data, a FIN)

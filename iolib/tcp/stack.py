@@ -230,6 +230,16 @@ class Stack:
         ev.clear()
         return out
 
+    def connection_states(self) -> dict:
+        """How many connections the stack holds in each TCP state, e.g.
+        ``{"ESTABLISHED": 3, "TIME-WAIT": 1}`` (listeners not counted):
+        what ``ss -s`` tells of the kernel, so that a caller can see that
+        connections its peers abandoned were reclaimed."""
+        counts: dict = {}
+        for conn in self._conns.values():
+            counts[conn.state] = counts.get(conn.state, 0) + 1
+        return counts
+
     def next_deadline(self) -> float | None:
         """When timer() must next be called (absolute, same clock as `now`);
         None when no timer is pending.  A deadline in the past means now."""

@@ -193,6 +193,34 @@ def test_tail_loss_probe_resends_the_last_segment_before_the_rto():
     assert c.rto_timeouts == 0 and c.t_rtx == pytest.approx(0.601 + c.rtt.rto)
 
 
+def test_data_sent_after_a_full_ack_gets_a_tail_loss_probe():
+    """RFC 8985 §7.2: the probe timer starts when new data is sent, not only
+    when an ACK arrives.  The ACK at 0.2 covers everything outstanding and
+    lets the last 4 of 14 queued segments out; all 4 are lost.  A probe
+    (the last segment again: nothing new is queued) goes out at 0.2 +
+    2*SRTT, long before the RTO at 1.2.  (Found at 10 % kernel loss, where
+    such tails each waited for the RTO.)"""
+    h = Harness(initial_window=10)
+    c = sack_conn(h)
+    a = c.iss + 1
+    h.stack.send(h.now, c, D * 14)
+    assert len(h.out()) == 10
+    h.at(0.2)
+    h.send(seg(ACK, R, a + 10000, 65535))
+    assert len(h.out()) == 4                                    # 10-13, all lost
+    h.at(0.399)
+    h.expect_none()
+    h.at(0.401)
+    h.expect(seg(ACK | PSH, a + 13000, R, 65535, D))
+    assert c.rto_timeouts == 0 and c.recovery.rack.tlp_end == a + 14000
+    h.at(0.8)                                                   # one probe only
+    h.expect_none()
+    h.send(seg(ACK, R, a + 10000, 65535, sack=[(a + 13000, a + 14000)]))
+    h.at(0.83)                                                  # RACK: 10-12 lost
+    assert [s.seq for s in h.out()][:1] == [a + 10000]
+    assert c.rto_timeouts == 0
+
+
 def test_after_an_rto_new_sacks_keep_sacked_data_from_being_resent():
     """RFC 6675 §5.1: after a timeout everything outstanding is presumed
     lost, but SACKs arriving afterwards steer the resending."""
