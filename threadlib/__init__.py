@@ -23,7 +23,7 @@ in subpackages, loaded on first use:
 ``docs/design.md`` tours the internals; ``docs/api.md`` is the reference.
 """
 
-from ._kernel import Thread, ThreadCancelled, WorkerError, current_scheduler
+from ._kernel import Thread, ThreadCancelled, WorkerError, current_scheduler, uring_workers
 from .calls import (
     CancelScope,
     TaskGroup,
@@ -51,7 +51,7 @@ __all__ = [
     "run", "spawn", "sleep", "current", "current_thread", "blocking", "join_all", "join_any", "now",
     "wall_time", "timeout", "timeout_at", "current_scheduler",
     "CancelScope", "move_on_after", "move_on_at", "fail_after", "fail_at", "TaskGroup", "task_group",
-    "Thread", "ThreadCancelled", "WorkerError",
+    "Thread", "ThreadCancelled", "WorkerError", "uring_workers",
     "Event", "Mutex", "Semaphore", "Condition", "Queue", "QueueClosed", "QueueFull", "QueueEmpty",
 ]
 
