@@ -95,7 +95,8 @@ class _Engine(Protocol):
     """What AioWorker needs of its engine: iolib.aio.AioContext, or the
     io_uring adapter below."""
 
-    eventfd: int
+    @property
+    def eventfd(self) -> int: ...
 
     def submit_read(self, fd: int, buf: Any, offset: int, token: Any) -> None: ...
     def submit_write(self, fd: int, buf: Any, offset: int, token: Any) -> None: ...
@@ -372,7 +373,10 @@ class _RingEngine:
     go into the ring at once (the ring's next poll submits them all in one
     io_uring_enter), completions are kept until ``reap``."""
 
-    eventfd = -1  # nothing to watch: completions arrive through the ring
+    @property
+    def eventfd(self) -> int:
+        """-1: nothing to watch, completions arrive through the ring."""
+        return -1
 
     def __init__(self, poller: UringPoller, on_completion: Callable[[int], None]) -> None:
         self._poller = poller
