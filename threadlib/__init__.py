@@ -26,7 +26,7 @@ in subpackages, loaded on first use:
 import sys as _sys
 from typing import Any as _Any
 
-from ._kernel import Thread, ThreadCancelled, WorkerError, current_scheduler
+from ._kernel import Thread, ThreadCancelled, WorkerError, current_scheduler, uring_workers
 from ._kernel import scheduler as _scheduler_module
 from .calls import (
     CancelScope,
@@ -55,7 +55,7 @@ __all__ = [
     "run", "spawn", "sleep", "current", "current_thread", "blocking", "join_all", "join_any", "now",
     "wall_time", "timeout", "timeout_at", "current_scheduler",
     "CancelScope", "move_on_after", "move_on_at", "fail_after", "fail_at", "TaskGroup", "task_group",
-    "Thread", "ThreadCancelled", "WorkerError",
+    "Thread", "ThreadCancelled", "WorkerError", "uring_workers",
     "Event", "Mutex", "Semaphore", "Condition", "Queue", "QueueClosed", "QueueFull", "QueueEmpty",
 ]
 

@@ -19,12 +19,18 @@ from ._kernel import (
     SlowStepDetector,
     Thread,
     TimerWorker,
+    UringPoller,
+    UringUnavailable,
+    UringWorker,
     VirtualClock,
     WaitQueue,
     Worker,
     WorkerError,
     current_scheduler,
     default_workers,
+    io_backend,
+    uring_unavailable_reason,
+    uring_workers,
 )
 from ._kernel.compiled import COMPILED
 from ._kernel.worker import Handler
@@ -38,4 +44,5 @@ __all__ = [
     "SystemCall", "Yield", "Sleep", "WaitRead", "WaitWrite", "Spawn", "Join", "JoinAny", "Cancel",
     "Park", "Unpark", "Blocking", "GetCurrent", "GetScheduler",
     "Instrument", "SlowStepDetector", "COMPILED",
+    "UringPoller", "UringUnavailable", "UringWorker", "uring_workers", "uring_unavailable_reason", "io_backend",
 ]

@@ -53,6 +53,7 @@ def test_the_top_level_is_the_user_api_only():
         "wall_time", "timeout", "timeout_at", "current_scheduler", "Thread", "ThreadCancelled", "WorkerError",
         "Event", "Mutex", "Semaphore", "Condition", "Queue", "QueueClosed", "QueueFull", "QueueEmpty",
         "CancelScope", "move_on_after", "move_on_at", "fail_after", "fail_at", "TaskGroup", "task_group",
+        "uring_workers",
     }
     # Extender names live in lowlevel, not at the top.
     for name in ("Scheduler", "Worker", "WaitQueue", "SystemCall", "Park", "TimerWorker", "IOWorker"):

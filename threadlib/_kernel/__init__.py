@@ -16,6 +16,7 @@ One job per module:
 ``pollers``        EpollPoller: the default idle wait
 ``timers``         TimerWorker: Sleep, timeouts, call_at
 ``fdio``           IOWorker: WaitRead/WaitWrite on fds
+``uring``          UringPoller, UringWorker, uring_workers: the io_uring ring as poller and file IO
 ``blocking``       BlockingPool: Blocking calls on OS threads
 ``introspect``     thread dumps, instruments, the slow-step detector
 =================  =========================================================
@@ -29,6 +30,7 @@ from .pollers import EpollPoller
 from .scheduler import Scheduler, current_scheduler, default_workers, forget_fd, running_scheduler
 from .threads import COROUTINE_TYPES, Thread, ThreadCancelled
 from .timers import TimerWorker
+from .uring import UringPoller, UringUnavailable, UringWorker, io_backend, uring_unavailable_reason, uring_workers
 from .waitqueue import DONE, ParkOnce, WaitQueue
 from .worker import Poller, Worker, WorkerError
 
@@ -36,5 +38,6 @@ __all__ = [
     "BlockingPool", "MonotonicClock", "VirtualClock", "IOWorker", "EpollPoller", "Scheduler",
     "current_scheduler", "default_workers", "forget_fd", "running_scheduler", "COROUTINE_TYPES", "Thread",
     "ThreadCancelled", "TimerWorker", "DONE", "ParkOnce", "WaitQueue", "Poller", "Worker", "WorkerError",
-    "Instrument", "SlowStepDetector",
+    "Instrument", "SlowStepDetector", "UringPoller", "UringUnavailable", "UringWorker", "io_backend",
+    "uring_unavailable_reason", "uring_workers",
 ]

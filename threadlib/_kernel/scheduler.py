@@ -79,6 +79,7 @@ from .introspect import HookList, SlowStepDetector, format_dump, hook_lists
 from .pollers import EpollPoller
 from .threads import COROUTINE_TYPES, InContext, Thread, ThreadCancelled, _Lineage, _Unretrieved, mark_retrieved
 from .timers import TimerWorker
+from .uring import io_backend, uring_workers
 from .worker import Handler, Poller, Worker, WorkerError
 
 log = logging.getLogger("threadlib")
@@ -123,7 +124,11 @@ def forget_fd(fd: int) -> None:
 
 
 def default_workers() -> list[Worker]:
-    """The standard workers: timers, fd readiness (epoll), the blocking pool."""
+    """The standard workers: timers, fd readiness (epoll), the blocking pool.
+    With ``THREADLIB_IO=uring`` in the environment, ``uring_workers()``
+    instead (which falls back to these, saying why, without io_uring)."""
+    if io_backend() == "uring":
+        return uring_workers()
     return [TimerWorker(), IOWorker(), BlockingPool()]
 
 

@@ -18,6 +18,9 @@ pending: `AioClose` closes it only once they are all reaped.
 
 Use: `Scheduler(workers=default_workers() + [AioWorker()])`, or let
 `threadlib.io.fileio` attach one to the running scheduler on first use.
+On a scheduler that idles in an io_uring ring (`threadlib.uring_workers()`),
+the worker attached is `UringAioWorker`: the same calls, the same rules,
+served by that ring instead of an AIO context (`O_DIRECT` or not).
 """
 
 from __future__ import annotations
@@ -27,10 +30,11 @@ import logging
 import os
 import select
 import types
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from iolib.aio import AioContext, AioUnavailable, aio_unavailable_reason
 from .._kernel import Scheduler, Thread, Worker, current_scheduler
+from .._kernel.uring import UringPoller
 from .._kernel.worker import Handler
 from ..syscalls import SystemCall, Waits
 
@@ -39,7 +43,7 @@ log = logging.getLogger("threadlib")
 # What the engine raises for a request it will not take: the caller's news.
 _REFUSALS = (OSError, ValueError, TypeError, AioUnavailable)
 
-__all__ = ["AioRead", "AioWrite", "AioFsync", "AioClose", "AioWorker", "ensure_aio_worker",
+__all__ = ["AioRead", "AioWrite", "AioFsync", "AioClose", "AioWorker", "UringAioWorker", "ensure_aio_worker",
            "aio_read", "aio_write", "aio_fsync", "aio_close"]
 
 
@@ -87,6 +91,21 @@ class AioClose(SystemCall):
         self.fd = fd
 
 
+class _Engine(Protocol):
+    """What AioWorker needs of its engine: iolib.aio.AioContext, or the
+    io_uring adapter below."""
+
+    @property
+    def eventfd(self) -> int: ...
+
+    def submit_read(self, fd: int, buf: Any, offset: int, token: Any) -> None: ...
+    def submit_write(self, fd: int, buf: Any, offset: int, token: Any) -> None: ...
+    def submit_fsync(self, fd: int, token: Any, datasync: bool = False) -> None: ...
+    def flush(self) -> int: ...
+    def reap(self) -> list[tuple[Any, int]]: ...
+    def close(self) -> None: ...
+
+
 class AioWorker(Worker):
     """Serves the Aio* system calls with one kernel AIO context.
 
@@ -102,7 +121,7 @@ class AioWorker(Worker):
         if not isinstance(max_in_flight, int) or not 1 <= max_in_flight <= 65536:
             raise ValueError(f"max_in_flight must be an int in 1..65536, got {max_in_flight!r}")
         self.max_in_flight = max_in_flight
-        self._ctx: AioContext | None = None
+        self._ctx: _Engine | None = None
         self._closed = False
         self._flush_due: float | None = None  # when the oldest unsubmitted request was queued
         # Requests per fd submitted and not yet reaped (withdrawn ones too),
@@ -187,7 +206,7 @@ class AioWorker(Worker):
             self._flush_due = self._sched.clock.now()
         self._sched.suspend(thread, sc)
 
-    def _context_for(self, sc: Any) -> AioContext:
+    def _context_for(self, sc: Any) -> _Engine:
         """The kernel context, once ``sc`` is known to be a new request on
         an fd not being closed; raises the refusal otherwise."""
         if sc in self._requests:
@@ -349,6 +368,94 @@ class AioWorker(Worker):
         self._pending_by_fd.clear()
 
 
+class _RingEngine:
+    """The AioContext interface on the scheduler's io_uring ring: requests
+    go into the ring at once (the ring's next poll submits them all in one
+    io_uring_enter), completions are kept until ``reap``."""
+
+    @property
+    def eventfd(self) -> int:
+        """-1: nothing to watch, completions arrive through the ring."""
+        return -1
+
+    def __init__(self, poller: UringPoller, on_completion: Callable[[int], None]) -> None:
+        self._poller = poller
+        self._on_completion = on_completion
+        self._done: list[tuple[Any, int]] = []
+
+    def _callback(self, token: Any) -> Callable[[int], None]:
+        def done(res: int) -> None:
+            self._done.append((token, res))
+            self._on_completion(0)
+        return done
+
+    def submit_read(self, fd: int, buf: Any, offset: int, token: Any) -> None:
+        """Read len(buf) bytes at ``offset`` of ``fd`` into ``buf``."""
+        self._poller.read(fd, _writable(buf), offset, self._callback(token))
+
+    def submit_write(self, fd: int, buf: Any, offset: int, token: Any) -> None:
+        """Write ``buf`` at ``offset`` of ``fd``."""
+        self._poller.write(fd, buf, offset, self._callback(token))
+
+    def submit_fsync(self, fd: int, token: Any, datasync: bool = False) -> None:
+        """Flush ``fd`` (fdatasync when ``datasync``)."""
+        self._poller.fsync(fd, datasync, self._callback(token))
+
+    def flush(self) -> int:
+        """Nothing to do: the ring's poll submits every prepared request."""
+        return 0
+
+    def reap(self) -> list[tuple[Any, int]]:
+        """The (token, result) pairs completed since the last reap."""
+        done, self._done = self._done, []
+        return done
+
+    def close(self) -> None:
+        """Nothing of its own: the ring, closed with the scheduler, waits for
+        the requests the kernel still owns."""
+
+
+def _writable(buf: Any) -> Any:
+    try:
+        view = memoryview(buf)
+    except TypeError:
+        raise TypeError(f"a read needs a writable buffer (bytearray, mmap, writable memoryview), "
+                        f"got {type(buf).__name__}") from None
+    if view.readonly:
+        raise TypeError(f"a read needs a writable buffer (bytearray, mmap, writable memoryview), "
+                        f"got a read-only {type(buf).__name__}")
+    if view.nbytes == 0:
+        raise ValueError("a read needs a non-empty buffer")
+    return buf
+
+
+class UringAioWorker(AioWorker):
+    """The Aio* calls served by the scheduler's io_uring ring
+    (``threadlib.uring_workers()``) instead of a Linux AIO context: the same
+    results and errors, buffers held until the kernel is done with them,
+    and ``AioClose`` still waiting for the fd's requests. It needs no libaio
+    and works on descriptors opened with or without O_DIRECT.
+    ``ensure_aio_worker`` attaches it to a scheduler that polls with a ring."""
+
+    def __init__(self, poller: UringPoller, max_in_flight: int = 128) -> None:
+        super().__init__(max_in_flight)
+        self._poller = poller
+
+    def start(self) -> str | None:
+        """Use the ring (nothing to create); None, or why not."""
+        if self._ctx is not None:
+            return None
+        if self._closed:
+            return "the AIO worker is closed"
+        if getattr(self, "_sched", None) is None:
+            return "the AIO worker is not attached to a scheduler"
+        self._ctx = _RingEngine(self._poller, self._on_completion)
+        return None
+
+    def __repr__(self) -> str:
+        return f"<UringAioWorker in_flight={self.in_flight}>"
+
+
 def ensure_aio_worker(sched: Scheduler | None = None) -> AioWorker:
     """The AioWorker of `sched` (default: the running scheduler), attaching a
     new one if it has none."""
@@ -358,7 +465,8 @@ def ensure_aio_worker(sched: Scheduler | None = None) -> AioWorker:
             raise RuntimeError("no threadlib scheduler is running in this OS thread")
     worker = sched.worker(AioWorker)
     if worker is None:
-        worker = AioWorker()
+        poller = sched._poller
+        worker = UringAioWorker(poller) if isinstance(poller, UringPoller) else AioWorker()
         sched.add_worker(worker)
     return worker
 

@@ -1,0 +1,758 @@
+/* threadlib._kernel._uring: one io_uring instance as a small Python object.
+ *
+ * What it is for: the io_uring worker (uring.py) needs the kernel's
+ * submission and completion rings, and no io_uring binding for Python is
+ * mature. This file speaks the kernel's documented ABI (linux/io_uring.h)
+ * directly: io_uring_setup, io_uring_enter and io_uring_register through
+ * syscall(2), the rings mapped with mmap. No liburing.
+ *
+ * A Ring prepares submission entries (poll_add, poll_remove, read, write,
+ * fsync, nop) in the shared submission ring without a system call; poll()
+ * hands every prepared entry to the kernel in one io_uring_enter, waits
+ * (with the GIL released) only when asked to and when no completion is
+ * already there, and returns the completions as (user_data, res, flags)
+ * tuples. When completions are waiting and nothing is to be submitted it
+ * makes no system call at all.
+ *
+ * What it must never do: decide what to watch or whom to wake (uring.py
+ * does), let go of a buffer while the kernel may still read or write it
+ * (read/write hold the buffer's export until their completion is reaped,
+ * and close() reaps everything in flight before unmapping), or block with
+ * the GIL held.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <errno.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <linux/io_uring.h>
+#include <linux/time_types.h>
+
+#ifndef IORING_SETUP_SUBMIT_ALL
+#define IORING_SETUP_SUBMIT_ALL (1U << 7)
+#endif
+#ifndef IORING_SETUP_COOP_TASKRUN
+#define IORING_SETUP_COOP_TASKRUN (1U << 8)
+#endif
+#ifndef IORING_SETUP_TASKRUN_FLAG
+#define IORING_SETUP_TASKRUN_FLAG (1U << 9)
+#endif
+#ifndef IORING_SQ_TASKRUN
+#define IORING_SQ_TASKRUN (1U << 2)
+#endif
+
+static int
+sys_setup(unsigned entries, struct io_uring_params *p)
+{
+    return (int)syscall(__NR_io_uring_setup, entries, p);
+}
+
+static int
+sys_enter(int fd, unsigned to_submit, unsigned min_complete, unsigned flags, void *arg, size_t argsz)
+{
+    return (int)syscall(__NR_io_uring_enter, fd, to_submit, min_complete, flags, arg, argsz);
+}
+
+static int
+sys_register(int fd, unsigned opcode, void *arg, unsigned nr)
+{
+    return (int)syscall(__NR_io_uring_register, fd, opcode, arg, nr);
+}
+
+typedef struct {
+    PyObject_HEAD
+    int fd;
+    unsigned features, setup_flags, sq_entries, cq_entries;
+    /* submission ring */
+    void *sq_map; size_t sq_map_size;
+    unsigned *sq_head, *sq_tail, *sq_mask, *sq_flags, *sq_array;
+    struct io_uring_sqe *sqes; size_t sqes_size;
+    unsigned sq_local_tail;   /* entries prepared; published to *sq_tail at once */
+    /* completion ring */
+    void *cq_map; size_t cq_map_size;
+    unsigned *cq_head, *cq_tail, *cq_mask;
+    struct io_uring_cqe *cqes;
+    /* user_data -> memoryview of the buffer the kernel may still touch */
+    PyObject *held;
+} Ring;
+
+static void
+ring_unmap(Ring *r)
+{
+    if (r->sqes != NULL && r->sqes != MAP_FAILED)
+        munmap(r->sqes, r->sqes_size);
+    if (r->cq_map != NULL && r->cq_map != MAP_FAILED && r->cq_map != r->sq_map)
+        munmap(r->cq_map, r->cq_map_size);
+    if (r->sq_map != NULL && r->sq_map != MAP_FAILED)
+        munmap(r->sq_map, r->sq_map_size);
+    r->sqes = NULL; r->cq_map = NULL; r->sq_map = NULL;
+    if (r->fd >= 0) {
+        close(r->fd);
+        r->fd = -1;
+    }
+}
+
+static PyObject *
+errno_error(int err, const char *what)
+{
+    PyObject *msg = PyUnicode_FromFormat("%s: %s", what, strerror(err));
+    if (msg == NULL)
+        return NULL;
+    PyObject *args = Py_BuildValue("(iO)", err, msg);
+    Py_DECREF(msg);
+    if (args == NULL)
+        return NULL;
+    PyErr_SetObject(PyExc_OSError, args);
+    Py_DECREF(args);
+    return NULL;
+}
+
+static int
+ring_init(Ring *r, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"entries", NULL};
+    unsigned entries = 256;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|I", kwlist, &entries))
+        return -1;
+    if (entries < 1 || entries > 32768) {
+        PyErr_Format(PyExc_ValueError, "entries must be in 1..32768, got %u", entries);
+        return -1;
+    }
+    if (r->fd >= 0) {
+        PyErr_SetString(PyExc_RuntimeError, "Ring is already set up");
+        return -1;
+    }
+    /* The richest setup first; older kernels refuse flags they do not know
+     * with EINVAL, so each retry drops the newest ones. */
+    static const unsigned tries[] = {
+        IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
+        IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL,
+        IORING_SETUP_CQSIZE,
+        0,
+    };
+    struct io_uring_params p;
+    int fd = -1, err = 0;
+    for (size_t i = 0; i < sizeof tries / sizeof tries[0]; i++) {
+        memset(&p, 0, sizeof p);
+        p.flags = tries[i];
+        p.cq_entries = entries * 4;  /* multishot polls may post many per pass */
+        fd = sys_setup(entries, &p);
+        if (fd >= 0)
+            break;
+        err = errno;
+        if (err != EINVAL)
+            break;
+    }
+    if (fd < 0) {
+        errno_error(err, "io_uring_setup");
+        return -1;
+    }
+    r->fd = fd;
+    r->features = p.features;
+    r->setup_flags = p.flags;
+    r->sq_entries = p.sq_entries;
+    r->cq_entries = p.cq_entries;
+    r->sq_map_size = p.sq_off.array + p.sq_entries * sizeof(unsigned);
+    r->cq_map_size = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
+    if (p.features & IORING_FEAT_SINGLE_MMAP) {
+        if (r->cq_map_size > r->sq_map_size)
+            r->sq_map_size = r->cq_map_size;
+        r->cq_map_size = r->sq_map_size;
+    }
+    r->sq_map = mmap(NULL, r->sq_map_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd,
+                     IORING_OFF_SQ_RING);
+    if (r->sq_map == MAP_FAILED) {
+        err = errno;
+        ring_unmap(r);
+        errno_error(err, "mmap of the io_uring submission ring");
+        return -1;
+    }
+    if (p.features & IORING_FEAT_SINGLE_MMAP) {
+        r->cq_map = r->sq_map;
+    } else {
+        r->cq_map = mmap(NULL, r->cq_map_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd,
+                         IORING_OFF_CQ_RING);
+        if (r->cq_map == MAP_FAILED) {
+            err = errno;
+            ring_unmap(r);
+            errno_error(err, "mmap of the io_uring completion ring");
+            return -1;
+        }
+    }
+    r->sqes_size = p.sq_entries * sizeof(struct io_uring_sqe);
+    r->sqes = mmap(NULL, r->sqes_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd,
+                   IORING_OFF_SQES);
+    if (r->sqes == MAP_FAILED) {
+        err = errno;
+        ring_unmap(r);
+        errno_error(err, "mmap of the io_uring submission entries");
+        return -1;
+    }
+    char *sq = r->sq_map, *cq = r->cq_map;
+    r->sq_head = (unsigned *)(sq + p.sq_off.head);
+    r->sq_tail = (unsigned *)(sq + p.sq_off.tail);
+    r->sq_mask = (unsigned *)(sq + p.sq_off.ring_mask);
+    r->sq_flags = (unsigned *)(sq + p.sq_off.flags);
+    r->sq_array = (unsigned *)(sq + p.sq_off.array);
+    r->cq_head = (unsigned *)(cq + p.cq_off.head);
+    r->cq_tail = (unsigned *)(cq + p.cq_off.tail);
+    r->cq_mask = (unsigned *)(cq + p.cq_off.ring_mask);
+    r->cqes = (struct io_uring_cqe *)(cq + p.cq_off.cqes);
+    /* Entry i of the ring always names submission entry i. */
+    for (unsigned i = 0; i < p.sq_entries; i++)
+        r->sq_array[i] = i;
+    r->sq_local_tail = *r->sq_tail;
+    r->held = PyDict_New();
+    if (r->held == NULL) {
+        ring_unmap(r);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+ring_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    Ring *r = (Ring *)type->tp_alloc(type, 0);
+    if (r != NULL)
+        r->fd = -1;
+    return (PyObject *)r;
+}
+
+static int
+check_open(Ring *r)
+{
+    if (r->fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "the io_uring Ring is closed");
+        return -1;
+    }
+    return 0;
+}
+
+static unsigned
+unsubmitted(Ring *r)
+{
+    return r->sq_local_tail - __atomic_load_n(r->sq_head, __ATOMIC_ACQUIRE);
+}
+
+static int
+enter(Ring *r, unsigned to_submit, unsigned min_complete, double timeout)
+{
+    /* Returns the kernel's result, or -errno. Releases the GIL only when it
+     * may wait. */
+    unsigned flags = 0;
+    struct io_uring_getevents_arg arg;
+    struct __kernel_timespec ts;
+    void *argp = NULL;
+    size_t argsz = 0;
+    int ret;
+    if (min_complete) {
+        flags |= IORING_ENTER_GETEVENTS;
+        if (timeout >= 0) {
+            memset(&arg, 0, sizeof arg);
+            ts.tv_sec = (long long)timeout;
+            ts.tv_nsec = (long long)((timeout - (double)ts.tv_sec) * 1e9);
+            arg.ts = (unsigned long long)(uintptr_t)&ts;
+            flags |= IORING_ENTER_EXT_ARG;
+            argp = &arg;
+            argsz = sizeof arg;
+        }
+        Py_BEGIN_ALLOW_THREADS
+        ret = sys_enter(r->fd, to_submit, min_complete, flags, argp, argsz);
+        Py_END_ALLOW_THREADS
+    } else {
+        unsigned sqf = __atomic_load_n(r->sq_flags, __ATOMIC_RELAXED);
+        if (sqf & (IORING_SQ_CQ_OVERFLOW | IORING_SQ_TASKRUN))
+            flags |= IORING_ENTER_GETEVENTS;  /* flush overflowed or deferred completions */
+        ret = sys_enter(r->fd, to_submit, 0, flags, NULL, 0);
+    }
+    return ret < 0 ? -errno : ret;
+}
+
+/* A free submission entry, zeroed; submits what is prepared if the ring is
+ * full. NULL with an exception set when even that fails. */
+static struct io_uring_sqe *
+get_sqe(Ring *r)
+{
+    if (check_open(r) < 0)
+        return NULL;
+    if (unsubmitted(r) >= r->sq_entries) {
+        int ret = enter(r, unsubmitted(r), 0, 0.0);
+        if (ret < 0 && ret != -EBUSY && ret != -EAGAIN && ret != -EINTR) {
+            errno_error(-ret, "io_uring_enter (submission ring full)");
+            return NULL;
+        }
+        if (unsubmitted(r) >= r->sq_entries) {
+            PyErr_SetString(PyExc_BlockingIOError, "the io_uring submission ring is full");
+            return NULL;
+        }
+    }
+    struct io_uring_sqe *sqe = &r->sqes[r->sq_local_tail & *r->sq_mask];
+    memset(sqe, 0, sizeof *sqe);
+    return sqe;
+}
+
+static void
+publish(Ring *r)
+{
+    r->sq_local_tail++;
+    __atomic_store_n(r->sq_tail, r->sq_local_tail, __ATOMIC_RELEASE);
+}
+
+static int
+check_fd(int fd)
+{
+    if (fd < 0) {
+        PyErr_Format(PyExc_ValueError, "fd must be a non-negative int, got %d", fd);
+        return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(poll_add_doc,
+"poll_add(fd, events, user_data, multishot)\n\n"
+"Prepare a poll for ``events`` (epoll bits) on ``fd``. Multishot polls are\n"
+"edge-triggered and post a completion per readiness change with\n"
+"IORING_CQE_F_MORE set while they stay armed; a one-shot poll posts once.");
+
+static PyObject *
+ring_poll_add(Ring *r, PyObject *args)
+{
+    int fd, multishot;
+    unsigned events;
+    unsigned long long ud;
+    if (!PyArg_ParseTuple(args, "iIKp:poll_add", &fd, &events, &ud, &multishot))
+        return NULL;
+    if (check_fd(fd) < 0)
+        return NULL;
+    struct io_uring_sqe *sqe = get_sqe(r);
+    if (sqe == NULL)
+        return NULL;
+    sqe->opcode = IORING_OP_POLL_ADD;
+    sqe->fd = fd;
+    sqe->poll32_events = events;
+    sqe->len = multishot ? IORING_POLL_ADD_MULTI : 0;
+    sqe->user_data = ud;
+    publish(r);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(poll_remove_doc,
+"poll_remove(target, user_data)\n\n"
+"Prepare the removal of the poll whose user_data is ``target``; the poll\n"
+"then completes with -ECANCELED, the removal itself with ``user_data``.");
+
+static PyObject *
+ring_poll_remove(Ring *r, PyObject *args)
+{
+    unsigned long long target, ud;
+    if (!PyArg_ParseTuple(args, "KK:poll_remove", &target, &ud))
+        return NULL;
+    struct io_uring_sqe *sqe = get_sqe(r);
+    if (sqe == NULL)
+        return NULL;
+    sqe->opcode = IORING_OP_POLL_REMOVE;
+    sqe->fd = -1;
+    sqe->addr = target;
+    sqe->user_data = ud;
+    publish(r);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+prep_rw(Ring *r, PyObject *args, int opcode, const char *fmt)
+{
+    int fd;
+    PyObject *buf;
+    long long offset;
+    unsigned long long ud;
+    if (!PyArg_ParseTuple(args, fmt, &fd, &buf, &offset, &ud))
+        return NULL;
+    if (check_fd(fd) < 0)
+        return NULL;
+    if (offset < -1) {
+        PyErr_Format(PyExc_ValueError, "offset must be >= 0 (or -1: the file position), got %lld", offset);
+        return NULL;
+    }
+    if (check_open(r) < 0)
+        return NULL;
+    PyObject *key = PyLong_FromUnsignedLongLong(ud);
+    if (key == NULL)
+        return NULL;
+    int known = PyDict_Contains(r->held, key);
+    if (known != 0) {
+        if (known > 0)
+            PyErr_Format(PyExc_ValueError, "user_data %llu already has a request in flight", ud);
+        Py_DECREF(key);
+        return NULL;
+    }
+    /* The memoryview holds the buffer's export (a bytearray cannot be
+     * resized under it) until the completion is reaped. */
+    PyObject *view = PyMemoryView_FromObject(buf);
+    if (view == NULL) {
+        Py_DECREF(key);
+        return NULL;
+    }
+    Py_buffer *b = PyMemoryView_GET_BUFFER(view);
+    if (opcode == IORING_OP_READ && b->readonly) {
+        PyErr_SetString(PyExc_TypeError, "read needs a writable buffer (bytearray, mmap, writable memoryview)");
+        goto fail;
+    }
+    if (!PyBuffer_IsContiguous(b, 'C')) {
+        PyErr_SetString(PyExc_ValueError, "the buffer must be C-contiguous");
+        goto fail;
+    }
+    if (b->len > 0x7fffffff) {
+        PyErr_SetString(PyExc_ValueError, "the buffer is larger than 2 GiB");
+        goto fail;
+    }
+    struct io_uring_sqe *sqe = get_sqe(r);
+    if (sqe == NULL)
+        goto fail;
+    if (PyDict_SetItem(r->held, key, view) < 0)
+        goto fail;
+    sqe->opcode = opcode;
+    sqe->fd = fd;
+    sqe->addr = (unsigned long long)(uintptr_t)b->buf;
+    sqe->len = (unsigned)b->len;
+    sqe->off = (unsigned long long)offset;
+    sqe->user_data = ud;
+    publish(r);
+    Py_DECREF(view);
+    Py_DECREF(key);
+    Py_RETURN_NONE;
+fail:
+    Py_DECREF(view);
+    Py_DECREF(key);
+    return NULL;
+}
+
+PyDoc_STRVAR(read_doc,
+"read(fd, buffer, offset, user_data)\n\n"
+"Prepare a read of len(buffer) bytes at ``offset`` (-1: the file position)\n"
+"into the writable ``buffer``, which is held until the completion is reaped.");
+
+static PyObject *
+ring_read(Ring *r, PyObject *args)
+{
+    return prep_rw(r, args, IORING_OP_READ, "iOLK:read");
+}
+
+PyDoc_STRVAR(write_doc,
+"write(fd, buffer, offset, user_data)\n\n"
+"Prepare a write of ``buffer`` at ``offset`` (-1: the file position); the\n"
+"buffer is held until the completion is reaped.");
+
+static PyObject *
+ring_write(Ring *r, PyObject *args)
+{
+    return prep_rw(r, args, IORING_OP_WRITE, "iOLK:write");
+}
+
+PyDoc_STRVAR(fsync_doc,
+"fsync(fd, datasync, user_data)\n\n"
+"Prepare an fsync (fdatasync when ``datasync``) of ``fd``.");
+
+static PyObject *
+ring_fsync(Ring *r, PyObject *args)
+{
+    int fd, datasync;
+    unsigned long long ud;
+    if (!PyArg_ParseTuple(args, "ipK:fsync", &fd, &datasync, &ud))
+        return NULL;
+    if (check_fd(fd) < 0)
+        return NULL;
+    struct io_uring_sqe *sqe = get_sqe(r);
+    if (sqe == NULL)
+        return NULL;
+    sqe->opcode = IORING_OP_FSYNC;
+    sqe->fd = fd;
+    sqe->fsync_flags = datasync ? IORING_FSYNC_DATASYNC : 0;
+    sqe->user_data = ud;
+    publish(r);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(nop_doc, "nop(user_data)\n\nPrepare a request that completes at once with res 0.");
+
+static PyObject *
+ring_nop(Ring *r, PyObject *arg)
+{
+    unsigned long long ud = PyLong_AsUnsignedLongLong(arg);
+    if (ud == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    struct io_uring_sqe *sqe = get_sqe(r);
+    if (sqe == NULL)
+        return NULL;
+    sqe->opcode = IORING_OP_NOP;
+    sqe->fd = -1;
+    sqe->user_data = ud;
+    publish(r);
+    Py_RETURN_NONE;
+}
+
+/* Move every posted completion into a new list; release held buffers of
+ * the requests that are over. */
+static PyObject *
+reap(Ring *r)
+{
+    unsigned head = *r->cq_head;
+    unsigned tail = __atomic_load_n(r->cq_tail, __ATOMIC_ACQUIRE);
+    unsigned mask = *r->cq_mask;
+    PyObject *out = PyList_New((Py_ssize_t)(tail - head));
+    if (out == NULL)
+        return NULL;
+    Py_ssize_t i = 0;
+    int held = PyDict_GET_SIZE(r->held) > 0;
+    for (; head != tail; head++, i++) {
+        struct io_uring_cqe *cqe = &r->cqes[head & mask];
+        PyObject *t = Py_BuildValue("(KiI)", (unsigned long long)cqe->user_data, cqe->res, cqe->flags);
+        if (t == NULL) {
+            /* Keep what is not yet turned into tuples for the next reap. */
+            __atomic_store_n(r->cq_head, head, __ATOMIC_RELEASE);
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, t);
+        if (held && !(cqe->flags & IORING_CQE_F_MORE)) {
+            PyObject *key = PyTuple_GET_ITEM(t, 0);
+            if (PyDict_Contains(r->held, key) > 0 && PyDict_DelItem(r->held, key) < 0)
+                PyErr_Clear();
+        }
+    }
+    __atomic_store_n(r->cq_head, head, __ATOMIC_RELEASE);
+    return out;
+}
+
+static int
+has_completions(Ring *r)
+{
+    return *r->cq_head != __atomic_load_n(r->cq_tail, __ATOMIC_ACQUIRE);
+}
+
+PyDoc_STRVAR(poll_doc,
+"poll(timeout) -> [(user_data, res, flags), ...]\n\n"
+"Submit every prepared entry and collect the completions. ``timeout`` 0\n"
+"never waits, a negative one waits for a completion without limit, else\n"
+"for at most that many seconds; there is no wait when completions are\n"
+"already posted, and no system call at all when, besides, nothing is to be\n"
+"submitted. An interrupted wait returns what is there (after running the\n"
+"signal handlers, whose exception propagates).");
+
+static PyObject *
+ring_poll(Ring *r, PyObject *arg)
+{
+    double timeout = PyFloat_AsDouble(arg);
+    if (timeout == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (check_open(r) < 0)
+        return NULL;
+    unsigned to_submit = unsubmitted(r);
+    int ready = has_completions(r);
+    unsigned wait = (timeout != 0.0 && !ready) ? 1 : 0;
+    unsigned sqf = __atomic_load_n(r->sq_flags, __ATOMIC_RELAXED);
+    if (to_submit || wait || (sqf & (IORING_SQ_CQ_OVERFLOW | IORING_SQ_TASKRUN))) {
+        int ret = enter(r, to_submit, wait, timeout < 0 ? -1.0 : timeout);
+        if (ret == -EINTR) {
+            if (PyErr_CheckSignals() < 0)
+                return NULL;
+        } else if (ret < 0 && ret != -ETIME && ret != -EBUSY && ret != -EAGAIN) {
+            return errno_error(-ret, "io_uring_enter");
+        }
+    }
+    return reap(r);
+}
+
+PyDoc_STRVAR(submit_doc,
+"submit() -> int\n\nHand the prepared entries to the kernel now, without waiting; how many.");
+
+static PyObject *
+ring_submit(Ring *r, PyObject *Py_UNUSED(ignored))
+{
+    if (check_open(r) < 0)
+        return NULL;
+    unsigned n = unsubmitted(r);
+    if (n == 0)
+        return PyLong_FromLong(0);
+    int ret = enter(r, n, 0, 0.0);
+    if (ret < 0 && ret != -EINTR && ret != -EBUSY && ret != -EAGAIN)
+        return errno_error(-ret, "io_uring_enter");
+    return PyLong_FromLong(ret < 0 ? 0 : ret);
+}
+
+PyDoc_STRVAR(probe_doc,
+"supports(opcode) -> bool\n\nWhether this kernel's io_uring knows the operation (IORING_REGISTER_PROBE).");
+
+static PyObject *
+ring_supports(Ring *r, PyObject *arg)
+{
+    long op = PyLong_AsLong(arg);
+    if (op == -1 && PyErr_Occurred())
+        return NULL;
+    if (check_open(r) < 0)
+        return NULL;
+    size_t size = sizeof(struct io_uring_probe) + 256 * sizeof(struct io_uring_probe_op);
+    struct io_uring_probe *probe = PyMem_Calloc(1, size);
+    if (probe == NULL)
+        return PyErr_NoMemory();
+    int ret = sys_register(r->fd, IORING_REGISTER_PROBE, probe, 256);
+    int ok = 0;
+    if (ret >= 0 && op >= 0 && op <= probe->last_op && op < 256)
+        ok = (probe->ops[op].flags & IO_URING_OP_SUPPORTED) != 0;
+    int err = errno;
+    PyMem_Free(probe);
+    if (ret < 0 && err != EINVAL)
+        return errno_error(err, "io_uring_register(PROBE)");
+    return PyBool_FromLong(ok);
+}
+
+PyDoc_STRVAR(close_doc,
+"close()\n\nReap every read and write still in flight (waiting for the kernel to\n"
+"finish with their buffers), then unmap the rings and close the fd.\n"
+"Idempotent.");
+
+static PyObject *
+ring_close(Ring *r, PyObject *Py_UNUSED(ignored))
+{
+    if (r->fd < 0)
+        Py_RETURN_NONE;
+    /* Buffers the kernel may still write must outlive its requests: ask the
+     * kernel to cancel whatever can be cancelled (a read on a socket that
+     * never gets data), then reap until every request is over. */
+    int rounds = 0;
+    if (r->held != NULL && PyDict_GET_SIZE(r->held) > 0) {
+        struct io_uring_sqe *sqe = get_sqe(r);
+        if (sqe == NULL) {
+            PyErr_Clear();
+        } else {
+            sqe->opcode = IORING_OP_ASYNC_CANCEL;
+            sqe->fd = -1;
+            sqe->cancel_flags = IORING_ASYNC_CANCEL_ANY;
+            sqe->user_data = 0;
+            publish(r);
+        }
+    }
+    while (r->held != NULL && PyDict_GET_SIZE(r->held) > 0 && rounds++ < 30) {
+        unsigned n = unsubmitted(r);
+        int ret = enter(r, n, 1, 1.0);
+        if (ret < 0 && ret != -EINTR && ret != -ETIME && ret != -EBUSY && ret != -EAGAIN)
+            break;
+        PyObject *done = reap(r);
+        if (done == NULL)
+            PyErr_Clear();
+        Py_XDECREF(done);
+    }
+    ring_unmap(r);
+    if (r->held != NULL && PyDict_GET_SIZE(r->held) > 0) {
+        /* The kernel kept requests past 30 s: their buffers are leaked on
+         * purpose rather than freed under a write that may still come. */
+        r->held = NULL;
+    }
+    Py_CLEAR(r->held);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+ring_fileno(Ring *r, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromLong(r->fd);
+}
+
+static PyObject *
+ring_get_features(Ring *r, void *c) { return PyLong_FromUnsignedLong(r->features); }
+static PyObject *
+ring_get_setup_flags(Ring *r, void *c) { return PyLong_FromUnsignedLong(r->setup_flags); }
+static PyObject *
+ring_get_sq_entries(Ring *r, void *c) { return PyLong_FromUnsignedLong(r->sq_entries); }
+static PyObject *
+ring_get_cq_entries(Ring *r, void *c) { return PyLong_FromUnsignedLong(r->cq_entries); }
+static PyObject *
+ring_get_in_flight(Ring *r, void *c) { return PyLong_FromSsize_t(r->held ? PyDict_GET_SIZE(r->held) : 0); }
+static PyObject *
+ring_get_unsubmitted(Ring *r, void *c) { return PyLong_FromUnsignedLong(r->fd < 0 ? 0 : unsubmitted(r)); }
+static PyObject *
+ring_get_closed(Ring *r, void *c) { return PyBool_FromLong(r->fd < 0); }
+
+static PyGetSetDef ring_getset[] = {
+    {"features", (getter)ring_get_features, NULL, "IORING_FEAT_* bits the kernel reported", NULL},
+    {"setup_flags", (getter)ring_get_setup_flags, NULL, "IORING_SETUP_* flags the ring was made with", NULL},
+    {"sq_entries", (getter)ring_get_sq_entries, NULL, "size of the submission ring", NULL},
+    {"cq_entries", (getter)ring_get_cq_entries, NULL, "size of the completion ring", NULL},
+    {"in_flight", (getter)ring_get_in_flight, NULL, "reads and writes whose buffer is still held", NULL},
+    {"unsubmitted", (getter)ring_get_unsubmitted, NULL, "entries prepared and not yet taken by the kernel", NULL},
+    {"closed", (getter)ring_get_closed, NULL, "whether close() ran", NULL},
+    {NULL},
+};
+
+static PyMethodDef ring_methods[] = {
+    {"poll_add", (PyCFunction)ring_poll_add, METH_VARARGS, poll_add_doc},
+    {"poll_remove", (PyCFunction)ring_poll_remove, METH_VARARGS, poll_remove_doc},
+    {"read", (PyCFunction)ring_read, METH_VARARGS, read_doc},
+    {"write", (PyCFunction)ring_write, METH_VARARGS, write_doc},
+    {"fsync", (PyCFunction)ring_fsync, METH_VARARGS, fsync_doc},
+    {"nop", (PyCFunction)ring_nop, METH_O, nop_doc},
+    {"poll", (PyCFunction)ring_poll, METH_O, poll_doc},
+    {"submit", (PyCFunction)ring_submit, METH_NOARGS, submit_doc},
+    {"supports", (PyCFunction)ring_supports, METH_O, probe_doc},
+    {"close", (PyCFunction)ring_close, METH_NOARGS, close_doc},
+    {"fileno", (PyCFunction)ring_fileno, METH_NOARGS, "The io_uring fd."},
+    {NULL},
+};
+
+static void
+ring_dealloc(Ring *r)
+{
+    PyObject *res = ring_close(r, NULL);
+    if (res == NULL)
+        PyErr_Clear();
+    Py_XDECREF(res);
+    Py_TYPE(r)->tp_free((PyObject *)r);
+}
+
+static PyTypeObject RingType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "threadlib._kernel._uring.Ring",
+    .tp_basicsize = sizeof(Ring),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Ring(entries=256): one io_uring instance (see the module docstring).",
+    .tp_new = ring_new,
+    .tp_init = (initproc)ring_init,
+    .tp_dealloc = (destructor)ring_dealloc,
+    .tp_methods = ring_methods,
+    .tp_getset = ring_getset,
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "threadlib._kernel._uring",
+    "One io_uring instance as a Python object (the kernel ABI, no liburing).", -1, NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__uring(void)
+{
+    if (PyType_Ready(&RingType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module_def);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&RingType);
+    if (PyModule_AddObject(m, "Ring", (PyObject *)&RingType) < 0) {
+        Py_DECREF(&RingType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (PyModule_AddIntConstant(m, "CQE_F_MORE", IORING_CQE_F_MORE) < 0
+        || PyModule_AddIntConstant(m, "FEAT_EXT_ARG", IORING_FEAT_EXT_ARG) < 0
+        || PyModule_AddIntConstant(m, "FEAT_NODROP", IORING_FEAT_NODROP) < 0
+        || PyModule_AddIntConstant(m, "OP_POLL_ADD", IORING_OP_POLL_ADD) < 0
+        || PyModule_AddIntConstant(m, "OP_POLL_REMOVE", IORING_OP_POLL_REMOVE) < 0
+        || PyModule_AddIntConstant(m, "OP_READ", IORING_OP_READ) < 0
+        || PyModule_AddIntConstant(m, "OP_WRITE", IORING_OP_WRITE) < 0
+        || PyModule_AddIntConstant(m, "OP_FSYNC", IORING_OP_FSYNC) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

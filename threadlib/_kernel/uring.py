@@ -1,0 +1,382 @@
+"""The io_uring worker: fd readiness and file IO through one io_uring ring.
+
+``UringPoller`` is the ``Poller`` contract on an io_uring ring
+(``_uring.Ring``, the compiled module in this package): a watched fd is a
+multishot poll request (edge-triggered, like the epoll registrations of
+``IOWorker``) or, for a level-triggered watch, a one-shot poll re-armed
+after each report. Entries prepared during a pass of the ready queue are
+submitted together by the next ``poll``, which is also where the scheduler
+idles (``io_uring_enter`` with a timeout); completions already posted are
+reaped without a system call. ``UringWorker`` is the ``IOWorker``
+(``WaitRead``/``WaitWrite``, so sockio runs unchanged) with that poller;
+``threadlib.io.aioworker`` serves its ``Aio*`` file calls on the same ring
+when the scheduler has one (``UringPoller.read``/``write``/``fsync``).
+
+``uring_workers()`` builds the workers of an io_uring scheduler, or the
+epoll ones with one log line saying why io_uring cannot be used (not built,
+refused by the kernel or disabled by sysctl, a missing feature). The
+``THREADLIB_IO`` environment variable (``epoll``, the default, or
+``uring``) chooses what ``default_workers()`` returns.
+
+What it must never do: block outside the idle wait, wake a thread itself
+(the callbacks of the watchers do), or let the kernel keep an fd open after
+``unregister`` (the removal is submitted at once, so a socket closed right
+after is really closed).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+from typing import Any, Callable
+
+from .fdio import IOWorker
+from .worker import Handler
+
+log = logging.getLogger("threadlib")
+
+try:
+    from . import _uring  # type: ignore[attr-defined]
+except ImportError:  # not built: no C compiler, headers, or not Linux
+    _uring = None
+
+__all__ = ["UringPoller", "UringWorker", "UringUnavailable", "uring_unavailable_reason", "open_ring",
+           "uring_workers", "io_backend"]
+
+_FLAG_BITS = select.EPOLLET | select.EPOLLONESHOT | getattr(select, "EPOLLEXCLUSIVE", 1 << 28)
+_ERROR_EVENTS = select.EPOLLERR | select.EPOLLHUP
+
+
+class UringUnavailable(OSError):
+    """io_uring cannot be used here; the message says why (not built, the
+    kernel refused or lacks it, a feature the worker needs is missing)."""
+
+
+def open_ring(entries: int = 256) -> Any:
+    """A new ``_uring.Ring`` after checking every feature the worker needs;
+    raises ``UringUnavailable`` naming the first one missing."""
+    if _uring is None:
+        raise UringUnavailable(errno.ENOSYS, "the io_uring extension (threadlib._kernel._uring) is not built: "
+                               "no C compiler or linux/io_uring.h when threadlib was installed")
+    try:
+        ring = _uring.Ring(entries)
+    except OSError as exc:
+        disabled = _sysctl_disabled()
+        why = f"; kernel.io_uring_disabled is {disabled}" if disabled not in (None, "0") else ""
+        raise UringUnavailable(exc.errno or errno.ENOSYS,
+                               f"io_uring_setup failed: {os.strerror(exc.errno or errno.ENOSYS)}{why}") from None
+    try:
+        if not ring.features & _uring.FEAT_EXT_ARG:
+            raise UringUnavailable(errno.ENOSYS, "io_uring lacks IORING_FEAT_EXT_ARG (timed waits; Linux >= 5.11)")
+        for op, name in ((_uring.OP_POLL_ADD, "POLL_ADD"), (_uring.OP_POLL_REMOVE, "POLL_REMOVE"),
+                         (_uring.OP_READ, "READ"), (_uring.OP_WRITE, "WRITE"), (_uring.OP_FSYNC, "FSYNC")):
+            if not ring.supports(op):
+                raise UringUnavailable(errno.ENOSYS, f"io_uring lacks IORING_OP_{name}")
+        if not _has_multishot_poll(ring):
+            raise UringUnavailable(errno.ENOSYS, "io_uring lacks multishot poll (IORING_POLL_ADD_MULTI; Linux >= 5.13)")
+    except BaseException:
+        ring.close()
+        raise
+    return ring
+
+
+_multishot_known: bool | None = None  # a kernel fact: probed once per process
+
+
+def _has_multishot_poll(ring: Any) -> bool:
+    global _multishot_known
+    if _multishot_known is None:
+        _multishot_known = _probe_multishot_poll(ring)
+    return _multishot_known
+
+
+def _probe_multishot_poll(ring: Any) -> bool:
+    # A pipe's write end is writable at once: a multishot poll on it posts a
+    # completion that says it stays armed (IORING_CQE_F_MORE); a kernel
+    # without multishot refuses the flag (EINVAL) or posts a final one.
+    r, w = os.pipe2(os.O_CLOEXEC)
+    try:
+        ring.poll_add(w, select.EPOLLOUT, 1, True)
+        armed = ended = False
+        for _ in range(10):  # each wait ends at a completion or after 1 s
+            for ud, res, flags in ring.poll(1.0):
+                if ud == 1:
+                    armed = armed or (res > 0 and bool(flags & _uring.CQE_F_MORE))
+                    ended = not flags & _uring.CQE_F_MORE
+            if armed or ended:
+                break
+        if armed:
+            ring.poll_remove(1, 2)
+            removed = False
+            for _ in range(10):
+                for ud, res, flags in ring.poll(1.0):
+                    removed = removed or ud == 2
+                    ended = ended or (ud == 1 and not flags & _uring.CQE_F_MORE)
+                if removed and ended:
+                    break
+        return armed
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def _sysctl_disabled() -> str | None:
+    try:
+        with open("/proc/sys/kernel/io_uring_disabled") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def uring_unavailable_reason() -> str | None:
+    """None if an io_uring scheduler can be built here, else why not."""
+    try:
+        open_ring(8).close()
+    except UringUnavailable as exc:
+        return exc.strerror
+    return None
+
+
+class _Watch:
+    """One watched fd: its poll request's token and what to call."""
+
+    __slots__ = ("fd", "events", "callback", "token", "multishot")
+
+    def __init__(self, fd: int, events: int, callback: Callable[[int], None], token: int, multishot: bool) -> None:
+        self.fd = fd
+        self.events = events
+        self.callback = callback
+        self.token = token
+        self.multishot = multishot
+
+
+class UringPoller:
+    """The ``Poller`` contract on an io_uring ring, plus file reads and
+    writes whose completions run a callback.
+
+    Every request carries a token (its user_data); a completion whose token
+    is no longer known (a removed watch, a modified one) is dropped. A
+    watch registered with ``EPOLLET`` is one multishot poll request; one
+    without it is level-triggered: a one-shot poll re-armed after each
+    report, so a still-ready fd is reported again at the next pass, as
+    epoll does."""
+
+    def __init__(self, ring: Any) -> None:
+        self._ring = ring
+        self._next = 1  # 0 is the token of requests whose completion is ignored
+        self._handlers: dict[int, Callable[[int, int], None]] = {}
+        self._by_fd: dict[int, _Watch] = {}
+        self.completions = 0  # completions reaped (for tests and introspection)
+
+    def _token(self) -> int:
+        token = self._next
+        self._next = token + 1
+        return token
+
+    # -- the Poller contract ------------------------------------------------------
+    def register(self, fd: int, events: int, callback: Callable[[int], None]) -> None:
+        """Watch ``fd`` for ``events`` (epoll bits); ``callback(events)`` runs
+        when it fires. A number still registered (its fd was closed without
+        ``unregister``) is replaced."""
+        if not isinstance(fd, int) or fd < 0:
+            raise ValueError(f"fd must be a non-negative int, got {fd!r}")
+        if fd in self._by_fd:
+            self.unregister(fd)
+        watch = _Watch(fd, events, callback, self._token(), bool(events & select.EPOLLET))
+        self._by_fd[fd] = watch
+        self._arm(watch)
+
+    def _arm(self, watch: _Watch) -> None:
+        self._handlers[watch.token] = lambda res, flags: self._fired(watch, res, flags)
+        self._ring.poll_add(watch.fd, watch.events & ~_FLAG_BITS, watch.token, watch.multishot)
+
+    def _fired(self, watch: _Watch, res: int, flags: int) -> None:
+        if self._by_fd.get(watch.fd) is not watch:
+            return  # removed or replaced after this completion was posted
+        if res < 0:
+            if res == -errno.ECANCELED:
+                return
+            # The fd is gone (EBADF) or cannot be polled: report an error so
+            # the waiters retry their call and meet the real error; the
+            # watch is over.
+            self._drop(watch)
+            watch.callback(_ERROR_EVENTS)
+            return
+        if not flags & _uring.CQE_F_MORE:
+            # A one-shot report, or a multishot poll the kernel ended (its
+            # completion queue overflowed): arm again before the callback,
+            # which may modify or unregister the fd.
+            self._arm(watch)
+        watch.callback(res)
+
+    def modify(self, fd: int, events: int) -> None:
+        """Change the events watched on ``fd``: the old poll request is
+        removed and a new one armed, which reports the fd's current state."""
+        watch = self._by_fd.get(fd)
+        if watch is None:
+            raise FileNotFoundError(errno.ENOENT, f"fd {fd} is not registered in the io_uring poller")
+        if watch.events == events:
+            return
+        self._remove_request(watch)
+        watch.events = events
+        watch.multishot = bool(events & select.EPOLLET)
+        watch.token = self._token()
+        self._arm(watch)
+
+    def unregister(self, fd: int) -> None:
+        """Stop watching ``fd`` (quietly if it is not watched). The removal
+        is submitted at once: until the kernel drops its poll request, the
+        request holds the file open."""
+        watch = self._by_fd.get(fd)
+        if watch is not None:
+            self._drop(watch)
+            self._ring.submit()
+
+    def _drop(self, watch: _Watch) -> None:
+        del self._by_fd[watch.fd]
+        self._remove_request(watch)
+
+    def _remove_request(self, watch: _Watch) -> None:
+        if self._handlers.pop(watch.token, None) is not None:
+            self._ring.poll_remove(watch.token, 0)
+
+    def poll(self, timeout: float) -> int:
+        """Submit what was prepared, wait up to ``timeout`` seconds (negative:
+        no limit; 0: never) unless completions are already there, run their
+        callbacks; return how many completions were reaped."""
+        done = self._ring.poll(timeout)
+        if done:
+            handlers = self._handlers
+            for token, res, flags in done:
+                handler = handlers.get(token)
+                if handler is not None:
+                    handler(res, flags)
+            self.completions += len(done)
+        return len(done)
+
+    def fileno(self) -> int:
+        """The ring's fd."""
+        fd: int = self._ring.fileno()
+        return fd
+
+    def close(self) -> None:
+        """Close the ring (after the kernel has finished every read and
+        write still in flight)."""
+        self._handlers.clear()
+        self._by_fd.clear()
+        self._ring.close()
+
+    # -- file IO --------------------------------------------------------------------
+    def _one_shot(self, callback: Callable[[int], None]) -> int:
+        token = self._token()
+        handlers = self._handlers
+
+        def done(res: int, flags: int) -> None:
+            del handlers[token]
+            callback(res)
+
+        handlers[token] = done
+        return token
+
+    def read(self, fd: int, buf: Any, offset: int, callback: Callable[[int], None]) -> None:
+        """Read len(buf) bytes at ``offset`` of ``fd`` into the writable
+        ``buf`` (held until done); ``callback(bytes or -errno)`` then runs."""
+        _check_io(fd, offset)
+        token = self._one_shot(callback)
+        try:
+            self._ring.read(fd, buf, offset, token)
+        except BaseException:
+            del self._handlers[token]
+            raise
+
+    def write(self, fd: int, buf: Any, offset: int, callback: Callable[[int], None]) -> None:
+        """Write ``buf`` at ``offset`` of ``fd`` (held until done);
+        ``callback(bytes or -errno)`` then runs."""
+        _check_io(fd, offset)
+        token = self._one_shot(callback)
+        try:
+            self._ring.write(fd, buf, offset, token)
+        except BaseException:
+            del self._handlers[token]
+            raise
+
+    def fsync(self, fd: int, datasync: bool, callback: Callable[[int], None]) -> None:
+        """Flush ``fd`` to stable storage (fdatasync when ``datasync``);
+        ``callback(0 or -errno)`` then runs."""
+        _check_io(fd, 0)
+        token = self._one_shot(callback)
+        self._ring.fsync(fd, datasync, token)
+
+    @property
+    def in_flight(self) -> int:
+        """Reads and writes handed to the ring and not yet reaped."""
+        n: int = self._ring.in_flight
+        return n
+
+
+def _check_io(fd: Any, offset: Any) -> None:
+    if not isinstance(fd, int) or isinstance(fd, bool) or fd < 0:
+        raise ValueError(f"fd must be a non-negative int file descriptor, got {fd!r}")
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        raise ValueError(f"offset must be a non-negative int, got {offset!r}")
+
+
+class UringWorker(IOWorker):
+    """``WaitRead``/``WaitWrite`` served through an io_uring ring, which is
+    also where the scheduler idles (it installs a ``UringPoller``).
+
+    ``UringWorker()`` opens its ring at once and raises ``UringUnavailable``
+    when it cannot; ``uring_workers()`` catches that and falls back to
+    epoll. Attach it before anything watches an fd (``uring_workers()``
+    puts it first after the timers)."""
+
+    def __init__(self, entries: int = 256) -> None:
+        super().__init__()
+        self.poller = UringPoller(open_ring(entries))
+
+    def attach(self, sched: Any) -> dict[type, Handler]:
+        """Install the ring as the scheduler's poller; serve WaitRead/WaitWrite."""
+        try:
+            sched.use_poller(self.poller)
+        except RuntimeError:
+            self.poller.close()
+            raise
+        return super().attach(sched)
+
+    def __repr__(self) -> str:
+        return f"<UringWorker fds={len(self._fds)}>"
+
+
+def io_backend() -> str:
+    """The IO backend ``default_workers()`` uses: ``THREADLIB_IO`` from the
+    environment (``epoll`` or ``uring``), ``epoll`` when unset; ValueError
+    naming the bad value otherwise."""
+    value = os.environ.get("THREADLIB_IO", "").strip().lower()
+    if value in ("", "epoll"):
+        return "epoll"
+    if value in ("uring", "io_uring"):
+        return "uring"
+    raise ValueError(f"THREADLIB_IO must be 'epoll' or 'uring', got {os.environ.get('THREADLIB_IO')!r}")
+
+
+_fallback_logged: set[str] = set()
+
+
+def uring_workers() -> list[Any]:
+    """The workers of an io_uring scheduler: timers, ``UringWorker``, the
+    blocking pool (file calls are served on the ring too, once ``fileio``
+    attaches its worker). Where io_uring cannot be used, the epoll workers,
+    and one log line (per reason and process) saying why."""
+    from .blocking import BlockingPool
+    from .timers import TimerWorker
+    try:
+        io: IOWorker = UringWorker()
+    except UringUnavailable as exc:
+        reason = exc.strerror or str(exc)
+        if reason not in _fallback_logged:
+            _fallback_logged.add(reason)
+            log.warning("threadlib: io_uring unavailable (%s); using epoll", reason)
+        io = IOWorker()
+    return [TimerWorker(), io, BlockingPool()]
