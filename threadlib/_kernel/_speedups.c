@@ -368,6 +368,18 @@ transfer(int fd, void *buf, size_t len, int sending)
     }
 }
 
+/* A size argument: the count, or -1 with an exception (the socket
+ * module's own ValueError text for a negative one). */
+static Py_ssize_t
+buffer_size(PyObject *arg, const char *negative)
+{
+    Py_ssize_t size = PyLong_AsSsize_t(arg);
+    if (size < 0 && !PyErr_Occurred()) {
+        PyErr_SetString(PyExc_ValueError, negative);
+    }
+    return size < 0 ? -1 : size;
+}
+
 static PyObject *
 sock_recv(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -375,12 +387,8 @@ sock_recv(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "sock_recv(sock, bufsize)");
         return NULL;
     }
-    Py_ssize_t size = PyLong_AsSsize_t(args[1]);
-    if (size == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
+    Py_ssize_t size = buffer_size(args[1], "negative buffersize in recv");
     if (size < 0) {
-        PyErr_SetString(PyExc_ValueError, "negative buffersize in recv");
         return NULL;
     }
     int fd = socket_fd(args[0]);
@@ -409,12 +417,8 @@ sock_recv_into(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "sock_recv_into(sock, buffer, nbytes)");
         return NULL;
     }
-    Py_ssize_t want = PyLong_AsSsize_t(args[2]);
-    if (want == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
+    Py_ssize_t want = buffer_size(args[2], "negative buffersize in recv_into");
     if (want < 0) {
-        PyErr_SetString(PyExc_ValueError, "negative buffersize in recv_into");
         return NULL;
     }
     Py_buffer view;

@@ -271,10 +271,11 @@ enter(Ring *r, unsigned to_submit, unsigned min_complete, double timeout)
     return ret < 0 ? -errno : ret;
 }
 
-/* A free submission entry, zeroed; submits what is prepared if the ring is
- * full. NULL with an exception set when even that fails. */
+/* A free submission entry, zeroed, with its opcode, fd and user_data set;
+ * submits what is prepared if the ring is full. NULL with an exception set
+ * when even that fails. */
 static struct io_uring_sqe *
-get_sqe(Ring *r)
+get_sqe(Ring *r, int opcode, int fd, unsigned long long user_data)
 {
     if (check_open(r) < 0)
         return NULL;
@@ -291,6 +292,9 @@ get_sqe(Ring *r)
     }
     struct io_uring_sqe *sqe = &r->sqes[r->sq_local_tail & *r->sq_mask];
     memset(sqe, 0, sizeof *sqe);
+    sqe->opcode = (unsigned char)opcode;
+    sqe->fd = fd;
+    sqe->user_data = user_data;
     return sqe;
 }
 
@@ -327,14 +331,11 @@ ring_poll_add(Ring *r, PyObject *args)
         return NULL;
     if (check_fd(fd) < 0)
         return NULL;
-    struct io_uring_sqe *sqe = get_sqe(r);
+    struct io_uring_sqe *sqe = get_sqe(r, IORING_OP_POLL_ADD, fd, ud);
     if (sqe == NULL)
         return NULL;
-    sqe->opcode = IORING_OP_POLL_ADD;
-    sqe->fd = fd;
     sqe->poll32_events = events;
     sqe->len = multishot ? IORING_POLL_ADD_MULTI : 0;
-    sqe->user_data = ud;
     publish(r);
     Py_RETURN_NONE;
 }
@@ -350,13 +351,10 @@ ring_poll_remove(Ring *r, PyObject *args)
     unsigned long long target, ud;
     if (!PyArg_ParseTuple(args, "KK:poll_remove", &target, &ud))
         return NULL;
-    struct io_uring_sqe *sqe = get_sqe(r);
+    struct io_uring_sqe *sqe = get_sqe(r, IORING_OP_POLL_REMOVE, -1, ud);
     if (sqe == NULL)
         return NULL;
-    sqe->opcode = IORING_OP_POLL_REMOVE;
-    sqe->fd = -1;
     sqe->addr = target;
-    sqe->user_data = ud;
     publish(r);
     Py_RETURN_NONE;
 }
@@ -408,17 +406,14 @@ prep_rw(Ring *r, PyObject *args, int opcode, const char *fmt)
         PyErr_SetString(PyExc_ValueError, "the buffer is larger than 2 GiB");
         goto fail;
     }
-    struct io_uring_sqe *sqe = get_sqe(r);
+    struct io_uring_sqe *sqe = get_sqe(r, opcode, fd, ud);
     if (sqe == NULL)
         goto fail;
     if (PyDict_SetItem(r->held, key, view) < 0)
         goto fail;
-    sqe->opcode = opcode;
-    sqe->fd = fd;
     sqe->addr = (unsigned long long)(uintptr_t)b->buf;
     sqe->len = (unsigned)b->len;
     sqe->off = (unsigned long long)offset;
-    sqe->user_data = ud;
     publish(r);
     Py_DECREF(view);
     Py_DECREF(key);
@@ -464,13 +459,10 @@ ring_fsync(Ring *r, PyObject *args)
         return NULL;
     if (check_fd(fd) < 0)
         return NULL;
-    struct io_uring_sqe *sqe = get_sqe(r);
+    struct io_uring_sqe *sqe = get_sqe(r, IORING_OP_FSYNC, fd, ud);
     if (sqe == NULL)
         return NULL;
-    sqe->opcode = IORING_OP_FSYNC;
-    sqe->fd = fd;
     sqe->fsync_flags = datasync ? IORING_FSYNC_DATASYNC : 0;
-    sqe->user_data = ud;
     publish(r);
     Py_RETURN_NONE;
 }
@@ -483,12 +475,8 @@ ring_nop(Ring *r, PyObject *arg)
     unsigned long long ud = PyLong_AsUnsignedLongLong(arg);
     if (ud == (unsigned long long)-1 && PyErr_Occurred())
         return NULL;
-    struct io_uring_sqe *sqe = get_sqe(r);
-    if (sqe == NULL)
+    if (get_sqe(r, IORING_OP_NOP, -1, ud) == NULL)
         return NULL;
-    sqe->opcode = IORING_OP_NOP;
-    sqe->fd = -1;
-    sqe->user_data = ud;
     publish(r);
     Py_RETURN_NONE;
 }
@@ -623,14 +611,11 @@ ring_close(Ring *r, PyObject *Py_UNUSED(ignored))
      * never gets data), then reap until every request is over. */
     int rounds = 0;
     if (r->held != NULL && PyDict_GET_SIZE(r->held) > 0) {
-        struct io_uring_sqe *sqe = get_sqe(r);
+        struct io_uring_sqe *sqe = get_sqe(r, IORING_OP_ASYNC_CANCEL, -1, 0);
         if (sqe == NULL) {
             PyErr_Clear();
         } else {
-            sqe->opcode = IORING_OP_ASYNC_CANCEL;
-            sqe->fd = -1;
             sqe->cancel_flags = IORING_ASYNC_CANCEL_ANY;
-            sqe->user_data = 0;
             publish(r);
         }
     }
