@@ -1,5 +1,6 @@
 """The echo programs as a user runs them: real processes, real signals."""
 
+import os
 import re
 import select
 import signal
@@ -77,14 +78,17 @@ def test_echo_app_with_two_worker_processes_shares_the_port():
     try:
         # Both workers come up and each reports its own listener (read as
         # they come: the second may fork well after the first serves).
-        lines: list[str] = []
+        # Raw reads: select() on the buffered text file would miss a line
+        # that readline() had already pulled into its buffer.
+        out = b""
+        fd = proc.stdout.fileno()
         end = time.monotonic() + 30
-        while len(re.findall(r"worker \d: echo on", "".join(lines))) < 2:
-            assert select.select([proc.stdout], [], [], max(0.0, end - time.monotonic()))[0], \
-                f"both workers did not report listening within 30 s: {lines}"
-            line = proc.stdout.readline()
-            assert line, f"the program ended before both workers listened: {lines}"
-            lines.append(line)
+        while len(re.findall(rb"worker \d: echo on", out)) < 2:
+            assert select.select([fd], [], [], max(0.0, end - time.monotonic()))[0], \
+                f"both workers did not report listening within 30 s: {out!r}"
+            chunk = os.read(fd, 4096)
+            assert chunk, f"the program ended before both workers listened: {out!r}"
+            out += chunk
         conns = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(40)]
         for i, c in enumerate(conns):
             c.settimeout(5)
