@@ -683,7 +683,7 @@ class TlsStream:
                 return True
             sent = 0
             while sent < len(data):
-                n = _send_without_waiting(transport, memoryview(data)[sent:])
+                n = _without_waiting(transport.send(memoryview(data)[sent:]))
                 if n is None:
                     break
                 sent += n
@@ -875,11 +875,11 @@ def _close_keeping_output(transport: Any) -> None:
     away what the kernel had not yet sent, close_notify included."""
     try:
         for _ in range(64):  # bounded: a peer that keeps sending is not waited for
-            data = _recv_without_waiting(transport)
+            data = _without_waiting(transport.recv(65536))
             if data is None:
                 # A stream may wait instead of trying right after a short
                 # read (sockio's shortcut); the second call tries.
-                data = _recv_without_waiting(transport)
+                data = _without_waiting(transport.recv(65536))
             if not data:
                 break
     except OSError:
@@ -887,33 +887,16 @@ def _close_keeping_output(transport: Any) -> None:
     transport.close()
 
 
-def _recv_without_waiting(transport: Any) -> bytes | None:
-    """One step of ``transport.recv()``: the bytes if they come without
-    waiting, None if it would wait (the call is then abandoned, which the
-    contract says consumes nothing)."""
-    call = iter(transport.recv(65536))
+def _without_waiting(call: Any) -> Any:
+    """One step of a transport call (``send``/``recv``): its result if it
+    completes without waiting, None if it would wait (the call is then
+    abandoned, which the contract says sends or consumes nothing)."""
+    steps = iter(call)
     try:
-        next(call)
+        next(steps)
     except StopIteration as done:
-        data: bytes = done.value
-        return data
-    close = getattr(call, "close", None)
-    if close is not None:
-        close()
-    return None
-
-
-def _send_without_waiting(transport: Any, data: memoryview) -> int | None:
-    """One step of ``transport.send(data)``: the count if it completes
-    without waiting, None if it would wait (the call is then abandoned,
-    which the contract says sends nothing)."""
-    call = iter(transport.send(data))
-    try:
-        next(call)
-    except StopIteration as done:
-        n: int = done.value
-        return n
-    close = getattr(call, "close", None)
+        return done.value
+    close = getattr(steps, "close", None)
     if close is not None:
         close()
     return None
