@@ -248,6 +248,10 @@ class Player:
         return f"a {_log.KIND_NAMES[kind]} record at offset {start}"
 
     def _unexpected(self, got: str) -> NoReturn:
+        if self.reader.at_end():
+            self.failed(_log.LogError("the log ends without an end record: the recording was cut short "
+                                      "(its process was killed?) and this replay matched it up to here",
+                                      self.reader.offset))
         kind_text = self._next_description()
         self.diverged(got, kind_text)
 
