@@ -118,7 +118,8 @@ class LogWriter:
 
 
 def put_uint(buf: bytearray, n: int) -> None:
-    """Append ``n`` (>= 0) as a varint."""
+    """Append ``n`` (>= 0) as a varint. (Hot callers append n < 0x80
+    themselves: one byte, no call.)"""
     while n >= 0x80:
         buf.append((n & 0x7F) | 0x80)
         n >>= 7
@@ -179,7 +180,8 @@ def put_exception(buf: bytearray, exc: BaseException, scope_depth: int | None) -
         # OSError(errno, text) makes the same subclass again (ConnectionResetError...).
         buf.append(T_OSERROR)
         put_uint(buf, exc.errno)
-        put_str(buf, exc.strerror or "")
+        # The usual text is left out (EAGAIN is the commonest record of all).
+        put_str(buf, "" if exc.strerror == os.strerror(exc.errno) else (exc.strerror or ""))
     else:
         try:
             data = pickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
@@ -289,6 +291,11 @@ class LogReader:
         n = self.uint()
         return (n >> 1) if not n & 1 else -((n + 1) >> 1)
 
+    def u32(self) -> int:
+        """A little-endian unsigned 32-bit integer."""
+        value: int = _U32.unpack(self._take(4))[0]
+        return value
+
     def f64(self) -> float:
         """A little-endian double."""
         value: float = _F64.unpack(self._take(8))[0]
@@ -339,7 +346,7 @@ class LogReader:
     def _raised(self, tag: int) -> Any:
         if tag == T_OSERROR:
             err = self.uint()
-            return OSError(err, self.text())
+            return OSError(err, self.text() or os.strerror(err))
         if tag == T_EXC:
             exc = self._unpickle(self.blob())
             if not isinstance(exc, BaseException):

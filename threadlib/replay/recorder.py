@@ -196,6 +196,7 @@ class Recorder:
         sched.spawn = spawn  # type: ignore[method-assign]
         _sockets._Recording.recorder = self
         previous = sockio._use_socket_layer(_sockets.RECORDING_LAYER)
+        _sockets.install_recording(previous)
 
         def undo() -> None:
             sockio._use_socket_layer(previous)

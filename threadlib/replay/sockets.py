@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import zlib
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -44,8 +45,14 @@ _NOTHING = {CONNECT, BIND, LISTEN, SETSOCKOPT, SHUTDOWN}   # ok carries no resul
 _VALUE = {GETSOCKOPT, GETSOCKNAME, GETPEERNAME}             # ok carries one value
 _SENT = {SEND, SENDTO}
 
-#: How many bytes of each output are kept in the log for the report.
+#: How many bytes of each output are kept in the log for the report (< 0x80: one length byte).
 PREFIX = 32
+_U32 = struct.Struct("<I")
+
+# The layer recording wraps: sockio's own calls (compiled when built), set at install.
+_inner_recv: Callable[..., Any] = socket.socket.recv
+_inner_recv_into: Callable[..., Any] = socket.socket.recv_into
+_inner_send: Callable[..., Any] = socket.socket.send
 
 
 def skip_record(reader: _log.LogReader) -> None:
@@ -68,7 +75,7 @@ def _read_result(reader: _log.LogReader, op: int) -> Any:
     if op in (RECV, RECV_INTO):
         return reader.blob()
     if op in _SENT:
-        return reader.uint(), reader.uint(), reader.blob()
+        return reader.uint(), reader.u32(), reader.blob()
     if op == ACCEPT:
         return reader.uint(), reader.value()
     if op == RECVFROM:
@@ -93,7 +100,10 @@ def _begin(op: int, fd: int) -> bytearray:
     buf = writer.buf
     buf.append(_log.SOCK)
     buf.append(op)
-    _log.put_uint(buf, fd if fd >= 0 else 0)
+    if 0 <= fd < 0x80:
+        buf.append(fd)
+    else:
+        _log.put_uint(buf, fd if fd >= 0 else 0)
     return buf
 
 
@@ -104,11 +114,14 @@ def _failed(op: int, fd: int, exc: BaseException) -> None:
 
 
 def _sent_fields(buf: bytearray, data: Any, count: int) -> None:
-    taken = memoryview(data).cast("B")[:count]
+    if type(data) is not bytes or count != len(data):
+        data = memoryview(data).cast("B")[:count]
     buf.append(0)
     _log.put_uint(buf, count)
-    _log.put_uint(buf, zlib.crc32(taken))
-    _log.put_bytes(buf, taken[:PREFIX])
+    buf += _U32.pack(zlib.crc32(data))
+    prefix = data[:PREFIX]
+    buf.append(len(prefix))
+    buf += prefix
 
 
 def _recorded(op: int, method: Callable[..., Any]) -> Callable[..., Any]:
@@ -177,7 +190,7 @@ def _record_new(family: int = -1, type: int = -1, proto: int = -1, fileno: int |
 
 def _record_recv(sock: socket.socket, size: int) -> bytes:
     try:
-        data = socket.socket.recv(sock, size)
+        data = _inner_recv(sock, size)
     except OSError as exc:
         _failed(RECV, sock.fileno(), exc)
         raise
@@ -189,7 +202,7 @@ def _record_recv(sock: socket.socket, size: int) -> bytes:
 
 def _record_recv_into(sock: socket.socket, buffer: Any, nbytes: int = 0) -> int:
     try:
-        n = socket.socket.recv_into(sock, buffer, nbytes)
+        n = _inner_recv_into(sock, buffer, nbytes)
     except OSError as exc:
         _failed(RECV_INTO, sock.fileno(), exc)
         raise
@@ -201,7 +214,7 @@ def _record_recv_into(sock: socket.socket, buffer: Any, nbytes: int = 0) -> int:
 
 def _record_send(sock: socket.socket, data: Any) -> int:
     try:
-        n = socket.socket.send(sock, data)
+        n = _inner_send(sock, data)
     except OSError as exc:
         _failed(SEND, sock.fileno(), exc)
         raise
@@ -222,6 +235,12 @@ def _record_sendfile(out_fd: int, in_fd: int, offset: int, count: int) -> int:
 
 
 RECORDING_LAYER = (_record_recv, _record_recv_into, _record_send, _record_new, _record_sendfile)
+
+
+def install_recording(previous: tuple[Any, ...]) -> None:
+    """Record through the layer ``previous`` (sockio's, as it was)."""
+    global _inner_recv, _inner_recv_into, _inner_send
+    _inner_recv, _inner_recv_into, _inner_send = previous[:3]
 
 
 # -- replaying -------------------------------------------------------------------
