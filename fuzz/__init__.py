@@ -1,6 +1,7 @@
 """Coverage-guided fuzz targets (atheris, libFuzzer) for every parser that
-takes bytes from the network: the web server's request path, the user-level
-TCP/IP stack's packet input and the TLS record path.
+takes bytes from the network or a file: the web server's request path, the
+user-level TCP/IP stack's packet input, the TLS record path and the replay
+log reader.
 
 Each target is a module with ``TestOneInput(data: bytes)`` that builds the
 object under test in memory, feeds it ``data`` and asserts the invariants
@@ -14,4 +15,4 @@ Nothing here opens a socket, a device or a process, or reads the wall clock
 into what it asserts: a target's verdict depends only on its input.
 """
 
-TARGETS = ("http_request", "tcp_input", "tls_records")
+TARGETS = ("http_request", "tcp_input", "tls_records", "replay_log")

@@ -174,7 +174,13 @@ def tls_seeds() -> list[bytes]:
     return seeds
 
 
-SEEDS = {"http_request": http_seeds, "tcp_input": tcp_seeds, "tls_records": tls_seeds}
+def replay_seeds() -> list[bytes]:
+    """None built: replay_log's corpus is real recordings (``recorded-*``,
+    ``python -m fuzz.replay_log``), which differ in every run."""
+    return []
+
+
+SEEDS = {"http_request": http_seeds, "tcp_input": tcp_seeds, "tls_records": tls_seeds, "replay_log": replay_seeds}
 
 
 def seed_name(data: bytes) -> str:

@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m threadlib.replay", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["check", "info"])
     parser.add_argument("log", help="the recording (a .tlrec file)")
+    parser.add_argument("--trusted", action="store_true",
+                        help="unpickle any recorded value (a log you made): by default only plain data and "
+                             "exceptions, since unpickling may run code the log names")
     args = parser.parse_args(argv)
     try:
         info = describe(args.log)
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        result = replay(args.log, function, *entry_args)
+        result = replay(args.log, function, *entry_args, trusted=args.trusted)
     except Divergence as exc:
         print(f"diverged: {exc}", file=sys.stderr)
         return 1

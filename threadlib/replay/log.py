@@ -18,16 +18,21 @@ kept as its repr: replaying past it stops with a clear error.
 
 The reader never trusts the file: a bad magic, an unknown version, a
 record kind it does not know or a record cut short raises ``LogError``
-naming the byte offset. It must never touch anything but the file it was
+naming the byte offset, and unless told the log is trusted it unpickles
+only plain data and exception classes (unpickling calls what a pickle
+names: a log from elsewhere must not run code). It must never touch anything but the file it was
 given; deciding what a record means is the player's job.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
+import pickletools
 import struct
+import sys
 from typing import Any, BinaryIO
 
 MAGIC = b"TLREC\n"
@@ -194,17 +199,53 @@ def put_exception(buf: bytearray, exc: BaseException, scope_depth: int | None) -
             put_bytes(buf, data)
 
 
+class _Refused(Exception):
+    pass
+
+
+# What an untrusted log's pickles may name: exception classes and socket
+# enums (plain data needs no names). Unpickling calls what it names, so
+# nothing that acts (a function, subprocess.Popen) or allocates what it is
+# told (list(range(10**10)), bytes(10**10)) may be reachable, and nothing
+# is imported for a pickle.
+_SAFE_ELSEWHERE = {("socket", "AddressFamily"), ("socket", "SocketKind")}
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _SAFE_ELSEWHERE and module in sys.modules:
+            return getattr(sys.modules[module], name)
+        found = getattr(sys.modules.get(module), name, None) if "." not in name else None
+        if isinstance(found, type) and issubclass(found, BaseException):
+            return found
+        raise _Refused(f"{module}.{name} in it")
+
+
+def _check_memo(data: bytes) -> None:
+    # The C unpickler grows its memo to the largest index a PUT names:
+    # LONG_BINPUT 577074281 in a 30-byte pickle asks for gigabytes.
+    for opcode, arg, _ in pickletools.genops(data):
+        if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT") and int(arg) > len(data):
+            raise _Refused(f"memo index {arg} in a {len(data)}-byte pickle")
+
+
 class LogReader:
     """Reads a log record by record. ``offset`` is where the next record
     starts; every read past the end of the data or of a record raises
     ``LogError`` with the offset of the record being read."""
 
-    def __init__(self, path: str | os.PathLike[str], chunk: int = 1 << 16) -> None:
-        self.path = os.fspath(path)
-        try:
-            self._file: BinaryIO = open(path, "rb")
-        except OSError as exc:
-            raise LogError(f"cannot open {self.path}: {exc.strerror}", 0) from None
+    def __init__(self, path: str | os.PathLike[str] | BinaryIO, chunk: int = 1 << 16,
+                 trusted: bool = False) -> None:
+        self.trusted = trusted
+        if hasattr(path, "read"):
+            self.path = getattr(path, "name", "<stream>")
+            self._file: BinaryIO = path  # type: ignore[assignment]
+        else:
+            self.path = os.fspath(path)  # type: ignore[arg-type]
+            try:
+                self._file = open(path, "rb")  # type: ignore[arg-type]
+            except OSError as exc:
+                raise LogError(f"cannot open {self.path}: {exc.strerror}", 0) from None
         self._chunk = chunk
         self._data = b""
         self._pos = 0        # in _data
@@ -259,7 +300,10 @@ class LogReader:
         """The next record's kind, without consuming it; 0 at the end of the file."""
         if not self._fill(1):
             return 0
-        return self._data[self._pos]
+        kind = self._data[self._pos]
+        if kind not in KIND_NAMES:
+            raise LogError(f"unknown record kind {kind}", self.offset)
+        return kind
 
     def begin(self) -> int:
         """Consume the next record's kind byte and return it."""
@@ -314,7 +358,13 @@ class LogReader:
 
     def _unpickle(self, data: bytes) -> Any:
         try:
-            return pickle.loads(data)
+            if self.trusted:
+                return pickle.loads(data)
+            _check_memo(data)
+            return _SafeUnpickler(io.BytesIO(data)).load()
+        except _Refused as exc:
+            raise LogError(f"the log holds a pickle with {exc}, which replay unpickles only from a trusted log "
+                           f"(replay(..., trusted=True), check --trusted)", self.record_start) from None
         except Exception as exc:
             raise LogError(f"a recorded value does not unpickle ({exc!r})", self.record_start) from None
 
@@ -346,18 +396,24 @@ class LogReader:
     def _raised(self, tag: int) -> Any:
         if tag == T_OSERROR:
             err = self.uint()
-            return OSError(err, self.text() or os.strerror(err))
+            exc = OSError(err, self.text() or os.strerror(err))
+            exc.threadlib_replayed = True  # type: ignore[attr-defined]
+            return exc
         if tag == T_EXC:
             exc = self._unpickle(self.blob())
             if not isinstance(exc, BaseException):
                 raise LogError(f"a recorded exception is a {type(exc).__name__}", self.record_start)
+            try:  # marked as the log's, not the player's own failure (fuzz/replay_log checks)
+                exc.threadlib_replayed = True  # type: ignore[attr-defined]
+            except AttributeError:
+                pass
             return exc
         if tag == T_SCOPE:
             return ScopeRaised(self.uint())
         raise LogError(f"unknown value tag {tag}", self.record_start)
 
 
-def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
+def describe(path: str | os.PathLike[str] | BinaryIO) -> dict[str, Any]:
     """The header and a count of records by kind (reads the whole log:
     for ``python -m threadlib.replay info``)."""
     reader = LogReader(path)

@@ -196,8 +196,8 @@ def _guarded(method: Any) -> Any:
 class Player:
     """Reads the log and answers the replay scheduler's questions."""
 
-    def __init__(self, path: str) -> None:
-        self.reader = _log.LogReader(path)
+    def __init__(self, path: Any, trusted: bool = False) -> None:
+        self.reader = _log.LogReader(path, trusted=trusted)
         self.meta = self.reader.meta
         try:
             self.classes = [_load_class(name) for name in self.meta.get("classes", [])]
@@ -339,7 +339,8 @@ class Player:
                           f"(record at offset {start})")
         if reader.uint():
             _, exc = reader.outcome()
-            assert isinstance(exc, BaseException)
+            if not isinstance(exc, BaseException):
+                raise _log.LogError("a failed socket call is recorded without its error", start)
             return False, exc
         return True, _sockets._read_result(reader, op)
 
@@ -390,13 +391,15 @@ def ended_value(value: Any) -> Any:
     return value if value is None or type(value) in (int, str, bytes) else repr(value)
 
 
-def replay(path: str, main: Any, *args: Any) -> Any:
+def replay(path: Any, main: Any, *args: Any, trusted: bool = False) -> Any:
     """Run ``main(*args)`` (or the generator/coroutine ``main``) against the
-    recording at ``path``; return its result (or raise its exception) once
-    it has done everything the recording did, in the same order. Raises
-    ``Divergence`` at the first difference and ``LogError`` for a damaged
-    log."""
-    player = Player(path)
+    recording at ``path`` (or a binary file object); return its result (or
+    raise its exception) once it has done everything the recording did, in
+    the same order. Raises ``Divergence`` at the first difference and
+    ``LogError`` for a damaged log. Recorded values are unpickled only if
+    they are plain data or exceptions, unless ``trusted`` (a log you made:
+    unpickling may run code the log names)."""
+    player = Player(path, trusted)
     try:
         if _sockets._Recording.recorder is not None or _sockets._Replaying.player is not None:
             raise RuntimeError("a recording or replay is already in progress in this process")
