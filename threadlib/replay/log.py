@@ -396,6 +396,8 @@ class LogReader:
     def _raised(self, tag: int) -> Any:
         if tag == T_OSERROR:
             err = self.uint()
+            if not 0 < err < 4096:
+                raise LogError(f"errno {err} is not an error number", self.record_start)
             exc = OSError(err, self.text() or os.strerror(err))
             exc.threadlib_replayed = True  # type: ignore[attr-defined]
             return exc
