@@ -225,7 +225,7 @@ def _check_memo(data: bytes) -> None:
     # The C unpickler grows its memo to the largest index a PUT names:
     # LONG_BINPUT 577074281 in a 30-byte pickle asks for gigabytes.
     for opcode, arg, _ in pickletools.genops(data):
-        if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT") and int(arg) > len(data):
+        if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT") and isinstance(arg, int) and arg > len(data):
             raise _Refused(f"memo index {arg} in a {len(data)}-byte pickle")
 
 
@@ -241,9 +241,9 @@ class LogReader:
             self.path = getattr(path, "name", "<stream>")
             self._file: BinaryIO = path  # type: ignore[assignment]
         else:
-            self.path = os.fspath(path)  # type: ignore[arg-type]
+            self.path = os.fspath(path)
             try:
-                self._file = open(path, "rb")  # type: ignore[arg-type]
+                self._file = open(path, "rb")
             except OSError as exc:
                 raise LogError(f"cannot open {self.path}: {exc.strerror}", 0) from None
         self._chunk = chunk

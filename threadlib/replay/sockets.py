@@ -190,7 +190,7 @@ def _record_new(family: int = -1, type: int = -1, proto: int = -1, fileno: int |
 
 def _record_recv(sock: socket.socket, size: int) -> bytes:
     try:
-        data = _inner_recv(sock, size)
+        data: bytes = _inner_recv(sock, size)
     except OSError as exc:
         _failed(RECV, sock.fileno(), exc)
         raise
@@ -202,7 +202,7 @@ def _record_recv(sock: socket.socket, size: int) -> bytes:
 
 def _record_recv_into(sock: socket.socket, buffer: Any, nbytes: int = 0) -> int:
     try:
-        n = _inner_recv_into(sock, buffer, nbytes)
+        n: int = _inner_recv_into(sock, buffer, nbytes)
     except OSError as exc:
         _failed(RECV_INTO, sock.fileno(), exc)
         raise
@@ -214,7 +214,7 @@ def _record_recv_into(sock: socket.socket, buffer: Any, nbytes: int = 0) -> int:
 
 def _record_send(sock: socket.socket, data: Any) -> int:
     try:
-        n = _inner_send(sock, data)
+        n: int = _inner_send(sock, data)
     except OSError as exc:
         _failed(SEND, sock.fileno(), exc)
         raise
