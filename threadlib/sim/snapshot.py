@@ -24,6 +24,7 @@ Nothing here reads a clock or a random source.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import importlib
 import json
@@ -112,6 +113,84 @@ class Snapshot:
 
 
 # ---------------------------------------------------------------------------
+# A digest of sans-IO state that is the same in every process
+
+
+def state_digest(obj: Any) -> str:
+    """A digest of ``obj``'s whole object graph, as pickle sees it
+    (``__reduce_ex__``), but canonical: a ``set`` is taken in sorted
+    order, so the digest is the same in every process (pickle's bytes are
+    not: a set of bytes or strings is ordered by hashes that
+    ``PYTHONHASHSEED`` changes)."""
+    h = hashlib.blake2b(digest_size=12)
+    memo: dict[int, int] = {}
+    keep: list[Any] = []  # objects made while walking stay alive, so their ids stay unique
+    _walk(obj, h, memo, keep)
+    return h.hexdigest()
+
+
+_PLAIN = (type(None), bool, int, float, complex, str, bytes, bytearray)
+
+
+def _walk(obj: Any, h: Any, memo: dict[int, int], keep: list[Any]) -> None:
+    if isinstance(obj, _PLAIN):
+        h.update(b"v" + repr(obj).encode())
+        return
+    if isinstance(obj, memoryview):
+        h.update(b"m" + bytes(obj))
+        return
+    if isinstance(obj, type) or callable(obj) and not hasattr(obj, "__dict__") and hasattr(obj, "__qualname__"):
+        h.update(f"c{getattr(obj, '__module__', '')}:{getattr(obj, '__qualname__', repr(type(obj)))}".encode())
+        return
+    seen = memo.get(id(obj))
+    if seen is not None:
+        h.update(b"@%d" % seen)
+        return
+    memo[id(obj)] = len(memo)
+    keep.append(obj)
+    if isinstance(obj, (list, tuple)):
+        h.update(b"(%d" % len(obj))
+        for item in obj:
+            _walk(item, h, memo, keep)
+        h.update(b")")
+        return
+    if isinstance(obj, dict):
+        h.update(b"{%d" % len(obj))
+        for key, value in obj.items():
+            _walk(key, h, memo, keep)
+            _walk(value, h, memo, keep)
+        h.update(b"}")
+        return
+    if isinstance(obj, (set, frozenset)):
+        h.update(b"<%d" % len(obj))
+        for item in sorted(obj, key=repr):
+            _walk(item, h, memo, keep)
+        h.update(b">")
+        return
+    if callable(obj) and hasattr(obj, "__qualname__"):  # a function or bound method: its name
+        h.update(f"f{getattr(obj, '__module__', '')}:{obj.__qualname__}".encode())
+        return
+    try:
+        reduced = obj.__reduce_ex__(5)
+    except Exception as exc:  # not picklable: its type is all the digest can say
+        h.update(f"!{type(obj).__qualname__}:{type(exc).__name__}".encode())
+        return
+    if isinstance(reduced, str):
+        h.update(b"g" + reduced.encode())
+        return
+    parts = list(reduced) + [None] * (6 - len(reduced))
+    h.update(f"o{type(obj).__module__}:{type(obj).__qualname__}".encode())
+    for part in parts[1:3]:
+        keep.append(part)
+        _walk(part, h, memo, keep)
+    for items in parts[3:5]:
+        if items is not None:
+            listed = list(items)
+            keep.append(listed)
+            _walk(listed, h, memo, keep)
+
+
+# ---------------------------------------------------------------------------
 # References to code, and values in the input log
 
 
@@ -150,28 +229,28 @@ class Unencodable(Exception):
     closure, an object of the program)."""
 
 
-def encode(value: Any, host_name: Callable[[Any], str | None], bound: Callable[[Any], list[Any] | None]) -> Any:
-    """``value`` as JSON data: plain values as they are, tuples, hosts
-    (``host_name``), importable functions, methods of the world or of a
-    host (``bound``); ``Unencodable`` for anything else."""
+def encode(value: Any, known: Callable[[Any], dict[str, Any] | None]) -> Any:
+    """``value`` as JSON data: plain values as they are, bytes, tuples, dicts,
+    importable functions, and what ``known`` writes down (the world's
+    hosts, their networks, methods of the world or a host: objects the
+    restored world has its own of); ``Unencodable`` for anything else."""
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else {"$float": repr(value)}
+    if isinstance(value, bytes):
+        return {"$bytes": base64.b64encode(value).decode()}
     if isinstance(value, list):
-        return [encode(v, host_name, bound) for v in value]
+        return [encode(v, known) for v in value]
     if isinstance(value, tuple):
-        return {"$tuple": [encode(v, host_name, bound) for v in value]}
+        return {"$tuple": [encode(v, known) for v in value]}
     if isinstance(value, dict):
         if not all(isinstance(k, str) for k in value):
-            raise Unencodable(f"a dict with keys that are not strings: {value!r}")
-        return {"$dict": {k: encode(v, host_name, bound) for k, v in value.items()}}
-    name = host_name(value)
-    if name is not None:
-        return {"$host": name}
-    method = bound(value)
-    if method is not None:
-        return {"$method": method}
+            raise Unencodable(f"a dict with keys that are not strings: {value!r:.80}")
+        return {"$dict": {k: encode(v, known) for k, v in value.items()}}
+    marker = known(value)
+    if marker is not None:
+        return marker
     if callable(value):
         ref = reference(value)
         if ref is not None:
@@ -180,24 +259,23 @@ def encode(value: Any, host_name: Callable[[Any], str | None], bound: Callable[[
     raise Unencodable(f"a {type(value).__name__} ({value!r:.80}) is not plain data")
 
 
-def decode(data: Any, host: Callable[[str], Any], method: Callable[[list[Any]], Any]) -> Any:
-    """The value ``encode`` wrote as ``data``."""
+def decode(data: Any, resolve: Callable[[dict[str, Any]], Any]) -> Any:
+    """The value ``encode`` wrote as ``data``; ``resolve`` gives back what
+    ``known`` wrote down."""
     if isinstance(data, list):
-        return [decode(v, host, method) for v in data]
+        return [decode(v, resolve) for v in data]
     if isinstance(data, dict):
         if "$tuple" in data:
-            return tuple(decode(v, host, method) for v in data["$tuple"])
+            return tuple(decode(v, resolve) for v in data["$tuple"])
         if "$dict" in data:
-            return {k: decode(v, host, method) for k, v in data["$dict"].items()}
-        if "$host" in data:
-            return host(data["$host"])
-        if "$method" in data:
-            return method(data["$method"])
+            return {k: decode(v, resolve) for k, v in data["$dict"].items()}
         if "$ref" in data:
             return load(data["$ref"])
         if "$float" in data:
             return float(data["$float"])
-        raise SnapshotError(f"damaged snapshot: unknown value {data!r:.80}")
+        if "$bytes" in data:
+            return base64.b64decode(data["$bytes"])
+        return resolve(data)
     return data
 
 

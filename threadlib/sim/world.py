@@ -35,7 +35,6 @@ import heapq
 import inspect
 import ipaddress
 import math
-import pickle
 import random
 import types
 from typing import Any, Callable, Iterable, Iterator, TypeVar
@@ -603,7 +602,7 @@ class World:
             raise ValueError(f"setup {ref!r} is not a function")
         config = dict(config or {})
         try:
-            encoded = _snap.encode(config, self._host_name, self._bound)
+            encoded = _snap.encode(config, self._known)
         except _snap.Unencodable as exc:
             raise ValueError(f"config must be plain data (it goes into snapshots): {exc}") from None
         self._setup = (ref, encoded)
@@ -917,8 +916,8 @@ class World:
         if log is None:
             return
         try:
-            entry = [self.now, receiver, method, _snap.encode(list(args), self._host_name, self._bound),
-                     _snap.encode(kwargs, self._host_name, self._bound)]
+            entry = [self.now, receiver, method, _snap.encode(list(args), self._known),
+                     _snap.encode(kwargs, self._known)]
         except _snap.Unencodable as exc:
             if self._unsnapshottable is None:
                 self._unsnapshottable = (f"the driver called {'host ' + receiver + ': ' if receiver else ''}{method}() "
@@ -930,23 +929,36 @@ class World:
         else:
             log.append(entry)
 
-    def _host_name(self, value: Any) -> str | None:
-        return value.name if isinstance(value, Host) and value.world is self else None
-
-    def _bound(self, value: Any) -> list[Any] | None:
-        if not inspect.ismethod(value):
-            return None
-        owner = value.__self__
-        if owner is self:
-            return ["world", None, value.__name__]
-        if isinstance(owner, Host) and owner.world is self:
-            return ["host", owner.name, value.__name__]
+    def _known(self, value: Any) -> dict[str, Any] | None:
+        """How a snapshot's log names an object of this world: a host, a
+        host's network (the one it has when the input is replayed), a
+        method of the world or of a host."""
+        if isinstance(value, Host) and value.world is self:
+            return {"$host": value.name}
+        if isinstance(value, SimNetwork) and value.host.world is self:
+            return {"$network": value.host.name}
+        if value is self:
+            return {"$world": None}
+        if inspect.ismethod(value):
+            owner = value.__self__
+            if owner is self:
+                return {"$method": [None, value.__name__]}
+            if isinstance(owner, Host) and owner.world is self:
+                return {"$method": [owner.name, value.__name__]}
         return None
 
-    def _method(self, spec: list[Any]) -> Any:
-        kind, name, method = spec
-        target = self if kind == "world" else self._host(name)
-        return getattr(target, method)
+    def _resolve_known(self, marker: dict[str, Any]) -> Any:
+        """The object of this world ``_known`` named."""
+        if "$host" in marker:
+            return self._host(marker["$host"])
+        if "$network" in marker:
+            return self._host(marker["$network"]).network
+        if "$world" in marker:
+            return self
+        if "$method" in marker:
+            owner, method = marker["$method"]
+            return getattr(self if owner is None else self._host(owner), method)
+        raise SnapshotError(f"damaged snapshot: unknown value {marker!r:.80}")
 
     # -- snapshots -------------------------------------------------------------------
     def snapshot(self) -> bytes:
@@ -979,7 +991,7 @@ class World:
         s = snap if isinstance(snap, Snapshot) else Snapshot.from_bytes(snap)
         o = s.options
         try:
-            config = _snap.decode(s.config, lambda name: name, lambda spec: spec)
+            config = _snap.decode(s.config, _no_objects)
             world = cls(o["seed"], o["shuffle"], time_limit=o["time_limit"], keep_events=keep_events,
                         epoch=o["epoch"], faults=o["faults"], step_limit=o["step_limit"], setup=s.setup,
                         config=config)
@@ -1012,8 +1024,8 @@ class World:
                                    f"is at t={self.now!r}: the snapshot's log is inconsistent")
         try:
             target: Any = self if receiver is None else self._host(receiver)
-            args = _snap.decode(args, self._host, self._method)
-            kwargs = _snap.decode(kwargs, self._host, self._method)
+            args = _snap.decode(args, self._resolve_known)
+            kwargs = _snap.decode(kwargs, self._resolve_known)
             if method not in _REPLAYABLE:
                 raise SnapshotError(f"damaged snapshot: input {index} calls {method!r}")
             if method == "_fork":
@@ -1044,8 +1056,8 @@ class World:
 
     def _state_digests(self) -> dict[str, str]:
         """Digests of the state replay must reproduce beyond the trace: the
-        random streams, the fault schedule, each host's stack (pickled:
-        sans-IO state) and disk."""
+        random streams, the fault schedule, each host's stack (its whole
+        sans-IO object graph, as pickle sees it) and disk."""
 
         def digest(value: Any) -> str:
             return hashlib.blake2b(repr(value).encode(), digest_size=12).hexdigest()
@@ -1059,7 +1071,7 @@ class World:
             life = host._life
             stack = "down"
             if life is not None and life.alive:
-                stack = hashlib.blake2b(pickle.dumps(life.stack, protocol=5), digest_size=12).hexdigest()
+                stack = _snap.state_digest(life.stack)
             state[f"host {host.name}"] = digest((host.incarnation, host.crashes, host.paused_until, stack,
                                                  host.clock.now(), host.clock.rate))
             state[f"disk {host.name}"] = host.disk.state_digest()
@@ -1217,11 +1229,13 @@ class World:
                 _when, _seq, fn, args = heapq.heappop(events)
                 fn(*args)
                 progressed = True
-            hosts = list(self._hosts.values())
-            if self.shuffle:
+            hosts = [host for host in self._hosts.values() if host._has_work()]
+            if self.shuffle and len(hosts) > 1:
+                # Drawn only when there is an order to choose: how the driver
+                # slices time into runs must not move the stream.
                 self._shuffler.shuffle(hosts)
             for host in hosts:
-                if host._has_work():
+                if host._has_work():  # still: an earlier host's fault may have stopped it
                     self._running = host
                     try:
                         host._run()
@@ -1320,6 +1334,10 @@ class World:
 
     def __repr__(self) -> str:
         return f"<World seed={self.seed!r} t={self.now:.6f} hosts={list(self._hosts)}>"
+
+
+def _no_objects(marker: dict[str, Any]) -> Any:
+    raise SnapshotError(f"damaged snapshot: the setup's configuration names an object: {marker!r:.80}")
 
 
 # What a snapshot's log may call (anything else is a damaged snapshot).
