@@ -679,8 +679,9 @@ class World:
         naming it), replacing an earlier link; ``one_way=True`` sets only
         ``a`` to ``b``. Hosts without a link cannot reach each other."""
         if self._log is not None and not self._inside:
-            kwargs = dict(latency=latency, jitter=jitter, loss=loss, duplicate=duplicate, reorder=reorder,
-                          corrupt=corrupt, bandwidth=bandwidth, queue=queue, one_way=one_way)
+            kwargs: dict[str, Any] = dict(latency=latency, jitter=jitter, loss=loss, duplicate=duplicate,
+                                          reorder=reorder, corrupt=corrupt, bandwidth=bandwidth, queue=queue,
+                                          one_way=one_way)
             return self._input(None, "link", (a, b), kwargs, lambda: self.link(a, b, **kwargs))
         src, dst = self._host(a), self._host(b)
         if src is dst:
