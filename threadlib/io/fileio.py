@@ -190,8 +190,11 @@ class FileSystem(Protocol):
     """The metadata calls fileio makes inline, as ``os`` has them; a
     simulated disk provides its own (``threadlib.sim``)."""
 
-    def fstat(self, fd: int) -> os.stat_result: ...
-    def ftruncate(self, fd: int, size: int) -> None: ...
+    def fstat(self, fd: int) -> os.stat_result:
+        """``os.fstat(fd)``."""
+
+    def ftruncate(self, fd: int, size: int) -> None:
+        """``os.ftruncate(fd, size)``."""
 
 
 class _RealFileSystem:

@@ -268,8 +268,7 @@ class Host:
     def __init__(self, world: World, name: str, addresses: list[str], start: Callable[..., Any] | None,
                  mtu: int, conn_options: dict[str, Any], disk: DiskParams) -> None:
         self.world = world
-        #: The host's simulated disk (it outlives crashes: what was fsynced survives).
-        self.disk = SimDisk(name, disk, world.seed, world.faults, world._trace, world._clock_now)
+        self._disk = SimDisk(name, disk, world.seed, world.faults, world._trace, world._clock_now)
         self.name = name
         self.addresses = addresses
         self.start = start
@@ -296,6 +295,12 @@ class Host:
     def scheduler(self) -> Scheduler:
         """This incarnation's scheduler (thread dumps, ``threads()``)."""
         return self._alive("use its scheduler").sched
+
+    @property
+    def disk(self) -> SimDisk:
+        """The host's simulated disk: it outlives crashes (what was fsynced
+        survives them)."""
+        return self._disk
 
     @property
     def up(self) -> bool:
