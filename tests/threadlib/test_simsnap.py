@@ -338,3 +338,19 @@ def test_bad_disk_parameters_raise_valueerror_naming_them(params, name):
             world.host("h", "10.0.0.1", disk=params)
         with pytest.raises(ValueError, match="op must be one of"):
             world.host("g", "10.0.0.2").fail_disk(1, "seek")
+
+
+def test_a_request_whose_thread_times_out_never_reaches_the_disk():
+    def slow_write():
+        f = yield from fileio.open("/slow", "w")
+        with threadlib.move_on_after(0.01) as scope:
+            yield from f.pwrite(b"z" * 4096, 0)
+        yield from threadlib.sleep(1.0)  # long past the write's latency
+        size = f.size
+        yield from f.close()
+        return scope.cancelled_caught, size
+
+    with sim.World(1) as world:
+        h = world.host("h", "10.0.0.1", disk=sim.DiskParams(latency=0.1))
+        assert world.run(h.spawn(slow_write)) == (True, 0)
+        assert h.disk.contents("/slow") == b""
