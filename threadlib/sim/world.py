@@ -998,11 +998,18 @@ class World:
         o = s.options
         try:
             config = _snap.decode(s.config, _no_objects)
-            world = cls(o["seed"], o["shuffle"], time_limit=o["time_limit"], keep_events=keep_events,
-                        epoch=o["epoch"], faults=o["faults"], step_limit=o["step_limit"], setup=s.setup,
-                        config=config)
-        except (KeyError, TypeError) as exc:
-            raise SnapshotError(f"damaged snapshot: bad options ({exc!r})") from None
+            options = {"time_limit": o["time_limit"], "epoch": o["epoch"], "faults": o["faults"],
+                       "step_limit": o["step_limit"]}
+            seed0, shuffle = o["seed"], o["shuffle"]
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise SnapshotError(f"damaged snapshot: bad options or configuration ({exc!r})") from None
+        try:
+            world = cls(seed0, shuffle, keep_events=keep_events, setup=s.setup, config=config, **options)
+        except SnapshotError:
+            raise
+        except Exception as exc:
+            raise SnapshotMismatch(f"restoring: the setup function {s.setup} raised {type(exc).__name__}: {exc} "
+                                   f"(the code changed since the snapshot?)") from exc
         try:
             for i, entry in enumerate(s.inputs):
                 world._replay(i, entry)
