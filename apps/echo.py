@@ -59,19 +59,38 @@ def accept_loop(listener: sockio.Listener) -> Any:
         yield from threadlib.spawn(echo_connection(conn))
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=program_name("echo"), description=summary(__doc__))
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7000)
     parser.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
+    parser.add_argument("--record", metavar="FILE",
+                        help="record the run to FILE for `python -m threadlib.replay check FILE` (one worker)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.record is not None and args.workers > 1:
+        parser.error("--record records one worker: leave out --workers")
+    return args
 
+
+def _body(args: argparse.Namespace) -> Any:
     def ready(address: Any) -> None:
         print(f"echo server listening on {address[0]}:{address[1]}", flush=True)
 
-    body = serve(args.host, args.port, reuse_port=args.workers > 1, ready=ready)
-    return multicore.serve(body, args.workers)
+    return serve(args.host, args.port, reuse_port=args.workers > 1, ready=ready)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parse(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    return multicore.serve(_body(args), args.workers, record=args.record,
+                           entry="apps.echo:replayed", entry_args=argv)
+
+
+def replayed(*argv: str) -> Any:
+    """The main thread of a run recorded with ``--record``, for
+    ``python -m threadlib.replay check``."""
+    return multicore.worker_thread(_body(_parse(list(argv))), 0)
 
 
 if __name__ == "__main__":

@@ -211,7 +211,7 @@ def serve(listen: tuple[str, int], target: tuple[str, int], connect_timeout: flo
     return main
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse(argv: list[str]) -> argparse.Namespace:
     doc = __doc__.splitlines()[0]
     parser = argparse.ArgumentParser(prog=program_name("proxy"), description=doc)
     parser.add_argument("--listen", type=parse_address, required=True, help="HOST:PORT to accept on (port 0: any)")
@@ -228,21 +228,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--handshake-timeout", type=positive_seconds, default=10.0,
                         help="seconds a client has to finish the TLS handshake")
     parser.add_argument("--quiet", action="store_true", help="no per-connection log lines")
+    parser.add_argument("--record", metavar="FILE",
+                        help="record the run to FILE for `python -m threadlib.replay check FILE` (one worker, "
+                             "no TLS; copies through user space, as --fallback, so that every byte is seen)")
     args = parser.parse_args(argv)
+    if args.record is not None and (args.workers > 1 or args.tls_cert is not None):
+        parser.error("--record records one worker without TLS: leave out --workers and --tls-cert")
+    if args.record is not None:
+        args.fallback = True
     if args.workers > 1 and args.listen[1] == 0:
         parser.error("--workers N needs a fixed --listen port (port 0 would give each worker its own)")
     if (args.tls_cert is None) != (args.tls_key is None):
         parser.error("--tls-cert and --tls-key go together")
-    context = None
+    args.context = None
     if args.tls_cert is not None:
         try:
-            context = tls_server_context(args.tls_cert, args.tls_key)
+            args.context = tls_server_context(args.tls_cert, args.tls_key)
         except ValueError as exc:
             parser.error(str(exc))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    if args.quiet:
-        log.setLevel(logging.WARNING)
+    return args
 
+
+def _body(args: argparse.Namespace) -> Callable[[int, threadlib.Event], Any]:
     def ready(address: Any) -> None:
         # One write per line: with --workers N, N processes share stdout.
         sys.stdout.write(f"proxy listening on {_fmt(address)} -> {_fmt(args.target)}\n")
@@ -251,9 +258,25 @@ def main(argv: list[str] | None = None) -> int:
     body = serve(
         args.listen, args.target, connect_timeout=args.connect_timeout, fallback=args.fallback,
         reuse_port=args.workers > 1, grace=None if args.grace < 0 else args.grace,
-        chunk_size=args.chunk_size, ready=ready, tls_context=context, handshake_timeout=args.handshake_timeout,
+        chunk_size=args.chunk_size, ready=ready, tls_context=args.context, handshake_timeout=args.handshake_timeout,
     )
-    return multicore.serve(body, args.workers)
+    return body
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parse(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.quiet:
+        log.setLevel(logging.WARNING)
+    return multicore.serve(_body(args), args.workers, record=args.record, entry="apps.proxy:replayed",
+                           entry_args=argv)
+
+
+def replayed(*argv: str) -> Any:
+    """The main thread of a run recorded with ``--record``, for
+    ``python -m threadlib.replay check``."""
+    return multicore.worker_thread(_body(_parse(list(argv))), 0)
 
 
 if __name__ == "__main__":

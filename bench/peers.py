@@ -30,6 +30,7 @@ in bench/README.md.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import sys
 import tempfile
@@ -325,16 +326,18 @@ class Threadlib:
     runtime = "threadlib"
 
     def serve(self, port: int, handle: Callable) -> None:
+        run(self.runtime, lambda: self.main(port, handle))
+
+    @staticmethod
+    def main(port: int, handle: Callable) -> Any:
+        """The server's main thread (a replay of a recording runs it again)."""
         import threadlib
         from threadlib.io import sockio
 
-        def main():
-            listener = yield from sockio.listen((HOST, port))
-            while True:
-                conn, addr = yield from listener.accept()
-                yield from threadlib.spawn(handle(conn))
-
-        run(self.runtime, main)
+        listener = yield from sockio.listen((HOST, port))
+        while True:
+            conn, addr = yield from listener.accept()
+            yield from threadlib.spawn(handle(conn))
 
     @staticmethod
     def echo() -> Callable:
@@ -372,6 +375,17 @@ class Threadlib:
                 conn.close()
 
         return handle
+
+
+class ThreadlibRecording(Threadlib):
+    """Threadlib's server with its run recorded (``threadlib.run(...,
+    record=...)``) to the path in $THREADLIB_BENCH_RECORD: what recording
+    costs, side by side (bench.replay_bench)."""
+
+    def serve(self, port: int, handle: Callable) -> None:
+        import threadlib
+
+        threadlib.run(self.main(port, handle), record=os.environ["THREADLIB_BENCH_RECORD"])
 
 
 class ThreadlibAsync:
@@ -449,6 +463,7 @@ SERVERS = {
     # The same server on the pure-Python hot path (THREADLIB_PURE=1 in its
     # child): what the compiled one buys, side by side.
     "threadlib-pure": Threadlib(),
+    "threadlib-recording": ThreadlibRecording(),
 }
 
 

@@ -19,6 +19,7 @@ in subpackages, loaded on first use:
 ``threadlib.lowlevel``   for extenders: Scheduler, Worker, WaitQueue, system calls
 ``threadlib.loop``       an asyncio event loop on the scheduler (asyncio tasks next to threads)
 ``threadlib.sim``        a deterministic simulated world: hosts, links and faults on a virtual clock
+``threadlib.replay``     replay a run recorded with ``run(main, record=PATH)``, checking every output
 
 ``docs/design.md`` tours the internals; ``docs/api.md`` is the reference.
 """
@@ -59,7 +60,7 @@ __all__ = [
     "Event", "Mutex", "Semaphore", "Condition", "Queue", "QueueClosed", "QueueFull", "QueueEmpty",
 ]
 
-_SUBMODULES = ("io", "net", "frontends", "process", "lowlevel", "syscalls", "loop", "sim")
+_SUBMODULES = ("io", "net", "frontends", "process", "lowlevel", "syscalls", "loop", "sim", "replay")
 
 
 def __getattr__(name: str) -> object:

@@ -134,14 +134,19 @@ def current_thread() -> Thread:
 
 
 def run(main: Any, *args: Any, scheduler: Scheduler | None = None, handle_sigint: bool = True,
-        handle_sigterm: bool = False, dump_on: int | None = None) -> Any:
+        handle_sigterm: bool = False, dump_on: int | None = None, record: str | None = None) -> Any:
     """Run ``main`` on a new default scheduler (or ``scheduler``) until it
     ends; return its result or raise its exception. Ctrl-C (and SIGTERM
     with ``handle_sigterm``) cancels the main thread: see
     ``Scheduler.run``. With ``dump_on`` (a signal number such as
     ``signal.SIGUSR1``), that signal writes a thread dump to stderr
-    (``Scheduler.enable_dump_signal``)."""
+    (``Scheduler.enable_dump_signal``). With ``record`` (a path), the run
+    is recorded there for ``threadlib.replay``."""
     sched = scheduler or Scheduler()
     if dump_on is not None:
         sched.enable_dump_signal(dump_on)
+    if record is not None:
+        from .replay import run_recorded  # a layer beside this one, loaded only to record
+
+        return run_recorded(sched, main, args, record, handle_sigint=handle_sigint, handle_sigterm=handle_sigterm)
     return sched.run(main, *args, handle_sigint=handle_sigint, handle_sigterm=handle_sigterm)

@@ -77,7 +77,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lifespan", choices=("auto", "on", "off"), default="auto",
                         help="with --asgi: run the app's lifespan startup/shutdown (auto: if it supports it)")
     parser.add_argument("--quiet", action="store_true", help="log warnings only")
+    parser.add_argument("--record", metavar="FILE",
+                        help="record the run to FILE for `python -m threadlib.replay check FILE` "
+                             "(static files on the kernel stack, one worker)")
     args = parser.parse_args(argv)
+    if args.record is not None and (args.workers > 1 or args.stack != "kernel" or args.io != "sendfile"
+                                    or args.wsgi or args.asgi or args.tls_cert):
+        parser.error("--record covers the static file server on the kernel stack with --io sendfile, "
+                     "one worker, no TLS, WSGI or ASGI")
     args.wsgi_app = args.asgi_app = None
     if args.wsgi is not None and args.asgi is not None:
         parser.error("--wsgi and --asgi: serve one application or the other")
@@ -141,9 +148,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(name)s %(message)s")
+    worker, queues, startup_failed = _program(args)
+    try:
+        status = multicore.serve(worker, args.workers, record=args.record,
+                                 entry="apps.webserver.__main__:replayed", entry_args=argv)
+        return 3 if startup_failed else status
+    finally:
+        if queues is not None:
+            queues.close()  # the device goes once the workers' copies are closed too
+
+
+def replayed(*argv: str) -> Any:
+    """The main thread of a run recorded with ``--record``, built from the
+    same arguments, for ``python -m threadlib.replay check`` (no access log
+    is written while replaying)."""
+    args = parse_args(list(argv))
+    args.access_log = None
+    worker, _, _ = _program(args)
+    return multicore.worker_thread(worker, 0)
+
+
+def _program(args: argparse.Namespace) -> tuple[Any, Any, list[int]]:
+    """The worker main for ``args``, the multi-queue handle to close
+    after (or None), and the list of workers whose ASGI startup failed."""
     queues = None  # the multi-queue handle, for --stack user --workers N
     if args.stack == "user":
         overrides = {k: v for k, v in (("tun", args.tun), ("netns", args.netns)) if v is not None}
@@ -238,12 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("worker %d stopped after %d requests on %d connections (%d app failures)", index,
                  server.requests, server.connections, server.app_failures)
 
-    try:
-        status = multicore.serve(worker, args.workers)
-        return 3 if startup_failed else status
-    finally:
-        if queues is not None:
-            queues.close()  # the device goes once the workers' copies are closed too
+    return worker, queues, startup_failed
 
 
 if __name__ == "__main__":

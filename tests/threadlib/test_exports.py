@@ -25,7 +25,7 @@ PUBLIC_MODULES = [
     "threadlib.io.tcpsockio", "threadlib.io.tls",
     "threadlib.frontends.green", "threadlib.process.multicore", "threadlib.process.signals",
     "threadlib.process.subprocess", "threadlib.loop", "threadlib.io.happy_eyeballs", "threadlib.testing.pytest_plugin",
-    "threadlib.sim", "threadlib.sim.runner",
+    "threadlib.sim", "threadlib.sim.runner", "threadlib.replay",
 ]
 
 
@@ -60,10 +60,10 @@ def test_the_top_level_is_the_user_api_only():
         assert not hasattr(threadlib, name), name
         assert hasattr(threadlib.lowlevel, name), name
     # Subpackages load on first use, and only the documented ones.
-    for sub in ("io", "net", "frontends", "process", "lowlevel", "syscalls", "loop", "sim"):
+    for sub in ("io", "net", "frontends", "process", "lowlevel", "syscalls", "loop", "sim", "replay"):
         assert getattr(threadlib, sub).__name__ == f"threadlib.{sub}"
     with pytest.raises(AttributeError):
-        threadlib.replay  # noqa: B018 (promised by nothing any more)
+        threadlib.recorder  # noqa: B018 (no such subpackage)
 
 
 def _imports(path: pathlib.Path) -> set[str]:

@@ -60,10 +60,25 @@ _HANG_UP = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 _ACCEPT_CONNECTION_ERRORS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
 
 
-# The socket calls of the hot paths: socket.socket's own, or their compiled
-# twins (no argument tuple, no GIL hand-off), which behave the same.
+# The socket layer: every call this module makes into the kernel's sockets
+# goes through these five names or the socket objects they make, so that
+# record/replay (threadlib.replay) can stand between the program and the
+# network. The hot calls are socket.socket's own, or their compiled twins
+# (no argument tuple, no GIL hand-off), which behave the same.
 _recv, _recv_into, _send = sock_recv, sock_recv_into, sock_send
+_new_socket = socket.socket
+_sendfile = os.sendfile
 _OWN_METHODS = ("recv", "recv_into", "send")
+
+
+def _use_socket_layer(layer: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Install ``(recv, recv_into, send, new_socket, sendfile)`` as the
+    socket layer; return the one it replaces (for threadlib.replay only:
+    it is process-wide, one recording or replay at a time)."""
+    global _recv, _recv_into, _send, _new_socket, _sendfile
+    previous = (_recv, _recv_into, _send, _new_socket, _sendfile)
+    _recv, _recv_into, _send, _new_socket, _sendfile = layer
+    return previous
 
 
 def _discard(sock: socket.socket) -> None:
@@ -300,7 +315,7 @@ class Stream(_SocketBase):
         with _timeout(timeout):
             while sent < count:
                 try:
-                    n = os.sendfile(out_fd, in_fd, offset + sent, min(count - sent, 1 << 30))
+                    n = _sendfile(out_fd, in_fd, offset + sent, min(count - sent, 1 << 30))
                 except BlockingIOError:
                     yield self._wait_write
                     continue
@@ -371,7 +386,7 @@ class Listener(_SocketBase):
                     yield Sleep(self._backoff)
                     continue
                 self._backoff = 0.0
-                conn = socket.socket(sock.family, sock.type, sock.proto, fileno=fd)
+                conn = _new_socket(sock.family, sock.type, sock.proto, fileno=fd)
                 if self._nodelay:
                     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 return Stream(conn), addr
@@ -509,7 +524,7 @@ class KernelNetwork:
         family, sockaddr = (yield from self.resolve(host, port))[0]
         if len(address) == 4 and family == socket.AF_INET6:
             sockaddr = tuple(address)
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = _new_socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if reuse_port:
@@ -584,7 +599,7 @@ class KernelNetwork:
             family = socket.AF_INET
             if bind is not None:
                 family = (yield from resolve(bind[0], bind[1], socket.SOCK_DGRAM))[0][0]
-        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock = _new_socket(family, socket.SOCK_DGRAM)
         if bind is not None:
             try:
                 sock.bind(bind)
@@ -596,7 +611,7 @@ class KernelNetwork:
     @types.coroutine
     def unix_listen(self, path: str, backlog: int = 1024) -> Waits[Listener]:
         """A listener bound to the Unix socket ``path`` (never waits)."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = _new_socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(path)
             sock.listen(backlog)
@@ -610,7 +625,7 @@ class KernelNetwork:
     def unix_connect(self, path: str, timeout: float | None = None) -> Waits[Stream]:
         """A stream connected to the Unix socket ``path``; ``timeout`` bounds
         the connect, and a socket that did not connect is closed."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = _new_socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             with _timeout(timeout):
                 yield from _connect_socket(sock, path)
@@ -623,7 +638,7 @@ class KernelNetwork:
 @types.coroutine
 def _connect_tcp(family: int, sockaddr: Any, nodelay: bool, local: Any) -> Waits[Stream]:
     """One connection attempt; the socket is closed unless it connected."""
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = _new_socket(family, socket.SOCK_STREAM)
     try:
         if local is not None:
             sock.bind(local)

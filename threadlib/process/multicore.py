@@ -36,7 +36,7 @@ from ..sync import Event
 
 log = logging.getLogger("threadlib.process.multicore")
 
-__all__ = ["WorkerStartError", "run_worker", "serve"]
+__all__ = ["WorkerStartError", "run_worker", "serve", "worker_thread"]
 
 # The exit status of a worker process whose main raised WorkerStartError
 # (sysexits' EX_CONFIG: the fault is in how it was set up, not in a run).
@@ -50,9 +50,10 @@ class WorkerStartError(Exception):
 
 
 
-def run_worker(main: Callable[[int, Event], Any], index: int = 0) -> Any:
-    """Run ``main(index, shutdown)`` in this process with SIGTERM/SIGINT
-    setting ``shutdown``; return main's result."""
+def worker_thread(main: Callable[[int, Event], Any], index: int = 0) -> Any:
+    """The main thread ``run_worker`` runs: ``main(index, shutdown)`` with
+    SIGTERM/SIGINT setting ``shutdown``. A recording of a worker is
+    replayed against this (``threadlib.replay``)."""
 
     @types.coroutine
     def supervised() -> Waits[Any]:
@@ -70,7 +71,22 @@ def run_worker(main: Callable[[int, Event], Any], index: int = 0) -> Any:
             if not watcher.done:
                 yield from watcher.cancel()
 
-    return signals.scheduler().run(supervised())
+    return supervised()
+
+
+def run_worker(main: Callable[[int, Event], Any], index: int = 0, record: str | None = None,
+               entry: str | None = None, entry_args: list[str] | None = None) -> Any:
+    """Run ``main(index, shutdown)`` in this process with SIGTERM/SIGINT
+    setting ``shutdown``; return main's result. With ``record`` (a path)
+    the run is recorded there, naming ``entry`` (``MODULE:FUNCTION``) and
+    ``entry_args`` as what ``python -m threadlib.replay check`` replays it
+    against."""
+    sched = signals.scheduler()
+    if record is None:
+        return sched.run(worker_thread(main, index))
+    from ..replay import run_recorded
+
+    return run_recorded(sched, worker_thread(main, index), (), record, entry, entry_args)
 
 
 @types.coroutine
@@ -80,14 +96,18 @@ def _as_generator(coro: Any) -> Waits[Any]:
     return (yield from coro)
 
 
-def serve(main: Callable[[int, Event], Any], workers: int, restart_limit: int = 10) -> int:
+def serve(main: Callable[[int, Event], Any], workers: int, restart_limit: int = 10,
+          record: str | None = None, entry: str | None = None, entry_args: list[str] | None = None) -> int:
     """Fork ``workers`` processes each running ``run_worker(main, i)`` and
     supervise them until SIGINT/SIGTERM. Returns an exit status: 0 after
     a requested stop, 1 when a worker could not start (``WorkerStartError``,
-    reported in one log line) or the restart limit was reached."""
+    reported in one log line) or the restart limit was reached. ``record``
+    (one worker only) records the run (``run_worker``)."""
+    if record is not None and workers > 1:
+        raise ValueError("recording is for one worker: a recording is one process's run")
     if workers <= 1:
         try:
-            run_worker(main, 0)
+            run_worker(main, 0, record, entry, entry_args)
         except WorkerStartError as exc:
             log.error("%s", exc)
             return 1

@@ -1,0 +1,229 @@
+"""Record/replay of real runs (threadlib.replay): a server recorded over
+kernel sockets with its client in another OS process, replayed against
+the same code (it must match to the last byte and return the same
+result) and against a changed handler (it must stop at the very message
+the change touched); damaged logs; the command line; the apps' --record."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+
+import threadlib
+from threadlib import replay
+from threadlib.lowlevel import IOWorker, Scheduler, TimerWorker, Worker
+
+from ..waiting import wait_until
+from . import replay_program
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+
+def record_conversation(tmp_path, conns: int = 2) -> tuple[str, str, object]:
+    """Record replay_program.serve talking to replay_client in another
+    process; return the log's path, the port file and main's result."""
+    log = str(tmp_path / "run.tlrec")
+    port_file = str(tmp_path / "port")
+    client = subprocess.Popen([sys.executable, os.path.join(HERE, "replay_client.py"), port_file, str(conns)])
+    try:
+        result = threadlib.run(replay_program.serve, port_file, "same", str(conns), record=log)
+    finally:
+        assert client.wait(timeout=60) == 0, "the client saw a wrong reply"
+    return log, port_file, result
+
+
+def test_a_recorded_run_replays_on_the_same_code(tmp_path):
+    log, port_file, result = record_conversation(tmp_path)
+    # Every line of both connections, in the order the server saw them.
+    assert sorted(result.split(" | ")[0].split()) == sorted(f"{c}:conn_{c}_msg_{i}" for c in range(2) for i in range(6))
+    timeouts = int(re.search(r"timeouts (\d+)", result).group(1))
+    assert timeouts >= 1  # the client's pause made at least one receive time out
+    again = replay.replay(log, replay_program.serve, port_file, "same", "2")
+    assert again == result  # the same interleaving, the same count of timeouts
+    info = replay.describe(log)
+    assert info["records"]["end"] == 1 and info["records"]["socket"] > 24
+
+
+def test_a_changed_handler_diverges_at_the_message_it_changed(tmp_path):
+    log, port_file, _ = record_conversation(tmp_path)
+    with pytest.raises(replay.Divergence) as caught:
+        replay.replay(log, replay_program.serve, port_file, "changed", "2")
+    exc = caught.value
+    # The fourth reply ("msg 3") of the first connection to get one is the first output that differs.
+    assert "send #4 on fd" in exc.got and "fixed reply conn" in exc.got and "msg 3" in exc.got, exc
+    assert "msg 3" in exc.expected and "reply conn" in exc.expected and "fixed" not in exc.expected
+    assert exc.thread.startswith("thread 'handle")
+    assert exc.record > 10 and exc.offset > 0
+
+
+def test_a_program_that_ends_early_diverges(tmp_path):
+    log, port_file, _ = record_conversation(tmp_path)
+
+    def impatient(port_file: str):
+        listener = yield from threadlib.io.sockio.listen(("127.0.0.1", 0))
+        listener.close()
+        return "gave up"
+
+    with pytest.raises(replay.Divergence) as caught:
+        replay.replay(log, impatient, port_file)
+    # The recording goes on to accept a connection; this program returned instead.
+    assert "main returning" in caught.value.got or "socket" in caught.value.got
+
+
+def test_damaged_and_truncated_logs_name_the_offset(tmp_path):
+    log, port_file, _ = record_conversation(tmp_path)
+    data = open(log, "rb").read()
+    cut = tmp_path / "cut.tlrec"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(replay.LogError, match=r"offset \d+: the log ends inside"):
+        replay.replay(str(cut), replay_program.serve, port_file, "same", "2")
+    bad = tmp_path / "bad.tlrec"
+    bad.write_bytes(b"GARBAGE" + data[7:])
+    with pytest.raises(replay.LogError, match="offset 0: not a threadlib replay log"):
+        replay.replay(str(bad), replay_program.serve, port_file)
+    extra = tmp_path / "extra.tlrec"
+    extra.write_bytes(data + b"\x03")
+    with pytest.raises(replay.LogError, match="records follow the end record"):
+        replay.replay(str(extra), replay_program.serve, port_file, "same", "2")
+    with pytest.raises(replay.LogError, match="cannot open"):
+        replay.replay(str(tmp_path / "missing.tlrec"), replay_program.serve, port_file)
+
+
+def test_the_command_line_checks_a_recording(tmp_path):
+    log, port_file, _ = record_conversation(tmp_path)
+
+    def check(*program: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "threadlib.replay", "check", log, "--", *program],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+    same = check("tests.threadlib.replay_program:serve", port_file, "same", "2")
+    assert same.returncode == 0 and same.stdout.startswith("ok: the program did what the recording did"), same
+    changed = check("tests.threadlib.replay_program:serve", port_file, "changed", "2")
+    assert changed.returncode == 1 and "diverged:" in changed.stderr and "send #4" in changed.stderr, changed
+    missing = check("tests.threadlib.no_such_module:serve")
+    assert missing.returncode == 2 and "cannot import" in missing.stderr
+    # A log made by threadlib.run names no entry point: check says how to give one.
+    bare = subprocess.run([sys.executable, "-m", "threadlib.replay", "check", log], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert bare.returncode == 2 and "give one after --" in bare.stderr
+    info = subprocess.run([sys.executable, "-m", "threadlib.replay", "info", log], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert info.returncode == 0 and re.search(r"socket\s+\d+", info.stdout)
+
+
+def test_recording_refuses_workers_it_cannot_replay(tmp_path):
+    class Gadget(Worker):
+        def attach(self, sched):
+            return {}
+
+    sched = Scheduler(workers=[TimerWorker(), IOWorker(), Gadget()])
+
+    def main():
+        yield from threadlib.sleep(0)
+
+    with pytest.raises(ValueError, match="cannot record a run with Gadget"):
+        threadlib.run(main, scheduler=sched, record=str(tmp_path / "x.tlrec"))
+
+
+def test_a_recording_keeps_memory_bounded_by_streaming(tmp_path):
+    # 20,000 clock reads and sleeps: the log grows on disk as the run goes.
+    log = str(tmp_path / "long.tlrec")
+    sizes = []
+
+    def main():
+        for i in range(20000):
+            threadlib.now()
+            yield from threadlib.sleep(0)
+            if i % 5000 == 0:
+                sizes.append(os.path.getsize(log))
+        return "ok"
+
+    threadlib.run(main, record=log)
+    assert sizes[-1] > sizes[0]  # flushed while running, not only at the end
+    assert replay.replay(log, main) == "ok"
+
+
+def _app(args: list[str], tmp_path, banner: str) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines = []
+    while True:  # log lines may come first
+        line = proc.stdout.readline()
+        lines.append(line)
+        match = re.search(banner, line)
+        if match or not line:
+            break
+    assert match, lines
+    return proc, int(match.group(1))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_web_server_records_and_its_recording_replays(tmp_path):
+    log = str(tmp_path / "web.tlrec")
+    port = _free_port()
+    proc, port = _app(["apps.webserver", "--port", str(port), "--record", log, "--quiet"], tmp_path,
+                      r"http://127\.0\.0\.1:(\d+)/")
+    try:
+        bodies = [urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30).read()
+                  for path in ("/", "/index.html", "/")]
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/missing", timeout=30)
+        assert bodies[0] == bodies[1] == bodies[2] and b"<html" in bodies[0].lower()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    check = subprocess.run([sys.executable, "-m", "threadlib.replay", "check", log], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0 and "ok:" in check.stdout, check
+    # The same recording against a site whose index differs: the first response diverges.
+    site = tmp_path / "site"
+    shutil.copytree(os.path.join(ROOT, "apps", "sample_site"), site)
+    (site / "index.html").write_bytes(b"<html>another page</html>\n")
+    meta_args = replay.describe(log)["meta"]["args"]
+    changed = subprocess.run([sys.executable, "-m", "threadlib.replay", "check", log, "--",
+                              "apps.webserver.__main__:replayed", *meta_args, "--root", str(site)],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert changed.returncode == 1 and "diverged:" in changed.stderr, changed
+
+
+def test_the_echo_server_records_and_replays(tmp_path):
+    log = str(tmp_path / "echo.tlrec")
+    proc, port = _app(["apps.echo", "--port", str(_free_port()), "--record", log], tmp_path,
+                      r"listening on 127\.0\.0\.1:(\d+)")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            for size in (1, 100, 70000):
+                payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+                s.sendall(payload)
+                got = b""
+                while len(got) < size:
+                    got += s.recv(65536)
+                assert got == payload
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    check = subprocess.run([sys.executable, "-m", "threadlib.replay", "check", log], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check
+
+
+def test_record_is_refused_where_it_cannot_apply():
+    for args, message in ((["apps.webserver", "--record", "x", "--workers", "2"], "--record covers"),
+                          (["apps.echo", "--record", "x", "--workers", "2"], "--record records one worker")):
+        done = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and message in done.stderr, done
+        assert "Traceback" not in done.stderr

@@ -1,0 +1,400 @@
+"""The replay log: its file format, a streaming writer and a checking reader.
+
+A log is a header and a sequence of records, written as they happen and
+read back in the same order (never searched, never loaded whole):
+
+    header   b"TLREC\\n" | u16 version | u32 length | that many bytes of JSON
+    record   u8 kind | fields (unsigned varints, f64 little-endian, byte strings
+             as varint length + bytes, values and outcomes as below)
+
+A *value* (what a worker resumed a thread with, a socket option, an
+address) is tagged: None, an int (zigzag varint), bytes, a str, or a
+pickle for anything else. An *outcome* is a value or an exception: an
+``OSError`` as its errno and message (re-made as the same subclass), the
+exception of a cancel scope as the scope's depth in the thread's scope
+chain (so replay raises that scope's own exception, which the scope
+recognises), anything else pickled. A value that cannot be pickled is
+kept as its repr: replaying past it stops with a clear error.
+
+The reader never trusts the file: a bad magic, an unknown version, a
+record kind it does not know or a record cut short raises ``LogError``
+naming the byte offset. It must never touch anything but the file it was
+given; deciding what a record means is the player's job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import struct
+from typing import Any, BinaryIO
+
+MAGIC = b"TLREC\n"
+VERSION = 1
+
+# Record kinds.
+HANDLER = 1   # a worker served a system call: thread, call class, the threads it woke at once
+POLL = 2      # the scheduler polled: 0, or 1, the clock and the threads woken
+CLOCK = 3     # the program read the clock (threadlib.now, a timeout's start)
+WALL = 4      # the program read the time of day
+SOCK = 5      # a socket operation: op code, fd, its result
+END = 6       # main ended: its outcome
+KIND_NAMES = {HANDLER: "handler", POLL: "poll", CLOCK: "clock", WALL: "wall", SOCK: "socket", END: "end"}
+
+# Value and outcome tags.
+T_NONE, T_INT, T_BYTES, T_STR, T_PICKLE, T_OSERROR, T_EXC, T_SCOPE, T_OPAQUE = range(9)
+
+#: A writer's buffer is flushed once it holds this much (after the record that crossed it).
+FLUSH_AT = 1 << 16
+
+_F64 = struct.Struct("<d")
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+
+
+class LogError(Exception):
+    """The log file is damaged, truncated or not a replay log; the message
+    names the byte offset where reading failed."""
+
+    def __init__(self, message: str, offset: int) -> None:
+        super().__init__(f"replay log, offset {offset}: {message}")
+        self.offset = offset
+
+
+class ScopeRaised:
+    """An outcome read from a log: the exception of the cancel scope at
+    ``depth`` in the woken thread's scope chain (0 is the innermost)."""
+
+    __slots__ = ("depth",)
+
+    def __init__(self, depth: int) -> None:
+        self.depth = depth
+
+
+class Opaque:
+    """A recorded value that could not be pickled: only its repr is known."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return f"<unrecorded value {self.text}>"
+
+
+class LogWriter:
+    """Appends records to a log file through a buffer (``buf``, which the
+    recorder appends to) flushed once it holds ``FLUSH_AT`` bytes and at
+    ``close``, so memory stays bounded however long the run. The flush is
+    a plain ``write`` into the page cache."""
+
+    def __init__(self, path: str | os.PathLike[str], meta: dict[str, Any]) -> None:
+        self._file: BinaryIO = open(path, "wb")
+        self.path = os.fspath(path)
+        body = json.dumps(meta, sort_keys=True).encode()
+        self.buf = bytearray(MAGIC + _U16.pack(VERSION) + _U32.pack(len(body)) + body)
+        self.written = 0  # bytes already flushed to the file
+
+    def flush(self) -> None:
+        """Write the buffer to the file."""
+        if self.buf:
+            self._file.write(self.buf)
+            self.written += len(self.buf)
+            self.buf = bytearray()
+        self._file.flush()
+
+    def close(self) -> None:
+        """Flush and close the file."""
+        if not self._file.closed:
+            self.flush()
+            self._file.close()
+
+    @property
+    def size(self) -> int:
+        """Bytes written so far, buffered ones included."""
+        return self.written + len(self.buf)
+
+
+def put_uint(buf: bytearray, n: int) -> None:
+    """Append ``n`` (>= 0) as a varint. (Hot callers append n < 0x80
+    themselves: one byte, no call.)"""
+    while n >= 0x80:
+        buf.append((n & 0x7F) | 0x80)
+        n >>= 7
+    buf.append(n)
+
+
+def put_int(buf: bytearray, n: int) -> None:
+    """Append ``n`` as a zigzag varint."""
+    put_uint(buf, (n << 1) if n >= 0 else ((-n) << 1) - 1)
+
+
+def put_bytes(buf: bytearray, data: Any) -> None:
+    """Append a length-prefixed byte string."""
+    put_uint(buf, len(data))
+    buf += data
+
+
+def put_f64(buf: bytearray, x: float) -> None:
+    """Append a little-endian double."""
+    buf += _F64.pack(x)
+
+
+def put_str(buf: bytearray, text: str) -> None:
+    """Append a length-prefixed UTF-8 string."""
+    put_bytes(buf, text.encode("utf-8", "surrogateescape"))
+
+
+def put_value(buf: bytearray, value: Any) -> None:
+    """Append a tagged value (see the module's docstring)."""
+    if value is None:
+        buf.append(T_NONE)
+    elif type(value) is int:
+        buf.append(T_INT)
+        put_int(buf, value)
+    elif type(value) is bytes:
+        buf.append(T_BYTES)
+        put_bytes(buf, value)
+    elif type(value) is str:
+        buf.append(T_STR)
+        put_str(buf, value)
+    else:
+        try:
+            data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            buf.append(T_OPAQUE)
+            put_str(buf, repr(value)[:200])
+        else:
+            buf.append(T_PICKLE)
+            put_bytes(buf, data)
+
+
+def put_exception(buf: bytearray, exc: BaseException, scope_depth: int | None) -> None:
+    """Append a tagged exception: a scope's by its depth, an OSError by errno."""
+    if scope_depth is not None:
+        buf.append(T_SCOPE)
+        put_uint(buf, scope_depth)
+    elif isinstance(exc, OSError) and exc.errno is not None and type(OSError(exc.errno, "")) is type(exc):
+        # OSError(errno, text) makes the same subclass again (ConnectionResetError...).
+        buf.append(T_OSERROR)
+        put_uint(buf, exc.errno)
+        # The usual text is left out (EAGAIN is the commonest record of all).
+        put_str(buf, "" if exc.strerror == os.strerror(exc.errno) else (exc.strerror or ""))
+    else:
+        try:
+            data = pickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.loads(data)
+        except Exception:
+            buf.append(T_OPAQUE)
+            put_str(buf, repr(exc)[:200])
+        else:
+            buf.append(T_EXC)
+            put_bytes(buf, data)
+
+
+class LogReader:
+    """Reads a log record by record. ``offset`` is where the next record
+    starts; every read past the end of the data or of a record raises
+    ``LogError`` with the offset of the record being read."""
+
+    def __init__(self, path: str | os.PathLike[str], chunk: int = 1 << 16) -> None:
+        self.path = os.fspath(path)
+        try:
+            self._file: BinaryIO = open(path, "rb")
+        except OSError as exc:
+            raise LogError(f"cannot open {self.path}: {exc.strerror}", 0) from None
+        self._chunk = chunk
+        self._data = b""
+        self._pos = 0        # in _data
+        self._base = 0       # file offset of _data[0]
+        self.record_start = 0
+        self.records = 0
+        head = self._take(len(MAGIC), "the header")
+        if head != MAGIC:
+            raise LogError(f"not a threadlib replay log (starts with {head!r})", 0)
+        version = _U16.unpack(self._take(2, "the header"))[0]
+        if version != VERSION:
+            raise LogError(f"log version {version}, this threadlib reads version {VERSION}", len(MAGIC))
+        length = _U32.unpack(self._take(4, "the header"))[0]
+        try:
+            self.meta: dict[str, Any] = json.loads(self._take(length, "the header"))
+        except ValueError:
+            raise LogError("the header's metadata is not JSON", len(MAGIC) + 6) from None
+        self.record_start = self.offset
+
+    @property
+    def offset(self) -> int:
+        """The file offset of the next byte to read."""
+        return self._base + self._pos
+
+    def close(self) -> None:
+        """Close the file."""
+        self._file.close()
+
+    def _fill(self, need: int) -> bool:
+        # Keep at least `need` bytes after _pos, reading more of the file.
+        while len(self._data) - self._pos < need:
+            more = self._file.read(max(self._chunk, need))
+            if not more:
+                return False
+            self._base += self._pos
+            self._data = self._data[self._pos:] + more
+            self._pos = 0
+        return True
+
+    def _take(self, n: int, what: str = "a record") -> bytes:
+        if not self._fill(n):
+            raise LogError(f"the log ends inside {what} (it was cut short or damaged)", self.record_start)
+        data = self._data[self._pos:self._pos + n]
+        self._pos += n
+        return data
+
+    def at_end(self) -> bool:
+        """Whether every byte of the file has been read."""
+        return not self._fill(1)
+
+    def kind(self) -> int:
+        """The next record's kind, without consuming it; 0 at the end of the file."""
+        if not self._fill(1):
+            return 0
+        return self._data[self._pos]
+
+    def begin(self) -> int:
+        """Consume the next record's kind byte and return it."""
+        self.record_start = self.offset
+        kind = self._take(1)[0]
+        if kind not in KIND_NAMES:
+            raise LogError(f"unknown record kind {kind}", self.record_start)
+        self.records += 1
+        return kind
+
+    def uint(self) -> int:
+        """An unsigned varint."""
+        shift = 0
+        n = 0
+        while True:
+            if self._pos >= len(self._data) and not self._fill(1):
+                raise LogError("the log ends inside a record (it was cut short or damaged)", self.record_start)
+            b = self._data[self._pos]
+            self._pos += 1
+            n |= (b & 0x7F) << shift
+            if b < 0x80:
+                return n
+            shift += 7
+            if shift > 70:
+                raise LogError("a number in a record is too long (damaged log)", self.record_start)
+
+    def sint(self) -> int:
+        """A zigzag-encoded signed varint."""
+        n = self.uint()
+        return (n >> 1) if not n & 1 else -((n + 1) >> 1)
+
+    def u32(self) -> int:
+        """A little-endian unsigned 32-bit integer."""
+        value: int = _U32.unpack(self._take(4))[0]
+        return value
+
+    def f64(self) -> float:
+        """A little-endian double."""
+        value: float = _F64.unpack(self._take(8))[0]
+        return value
+
+    def blob(self) -> bytes:
+        """A length-prefixed byte string."""
+        n = self.uint()
+        if n > 1 << 31:
+            raise LogError(f"a byte string of {n} bytes (damaged log)", self.record_start)
+        return self._take(n)
+
+    def text(self) -> str:
+        """A length-prefixed UTF-8 string."""
+        return self.blob().decode("utf-8", "surrogateescape")
+
+    def _unpickle(self, data: bytes) -> Any:
+        try:
+            return pickle.loads(data)
+        except Exception as exc:
+            raise LogError(f"a recorded value does not unpickle ({exc!r})", self.record_start) from None
+
+    def value(self) -> Any:
+        """A tagged value (an exception tag gives the exception as the value)."""
+        tag = self._take(1)[0]
+        if tag == T_NONE:
+            return None
+        if tag == T_INT:
+            return self.sint()
+        if tag == T_BYTES:
+            return self.blob()
+        if tag == T_STR:
+            return self.text()
+        if tag == T_PICKLE:
+            return self._unpickle(self.blob())
+        if tag == T_OPAQUE:
+            return Opaque(self.text())
+        return self._raised(tag)
+
+    def outcome(self) -> tuple[Any, BaseException | ScopeRaised | Opaque | None]:
+        """``(value, None)`` or ``(None, exception)``."""
+        tag = self._data[self._pos] if self._fill(1) else -1
+        if tag in (T_OSERROR, T_EXC, T_SCOPE):
+            self._pos += 1
+            return None, self._raised(tag)
+        return self.value(), None
+
+    def _raised(self, tag: int) -> Any:
+        if tag == T_OSERROR:
+            err = self.uint()
+            return OSError(err, self.text() or os.strerror(err))
+        if tag == T_EXC:
+            exc = self._unpickle(self.blob())
+            if not isinstance(exc, BaseException):
+                raise LogError(f"a recorded exception is a {type(exc).__name__}", self.record_start)
+            return exc
+        if tag == T_SCOPE:
+            return ScopeRaised(self.uint())
+        raise LogError(f"unknown value tag {tag}", self.record_start)
+
+
+def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The header and a count of records by kind (reads the whole log:
+    for ``python -m threadlib.replay info``)."""
+    reader = LogReader(path)
+    counts: dict[str, int] = {}
+    try:
+        while not reader.at_end():
+            kind = reader.begin()
+            _skip(reader, kind)
+            counts[KIND_NAMES[kind]] = counts.get(KIND_NAMES[kind], 0) + 1
+        return {"meta": reader.meta, "records": counts, "bytes": reader.offset}
+    finally:
+        reader.close()
+
+
+def _skip(reader: LogReader, kind: int) -> None:
+    from . import sockets  # the socket records' layouts live with the socket layer
+
+    if kind == HANDLER:
+        reader.uint()
+        reader.uint()
+        _skip_wakes(reader)
+    elif kind == POLL:
+        if reader.uint():
+            reader.f64()
+            _skip_wakes(reader)
+    elif kind in (CLOCK, WALL):
+        reader.f64()
+    elif kind == SOCK:
+        sockets.skip_record(reader)
+    elif kind == END:
+        reader.outcome()
+
+
+def _skip_wakes(reader: LogReader) -> None:
+    for _ in range(reader.uint()):
+        reader.uint()
+        reader.outcome()
+
+
+__all__ = ["LogError", "LogReader", "LogWriter", "describe"]

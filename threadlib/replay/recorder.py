@@ -1,0 +1,261 @@
+"""Recording a real run: everything that came from outside the program,
+written to a log as it happens.
+
+A run is deterministic except where the outside world answers, and in a
+threadlib program it answers in only four places, each a seam the
+scheduler already has:
+
+* a worker serving a system call: which threads it made ready at once
+  (an fd that was already readable) and with what;
+* the scheduler's poll: which threads the workers made ready (a socket
+  became readable, a timer fired, a pool call returned, a signal came),
+  in order, with what, and the clock at that moment;
+* the clock, as read by the program (``threadlib.now``, a timeout's
+  start), not by the workers;
+* the kernel's sockets, through sockio's socket layer (``sockets``).
+
+Everything else (the ready queue's order, spawns, joins, locks, queues,
+cancellation between threads) follows from those, so replay recomputes it
+and only checks it. Threads are numbered in spawn order. The recorder
+attaches to a scheduler before its run by wrapping those seams on that one
+scheduler object; it never changes what the program sees, and it never
+blocks beyond a buffered write into the page cache.
+
+Only the kernel network and the standard workers (timers, the epoll IO
+worker, the blocking pool, signals) are recorded: a scheduler with other
+workers (AIO, io_uring, the user-level TCP stack) is refused with a clear
+error, as is a second recording in the same process.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable
+
+from .._kernel import scheduler as _scheduler
+from .._kernel.blocking import BlockingPool
+from .._kernel.fdio import IOWorker
+from .._kernel.timers import TimerWorker
+from ..io import sockio
+from . import log as _log
+from . import sockets as _sockets
+from .player import ended_value
+
+#: Workers whose every effect on threads passes through the seams above.
+RECORDABLE_WORKERS: tuple[type, ...] = (TimerWorker, IOWorker, BlockingPool)
+
+
+def _recordable(worker: Any) -> bool:
+    if isinstance(worker, RECORDABLE_WORKERS):
+        return True
+    from ..process.signals import SignalWorker  # a layer beside this one: imported when asked
+
+    return isinstance(worker, SignalWorker)
+
+
+class RecordingClock:
+    """The scheduler's clock while recording: the program's reads are
+    written down; the workers' and the scheduler's own (``quiet``) are not."""
+
+    def __init__(self, inner: Any, writer: _log.LogWriter) -> None:
+        self.inner = inner
+        self.virtual = inner.virtual
+        self._writer = writer
+        self.quiet = 0
+        self._now = inner.now
+
+    def now(self) -> float:
+        """The inner clock's time, written to the log unless quiet."""
+        t: float = self._now()
+        if not self.quiet:
+            buf = self._writer.buf
+            buf.append(_log.CLOCK)
+            buf += _log._F64.pack(t)
+            if len(buf) >= _log.FLUSH_AT:
+                self._writer.flush()
+        return t
+
+    def wall(self) -> float:
+        """The inner clock's time of day, written to the log unless quiet."""
+        t: float = self.inner.wall()
+        if not self.quiet:
+            buf = self._writer.buf
+            buf.append(_log.WALL)
+            buf += _log._F64.pack(t)
+            if len(buf) >= _log.FLUSH_AT:
+                self._writer.flush()
+        return t
+
+    def idle(self, seconds: float) -> None:
+        """The inner clock's idle."""
+        self.inner.idle(seconds)
+
+    def advance_to(self, when: float) -> None:
+        """The inner clock's advance_to."""
+        self.inner.advance_to(when)
+
+
+def scope_depth(thread: Any, exc: BaseException) -> int | None:
+    """Where in ``thread``'s scope chain the scope that made ``exc`` is
+    (0 innermost), or None if no scope of the thread made it."""
+    scope = getattr(exc, "scope", None)
+    if scope is None:
+        return None
+    depth = 0
+    s = thread._scope
+    while s is not None:
+        if s is scope:
+            return depth
+        s = s._outer
+        depth += 1
+    return None
+
+
+def put_wakes(buf: bytearray, ready: Any, start: int) -> None:
+    """The threads ``ready[start:]``, each with its outcome."""
+    n = len(ready)
+    _log.put_uint(buf, n - start)
+    for i in range(start, n):
+        t = ready[i]
+        _log.put_uint(buf, t._id)
+        exc = t._exc
+        if exc is None:
+            _log.put_value(buf, t._value)
+        else:
+            _log.put_exception(buf, exc, scope_depth(t, exc))
+
+
+class Recorder:
+    """Records one scheduler's run into the log at ``path``.
+
+    ``attach(sched)`` before the run; ``finish(value, exc)`` after it
+    (``run_recorded`` does both)."""
+
+    def __init__(self, path: str, entry: str | None = None, args: list[Any] | None = None) -> None:
+        self.path = path
+        self.entry = entry
+        self.args = args or []
+        self.writer: _log.LogWriter
+        self._undo: list[Callable[[], None]] = []
+
+    def attach(self, sched: _scheduler.Scheduler) -> None:
+        """Wrap ``sched``'s seams and open the log (before ``sched.run``)."""
+        unsupported = [w for w in sched.workers if not _recordable(w)]
+        if unsupported:
+            raise ValueError(
+                f"cannot record a run with {type(unsupported[0]).__name__}: record/replay covers the "
+                f"timers, the epoll IO worker, the blocking pool and signals (kernel sockets)")
+        if _sockets._Recording.recorder is not None or _sockets._Replaying.player is not None:
+            raise RuntimeError("a recording or replay is already in progress in this process")
+        classes = sorted(sched._owners, key=lambda c: (c.__module__, c.__qualname__))
+        meta = {
+            "entry": self.entry, "args": self.args, "python": sys.version.split()[0],
+            "classes": [f"{c.__module__}:{c.__qualname__}" for c in classes],
+        }
+        writer = self.writer = _log.LogWriter(self.path, meta)
+        index = {c: i for i, c in enumerate(classes)}
+        ready = sched._ready
+        clock = RecordingClock(sched.clock, writer)
+        put_uint = _log.put_uint
+
+        for cls, handler in list(sched._handlers.items()):
+            if cls in index:
+                sched._handlers[cls] = self._wrap_handler(handler, index[cls], ready, clock)
+
+        real_poll = sched._poll
+
+        def poll() -> None:
+            start = len(ready)
+            clock.quiet += 1
+            try:
+                real_poll()
+            finally:
+                clock.quiet -= 1
+            buf = writer.buf
+            if len(ready) == start:
+                buf.append(_log.POLL)
+                buf.append(0)
+            else:
+                buf.append(_log.POLL)
+                put_uint(buf, 1)
+                buf += _log._F64.pack(clock.inner.now())
+                put_wakes(buf, ready, start)
+            if len(buf) >= _log.FLUSH_AT:
+                writer.flush()
+
+        real_spawn = sched.spawn
+
+        def spawn(coro: Any, name: str | None = None, context: Any = None) -> Any:
+            t = real_spawn(coro, name, context)
+            t._id = sched._next_thread_id()
+            return t
+
+        real_clock = sched.clock
+        sched.clock = clock
+        sched._poll = poll  # type: ignore[method-assign]
+        sched.spawn = spawn  # type: ignore[method-assign]
+        _sockets._Recording.recorder = self
+        previous = sockio._use_socket_layer(_sockets.RECORDING_LAYER)
+        _sockets.install_recording(previous)
+
+        def undo() -> None:
+            sockio._use_socket_layer(previous)
+            _sockets._Recording.recorder = None
+            sched.clock = real_clock
+            del sched._poll, sched.spawn
+
+        self._undo.append(undo)
+
+    def _wrap_handler(self, handler: Callable[[Any, Any], None], index: int, ready: Any,
+                      clock: RecordingClock) -> Callable[[Any, Any], None]:
+        writer = self.writer
+        put_uint = _log.put_uint
+
+        def recorded(t: Any, sc: Any) -> None:
+            start = len(ready)
+            clock.quiet += 1
+            try:
+                handler(t, sc)
+            finally:
+                clock.quiet -= 1
+                buf = writer.buf
+                buf.append(_log.HANDLER)
+                put_uint(buf, t._id)
+                put_uint(buf, index)
+                if len(ready) == start:
+                    buf.append(0)
+                else:
+                    put_wakes(buf, ready, start)
+                if len(buf) >= _log.FLUSH_AT:
+                    writer.flush()
+
+        return recorded
+
+    def finish(self, value: Any, exc: BaseException | None) -> None:
+        """Write main's outcome and close the log; undo the wrapping."""
+        try:
+            buf = self.writer.buf
+            buf.append(_log.END)
+            if exc is None:
+                _log.put_value(buf, ended_value(value))
+            else:
+                _log.put_exception(buf, exc, None)
+            self.writer.close()
+        finally:
+            for undo in reversed(self._undo):
+                undo()
+            self._undo.clear()
+
+
+def run_recorded(sched: _scheduler.Scheduler, main: Any, args: tuple[Any, ...], path: str,
+                 entry: str | None = None, entry_args: list[Any] | None = None, **run_options: Any) -> Any:
+    """``sched.run(main, *args)`` with the run recorded to ``path``."""
+    recorder = Recorder(path, entry, entry_args)
+    recorder.attach(sched)
+    try:
+        value = sched.run(main, *args, **run_options)
+    except BaseException as exc:
+        recorder.finish(None, exc)
+        raise
+    recorder.finish(value, None)
+    return value
