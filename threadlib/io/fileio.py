@@ -23,6 +23,11 @@ as nginx does: on a local filesystem they do not wait for the disk.
 sendfile (which refuses unaligned ranges on an O_DIRECT descriptor);
 `pread_view` lends the aligned buffer the kernel read into, without a copy.
 
+On a simulated host (``threadlib.sim``) the scheduler's worker for the
+Aio* calls also offers a ``filesystem`` (open, fstat, ftruncate, stat):
+files then live on the host's simulated disk, every call goes there, and
+no real file or descriptor is touched.
+
 Writes through one File are safe against each other (overlapping blocks
 are serialised, size changes are ordered); writes to the same blocks
 through another File or another process may race, as with any O_DIRECT
@@ -32,17 +37,18 @@ read-modify-write.
 from __future__ import annotations
 
 import errno
+import io
 import logging
 import mmap
 import os
 import stat as _stat
 import threading
 import types
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Protocol, TypeVar
 
 from iolib.aio import FSYNC_UNSUPPORTED_ERRNOS, DirectIOUnsupported, open_direct
 from .aioworker import AioClose, AioFsync, AioRead, AioWorker, AioWrite, ensure_aio_worker
-from .._kernel import WaitQueue, running_scheduler
+from .._kernel import WaitQueue, current_scheduler, running_scheduler
 from ..syscalls import Blocking, Waits
 
 __all__ = ["File", "ReadView", "open", "read_file", "write_file", "stat", "BLOCK", "MAX_CHUNK"]
@@ -177,6 +183,37 @@ def _aio_worker() -> tuple[AioWorker | None, str | None]:
 
 
 # ---------------------------------------------------------------------------
+# Where the metadata calls go: the real OS, or a simulated host's disk
+
+
+class FileSystem(Protocol):
+    """The metadata calls fileio makes inline, as ``os`` has them; a
+    simulated disk provides its own (``threadlib.sim``)."""
+
+    def fstat(self, fd: int) -> os.stat_result:
+        """``os.fstat(fd)``."""
+
+    def ftruncate(self, fd: int, size: int) -> None:
+        """``os.ftruncate(fd, size)``."""
+
+
+class _RealFileSystem:
+    fstat = staticmethod(os.fstat)
+    ftruncate = staticmethod(os.ftruncate)
+
+
+_REAL = _RealFileSystem()
+
+
+def _simulated_filesystem() -> Any:
+    """The running scheduler's simulated file system (a simulated host's
+    disk), or None: real files."""
+    sched = current_scheduler()
+    worker = sched.worker_for(AioRead) if sched is not None else None
+    return getattr(worker, "filesystem", None)
+
+
+# ---------------------------------------------------------------------------
 # Files
 
 
@@ -215,9 +252,11 @@ class File:
     behind; a write may still complete (the kernel or the pool finishes
     what it was given), as `pwrite` says."""
 
-    def __init__(self, path: str, fd: int, writable: bool, direct: bool) -> None:
+    def __init__(self, path: str, fd: int, writable: bool, direct: bool, filesystem: FileSystem | None = None) -> None:
         self.path = path
         self._fd = fd
+        self._fs: FileSystem = _REAL if filesystem is None else filesystem
+        self.simulated = filesystem is not None
         self.writable = writable
         self.direct = direct
         self._ranges = _RangeLock()
@@ -239,6 +278,8 @@ class File:
         /proc/self/fd, so it works after a rename or unlink) and closes it
         in close()."""
         self._check_open()
+        if self.simulated:
+            raise io.UnsupportedOperation(f"{self.path!r} is on a simulated disk: it has no real descriptor")
         if not self.direct:
             return self._fd
         if self._buffered_fd < 0:
@@ -261,7 +302,7 @@ class File:
     def size(self) -> int:
         """The file's current size in bytes (fstat)."""
         self._check_open()
-        return os.fstat(self._fd).st_size
+        return self._fs.fstat(self._fd).st_size
 
     def __repr__(self) -> str:
         state = "closed" if self._fd < 0 else f"fd={self._fd}"
@@ -419,17 +460,17 @@ class File:
         held: tuple[int, float] | None = None
         pending_write: AioWrite | None = None
         try:
-            size = os.fstat(fd).st_size
+            size = self._fs.fstat(fd).st_size
             extending = a1 > size
             held = yield from ranges.acquire(a0, float("inf") if extending else a1)
-            size = os.fstat(fd).st_size
+            size = self._fs.fstat(fd).st_size
             if not extending and a1 > size:
                 # Another write cut the file back while we waited: now we extend.
                 ranges.release(held)
                 held = None
                 extending = True
                 held = yield from ranges.acquire(a0, float("inf"))
-                size = os.fstat(fd).st_size
+                size = self._fs.fstat(fd).st_size
             span = a1 - a0
             buf = _pool.take(span)
             head = offset - a0
@@ -451,7 +492,7 @@ class File:
             target = max(size, end)
             if extending and a1 > target:
                 # The aligned write padded the last block past the end.
-                os.ftruncate(fd, target)
+                self._fs.ftruncate(fd, target)
             if written != span:
                 raise OSError(errno.EIO, f"short O_DIRECT write ({written} of {span} bytes at {a0})", self.path)
             _pool.give(buf)
@@ -471,8 +512,8 @@ class File:
     def _settle_write(self, result: int, held: tuple[int, float], extending: bool, target: int) -> None:
         """Finish a write whose thread was interrupted, once the kernel is done."""
         try:
-            if extending and self._fd >= 0 and os.fstat(self._fd).st_size > target:
-                os.ftruncate(self._fd, target)
+            if extending and self._fd >= 0 and self._fs.fstat(self._fd).st_size > target:
+                self._fs.ftruncate(self._fd, target)
         except OSError:
             pass  # the file went away: nothing left to settle
         finally:
@@ -495,7 +536,7 @@ class File:
         _check_range(0, size)
         held = yield from self._ranges.acquire(size & ~_MASK, float("inf"))
         try:
-            os.ftruncate(self._fd, size)
+            self._fs.ftruncate(self._fd, size)
         finally:
             self._ranges.release(held)
 
@@ -518,7 +559,7 @@ class File:
     def stat(self) -> Waits[os.stat_result]:
         """os.fstat of the file (inline: never waits)."""
         self._check_open()
-        return os.fstat(self._fd)
+        return self._fs.fstat(self._fd)
         yield  # a generator, so it works with yield from and await
 
     @types.coroutine
@@ -635,7 +676,8 @@ def open(path: str | os.PathLike[Any], mode: str = "r", *, direct: bool | None =
     always bytes).  `direct=None` uses Linux AIO with O_DIRECT where the
     filesystem and kernel allow and falls back to the blocking pool with a
     warning otherwise; `direct=False` asks for the pool without a warning;
-    `direct=True` raises instead of falling back.
+    `direct=True` raises instead of falling back.  On a simulated host the
+    file is on its simulated disk, whatever `direct` says.
     """
     fspath = os.fspath(path)
     if not isinstance(fspath, str):
@@ -644,6 +686,9 @@ def open(path: str | os.PathLike[Any], mode: str = "r", *, direct: bool | None =
         raise ValueError(f"mode must be one of 'r', 'r+', 'w', 'w+', 'x', 'x+' (optionally with 'b'), got {mode!r}")
     flags = _MODES[mode.replace("b", "")]
     writable = flags & os.O_ACCMODE != os.O_RDONLY
+    simulated = _simulated_filesystem()
+    if simulated is not None:
+        return File(fspath, simulated.open(fspath, flags, perms), writable, direct=True, filesystem=simulated)
     if direct is not False:
         worker, reason = _aio_worker()
         if worker is not None:
@@ -710,5 +755,9 @@ def write_file(path: str | os.PathLike[Any], data: Any, *, direct: bool | None =
 @types.coroutine
 def stat(path: str | os.PathLike[Any]) -> Waits[os.stat_result]:
     """os.stat of `path` (inline: a metadata lookup; never waits)."""
+    simulated = _simulated_filesystem()
+    if simulated is not None:
+        stat_result: os.stat_result = simulated.stat(os.fsdecode(os.fspath(path)))
+        return stat_result
     return os.stat(path)
     yield

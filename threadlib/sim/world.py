@@ -30,12 +30,14 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import hashlib
 import heapq
+import inspect
 import ipaddress
 import math
 import random
 import types
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from iolib.tcp import Stack
 
@@ -45,8 +47,13 @@ from .._kernel.threads import InContext, as_coroutine
 from ..io.happy_eyeballs import HostTable
 from ..io.tcpsockio.network import DEFAULT_CONN_OPTIONS, UserNetwork
 from ..syscalls import Waits
+from . import snapshot as _snap
+from .disk import DiskParams, SimDisk, SimDiskWorker
 from .fabric import Direction, FaultSchedule, LinkParams, SimDevice
+from .snapshot import Snapshot, SnapshotError, SnapshotMismatch
 from .trace import Trace, TraceInstrument
+
+_R = TypeVar("_R")
 
 
 class SimulationError(RuntimeError):
@@ -227,10 +234,12 @@ class _Incarnation:
     """One life of a host, from boot to crash: its stack, network,
     device and scheduler."""
 
-    __slots__ = ("number", "stack", "device", "network", "sched", "alive")
+    __slots__ = ("number", "stack", "device", "network", "sched", "alive", "ready_rng")
 
-    def __init__(self, number: int, stack: Stack, device: SimDevice, network: SimNetwork, sched: Scheduler) -> None:
+    def __init__(self, number: int, stack: Stack, device: SimDevice, network: SimNetwork, sched: Scheduler,
+                 ready_rng: random.Random | None) -> None:
         self.number = number
+        self.ready_rng = ready_rng
         self.stack = stack
         self.device = device
         self.network = network
@@ -257,8 +266,9 @@ class Host:
     """
 
     def __init__(self, world: World, name: str, addresses: list[str], start: Callable[..., Any] | None,
-                 mtu: int, conn_options: dict[str, Any]) -> None:
+                 mtu: int, conn_options: dict[str, Any], disk: DiskParams) -> None:
         self.world = world
+        self._disk = SimDisk(name, disk, world.seed, world.faults, world._trace, world._clock_now)
         self.name = name
         self.addresses = addresses
         self.start = start
@@ -287,6 +297,12 @@ class Host:
         return self._alive("use its scheduler").sched
 
     @property
+    def disk(self) -> SimDisk:
+        """The host's simulated disk: it outlives crashes (what was fsynced
+        survives them)."""
+        return self._disk
+
+    @property
     def up(self) -> bool:
         """Whether the host runs (booted and not crashed)."""
         return self._life is not None and self._life.alive
@@ -300,6 +316,10 @@ class Host:
         """Start a thread on this host running ``target`` (a function
         called with ``args``, or a generator or coroutine object); returns
         its ``Thread`` (``world.run(thread)`` runs until it ends)."""
+        world = self.world
+        if world._log is not None and not world._inside:
+            return world._input(self.name, "spawn", (target, *args), {"name": name},
+                                lambda: self.spawn(target, *args, name=name))
         life = self._alive("spawn threads")
         coro = as_coroutine(target, args)
         thread = life.sched.spawn(coro, name)
@@ -308,11 +328,15 @@ class Host:
 
     def crash(self) -> None:
         """Stop the host at once (see the class docstring)."""
+        if self.world._log is not None and not self.world._inside:
+            return self.world._input(self.name, "crash", (), {}, self.crash)
         self.world._apply(self._crash)
 
     def restart(self) -> None:
         """Boot the host again (crashing it first if it runs): a fresh
         stack on the same addresses, and ``start(host)`` if it has one."""
+        if self.world._log is not None and not self.world._inside:
+            return self.world._input(self.name, "restart", (), {}, self.restart)
         self.world._apply(self._restart)
 
     def pause(self, seconds: float) -> None:
@@ -320,6 +344,8 @@ class Host:
         seconds; packets for it wait on its device meanwhile."""
         if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 < seconds < math.inf:
             raise ValueError(f"host {self.name}: pause needs a positive finite number of seconds, got {seconds!r}")
+        if self.world._log is not None and not self.world._inside:
+            return self.world._input(self.name, "pause", (seconds,), {}, lambda: self.pause(seconds))
         self.world._apply(lambda: self._pause(float(seconds)))
 
     def skew(self, rate: float) -> None:
@@ -327,7 +353,17 @@ class Host:
         the world's (0.2: 20% fast; -0.1: 10% slow; 0: in step again)."""
         if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not -1 < rate < math.inf:
             raise ValueError(f"host {self.name}: skew must be a number greater than -1, got {rate!r}")
+        if self.world._log is not None and not self.world._inside:
+            return self.world._input(self.name, "skew", (rate,), {}, lambda: self.skew(rate))
         self.world._apply(lambda: self._skew(float(rate)))
+
+    def fail_disk(self, count: int = 1, op: str | None = None) -> None:
+        """The next ``count`` requests to this host's disk (of ``op``:
+        "read", "write" or "fsync"; None: any) fail with ``OSError(EIO)``.
+        Plan it for a time with ``world.at(t, host.fail_disk, ...)``."""
+        if self.world._log is not None and not self.world._inside:
+            return self.world._input(self.name, "fail_disk", (count, op), {}, lambda: self.fail_disk(count, op))
+        self.disk.fail(count, op)
 
     # -- the world's side ------------------------------------------------------
     def _alive(self, what: str) -> _Incarnation:
@@ -349,13 +385,15 @@ class Host:
         stack = Stack(self.addresses, rng=rng, mtu=self.mtu, offload=False, **options)
         device = SimDevice(f"{self.name}#{number}", lambda packet: world._transmit(self, packet))
         network = SimNetwork(self, device, stack, world._resolve)
-        sched = Scheduler(workers=[TimerWorker(), network.worker], clock=self.clock)
+        sched = Scheduler(workers=[TimerWorker(), network.worker, SimDiskWorker(self.disk)], clock=self.clock)
+        ready_rng = None
         if world.shuffle:
-            sched._ready = _ShuffledReady(self, random.Random(f"{world.seed}/ready/{self.name}/{number}"))
+            ready_rng = random.Random(f"{world.seed}/ready/{self.name}/{number}")
+            sched._ready = _ShuffledReady(self, ready_rng)
         else:
             sched._ready = _CountedReady(self)
         sched.add_instrument(TraceInstrument(world._trace, self.name, number, world._clock_now))
-        self._life = _Incarnation(number, stack, device, network, sched)
+        self._life = _Incarnation(number, stack, device, network, sched, ready_rng)
         world._trace.event("boot", world.now, self.name, number)
         if self.start is not None:
             self.spawn(self.start, self, name=f"{self.name}-start")
@@ -370,6 +408,7 @@ class Host:
         self.world._trace.event("crash", self.world.now, self.name, life.number)
         life.device.close()  # first: nothing the dying threads do leaves the host
         _close_threads(life.sched)
+        self.disk.crash()  # after: a dying thread's finally cannot make its writes durable
 
     def _restart(self) -> None:
         self._crash()
@@ -496,11 +535,17 @@ class World:
     ``run(thread)`` without ``until`` (simulated seconds). ``keep_events``
     keeps every trace event as text (``events``), which
     ``check_determinism`` compares.
+
+    ``setup`` (an importable function, or its ``"MODULE:FUNCTION"``) builds
+    the world at once, called as ``setup(world, **config)``; a world made
+    so logs what its driver does afterwards and can be snapshotted
+    (``snapshot()``, ``World.restore``).
     """
 
     def __init__(self, seed: Any = 0, shuffle: bool = False, *, time_limit: float = 3600.0,
                  keep_events: bool = False, epoch: float = VIRTUAL_EPOCH, faults: Iterable[str] | None = None,
-                 step_limit: int = 1_000_000) -> None:
+                 step_limit: int = 1_000_000, setup: Callable[..., Any] | str | None = None,
+                 config: dict[str, Any] | None = None) -> None:
         if not isinstance(seed, (int, str)) or isinstance(seed, bool):
             raise ValueError(f"seed must be an int or a str, got {seed!r}")
         if not isinstance(time_limit, (int, float)) or isinstance(time_limit, bool) or not 0 < time_limit < math.inf:
@@ -536,17 +581,68 @@ class World:
         self._homes: dict[Thread, tuple[Host, _Incarnation]] = {}
         self._closed = False
         self._trace.event("world", repr(seed), self.shuffle)
+        # Snapshots: the driver's inputs (None: no setup, no snapshots), how
+        # deep in the world's own calls we are (inputs made there are not
+        # the driver's), and why a snapshot is impossible, once it is.
+        self._log: list[Any] | None = None
+        self._inside = 0
+        self._unsnapshottable: str | None = None
+        self._mid_instant = False
+        self._options = {"seed": seed, "shuffle": self.shuffle, "time_limit": self.time_limit, "epoch": epoch,
+                         "faults": None if self.faults.allowed is None else sorted(self.faults.allowed),
+                         "step_limit": step_limit}
+        self._setup: tuple[str, dict[str, Any]] | None = None
+        if setup is not None:
+            self._build(setup, config)
+        elif config is not None:
+            raise ValueError("config is given to the setup function: World(seed, setup=..., config=...)")
+
+    def _build(self, setup: Callable[..., Any] | str, config: dict[str, Any] | None) -> None:
+        ref = setup if isinstance(setup, str) else _snap.reference(setup)
+        if ref is None:
+            raise ValueError(f"setup must be a function importable by name (MODULE:FUNCTION), so that a snapshot "
+                             f"can rebuild the world; {setup!r} is not (a lambda, a closure or a nested function)")
+        fn = _snap.load(ref)
+        if not callable(fn):
+            raise ValueError(f"setup {ref!r} is not a function")
+        config = dict(config or {})
+        try:
+            encoded = _snap.encode(config, self._known)
+        except _snap.Unencodable as exc:
+            raise ValueError(f"config must be plain data (it goes into snapshots): {exc}") from None
+        self._setup = (ref, encoded)
+        self._log = []
+        self._inside += 1
+        try:
+            fn(self, **config)
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            self._inside -= 1
 
     # -- building ----------------------------------------------------------------
     def host(self, name: str, ipv4: str | None, ipv6: str | None = None, *, start: Callable[..., Any] | None = None,
-             mtu: int = 1500, **conn_options: Any) -> Host:
+             mtu: int = 1500, disk: DiskParams | dict[str, float] | None = None, **conn_options: Any) -> Host:
         """A new host named ``name`` (also its name in the world's host
         table) with the given addresses, booted at once. ``start(host)``,
         if given, runs as a thread at boot and again at each restart.
-        ``conn_options`` are ``iolib.tcp`` connection options (``min_rto``,
-        ``sndbuf``, ...)."""
+        ``disk`` sets its simulated disk's latency and faults
+        (``DiskParams`` or a dict of its arguments). ``conn_options`` are
+        ``iolib.tcp`` connection options (``min_rto``, ``sndbuf``, ...)."""
         if self._closed:
             raise RuntimeError("this world is closed")
+        if self._log is not None and not self._inside:
+            logged = disk.as_dict() if isinstance(disk, DiskParams) else disk
+            return self._input(None, "host", (name, ipv4, ipv6),
+                               {"start": start, "mtu": mtu, "disk": logged, **conn_options},
+                               lambda: self.host(name, ipv4, ipv6, start=start, mtu=mtu, disk=disk, **conn_options))
+        if disk is None:
+            disk = DiskParams()
+        elif isinstance(disk, dict):
+            disk = DiskParams(**disk)
+        elif not isinstance(disk, DiskParams):
+            raise ValueError(f"host {name}: disk must be a sim.DiskParams or a dict of its arguments, got {disk!r}")
         if not isinstance(name, str) or not name or name != name.strip() or "/" in name:
             raise ValueError(f"a host name must be a non-empty string without spaces at its ends or '/', got {name!r}")
         if name in self._hosts:
@@ -566,7 +662,7 @@ class World:
             addresses.append(str(ip))
         if not addresses:
             raise ValueError(f"host {name} needs an IPv4 or an IPv6 address")
-        host = Host(self, name, addresses, start, mtu, conn_options)
+        host = Host(self, name, addresses, start, mtu, conn_options, disk)
         self._hosts[name] = host
         for address in addresses:
             self._by_address[ipaddress.ip_address(address).packed] = host
@@ -587,6 +683,11 @@ class World:
         parameters (see ``LinkParams``; a bad one raises ``ValueError``
         naming it), replacing an earlier link; ``one_way=True`` sets only
         ``a`` to ``b``. Hosts without a link cannot reach each other."""
+        if self._log is not None and not self._inside:
+            kwargs: dict[str, Any] = dict(latency=latency, jitter=jitter, loss=loss, duplicate=duplicate,
+                                          reorder=reorder, corrupt=corrupt, bandwidth=bandwidth, queue=queue,
+                                          one_way=one_way)
+            return self._input(None, "link", (a, b), kwargs, lambda: self.link(a, b, **kwargs))
         src, dst = self._host(a), self._host(b)
         if src is dst:
             raise ValueError(f"link {src.name}<->{dst.name}: a host cannot be linked to itself")
@@ -623,6 +724,9 @@ class World:
         dropped until ``heal()``. Packets already in flight arrive."""
         if len(groups) < 2:
             raise ValueError("partition needs at least two groups of hosts")
+        if self._log is not None and not self._inside:
+            lists = tuple(list(g) for g in groups)
+            return self._input(None, "partition", lists, {}, lambda: self.partition(*lists))
         members = [[self._host(h) for h in group] for group in groups]
         names = [h.name for group in members for h in group]
         if len(names) != len(set(names)):
@@ -641,6 +745,8 @@ class World:
 
     def heal(self) -> None:
         """End every partition."""
+        if self._log is not None and not self._inside:
+            return self._input(None, "heal", (), {}, self.heal)
 
         def heal() -> None:
             self._cut.clear()
@@ -651,6 +757,8 @@ class World:
     def hold(self, a: Host | str, b: Host | str) -> None:
         """Hold the packets ``a`` sends to ``b`` (not lost: kept) until
         ``release(a, b)``."""
+        if self._log is not None and not self._inside:
+            return self._input(None, "hold", (a, b), {}, lambda: self.hold(a, b))
         d = self._linked(a, b)
 
         def hold() -> None:
@@ -661,6 +769,8 @@ class World:
 
     def release(self, a: Host | str, b: Host | str) -> None:
         """Send what ``hold(a, b)`` kept, in order, as if sent now."""
+        if self._log is not None and not self._inside:
+            return self._input(None, "release", (a, b), {}, lambda: self.release(a, b))
         d = self._linked(a, b)
 
         def release() -> None:
@@ -681,6 +791,8 @@ class World:
         steps, outside every host): ``world.at(5.0, a.crash)``."""
         if not isinstance(when, (int, float)) or isinstance(when, bool) or math.isnan(when):
             raise ValueError(f"at() needs a simulated time, got {when!r}")
+        if self._log is not None and not self._inside:
+            return self._input(None, "at", (when, action, *args), {}, lambda: self.at(when, action, *args))
         self._schedule(max(float(when), self.now), _call, action, args)
 
     def after(self, delay: float, action: Callable[..., Any], *args: Any) -> None:
@@ -694,6 +806,9 @@ class World:
         ``"at#N:label"`` (the Nth call; ``label`` defaults to the action's
         name). Returns the id. Plan the recovery inside the action (a
         crash's restart), so that removing the fault removes both."""
+        if self._log is not None and not self._inside:
+            return self._input(None, "fault_at", (when, action, *args), {"label": label},
+                               lambda: self.fault_at(when, action, *args, label=label))
         self._planned_faults += 1
         name = label if label is not None else getattr(action, "__name__", "fault")
         if not isinstance(name, str) or "," in name or not name.strip():
@@ -713,6 +828,8 @@ class World:
         injected (link faults and planned ones), partitions heal, held
         packets go, paused hosts resume and crashed hosts restart. Links
         keep their latency, jitter and bandwidth."""
+        if self._log is not None and not self._inside:
+            return self._input(None, "heal_all", (), {}, self.heal_all)
 
         def heal_all() -> None:
             self.faults.enabled = False
@@ -736,8 +853,12 @@ class World:
         if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 0 <= timeout < math.inf:
             raise ValueError(f"timeout must be a finite number of simulated seconds >= 0, got {timeout!r}")
         self._check_runnable()
+        with self._driving():
+            return self._run_until(condition, float(timeout))
+
+    def _run_until(self, condition: Callable[[], Any], timeout: float) -> float:
         start = self.now
-        limit = start + float(timeout)
+        limit = start + timeout
         with self._active():
             while True:
                 self._settle()
@@ -768,6 +889,225 @@ class World:
             yield
         finally:
             _active_worlds.pop()
+
+    @contextlib.contextmanager
+    def _driving(self) -> Iterator[None]:
+        # A run made by the driver is an input too (how far time went);
+        # what happens inside it is the world's own doing.
+        driver = self._log is not None and not self._inside
+        self._inside += 1
+        try:
+            yield
+        finally:
+            self._inside -= 1
+            if driver:
+                if self._mid_instant and self._unsnapshottable is None:
+                    self._unsnapshottable = (f"a run stopped in the middle of the instant t={self.now:.6f} "
+                                             f"(an exception inside the simulation), a point replay cannot reach")
+                self._log_input(None, "run", (), {})
+
+    def _input(self, receiver: str | None, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+               apply: Callable[[], _R]) -> _R:
+        """Do ``apply()`` (the driver's call) and log it as an input."""
+        self._inside += 1
+        try:
+            result = apply()
+        finally:
+            self._inside -= 1
+        self._log_input(receiver, method, args, kwargs)
+        return result
+
+    def _log_input(self, receiver: str | None, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        log = self._log
+        if log is None:
+            return
+        try:
+            entry = [self.now, receiver, method, _snap.encode(list(args), self._known),
+                     _snap.encode(kwargs, self._known)]
+        except _snap.Unencodable as exc:
+            if self._unsnapshottable is None:
+                self._unsnapshottable = (f"the driver called {'host ' + receiver + ': ' if receiver else ''}{method}() "
+                                         f"at t={self.now:.6f} with something a snapshot cannot name: {exc}; make "
+                                         f"that call from the setup function or from a thread instead")
+            return
+        if method == "run" and log and log[-1][2] == "run":
+            log[-1] = entry  # runs in a row: only where the last one ended matters
+        else:
+            log.append(entry)
+
+    def _known(self, value: Any) -> dict[str, Any] | None:
+        """How a snapshot's log names an object of this world: a host, a
+        host's network (the one it has when the input is replayed), a
+        method of the world or of a host."""
+        if isinstance(value, Host) and value.world is self:
+            return {"$host": value.name}
+        if isinstance(value, SimNetwork) and value.host.world is self:
+            return {"$network": value.host.name}
+        if value is self:
+            return {"$world": None}
+        if inspect.ismethod(value):
+            owner = value.__self__
+            if owner is self:
+                return {"$method": [None, value.__name__]}
+            if isinstance(owner, Host) and owner.world is self:
+                return {"$method": [owner.name, value.__name__]}
+        return None
+
+    def _resolve_known(self, marker: dict[str, Any]) -> Any:
+        """The object of this world ``_known`` named."""
+        if "$host" in marker:
+            return self._host(marker["$host"])
+        if "$network" in marker:
+            return self._host(marker["$network"]).network
+        if "$world" in marker:
+            return self
+        if "$method" in marker:
+            owner, method = marker["$method"]
+            return getattr(self if owner is None else self._host(owner), method)
+        raise SnapshotError(f"damaged snapshot: unknown value {marker!r:.80}")
+
+    # -- snapshots -------------------------------------------------------------------
+    def snapshot(self) -> bytes:
+        """The world as bytes, to restore with ``World.restore`` here or in
+        another process: its setup, configuration, seed, every input the
+        driver gave it and what its state is now (checked on restore).
+        Only for a world made with ``setup=``; taken between runs."""
+        if self._log is None or self._setup is None:
+            raise SnapshotError("this world was not built by a setup function, so it cannot be rebuilt: make it "
+                                "with World(seed, setup='MODULE:FUNCTION') to snapshot it")
+        if self._inside or self._running is not None:
+            raise SnapshotError("snapshot() is taken by the driver between runs, not from inside the simulation "
+                                "or the setup function")
+        if self._closed:
+            raise SnapshotError("this world is closed")
+        if self._unsnapshottable is not None:
+            raise SnapshotError(f"this world cannot be snapshotted: {self._unsnapshottable}")
+        ref, config = self._setup
+        snap = Snapshot(ref, config, dict(self._options), [list(e) for e in self._log], self.now, self.trace_hash(),
+                        self.event_count, self._state_digests())
+        return snap.to_bytes()
+
+    @classmethod
+    def restore(cls, snap: bytes | Snapshot, seed: Any = None, *, keep_events: bool = False) -> World:
+        """Rebuild the world ``snap`` (from ``snapshot()``) describes and run
+        it to the snapshot's time, checking that it got there in the same
+        state (``SnapshotMismatch`` if not: the code changed). With
+        ``seed``, a fork: identical up to that time, every random stream
+        reseeded from ``seed`` after it."""
+        s = snap if isinstance(snap, Snapshot) else Snapshot.from_bytes(snap)
+        o = s.options
+        try:
+            config = _snap.decode(s.config, _no_objects)
+            options = {"time_limit": o["time_limit"], "epoch": o["epoch"], "faults": o["faults"],
+                       "step_limit": o["step_limit"]}
+            seed0, shuffle = o["seed"], o["shuffle"]
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise SnapshotError(f"damaged snapshot: bad options or configuration ({exc!r})") from None
+        try:
+            world = cls(seed0, shuffle, keep_events=keep_events, setup=s.setup, config=config, **options)
+        except SnapshotError:
+            raise
+        except Exception as exc:
+            raise SnapshotMismatch(f"restoring: the setup function {s.setup} raised {type(exc).__name__}: {exc} "
+                                   f"(the code changed since the snapshot?)") from exc
+        try:
+            for i, entry in enumerate(s.inputs):
+                world._replay(i, entry)
+            world._check_restored(s)
+            if seed is not None:
+                world._input(None, "_fork", (seed,), {}, lambda: world._fork(seed))
+        except BaseException:
+            world.close()
+            raise
+        return world
+
+    def _replay(self, index: int, entry: list[Any]) -> None:
+        try:
+            when, receiver, method, args, kwargs = entry
+        except (TypeError, ValueError):
+            raise SnapshotError(f"damaged snapshot: input {index} is {entry!r:.100}") from None
+        if method == "run":
+            try:
+                self.run(until=when)
+            except SimulationError as exc:
+                raise SnapshotMismatch(f"restoring: replaying the run to t={when:.6f} failed: {exc}") from exc
+            return
+        if self.now != when:
+            raise SnapshotMismatch(f"restoring: input {index} ({method}) was made at t={when!r}, but the world "
+                                   f"is at t={self.now!r}: the snapshot's log is inconsistent")
+        try:
+            target: Any = self if receiver is None else self._host(receiver)
+            args = _snap.decode(args, self._resolve_known)
+            kwargs = _snap.decode(kwargs, self._resolve_known)
+            if method not in _REPLAYABLE:
+                raise SnapshotError(f"damaged snapshot: input {index} calls {method!r}")
+            if method == "_fork":
+                self._input(None, "_fork", tuple(args), {}, lambda: self._fork(*args))
+            else:
+                getattr(target, method)(*args, **kwargs)
+        except SnapshotError:
+            raise
+        except Exception as exc:
+            raise SnapshotMismatch(f"restoring: replaying input {index} ({method} at t={when:.6f}) failed: "
+                                   f"{type(exc).__name__}: {exc} (the code changed since the snapshot?)") from exc
+
+    def _check_restored(self, s: Snapshot) -> None:
+        got_hash = self.trace_hash()
+        if got_hash != s.trace_hash or self.event_count != s.events or self.now != s.time:
+            raise SnapshotMismatch(
+                f"restoring the snapshot of {s.setup} (seed {s.options.get('seed')!r}) at t={s.time:.6f}: the "
+                f"replayed run is not the one snapshotted: trace hash {got_hash} after {self.event_count} events "
+                f"at t={self.now:.6f}, the snapshot says {s.trace_hash} after {s.events} events. The setup "
+                f"function, a program it runs or the runtime changed since the snapshot was taken.")
+        state = self._state_digests()
+        differ = [k for k in sorted(set(state) | set(s.state)) if state.get(k) != s.state.get(k)]
+        if differ:
+            raise SnapshotMismatch(
+                f"restoring the snapshot of {s.setup} at t={s.time:.6f}: the trace matches but this state "
+                f"differs: {', '.join(differ)}. The driver changed something the snapshot cannot replay (drew "
+                f"from world.rng after setup?), or the code changed.")
+
+    def _state_digests(self) -> dict[str, str]:
+        """Digests of the state replay must reproduce beyond the trace: the
+        random streams, the fault schedule, each host's stack (its whole
+        sans-IO object graph, as pickle sees it) and disk."""
+
+        def digest(value: Any) -> str:
+            return hashlib.blake2b(repr(value).encode(), digest_size=12).hexdigest()
+
+        state = {"world": digest((self.seed, self.rng.getstate(), self._shuffler.getstate(), self._seq,
+                                  self._planned_faults, self.faults.fired, sorted(self._cut)))}
+        for key, d in self._directions.items():
+            state[f"link {key[0]}->{key[1]}"] = digest((d.rng.getstate(), d.sent, d.params.as_tuple(),
+                                                        d.busy_until, d.last_arrival, d.holding, d.held))
+        for host in self._hosts.values():
+            life = host._life
+            stack = "down"
+            if life is not None and life.alive:
+                stack = _snap.state_digest(life.stack)
+            state[f"host {host.name}"] = digest((host.incarnation, host.crashes, host.paused_until, stack,
+                                                 host.clock.now(), host.clock.rate))
+            state[f"disk {host.name}"] = host.disk.state_digest()
+        return state
+
+    def _fork(self, seed: Any) -> None:
+        """From now on every random stream draws from ``seed``."""
+        if not isinstance(seed, (int, str)) or isinstance(seed, bool):
+            raise ValueError(f"seed must be an int or a str, got {seed!r}")
+        base = f"{seed}/fork@{self.now!r}"
+        self.seed = seed
+        self.rng.seed(f"{base}/scenario")
+        self._shuffler.seed(f"{base}/hosts")
+        for (src, dst), d in self._directions.items():
+            d.rng.seed(f"{base}/link/{src}/{dst}")
+        for host in self._hosts.values():
+            host.disk.rng.seed(f"{base}/disk/{host.name}")
+            life = host._life
+            if life is not None and life.alive:
+                life.stack.rng.seed(f"{base}/host/{host.name}/{life.number}")
+                if life.ready_rng is not None:
+                    life.ready_rng.seed(f"{base}/ready/{host.name}/{life.number}")
+        self._trace.event("fork", self.now, repr(seed))
 
     def _apply(self, action: Callable[[], None]) -> None:
         # From inside a host's step the change waits until the step ends.
@@ -847,7 +1187,7 @@ class World:
         world's ``time_limit``). Without: until simulated time ``until``.
         Call it from outside any scheduler; it may be called again to go on."""
         self._check_runnable()
-        with self._active():
+        with self._driving(), self._active():
             return self._run(thread, until)
 
     def _run(self, thread: Thread | None, until: float | None) -> Any:
@@ -893,6 +1233,7 @@ class World:
     def _settle(self) -> None:
         """Run everything due at the current time until nothing is."""
         events = self._events
+        self._mid_instant = True  # until this instant is settled (an exception may stop it)
         while True:
             if self._violation is not None:
                 raise self._violation
@@ -901,11 +1242,13 @@ class World:
                 _when, _seq, fn, args = heapq.heappop(events)
                 fn(*args)
                 progressed = True
-            hosts = list(self._hosts.values())
-            if self.shuffle:
+            hosts = [host for host in self._hosts.values() if host._has_work()]
+            if self.shuffle and len(hosts) > 1:
+                # Drawn only when there is an order to choose: how the driver
+                # slices time into runs must not move the stream.
                 self._shuffler.shuffle(hosts)
             for host in hosts:
-                if host._has_work():
+                if host._has_work():  # still: an earlier host's fault may have stopped it
                     self._running = host
                     try:
                         host._run()
@@ -918,6 +1261,7 @@ class World:
             if not progressed:
                 if self._violation is not None:
                     raise self._violation
+                self._mid_instant = False
                 return
 
     def _next_time(self) -> float | None:
@@ -1003,6 +1347,15 @@ class World:
 
     def __repr__(self) -> str:
         return f"<World seed={self.seed!r} t={self.now:.6f} hosts={list(self._hosts)}>"
+
+
+def _no_objects(marker: dict[str, Any]) -> Any:
+    raise SnapshotError(f"damaged snapshot: the setup's configuration names an object: {marker!r:.80}")
+
+
+# What a snapshot's log may call (anything else is a damaged snapshot).
+_REPLAYABLE = frozenset({"host", "link", "partition", "heal", "hold", "release", "at", "fault_at", "heal_all",
+                         "spawn", "crash", "restart", "pause", "skew", "fail_disk", "_fork"})
 
 
 def _call(action: Callable[..., Any], args: tuple[Any, ...]) -> None:
