@@ -299,8 +299,10 @@ class Player:
                 continue
             if isinstance(exc, _log.ScopeRaised):
                 scope = t._scope
-                for _ in range(exc.depth):
-                    scope = scope._outer if scope is not None else None
+                depth = exc.depth
+                while depth and scope is not None:
+                    scope = scope._outer
+                    depth -= 1
                 if scope is None:
                     self.diverged(f"thread {tid} with fewer cancel scopes", f"a scope {exc.depth} deep fired")
                 exc = scope._exception(wait)
