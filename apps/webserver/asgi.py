@@ -353,10 +353,10 @@ class _Exchange:
         return True
 
 
-def _header_lines(pairs: Any, owned: frozenset[bytes], what: str) -> list[bytes]:
+def _header_lines(pairs: Any, owned: frozenset[bytes], what: str, drop_owned: bool = False) -> list[bytes]:
     """``pairs`` (an app's [name, value] headers) as validated header lines;
-    ValueError for a malformed one or one whose name is in ``owned`` (the
-    server writes those itself)."""
+    ValueError for a malformed one. Names in ``owned`` are the server's to
+    write: left out with ``drop_owned``, a ValueError otherwise."""
     lines = []
     for pair in pairs or ():
         try:
@@ -368,6 +368,8 @@ def _header_lines(pairs: Any, owned: frozenset[bytes], what: str) -> list[bytes]
         if not name or any(c in name for c in b"\r\n: \t") or b"\r" in value or b"\n" in value:
             raise ValueError(f"ASGI: {what} header {name!r}: {value!r} has a forbidden character")
         if name.lower() in owned:
+            if drop_owned:
+                continue
             raise ValueError(f"ASGI: {what} header {name.decode('latin-1')!r} is the server's to send")
         lines.append(b"%s: %s\r\n" % (name, value))
     return lines
@@ -561,7 +563,8 @@ class _WebSocket:
             status = message.get("status")
             if type(status) is not int or not 200 <= status <= 599:
                 raise ValueError(f"ASGI: websocket.http.response.start status must be an int 200-599, not {status!r}")
-            self.denial = (status, _header_lines(message.get("headers"), _DENIAL_HEADERS, "denial response"))
+            self.denial = (status, _header_lines(message.get("headers"), _DENIAL_HEADERS, "denial response",
+                                                     drop_owned=True))
             return
         if kind == "websocket.http.response.body":
             if self.denial is None:
