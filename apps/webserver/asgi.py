@@ -1,5 +1,6 @@
 """An ASGI 3 server on threadlib: HTTP/1.1 (request bodies streamed to the
-app, streaming responses) and the lifespan protocol, for apps such as
+app, streaming responses), WebSockets (RFC 6455, the ``websocket`` scope,
+framing in ``websocket.py``) and the lifespan protocol, for apps such as
 Starlette's, run on threadlib.loop's asyncio loop.
 
 The split: each connection is a threadlib thread that owns its stream (so
@@ -16,6 +17,14 @@ system calls), carries the orders out on the stream, and settles the
 futures. The thread reads only when the app asks for body, so a client
 can never make the server hold more than one read beyond what the app
 has taken.
+
+A WebSocket is the same meeting with a reader added: after the 101, a
+second thread reads and parses the client's frames (answering pings and
+closes through the connection thread's queue of writes, so frames never
+interleave) and queues messages for the app's ``receive``; it stops
+reading while the app has 16 messages (or a maximum message's bytes)
+waiting, so a client that sends faster than the app reads is held back
+by TCP, not by the server's memory.
 
 It must never let an app's failure reach another request or crash the
 server (a raising app gets a 500 and one log line naming it), never send

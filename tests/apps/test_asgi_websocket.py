@@ -10,8 +10,11 @@ import base64
 import hashlib
 import logging
 import queue
+import signal
 import socket
 import struct
+import subprocess
+import sys
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -19,8 +22,8 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from . import asgi_apps
-from .test_asgi import Background, raw
+from . import asgi_apps, kill_group
+from .test_asgi import ROOT, Background, raw
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -453,3 +456,42 @@ def shared_server():
     with Background(asgi_apps.app, websocket_max_message=4096) as base:
         SERVER["base"] = base
         yield
+
+
+# -- the program ---------------------------------------------------------------------------------
+
+
+def test_program_ws_max_message_and_sigterm():
+    proc = subprocess.Popen([sys.executable, "-m", "apps.webserver", "--asgi", "tests.apps.asgi_apps:app",
+                             "--port", "0", "--ws-max-message", "100"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        assert proc.stdout.readline() == "lifespan startup\n"
+        banner = proc.stdout.readline()
+        base = banner.split(" on ")[1].split("/ ")[0]
+        with connect(ws_url(base, "/ws/echo"), compression=None) as ws:
+            ws.send(b"m" * 100)
+            assert ws.recv() == b"m" * 100
+            ws.send(b"m" * 101)
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv()
+            assert closed.value.rcvd.code == 1009
+        with connect(ws_url(base, "/ws/echo")) as ws:
+            ws.send("before SIGTERM")
+            assert ws.recv() == "before SIGTERM"
+            proc.send_signal(signal.SIGTERM)
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv()
+            assert closed.value.rcvd.code == 1001
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        kill_group(proc)
+    assert proc.returncode == 0
+    assert "lifespan shutdown\n" in out
+
+
+def test_program_refuses_a_bad_ws_max_message():
+    result = subprocess.run([sys.executable, "-m", "apps.webserver", "--asgi", "tests.apps.asgi_apps:app",
+                             "--ws-max-message", "0"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "--ws-max-message must be at least 1" in result.stderr
