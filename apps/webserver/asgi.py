@@ -977,6 +977,12 @@ class AsgiServer:
             raise
         finally:
             self._websockets.discard(session)
+        # Nothing more is written: a send that raced the end learns it now.
+        session.gone = True
+        while session.orders:
+            done = session.orders.popleft()[1]
+            if done is not None and not done.done():
+                done.set_exception(ClientDisconnected("the WebSocket is closed"))
         if reader is not None and not reader.done:
             yield from reader.cancel()
         if not session.accepted and not session.refused:

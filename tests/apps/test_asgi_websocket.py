@@ -10,6 +10,7 @@ import base64
 import hashlib
 import logging
 import queue
+import select
 import signal
 import socket
 import struct
@@ -327,15 +328,16 @@ def test_backpressure_the_server_stops_reading_for_an_app_that_does_not():
         client.sock.setblocking(False)
         message = frame(0x2, piece)
         sent = 0
-        blocked = False
-        # If the server read without bound, this would never block.
+        # Send while the socket takes more, waiting up to 2 s each time it is
+        # full: a server that reads without bound empties it again and again
+        # (until the 64 MiB cap), one that stops leaves it full.
         while sent < 64 * 1024 * 1024:
             try:
                 sent += client.sock.send(message[sent % len(message):])
             except BlockingIOError:
-                blocked = True
-                break
-        assert blocked, f"the server read {sent} bytes for an app that reads nothing"
+                if not select.select([], [client.sock], [], 2.0)[1]:
+                    break
+        assert sent < 64 * 1024 * 1024, "the server kept reading for an app that reads nothing"
         with connect(ws_url(base, "/ws/release")) as release:
             with pytest.raises(ConnectionClosed):
                 release.recv()
@@ -495,3 +497,36 @@ def test_program_refuses_a_bad_ws_max_message():
                              "--ws-max-message", "0"], cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert "--ws-max-message must be at least 1" in result.stderr
+
+
+def test_a_client_that_never_answers_our_close_is_cut_after_the_close_timeout():
+    with Background(asgi_apps.app, websocket_close_timeout=0.5) as base:
+        client = RawClient(base)
+        client.sock.sendall(frame(0x1, b"close 4003 going"))
+        _, opcode, payload = client.read_frame()
+        assert (opcode, payload) == (0x8, struct.pack("!H", 4003) + b"going")
+        # No answer from us: the server closes the TCP connection itself, the app sees 1006.
+        assert client.sock.recv(1) == b""
+        assert next_event() == ("closed", 4003, "going")
+        client.close()
+
+
+def test_wss_over_tls(tmp_path):
+    import ssl
+
+    import trustme
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    with Background(asgi_apps.app, tls_context=server_context) as base:
+        url = base.replace("http://", "wss://", 1) + "/ws/echo"
+        with connect(url, ssl=client_context, subprotocols=["chat.v2"]) as ws:
+            assert ws.subprotocol == "chat.v2"
+            payload = bytes(range(256)) * 1024
+            ws.send(payload)
+            assert ws.recv() == payload
+            assert ws.ping(b"tls").wait(20)
+        assert next_event() == ("disconnect", 1000, "")
