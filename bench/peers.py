@@ -15,6 +15,10 @@ For each peer this module knows:
   arrives; respond(new_session) feeds what arrives to a per-connection
   session (new_session(), whose feed(data) returns (bytes to send, keep the
   connection open?)) and sends its answer (the HTTP hello benchmark);
+- the application servers (bench.app_servers): app_server_argv starts
+  threadlib's `apps.webserver --wsgi/--asgi`, gunicorn with gevent
+  workers, gevent's pywsgi or uvicorn (uvloop, httptools) on one
+  application;
 - how a benchmark runs one such server in a child process pinned to core 0:
   child_argv (`python -m BENCH --serve PEER PORT`, which the benchmark's
   main() hands to its serve() through harness.cli), nginx_argv and
@@ -465,6 +469,63 @@ SERVERS = {
     "threadlib-pure": Threadlib(),
     "threadlib-recording": ThreadlibRecording(),
 }
+
+
+# ---------------------------------------------------------------- application servers
+# Whole servers that run a WSGI or an ASGI application (bench.app_servers):
+# the peer is the server program itself, started with its own command
+# line, one process (gunicorn: its master and one worker), no access log.
+APP_SERVER_NEEDS = {
+    "threadlib-wsgi": ("threadlib", "greenlet"),
+    "gevent-pywsgi": ("gevent",),
+    "gunicorn-gevent": ("gunicorn", "gevent"),
+    "threadlib-asgi": ("threadlib", "httptools"),
+    "uvicorn-uvloop-httptools": ("uvicorn", "uvloop", "httptools"),
+}
+
+
+def app_server_argv(peer: str, port: int, app: str, module: str) -> list[str]:
+    """argv of app server ``peer`` serving the application ``app``
+    (MODULE:NAME; WSGI for the -wsgi/gevent/gunicorn peers, ASGI for the
+    others) on 127.0.0.1:PORT. gevent-pywsgi has no program of its own: it
+    runs as `python -m MODULE --serve gevent-pywsgi PORT` (serve_pywsgi).
+    Skip (a 'skipped' row) when a module that peer needs does not import."""
+    for name in APP_SERVER_NEEDS[peer]:
+        H.import_or_skip(name)
+    py = sys.executable
+    if peer == "threadlib-wsgi":
+        return [py, "-m", "apps.webserver", "--wsgi", app, "--host", HOST, "--port", str(port), "--quiet"]
+    if peer == "threadlib-asgi":
+        return [py, "-m", "apps.webserver", "--asgi", app, "--host", HOST, "--port", str(port), "--quiet",
+                "--lifespan", "off"]
+    if peer == "gevent-pywsgi":
+        return [py, "-m", module, "--serve", peer, str(port)]
+    if peer == "gunicorn-gevent":
+        return [py, "-m", "gunicorn", "--worker-class", "gevent", "--workers", "1", "--bind", f"{HOST}:{port}",
+                "--backlog", str(BACKLOG), "--worker-connections", "10000", "--log-level", "warning", app]
+    if peer == "uvicorn-uvloop-httptools":
+        return [py, "-m", "uvicorn", app, "--host", HOST, "--port", str(port), "--loop", "uvloop", "--http",
+                "httptools", "--lifespan", "off", "--no-access-log", "--log-level", "warning",
+                "--backlog", str(BACKLOG)]
+    raise ValueError(f"unknown application server {peer!r}")
+
+
+def serve_pywsgi(port: int, app: Callable) -> None:
+    """gevent's own WSGI server (gevent.pywsgi.WSGIServer) on 127.0.0.1:PORT, no access log.
+
+    Its listener has TCP_NODELAY (accepted sockets inherit it): pywsgi
+    sends a response's head and body in two writes, and with Nagle on the
+    body waits for the client's delayed ACK, 40 ms a request, which would
+    measure the client's ACK timer instead of the server."""
+    import socket
+
+    from gevent import pywsgi, socket as green_socket
+    listener = green_socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    listener.bind((HOST, port))
+    listener.listen(BACKLOG)
+    pywsgi.WSGIServer(listener, app, log=None).serve_forever()
 
 
 def needs(peer: str) -> tuple[str, ...]:

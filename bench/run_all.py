@@ -1,6 +1,6 @@
 """Run every benchmark with short defaults and print all tables.
 
-    python -m bench            # a few minutes: spawn 100k (+10M), switch 500k, echo 3s, http 3s
+    python -m bench            # a few minutes: spawn 100k (+10M), switch 500k, echo 3s, http 3s, app servers 3s
     python -m bench --quick    # about a minute: spawn 100k (+1M), switch 200k, 1s loads
     python -m bench --full     # the issue's sizes: spawn 1M for all peers, switch 1M, 10s loads
     python -m bench --only echo,http --json
@@ -13,9 +13,9 @@ import argparse
 import sys
 import time
 
-from bench import echo, harness as H, http, spawn, switch
+from bench import app_servers, echo, harness as H, http, spawn, switch
 
-BENCHES = ("spawn", "switch", "echo", "http")
+BENCHES = ("spawn", "switch", "echo", "http", "app_servers")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> None:
         "switch": lambda: switch.run(switches, [1, 64], a.peers, save=a.json, repeat=a.repeat),
         "echo": lambda: echo.run(load_s, 100, 64, 0.3 if q else 0.5, a.peers, save=a.json, repeat=a.repeat),
         "http": lambda: http.run(load_s, 100, 0 if q else 1, a.peers, save=a.json, repeat=a.repeat),
+        "app_servers": lambda: app_servers.run(load_s, 100, 0 if q else 1, a.peers, save=a.json, repeat=a.repeat),
     }
     t0 = time.monotonic()
     print(f"Machine: {H.machine_line()}\n", flush=True)

@@ -11,7 +11,8 @@ on ``--port`` (or, with ``--tls-port``, HTTP on ``--port`` and HTTPS on
 the other), on either stack and in every worker. ``--wsgi MODULE:APP`` serves
 that WSGI application instead of files (imported before forking; one that
 does not import is a one-line error); ``--asgi MODULE:APP`` serves an ASGI 3
-application on ``threadlib.loop`` (``asgi.py``). It must never start serving with a bad
+application on ``threadlib.loop`` (``asgi.py``), WebSockets included
+(``--ws-max-message``). It must never start serving with a bad
 option: every mistake is reported before the port is opened.
 """
 
@@ -76,6 +77,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="serve this ASGI 3 application (HTTP and lifespan) instead of static files")
     parser.add_argument("--lifespan", choices=("auto", "on", "off"), default="auto",
                         help="with --asgi: run the app's lifespan startup/shutdown (auto: if it supports it)")
+    parser.add_argument("--ws-max-message", type=int, default=16 * 1024 * 1024, metavar="BYTES",
+                        help="with --asgi: the largest WebSocket message a client may send (close code 1009 beyond)")
     parser.add_argument("--quiet", action="store_true", help="log warnings only")
     parser.add_argument("--record", metavar="FILE",
                         help="record the run to FILE for `python -m threadlib.replay check FILE` "
@@ -98,6 +101,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             sys.exit(2)
     if args.max_body is not None and args.max_body < 0:
         parser.error("--max-body must not be negative")
+    if args.ws_max_message < 1:
+        parser.error("--ws-max-message must be at least 1")
     if args.asgi is not None:
         if args.io != "sendfile" or args.root != SAMPLE_SITE or args.tls_port is not None or args.access_log:
             parser.error("--root, --io, --tls-port and --access-log belong to the static file server: "
@@ -251,7 +256,7 @@ def _program(args: argparse.Namespace) -> tuple[Any, Any, list[int]]:
             args.asgi_app, app_name=args.asgi, network=net, limits=limits, header_timeout=args.header_timeout,
             keepalive_timeout=args.keepalive_timeout, send_timeout=args.send_timeout,
             drain_timeout=args.drain_timeout, lifespan=args.lifespan, tls_context=args.tls,
-            handshake_timeout=args.handshake_timeout,
+            handshake_timeout=args.handshake_timeout, websocket_max_message=args.ws_max_message,
         )
 
         def ready(address: Any) -> None:

@@ -1,5 +1,6 @@
 """An ASGI 3 server on threadlib: HTTP/1.1 (request bodies streamed to the
-app, streaming responses) and the lifespan protocol, for apps such as
+app, streaming responses), WebSockets (RFC 6455, the ``websocket`` scope,
+framing in ``websocket.py``) and the lifespan protocol, for apps such as
 Starlette's, run on threadlib.loop's asyncio loop.
 
 The split: each connection is a threadlib thread that owns its stream (so
@@ -16,6 +17,14 @@ system calls), carries the orders out on the stream, and settles the
 futures. The thread reads only when the app asks for body, so a client
 can never make the server hold more than one read beyond what the app
 has taken.
+
+A WebSocket is the same meeting with a reader added: after the 101, a
+second thread reads and parses the client's frames (answering pings and
+closes through the connection thread's queue of writes, so frames never
+interleave) and queues messages for the app's ``receive``; it stops
+reading while the app has 16 messages (or a maximum message's bytes)
+waiting, so a client that sends faster than the app reads is held back
+by TCP, not by the server's memory.
 
 It must never let an app's failure reach another request or crash the
 server (a raising app gets a 500 and one log line naming it), never send
@@ -46,6 +55,7 @@ from .loading import AppNotFound
 from .loading import load_app as _load_app
 from threadlib.net import Network
 
+from . import websocket
 from .http import REASONS, Clock, HttpError, Limits, error_response
 
 log = logging.getLogger("apps.webserver.asgi")
@@ -95,7 +105,7 @@ class _Parser:
     """The httptools protocol of one connection: complete request heads
     collect in ``heads``; each request's body pieces go to that request."""
 
-    __slots__ = ("parser", "heads", "limits", "current", "_header_bytes", "in_head")
+    __slots__ = ("parser", "heads", "limits", "current", "_header_bytes", "in_head", "upgraded")
 
     def __init__(self, limits: Limits) -> None:
         self.parser = httptools.HttpRequestParser(self)
@@ -104,15 +114,17 @@ class _Parser:
         self.current: _Request | None = None
         self._header_bytes = 0
         self.in_head = False  # a request has begun but its head is not complete
+        self.upgraded = b""  # what came after an Upgrade request's head
 
     def feed(self, data: bytes) -> None:
         """Parse ``data``; HttpError for a request that must be refused."""
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # The bytes after an Upgrade head belong to another protocol;
-            # the request is served as plain HTTP and the connection closes.
-            pass
+        except httptools.HttpParserUpgrade as upgrade:
+            # The bytes after an Upgrade head belong to another protocol:
+            # kept for a WebSocket; any other upgrade is served as plain
+            # HTTP and the connection closes.
+            self.upgraded = data[upgrade.args[0]:]
         except httptools.HttpParserCallbackError as exc:
             if isinstance(exc.__context__, HttpError):
                 raise exc.__context__ from None
@@ -350,6 +362,258 @@ class _Exchange:
         return True
 
 
+def _header_lines(pairs: Any, owned: frozenset[bytes], what: str, drop_owned: bool = False) -> list[bytes]:
+    """``pairs`` (an app's [name, value] headers) as validated header lines;
+    ValueError for a malformed one. Names in ``owned`` are the server's to
+    write: left out with ``drop_owned``, a ValueError otherwise."""
+    lines = []
+    for pair in pairs or ():
+        try:
+            name, value = pair
+            name = bytes(name)
+            value = bytes(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"ASGI: {what} header {pair!r} is not a (name, value) pair of bytes") from None
+        if not name or any(c in name for c in b"\r\n: \t") or b"\r" in value or b"\n" in value:
+            raise ValueError(f"ASGI: {what} header {name!r}: {value!r} has a forbidden character")
+        if name.lower() in owned:
+            if drop_owned:
+                continue
+            raise ValueError(f"ASGI: {what} header {name.decode('latin-1')!r} is the server's to send")
+        lines.append(b"%s: %s\r\n" % (name, value))
+    return lines
+
+
+_HANDSHAKE_HEADERS = frozenset((b"upgrade", b"connection", b"sec-websocket-accept", b"sec-websocket-protocol",
+                                b"sec-websocket-extensions", b"content-length", b"transfer-encoding"))
+_DENIAL_HEADERS = frozenset((b"content-length", b"transfer-encoding", b"connection"))
+# Messages the reader may queue ahead of the app before it stops reading
+# (and TCP makes the client wait): a count, and the bytes of one message.
+_WEBSOCKET_READ_AHEAD = 16
+
+
+class _WebSocket:
+    """One WebSocket connection shared by three parties: the app's task
+    (``receive``, ``send``), the connection thread (writes every frame,
+    in order: it alone touches the socket's sending side) and the reader
+    thread (reads and parses the client's frames, queues messages for the
+    app, orders pongs and close answers)."""
+
+    def __init__(self, server: AsgiServer, request: _Request, loop: asyncio.AbstractEventLoop, key: bytes,
+                 offered: list[str]) -> None:
+        self.server = server
+        self.request = request
+        self.loop = loop
+        self.key = key
+        self.offered = offered
+        # (bytes, future settled once written or None, spawn the reader after?)
+        self.orders: collections.deque[tuple[bytes, asyncio.Future[None] | None, bool]] = collections.deque()
+        self.thread_waiter: asyncio.Future[None] | None = None
+        self.app_waiter: asyncio.Future[None] | None = None
+        self.reader_waiter: asyncio.Future[None] | None = None
+        self.inbox: collections.deque[dict[str, Any]] = collections.deque()
+        self.inbox_bytes = 0
+        self.connect_delivered = False
+        self.accepted = False  # the app sent websocket.accept (the 101 is ordered)
+        self.refused = False  # an HTTP response went out instead of the 101
+        self.denial: tuple[int, list[bytes]] | None = None  # websocket.http.response.start, until its body
+        self.denial_body: list[bytes] = []
+        self.close_sent = False  # a close frame is ordered: no data frame may follow it
+        self.close_received = False  # the client's close frame arrived
+        self.failed = False  # the client broke the protocol: close after our close frame, no waiting
+        self.gone = False  # the TCP connection ended or failed: nothing can be written
+        self.close_deadline: float | None = None
+        self.disconnect: tuple[int, str] | None = None  # what the app's websocket.disconnect says
+
+    @property
+    def finished(self) -> bool:
+        """Nothing more will be exchanged: the connection can be closed."""
+        return self.gone or self.failed or (self.close_sent and self.close_received)
+
+    # -- waking the three parties ---------------------------------------------------------
+    def wake_thread(self) -> None:
+        waiter = self.thread_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def wake_app(self) -> None:
+        waiter = self.app_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def wake_reader(self) -> None:
+        waiter = self.reader_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- events from the reader and the connection thread ---------------------------------------
+    def order(self, data: bytes, done: asyncio.Future[None] | None = None, then_read: bool = False) -> None:
+        self.orders.append((data, done, then_read))
+        self.wake_thread()
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Order a close frame, if the connection is open and has sent none."""
+        if self.accepted and not self.close_sent and not self.gone:
+            self.close_sent = True
+            self.order(websocket.close_frame(code, reason))
+
+    def received(self, message: websocket.Message) -> None:
+        if self.close_sent:
+            return  # after our close, data is discarded (RFC 6455 section 1.4)
+        if message.text is not None:
+            self.inbox.append({"type": "websocket.receive", "bytes": None, "text": message.text})
+            self.inbox_bytes += len(message.text)
+        else:
+            assert message.data is not None
+            self.inbox.append({"type": "websocket.receive", "bytes": message.data, "text": None})
+            self.inbox_bytes += len(message.data)
+        self.wake_app()
+
+    def client_closed(self, event: websocket.Close) -> None:
+        """The client's close frame: answered with its code (section 5.5.1)."""
+        self.close_received = True
+        if not self.close_sent:
+            self.close_sent = True
+            self.order(websocket.close_frame(event.code))  # 1005 (no code) is answered with none
+        self.end(event.code, event.reason)
+
+    def protocol_error(self, error: websocket.ProtocolError) -> None:
+        """The client broke RFC 6455: our close frame names why, then the
+        connection closes without waiting for an answer (section 7.1.7)."""
+        self.close(error.code, error.reason)
+        self.failed = True
+        self.end(error.code, error.reason)
+
+    def lost(self) -> None:
+        """The TCP connection ended or failed under us."""
+        self.gone = True
+        self.end(websocket.ABNORMAL_CLOSURE, "")
+
+    def end(self, code: int, reason: str) -> None:
+        if self.disconnect is None:
+            self.disconnect = (code, reason)
+        self.wake_app()
+        self.wake_thread()
+        self.wake_reader()
+
+    # -- the app side ----------------------------------------------------------------
+    async def receive(self) -> dict[str, Any]:
+        if not self.connect_delivered:
+            self.connect_delivered = True
+            return {"type": "websocket.connect"}
+        while True:
+            if self.inbox:
+                message = self.inbox.popleft()
+                self.inbox_bytes -= len(message["text"] if message["bytes"] is None else message["bytes"])
+                self.wake_reader()
+                return message
+            if self.disconnect is not None:
+                code, reason = self.disconnect
+                return {"type": "websocket.disconnect", "code": code, "reason": reason}
+            self.app_waiter = self.loop.create_future()
+            try:
+                await self.app_waiter
+            finally:
+                self.app_waiter = None
+
+    async def send(self, message: dict[str, Any]) -> None:
+        kind = message.get("type") if isinstance(message, dict) else None
+        if self.refused:
+            raise ClientDisconnected("the WebSocket handshake was refused")
+        if not self.accepted:
+            await self._before_accept(kind, message)
+            return
+        if kind == "websocket.send":
+            text = message.get("text")
+            data = message.get("bytes")
+            if (text is None) == (data is None):
+                raise ValueError("ASGI: websocket.send needs exactly one of 'bytes' and 'text'")
+            if self.close_sent or self.gone:
+                raise ClientDisconnected("the WebSocket is closed")
+            if text is not None:
+                if not isinstance(text, str):
+                    raise TypeError(f"ASGI: websocket.send's text must be a str, not {type(text).__name__}")
+                frame = websocket.encode_frame(websocket.TEXT, text.encode("utf-8"))
+            else:
+                if not isinstance(data, (bytes, bytearray, memoryview)):
+                    raise TypeError(f"ASGI: websocket.send's bytes must be bytes, not {type(data).__name__}")
+                frame = websocket.encode_frame(websocket.BINARY, bytes(data))
+            await self._write(frame)
+            return
+        if kind == "websocket.close":
+            if self.close_sent or self.gone:
+                raise ClientDisconnected("the WebSocket is closed")
+            code = message.get("code", websocket.NORMAL_CLOSURE)
+            reason = message.get("reason") or ""
+            frame = websocket.close_frame(code, reason)  # ValueError names a bad code or reason
+            self.close_sent = True
+            await self._write(frame)
+            return
+        raise RuntimeError(f"ASGI: unexpected message type {kind!r} for an accepted websocket")
+
+    async def _before_accept(self, kind: Any, message: dict[str, Any]) -> None:
+        if kind == "websocket.accept":
+            if self.denial is not None:
+                raise RuntimeError("ASGI: websocket.accept after websocket.http.response.start")
+            head = self._accept_head(message)
+            self.accepted = True
+            await self._write(head, then_read=True)
+            return
+        if kind == "websocket.close":
+            # Closed before accepting: the handshake is refused with a 403 (ASGI spec).
+            self.refused = True
+            self.server.clock.tick()
+            error = HttpError(403, "the application refused the WebSocket")
+            await self._write(error_response(self.server.clock, error, _CLOSE))
+            return
+        if kind == "websocket.http.response.start":
+            if self.denial is not None:
+                raise RuntimeError("ASGI: websocket.http.response.start sent twice")
+            status = message.get("status")
+            if type(status) is not int or not 200 <= status <= 599:
+                raise ValueError(f"ASGI: websocket.http.response.start status must be an int 200-599, not {status!r}")
+            self.denial = (status, _header_lines(message.get("headers"), _DENIAL_HEADERS, "denial response",
+                                                     drop_owned=True))
+            return
+        if kind == "websocket.http.response.body":
+            if self.denial is None:
+                raise RuntimeError("ASGI: websocket.http.response.body before websocket.http.response.start")
+            body = message.get("body", b"")
+            if not isinstance(body, (bytes, bytearray, memoryview)):
+                raise TypeError(f"ASGI: websocket.http.response.body's body must be bytes, "
+                                f"not {type(body).__name__}")
+            self.denial_body.append(bytes(body))
+            if message.get("more_body", False):
+                return
+            status, lines = self.denial
+            body = b"".join(self.denial_body)
+            self.refused = True
+            self.server.clock.tick()
+            await self._write(b"".join((b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, "").encode()),
+                                        self.server.clock.date_block, *lines,
+                                        b"Content-Length: %d\r\n" % len(body), _CLOSE, b"\r\n", body)))
+            return
+        raise RuntimeError(f"ASGI: {kind!r} before websocket.accept")
+
+    def _accept_head(self, message: dict[str, Any]) -> bytes:
+        subprotocol = message.get("subprotocol")
+        if subprotocol is not None and subprotocol not in self.offered:
+            raise ValueError(f"ASGI: websocket.accept's subprotocol {subprotocol!r} was not offered by the client "
+                             f"(it offered {self.offered!r})")
+        lines = [b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n",
+                 b"Sec-WebSocket-Accept: %s\r\n" % websocket.accept_key(self.key)]
+        if subprotocol is not None:
+            lines.append(b"Sec-WebSocket-Protocol: %s\r\n" % subprotocol.encode("ascii"))
+        lines += _header_lines(message.get("headers"), _HANDSHAKE_HEADERS, "websocket.accept")
+        lines.append(b"\r\n")
+        return b"".join(lines)
+
+    async def _write(self, data: bytes, then_read: bool = False) -> None:
+        done = self.loop.create_future()
+        self.order(data, done, then_read)
+        await done
+
+
 class AsgiServer:
     """Serves an ASGI 3 ``app`` on a threadlib scheduler whose threads have
     a ``threadlib.loop`` event loop (plain ``threadlib.run`` provides one).
@@ -376,6 +640,8 @@ class AsgiServer:
         root_path: str = "",
         tls_context: ssl.SSLContext | None = None,
         handshake_timeout: float = tls.DEFAULT_HANDSHAKE_TIMEOUT,
+        websocket_max_message: int = 16 * 1024 * 1024,
+        websocket_close_timeout: float = 5.0,
     ) -> None:
         if lifespan not in _LIFESPAN_MODES:
             raise ValueError(f"lifespan must be one of {', '.join(_LIFESPAN_MODES)}, not {lifespan!r}")
@@ -392,6 +658,10 @@ class AsgiServer:
         self.root_path = root_path
         self.tls_context = tls_context
         self.handshake_timeout = handshake_timeout
+        if websocket_max_message < 1:
+            raise ValueError(f"websocket_max_message must be at least 1 byte, not {websocket_max_message}")
+        self.websocket_max_message = websocket_max_message
+        self.websocket_close_timeout = websocket_close_timeout
         self.clock = Clock()
         self.state: dict[str, Any] = {}  # the lifespan state, copied into each request's scope
         self.address: Any = None
@@ -400,6 +670,7 @@ class AsgiServer:
         self.app_failures = 0
         self.stopping = False
         self._busy: dict[Any, bool] = {}  # connection thread -> is a request in progress
+        self._websockets: set[_WebSocket] = set()
 
     # -- life cycle ----------------------------------------------------------------
     @types.coroutine
@@ -448,6 +719,8 @@ class AsgiServer:
     @types.coroutine
     def _drain(self) -> Any:
         self.stopping = True
+        for session in self._websockets:
+            session.close(websocket.GOING_AWAY, "the server is shutting down")
         for thread, busy in list(self._busy.items()):
             if not busy and not thread.done:
                 yield from thread.cancel()
@@ -543,7 +816,8 @@ class AsgiServer:
         except (OSError, TimeoutError):
             pass
 
-    def _scope(self, request: _Request, peer: Any, local: Any) -> dict[str, Any]:
+    def _scope(self, request: _Request, peer: Any, local: Any, subprotocols: list[str] | None = None
+               ) -> dict[str, Any]:
         parsed = httptools.parse_url(request.target)
         raw_path = parsed.path or b"/"
         try:
@@ -552,7 +826,7 @@ class AsgiServer:
             raise HttpError(400, "the request target is not ASCII") from None
         if "%" in path:
             path = urllib.parse.unquote(path)
-        return {
+        scope = {
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.4"},
             "http_version": request.version,
@@ -567,6 +841,11 @@ class AsgiServer:
             "server": tuple(local[:2]) if isinstance(local, tuple) else None,
             "state": dict(self.state),
         }
+        if subprotocols is not None:
+            scope.update(type="websocket", scheme="wss" if self.tls_context is not None else "ws",
+                         subprotocols=subprotocols, extensions={"websocket.http.response": {}})
+            del scope["method"]
+        return scope
 
     @types.coroutine
     def _exchange(self, conn: Any, parser: _Parser, request: _Request, peer: Any, local: Any,
@@ -574,6 +853,8 @@ class AsgiServer:
         """Serve one request with the app; True if the connection may carry
         the next one."""
         self.requests += 1
+        if websocket.wants_websocket(request.headers):
+            return (yield from self._websocket(conn, parser, request, peer, local, loop))
         try:
             scope = self._scope(request, peer, local)
         except HttpError as error:
@@ -634,6 +915,170 @@ class AsgiServer:
             log.exception("ASGI app %s raised while serving %s %s", self.app_name, request.method.decode(),
                           request.target.decode("latin-1"))
             raise
+
+    # -- WebSocket -----------------------------------------------------------------------
+    @types.coroutine
+    def _websocket(self, conn: Any, parser: _Parser, request: _Request, peer: Any, local: Any,
+                   loop: asyncio.AbstractEventLoop) -> Any:
+        """Serve a WebSocket handshake and, once the app accepts, the
+        connection: this thread writes, a reader thread reads. Always
+        False (the connection is over when it returns)."""
+        try:
+            key, offered = websocket.check_handshake(request.method, request.version, request.headers)
+            if not request.upgrade:
+                raise websocket.HandshakeError(400, "a WebSocket handshake needs 'Connection: Upgrade'")
+            scope = self._scope(request, peer, local, subprotocols=offered)
+        except (websocket.HandshakeError, HttpError) as refused:
+            status = refused.status
+            headers = b"Sec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n" if status == 426 else b""
+            yield from self._refuse(conn, HttpError(status, refused.reason, headers=headers))
+            return False
+        session = _WebSocket(self, request, loop, key, offered)
+        task = loop.create_task(self._call_websocket_app(scope, session), context=contextvars.copy_context())
+        task.add_done_callback(lambda done: self._websocket_app_ended(session, done))
+        reader = None
+        self._websockets.add(session)
+        if self.stopping:
+            session.close(websocket.GOING_AWAY, "the server is shutting down")
+        try:
+            while True:
+                if session.orders:
+                    data, done, then_read = session.orders.popleft()
+                    written = yield from self._websocket_write(conn, session, data, done)
+                    if written and then_read:
+                        reader = yield from threadlib.spawn(self._websocket_read(conn, session, parser.upgraded),
+                                                            name="asgi-websocket-reader")
+                    continue
+                if session.finished or session.refused or (task.done() and not session.accepted):
+                    break
+                session.thread_waiter = loop.create_future()
+                try:
+                    if session.close_sent:
+                        # Our close is out: the client has this long to answer it.
+                        now = threadlib.now()
+                        if session.close_deadline is None:
+                            session.close_deadline = now + self.websocket_close_timeout
+                        if now >= session.close_deadline:
+                            break
+                        try:
+                            with threadlib.timeout(session.close_deadline - now):
+                                yield session.thread_waiter
+                        except TimeoutError:
+                            break
+                    else:
+                        yield session.thread_waiter
+                finally:
+                    session.thread_waiter = None
+        except ThreadCancelled:
+            task.cancel()
+            if reader is not None:
+                yield from reader.cancel()
+            yield from _wait_cancelled(task)
+            raise
+        finally:
+            self._websockets.discard(session)
+        # Nothing more is written: a send that raced the end learns it now.
+        session.gone = True
+        while session.orders:
+            done = session.orders.popleft()[1]
+            if done is not None and not done.done():
+                done.set_exception(ClientDisconnected("the WebSocket is closed"))
+        if reader is not None and not reader.done:
+            yield from reader.cancel()
+        if not session.accepted and not session.refused:
+            # The app ended before answering the handshake (its failure is logged by _call_websocket_app).
+            if not task.cancelled() and task.exception() is None:
+                log.error("ASGI app %s returned without accepting or refusing the WebSocket %s", self.app_name,
+                          request.target.decode("latin-1"))
+            yield from self._refuse(conn, HttpError(500, "the application failed"))
+        session.end(websocket.ABNORMAL_CLOSURE, "")
+        conn.close()  # the server closes the TCP connection first (RFC 6455 section 7.1.1)
+        # The app learns of the end from receive (websocket.disconnect) or send (ClientDisconnected).
+        try:
+            yield from _wait_done(task)
+        except ThreadCancelled:
+            task.cancel()
+            yield from _wait_cancelled(task)
+            raise
+        return False
+
+    def _websocket_app_ended(self, session: _WebSocket, task: asyncio.Task[None]) -> None:
+        """The app's task ended: an open connection is closed for it, 1011 if it raised."""
+        failed = not task.cancelled() and task.exception() is not None
+        session.close(websocket.INTERNAL_ERROR if failed else websocket.NORMAL_CLOSURE)
+        session.wake_thread()
+
+    async def _call_websocket_app(self, scope: dict[str, Any], session: _WebSocket) -> None:
+        try:
+            await self.app(scope, session.receive, session.send)
+        except ClientDisconnected:
+            pass
+        except Exception:
+            if session.disconnect is not None:
+                # The app's own way of saying "the client left" (Starlette's WebSocketDisconnect
+                # once the disconnect was received): not the app's failure.
+                log.info("ASGI app %s stopped serving the WebSocket %s: the client went away", self.app_name,
+                         session.request.target.decode("latin-1"))
+                return
+            self.app_failures += 1
+            log.exception("ASGI app %s raised while serving the WebSocket %s", self.app_name,
+                          session.request.target.decode("latin-1"))
+            raise
+
+    @types.coroutine
+    def _websocket_write(self, conn: Any, session: _WebSocket, data: bytes,
+                         done: asyncio.Future[None] | None) -> Any:
+        """Write one order; False (and the connection lost) if the client is gone."""
+        try:
+            if session.gone:
+                raise ConnectionResetError("the connection is closed")
+            yield from conn.sendall(data, timeout=self.send_timeout)
+        except (OSError, TimeoutError) as exc:
+            session.lost()
+            if done is not None and not done.done():
+                done.set_exception(ClientDisconnected(f"the client went away: {exc}"))
+            return False
+        if done is not None and not done.done():
+            done.set_result(None)
+        return True
+
+    @types.coroutine
+    def _websocket_read(self, conn: Any, session: _WebSocket, already: bytes) -> Any:
+        """The reader thread: the client's frames into events, until its
+        close frame, a protocol error or the end of the connection. It
+        stops reading while the app has messages enough waiting (the
+        client then waits on TCP's window: backpressure)."""
+        frames = websocket.FrameReader(self.websocket_max_message)
+        data = already
+        try:
+            while True:
+                if data:
+                    frames.feed(data)
+                while (event := frames.next_event()) is not None:
+                    if isinstance(event, websocket.Message):
+                        session.received(event)
+                    elif isinstance(event, websocket.Ping):
+                        if not session.close_sent:
+                            session.order(websocket.encode_frame(websocket.PONG, event.payload))
+                    elif isinstance(event, websocket.Close):
+                        session.client_closed(event)
+                        return
+                while ((len(session.inbox) >= _WEBSOCKET_READ_AHEAD
+                        or session.inbox_bytes >= self.websocket_max_message) and not session.close_sent):
+                    session.reader_waiter = session.loop.create_future()
+                    try:
+                        yield session.reader_waiter
+                    finally:
+                        session.reader_waiter = None
+                data = yield from conn.recv(65536)
+                if not data:
+                    session.lost()
+                    return
+        except websocket.ProtocolError as error:
+            log.info("WebSocket client %s broke the protocol: %s", session.request.target.decode("latin-1"), error)
+            session.protocol_error(error)
+        except (OSError, TimeoutError):
+            session.lost()
 
     @types.coroutine
     def _write(self, conn: Any, exchange: _Exchange, data: bytes, done: asyncio.Future[None]) -> Any:

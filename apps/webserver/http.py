@@ -32,6 +32,7 @@ import threadlib
 SERVER_NAME = b"threadlib"
 
 REASONS = {
+    101: "Switching Protocols",
     200: "OK",
     206: "Partial Content",
     301: "Moved Permanently",
@@ -46,6 +47,7 @@ REASONS = {
     414: "URI Too Long",
     416: "Range Not Satisfiable",
     417: "Expectation Failed",
+    426: "Upgrade Required",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     501: "Not Implemented",

@@ -1,5 +1,6 @@
 """ASGI applications the ASGI server's tests serve: a Starlette app with a
-lifespan, streamed request and response bodies and a failing route, and
+lifespan, streamed request and response bodies, a failing route and
+WebSocket endpoints (echo, refusals, failures, a slow reader), and
 plain ASGI callables for the edges a framework would hide. Importable as
 ``tests.apps.asgi_apps:NAME`` by ``python -m apps.webserver --asgi``."""
 
@@ -8,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import queue
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
 
 @contextlib.asynccontextmanager
@@ -120,3 +123,101 @@ failing_startup = Starlette(lifespan=_failing_lifespan)
 
 
 not_callable = 42
+
+
+# -- WebSocket ------------------------------------------------------------------------------
+# What the WebSocket endpoints saw end their connections, for the tests
+# (which run the server in-process) to wait on: ("disconnect", code,
+# reason) from each endpoint that received one.
+websocket_events: queue.Queue = queue.Queue()
+# Set by /ws/release: /ws/hold starts reading its messages.
+_released: asyncio.Event | None = None
+
+
+def _release_event() -> asyncio.Event:
+    global _released
+    if _released is None:
+        _released = asyncio.Event()
+    return _released
+
+
+async def ws_echo(websocket: WebSocket) -> None:
+    """Echoes text as text and bytes as bytes, byte-exact. Picks the
+    first subprotocol it knows of those offered. A text 'close CODE
+    REASON' makes it close the connection with that code and reason."""
+    known = ("chat.v2", "chat.v1")
+    offered = websocket.scope["subprotocols"]
+    await websocket.accept(subprotocol=next((p for p in offered if p in known), None))
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            websocket_events.put(("disconnect", message["code"], message.get("reason", "")))
+            return
+        if message.get("text") is not None:
+            text = message["text"]
+            if text.startswith("close "):
+                _, code, reason = text.split(" ", 2)
+                await websocket.close(int(code), reason)
+                websocket_events.put(("closed", int(code), reason))
+                return
+            await websocket.send_text(text)
+        else:
+            await websocket.send_bytes(message["bytes"])
+
+
+async def ws_reject(websocket: WebSocket) -> None:
+    """Closes before accepting: the handshake is refused (403)."""
+    await websocket.close()
+
+
+async def ws_deny(websocket: WebSocket) -> None:
+    """Refuses the handshake with its own HTTP response."""
+    await websocket.send_denial_response(PlainTextResponse("members only", status_code=401))
+
+
+async def ws_boom(websocket: WebSocket) -> None:
+    """Accepts, then raises: the client gets close code 1011."""
+    await websocket.accept()
+    await websocket.receive_text()
+    raise RuntimeError("boom from the WebSocket route")
+
+
+async def ws_boom_early(websocket: WebSocket) -> None:
+    """Raises before accepting: the handshake is answered with a 500."""
+    raise RuntimeError("boom before accepting")
+
+
+async def ws_hold(websocket: WebSocket) -> None:
+    """Accepts, reads nothing until /ws/release is opened, then counts
+    what it receives until a text 'end' and sends the count, the total
+    and the SHA-256 of all the bytes."""
+    await websocket.accept()
+    await _release_event().wait()
+    h = hashlib.sha256()
+    count = total = 0
+    while (message := await websocket.receive())["type"] == "websocket.receive":
+        if message.get("text") == "end":
+            await websocket.send_text(f"{count} {total} {h.hexdigest()}")
+            continue
+        data = message["bytes"]
+        count += 1
+        total += len(data)
+        h.update(data)
+    websocket_events.put(("disconnect", message["code"], message.get("reason", "")))
+
+
+async def ws_release(websocket: WebSocket) -> None:
+    await websocket.accept()
+    _release_event().set()
+    await websocket.close()
+
+
+app.router.routes.extend([
+    WebSocketRoute("/ws/echo", ws_echo),
+    WebSocketRoute("/ws/reject", ws_reject),
+    WebSocketRoute("/ws/deny", ws_deny),
+    WebSocketRoute("/ws/boom", ws_boom),
+    WebSocketRoute("/ws/boom-early", ws_boom_early),
+    WebSocketRoute("/ws/hold", ws_hold),
+    WebSocketRoute("/ws/release", ws_release),
+])
