@@ -82,11 +82,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quiet", action="store_true", help="log warnings only")
     parser.add_argument("--record", metavar="FILE",
                         help="record the run to FILE for `python -m threadlib.replay check FILE` "
-                             "(static files on the kernel stack, one worker)")
+                             "(static files on either stack, one worker)")
     args = parser.parse_args(argv)
-    if args.record is not None and (args.workers > 1 or args.stack != "kernel" or args.io != "sendfile"
+    if args.record is not None and (args.workers > 1 or args.io != "sendfile"
                                     or args.wsgi or args.asgi or args.tls_cert):
-        parser.error("--record covers the static file server on the kernel stack with --io sendfile, "
+        parser.error("--record covers the static file server (either stack) with --io sendfile, "
                      "one worker, no TLS, WSGI or ASGI")
     args.wsgi_app = args.asgi_app = None
     if args.wsgi is not None and args.asgi is not None:

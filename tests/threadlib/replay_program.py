@@ -52,3 +52,21 @@ def handle(conn: sockio.Stream, index: int, variant: str, order: list[str], time
                 if variant == "changed" and line.endswith(b" 3"):
                     reply = b"fixed " + reply
                 yield from conn.sendall(reply)
+
+
+def serve_user_stack(netns: str, variant: str = "same") -> Any:
+    """The same line service on the user-level TCP/IP stack: a TUN device in
+    ``netns`` (a ReplayDevice when replayed), one connection on port 7007."""
+    from threadlib.io import tcpsockio
+
+    net = tcpsockio.open_network(tun="tlrp0", netns=netns)
+    try:
+        listener = yield from net.listen(("", 7007))
+        conn, _ = yield from listener.accept(timeout=30)
+        order: list[str] = []
+        timeouts = [0]
+        yield from handle(conn, 0, variant, order, timeouts)
+        listener.close()
+        return f"{' '.join(order)} | took {threadlib.now() >= 0}"
+    finally:
+        net.close()

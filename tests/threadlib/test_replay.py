@@ -227,3 +227,47 @@ def test_record_is_refused_where_it_cannot_apply():
         done = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert done.returncode == 2 and message in done.stderr, done
         assert "Traceback" not in done.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (a TUN device in a network namespace)")
+def test_a_user_stack_run_replays_from_its_device_packets(tmp_path):
+    from iolib.netns import temporary_netns
+
+    log = str(tmp_path / "user.tlrec")
+    with temporary_netns("rply") as ns:
+        def client():
+            import time
+            import zlib
+
+            deadline = time.monotonic() + 30
+            while True:  # until the user stack listens
+                s = ns.run(socket.socket, socket.AF_INET, socket.SOCK_STREAM)
+                s.settimeout(30)
+                try:
+                    s.connect(("10.77.0.2", 7007))
+                    break
+                except OSError:
+                    s.close()
+                    assert time.monotonic() < deadline, "the user stack never listened"
+                    time.sleep(0.05)
+            with s, s.makefile("rb") as f:
+                for i in range(6):
+                    line = b"user msg %d" % i
+                    s.sendall(line + b"\n")
+                    assert f.readline() == b"reply %s crc %08x\n" % (line, zlib.crc32(line))
+
+        import threading
+
+        errors = []
+        peer = threading.Thread(target=lambda: errors.append(None) if client() is None else None)
+        peer.start()
+        result = threadlib.run(replay_program.serve_user_stack, ns.name, record=log)
+        peer.join(60)
+        assert errors == [None], "the kernel client saw a wrong reply"
+    # Replayed with no namespace, no TUN device: the packets come from the log.
+    info = replay.describe(log)["records"]
+    assert info["device read"] > 0 and info["device write"] > 0 and info["user-stack start"] == 1
+    assert replay.replay(log, replay_program.serve_user_stack, "gone") == result
+    with pytest.raises(replay.Divergence) as caught:
+        replay.replay(log, replay_program.serve_user_stack, "gone", "changed")
+    assert "write of" in caught.value.got and "user network #1" in caught.value.got

@@ -40,12 +40,19 @@ VERSION = 1
 
 # Record kinds.
 HANDLER = 1   # a worker served a system call: thread, call class, the threads it woke at once
-POLL = 2      # the scheduler polled: 0, or 1, the clock and the threads woken
+POLL = 2      # the scheduler polled: 0, or 1 (2: so far, more follows), the clock and the threads woken
 CLOCK = 3     # the program read the clock (threadlib.now, a timeout's start)
 WALL = 4      # the program read the time of day
 SOCK = 5      # a socket operation: op code, fd, its result
 END = 6       # main ended: its outcome
-KIND_NAMES = {HANDLER: "handler", POLL: "poll", CLOCK: "clock", WALL: "wall", SOCK: "socket", END: "end"}
+USER = 7      # the user-level stack's worker ran (userstack): on a device event, or at its deadline
+DEVIN = 8     # the packets one read of its TUN device gave
+DEVOUT = 9    # a write to its TUN device: packets given, taken, their CRC and the start of the first
+UCLOCK = 10   # the worker (or a user-stack stream) read the clock
+USERSTATE = 11  # a user-stack worker joined: the stack's random state, the device's header size and name
+KIND_NAMES = {HANDLER: "handler", POLL: "poll", CLOCK: "clock", WALL: "wall", SOCK: "socket", END: "end",
+              USER: "user-stack event", DEVIN: "device read", DEVOUT: "device write", UCLOCK: "user-stack clock",
+              USERSTATE: "user-stack start"}
 
 # Value and outcome tags.
 T_NONE, T_INT, T_BYTES, T_STR, T_PICKLE, T_OSERROR, T_EXC, T_SCOPE, T_OPAQUE = range(9)
@@ -441,8 +448,30 @@ def _skip(reader: LogReader, kind: int) -> None:
         if reader.uint():
             reader.f64()
             _skip_wakes(reader)
-    elif kind in (CLOCK, WALL):
+    elif kind in (CLOCK, WALL, UCLOCK):
         reader.f64()
+    elif kind == USER:
+        reader.uint()
+        if reader.uint() == 0:
+            reader.uint()
+        else:
+            reader.f64()
+    elif kind == DEVIN:
+        reader.uint()
+        for _ in range(reader.uint()):
+            reader.blob()
+    elif kind == DEVOUT:
+        reader.uint()
+        reader.uint()
+        reader.uint()
+        reader.u32()
+        reader.blob()
+    elif kind == USERSTATE:
+        reader.uint()
+        reader.value()
+        reader.value()
+        reader.uint()
+        reader.text()
     elif kind == SOCK:
         sockets.skip_record(reader)
     elif kind == END:

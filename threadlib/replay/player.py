@@ -32,6 +32,7 @@ from .._kernel.worker import Worker
 from ..io import sockio
 from . import log as _log
 from . import sockets as _sockets
+from . import userstack as _userstack
 
 
 class Divergence(BaseException):
@@ -209,6 +210,7 @@ class Player:
         self.threads: dict[int, Any] = {}
         self._sweep_at = 1024
         self._output: dict[int, tuple[int, int]] = {}  # fd -> (sends, bytes) checked so far
+        self.user_workers: list[Any] = []  # in the order they joined
         # The first divergence or log error: every later question raises it.
         self.failure: Divergence | _log.LogError | None = None
 
@@ -312,18 +314,104 @@ class Player:
 
     @_guarded
     def poll(self) -> None:
-        """The scheduler polls: the next record, a poll, and its wake-ups."""
+        """The scheduler polls: the next records, a poll's wake-ups and the
+        user-stack workers' runs inside it."""
         if self.failure is not None:
             raise self.failure
         reader = self.reader
-        if reader.kind() != _log.POLL:
-            ready = self.sched._ready
-            self._unexpected("no step left: every thread waits" if not ready
-                             else f"a poll with {len(ready)} threads ready")
+        while True:
+            kind = reader.kind()
+            if kind == _log.USER:
+                reader.begin()
+                worker = self._user_worker(reader.uint())
+                if reader.uint() == _userstack.DEVICE_EVENT:
+                    worker._on_device(reader.uint())
+                else:
+                    worker.expire(reader.f64())
+                continue
+            if kind != _log.POLL:
+                ready = self.sched._ready
+                self._unexpected("no step left: every thread waits" if not ready
+                                 else f"a poll with {len(ready)} threads ready")
+            reader.begin()
+            flag = reader.uint()
+            if flag:
+                self.clock.current = reader.f64()
+                self.apply(self._wakes())
+            if flag != 2:
+                return
+
+    # -- the user-level stack (userstack) ----------------------------------------
+    def _user_worker(self, index: int) -> Any:
+        if index >= len(self.user_workers):
+            self.diverged(f"{len(self.user_workers)} user networks", f"user network #{index + 1} running")
+        return self.user_workers[index]
+
+    @_guarded
+    def user_joined(self, worker: Any) -> None:
+        """A user-stack worker joined the replay: give it the recorded stack
+        seed and a device and clock that answer from the log."""
+        reader = self.reader
+        if reader.kind() != _log.USERSTATE:
+            self._unexpected("a user network joining")
         reader.begin()
-        if reader.uint():
-            self.clock.current = reader.f64()
-            self.apply(self._wakes())
+        index = reader.uint()
+        if index != len(self.user_workers):
+            self.diverged(f"user network #{len(self.user_workers) + 1} joining", f"user network #{index + 1}")
+        state, isn_key = reader.value(), reader.value()
+        try:
+            worker.stack.rng.setstate(state)
+        except (TypeError, ValueError):
+            raise _log.LogError("a user stack's random state is damaged", reader.record_start) from None
+        if type(isn_key) is not bytes or len(isn_key) != 16:
+            raise _log.LogError("a user stack's ISN secret is damaged", reader.record_start)
+        worker.stack._isn_key = isn_key
+        device = worker.device
+        if not isinstance(device, _userstack.ReplayDevice):
+            self.diverged("a user network on a real device", "a user network made by open_network")
+        device.vnet_hdr_size = reader.uint()
+        device.name = reader.text()
+        device.player = self
+        device.index = index
+        self.user_workers.append(worker)
+
+        def now() -> float:
+            t: float = self.clock_read(_log.UCLOCK, "read the user stack's clock")
+            return t
+
+        worker._clock_now = now
+
+    @_guarded
+    def device_read(self, index: int, n: int) -> list[bytes]:
+        """The next record: a read of user network ``index``'s device."""
+        reader = self.reader
+        if reader.kind() != _log.DEVIN:
+            self._unexpected(f"a read of up to {n} packets from user network #{index + 1}")
+        reader.begin()
+        if reader.uint() != index:
+            self.diverged(f"a read from user network #{index + 1}", "another network's read")
+        frames = [reader.blob() for _ in range(reader.uint())]
+        if len(frames) > n:
+            self.diverged(f"a read of up to {n} packets", f"{len(frames)} packets read")
+        return frames
+
+    @_guarded
+    def device_write(self, index: int, packets: list[Any]) -> int:
+        """The next record: a write to user network ``index``'s device, checked."""
+        reader = self.reader
+        if reader.kind() != _log.DEVOUT:
+            self._unexpected(f"a write of {len(packets)} packets to user network #{index + 1}")
+        start = reader.offset
+        reader.begin()
+        recorded_index, given, written = reader.uint(), reader.uint(), reader.uint()
+        crc, first = reader.u32(), reader.blob()
+        if recorded_index != index or given != len(packets) or written > given or \
+                _userstack._crc(packets[:written]) != crc:
+            got = _userstack.first_bytes(packets)
+            self.diverged(f"a write of {len(packets)} packets to user network #{index + 1}, the first starting {got!r}",
+                          f"a write of {given} packets to user network #{recorded_index + 1}, the first starting "
+                          f"{first!r} (record at offset {start})")
+        return written
 
     @_guarded
     def socket_result(self, op: int, fd: int, what: str) -> tuple[bool, Any]:
@@ -387,6 +475,33 @@ class Player:
             raise _log.LogError("records follow the end record (damaged log)", reader.offset)
 
 
+def _abandon(sched: Any) -> None:
+    """Close the threads a failed replay leaves suspended, now, while the
+    replay's socket layer is still in place: left to the garbage collector,
+    their ``finally`` blocks would run at some later moment in whatever
+    code is running then."""
+    for t in sched.threads():
+        coro = t._coro
+        if coro is not None:
+            try:
+                coro.close()
+            except BaseException:  # the replay has failed already; its report is what counts
+                pass
+
+
+def _ignore_fd(*args: Any) -> None:
+    """A replay watches no fd: the log says when the user stack's device was ready."""
+
+
+def _user_network_module() -> Any:
+    """tcpsockio's network module, whose open_network makes the devices
+    (None where the user-level stack cannot load)."""
+    try:  # by its full name: the package's network() function hides the submodule
+        return importlib.import_module("threadlib.io.tcpsockio.network")
+    except ImportError:
+        return None
+
+
 def ended_value(value: Any) -> Any:
     """What the log keeps of main's result: the value itself if it is
     None, an int, str or bytes, else its repr."""
@@ -423,10 +538,23 @@ def replay(path: Any, main: Any, *args: Any, trusted: bool = False) -> Any:
             finally:
                 player.clock.quiet -= 1
 
+        real_add_worker = sched.add_worker
+
+        def add_worker(worker: Any) -> None:
+            real_add_worker(worker)  # a user worker's watch_fd is a no-op here: the log says when it runs
+            if _userstack.is_user_worker(worker):
+                player.user_joined(worker)
+
         sched.spawn = spawn  # type: ignore[method-assign]
         sched._poll = poll  # type: ignore[method-assign]
+        sched.add_worker = add_worker  # type: ignore[method-assign]
+        sched.watch_fd = sched.modify_fd = sched.unwatch_fd = _ignore_fd  # type: ignore[method-assign]
         _sockets._Replaying.player = player
         previous = sockio._use_socket_layer(_sockets.REPLAY_LAYER)
+        network_module = _user_network_module()
+        previous_device = None
+        if network_module is not None:
+            previous_device, network_module._new_device = network_module._new_device, _userstack.ReplayDevice
         try:
             try:
                 value = sched.run(main, *args, handle_sigint=False)
@@ -439,12 +567,15 @@ def replay(path: Any, main: Any, *args: Any, trusted: bool = False) -> Any:
                 for t in player.threads.values():
                     if t._coro is None and getattr(t._wait, "exc", None) is failure:
                         mark_retrieved(t)
+                _abandon(sched)
                 assert isinstance(failure, BaseException)
                 raise failure from None
             player.end(value, None)
             return value
         finally:
             sockio._use_socket_layer(previous)
+            if network_module is not None:
+                network_module._new_device = previous_device
             _sockets._Replaying.player = None
     finally:
         player.reader.close()

@@ -21,10 +21,11 @@ attaches to a scheduler before its run by wrapping those seams on that one
 scheduler object; it never changes what the program sees, and it never
 blocks beyond a buffered write into the page cache.
 
-Only the kernel network and the standard workers (timers, the epoll IO
-worker, the blocking pool, signals) are recorded: a scheduler with other
-workers (AIO, io_uring, the user-level TCP stack) is refused with a clear
-error, as is a second recording in the same process.
+Only the kernel network, the user-level stack (``userstack``: at its
+device) and the standard workers (timers, the epoll IO worker, the
+blocking pool, signals) are recorded: a scheduler with other workers
+(AIO, io_uring) is refused with a clear error, as is a second recording
+in the same process.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from .._kernel.timers import TimerWorker
 from ..io import sockio
 from . import log as _log
 from . import sockets as _sockets
+from . import userstack as _userstack
 from .player import ended_value
 
 #: Workers whose every effect on threads passes through the seams above.
@@ -46,7 +48,7 @@ RECORDABLE_WORKERS: tuple[type, ...] = (TimerWorker, IOWorker, BlockingPool)
 
 
 def _recordable(worker: Any) -> bool:
-    if isinstance(worker, RECORDABLE_WORKERS):
+    if isinstance(worker, RECORDABLE_WORKERS) or _userstack.is_user_worker(worker):
         return True
     from ..process.signals import SignalWorker  # a layer beside this one: imported when asked
 
@@ -144,7 +146,10 @@ class Recorder:
         if unsupported:
             raise ValueError(
                 f"cannot record a run with {type(unsupported[0]).__name__}: record/replay covers the "
-                f"timers, the epoll IO worker, the blocking pool and signals (kernel sockets)")
+                f"timers, the epoll IO worker, the blocking pool, signals and the user-level stack")
+        if any(_userstack.is_user_worker(w) for w in sched.workers):
+            raise ValueError("cannot record a scheduler that a user network already joined: let the network "
+                             "join inside the run (at its first use), so that its start is recorded")
         if _sockets._Recording.recorder is not None or _sockets._Replaying.player is not None:
             raise RuntimeError("a recording or replay is already in progress in this process")
         classes = sorted(sched._owners, key=lambda c: (c.__module__, c.__qualname__))
@@ -163,14 +168,21 @@ class Recorder:
                 sched._handlers[cls] = self._wrap_handler(handler, index[cls], ready, clock)
 
         real_poll = sched._poll
+        # [the first wake of this poll not yet written, whether a poll is on]:
+        # a user-stack worker running inside the poll writes what came
+        # before it and leaves its own wakes out (userstack).
+        poll_state: list[Any] = [0, False]
 
         def poll() -> None:
-            start = len(ready)
+            poll_state[0] = len(ready)
+            poll_state[1] = True
             clock.quiet += 1
             try:
                 real_poll()
             finally:
                 clock.quiet -= 1
+                poll_state[1] = False
+            start = poll_state[0]
             buf = writer.buf
             if len(ready) == start:
                 buf.append(_log.POLL)
@@ -190,10 +202,29 @@ class Recorder:
             t._id = sched._next_thread_id()
             return t
 
+        real_add_worker = sched.add_worker
+        user_workers: list[Any] = []
+
+        def add_worker(worker: Any) -> None:
+            # A worker joining mid-run: a user network at its first use.
+            if not _recordable(worker):
+                raise ValueError(f"cannot record a run with {type(worker).__name__}: record/replay covers the "
+                                 f"timers, the epoll IO worker, the blocking pool, signals and the user-level stack")
+            real_add_worker(worker)
+            if _userstack.is_user_worker(worker):
+                _userstack.record_worker(self, sched, worker, len(user_workers), ready, poll_state)
+                user_workers.append(worker)
+            else:
+                for cls, handler in list(sched._handlers.items()):
+                    if sched._owners.get(cls) is worker:
+                        raise ValueError(f"cannot record {type(worker).__name__} joining during the run: "
+                                         f"give it to the scheduler before")
+
         real_clock = sched.clock
         sched.clock = clock
         sched._poll = poll  # type: ignore[method-assign]
         sched.spawn = spawn  # type: ignore[method-assign]
+        sched.add_worker = add_worker  # type: ignore[method-assign]
         _sockets._Recording.recorder = self
         previous = sockio._use_socket_layer(_sockets.RECORDING_LAYER)
         _sockets.install_recording(previous)
@@ -202,7 +233,7 @@ class Recorder:
             sockio._use_socket_layer(previous)
             _sockets._Recording.recorder = None
             sched.clock = real_clock
-            del sched._poll, sched.spawn
+            del sched._poll, sched.spawn, sched.add_worker
 
         self._undo.append(undo)
 

@@ -491,7 +491,7 @@ def open_network(
     if queues == 1:
         stack = Stack(user_side, rng=random.Random(seed if seed is not None else os.urandom(16)), mtu=mtu,
                       offload=offload, **options)
-        device = TunDevice(tun, netns=netns, addresses=kernel_side, mtu=mtu, vnet_hdr=offload)
+        device = _new_device(tun, netns=netns, addresses=kernel_side, mtu=mtu, vnet_hdr=offload)
         return UserNetwork(device, stack, routes, resolver=resolver, hosts=hosts)
 
     def make_stack(index: int) -> Stack:
@@ -515,6 +515,11 @@ def open_network(
 
 
 _default: UserNetwork | None = None
+
+# Where open_network gets its one-queue device: a TUN device, or what
+# threadlib.replay puts here while replaying (a device that answers from
+# the log and touches nothing).
+_new_device: Callable[..., Any] = TunDevice
 
 
 def env_network_options() -> dict[str, Any]:
