@@ -302,13 +302,13 @@ def _wrk_result(proc: subprocess.Popen) -> dict:
     return result
 
 
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk missing")
 def _cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk missing")
 def test_sigterm_during_wrk_completes_every_response_in_flight_and_exits_0(server, tmp_path):
     """SIGTERM while 50 wrk connections fetch 64 KiB each: the server stops
     accepting, every response it began arrives whole (wrk counts exactly
