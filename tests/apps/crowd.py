@@ -124,20 +124,34 @@ class Crowd:
             finally:
                 ep.close()
 
-    def exchange(self, request: bytes, socks=None, timeout: float = HANG) -> dict:
+    def exchange(self, request: bytes, socks=None, timeout: float = HANG, missing_ok: bool = False) -> dict:
         """Send ``request`` on each of ``socks`` (default: all) and read one
-        response each; returns {socket: Response or Failed}."""
+        response each; returns {socket: Response or Failed}.  With
+        ``missing_ok`` a connection still unanswered after ``timeout`` is
+        left out of the result (its response can be read later with
+        `responses`) instead of failing the exchange."""
         socks = list(self.socks if socks is None else socks)
+        results: dict = {}
+        sent = []
+        for s in socks:
+            try:
+                s.send(request)       # small: fits an empty send buffer
+            except OSError as exc:
+                results[s] = Failed(f"send: {exc}")
+                continue
+            sent.append(s)
+        results.update(self.responses(sent, timeout, missing_ok))
+        return results
+
+    def responses(self, socks, timeout: float = HANG, missing_ok: bool = False) -> dict:
+        """Read one response on each of ``socks`` (their requests already
+        sent); {socket: Response or Failed}, without the ones still
+        unanswered after ``timeout`` if ``missing_ok``."""
         results: dict = {}
         ep = select.epoll()
         by_fd = {}
         try:
             for s in socks:
-                try:
-                    s.send(request)       # small: fits an empty send buffer
-                except OSError as exc:
-                    results[s] = Failed(f"send: {exc}")
-                    continue
                 by_fd[s.fileno()] = s
                 self._buffers.setdefault(s.fileno(), b"")
                 ep.register(s.fileno(), select.EPOLLIN)
@@ -145,6 +159,8 @@ class Crowd:
             while by_fd:
                 left = deadline - time.monotonic()
                 if left <= 0:
+                    if missing_ok:
+                        break
                     raise AssertionError(f"{len(by_fd)} of {len(socks)} responses missing after {timeout} s")
                 for fd, _ in ep.poll(min(left, 1.0)):
                     s = by_fd[fd]

@@ -260,3 +260,68 @@ def test_user_stack_sigterm_during_wrk_completes_every_response_in_flight_and_ex
     assert (result["read"], result["timeout"], result["non2xx"]) == (0, 0, 0), result["text"]
     assert all('" 200 65536' in line for line in logged)
     assert result["requests"] == len(logged), result["text"]
+
+
+# ---------------------------------------------------------------- kill -9
+
+@needs_wrk
+def test_user_stack_kill_9_of_one_worker_under_wrk_loses_only_its_connections_and_it_is_replaced(server, ns):
+    """``--stack user --workers 2``: one multi-queue TUN device, each worker
+    a stack of its own on one queue (the kernel steers each flow to a
+    queue).  Under wrk (20 connections) with 200 more keep-alive clients:
+    the clients on one worker are found by stopping it (SIGSTOP: exactly
+    the ones left unanswered), then it is killed with ``kill -9``.  Those
+    connections fail (the replacement's stack, reading the same queue,
+    knows nothing of them and resets them) and no other does; the
+    supervisor forks a replacement on the same queue, and it serves."""
+    srv = server("--workers", "2", "--keepalive-timeout", "120")
+    workers = wait_until(lambda: children(srv.pid) if len(children(srv.pid)) == 2 else None,
+                         what="two workers forked")
+    crowd = newcomers = None
+    wrk = wrk_in(ns, "/small.txt", 20, 8)
+    try:
+        crowd = crowd_in(ns, 200)
+        assert not _served(crowd.exchange(GET_SMALL))
+        victim = workers[0]
+        os.kill(victim, signal.SIGSTOP)
+        try:
+            # A live worker answers in milliseconds; 3 s leaves no doubt.
+            answered = crowd.exchange(GET_SMALL, timeout=3, missing_ok=True)
+            assert not _served(answered)
+            victims = [s for s in crowd.socks if s not in answered]
+            assert victims and len(victims) < 200, f"{len(victims)} of 200 clients on the stopped worker"
+        finally:
+            os.kill(victim, signal.SIGKILL)
+        replacement = wait_until(
+            lambda: [p for p in children(srv.pid) if p not in workers] if len(children(srv.pid)) == 2 else None,
+            what="the supervisor replacing the killed worker")[0]
+        # The victims' requests were sent to the killed worker: each
+        # connection ends in a reset or a close, never a response.
+        ended = crowd.responses(victims)
+        assert all(isinstance(r, Failed) for r in ended.values()), [r for r in ended.values()][:3]
+        survivors = [s for s in crowd.socks if s not in ended]
+        assert not _served(crowd.exchange(GET_SMALL, survivors))
+        # New clients: spread over both queues by flow hash, so the
+        # replacement serves some of them (its count is in its log line).
+        newcomers = crowd_in(ns, 20)
+        assert not _served(newcomers.exchange(GET_SMALL))
+        result = _wrk_result(wrk)
+    finally:
+        for c in (crowd, newcomers):
+            if c is not None:
+                c.close()
+        if wrk.poll() is None:
+            wrk.kill()
+            wrk.wait()
+    assert srv.stop() == 0
+    served = [int(n) for n in re.findall(r"worker \d stopped after (\d+) requests", "".join(srv.output))]
+    print(f"\nuser stack, kill -9 of one of 2 workers under wrk -c20: {len(victims)} of 200 keep-alive clients were "
+          f"on it and failed ({sorted({str(r).split(':')[0] for r in ended.values()})}), the other "
+          f"{200 - len(victims)} were served on; replacement {replacement} forked on the same queue and served "
+          f"(requests per worker at exit: {served}); wrk: {result['requests']} requests, socket errors connect "
+          f"{result['connect']}, read {result['read']}, write {result['write']}, timeout {result['timeout']}, "
+          f"non-2xx {result['non2xx']}")
+    assert result["requests"] > 0 and result["non2xx"] == 0
+    # The survivor and the replacement each log their count; 20 new flows
+    # all hashed to one queue has odds 2**-19.
+    assert len(served) == 2 and all(n > 0 for n in served), srv.output
