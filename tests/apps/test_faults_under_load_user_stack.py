@@ -325,3 +325,99 @@ def test_user_stack_kill_9_of_one_worker_under_wrk_loses_only_its_connections_an
     # The survivor and the replacement each log their count; 20 new flows
     # all hashed to one queue has odds 2**-19.
     assert len(served) == 2 and all(n > 0 for n in served), srv.output
+
+
+# ---------------------------------------------------------------- connection storm
+
+def syn_retransmits(ns) -> int:
+    """SYNs the kernel in ``ns`` has retransmitted (TcpExt TCPSynRetrans):
+    each one a client backing off after its SYN went unanswered."""
+    lines = ns.exec(["cat", "/proc/net/netstat"], capture_output=True, text=True, check=True, timeout=30).stdout
+    names, values = [line.split() for line in lines.splitlines() if line.startswith("TcpExt:")][:2]
+    return int(values[names.index("TCPSynRetrans")])
+
+
+def test_user_stack_connection_storm_fills_the_syn_backlog_keeps_existing_clients_and_serves_everyone(server, ns):
+    """The user stack has no fd per connection, so the kernel stack's
+    EMFILE storm cannot happen; its own limit is the listener's SYN
+    backlog (1,024, the listen backlog).  50 keep-alive clients are held,
+    then 3,000 clients connect at once: the stack answers the SYNs its
+    backlog holds and drops the rest, those clients back off and
+    retransmit their SYNs, the 50 are served in every round meanwhile,
+    and every one of the 3,000 is connected and served."""
+    storm_size = 3_000
+    srv = server("--keepalive-timeout", "120")
+    with fd_limit(hard_fd_limit()):
+        existing = crowd_in(ns, 50)
+        storm = Crowd((USER_IP, PORT))
+        try:
+            assert not _served(existing.exchange(GET_SMALL))
+            retransmits_before = syn_retransmits(ns)
+            started = time.monotonic()
+            failure: list = []
+
+            def connect_all() -> None:
+                try:
+                    ns.run(storm.open, storm_size, batch=storm_size, timeout=120)
+                except BaseException as exc:       # reported by the test thread
+                    failure.append(exc)
+
+            stormer = threading.Thread(target=connect_all)
+            stormer.start()
+            rounds = 0
+            while stormer.is_alive():
+                assert not _served(existing.exchange(GET_SMALL))
+                rounds += 1
+            stormer.join()
+            assert not failure, failure
+            connected = time.monotonic() - started
+            outcome = storm.exchange(GET_SMALL_CLOSE, timeout=120)
+            served_all = time.monotonic() - started
+            assert len(outcome) == storm_size and not _served(outcome)
+            assert not _served(existing.exchange(GET_SMALL))
+            retransmitted = syn_retransmits(ns) - retransmits_before
+        finally:
+            existing.close()
+            storm.close()
+    assert srv.stop() == 0
+    turned_away = re.search(r"dropped (\d+) SYNs with its SYN backlog full and (\d+) with its accept queue full",
+                            "".join(srv.output))
+    print(f"\nuser stack, connection storm: 50 keep-alive clients held, {storm_size} clients connecting at once: "
+          f"all connected {connected:.2f} s and served {served_all:.2f} s after the storm began; the stack dropped "
+          f"{turned_away.group(1) if turned_away else 0} SYNs (SYN backlog full) and "
+          f"{turned_away.group(2) if turned_away else 0} (accept queue full), the clients retransmitted "
+          f"{retransmitted} SYNs; the 50 were served in all {rounds} rounds during the storm")
+    # The storm did reach the limit, and the clients it turned away came back.
+    assert turned_away and int(turned_away.group(1)) + int(turned_away.group(2)) > 0, srv.output[-3:]
+    assert retransmitted > 0
+
+
+# ---------------------------------------------------------------- soak
+
+def test_user_stack_soak_is_count_bounded_and_leaks_no_memory(server, ns):
+    """Five fifths of 20,000 requests each (apps.loadgen -n, 20 keep-alive
+    connections, new ones each fifth) through one worker on the user
+    stack: every response 200 with no error, the RSS after the last fifth
+    within 5 % of the RSS after the first, and the server's fds unchanged
+    (the user stack holds none per connection)."""
+    fifths, per_fifth = 5, 20_000
+    srv = server("--quiet")
+    fds_before = len(os.listdir(f"/proc/{srv.pid}/fd"))
+    rss, served, seconds = [], 0, 0.0
+    for _ in range(fifths):
+        run = ns.exec([sys.executable, "-m", "apps.loadgen", f"http://{USER_IP}:{PORT}/small.txt", "-c", "20",
+                       "-n", str(per_fifth), "--json"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stdout + run.stderr
+        result = json.loads(run.stdout.splitlines()[-1])
+        assert (result["requests"], result["statuses"], result["errors"]) == (per_fifth, {"200": per_fifth}, {}), result
+        served += result["requests"]
+        seconds += result["seconds"]
+        rss.append(rss_bytes(srv.pid))
+    growth = (rss[-1] - rss[0]) / rss[0]
+    fds_after = len(os.listdir(f"/proc/{srv.pid}/fd"))
+    print(f"\nuser stack, soak: {served:,} requests through one worker in {seconds:.1f} s of apps.loadgen (-c20, "
+          f"{per_fifth:,} a fifth); RSS after each fifth {', '.join(f'{r / 2**20:.1f}' for r in rss)} MiB "
+          f"(last vs first {100 * growth:+.1f} %); fds {fds_after} (baseline {fds_before})")
+    assert abs(growth) <= 0.05
+    assert fds_after == fds_before
+    assert srv.stop() == 0
