@@ -49,6 +49,7 @@ from .test_faults_under_load import (  # noqa: F401  (site is a fixture)
 )
 
 pytestmark = [
+    pytest.mark.timeout(180),  # each test is bounded in counts; this turns a hang into a failure
     pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/net/tun"),
                        reason="needs root and /dev/net/tun (a TUN device in a network namespace)"),
 ]
