@@ -38,7 +38,6 @@ from .crowd import Crowd, Failed, children, fd_limit, hard_fd_limit, rss_bytes
 from .test_faults_under_load import (  # noqa: F401  (site is a fixture)
     GET_SMALL,
     GET_SMALL_CLOSE,
-    SMALL,
     Slowloris,
     _cpu_seconds,
     _latencies,
