@@ -245,3 +245,17 @@ def peer_ports(pid: int, local_port: int) -> set[int]:
                 if rport:
                     ports.add(rport)
     return ports
+
+
+def listens(pid: int, local_port: int) -> bool:
+    """Whether ``pid`` holds a listening TCP socket on ``local_port``
+    (IPv4, from /proc/net/tcp): a forked worker is not yet serving until
+    it does."""
+    inodes = socket_inodes(pid)
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[9]) in inodes and int(fields[1].split(":")[1], 16) == local_port:
+                return True
+    return False
