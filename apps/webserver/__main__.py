@@ -152,6 +152,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _turned_away(network: Any) -> str:
+    """What the user-level stack's listeners refused (their SYN backlog or
+    accept queue was full: the client's SYN is dropped and it retries),
+    for the worker's last log line; nothing on the kernel's stack, whose
+    counters are the kernel's (``nstat``)."""
+    stats = getattr(getattr(network, "stack", None), "stats", None)
+    if stats is None or not (stats.syn_queue_overflow or stats.accept_queue_overflow):
+        return ""
+    return (f"; the user-level stack dropped {stats.syn_queue_overflow} SYNs with its SYN backlog full and "
+            f"{stats.accept_queue_overflow} with its accept queue full")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
@@ -243,9 +255,10 @@ def _program(args: argparse.Namespace) -> tuple[Any, Any, list[int]]:
         finally:
             if access_log is not None and access_log is not sys.stdout:
                 access_log.close()
-        log.info("worker %d stopped after %d requests on %d connections%s", index, server.requests,
+        log.info("worker %d stopped after %d requests on %d connections%s%s", index, server.requests,
                  server.connections,
-                 f", {server.handshake_failures} failed TLS handshakes" if server.handshake_failures else "")
+                 f", {server.handshake_failures} failed TLS handshakes" if server.handshake_failures else "",
+                 _turned_away(net))
 
     startup_failed: list[int] = []  # workers whose app failed its lifespan startup
 

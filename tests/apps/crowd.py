@@ -124,20 +124,34 @@ class Crowd:
             finally:
                 ep.close()
 
-    def exchange(self, request: bytes, socks=None, timeout: float = HANG) -> dict:
+    def exchange(self, request: bytes, socks=None, timeout: float = HANG, missing_ok: bool = False) -> dict:
         """Send ``request`` on each of ``socks`` (default: all) and read one
-        response each; returns {socket: Response or Failed}."""
+        response each; returns {socket: Response or Failed}.  With
+        ``missing_ok`` a connection still unanswered after ``timeout`` is
+        left out of the result (its response can be read later with
+        `responses`) instead of failing the exchange."""
         socks = list(self.socks if socks is None else socks)
+        results: dict = {}
+        sent = []
+        for s in socks:
+            try:
+                s.send(request)       # small: fits an empty send buffer
+            except OSError as exc:
+                results[s] = Failed(f"send: {exc}")
+                continue
+            sent.append(s)
+        results.update(self.responses(sent, timeout, missing_ok))
+        return results
+
+    def responses(self, socks, timeout: float = HANG, missing_ok: bool = False) -> dict:
+        """Read one response on each of ``socks`` (their requests already
+        sent); {socket: Response or Failed}, without the ones still
+        unanswered after ``timeout`` if ``missing_ok``."""
         results: dict = {}
         ep = select.epoll()
         by_fd = {}
         try:
             for s in socks:
-                try:
-                    s.send(request)       # small: fits an empty send buffer
-                except OSError as exc:
-                    results[s] = Failed(f"send: {exc}")
-                    continue
                 by_fd[s.fileno()] = s
                 self._buffers.setdefault(s.fileno(), b"")
                 ep.register(s.fileno(), select.EPOLLIN)
@@ -145,6 +159,8 @@ class Crowd:
             while by_fd:
                 left = deadline - time.monotonic()
                 if left <= 0:
+                    if missing_ok:
+                        break
                     raise AssertionError(f"{len(by_fd)} of {len(socks)} responses missing after {timeout} s")
                 for fd, _ in ep.poll(min(left, 1.0)):
                     s = by_fd[fd]
@@ -229,3 +245,17 @@ def peer_ports(pid: int, local_port: int) -> set[int]:
                 if rport:
                     ports.add(rport)
     return ports
+
+
+def listens(pid: int, local_port: int) -> bool:
+    """Whether ``pid`` holds a listening TCP socket on ``local_port``
+    (IPv4, from /proc/net/tcp): a forked worker is not yet serving until
+    it does."""
+    inodes = socket_inodes(pid)
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[9]) in inodes and int(fields[1].split(":")[1], 16) == local_port:
+                return True
+    return False

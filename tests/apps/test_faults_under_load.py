@@ -32,6 +32,7 @@ from .crowd import (
     children,
     fd_limit,
     hard_fd_limit,
+    listens,
     open_fds,
     peer_ports,
     rss_bytes,
@@ -302,13 +303,13 @@ def _wrk_result(proc: subprocess.Popen) -> dict:
     return result
 
 
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk missing")
 def _cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk missing")
 def test_sigterm_during_wrk_completes_every_response_in_flight_and_exits_0(server, tmp_path):
     """SIGTERM while 50 wrk connections fetch 64 KiB each: the server stops
     accepting, every response it began arrives whole (wrk counts exactly
@@ -353,6 +354,9 @@ def test_kill_9_of_one_worker_under_wrk_loses_only_its_connections_and_it_is_rep
     srv = server("--quiet", "--workers", "2", "--keepalive-timeout", "120")
     workers = wait_until(lambda: children(srv.pid) if len(children(srv.pid)) == 2 else None,
                          what="two workers")
+    # Forked is not listening: a client that connects before the second
+    # worker's socket joins the SO_REUSEPORT group goes to the first.
+    wait_until(lambda: all(listens(pid, srv.port) for pid in workers), what="both workers listening")
     crowd = Crowd(srv.address)
     try:
         crowd.open(200)

@@ -18,6 +18,7 @@ import pytest
 
 from iolib.netns import NetNamespace, run_in_netns, temporary_netns
 from iolib.packetio import (
+    DEFAULT_QUEUE_LEN,
     VIRTIO_NET_HDR_GSO_NONE,
     TunDevice,
     VirtioNetHdr,
@@ -199,6 +200,40 @@ def test_written_udp_datagram_arrives_at_a_kernel_socket_in_the_namespace(packet
         assert all(ipaddress.ip_address(addr[0]) == ipaddress.ip_address(user) for _, addr in got)
 
 
+def tx_dropped(ns: NetNamespace, name: str) -> int:
+    """Packets the kernel dropped on their way into device ``name``: its
+    queue was full."""
+    text = ns.exec(["ip", "-s", "-j", "link", "show", name], capture_output=True, text=True, check=True).stdout
+    return int(json.loads(text)[0]["stats64"]["tx"]["dropped"])
+
+
+@pytest.mark.parametrize("queue_len", [DEFAULT_QUEUE_LEN, 500])
+def test_the_device_holds_a_burst_up_to_its_queue_length(packetio_netns, queue_len):
+    # 2,000 datagrams sent while nothing reads the device: with the default
+    # queue all wait to be read; with Linux's 500 the rest are dropped.
+    # (Bug: the device had Linux's 500, and one request on each of 10,000
+    # keep-alive connections lost 24,000 packets to the full queue.)
+    burst = 2_000
+    packetio_netns.exec(["sysctl", "-q", "-w", "net.ipv6.conf.default.disable_ipv6=1"], check=True)
+    with TunDevice("tl0", netns=packetio_netns.name, addresses=[f"{KERNEL4}/24"], queue_len=queue_len) as tun:
+        shown = packetio_netns.exec(["ip", "-j", "link", "show", "tl0"], capture_output=True, text=True, check=True)
+        assert json.loads(shown.stdout)[0]["txqlen"] == queue_len
+
+        def send_burst() -> None:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                for i in range(burst):
+                    sock.sendto(b"burst %d" % i, (USER4, 9))
+
+        run_in_netns(packetio_netns.name, send_burst)
+        read = 0
+        while True:
+            frames = tun.read_batch(256)
+            if not frames:
+                break
+            read += sum(1 for f in frames if f[9] == 17 and f[16:20] == socket.inet_aton(USER4))
+        assert (read, tx_dropped(packetio_netns, "tl0")) == (min(burst, queue_len), burst - min(burst, queue_len))
+
+
 def test_malformed_frame_is_counted_and_dropped(packetio_netns):
     with TunDevice("tl0", netns=packetio_netns.name) as tun:
         assert tun.write_packet(b"\x00" * 40) is True  # IP version 0: kernel says EINVAL
@@ -294,6 +329,9 @@ def test_bad_arguments_raise_clear_errors(packetio_netns):
         TunDevice("tl0", netns=packetio_netns.name, vnet_hdr=True, offload=0x21)
     with pytest.raises(ValueError, match="vnet_hdr_size"):
         TunDevice("tl0", netns=packetio_netns.name, vnet_hdr=True, vnet_hdr_size=11)
+    for bad in (0, -1, 1 << 21, 2.5, True):
+        with pytest.raises(ValueError, match="queue_len"):
+            TunDevice("tl0", netns=packetio_netns.name, queue_len=bad)
     # Nothing was left behind by the failed attempts.
     assert link_info(packetio_netns, "tl0") is None
 
