@@ -271,3 +271,30 @@ def test_a_user_stack_run_replays_from_its_device_packets(tmp_path):
     with pytest.raises(replay.Divergence) as caught:
         replay.replay(log, replay_program.serve_user_stack, "gone", "changed")
     assert "write of" in caught.value.got and "user network #1" in caught.value.got
+
+
+def test_the_proxy_records_its_copy_path_and_replays(tmp_path):
+    log = str(tmp_path / "proxy.tlrec")
+    target, target_port = _app(["apps.echo", "--port", str(_free_port())], tmp_path, r"listening on 127\.0\.0\.1:(\d+)")
+    try:
+        proxy, port = _app(["apps.proxy", "--listen", f"127.0.0.1:{_free_port()}", "--target",
+                            f"127.0.0.1:{target_port}", "--record", log], tmp_path, r"listening on 127\.0\.0\.1:(\d+)")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+                for size in (5, 3000, 100000):
+                    payload = bytes(i % 251 for i in range(size))
+                    s.sendall(payload)
+                    got = b""
+                    while len(got) < size:
+                        got += s.recv(65536)
+                    assert got == payload
+        finally:
+            proxy.send_signal(signal.SIGTERM)
+            assert proxy.wait(timeout=60) == 0
+    finally:
+        target.send_signal(signal.SIGTERM)
+        target.wait(timeout=60)
+    check = subprocess.run([sys.executable, "-m", "threadlib.replay", "check", log], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0 and "ok:" in check.stdout, check
+    assert replay.describe(log)["records"]["socket"] > 10

@@ -56,6 +56,7 @@ from iolib.nbio import splice as _nb
 
 from ..calls import join_any, now, spawn
 from .._kernel import ThreadCancelled, Worker, current_scheduler
+from . import sockio
 from .sockio import Stream
 from ..syscalls import WaitRead, WaitWrite, Waits
 
@@ -321,12 +322,15 @@ def _pipe_pending(fd: int) -> int:
 
 @types.coroutine
 def _copy_streams(src: Stream, dst: Stream, chunk_size: int, stats: Transfer) -> Waits[Any]:
-    """The copy loop on kernel sockets, straight on the sockets (no method
-    call per step): one buffer, recv_into, send until all is sent."""
+    """The copy loop on kernel sockets, straight on the sockets through
+    sockio's socket layer (its calls, fetched once: no method call per
+    step, and a recording sees every byte): one buffer, recv_into, send
+    until all is sent."""
     buf = bytearray(chunk_size)
     view = memoryview(buf)
     rsock, wsock = src.socket, dst.socket
-    recv_into, send = rsock.recv_into, wsock.send
+    recv_into, send = sockio._recv_into, sockio._send
+
     wait_src = WaitRead(src.fileno())
     wait_dst = WaitWrite(dst.fileno())
     moved = 0
@@ -334,7 +338,7 @@ def _copy_streams(src: Stream, dst: Stream, chunk_size: int, stats: Transfer) ->
     try:
         while True:
             try:
-                n = recv_into(buf)
+                n = recv_into(rsock, buf, 0)
             except BlockingIOError:
                 waits += 1
                 yield wait_src
@@ -342,14 +346,14 @@ def _copy_streams(src: Stream, dst: Stream, chunk_size: int, stats: Transfer) ->
             if not n:
                 return
             try:
-                sent = send(view[:n])
+                sent = send(wsock, view[:n])
             except BlockingIOError:
                 sent = 0
             while sent < n:
                 waits += 1
                 yield wait_dst
                 try:
-                    sent += send(view[sent:n])
+                    sent += send(wsock, view[sent:n])
                 except BlockingIOError:
                     pass
             moved += n

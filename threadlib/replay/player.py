@@ -504,8 +504,9 @@ def _user_network_module() -> Any:
 
 def ended_value(value: Any) -> Any:
     """What the log keeps of main's result: the value itself if it is
-    None, an int, str or bytes, else its repr."""
-    return value if value is None or type(value) in (int, str, bytes) else repr(value)
+    None, an int, str or bytes, else its type's name (a repr may hold an
+    address, which differs from run to run)."""
+    return value if value is None or type(value) in (int, str, bytes) else f"<a {type(value).__qualname__}>"
 
 
 def replay(path: Any, main: Any, *args: Any, trusted: bool = False) -> Any:
