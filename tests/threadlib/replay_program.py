@@ -10,7 +10,7 @@ import zlib
 from typing import Any
 
 import threadlib
-from threadlib.io import sockio
+from threadlib.io import sockio, tcpsockio  # noqa: F401 (loaded before a recording starts, as apps do)
 
 
 def serve(port_file: str, variant: str = "same", conns: str = "2") -> Any:
@@ -57,8 +57,6 @@ def handle(conn: sockio.Stream, index: int, variant: str, order: list[str], time
 def serve_user_stack(netns: str, variant: str = "same") -> Any:
     """The same line service on the user-level TCP/IP stack: a TUN device in
     ``netns`` (a ReplayDevice when replayed), one connection on port 7007."""
-    from threadlib.io import tcpsockio
-
     net = tcpsockio.open_network(tun="tlrp0", netns=netns)
     try:
         listener = yield from net.listen(("", 7007))

@@ -23,6 +23,7 @@ what was expected and what came.
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any, NoReturn
 
 from .._kernel import scheduler as _scheduler
@@ -493,13 +494,13 @@ def _ignore_fd(*args: Any) -> None:
     """A replay watches no fd: the log says when the user stack's device was ready."""
 
 
-def _user_network_module() -> Any:
-    """tcpsockio's network module, whose open_network makes the devices
-    (None where the user-level stack cannot load)."""
-    try:  # by its full name: the package's network() function hides the submodule
-        return importlib.import_module("threadlib.io.tcpsockio.network")
-    except ImportError:
-        return None
+def _user_network_module(recorded: bool) -> Any:
+    """tcpsockio's network module, whose open_network makes the devices:
+    if the recording had it loaded, or this process has; else None."""
+    name = "threadlib.io.tcpsockio.network"  # by its full name: tcpsockio.network() hides the submodule
+    if name in sys.modules:
+        return sys.modules[name]
+    return importlib.import_module(name) if recorded else None
 
 
 def ended_value(value: Any) -> Any:
@@ -552,7 +553,7 @@ def replay(path: Any, main: Any, *args: Any, trusted: bool = False) -> Any:
         sched.watch_fd = sched.modify_fd = sched.unwatch_fd = _ignore_fd  # type: ignore[method-assign]
         _sockets._Replaying.player = player
         previous = sockio._use_socket_layer(_sockets.REPLAY_LAYER)
-        network_module = _user_network_module()
+        network_module = _user_network_module(bool(player.meta.get("user_stack")))
         previous_device = None
         if network_module is not None:
             previous_device, network_module._new_device = network_module._new_device, _userstack.ReplayDevice

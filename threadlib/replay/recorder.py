@@ -156,6 +156,9 @@ class Recorder:
         meta = {
             "entry": self.entry, "args": self.args, "python": sys.version.split()[0],
             "classes": [f"{c.__module__}:{c.__qualname__}" for c in classes],
+            # Whether a replay must make user networks on ReplayDevices (it
+            # then imports tcpsockio, which a kernel-only replay never pays for).
+            "user_stack": "threadlib.io.tcpsockio.network" in sys.modules,
         }
         writer = self.writer = _log.LogWriter(self.path, meta)
         index = {c: i for i, c in enumerate(classes)}
