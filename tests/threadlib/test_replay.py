@@ -6,14 +6,19 @@ the change touched); damaged logs; the command line; the apps' --record."""
 
 from __future__ import annotations
 
+import errno
+import functools
+import io
 import os
 import re
 import shutil
 import signal
 import socket
 import subprocess
+import struct
 import sys
 import urllib.request
+import zlib
 
 import pytest
 
@@ -298,3 +303,42 @@ def test_the_proxy_records_its_copy_path_and_replays(tmp_path):
                            capture_output=True, text=True, timeout=120)
     assert check.returncode == 0 and "ok:" in check.stdout, check
     assert replay.describe(log)["records"]["socket"] > 10
+
+
+def test_the_compiled_recording_calls_write_the_records_the_python_ones_do():
+    # Both recorders must write byte-identical logs: a log made with the
+    # compiled hot path replays under THREADLIB_PURE=1 and the reverse.
+    from threadlib._kernel import _speedups
+    from threadlib.replay import log as L, sockets as S
+
+    from .test_compiled import _socket_call_outcomes
+
+    class Writer:  # the part of a LogWriter the socket layer appends to
+        buf = bytearray()
+
+        def flush(self):
+            pass
+
+    class Recording:
+        writer = Writer()
+
+    S._Recording.recorder = Recording()
+    try:
+        python = _socket_call_outcomes(S._record_recv, S._record_recv_into, S._record_send)
+    finally:
+        S._Recording.recorder = None
+    compiled_log = bytearray()
+    compiled = _socket_call_outcomes(*(functools.partial(call, compiled_log) for call in
+                                       (_speedups.rec_recv, _speedups.rec_recv_into, _speedups.rec_send)))
+    assert compiled[:-1] == python[:-1] and compiled[-1][0] == python[-1][0] == "TypeError"
+    assert bytes(compiled_log) == bytes(Writer.buf)
+    # And what they wrote reads back as the calls' results.
+    reader = L.LogReader(io.BytesIO(L.MAGIC + struct.pack("<HI", L.VERSION, 2) + b"{}" + bytes(compiled_log)))
+    ops = []
+    while not reader.at_end():
+        assert reader.begin() == L.SOCK
+        op, fd, failed = reader.uint(), reader.uint(), reader.uint()
+        ops.append((S.OP_NAMES[op], reader.outcome()[1].errno if failed else S._read_result(reader, op)))
+    assert ops[0] == ("send", (11, zlib.crc32(b"hello world"), b"hello world"))
+    assert ops[1] == ("recv", b"hello") and ("recv", errno.EAGAIN) in ops and ("send", errno.EPIPE) in ops
+    assert ops[-2:] == [("recv", errno.EBADF), ("send", errno.EBADF)]

@@ -21,6 +21,11 @@
  * closed), never remembered: a remembered number could name another file
  * by the next call.
  *
+ * And record/replay's recording socket calls (rec_recv, rec_recv_into,
+ * rec_send): the same calls, each also appending its record to the log
+ * buffer a recording gives (threadlib/replay/sockets.py is their
+ * specification).
+ *
  * And fdio's per-fd record, FdWaiters: fdio._FdWaiters with its
  * on_events (the callback the poller runs for every event on a watched
  * fd) in C; the same fields, readable and writable from Python.
@@ -39,6 +44,8 @@
 #include <errno.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <stdint.h>
+#include <string.h>
 
 /* Set once by configure(): the objects the loop compares against. */
 static PyObject *yield_singleton;      /* syscalls.YIELD */
@@ -492,6 +499,406 @@ typedef struct {
     PyObject *worker;       /* the IOWorker: its `waiting` count */
 } FdWaiters;
 
+/* -- record/replay: the recording socket calls ------------------------------
+ *
+ * rec_recv(log, sock, size), rec_recv_into(log, sock, buffer, nbytes) and
+ * rec_send(log, sock, data): sock_recv, sock_recv_into and sock_send, each
+ * appending its SOCK record to the bytearray `log` exactly as
+ * threadlib/replay/sockets.py's _record_recv, _record_recv_into and
+ * _record_send do (that file is the specification of the record layout):
+ *
+ *   5 | op | fd (varint) | 0 | result             the call succeeded
+ *   5 | op | fd (varint) | 1 | 5 | errno (varint) | 0   it failed (OSError)
+ *
+ * where a recv's result is the bytes (varint length, then them) and a send's
+ * is the count (varint), the CRC-32 of the bytes taken (4 bytes, little
+ * endian, zlib's CRC) and their first 32 bytes (a length byte, then them).
+ * A call interrupted by a signal handler's exception writes nothing, as the
+ * Python layer does. They never flush: the recorder's Python side does, at
+ * the next wait or poll. */
+
+#define REC_SOCK 5
+#define REC_RECV 2
+#define REC_RECV_INTO 3
+#define REC_SEND 4
+#define REC_OSERROR 5
+#define REC_PREFIX 32
+
+static uint32_t crc_table[256];
+
+static void
+crc_init(void)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) {
+            c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        }
+        crc_table[i] = c;
+    }
+}
+
+static uint32_t
+crc32_of(const unsigned char *p, Py_ssize_t n)
+{
+    uint32_t c = 0xFFFFFFFFu;
+    while (n-- > 0) {
+        c = crc_table[(c ^ *p++) & 0xFF] ^ (c >> 8);
+    }
+    return c ^ 0xFFFFFFFFu;
+}
+
+/* Append n bytes to the bytearray (which over-allocates as it grows). */
+static int
+log_put(PyObject *log, const void *data, Py_ssize_t n)
+{
+    Py_ssize_t old = PyByteArray_GET_SIZE(log);
+    if (PyByteArray_Resize(log, old + n) < 0) {
+        return -1;
+    }
+    memcpy(PyByteArray_AS_STRING(log) + old, data, (size_t)n);
+    return 0;
+}
+
+static int
+varint(unsigned char *out, unsigned long long n)
+{
+    int k = 0;
+    while (n >= 0x80) {
+        out[k++] = (unsigned char)((n & 0x7F) | 0x80);
+        n >>= 7;
+    }
+    out[k++] = (unsigned char)n;
+    return k;
+}
+
+/* The record's head: kind, op, fd and the ok (0) or failed (1) byte. */
+static int
+log_head(PyObject *log, int op, int fd, int failed)
+{
+    unsigned char head[16];
+    int k = 0;
+    head[k++] = REC_SOCK;
+    head[k++] = (unsigned char)op;
+    k += varint(head + k, fd >= 0 ? (unsigned long long)fd : 0);
+    head[k++] = (unsigned char)failed;
+    return log_put(log, head, k);
+}
+
+/* A failed call's record, then the OSError for errno `err` raised. */
+static PyObject *
+log_failure(PyObject *log, int op, int fd, int err)
+{
+    unsigned char tail[16];
+    int k = 0;
+    tail[k++] = REC_OSERROR;
+    k += varint(tail + k, (unsigned long long)err);
+    tail[k++] = 0;   /* the usual text, left out */
+    if (log_head(log, op, fd, 1) < 0 || log_put(log, tail, k) < 0) {
+        return NULL;
+    }
+    errno = err;
+    return PyErr_SetFromErrno(PyExc_OSError);
+}
+
+static int
+log_bytes(PyObject *log, const char *data, Py_ssize_t n)
+{
+    unsigned char len[10];
+    int k = varint(len, (unsigned long long)n);
+    if (log_put(log, len, k) < 0) {
+        return -1;
+    }
+    return log_put(log, data, n);
+}
+
+static int
+check_log(PyObject *log)
+{
+    if (!PyByteArray_CheckExact(log)) {
+        PyErr_SetString(PyExc_TypeError, "the recording's log buffer must be a bytearray");
+        return -1;
+    }
+    return 0;
+}
+
+/* socket_fd for a recording call: a closed socket's EBADF is recorded
+ * (as the Python layer records every OSError); -1 if it failed. */
+static int
+rec_socket_fd(PyObject *log, int op, PyObject *sock)
+{
+    int fd = socket_fd(sock);
+    if (fd < 0 && PyErr_ExceptionMatches(PyExc_OSError)) {
+        PyErr_Clear();
+        Py_XDECREF(log_failure(log, op, -1, EBADF));
+    }
+    return fd;
+}
+
+static PyObject *
+rec_recv(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "rec_recv(log, sock, bufsize)");
+        return NULL;
+    }
+    PyObject *log = args[0];
+    if (check_log(log) < 0) {
+        return NULL;
+    }
+    Py_ssize_t size = buffer_size(args[2], "negative buffersize in recv");
+    if (size < 0) {
+        return NULL;
+    }
+    int fd = rec_socket_fd(log, REC_RECV, args[1]);
+    if (fd < 0) {
+        return NULL;
+    }
+    PyObject *data = PyBytes_FromStringAndSize(NULL, size);
+    if (data == NULL) {
+        return NULL;
+    }
+    ssize_t n = transfer(fd, PyBytes_AS_STRING(data), (size_t)size, 0);
+    if (n < 0) {
+        int err = errno;
+        Py_DECREF(data);
+        return n == -1 ? log_failure(log, REC_RECV, fd, err) : NULL;
+    }
+    if (n != size && _PyBytes_Resize(&data, n) < 0) {
+        return NULL;
+    }
+    if (log_head(log, REC_RECV, fd, 0) < 0 || log_bytes(log, PyBytes_AS_STRING(data), n) < 0) {
+        Py_DECREF(data);
+        return NULL;
+    }
+    return data;
+}
+
+static PyObject *
+rec_recv_into(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "rec_recv_into(log, sock, buffer, nbytes)");
+        return NULL;
+    }
+    PyObject *log = args[0];
+    if (check_log(log) < 0) {
+        return NULL;
+    }
+    Py_ssize_t want = buffer_size(args[3], "negative buffersize in recv_into");
+    if (want < 0) {
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[2], &view, PyBUF_WRITABLE) < 0) {
+        return NULL;
+    }
+    if (want == 0) {
+        want = view.len;
+    }
+    else if (view.len < want) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "buffer too small for requested bytes");
+        return NULL;
+    }
+    int fd = rec_socket_fd(log, REC_RECV_INTO, args[1]);
+    if (fd < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    ssize_t n = transfer(fd, view.buf, (size_t)want, 0);
+    int err = errno;
+    if (n < 0) {
+        PyBuffer_Release(&view);
+        return n == -1 ? log_failure(log, REC_RECV_INTO, fd, err) : NULL;
+    }
+    int bad = log_head(log, REC_RECV_INTO, fd, 0) < 0 || log_bytes(log, view.buf, n) < 0;
+    PyBuffer_Release(&view);
+    return bad ? NULL : PyLong_FromSsize_t(n);
+}
+
+static PyObject *
+rec_send(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "rec_send(log, sock, data)");
+        return NULL;
+    }
+    PyObject *log = args[0];
+    if (check_log(log) < 0) {
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[2], &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    int fd = rec_socket_fd(log, REC_SEND, args[1]);
+    if (fd < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    ssize_t n = transfer(fd, view.buf, (size_t)view.len, 1);
+    int err = errno;
+    if (n < 0) {
+        PyBuffer_Release(&view);
+        return n == -1 ? log_failure(log, REC_SEND, fd, err) : NULL;
+    }
+    unsigned char tail[24];
+    int k = varint(tail, (unsigned long long)n);
+    uint32_t crc = crc32_of(view.buf, n);
+    tail[k++] = (unsigned char)(crc & 0xFF);
+    tail[k++] = (unsigned char)((crc >> 8) & 0xFF);
+    tail[k++] = (unsigned char)((crc >> 16) & 0xFF);
+    tail[k++] = (unsigned char)(crc >> 24);
+    Py_ssize_t prefix = n < REC_PREFIX ? n : REC_PREFIX;
+    tail[k++] = (unsigned char)prefix;
+    int bad = log_head(log, REC_SEND, fd, 0) < 0 || log_put(log, tail, k) < 0 ||
+              log_put(log, view.buf, prefix) < 0;
+    PyBuffer_Release(&view);
+    return bad ? NULL : PyLong_FromSsize_t(n);
+}
+
+/* The threads ready[start:] as a record's wake list, for the common case:
+ * each woken with None or an int and no exception. rec_handler(log, ready,
+ * start, tid, index) writes a HANDLER record and rec_poll(log, ready, start,
+ * now) a POLL record exactly as threadlib/replay/recorder.py does (its
+ * Python is the specification); each returns False, having written nothing,
+ * when a wake is not of that kind: the Python recorder then writes it. */
+
+#define REC_HANDLER 1
+#define REC_POLL 2
+#define REC_T_NONE 0
+#define REC_T_INT 1
+
+static Py_ssize_t off_id;
+
+/* 1 if every thread of ready[start:] is simple, 0 if not, -1 on error. */
+static int
+wakes_simple(PyObject *ready, Py_ssize_t start, Py_ssize_t end)
+{
+    for (Py_ssize_t i = start; i < end; i++) {
+        PyObject *t = PySequence_GetItem(ready, i);
+        if (t == NULL) {
+            return -1;
+        }
+        PyObject *exc = *(PyObject **)((char *)t + off_exc);
+        PyObject *value = *(PyObject **)((char *)t + off_value);
+        PyObject *tid = *(PyObject **)((char *)t + off_id);
+        int simple = (exc == NULL || exc == Py_None) && tid != NULL && PyLong_CheckExact(tid) &&
+                     (value == NULL || value == Py_None || PyLong_CheckExact(value));
+        if (simple && value != NULL && value != Py_None) {
+            int overflow = 0;
+            long long v = PyLong_AsLongLongAndOverflow(value, &overflow);
+            simple = !overflow && v > -(1LL << 60) && v < (1LL << 60);
+        }
+        Py_DECREF(t);
+        if (!simple) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static int
+put_wakes_c(PyObject *log, PyObject *ready, Py_ssize_t start, Py_ssize_t end)
+{
+    unsigned char b[32];
+    int k = varint(b, (unsigned long long)(end - start));
+    if (log_put(log, b, k) < 0) {
+        return -1;
+    }
+    for (Py_ssize_t i = start; i < end; i++) {
+        PyObject *t = PySequence_GetItem(ready, i);
+        if (t == NULL) {
+            return -1;
+        }
+        PyObject *value = *(PyObject **)((char *)t + off_value);
+        PyObject *tid = *(PyObject **)((char *)t + off_id);
+        k = varint(b, (unsigned long long)PyLong_AsUnsignedLongLong(tid));
+        if (value == NULL || value == Py_None) {
+            b[k++] = REC_T_NONE;
+        }
+        else {
+            long long v = PyLong_AsLongLong(value);
+            b[k++] = REC_T_INT;
+            k += varint(b + k, v >= 0 ? (unsigned long long)v << 1 : (((unsigned long long)(-v)) << 1) - 1);
+        }
+        Py_DECREF(t);
+        if (PyErr_Occurred() || log_put(log, b, k) < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *
+rec_handler(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5 || check_log(args[0]) < 0) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "rec_handler(log, ready, start, tid, index)");
+        }
+        return NULL;
+    }
+    PyObject *log = args[0], *ready = args[1];
+    Py_ssize_t start = PyLong_AsSsize_t(args[2]);
+    Py_ssize_t end = PySequence_Size(ready);
+    long long tid = PyLong_AsLongLong(args[3]), index = PyLong_AsLongLong(args[4]);
+    if (PyErr_Occurred() || end < 0) {
+        return NULL;
+    }
+    int simple = wakes_simple(ready, start, end);
+    if (simple <= 0) {
+        return simple < 0 ? NULL : Py_NewRef(Py_False);
+    }
+    unsigned char b[32];
+    int k = 0;
+    b[k++] = REC_HANDLER;
+    k += varint(b + k, (unsigned long long)tid);
+    k += varint(b + k, (unsigned long long)index);
+    if (log_put(log, b, k) < 0 || put_wakes_c(log, ready, start, end) < 0) {
+        return NULL;
+    }
+    Py_RETURN_TRUE;
+}
+
+static PyObject *
+rec_poll(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || check_log(args[0]) < 0) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "rec_poll(log, ready, start, now)");
+        }
+        return NULL;
+    }
+    PyObject *log = args[0], *ready = args[1];
+    Py_ssize_t start = PyLong_AsSsize_t(args[2]);
+    Py_ssize_t end = PySequence_Size(ready);
+    double now = PyFloat_AsDouble(args[3]);
+    if (PyErr_Occurred() || end < 0) {
+        return NULL;
+    }
+    if (end == start) {
+        unsigned char b[2] = {REC_POLL, 0};
+        if (log_put(log, b, 2) < 0) {
+            return NULL;
+        }
+        Py_RETURN_TRUE;
+    }
+    int simple = wakes_simple(ready, start, end);
+    if (simple <= 0) {
+        return simple < 0 ? NULL : Py_NewRef(Py_False);
+    }
+    unsigned char b[10];
+    b[0] = REC_POLL;
+    b[1] = 1;
+    memcpy(b + 2, &now, 8);   /* little-endian x86-64, as struct "<d" */
+    if (log_put(log, b, 10) < 0 || put_wakes_c(log, ready, start, end) < 0) {
+        return NULL;
+    }
+    Py_RETURN_TRUE;
+}
+
 static PyObject *s_waiting, *s_resume, *s_modify_fd, *s__ready, *s_append_name;
 
 static int
@@ -744,7 +1151,8 @@ configure(PyObject *module, PyObject *args)
         slot_offset((PyTypeObject *)thread, "_value", &off_value) < 0 ||
         slot_offset((PyTypeObject *)thread, "_exc", &off_exc) < 0 ||
         slot_offset((PyTypeObject *)thread, "_wait", &off_wait) < 0 ||
-        slot_offset((PyTypeObject *)thread, "_scope", &off_scope) < 0) {
+        slot_offset((PyTypeObject *)thread, "_scope", &off_scope) < 0 ||
+        slot_offset((PyTypeObject *)thread, "_id", &off_id) < 0) {
         return NULL;
     }
     Py_XSETREF(yield_singleton, Py_NewRef(yield_obj));
@@ -763,6 +1171,16 @@ static PyMethodDef methods[] = {
      "sock_recv_into(sock, buffer, nbytes) -> int: socket.socket.recv_into on a non-blocking socket."},
     {"sock_send", (PyCFunction)(void (*)(void))sock_send, METH_FASTCALL,
      "sock_send(sock, data) -> int: socket.socket.send(data) on a non-blocking socket."},
+    {"rec_recv", (PyCFunction)(void (*)(void))rec_recv, METH_FASTCALL,
+     "rec_recv(log, sock, bufsize) -> bytes: sock_recv, its record appended to the bytearray log."},
+    {"rec_recv_into", (PyCFunction)(void (*)(void))rec_recv_into, METH_FASTCALL,
+     "rec_recv_into(log, sock, buffer, nbytes) -> int: sock_recv_into, its record appended to log."},
+    {"rec_send", (PyCFunction)(void (*)(void))rec_send, METH_FASTCALL,
+     "rec_send(log, sock, data) -> int: sock_send, its record appended to log."},
+    {"rec_handler", (PyCFunction)(void (*)(void))rec_handler, METH_FASTCALL,
+     "rec_handler(log, ready, start, tid, index) -> bool: a HANDLER record, if its wakes are simple."},
+    {"rec_poll", (PyCFunction)(void (*)(void))rec_poll, METH_FASTCALL,
+     "rec_poll(log, ready, start, now) -> bool: a POLL record, if its wakes are simple."},
     {"configure", configure, METH_VARARGS,
      "configure(YIELD, _PendingInterrupt, mark_retrieved, Thread): the objects run_ready needs."},
     {NULL, NULL, 0, NULL},
@@ -813,6 +1231,7 @@ PyInit__speedups(void)
     if (socket_type == NULL) {
         return NULL;
     }
+    crc_init();
     if (PyType_Ready(&FdWaitersType) < 0) {
         return NULL;
     }

@@ -110,11 +110,13 @@ class LogWriter:
         self.written = 0  # bytes already flushed to the file
 
     def flush(self) -> None:
-        """Write the buffer to the file."""
-        if self.buf:
-            self._file.write(self.buf)
-            self.written += len(self.buf)
-            self.buf = bytearray()
+        """Write the buffer to the file and empty it (in place: the compiled
+        socket calls append to this very bytearray)."""
+        buf = self.buf
+        if buf:
+            self._file.write(buf)
+            self.written += len(buf)
+            del buf[:]
         self._file.flush()
 
     def close(self) -> None:

@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 from .._kernel import scheduler as _scheduler
 from .._kernel.blocking import BlockingPool
+from .._kernel.compiled import speedups
 from .._kernel.fdio import IOWorker
 from .._kernel.timers import TimerWorker
 from ..io import sockio
@@ -161,6 +162,9 @@ class Recorder:
             "user_stack": "threadlib.io.tcpsockio.network" in sys.modules,
         }
         writer = self.writer = _log.LogWriter(self.path, meta)
+        buf = writer.buf  # one bytearray for the whole run (flush empties it in place)
+        rec_poll = speedups.rec_poll if speedups is not None else None
+        inner_now = sched.clock.now
         index = {c: i for i, c in enumerate(classes)}
         ready = sched._ready
         clock = RecordingClock(sched.clock, writer)
@@ -186,15 +190,15 @@ class Recorder:
                 clock.quiet -= 1
                 poll_state[1] = False
             start = poll_state[0]
-            buf = writer.buf
-            if len(ready) == start:
-                buf.append(_log.POLL)
-                buf.append(0)
-            else:
-                buf.append(_log.POLL)
-                put_uint(buf, 1)
-                buf += _log._F64.pack(clock.inner.now())
-                put_wakes(buf, ready, start)
+            if rec_poll is None or not rec_poll(buf, ready, start, inner_now()):
+                if len(ready) == start:
+                    buf.append(_log.POLL)
+                    buf.append(0)
+                else:
+                    buf.append(_log.POLL)
+                    put_uint(buf, 1)
+                    buf.extend(_log._F64.pack(inner_now()))
+                    put_wakes(buf, ready, start)
             if len(buf) >= _log.FLUSH_AT:
                 writer.flush()
 
@@ -229,8 +233,8 @@ class Recorder:
         sched.spawn = spawn  # type: ignore[method-assign]
         sched.add_worker = add_worker  # type: ignore[method-assign]
         _sockets._Recording.recorder = self
-        previous = sockio._use_socket_layer(_sockets.RECORDING_LAYER)
-        _sockets.install_recording(previous)
+        current = (sockio._recv, sockio._recv_into, sockio._send, sockio._new_socket, sockio._sendfile)
+        previous = sockio._use_socket_layer(_sockets.recording_layer(writer.buf, current))
 
         def undo() -> None:
             sockio._use_socket_layer(previous)
@@ -243,7 +247,9 @@ class Recorder:
     def _wrap_handler(self, handler: Callable[[Any, Any], None], index: int, ready: Any,
                       clock: RecordingClock) -> Callable[[Any, Any], None]:
         writer = self.writer
+        buf = writer.buf
         put_uint = _log.put_uint
+        rec_handler = speedups.rec_handler if speedups is not None else None
 
         def recorded(t: Any, sc: Any) -> None:
             start = len(ready)
@@ -252,14 +258,14 @@ class Recorder:
                 handler(t, sc)
             finally:
                 clock.quiet -= 1
-                buf = writer.buf
-                buf.append(_log.HANDLER)
-                put_uint(buf, t._id)
-                put_uint(buf, index)
-                if len(ready) == start:
-                    buf.append(0)
-                else:
-                    put_wakes(buf, ready, start)
+                if rec_handler is None or not rec_handler(buf, ready, start, t._id, index):
+                    buf.append(_log.HANDLER)
+                    put_uint(buf, t._id)
+                    put_uint(buf, index)
+                    if len(ready) == start:
+                        buf.append(0)
+                    else:
+                        put_wakes(buf, ready, start)
                 if len(buf) >= _log.FLUSH_AT:
                     writer.flush()
 

@@ -22,11 +22,13 @@ not to store it. Nothing here touches the network while replaying.
 from __future__ import annotations
 
 import os
+import functools
 import socket
 import struct
 import zlib
 from typing import TYPE_CHECKING, Any, Callable
 
+from .._kernel.compiled import speedups
 from . import log as _log
 
 if TYPE_CHECKING:
@@ -234,13 +236,19 @@ def _record_sendfile(out_fd: int, in_fd: int, offset: int, count: int) -> int:
     return n
 
 
-RECORDING_LAYER = (_record_recv, _record_recv_into, _record_send, _record_new, _record_sendfile)
-
-
-def install_recording(previous: tuple[Any, ...]) -> None:
-    """Record through the layer ``previous`` (sockio's, as it was)."""
+def recording_layer(log: bytearray, previous: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The socket layer of a recording into ``log`` (the writer's buffer),
+    over ``previous`` (sockio's layer as it was). Where sockio's hot calls
+    are the compiled ones, the recording ones are too (``rec_recv`` &c.,
+    which write the same records as ``_record_recv`` &c. here)."""
     global _inner_recv, _inner_recv_into, _inner_send
     _inner_recv, _inner_recv_into, _inner_send = previous[:3]
+    if speedups is not None and previous[0] is speedups.sock_recv:
+        recv = functools.partial(speedups.rec_recv, log)
+        recv_into = functools.partial(speedups.rec_recv_into, log)
+        send = functools.partial(speedups.rec_send, log)
+        return recv, recv_into, send, _record_new, _record_sendfile
+    return _record_recv, _record_recv_into, _record_send, _record_new, _record_sendfile
 
 
 # -- replaying -------------------------------------------------------------------
