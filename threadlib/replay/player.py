@@ -550,7 +550,7 @@ def replay(path: Any, main: Any, *args: Any, trusted: bool = False) -> Any:
         sched.spawn = spawn  # type: ignore[method-assign]
         sched._poll = poll  # type: ignore[method-assign]
         sched.add_worker = add_worker  # type: ignore[method-assign]
-        sched.watch_fd = sched.modify_fd = sched.unwatch_fd = _ignore_fd  # type: ignore[method-assign]
+        sched.watch_fd = sched.modify_fd = sched.unwatch_fd = _ignore_fd  # type: ignore[method-assign, assignment]
         _sockets._Replaying.player = player
         previous = sockio._use_socket_layer(_sockets.REPLAY_LAYER)
         network_module = _user_network_module(bool(player.meta.get("user_stack")))
