@@ -31,6 +31,11 @@ broadcast or unspecified one, parses, has correct checksums (unless
 offloaded), fits the MTU (unless segmentation is offloaded) and belongs to
 a connection the stack has or had, or is the RST answering the input; every
 connection keeps its sequence-space invariants; deadlines are numbers.
+A fragment that completes a datagram is answered as the whole datagram
+would be (RFC 8200 §4.5, RFC 791 §3.2: fragmentation is invisible to
+TCP and ICMP), so the harness keeps its own copy of the fragments the
+stack took, for as long as the stack holds their datagram, and checks
+that the stack completes only a datagram those fragments fill.
 
 This module must never read a clock: time is the input's.
 """
@@ -44,7 +49,7 @@ import struct
 from iolib.packetio import internet_checksum
 from iolib.tcp import (CLOSE_WAIT, CLOSED, CLOSING, ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2, LAST_ACK,
                        SYN_RECEIVED, SYN_SENT, TIME_WAIT, Stack, TcpError)
-from iolib.tcp.ip import Malformed, parse_ip
+from iolib.tcp.ip import IPFragment, Malformed, parse_ip
 from iolib.tcp.segment import RST, parse_segment
 
 INSTRUMENT = ["iolib"]
@@ -229,6 +234,57 @@ def _check_connections(stack: Stack) -> None:
     assert deadline is None or not math.isnan(deadline), "NaN deadline"
 
 
+def _whole_packet(first: IPFragment, data: bytes) -> bytes:
+    """The unfragmented packet a datagram's offset-zero fragment and its
+    reassembled data make (the harness's own reassembly, not the stack's)."""
+    head = bytearray(first.head)
+    if first.version == 4:
+        head[2:4] = struct.pack("!H", len(head) + len(data))
+        head[6:8] = head[10:12] = b"\0\0"
+        head[10:12] = struct.pack("!H", internet_checksum(head))
+    else:
+        head[first.nh_pos] = first.proto
+        head[4:6] = struct.pack("!H", len(head) - 40 + len(data))
+    return bytes(head) + data
+
+
+def _reassembled(fragments: list) -> bytes | None:
+    """The whole packet ``fragments`` ((IPFragment, data) pairs, any order)
+    fill without a hole or an overlap, or None."""
+    pieces = sorted(fragments, key=lambda piece: piece[0].offset)
+    at = 0
+    for frag, data in pieces:
+        if frag.offset != at:
+            return None
+        at += len(data)
+    if not pieces or pieces[-1][0].more:
+        return None
+    return _whole_packet(pieces[0][0], b"".join(data for _frag, data in pieces))
+
+
+def _what_answers(packet: bytes) -> tuple:
+    """(the connection key a RST may answer, the source of a RST, an echo
+    request's data) for a whole packet, each None where it has none."""
+    try:
+        ip = parse_ip(packet)
+        if ip.proto == 6:
+            seg = parse_segment(packet, ip.start, ip.end)
+            return (ip.dst, seg.dport, ip.src, seg.sport), (ip.src if seg.flags & RST else None), None
+        body = packet[ip.start:ip.end]
+        if len(body) >= 4 and body[0] == (8 if ip.version == 4 else 128):
+            return None, None, body[4:]
+    except Malformed:
+        pass
+    return None, None, None
+
+
+def _reassembly_key(frag: IPFragment) -> tuple:
+    # The stack's own keying (RFC 791 §3.2, RFC 8200 §4.5).
+    if frag.version == 4:
+        return frag.src, frag.dst, frag.proto, frag.ident
+    return frag.src, frag.dst, frag.ident
+
+
 class _Run:
     """One input's stack, clock and the connections it has had."""
 
@@ -240,6 +296,8 @@ class _Run:
         self.stack.listen(81, backlog=1, syn_backlog=1)
         self.known: set = set()
         self.accepted: list = []
+        # The fragments the stack took, per datagram it still holds.
+        self.fragments: dict = {}
         self.call(self.stack.connect, self.now, PEER_V4, 5000)
         self.settle(None)
 
@@ -254,6 +312,10 @@ class _Run:
 
     def settle(self, answering: tuple | None) -> list:
         self.remember()
+        # Forget the fragments of datagrams the stack no longer holds
+        # (completed, or timed out; a discarded one stays as a tombstone).
+        for key in set(self.fragments) - set(self.stack._reasm.datagrams):
+            del self.fragments[key]
         out = _check_output(self.stack, self.stack.take_packets(), self.known, answering)
         self.stack.take_events()
         _check_connections(self.stack)
@@ -263,24 +325,20 @@ class _Run:
         stack = self.stack
         stats = stack.stats
         before = {name: getattr(stats, name) for name in _DROPS}
-        rst_from, echo_data = None, None
+        reassembled = stats.reassembled
         try:
-            ip = parse_ip(packet)
-            if ip.proto == 6:
-                seg = parse_segment(packet, ip.start, ip.end)
-                answering = (ip.dst, seg.dport, ip.src, seg.sport)
-                rst_from = ip.src if seg.flags & RST else None
-            else:
-                answering = None
-                body = packet[ip.start:ip.end]
-                if len(body) >= 4 and body[0] == (8 if ip.version == 4 else 128):
-                    echo_data = body[4:]
+            frag = parse_ip(packet, True)
         except Malformed:
-            answering = None
+            frag = None
+        if frag.__class__ is not IPFragment:
+            frag = None
+        answering, rst_from, echo_data = _what_answers(packet)
         self.remember()
         stack.receive(self.now, packet, checksum_ok)
         grown = [name for name in _DROPS if getattr(stats, name) != before[name]]
         assert len(grown) <= 1 and all(getattr(stats, n) == before[n] + 1 for n in grown), f"drop counts {grown}"
+        if frag is not None:
+            answering, rst_from, echo_data = self.reassemble(frag, packet, grown, stats.reassembled - reassembled)
         out = self.settle(answering)
         if any(name in _SILENT_DROPS for name in grown):
             assert not out, f"a packet dropped ({grown[0]}) was answered"
@@ -292,6 +350,22 @@ class _Run:
                 reply_type = 0 if ip.version == 4 else 129
                 assert body[0] == reply_type and echo_data is not None, f"ICMP type {body[0]} sent in answer"
                 assert body[4:] == echo_data, "an echo reply that does not carry the request's data"
+
+    def reassemble(self, frag: IPFragment, packet: bytes, grown: list, completed: int) -> tuple:
+        """Keep ``frag`` if the stack took it; when the stack completed its
+        datagram with it, what answers that datagram (``_what_answers``)."""
+        piece = (frag, packet[frag.start:frag.end])
+        if not frag.more and frag.offset == 0:
+            held = [piece]  # an atomic fragment stands alone (RFC 6946 §4)
+        else:
+            held = self.fragments.setdefault(_reassembly_key(frag), [])
+            if completed or not grown:
+                held.append(piece)
+        if not completed:
+            return None, None, None
+        whole = _reassembled(held)
+        assert completed == 1 and whole is not None, "the stack completed a datagram its fragments do not fill"
+        return _what_answers(whole)
 
     def step(self, op: int, data: bytes, pos: int) -> int:
         kind, flags = op & 7, op >> 3

@@ -15,7 +15,7 @@ from iolib.tcp import Stack
 from iolib.tcp.checksum import checksum, verify
 from iolib.tcp.fragments import Reassembler
 from iolib.tcp.ip import Malformed, build_icmp, build_ip, parse_ip, pseudo_sum
-from .testkit import ACK, ANY, PSH, REMOTE_ISS, SYN, Harness, decode, seg
+from .testkit import ACK, ANY, PSH, REMOTE_ISS, RST, SYN, Harness, decode, seg
 
 R = REMOTE_ISS + 1
 
@@ -148,6 +148,25 @@ def test_fragmented_echo_request_is_answered(v6):
     assert body[0] == (129 if v6 else 0) and body[4:] == b"\x00\x07\x00\x01" + payload
     assert verify(body, pseudo_sum(ip.src, ip.dst, 58, len(body)) if v6 else 0)
     assert h.stack.stats.icmp_echo_replies == 1
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_fragmented_segment_to_a_closed_port_is_reset_once_whole(v6):
+    """RFC 9293 §3.10.7.1 on the reassembled segment: no answer to the
+    first fragment; the last draws <SEQ=0><ACK=SEG.SEQ+SEG.LEN><RST,ACK>,
+    SEG.LEN counting the SYN and every data byte of every fragment; a
+    fragmented RST draws nothing (fuzz/tcp_input's crasher
+    closed-port-rst-to-reassembled-ipv6-syn)."""
+    h = Harness(v6=v6)
+    split = split6 if v6 else split4
+    first, last = split(h.packet(seg(SYN, REMOTE_ISS, 0, 65535, b"q" * 40)), [32])
+    feed(h, [first])
+    h.expect_none()
+    feed(h, [last])
+    h.expect(seg(RST | ACK, 0, REMOTE_ISS + 41, 0))
+    feed(h, split(h.packet(seg(RST | ACK, 5, 777, 0, b"r" * 16)), [24], ident=7))
+    h.expect_none()
+    assert (h.stack.stats.reassembled, h.stack.stats.rst_sent) == (2, 1)
 
 
 def test_fragments_for_another_host_are_not_buffered():
