@@ -177,10 +177,11 @@ def test_user_stack_holds_ten_thousand_keep_alive_connections_in_one_worker(serv
 # ---------------------------------------------------------------- slowloris
 
 def test_user_stack_cuts_off_slowloris_clients_by_the_header_timeout_while_others_are_served(server, ns):
-    """5,000 clients send a request head one byte per second to the server
-    on the user stack; with a 2-second header timeout each gets a 408 and
-    is closed, while 20 normal keep-alive clients are served throughout."""
-    n, drip, header_timeout = 5_000, 1.0, 2.0
+    """5,000 clients send a request head one byte every 2.5 s to the server
+    on the user stack; with a 6-second header timeout (a deadline for the
+    whole head) each gets a 408 and is closed, while 20 normal keep-alive
+    clients are served throughout."""
+    n, drip, header_timeout = 5_000, 2.5, 6.0  # the issue's "one header byte every few seconds"
     srv = server("--quiet", "--header-timeout", str(header_timeout), "--keepalive-timeout", "60")
     with fd_limit(hard_fd_limit()):
         normal = slow = None
@@ -207,7 +208,7 @@ def test_user_stack_cuts_off_slowloris_clients_by_the_header_timeout_while_other
             for crowd in (normal, slow):
                 if crowd is not None:
                     crowd.close()
-    print(f"\nuser stack, slowloris: {n} clients dripping a header byte every {drip:.0f} s, header timeout "
+    print(f"\nuser stack, slowloris: {n} clients dripping a header byte every {drip:g} s, header timeout "
           f"{header_timeout:.0f} s: all {n} answered 408 and closed {reclaimed:.2f} s after the first connected "
           f"({loris.drips} drips); 20 normal keep-alive clients, one request each per round: before {_ms(before)}; "
           f"during {len(during)} rounds, {_ms(during)}; after {_ms(after)}")
