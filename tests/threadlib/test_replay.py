@@ -46,6 +46,12 @@ def record_conversation(tmp_path, conns: int = 2) -> tuple[str, str, object]:
     return log, port_file, result
 
 
+def replay_cli(*args: str) -> subprocess.CompletedProcess:
+    """``python -m threadlib.replay ARGS`` from the repository root."""
+    return subprocess.run([sys.executable, "-m", "threadlib.replay", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+
+
 def test_a_recorded_run_replays_on_the_same_code(tmp_path):
     log, port_file, result = record_conversation(tmp_path)
     # Every line of both connections, in the order the server saw them.
@@ -107,8 +113,7 @@ def test_the_command_line_checks_a_recording(tmp_path):
     log, port_file, _ = record_conversation(tmp_path)
 
     def check(*program: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "threadlib.replay", "check", log, "--", *program],
-                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+        return replay_cli("check", log, "--", *program)
 
     same = check("tests.threadlib.replay_program:serve", port_file, "same", "2")
     assert same.returncode == 0 and same.stdout.startswith("ok: the program did what the recording did"), same
@@ -117,11 +122,9 @@ def test_the_command_line_checks_a_recording(tmp_path):
     missing = check("tests.threadlib.no_such_module:serve")
     assert missing.returncode == 2 and "cannot import" in missing.stderr
     # A log made by threadlib.run names no entry point: check says how to give one.
-    bare = subprocess.run([sys.executable, "-m", "threadlib.replay", "check", log], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    bare = replay_cli("check", log)
     assert bare.returncode == 2 and "give one after --" in bare.stderr
-    info = subprocess.run([sys.executable, "-m", "threadlib.replay", "info", log], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    info = replay_cli("info", log)
     assert info.returncode == 0 and re.search(r"socket\s+\d+", info.stdout)
 
 
@@ -191,17 +194,14 @@ def test_the_web_server_records_and_its_recording_replays(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
-    check = subprocess.run([sys.executable, "-m", "threadlib.replay", "check", log], cwd=ROOT,
-                           capture_output=True, text=True, timeout=120)
+    check = replay_cli("check", log)
     assert check.returncode == 0 and "ok:" in check.stdout, check
     # The same recording against a site whose index differs: the first response diverges.
     site = tmp_path / "site"
     shutil.copytree(os.path.join(ROOT, "apps", "sample_site"), site)
     (site / "index.html").write_bytes(b"<html>another page</html>\n")
     meta_args = replay.describe(log)["meta"]["args"]
-    changed = subprocess.run([sys.executable, "-m", "threadlib.replay", "check", log, "--",
-                              "apps.webserver.__main__:replayed", *meta_args, "--root", str(site)],
-                             cwd=ROOT, capture_output=True, text=True, timeout=120)
+    changed = replay_cli("check", log, "--", "apps.webserver.__main__:replayed", *meta_args, "--root", str(site))
     assert changed.returncode == 1 and "diverged:" in changed.stderr, changed
 
 
@@ -221,8 +221,7 @@ def test_the_echo_server_records_and_replays(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
-    check = subprocess.run([sys.executable, "-m", "threadlib.replay", "check", log], cwd=ROOT,
-                           capture_output=True, text=True, timeout=120)
+    check = replay_cli("check", log)
     assert check.returncode == 0, check
 
 
@@ -299,8 +298,7 @@ def test_the_proxy_records_its_copy_path_and_replays(tmp_path):
     finally:
         target.send_signal(signal.SIGTERM)
         target.wait(timeout=60)
-    check = subprocess.run([sys.executable, "-m", "threadlib.replay", "check", log], cwd=ROOT,
-                           capture_output=True, text=True, timeout=120)
+    check = replay_cli("check", log)
     assert check.returncode == 0 and "ok:" in check.stdout, check
     assert replay.describe(log)["records"]["socket"] > 10
 

@@ -387,118 +387,6 @@ buffer_size(PyObject *arg, const char *negative)
     return size < 0 ? -1 : size;
 }
 
-static PyObject *
-sock_recv(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "sock_recv(sock, bufsize)");
-        return NULL;
-    }
-    Py_ssize_t size = buffer_size(args[1], "negative buffersize in recv");
-    if (size < 0) {
-        return NULL;
-    }
-    int fd = socket_fd(args[0]);
-    if (fd < 0) {
-        return NULL;
-    }
-    PyObject *data = PyBytes_FromStringAndSize(NULL, size);
-    if (data == NULL) {
-        return NULL;
-    }
-    ssize_t n = transfer(fd, PyBytes_AS_STRING(data), (size_t)size, 0);
-    if (n < 0) {
-        Py_DECREF(data);
-        return n == -1 ? PyErr_SetFromErrno(PyExc_OSError) : NULL;
-    }
-    if (n != size && _PyBytes_Resize(&data, n) < 0) {
-        return NULL;
-    }
-    return data;
-}
-
-static PyObject *
-sock_recv_into(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "sock_recv_into(sock, buffer, nbytes)");
-        return NULL;
-    }
-    Py_ssize_t want = buffer_size(args[2], "negative buffersize in recv_into");
-    if (want < 0) {
-        return NULL;
-    }
-    Py_buffer view;
-    if (PyObject_GetBuffer(args[1], &view, PyBUF_WRITABLE) < 0) {
-        return NULL;
-    }
-    if (want == 0) {
-        want = view.len;
-    }
-    else if (view.len < want) {
-        PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_ValueError, "buffer too small for requested bytes");
-        return NULL;
-    }
-    int fd = socket_fd(args[0]);
-    if (fd < 0) {
-        PyBuffer_Release(&view);
-        return NULL;
-    }
-    ssize_t n = transfer(fd, view.buf, (size_t)want, 0);
-    int saved = errno;
-    PyBuffer_Release(&view);
-    if (n < 0) {
-        errno = saved;
-        return n == -1 ? PyErr_SetFromErrno(PyExc_OSError) : NULL;
-    }
-    return PyLong_FromSsize_t(n);
-}
-
-static PyObject *
-sock_send(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "sock_send(sock, data)");
-        return NULL;
-    }
-    Py_buffer view;
-    if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0) {
-        return NULL;
-    }
-    int fd = socket_fd(args[0]);
-    if (fd < 0) {
-        PyBuffer_Release(&view);
-        return NULL;
-    }
-    ssize_t n = transfer(fd, view.buf, (size_t)view.len, 1);
-    int saved = errno;
-    PyBuffer_Release(&view);
-    if (n < 0) {
-        errno = saved;
-        return n == -1 ? PyErr_SetFromErrno(PyExc_OSError) : NULL;
-    }
-    return PyLong_FromSsize_t(n);
-}
-
-/* -- fdio's per-fd record ------------------------------------------------- */
-
-#define READ_EVENTS (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP)
-#define WRITE_EVENTS (EPOLLOUT | EPOLLERR | EPOLLHUP)
-#define EDGE_READ (EPOLLIN | EPOLLRDHUP | EPOLLET)
-
-typedef struct {
-    PyObject_HEAD
-    PyObject *reader;       /* the Thread waiting to read, or None */
-    PyObject *writer;       /* the Thread waiting to write, or None */
-    long read_ready;        /* events that arrived while no reader waited */
-    char watching_out;      /* EPOLLOUT is in the fd's epoll mask */
-    int fd;
-    PyObject *sched;
-    PyObject *ready_append; /* sched._ready.append */
-    PyObject *worker;       /* the IOWorker: its `waiting` count */
-} FdWaiters;
-
 /* -- record/replay: the recording socket calls ------------------------------
  *
  * rec_recv(log, sock, size), rec_recv_into(log, sock, buffer, nbytes) and
@@ -635,22 +523,37 @@ rec_socket_fd(PyObject *log, int op, PyObject *sock)
     return fd;
 }
 
-static PyObject *
-rec_recv(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+/* A send's result: the count, the CRC-32 of the bytes taken, their start. */
+static int
+log_sent(PyObject *log, int fd, const void *buf, Py_ssize_t n)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "rec_recv(log, sock, bufsize)");
-        return NULL;
+    unsigned char tail[24];
+    int k = varint(tail, (unsigned long long)n);
+    uint32_t crc = crc32_of(buf, n);
+    tail[k++] = (unsigned char)(crc & 0xFF);
+    tail[k++] = (unsigned char)((crc >> 8) & 0xFF);
+    tail[k++] = (unsigned char)((crc >> 16) & 0xFF);
+    tail[k++] = (unsigned char)(crc >> 24);
+    Py_ssize_t prefix = n < REC_PREFIX ? n : REC_PREFIX;
+    tail[k++] = (unsigned char)prefix;
+    if (log_head(log, REC_SEND, fd, 0) < 0 || log_put(log, tail, k) < 0) {
+        return -1;
     }
-    PyObject *log = args[0];
-    if (check_log(log) < 0) {
-        return NULL;
-    }
-    Py_ssize_t size = buffer_size(args[2], "negative buffersize in recv");
+    return log_put(log, buf, prefix);
+}
+
+/* The three calls, recording or not: with `log` (a bytearray) each also
+ * appends its record (see the record/replay section above); with NULL it is
+ * the plain fast path. One body for both, so that a recording run makes
+ * exactly the calls an unrecorded one does. */
+static PyObject *
+do_recv(PyObject *log, PyObject *sock, PyObject *size_arg)
+{
+    Py_ssize_t size = buffer_size(size_arg, "negative buffersize in recv");
     if (size < 0) {
         return NULL;
     }
-    int fd = rec_socket_fd(log, REC_RECV, args[1]);
+    int fd = log != NULL ? rec_socket_fd(log, REC_RECV, sock) : socket_fd(sock);
     if (fd < 0) {
         return NULL;
     }
@@ -662,12 +565,19 @@ rec_recv(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (n < 0) {
         int err = errno;
         Py_DECREF(data);
-        return n == -1 ? log_failure(log, REC_RECV, fd, err) : NULL;
+        if (n != -1) {
+            return NULL;
+        }
+        if (log != NULL) {
+            return log_failure(log, REC_RECV, fd, err);
+        }
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
     }
     if (n != size && _PyBytes_Resize(&data, n) < 0) {
         return NULL;
     }
-    if (log_head(log, REC_RECV, fd, 0) < 0 || log_bytes(log, PyBytes_AS_STRING(data), n) < 0) {
+    if (log != NULL && (log_head(log, REC_RECV, fd, 0) < 0 || log_bytes(log, PyBytes_AS_STRING(data), n) < 0)) {
         Py_DECREF(data);
         return NULL;
     }
@@ -675,22 +585,14 @@ rec_recv(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 }
 
 static PyObject *
-rec_recv_into(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+do_recv_into(PyObject *log, PyObject *sock, PyObject *buffer, PyObject *nbytes_arg)
 {
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "rec_recv_into(log, sock, buffer, nbytes)");
-        return NULL;
-    }
-    PyObject *log = args[0];
-    if (check_log(log) < 0) {
-        return NULL;
-    }
-    Py_ssize_t want = buffer_size(args[3], "negative buffersize in recv_into");
+    Py_ssize_t want = buffer_size(nbytes_arg, "negative buffersize in recv_into");
     if (want < 0) {
         return NULL;
     }
     Py_buffer view;
-    if (PyObject_GetBuffer(args[2], &view, PyBUF_WRITABLE) < 0) {
+    if (PyObject_GetBuffer(buffer, &view, PyBUF_WRITABLE) < 0) {
         return NULL;
     }
     if (want == 0) {
@@ -701,20 +603,105 @@ rec_recv_into(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "buffer too small for requested bytes");
         return NULL;
     }
-    int fd = rec_socket_fd(log, REC_RECV_INTO, args[1]);
+    int fd = log != NULL ? rec_socket_fd(log, REC_RECV_INTO, sock) : socket_fd(sock);
     if (fd < 0) {
         PyBuffer_Release(&view);
         return NULL;
     }
     ssize_t n = transfer(fd, view.buf, (size_t)want, 0);
     int err = errno;
-    if (n < 0) {
-        PyBuffer_Release(&view);
-        return n == -1 ? log_failure(log, REC_RECV_INTO, fd, err) : NULL;
-    }
-    int bad = log_head(log, REC_RECV_INTO, fd, 0) < 0 || log_bytes(log, view.buf, n) < 0;
+    int bad = n >= 0 && log != NULL && (log_head(log, REC_RECV_INTO, fd, 0) < 0 || log_bytes(log, view.buf, n) < 0);
     PyBuffer_Release(&view);
+    if (n < 0) {
+        if (n != -1) {
+            return NULL;
+        }
+        if (log != NULL) {
+            return log_failure(log, REC_RECV_INTO, fd, err);
+        }
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
     return bad ? NULL : PyLong_FromSsize_t(n);
+}
+
+static PyObject *
+do_send(PyObject *log, PyObject *sock, PyObject *data)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    int fd = log != NULL ? rec_socket_fd(log, REC_SEND, sock) : socket_fd(sock);
+    if (fd < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    ssize_t n = transfer(fd, view.buf, (size_t)view.len, 1);
+    int err = errno;
+    int bad = n >= 0 && log != NULL && log_sent(log, fd, view.buf, n) < 0;
+    PyBuffer_Release(&view);
+    if (n < 0) {
+        if (n != -1) {
+            return NULL;
+        }
+        if (log != NULL) {
+            return log_failure(log, REC_SEND, fd, err);
+        }
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return bad ? NULL : PyLong_FromSsize_t(n);
+}
+
+static PyObject *
+sock_recv(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "sock_recv(sock, bufsize)");
+        return NULL;
+    }
+    return do_recv(NULL, args[0], args[1]);
+}
+
+static PyObject *
+sock_recv_into(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "sock_recv_into(sock, buffer, nbytes)");
+        return NULL;
+    }
+    return do_recv_into(NULL, args[0], args[1], args[2]);
+}
+
+static PyObject *
+sock_send(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "sock_send(sock, data)");
+        return NULL;
+    }
+    return do_send(NULL, args[0], args[1]);
+}
+
+static PyObject *
+rec_recv(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "rec_recv(log, sock, bufsize)");
+        return NULL;
+    }
+    return check_log(args[0]) < 0 ? NULL : do_recv(args[0], args[1], args[2]);
+}
+
+static PyObject *
+rec_recv_into(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "rec_recv_into(log, sock, buffer, nbytes)");
+        return NULL;
+    }
+    return check_log(args[0]) < 0 ? NULL : do_recv_into(args[0], args[1], args[2], args[3]);
 }
 
 static PyObject *
@@ -724,39 +711,26 @@ rec_send(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "rec_send(log, sock, data)");
         return NULL;
     }
-    PyObject *log = args[0];
-    if (check_log(log) < 0) {
-        return NULL;
-    }
-    Py_buffer view;
-    if (PyObject_GetBuffer(args[2], &view, PyBUF_SIMPLE) < 0) {
-        return NULL;
-    }
-    int fd = rec_socket_fd(log, REC_SEND, args[1]);
-    if (fd < 0) {
-        PyBuffer_Release(&view);
-        return NULL;
-    }
-    ssize_t n = transfer(fd, view.buf, (size_t)view.len, 1);
-    int err = errno;
-    if (n < 0) {
-        PyBuffer_Release(&view);
-        return n == -1 ? log_failure(log, REC_SEND, fd, err) : NULL;
-    }
-    unsigned char tail[24];
-    int k = varint(tail, (unsigned long long)n);
-    uint32_t crc = crc32_of(view.buf, n);
-    tail[k++] = (unsigned char)(crc & 0xFF);
-    tail[k++] = (unsigned char)((crc >> 8) & 0xFF);
-    tail[k++] = (unsigned char)((crc >> 16) & 0xFF);
-    tail[k++] = (unsigned char)(crc >> 24);
-    Py_ssize_t prefix = n < REC_PREFIX ? n : REC_PREFIX;
-    tail[k++] = (unsigned char)prefix;
-    int bad = log_head(log, REC_SEND, fd, 0) < 0 || log_put(log, tail, k) < 0 ||
-              log_put(log, view.buf, prefix) < 0;
-    PyBuffer_Release(&view);
-    return bad ? NULL : PyLong_FromSsize_t(n);
+    return check_log(args[0]) < 0 ? NULL : do_send(args[0], args[1], args[2]);
 }
+
+/* -- fdio's per-fd record ------------------------------------------------- */
+
+#define READ_EVENTS (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP)
+#define WRITE_EVENTS (EPOLLOUT | EPOLLERR | EPOLLHUP)
+#define EDGE_READ (EPOLLIN | EPOLLRDHUP | EPOLLET)
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *reader;       /* the Thread waiting to read, or None */
+    PyObject *writer;       /* the Thread waiting to write, or None */
+    long read_ready;        /* events that arrived while no reader waited */
+    char watching_out;      /* EPOLLOUT is in the fd's epoll mask */
+    int fd;
+    PyObject *sched;
+    PyObject *ready_append; /* sched._ready.append */
+    PyObject *worker;       /* the IOWorker: its `waiting` count */
+} FdWaiters;
 
 /* The threads ready[start:] as a record's wake list, for the common case:
  * each woken with None or an int and no exception. rec_handler(log, ready,

@@ -175,14 +175,20 @@ def put_value(buf: bytearray, value: Any) -> None:
         buf.append(T_STR)
         put_str(buf, value)
     else:
-        try:
-            data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception:
-            buf.append(T_OPAQUE)
-            put_str(buf, repr(value)[:200])
-        else:
-            buf.append(T_PICKLE)
-            put_bytes(buf, data)
+        _put_pickled(buf, T_PICKLE, value)
+
+
+def _put_pickled(buf: bytearray, tag: int, obj: Any) -> None:
+    # A pickle that also loads again, tagged; else the repr, marked opaque.
+    try:
+        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.loads(data)
+    except Exception:
+        buf.append(T_OPAQUE)
+        put_str(buf, repr(obj)[:200])
+    else:
+        buf.append(tag)
+        put_bytes(buf, data)
 
 
 def put_exception(buf: bytearray, exc: BaseException, scope_depth: int | None) -> None:
@@ -197,15 +203,7 @@ def put_exception(buf: bytearray, exc: BaseException, scope_depth: int | None) -
         # The usual text is left out (EAGAIN is the commonest record of all).
         put_str(buf, "" if exc.strerror == os.strerror(exc.errno) else (exc.strerror or ""))
     else:
-        try:
-            data = pickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
-            pickle.loads(data)
-        except Exception:
-            buf.append(T_OPAQUE)
-            put_str(buf, repr(exc)[:200])
-        else:
-            buf.append(T_EXC)
-            put_bytes(buf, data)
+        _put_pickled(buf, T_EXC, exc)
 
 
 class _Refused(Exception):

@@ -69,21 +69,17 @@ class RecordingClock:
 
     def now(self) -> float:
         """The inner clock's time, written to the log unless quiet."""
-        t: float = self._now()
-        if not self.quiet:
-            buf = self._writer.buf
-            buf.append(_log.CLOCK)
-            buf += _log._F64.pack(t)
-            if len(buf) >= _log.FLUSH_AT:
-                self._writer.flush()
-        return t
+        return self._read(_log.CLOCK, self._now)
 
     def wall(self) -> float:
         """The inner clock's time of day, written to the log unless quiet."""
-        t: float = self.inner.wall()
+        return self._read(_log.WALL, self.inner.wall)
+
+    def _read(self, kind: int, read: Callable[[], float]) -> float:
+        t = read()
         if not self.quiet:
             buf = self._writer.buf
-            buf.append(_log.WALL)
+            buf.append(kind)
             buf += _log._F64.pack(t)
             if len(buf) >= _log.FLUSH_AT:
                 self._writer.flush()
