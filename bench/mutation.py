@@ -88,7 +88,7 @@ TARGETS: dict[str, list[str]] = {
     "threadlib/_kernel/scheduler.py": _t("test_kernel", "test_sync", "test_scopes", "test_groups",
                                          "test_interrupts", "test_contextvars", "test_introspect"),
     "threadlib/_kernel/worker.py": _t("test_kernel", "test_sync", "test_scopes", "test_groups"),
-    "threadlib/_kernel/clocks.py": _t("test_sim", "test_scopes", "test_kernel"),
+    "threadlib/_kernel/clocks.py": _t("test_clocks", "test_sim", "test_scopes", "test_kernel"),
     "threadlib/_kernel/fdio.py": _t("io/test_sockio", "test_kernel", "test_net_contract"),
     "threadlib/_kernel/pollers.py": _t("io/test_sockio", "test_kernel"),
     "threadlib/_kernel/blocking.py": _t("test_kernel", "io/test_sockio", "test_contextvars"),
@@ -250,8 +250,8 @@ def run_module(module: str, timeout: float | None, keep: pathlib.Path | None,
             shutil.copy2(stored, session)
             if retest_survivors:
                 with sqlite3.connect(session) as db:
-                    db.execute("DELETE FROM work_results WHERE test_outcome = 'survived' "
-                               "OR (test_outcome = 'killed' AND output = 'timeout')")
+                    db.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED' "
+                               "OR (test_outcome = 'KILLED' AND output = 'timeout')")
         else:
             subprocess.run(cosmic + ["init", "mutation.toml", str(session)], cwd=work, env=env, check=True)
             spans = annotation_spans((ROOT / module).read_text())
