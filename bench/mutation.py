@@ -79,7 +79,7 @@ def _t(*names: str) -> list[str]:
 TCP_TESTS = ["tests/iolib/tcp"]
 TARGETS: dict[str, list[str]] = {
     "threadlib/sync.py": _t("test_sync", "test_kernel", "test_groups", "test_scopes"),
-    "threadlib/_kernel/waitqueue.py": _t("test_sync", "test_kernel", "test_scopes"),
+    "threadlib/_kernel/waitqueue.py": _t("test_waitqueue", "test_sync", "test_kernel", "test_scopes"),
     "threadlib/_kernel/scopes.py": _t("test_scopes", "test_groups", "test_kernel", "test_interrupts"),
     "threadlib/_kernel/timers.py": _t("test_scopes", "test_kernel", "test_sim"),
     "threadlib/_kernel/groups.py": _t("test_groups", "test_kernel", "test_scopes", "test_interrupts"),
