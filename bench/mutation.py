@@ -20,8 +20,8 @@ machine.
 
 What is counted:
 - killed: the tests failed (exit status not 0) within the timeout;
-- timeout: the tests ran past the timeout (default: ten times the unmutated
-  run, at least 20 s) and were stopped.  cosmic-ray counts these as killed;
+- timeout: the tests ran past the timeout (default: three times the
+  unmutated run, at least 10 s) and were stopped.  cosmic-ray counts these as killed;
   here they are a column of their own, since a hang proves less than a
   failing assertion;
 - survived: the tests passed.  A survivor listed in docs/testing.md's table
@@ -58,6 +58,7 @@ import os
 import pathlib
 import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -236,7 +237,7 @@ def run_module(module: str, timeout: float | None, keep: pathlib.Path | None,
             print(baseline.stdout[-3000:], baseline.stderr[-2000:])
             raise SystemExit(f"{module}: the tests fail without any mutation; fix that first")
         if timeout is None:
-            timeout = max(10.0, 10 * took)
+            timeout = max(10.0, 3 * took)
         print(f"{module}: unmutated tests pass in {took:.1f} s; timeout {timeout:.0f} s; "
               f"tests: {' '.join(tests)}", flush=True)
         (work / "mutation.toml").write_text(config_text(module, command, timeout))
@@ -329,14 +330,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("modules", nargs="*", help="paths such as iolib/tcp/seq.py")
     parser.add_argument("--all", action="store_true", help="every module in the list (long)")
     parser.add_argument("--list", action="store_true", help="print the modules and their tests")
-    parser.add_argument("--timeout", type=float, help="seconds per test run (default: ten times "
-                        "the unmutated run, at least 10)")
+    parser.add_argument("--timeout", type=float, help="seconds per test run (default: three times "
+                        "the unmutated run, at least 10; re-test the timeouts with a longer one to be "
+                        "sure they hang)")
     parser.add_argument("--tests", nargs="+", help="run these tests instead of the module's list")
     parser.add_argument("--keep", type=pathlib.Path, help="directory to keep the sessions (sqlite) in, "
                         "reused while the module is unchanged")
     parser.add_argument("--retest-survivors", action="store_true",
                         help="with --keep: run the survivors and timeouts of the kept session again")
     args = parser.parse_args(argv)
+    # A kill (SIGTERM) ends the run through the finally blocks: the kept
+    # session is saved with what was done, and the scratch copy removed.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if args.list:
         for module, tests in TARGETS.items():
             print(f"{module}: {' '.join(tests)}")
