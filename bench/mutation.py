@@ -56,6 +56,7 @@ import datetime
 import hashlib
 import os
 import pathlib
+import random
 import re
 import shutil
 import signal
@@ -112,6 +113,7 @@ class Tally:
     equivalent: int = 0
     incompetent: int = 0
     not_run: int = 0
+    not_sampled: int = 0
     survivors: list[tuple[str, str, str]] = field(default_factory=list)  # (where, operator, diff)
 
     @property
@@ -120,7 +122,7 @@ class Tally:
         return f"{100.0 * self.killed / scored:.1f}%" if scored else "n/a"
 
     def add(self, other: Tally) -> None:
-        for name in ("killed", "timeout", "survived", "equivalent", "incompetent", "not_run"):
+        for name in ("killed", "timeout", "survived", "equivalent", "incompetent", "not_run", "not_sampled"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
@@ -207,11 +209,15 @@ def source_digest(path: pathlib.Path) -> str:
 
 
 def run_module(module: str, timeout: float | None, keep: pathlib.Path | None,
-               tests: list[str] | None = None, retest_survivors: bool = False) -> Tally:
+               tests: list[str] | None = None, retest_survivors: bool = False,
+               sample: int | None = None) -> Tally:
     """Mutate one module in a scratch copy; print its survivors and return
     its tally.  With keep, the session is stored there and reused when the
     module has not changed (only mutants without a result are run, and
-    with retest_survivors the survivors and timeouts are run again)."""
+    with retest_survivors the survivors and timeouts are run again).  With
+    sample, only that many mutants (a fixed pseudo-random choice, the same
+    every time for the same module) are run: an estimate for a module too
+    big to run whole."""
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
 
@@ -262,6 +268,13 @@ def run_module(module: str, timeout: float | None, keep: pathlib.Path | None,
                            if any(start <= tuple(item.mutations[0].start_pos) < end for start, end in spans)]
                 db.set_multiple_results(skipped, WorkResult(worker_outcome=WorkerOutcome.SKIPPED,
                                                             output="annotation"))
+                if sample is not None:
+                    left = sorted((item for item in db.work_items if item.job_id not in set(skipped)),
+                                  key=lambda item: (item.mutations[0].start_pos, item.mutations[0].operator_name,
+                                                    item.mutations[0].occurrence))
+                    chosen = set(id(item) for item in random.Random(module).sample(left, min(sample, len(left))))
+                    db.set_multiple_results([item.job_id for item in left if id(item) not in chosen],
+                                            WorkResult(worker_outcome=WorkerOutcome.SKIPPED, output="not sampled"))
         with use_db(str(session), WorkDB.Mode.open) as db:
             total, pending = db.num_work_items, len(db.pending_work_items)
         print(f"{module}: {total} mutants, {pending} to run", flush=True)
@@ -289,7 +302,9 @@ def run_module(module: str, timeout: float | None, keep: pathlib.Path | None,
         with use_db(str(session), WorkDB.Mode.open) as db:
             for item, result in db.completed_work_items:
                 spec = item.mutations[0]
-                if result.worker_outcome == WorkerOutcome.SKIPPED:
+                if result.worker_outcome == WorkerOutcome.SKIPPED and result.output == "not sampled":
+                    tally.not_sampled += 1
+                elif result.worker_outcome == WorkerOutcome.SKIPPED:
                     tally.not_run += 1
                 elif result.test_outcome == TestOutcome.INCOMPETENT:
                     tally.incompetent += 1
@@ -309,7 +324,7 @@ def run_module(module: str, timeout: float | None, keep: pathlib.Path | None,
         print("    " + diff.strip().replace("\n", "\n    "))
     print(f"{module}: score {tally.score} (killed {tally.killed}, timeout {tally.timeout}, "
           f"survived {tally.survived}, equivalent {tally.equivalent}, incompetent "
-          f"{tally.incompetent}, not run {tally.not_run})", flush=True)
+          f"{tally.incompetent}, not run {tally.not_run}, not sampled {tally.not_sampled})", flush=True)
     return tally
 
 
@@ -317,11 +332,12 @@ def table(tallies: list[Tally]) -> str:
     """The scores as a markdown table, dated."""
     rows = [f"Mutation scores of {datetime.date.today().isoformat()} "
             "(score = killed / (killed + timeout + survived))", "",
-            "| module | killed | timeout | survived | equivalent | not run (annotations) | score |",
-            "|---|---:|---:|---:|---:|---:|---:|"]
+            "| module | killed | timeout | survived | equivalent | not run (annotations) "
+            "| not sampled | score |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for t in tallies:
         rows.append(f"| `{t.module}` | {t.killed} | {t.timeout} | {t.survived} | {t.equivalent} "
-                    f"| {t.not_run} | {t.score} |")
+                    f"| {t.not_run} | {t.not_sampled} | {t.score} |")
     return "\n".join(rows)
 
 
@@ -337,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tests", nargs="+", help="run these tests instead of the module's list")
     parser.add_argument("--keep", type=pathlib.Path, help="directory to keep the sessions (sqlite) in, "
                         "reused while the module is unchanged")
+    parser.add_argument("--sample", type=int, help="run only this many mutants per module, a fixed "
+                        "pseudo-random choice (an estimate for the big modules)")
     parser.add_argument("--retest-survivors", action="store_true",
                         help="with --keep: run the survivors and timeouts of the kept session again")
     args = parser.parse_args(argv)
@@ -354,7 +372,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--timeout must be a positive number of seconds, got {args.timeout}")
     if args.retest_survivors and args.keep is None:
         parser.error("--retest-survivors needs --keep (the session whose survivors to run again)")
-    tallies = [run_module(module, args.timeout, args.keep, args.tests, args.retest_survivors)
+    if args.sample is not None and args.sample < 1:
+        parser.error(f"--sample must be a positive number of mutants, got {args.sample}")
+    tallies = [run_module(module, args.timeout, args.keep, args.tests, args.retest_survivors, args.sample)
                for module in modules]
     if len(tallies) > 1:
         total = Tally("all")
