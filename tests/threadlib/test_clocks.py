@@ -34,6 +34,8 @@ def test_a_virtual_clock_idles_by_jumping_ahead_and_never_back():
     assert clock.now() == 3.75
     clock.idle(-2.0)  # a deadline already past is no reason to go back
     assert clock.now() == 3.75
+    clock.idle(-0.5)
+    assert clock.now() == 3.75
 
 
 def test_a_virtual_clocks_date_is_its_epoch_plus_its_time():
@@ -74,6 +76,7 @@ def test_the_monotonic_clock_idles_by_sleeping_and_not_for_a_past_deadline():
     assert time.monotonic() - began >= 0.05  # a lower bound only
     clock.idle(0.0)
     clock.idle(-1.0)  # a deadline already past: no sleep, no error
+    clock.idle(-0.5)
 
 
 @pytest.mark.parametrize("seconds", [0.02, 0.3])
