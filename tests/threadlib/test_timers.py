@@ -4,11 +4,15 @@ never run a cancelled one, however many are cancelled; sleepers wake at
 their time; a cancelled timer lets its argument go. On a VirtualClock,
 so "at 2.0" means exactly that."""
 
+import functools
 import gc
 import weakref
 
+import pytest
+
 import threadlib
 from threadlib.lowlevel import Scheduler, TimerWorker, VirtualClock
+from threadlib.sync import Event
 
 
 class Token:
@@ -37,8 +41,13 @@ def test_cancelled_timers_never_run_however_many_and_the_rest_all_do():
     n = 3000
     kept = set(range(0, n, 7))
 
+    def record(i, arg):
+        assert arg is None
+        ran.append(i)
+
     def main():
-        handles = [sched.call_at(1.0 + i / 1000, ran.append, i) for i in range(n)]
+        # made without an argument (callback(None)), the common case
+        handles = [sched.call_at(1.0 + i / 1000, functools.partial(record, i)) for i in range(n)]
         for i, handle in enumerate(handles):
             if i not in kept:
                 sched.cancel_call(handle)
@@ -97,10 +106,21 @@ def test_a_scheduler_with_only_timers_says_deadlock_only_when_no_timer_is_left()
     sched = Scheduler(workers=[TimerWorker()], clock=VirtualClock())
 
     def main():
-        from threadlib.sync import Event
         ev = Event()
         sched.call_at(5.0, lambda _: ev.set())
         yield from ev.wait()
         return threadlib.now()
 
     assert sched.run(main()) == 5.0
+
+
+def test_a_cancelled_timer_neither_moves_virtual_time_nor_hides_a_deadlock():
+    sched = Scheduler(clock=VirtualClock())
+
+    def main():
+        sched.cancel_call(sched.call_at(50.0, print))
+        with pytest.raises(RuntimeError, match="deadlock"):
+            yield from Event().wait()  # nobody will set it
+        return threadlib.now()
+
+    assert sched.run(main()) == 0.0
