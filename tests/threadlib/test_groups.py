@@ -469,7 +469,7 @@ def test_a_child_spawned_by_a_thread_outside_the_group_has_the_owner_as_parent()
     run(main())
 
 
-async def test_await_task_group_in_an_async_def_thread():
+def test_await_task_group_in_an_async_def_thread():
     async def body(g):
         g.spawn(napper, 1, [], "child")
         await threadlib.sleep(0)
