@@ -94,7 +94,7 @@ TARGETS: dict[str, list[str]] = {
     "threadlib/_kernel/clocks.py": _t("test_clocks", "test_sim", "test_scopes", "test_kernel"),
     "threadlib/_kernel/fdio.py": _t("io/test_sockio", "test_kernel", "test_net_contract"),
     "threadlib/_kernel/pollers.py": _t("io/test_sockio", "test_kernel"),
-    "threadlib/_kernel/blocking.py": _t("test_kernel", "io/test_sockio", "test_contextvars"),
+    "threadlib/_kernel/blocking.py": _t("test_blocking", "test_kernel", "io/test_sockio", "test_contextvars"),
     "threadlib/io/sockio.py": _t("io/test_sockio", "test_net_contract"),
 }
 for _path in sorted((ROOT / "iolib" / "tcp").glob("*.py")):
