@@ -426,7 +426,7 @@ def test_spawn_before_entering_or_after_the_end_says_which():
             pass
         with pytest.raises(RuntimeError, match="it has ended"):
             g.spawn(napper, 1, [], "late")
-        with pytest.raises(RuntimeError, match="entered once"):
+        with pytest.raises(RuntimeError, match="a task group is entered once"):
             async with g:
                 pass
 
