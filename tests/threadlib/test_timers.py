@@ -124,3 +124,26 @@ def test_a_cancelled_timer_neither_moves_virtual_time_nor_hides_a_deadlock():
         return threadlib.now()
 
     assert sched.run(main()) == 0.0
+
+
+def test_a_callback_that_cancels_many_timers_does_not_make_another_due_one_run_twice():
+    # Enough cancellations at once make the worker rebuild its heap, from
+    # inside the callback the worker is running.
+    sched = Scheduler(clock=VirtualClock())
+    ran = []
+
+    def main():
+        later = [sched.call_at(50.0, ran.append, ("later", i)) for i in range(2000)]
+
+        def canceller(_):
+            for handle in later[:1500]:
+                sched.cancel_call(handle)
+
+        sched.call_at(1.0, canceller)
+        sched.call_at(1.0, ran.append, "due with the canceller")
+        yield from threadlib.sleep(100)
+        return ran
+
+    ran = sched.run(main())
+    assert ran.count("due with the canceller") == 1
+    assert sorted(x for x in ran if x != "due with the canceller") == [("later", i) for i in range(1500, 2000)]
