@@ -198,10 +198,16 @@ def equivalents(doc: pathlib.Path = EQUIVALENTS_DOC) -> set[tuple[str, str, str]
 
 
 def mutated_line(diff: str) -> str:
-    """The line a mutant's diff puts in (stripped), the key of an equivalent."""
-    added = [line[1:].strip() for line in diff.splitlines()
-             if line.startswith("+") and not line.startswith("+++")]
-    return added[0] if added else ""
+    """The line a mutant's diff puts in (stripped), the key of an
+    equivalent; for a mutant that only removes (a decorator), "-" and the
+    line it removes."""
+    lines = diff.splitlines()
+    added = [line[1:].strip() for line in lines if line.startswith("+") and not line.startswith("+++")]
+    if added:
+        return added[0]
+    removed = [line[1:].strip() for line in lines
+               if line.startswith("-") and not line.startswith("---") and line[1:].strip()]
+    return "-" + removed[0] if removed else ""
 
 
 def source_digest(path: pathlib.Path) -> str:
