@@ -306,13 +306,19 @@ def test_acquire_returns_true_whether_it_waited_or_not():
 
     def release_later():
         yield from threadlib.sleep(1)
+        s.release()
+        yield from threadlib.sleep(1)
         m.release()
+        yield from threadlib.sleep(1)
         s.release()
 
     yield from threadlib.spawn(release_later())
-    assert (yield from m.acquire()) is True  # after a wait: handed over
-    assert (yield from s.acquire(timeout=5)) is True
+    assert (yield from s.acquire()) is True  # after a wait: handed over
     assert threadlib.now() == 1.0
+    assert (yield from m.acquire()) is True
+    assert threadlib.now() == 2.0
+    assert (yield from s.acquire(timeout=5)) is True
+    assert threadlib.now() == 3.0
     assert m.locked() and s.value == 0
 
 
