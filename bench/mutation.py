@@ -303,28 +303,43 @@ def run_module(module: str, timeout: float | None, keep: pathlib.Path | None,
                 stored.with_suffix(".digest").write_text(digest)
         if runner.returncode != 0:
             raise SystemExit(f"{module}: cosmic-ray exec failed ({runner.returncode})")
-        tally = Tally(module)
-        known = equivalents()
-        with use_db(str(session), WorkDB.Mode.open) as db:
-            for item, result in db.completed_work_items:
-                spec = item.mutations[0]
-                if result.worker_outcome == WorkerOutcome.SKIPPED and result.output == "not sampled":
-                    tally.not_sampled += 1
-                elif result.worker_outcome == WorkerOutcome.SKIPPED:
-                    tally.not_run += 1
-                elif result.test_outcome == TestOutcome.INCOMPETENT:
-                    tally.incompetent += 1
-                elif result.test_outcome == TestOutcome.KILLED and result.output == "timeout":
-                    tally.timeout += 1
-                    print(f"TIMEOUT {module}:{spec.start_pos[0]} {spec.operator_name}")
-                elif result.test_outcome == TestOutcome.KILLED:
-                    tally.killed += 1
-                elif (module, spec.operator_name, mutated_line(result.diff or "")) in known:
-                    tally.equivalent += 1
-                else:
-                    tally.survived += 1
-                    tally.survivors.append((f"{module}:{spec.start_pos[0]}", spec.operator_name,
-                                            result.diff or ""))
+        tally = tally_session(module, session)
+    return report(tally)
+
+
+def tally_session(module: str, session: pathlib.Path) -> Tally:
+    """Count the outcomes a session recorded (equivalents per docs/testing.md)."""
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import TestOutcome, WorkerOutcome
+
+    tally = Tally(module)
+    known = equivalents()
+    with use_db(str(session), WorkDB.Mode.open) as db:
+        for item, result in db.completed_work_items:
+            spec = item.mutations[0]
+            if result.worker_outcome == WorkerOutcome.SKIPPED and result.output == "not sampled":
+                tally.not_sampled += 1
+            elif result.worker_outcome == WorkerOutcome.SKIPPED:
+                tally.not_run += 1
+            elif result.test_outcome == TestOutcome.INCOMPETENT:
+                tally.incompetent += 1
+            elif result.test_outcome == TestOutcome.KILLED and result.output == "timeout":
+                tally.timeout += 1
+                print(f"TIMEOUT {module}:{spec.start_pos[0]} {spec.operator_name}")
+            elif result.test_outcome == TestOutcome.KILLED:
+                tally.killed += 1
+            elif (module, spec.operator_name, mutated_line(result.diff or "")) in known:
+                tally.equivalent += 1
+            else:
+                tally.survived += 1
+                tally.survivors.append((f"{module}:{spec.start_pos[0]}", spec.operator_name,
+                                        result.diff or ""))
+    return tally
+
+
+def report(tally: Tally) -> Tally:
+    """Print a module's survivors and score line."""
+    module = tally.module
     for where_, operator, diff in sorted(tally.survivors, key=lambda s: int(s[0].rsplit(":", 1)[1])):
         print(f"SURVIVED {where_} {operator}")
         print("    " + diff.strip().replace("\n", "\n    "))
@@ -361,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
                         "reused while the module is unchanged")
     parser.add_argument("--sample", type=int, help="run only this many mutants per module, a fixed "
                         "pseudo-random choice (an estimate for the big modules)")
+    parser.add_argument("--report", action="store_true",
+                        help="with --keep: run nothing, report the kept sessions of the modules named")
     parser.add_argument("--retest-survivors", action="store_true",
                         help="with --keep: run the survivors and timeouts of the kept session again")
     args = parser.parse_args(argv)
@@ -380,8 +397,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--retest-survivors needs --keep (the session whose survivors to run again)")
     if args.sample is not None and args.sample < 1:
         parser.error(f"--sample must be a positive number of mutants, got {args.sample}")
-    tallies = [run_module(module, args.timeout, args.keep, args.tests, args.retest_survivors, args.sample)
-               for module in modules]
+    if args.report:
+        if args.keep is None:
+            parser.error("--report needs --keep (the directory of the sessions)")
+        tallies = []
+        for module in modules:
+            stored = args.keep / (module.replace("/", "_") + ".sqlite")
+            if not stored.is_file():
+                parser.error(f"no kept session for {module} in {args.keep}")
+            tallies.append(report(tally_session(module, stored)))
+    else:
+        tallies = [run_module(module, args.timeout, args.keep, args.tests, args.retest_survivors,
+                              args.sample) for module in modules]
     if len(tallies) > 1:
         total = Tally("all")
         for t in tallies:
