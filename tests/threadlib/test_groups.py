@@ -497,3 +497,34 @@ def test_a_plain_body_returning_an_object_with_send_returns_it_as_is():
     finally:
         left.close()
         right.close()
+
+
+def test_a_childs_system_exit_reaches_the_owner_bare_as_the_run_ends():
+    # A SystemExit ends the run; while the scheduler winds the threads
+    # down, the group raises the child's SystemExit in its owner, not the
+    # cancellation that woke the owner.
+    seen = []
+
+    def quitter():
+        yield from threadlib.sleep(1)
+        raise SystemExit(5)
+
+    def body(g):
+        g.spawn(quitter)
+        yield from threadlib.sleep(10)
+
+    def owner():
+        try:
+            yield from threadlib.task_group(body)
+        except BaseException as exc:
+            seen.append((type(exc), getattr(exc, "code", None)))
+            raise
+
+    def main():
+        t = yield from threadlib.spawn(owner())
+        yield from t.wait()
+
+    with pytest.raises(SystemExit) as info:
+        run(main())
+    assert info.value.code == 5
+    assert seen == [(SystemExit, 5)]
