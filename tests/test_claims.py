@@ -112,3 +112,17 @@ def test_the_counts_shown_in_tcp_conformance_are_the_computed_ones():
     assert block, "tcp-conformance.md has lost its counts block"
     shown = {key: int(value) for key, value in re.findall(r"<!-- (\w+) -->(\d+)", block.group(1))}
     assert shown == computed_counts(), "update the counts block of docs/tcp-conformance.md"
+
+
+def test_the_equivalent_mutants_table_parses_and_names_modules_that_exist():
+    # bench/mutation.py reads this table to tell equivalents from survivors:
+    # a row it cannot parse, or one naming a module that is gone, would
+    # silently stop counting.
+    from bench.mutation import equivalents
+
+    rows = equivalents(TESTING)
+    assert len(rows) > 20
+    for module, operator, line in rows:
+        assert (ROOT / module).is_file(), module
+        assert operator.startswith("core/"), operator
+        assert line, (module, operator)
