@@ -140,3 +140,52 @@ def test_a_cancelled_thread_raises_thread_cancelled_to_its_joiner():
         return t.state
 
     assert run(main()) == "cancelled"
+
+
+def test_ids_are_given_in_the_order_asked_per_scheduler_and_outside_one_too():
+    def child():
+        yield from threadlib.sleep(1)
+
+    def main():
+        me = threadlib.current_thread()
+        a = yield from threadlib.spawn(child())
+        b = yield from threadlib.spawn(child())
+        # asked in the order b, main, a: numbered 1, 2, 3 in this scheduler
+        return [b.id, me.id, a.id]
+
+    assert run(main()) == [1, 2, 3]
+    assert run(main()) == [1, 2, 3]  # a fresh scheduler numbers afresh
+    # asked with no scheduler running: process-wide numbers, still distinct
+    idle = Scheduler(clock=VirtualClock())
+    unrun = [idle.spawn(child()) for _ in range(2)]
+    outside = [t.id for t in unrun]
+    assert all(isinstance(i, int) for i in outside) and len(set(outside)) == 2
+    idle.close()
+
+
+def test_cancel_can_be_awaited_from_an_async_def_thread():
+    async def victim():
+        await threadlib.sleep(10)
+
+    async def main():
+        t = await threadlib.spawn(victim())
+        await threadlib.sleep(1)
+        return await t.cancel(), t.state
+
+    assert run(main()) == (True, "cancelled")
+
+
+def test_spawning_an_object_with_send_but_no_throw_is_refused_at_the_spawn():
+    import socket
+
+    left, right = socket.socketpair()
+    try:
+        def main():
+            with pytest.raises(TypeError, match="needs a generator"):
+                yield from threadlib.spawn(left)  # a socket has send(), but is no coroutine
+            return "ok"
+
+        assert run(main()) == "ok"
+    finally:
+        left.close()
+        right.close()
