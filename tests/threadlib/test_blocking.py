@@ -55,3 +55,24 @@ def test_a_caller_that_timed_out_gets_nothing_late_and_the_pool_serves_on():
         return "ok"
 
     assert threadlib.run(main()) == "ok"
+
+
+def test_the_pool_is_busy_exactly_while_a_call_is_queued_or_running():
+    pool = BlockingPool()
+    sched = Scheduler(workers=[TimerWorker(), pool])
+    gate = threading.Event()
+    seen = []
+
+    def main():
+        seen.append(pool.busy())  # nothing asked yet
+        t = yield from threadlib.spawn(threadlib.blocking(gate.wait, 30))
+        yield from threadlib.sleep(0)
+        seen.append(pool.busy())  # running
+        gate.set()
+        yield from t.join()
+        seen.append(pool.busy())  # done
+        assert (yield from threadlib.blocking(len, "abc")) == 3
+        seen.append(pool.busy())
+        return seen
+
+    assert sched.run(main()) == [False, True, False, False]
