@@ -76,3 +76,43 @@ def test_the_pool_is_busy_exactly_while_a_call_is_queued_or_running():
         return seen
 
     assert sched.run(main()) == [False, True, False, False]
+
+
+def test_the_default_pool_has_16_threads_at_most():
+    assert BlockingPool().max_threads == 16  # as api.md documents
+    assert BlockingPool(max_threads=3).max_threads == 3
+
+
+def test_the_pools_os_threads_end_when_the_scheduler_ends():
+    before = set(threading.enumerate())
+
+    def main():
+        threads = []
+        for i in range(4):
+            threads.append((yield from threadlib.spawn(threadlib.blocking(abs, -i))))
+        return (yield from threadlib.join_all(threads))
+
+    assert threadlib.run(main()) == [0, 1, 2, 3]
+    started = [t for t in threading.enumerate() if t not in before and t.name == "threadlib-blocking"]
+    for t in started:
+        t.join(timeout=10)  # bounded: only a hang would take this long
+    assert not [t for t in started if t.is_alive()]
+
+
+def test_a_call_still_running_does_not_keep_the_process_from_exiting():
+    import subprocess
+    import sys
+
+    program = (
+        "import threading, threadlib\n"
+        "never = threading.Event()\n"
+        "def main():\n"
+        "    try:\n"
+        "        with threadlib.timeout(0.05):\n"
+        "            yield from threadlib.blocking(never.wait)\n"
+        "    except TimeoutError:\n"
+        "        print('gave up', flush=True)\n"
+        "threadlib.run(main())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (0, "gave up\n"), done.stderr
