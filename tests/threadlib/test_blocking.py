@@ -13,10 +13,12 @@ from threadlib.lowlevel import BlockingPool, Scheduler, TimerWorker
 
 def test_results_and_exceptions_come_back_to_the_caller():
     def main():
-        assert (yield from threadlib.blocking(sum, [1, 2, 3])) == 6
-        with pytest.raises(ValueError, match="'x'"):
-            yield from threadlib.blocking(int, "x")
-        assert (yield from threadlib.blocking(divmod, 7, 2)) == (3, 1)
+        # bounded: a pool that never answers fails here rather than hangs
+        with threadlib.timeout(5):
+            assert (yield from threadlib.blocking(sum, [1, 2, 3])) == 6
+            with pytest.raises(ValueError, match="'x'"):
+                yield from threadlib.blocking(int, "x")
+            assert (yield from threadlib.blocking(divmod, 7, 2)) == (3, 1)
         return "ok"
 
     assert threadlib.run(main()) == "ok"
