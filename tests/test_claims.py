@@ -40,7 +40,12 @@ def test_every_test_id_in_testing_md_collects():
 
 
 def test_every_row_of_testing_md_names_a_test_or_says_why_not():
+    section = ""
     for line in TESTING.read_text().splitlines():
+        if line.startswith("## "):
+            section = line
+        if section.startswith("## Mutation testing"):
+            continue  # its tables are scores and mutants, not claims
         if line.startswith("| ") and not line.startswith(("| claim", "|---")):
             assert (NODE_ID.search(line) or "**no test**" in line or "*rule for" in line
                     or "bench/" in line or "see the" in line), f"row without a test: {line}"
@@ -112,3 +117,17 @@ def test_the_counts_shown_in_tcp_conformance_are_the_computed_ones():
     assert block, "tcp-conformance.md has lost its counts block"
     shown = {key: int(value) for key, value in re.findall(r"<!-- (\w+) -->(\d+)", block.group(1))}
     assert shown == computed_counts(), "update the counts block of docs/tcp-conformance.md"
+
+
+def test_the_equivalent_mutants_table_parses_and_names_modules_that_exist():
+    # bench/mutation.py reads this table to tell equivalents from survivors:
+    # a row it cannot parse, or one naming a module that is gone, would
+    # silently stop counting.
+    from bench.mutation import equivalents
+
+    rows = equivalents(TESTING)
+    assert len(rows) > 20
+    for module, operator, line in rows:
+        assert (ROOT / module).is_file(), module
+        assert operator.startswith("core/"), operator
+        assert line, (module, operator)

@@ -395,3 +395,136 @@ def test_children_that_can_never_end_are_reported_as_a_deadlock_not_waited_for()
 
     with pytest.raises(RuntimeError, match="deadlock"):
         run(main())
+
+
+# --- what the mutation run of threadlib/_kernel/groups.py found unchecked -----
+
+
+def test_the_failure_group_names_the_owner_thread():
+    def body(g):
+        g.spawn(napper, 1, [], "x", fail=KeyError("boom"))
+        yield from threadlib.sleep(5)
+
+    def owner():
+        yield from threadlib.task_group(body)
+
+    def main():
+        t = yield from threadlib.spawn(owner(), name="the-owner")
+        with pytest.raises(BaseExceptionGroup, match="task group of thread the-owner: 1 failed"):
+            yield from t.join()
+
+    run(main())
+
+
+def test_spawn_before_entering_or_after_the_end_says_which():
+    g = TaskGroup()
+    with pytest.raises(RuntimeError, match="enter it first"):
+        g.spawn(napper, 1, [], "early")
+
+    async def main():
+        async with g:
+            pass
+        with pytest.raises(RuntimeError, match="it has ended"):
+            g.spawn(napper, 1, [], "late")
+        with pytest.raises(RuntimeError, match="a task group is entered once"):
+            async with g:
+                pass
+
+    run(main())
+
+
+def test_cancel_called_is_false_until_cancel():
+    async def main():
+        async with TaskGroup() as g:
+            assert g.cancel_called is False
+            g.cancel()
+            assert g.cancel_called is True
+
+    run(main())
+
+
+def test_a_child_spawned_by_a_thread_outside_the_group_has_the_owner_as_parent():
+    shared = {}
+
+    def owner():
+        # this thread spawns nothing itself before the group
+        def body(g):
+            shared["group"] = g
+            yield from threadlib.sleep(2)
+
+        yield from threadlib.task_group(body)
+
+    def outsider():
+        yield from threadlib.sleep(1)
+        child = shared["group"].spawn(napper, 0.5, [], "child")
+        return child.parent
+
+    def main():
+        o = yield from threadlib.spawn(owner())
+        x = yield from threadlib.spawn(outsider())
+        parent = yield from x.join()
+        assert parent is o
+        yield from o.join()
+
+    run(main())
+
+
+def test_await_task_group_in_an_async_def_thread():
+    async def body(g):
+        g.spawn(napper, 1, [], "child")
+        await threadlib.sleep(0)
+        return "body's result"
+
+    async def main():
+        return await threadlib.task_group(body), threadlib.now()
+
+    assert run(main()) == ("body's result", 2.0)
+
+
+def test_a_plain_body_returning_an_object_with_send_returns_it_as_is():
+    import socket
+
+    left, right = socket.socketpair()
+    try:
+        def body(g):  # a plain function: it has run when it returns
+            g.spawn(napper, 1, [], "child")
+            return left  # has send() (and no throw): not a coroutine
+
+        def main():
+            return (yield from threadlib.task_group(body))
+
+        assert run(main()) is left
+    finally:
+        left.close()
+        right.close()
+
+
+def test_a_childs_system_exit_reaches_the_owner_bare_as_the_run_ends():
+    # A SystemExit ends the run; while the scheduler winds the threads
+    # down, the group raises the child's SystemExit in its owner, not the
+    # cancellation that woke the owner.
+    seen = []
+
+    def quitter():
+        yield from threadlib.sleep(1)
+        raise SystemExit(5)
+
+    def body(g):
+        g.spawn(quitter)
+        yield from threadlib.sleep(10)
+
+    def owner():
+        try:
+            yield from threadlib.task_group(body)
+        except BaseException as exc:
+            seen.append((type(exc), getattr(exc, "code", None)))
+            raise
+
+    def main():
+        t = yield from threadlib.spawn(owner())
+        yield from t.wait()
+
+    with pytest.raises(SystemExit) as info:
+        run(main())
+    assert info.value.code == 5
+    assert seen == [(SystemExit, 5)]

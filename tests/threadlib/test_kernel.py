@@ -468,6 +468,27 @@ def test_custom_system_call_and_worker_without_editing_the_scheduler():
     assert worker.waiting == []  # the timed-out wait was withdrawn
 
 
+def test_a_worker_that_does_not_say_whether_it_is_busy_is_waited_for_not_called_a_deadlock():
+    import threading
+
+    class SilentAboutBusy(CounterWorker):
+        busy = Worker.busy  # the base class's default
+
+    worker = SilentAboutBusy()
+    # no other worker that could be busy: only the timers, with no timer set
+    sched = Scheduler(workers=[threadlib.lowlevel.TimerWorker(), worker])
+
+    @types.coroutine
+    def wait_ticket(n):
+        return (yield Ticket(n))
+
+    def main():
+        threading.Timer(0.01, os.eventfd_write, (worker.efd, 2)).start()
+        return (yield from wait_ticket(2))
+
+    assert sched.run(main()) == 2
+
+
 def test_duplicate_handler_registration_is_refused():
     class Clash(Worker):
         def attach(self, sched):

@@ -292,3 +292,188 @@ def test_many_timeouts_on_one_queue_do_not_grow_it():
         return len(q._getters._waiters)
 
     assert threadlib.run(main()) <= 128  # stale waiters are compacted away
+
+
+# --- what the mutation run of threadlib/sync.py found unchecked ---------------
+
+
+@pytest.mark.threadlib(virtual_clock=True)
+def test_acquire_returns_true_whether_it_waited_or_not():
+    m = threadlib.Mutex()
+    s = threadlib.Semaphore(1)
+    assert (yield from m.acquire()) is True
+    assert (yield from s.acquire()) is True
+
+    def release_later():
+        yield from threadlib.sleep(1)
+        s.release()
+        yield from threadlib.sleep(1)
+        m.release()
+        yield from threadlib.sleep(1)
+        s.release()
+
+    yield from threadlib.spawn(release_later())
+    assert (yield from s.acquire()) is True  # after a wait: handed over
+    assert threadlib.now() == 1.0
+    assert (yield from m.acquire()) is True
+    assert threadlib.now() == 2.0
+    assert (yield from s.acquire(timeout=5)) is True
+    assert threadlib.now() == 3.0
+    assert m.locked() and s.value == 0
+
+
+@pytest.mark.threadlib(virtual_clock=True)
+def test_acquire_with_a_timeout_gives_up_at_that_time_and_takes_nothing():
+    s = threadlib.Semaphore(0)
+    with pytest.raises(TimeoutError):
+        yield from s.acquire(timeout=2)
+    assert threadlib.now() == 2.0 and s.value == 0
+    m = threadlib.Mutex()
+    yield from m.acquire()
+    with pytest.raises(TimeoutError):
+        yield from m.acquire(timeout=3)
+    assert threadlib.now() == 5.0
+    m.release()
+    assert not m.locked()
+
+
+def test_semaphore_defaults_and_bad_values():
+    s = threadlib.Semaphore()
+    assert s.value == 1
+    s.release()  # not bounded: a release past the start value is allowed
+    assert s.value == 2
+    with pytest.raises(ValueError, match="-1"):
+        threadlib.Semaphore(-1)
+    assert threadlib.Semaphore(0).value == 0
+
+
+@pytest.mark.threadlib(virtual_clock=True)
+def test_a_bounded_semaphore_takes_back_what_was_taken_and_refuses_one_more():
+    b = threadlib.Semaphore(2, bounded=True)
+    yield from b.acquire()
+    b.release()  # back to 2: allowed
+    assert b.value == 2
+    with pytest.raises(ValueError, match="2 permits"):
+        b.release()
+    big = threadlib.Semaphore(1000, bounded=True)  # past the ints CPython caches
+    yield from big.acquire()
+    big.release()
+    with pytest.raises(ValueError, match="1000 permits"):
+        big.release()
+    assert big.value == 1000
+
+
+@pytest.mark.threadlib(virtual_clock=True)
+def test_condition_notify_wakes_one_by_default_and_n_when_asked():
+    cond = threadlib.Condition()
+    woken = []
+
+    def waiter(i):
+        yield from cond.acquire()
+        yield from cond.wait()
+        woken.append(i)
+        cond.release()
+
+    for i in range(4):
+        yield from threadlib.spawn(waiter(i))
+    yield from threadlib.sleep(1)
+    yield from cond.acquire()
+    cond.notify()
+    cond.release()
+    yield from threadlib.sleep(1)
+    assert woken == [0]
+    yield from cond.acquire()
+    cond.notify(2)
+    cond.release()
+    yield from threadlib.sleep(1)
+    assert woken == [0, 1, 2]
+    yield from cond.acquire()
+    cond.notify(10)  # more than are waiting: wakes the one left
+    cond.release()
+    yield from threadlib.sleep(1)
+    assert woken == [0, 1, 2, 3]
+
+
+@pytest.mark.threadlib(virtual_clock=True)
+async def test_every_waiting_call_of_sync_can_be_awaited():
+    ev = threadlib.Event()
+    cond = threadlib.Condition()
+    q = threadlib.Queue(1)
+    s = threadlib.Semaphore(1)
+    state = []
+
+    async def setter():
+        await threadlib.sleep(1)
+        ev.set()
+        await cond.acquire()
+        state.append("ready")
+        cond.notify_all()
+        cond.release()
+        await q.put("item")
+
+    await threadlib.spawn(setter())
+    await ev.wait(timeout=5)
+    assert ev.is_set()
+    await ev.wait()  # set: at once
+    assert (await cond.acquire()) is True
+    await cond.wait_for(lambda: state)
+    cond.release()
+    assert await q.get() == "item"
+    await q.put("again", timeout=1)
+    assert q.get_nowait() == "again"
+    assert (await s.acquire(timeout=1)) is True
+    await cond.acquire()
+    with pytest.raises(TimeoutError):
+        await cond.wait(timeout=1)
+    assert cond.mutex.locked()  # taken back after the timeout
+    cond.release()
+
+
+def test_event_set_stays_set_and_reprs_tell_the_state():
+    ev = threadlib.Event()
+    assert "clear" in repr(ev) and not ev.is_set()
+    ev.set()
+    assert ev.is_set() and "set" in repr(ev) and "clear" not in repr(ev)
+    ev.set()  # twice: still set
+    assert ev.is_set()
+    m = threadlib.Mutex()
+    assert "unlocked" in repr(m)
+    q = threadlib.Queue()
+    assert "closed" not in repr(q) and q.closed is False
+    q.close()
+    assert "closed" in repr(q) and q.closed is True
+
+
+@pytest.mark.threadlib(virtual_clock=True)
+def test_a_mutex_repr_says_locked_while_held():
+    m = threadlib.Mutex()
+    yield from m.acquire()
+    assert "unlocked" not in repr(m) and "locked" in repr(m)
+
+
+def test_queue_sizes_zero_and_negative_mean_unbounded():
+    for q in (threadlib.Queue(), threadlib.Queue(0), threadlib.Queue(-1)):
+        for i in range(1000):
+            q.put_nowait(i)
+        assert not q.full() and q.qsize() == 1000
+
+
+@pytest.mark.threadlib(virtual_clock=True)
+def test_full_counts_up_to_maxsize_and_a_full_queue_refuses_more():
+    for maxsize in (1, 3, 300):  # 300: past the ints CPython caches
+        q = threadlib.Queue(maxsize)
+        assert not q.full()
+        for i in range(maxsize - 1):
+            q.put_nowait(i)
+        assert not q.full()
+        q.put_nowait("last")
+        assert q.full() and q.qsize() == maxsize
+        with pytest.raises(threadlib.QueueFull):
+            q.put_nowait("one too many")
+        with pytest.raises(TimeoutError):
+            yield from q.put("one too many", timeout=1)
+        assert q.qsize() == maxsize
+        q.get_nowait()
+        assert not q.full()
+        yield from q.put("fits again", timeout=1)
+        assert q.full()

@@ -1141,13 +1141,13 @@ class Scheduler:
             t._wait = sc
 
     def _withdraw_park(self, t: Thread, sc: Park) -> None:
-        sc.queue._withdrawn()
+        sc.queue._withdrawn(t)
 
     def _sys_unpark(self, t: Thread, sc: Unpark) -> None:
         target = sc.thread
         if target._wait is not None and type(target._wait) is Park:
             queue = target._wait.queue
-            queue._withdrawn()
+            queue._withdrawn(target)
             self.resume(target, sc.value)
         self.resume(t)
 

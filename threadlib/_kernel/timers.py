@@ -55,8 +55,11 @@ class TimerWorker(Worker):
             self._dead += 1
             heap = self._heap
             if self._dead > 1024 and self._dead * 2 > len(heap):
-                self._heap = [e for e in heap if e[2] is not None]
-                heapq.heapify(self._heap)
+                # In place: expire() may be running the callback that
+                # cancels, popping from this very list; a new list would
+                # leave it popping (and running) entries the new one still has.
+                heap[:] = [e for e in heap if e[2] is not None]
+                heapq.heapify(heap)
                 self._dead = 0
 
     def _sleep(self, thread: Thread, sc: Sleep) -> None:

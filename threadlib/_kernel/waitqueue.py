@@ -96,12 +96,15 @@ class WaitQueue:
     def __repr__(self) -> str:
         return f"<WaitQueue waiters={len(self)}>"
 
-    def _withdrawn(self) -> None:
+    def _withdrawn(self, thread: Thread) -> None:
+        # ``thread`` still has ``_wait is park`` here (the scheduler clears
+        # it after the withdrawal), so the compaction must leave it out by
+        # name, or it would be kept and counted as live.
         self._stale += 1
         waiters = self._waiters
         if self._stale > 64 and self._stale * 2 > len(waiters):
             park = self.park
-            seen: set[int] = set()
+            seen: set[int] = {id(thread)}
             live: collections.deque[Thread] = collections.deque()
             for t in waiters:
                 if t._wait is park and id(t) not in seen:

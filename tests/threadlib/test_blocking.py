@@ -1,0 +1,120 @@
+"""The blocking pool (``threadlib.blocking``, ``BlockingPool``): results
+and exceptions come back to the caller, a scheduler waits for a pending
+call instead of calling it a deadlock, and a caller that gave up does not
+get a late result. Real OS threads; every wait is bounded."""
+
+import threading
+
+import pytest
+
+import threadlib
+from threadlib.lowlevel import BlockingPool, Scheduler, TimerWorker
+
+
+def test_results_and_exceptions_come_back_to_the_caller():
+    def main():
+        # bounded: a pool that never answers fails here rather than hangs
+        with threadlib.timeout(5):
+            assert (yield from threadlib.blocking(sum, [1, 2, 3])) == 6
+            with pytest.raises(ValueError, match="'x'"):
+                yield from threadlib.blocking(int, "x")
+            assert (yield from threadlib.blocking(divmod, 7, 2)) == (3, 1)
+        return "ok"
+
+    assert threadlib.run(main()) == "ok"
+
+
+def test_a_pending_call_is_waited_for_not_called_a_deadlock():
+    # Only the timers and the pool: while the call runs, nothing else
+    # could wake the main thread, yet the pool will.
+    sched = Scheduler(workers=[TimerWorker(), BlockingPool()])
+    gate = threading.Event()
+
+    def main():
+        threading.Timer(0.05, gate.set).start()
+        return (yield from threadlib.blocking(gate.wait, 30))
+
+    assert sched.run(main()) is True
+
+
+def test_a_caller_that_timed_out_gets_nothing_late_and_the_pool_serves_on():
+    gate = threading.Event()
+    ran = []
+
+    def slow():
+        gate.wait(30)
+        ran.append("slow ended")
+        return "late"
+
+    def main():
+        with pytest.raises(TimeoutError):
+            with threadlib.timeout(0.05):
+                yield from threadlib.blocking(slow)
+        gate.set()
+        # the next call is served (by the same or another OS thread) and
+        # gets its own result, not the late one
+        assert (yield from threadlib.blocking(str, "next")) == "next"
+        return "ok"
+
+    assert threadlib.run(main()) == "ok"
+
+
+def test_the_pool_is_busy_exactly_while_a_call_is_queued_or_running():
+    pool = BlockingPool()
+    sched = Scheduler(workers=[TimerWorker(), pool])
+    gate = threading.Event()
+    seen = []
+
+    def main():
+        seen.append(pool.busy())  # nothing asked yet
+        t = yield from threadlib.spawn(threadlib.blocking(gate.wait, 30))
+        yield from threadlib.sleep(0)
+        seen.append(pool.busy())  # running
+        gate.set()
+        yield from t.join()
+        seen.append(pool.busy())  # done
+        assert (yield from threadlib.blocking(len, "abc")) == 3
+        seen.append(pool.busy())
+        return seen
+
+    assert sched.run(main()) == [False, True, False, False]
+
+
+def test_the_default_pool_has_16_threads_at_most():
+    assert BlockingPool().max_threads == 16  # as api.md documents
+    assert BlockingPool(max_threads=3).max_threads == 3
+
+
+def test_the_pools_os_threads_end_when_the_scheduler_ends():
+    before = set(threading.enumerate())
+
+    def main():
+        threads = []
+        for i in range(4):
+            threads.append((yield from threadlib.spawn(threadlib.blocking(abs, -i))))
+        return (yield from threadlib.join_all(threads))
+
+    assert threadlib.run(main()) == [0, 1, 2, 3]
+    started = [t for t in threading.enumerate() if t not in before and t.name == "threadlib-blocking"]
+    for t in started:
+        t.join(timeout=10)  # bounded: only a hang would take this long
+    assert not [t for t in started if t.is_alive()]
+
+
+def test_a_call_still_running_does_not_keep_the_process_from_exiting():
+    import subprocess
+    import sys
+
+    program = (
+        "import threading, threadlib\n"
+        "never = threading.Event()\n"
+        "def main():\n"
+        "    try:\n"
+        "        with threadlib.timeout(0.05):\n"
+        "            yield from threadlib.blocking(never.wait)\n"
+        "    except TimeoutError:\n"
+        "        print('gave up', flush=True)\n"
+        "threadlib.run(main())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (0, "gave up\n"), done.stderr
