@@ -177,11 +177,15 @@ def _cells(row: str) -> list[str]:
     return [cell.strip().replace("\\|", "|") for cell in re.split(r"(?<!\\)\|", row.strip())[1:-1]]
 
 
-def equivalents(doc: pathlib.Path = EQUIVALENTS_DOC) -> set[tuple[str, str, str]]:
-    """(module, operator, mutated line) of the mutants docs/testing.md lists
-    as equivalent: rows of the table under the heading 'Equivalent mutants',
-    `| module:line | operator | mutated line | why |`, code in backquotes."""
-    found: set[tuple[str, str, str]] = set()
+def equivalents(doc: pathlib.Path = EQUIVALENTS_DOC) -> set[tuple[str, int, str, str]]:
+    """(module, line, operator, mutated line) of the mutants docs/testing.md
+    lists as equivalent: rows of the table under the heading 'Equivalent
+    mutants', `| module:line | operator | mutated line | why |`, code in
+    backquotes.  The line number is part of the key (one text can be
+    equivalent in one place and not in another); when the code moves, a
+    row stops matching and its mutant shows as a survivor again, which
+    errs on the safe side."""
+    found: set[tuple[str, int, str, str]] = set()
     if not doc.is_file():
         return found
     in_section = False
@@ -192,8 +196,8 @@ def equivalents(doc: pathlib.Path = EQUIVALENTS_DOC) -> set[tuple[str, str, str]
         if in_section and line.startswith("| `"):
             cells = _cells(line)
             if len(cells) >= 3:
-                module = cells[0].strip("`").rsplit(":", 1)[0]
-                found.add((module, cells[1].strip("`"), cells[2].strip("`").strip()))
+                module, line_number = cells[0].strip("`").rsplit(":", 1)
+                found.add((module, int(line_number), cells[1].strip("`"), cells[2].strip("`").strip()))
     return found
 
 
@@ -328,7 +332,7 @@ def tally_session(module: str, session: pathlib.Path) -> Tally:
                 print(f"TIMEOUT {module}:{spec.start_pos[0]} {spec.operator_name}")
             elif result.test_outcome == TestOutcome.KILLED:
                 tally.killed += 1
-            elif (module, spec.operator_name, mutated_line(result.diff or "")) in known:
+            elif (module, spec.start_pos[0], spec.operator_name, mutated_line(result.diff or "")) in known:
                 tally.equivalent += 1
             else:
                 tally.survived += 1

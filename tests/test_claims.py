@@ -127,7 +127,8 @@ def test_the_equivalent_mutants_table_parses_and_names_modules_that_exist():
 
     rows = equivalents(TESTING)
     assert len(rows) > 20
-    for module, operator, line in rows:
+    for module, line_number, operator, line in rows:
         assert (ROOT / module).is_file(), module
+        assert 0 < line_number <= len((ROOT / module).read_text().splitlines()), (module, line_number)
         assert operator.startswith("core/"), operator
         assert line, (module, operator)
