@@ -156,15 +156,11 @@ class RequestReader:
         Raises HttpError for a request that must be refused (the requests
         completed before it stay in ``complete``)."""
         at_start = not self.in_message and not self.complete  # data begins with a request line
+        upgrade_at = -1
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
-            # An Upgrade request (h2c, websocket) is served as a plain
-            # request; what follows it is parsed as the next request.
-            rest = data[upgrade.args[0]:]
-            if rest:
-                self.feed(rest)
-            return
+            upgrade_at = upgrade.args[0]
         except httptools.HttpParserCallbackError as exc:
             if isinstance(exc.__context__, HttpError):
                 raise exc.__context__ from None
@@ -175,6 +171,16 @@ class RequestReader:
             raise (_method_error(data) if at_start else HttpError(400, "malformed request line")) from None
         except httptools.HttpParserError as exc:
             raise _parse_error(exc) from None
+        if upgrade_at >= 0:
+            # An Upgrade request (h2c, websocket) is served as a plain
+            # request. httptools stops for good at one, so what follows it
+            # goes to a fresh parser, as the next request (fed outside the
+            # except clause, so that its errors chain to nothing).
+            self.parser = httptools.HttpRequestParser(self)
+            rest = data[upgrade_at:]
+            if rest:
+                self.feed(rest)
+            return
         if self.in_headers:
             self._pending_raw += len(data)
             if self._pending_raw > self._raw_limit:
