@@ -3,6 +3,7 @@ real devices in namespaces each test creates and removes."""
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 import os
@@ -185,8 +186,16 @@ def test_written_udp_datagram_arrives_at_a_kernel_socket_in_the_namespace(packet
     with TunDevice("tl0", netns=packetio_netns.name) as tun:
         def bound_socket() -> socket.socket:
             sock = socket.socket(family, socket.SOCK_DGRAM)
-            sock.bind((kernel, 0))
-            return sock
+            deadline = time.monotonic() + 10
+            while True:  # until the kernel has the address (an IPv6 one may still be settling)
+                try:
+                    sock.bind((kernel, 0))
+                    return sock
+                except OSError as exc:
+                    if exc.errno != errno.EADDRNOTAVAIL or time.monotonic() > deadline:
+                        sock.close()
+                        raise
+                time.sleep(0.02)
 
         receiver = run_in_netns(packetio_netns.name, bound_socket)
         with receiver:

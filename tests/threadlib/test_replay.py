@@ -95,7 +95,8 @@ def test_damaged_and_truncated_logs_name_the_offset(tmp_path):
     data = open(log, "rb").read()
     cut = tmp_path / "cut.tlrec"
     cut.write_bytes(data[: len(data) // 2])
-    with pytest.raises(replay.LogError, match=r"offset \d+: the log ends inside"):
+    # Cut inside a record or, as the length varies, between two: either way a LogError at an offset.
+    with pytest.raises(replay.LogError, match=r"offset \d+: the log ends (inside|without an end record)"):
         replay.replay(str(cut), replay_program.serve, port_file, "same", "2")
     bad = tmp_path / "bad.tlrec"
     bad.write_bytes(b"GARBAGE" + data[7:])
