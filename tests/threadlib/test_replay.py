@@ -175,6 +175,17 @@ def _app(args: list[str], tmp_path, banner: str) -> tuple[subprocess.Popen, int]
     return proc, int(match.group(1))
 
 
+def _echoed(port: int, payloads: list[bytes]) -> None:
+    """Send each payload to the echo service on ``port`` and check it comes back whole."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        for payload in payloads:
+            s.sendall(payload)
+            got = b""
+            while len(got) < len(payload):
+                got += s.recv(65536)
+            assert got == payload
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -211,14 +222,7 @@ def test_the_echo_server_records_and_replays(tmp_path):
     proc, port = _app(["apps.echo", "--port", str(_free_port()), "--record", log], tmp_path,
                       r"listening on 127\.0\.0\.1:(\d+)")
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-            for size in (1, 100, 70000):
-                payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
-                s.sendall(payload)
-                got = b""
-                while len(got) < size:
-                    got += s.recv(65536)
-                assert got == payload
+        _echoed(port, [bytes(range(256)) * (size // 256) + bytes(size % 256) for size in (1, 100, 70000)])
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
@@ -285,14 +289,7 @@ def test_the_proxy_records_its_copy_path_and_replays(tmp_path):
         proxy, port = _app(["apps.proxy", "--listen", f"127.0.0.1:{_free_port()}", "--target",
                             f"127.0.0.1:{target_port}", "--record", log], tmp_path, r"listening on 127\.0\.0\.1:(\d+)")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-                for size in (5, 3000, 100000):
-                    payload = bytes(i % 251 for i in range(size))
-                    s.sendall(payload)
-                    got = b""
-                    while len(got) < size:
-                        got += s.recv(65536)
-                    assert got == payload
+            _echoed(port, [bytes(i % 251 for i in range(size)) for size in (5, 3000, 100000)])
         finally:
             proxy.send_signal(signal.SIGTERM)
             assert proxy.wait(timeout=60) == 0
