@@ -502,6 +502,27 @@ class ThreadlibEventLoop(_SelectorEventLoop):  # type: ignore[misc]
         self._child_fds.clear()
         super().close()
 
+    def call_soon(self, callback: Callable[..., object], *args: Any,
+                  context: contextvars.Context | None = None) -> asyncio.Handle:
+        """asyncio's ``call_soon``. Called from a threadlib thread while the
+        loop thread waits (a connection thread starting a task, settling a
+        future), it also makes the loop thread ready: the callback runs in
+        the same pass of the scheduler, with no poll before it. Callbacks
+        scheduled by callbacks still wait for the next batch, after a poll,
+        so asyncio code cannot starve the fds."""
+        self._check_closed()
+        if self._debug:
+            self._check_thread()
+            self._check_callback(callback, "call_soon")
+        handle = events.Handle(callback, args, self, context)
+        if handle._source_traceback:
+            del handle._source_traceback[-1]
+        self._ready.append(handle)
+        worker = self._worker
+        if worker.thread is not None:
+            worker.wake()
+        return handle
+
     # -- time and timers: the scheduler's ---------------------------------------
     def time(self) -> float:
         """The scheduler's clock."""

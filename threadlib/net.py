@@ -42,10 +42,13 @@ from __future__ import annotations
 import socket
 from typing import TYPE_CHECKING, Any, Generator, Protocol, TypeVar, runtime_checkable
 
+from ._kernel import DONE
+
 if TYPE_CHECKING:
     from ssl import SSLContext  # only named in annotations: importing ssl costs every program
 
-__all__ = ["Call", "Address", "Stream", "Listener", "Network", "DatagramSocket", "DatagramNetwork"]
+__all__ = ["Call", "Address", "Stream", "Listener", "Network", "DatagramSocket", "DatagramNetwork",
+           "completed_at_call"]
 
 T_co = TypeVar("T_co", covariant=True)
 
@@ -174,3 +177,12 @@ class DatagramNetwork(Network, Protocol):
 
     def udp(self, bind: Address | None = None, family: int | None = None) -> Call[DatagramSocket]:
         """A ``DatagramSocket``, bound to ``bind`` if given."""
+
+
+def completed_at_call(call: Any) -> bool:
+    """True when ``call`` finished as it was made (``sockio``'s ``sendall``
+    when the socket took every byte at once): awaiting it would do nothing,
+    so code outside a threadlib thread (an asyncio callback) may drop it.
+    False for a call that still has to run in a thread."""
+    return type(call) is type(DONE)
+

@@ -39,6 +39,7 @@ import asyncio
 import collections
 import contextvars
 import logging
+import re
 import ssl
 import types
 import urllib.parse
@@ -50,10 +51,11 @@ import threadlib
 from threadlib import ThreadCancelled
 from threadlib.io import sockio, tls
 from threadlib.loop import ThreadlibEventLoop
+from threadlib.lowlevel import WaitQueue
 
 from .loading import AppNotFound
 from .loading import load_app as _load_app
-from threadlib.net import Network
+from threadlib.net import Network, completed_at_call
 
 from . import websocket
 from .http import REASONS, Clock, HttpError, Limits, error_response
@@ -64,6 +66,11 @@ _CLOSE = b"Connection: close\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _NO_BODY_STATUSES = frozenset((204, 304))
 _LIFESPAN_MODES = ("auto", "on", "off")
+_FORBIDDEN_IN_NAME = re.compile(rb"[\r\n: \t]")
+_FORBIDDEN_IN_VALUE = re.compile(rb"[\r\n]")
+# Response headers the server reads or replaces; any other goes out as given.
+_SERVER_OWNED = frozenset((b"content-length", b"transfer-encoding", b"connection", b"date", b"server"))
+_STATUS_LINES = {status: b"HTTP/1.1 %d %s\r\n" % (status, reason.encode()) for status, reason in REASONS.items()}
 
 
 class ClientDisconnected(OSError):
@@ -188,13 +195,15 @@ class _Exchange:
     task. The app side (``receive``, ``send``) runs in the task; the
     thread side (``next_order``, ``settle``) in the connection thread."""
 
-    def __init__(self, server: AsgiServer, request: _Request, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, server: AsgiServer, conn: Any, request: _Request, loop: asyncio.AbstractEventLoop) -> None:
         self.server = server
+        self.conn = conn
         self.request = request
         self.loop = loop
+        self.writing = False  # the connection thread is in a write (an order, or 100 Continue)
         self.head_only = request.method == b"HEAD"
         self.orders: collections.deque[tuple[Any, ...]] = collections.deque()
-        self.thread_waiter: asyncio.Future[None] | None = None  # the connection thread's wait
+        self.thread_waiters = WaitQueue()  # the connection thread, waiting for an order or the task's end
         self.app_waiter: asyncio.Future[None] | None = None  # receive's wait for body or the end
         self.read_ordered = False
         self.body_ended = False  # receive has returned more_body=False
@@ -210,9 +219,9 @@ class _Exchange:
 
     # -- the thread side ---------------------------------------------------------
     def wake_thread(self) -> None:
-        waiter = self.thread_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        # A plain call from the app's task: the thread is ready at once,
+        # with no loop callback in between.
+        self.thread_waiters.wake_one()
 
     def wake_app(self) -> None:
         waiter = self.app_waiter
@@ -269,8 +278,27 @@ class _Exchange:
             if not more:
                 self.complete = True
             if data:
+                if not self.orders and not self.writing:
+                    # The usual case: write from the task. The stream's
+                    # sendall makes its first attempt at the call, so a
+                    # response the socket takes at once costs no hand-off;
+                    # what is left (a full buffer, TLS, the user-level
+                    # stack) goes to the connection thread to finish.
+                    try:
+                        rest = self.conn.sendall(data, timeout=self.server.send_timeout)
+                    except OSError as exc:
+                        self.disconnected = True
+                        self.wake_app()
+                        raise ClientDisconnected(f"the client went away: {exc}") from None
+                    if completed_at_call(rest):
+                        if not more:
+                            self.wake_app()
+                        return
+                    order: tuple[Any, ...] = ("finish", rest)
+                else:
+                    order = ("write", data)
                 done = self.loop.create_future()
-                self.orders.append(("write", data, done))
+                self.orders.append(order + (done,))
                 self.wake_thread()
                 await done
             elif not more:
@@ -285,18 +313,23 @@ class _Exchange:
         if type(status) is not int or not 100 <= status <= 599:
             raise ValueError(f"ASGI: http.response.start status must be an int 100-599, not {status!r}")
         self.status = status
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, "").encode())]
+        lines = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, "").encode())]
         seen_date = seen_server = False
         for pair in message.get("headers", ()):
             try:
                 name, value = pair
-                name = bytes(name)
-                value = bytes(value)
+                if type(name) is not bytes:
+                    name = bytes(name)
+                if type(value) is not bytes:
+                    value = bytes(value)
             except (TypeError, ValueError):
                 raise ValueError(f"ASGI: response header {pair!r} is not a (name, value) pair of bytes") from None
-            if not name or any(c in name for c in b"\r\n: \t") or b"\r" in value or b"\n" in value:
+            if not name or _FORBIDDEN_IN_NAME.search(name) or _FORBIDDEN_IN_VALUE.search(value):
                 raise ValueError(f"ASGI: response header {name!r}: {value!r} has a forbidden character")
             lower = name.lower()
+            if lower not in _SERVER_OWNED:
+                lines.append(b"%s: %s\r\n" % (name, value))
+                continue
             if lower == b"content-length":
                 try:
                     self.declared_length = int(value)
@@ -408,7 +441,7 @@ class _WebSocket:
         self.offered = offered
         # (bytes, future settled once written or None, spawn the reader after?)
         self.orders: collections.deque[tuple[bytes, asyncio.Future[None] | None, bool]] = collections.deque()
-        self.thread_waiter: asyncio.Future[None] | None = None
+        self.thread_waiters = WaitQueue()  # the connection thread, waiting for an order or the end
         self.app_waiter: asyncio.Future[None] | None = None
         self.reader_waiter: asyncio.Future[None] | None = None
         self.inbox: collections.deque[dict[str, Any]] = collections.deque()
@@ -432,9 +465,9 @@ class _WebSocket:
 
     # -- waking the three parties ---------------------------------------------------------
     def wake_thread(self) -> None:
-        waiter = self.thread_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        # A plain call from the app's task: the thread is ready at once,
+        # with no loop callback in between.
+        self.thread_waiters.wake_one()
 
     def wake_app(self) -> None:
         waiter = self.app_waiter
@@ -860,23 +893,23 @@ class AsgiServer:
         except HttpError as error:
             yield from self._refuse(conn, error)
             return False
-        exchange = _Exchange(self, request, loop)
+        exchange = _Exchange(self, conn, request, loop)
+        # No done callback: ``_call_app`` wakes this thread in its last step
+        # (a task is only cancelled before its first step when the loop
+        # shuts down, which ends this thread too).
         task = loop.create_task(self._call_app(scope, exchange), context=contextvars.copy_context())
-        task.add_done_callback(lambda _: exchange.wake_thread())
         try:
             while True:
                 if exchange.orders:
                     order = exchange.orders.popleft()
-                    if order[0] == "write":
-                        yield from self._write(conn, exchange, order[1], order[2])
-                    else:
+                    if order[0] == "read":
                         yield from self._read_body(conn, parser, exchange)
+                    else:
+                        yield from self._write(conn, exchange, order)
                 elif task.done():
                     break
                 else:
-                    exchange.thread_waiter = loop.create_future()
-                    yield exchange.thread_waiter
-                    exchange.thread_waiter = None
+                    yield exchange.thread_waiters.park
         except ThreadCancelled:
             task.cancel()
             yield from _wait_cancelled(task)
@@ -915,6 +948,11 @@ class AsgiServer:
             log.exception("ASGI app %s raised while serving %s %s", self.app_name, request.method.decode(),
                           request.target.decode("latin-1"))
             raise
+        finally:
+            # The task's own last step: the connection thread runs next with
+            # the task already done (a done callback would cost a loop turn
+            # more; it stays for a task cancelled before it ever ran).
+            exchange.wake_thread()
 
     # -- WebSocket -----------------------------------------------------------------------
     @types.coroutine
@@ -951,24 +989,20 @@ class AsgiServer:
                     continue
                 if session.finished or session.refused or (task.done() and not session.accepted):
                     break
-                session.thread_waiter = loop.create_future()
-                try:
-                    if session.close_sent:
-                        # Our close is out: the client has this long to answer it.
-                        now = threadlib.now()
-                        if session.close_deadline is None:
-                            session.close_deadline = now + self.websocket_close_timeout
-                        if now >= session.close_deadline:
-                            break
-                        try:
-                            with threadlib.timeout(session.close_deadline - now):
-                                yield session.thread_waiter
-                        except TimeoutError:
-                            break
-                    else:
-                        yield session.thread_waiter
-                finally:
-                    session.thread_waiter = None
+                if session.close_sent:
+                    # Our close is out: the client has this long to answer it.
+                    now = threadlib.now()
+                    if session.close_deadline is None:
+                        session.close_deadline = now + self.websocket_close_timeout
+                    if now >= session.close_deadline:
+                        break
+                    try:
+                        with threadlib.timeout(session.close_deadline - now):
+                            yield session.thread_waiters.park
+                    except TimeoutError:
+                        break
+                else:
+                    yield session.thread_waiters.park
         except ThreadCancelled:
             task.cancel()
             if reader is not None:
@@ -1081,15 +1115,22 @@ class AsgiServer:
             session.lost()
 
     @types.coroutine
-    def _write(self, conn: Any, exchange: _Exchange, data: bytes, done: asyncio.Future[None]) -> Any:
+    def _write(self, conn: Any, exchange: _Exchange, order: tuple[Any, ...]) -> Any:
+        """Carry out a write order for the app: ``("write", data, done)``,
+        or ``("finish", rest, done)`` where ``rest`` is what is left of a
+        ``sendall`` the app's task began."""
+        kind, what, done = order
+        exchange.writing = True
         try:
-            yield from conn.sendall(data, timeout=self.send_timeout)
+            yield from (conn.sendall(what, timeout=self.send_timeout) if kind == "write" else what)
         except (OSError, TimeoutError) as exc:
             exchange.disconnected = True
             if not done.done():
                 done.set_exception(ClientDisconnected(f"the client went away: {exc}"))
             exchange.wake_app()
             return
+        finally:
+            exchange.writing = False
         if not done.done():
             done.set_result(None)
 
@@ -1099,7 +1140,11 @@ class AsgiServer:
         try:
             if request.expects_continue and not exchange.started:
                 request.expects_continue = False
-                yield from conn.sendall(_CONTINUE, timeout=self.send_timeout)
+                exchange.writing = True
+                try:
+                    yield from conn.sendall(_CONTINUE, timeout=self.send_timeout)
+                finally:
+                    exchange.writing = False
             while not request.body and not request.complete:
                 data = yield from conn.recv(65536, timeout=self.read_timeout)
                 if not data:
