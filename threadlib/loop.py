@@ -121,7 +121,13 @@ class _Watch:
                 self.loop._remove_writer(key.fd)
             else:
                 self.ready_append(writer)
-        self.loop._worker.wake()
+        # _LoopWorker.wake, inlined: this runs for every fd event of the loop.
+        loop = self.loop
+        worker = loop._worker
+        thread = worker.thread
+        if thread is not None and not loop._halted:
+            worker.thread = None
+            worker._sched.resume(thread)
 
 
 def _epoll_mask(events: int) -> int:
@@ -395,7 +401,13 @@ class ThreadlibEventLoop(_SelectorEventLoop):  # type: ignore[misc]
     _dormant = False
 
     def _start_on_scheduler(self) -> None:
-        self._sched.add_worker(self._worker)
+        sched = self._sched
+        sched.add_worker(self._worker)
+        if not self._hosted:
+            # Driven by run_forever, the loop's worker is always busy (see
+            # its busy()): asked first, it spares the scheduler's idle poll
+            # asking every other worker.
+            sched.workers.insert(0, sched.workers.pop())
         self._loop_thread = self._sched.spawn(self._serve(), name="asyncio-loop")
 
     @property
