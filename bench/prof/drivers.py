@@ -1,0 +1,152 @@
+"""Small in-process drivers for profiling the rows of docs/profiles.md.
+
+Each driver runs one hot path N times in this process, single-threaded, and
+prints the CPU time it took (time.process_time, not wall); run it under
+``valgrind --tool=callgrind --dump-instr=no`` or ``-m cProfile`` to see
+where the instructions go. It never compares peers and never reads the wall
+clock for a figure (the lead's bench/ suites do that).
+
+    python -m bench.prof.drivers spawn [-n 100000] [--gc default|freeze|off]
+    python -m bench.prof.drivers queue [-n 200000] [--maxsize 1]
+    python -m bench.prof.drivers echo  [-n 20000] [--flavour gen|green]
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import time
+
+
+def spawn(n: int, gc_mode: str) -> dict:
+    """Spawn n threads that each block on one Event, set it, join them all:
+    the spawn + park + wake + join cycle of bench/spawn.py, end to end."""
+    import threadlib
+
+    if gc_mode == "off":
+        gc.disable()
+
+    def waiter(ev):
+        yield from ev.wait()
+
+    def main():
+        ev = threadlib.Event()
+        c0 = time.process_time()
+        ts = []
+        append = ts.append
+        for _ in range(n):
+            append((yield from threadlib.spawn(waiter(ev))))
+        yield from threadlib.sleep(0)
+        c1 = time.process_time()
+        ev.set()
+        for t in ts:
+            yield from t.join()
+        c2 = time.process_time()
+        return {"spawn_park_us": (c1 - c0) / n * 1e6, "wake_join_us": (c2 - c1) / n * 1e6,
+                "total_us": (c2 - c0) / n * 1e6, "gc_collections": [s["collections"] for s in gc.get_stats()]}
+
+    return threadlib.run(main())
+
+
+def queue(n: int, maxsize: int) -> dict:
+    """A producer puts n items into a Queue(maxsize), a consumer gets them."""
+    import threadlib
+
+    def producer(q):
+        put = q.put
+        for i in range(n):
+            yield from put(i)
+
+    def consumer(q):
+        get = q.get
+        for _ in range(n):
+            yield from get()
+
+    def main():
+        q = threadlib.Queue(maxsize)
+        c0 = time.process_time()
+        ts = [(yield from threadlib.spawn(producer(q))), (yield from threadlib.spawn(consumer(q)))]
+        for t in ts:
+            yield from t.join()
+        return {"handoff_us": (time.process_time() - c0) / n * 1e6}
+
+    return threadlib.run(main())
+
+
+def echo(n: int, flavour: str) -> dict:
+    """n 64-byte round trips over one socketpair: a client thread sends and
+    reads back, an echo thread reads and sends (generator threads, or the
+    greenlet frontend's blocking calls on the same runtime)."""
+    import threadlib
+    from threadlib.io import sockio
+
+    a, b = sockio.socketpair()
+    msg = b"x" * 64
+
+    if flavour == "gen":
+        def server(s):
+            for _ in range(n):
+                data = yield from s.recv(65536)
+                yield from s.sendall(data)
+
+        def client(s):
+            for _ in range(n):
+                yield from s.sendall(msg)
+                got = 0
+                while got < len(msg):
+                    got += len((yield from s.recv(65536)))
+
+        def main():
+            c0 = time.process_time()
+            ts = [(yield from threadlib.spawn(server(b))), (yield from threadlib.spawn(client(a)))]
+            for t in ts:
+                yield from t.join()
+            return {"round_trip_us": (time.process_time() - c0) / n * 1e6}
+
+        return threadlib.run(main())
+
+    from threadlib.frontends import green
+    gs, ga = green.wrap(b), green.wrap(a)
+
+    def gserver():
+        for _ in range(n):
+            gs.sendall(gs.recv(65536))
+
+    def gclient():
+        for _ in range(n):
+            ga.sendall(msg)
+            got = 0
+            while got < len(msg):
+                got += len(ga.recv(65536))
+
+    def gmain():
+        c0 = time.process_time()
+        ts = [green.spawn(gserver), green.spawn(gclient)]
+        for t in ts:
+            green.join(t)
+        return {"round_trip_us": (time.process_time() - c0) / n * 1e6}
+
+    return green.run(gmain)
+
+
+def main(argv: list[str]) -> None:
+    p = argparse.ArgumentParser(prog="bench.prof.drivers")
+    p.add_argument("what", choices=("spawn", "queue", "echo"))
+    p.add_argument("-n", type=int, default=0)
+    p.add_argument("--gc", default="default", choices=("default", "off"))
+    p.add_argument("--maxsize", type=int, default=1)
+    p.add_argument("--flavour", default="gen", choices=("gen", "green"))
+    a = p.parse_args(argv)
+    if a.what == "spawn":
+        r = spawn(a.n or 100_000, a.gc)
+    elif a.what == "queue":
+        r = queue(a.n or 200_000, a.maxsize)
+    else:
+        r = echo(a.n or 20_000, a.flavour)
+    from threadlib._kernel.compiled import COMPILED
+    r["compiled"] = COMPILED
+    print(r)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
