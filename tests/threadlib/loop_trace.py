@@ -81,7 +81,51 @@ def misuses():
         trace.append(f"worker error: {type(exc.__cause__).__name__}")
 
 
+def parks():
+    """Waits in wait queues: the compiled loop serves a plain Park itself,
+    and hands one with a scope or a pending cancel to _sys_park."""
+    q = threadlib.Queue(maxsize=1)
+    ev = threadlib.Event()
+
+    def producer():
+        for i in range(4):
+            yield from q.put(i)
+            trace.append(f"put {i}")
+
+    def consumer():
+        for _ in range(4):
+            trace.append(f"got {(yield from q.get())}")
+
+    def waiter(tag):
+        yield from ev.wait()
+        trace.append(f"{tag} woke")
+
+    def times_out():
+        try:
+            yield from q.get(timeout=0.25)
+        except TimeoutError:
+            trace.append("get timed out")
+
+    ts = [(yield from threadlib.spawn(consumer())), (yield from threadlib.spawn(producer()))]
+    for tag in ("e1", "e2"):
+        ts.append((yield from threadlib.spawn(waiter(tag))))
+    yield from threadlib.join_all(ts[:2])
+    ev.set()
+    yield from threadlib.join_all(ts[2:])
+    yield from (yield from threadlib.spawn(times_out())).join()
+    parked = yield from threadlib.spawn(q.get())
+    yield from threadlib.sleep(0)
+    trace.append(f"cancel parked getter -> {(yield from parked.cancel())}")
+    ready = yield from threadlib.spawn(q.get())  # cancelled before it runs: pending at its park
+    trace.append(f"cancel ready getter -> {(yield from ready.cancel())} {ready.state}")
+    late = yield from threadlib.spawn(q.get())
+    yield from threadlib.sleep(0)
+    q.put_nowait("handed")
+    trace.append(f"parked getter got {(yield from late.join())!r}")
+
+
 def main():
+    yield from parks()
     a = yield from threadlib.spawn(pinger("a", 3))
     b = yield from threadlib.spawn(pinger("b", 2))
     f = yield from threadlib.spawn(fails(2))

@@ -21,6 +21,11 @@
  * closed), never remembered: a remembered number could name another file
  * by the next call.
  *
+ * The loop serves the commonest wait itself: a Park whose handler is the
+ * scheduler's own _sys_park, with no interrupt pending and no cancel scope
+ * (the body of _sys_park for that case, written out; every other Park
+ * calls it).
+ *
  * And record/replay's recording socket calls (rec_recv, rec_recv_into,
  * rec_send): the same calls, each also appending its record to the log
  * buffer a recording gives (threadlib/replay/sockets.py is their
@@ -52,6 +57,12 @@ static PyObject *yield_singleton;      /* syscalls.YIELD */
 static PyObject *pending_interrupt;    /* scheduler._PendingInterrupt */
 static PyObject *mark_retrieved;       /* threads.mark_retrieved */
 static PyTypeObject *thread_type;      /* threads.Thread */
+/* Set by configure_park(): a Park served by the scheduler's own _sys_park
+ * (its handler unchanged) is served here without calling it. */
+static PyTypeObject *park_type;        /* syscalls.Park */
+static PyTypeObject *waitqueue_type;   /* waitqueue.WaitQueue */
+static PyObject *sys_park_func;        /* Scheduler._sys_park, the function */
+static Py_ssize_t off_park_queue, off_wq_sched, off_wq_waiters;
 
 /* Byte offsets of Thread's __slots__ _coro, _value and _exc: read and written
  * directly, as the interpreter's own slot access does. */
@@ -60,6 +71,8 @@ static Py_ssize_t off_coro, off_value, off_exc, off_wait, off_scope;
 static PyObject *s_ready, *s_handlers, *s_pending, *s_base, *s_twin, *s_current, *s_finish,
     *s_rebase, *s_unknown_call, *s_interrupted_wait, *s_worker_failed, *s_popleft, *s_append,
     *s_throw, *s_exc, *s_value, *s_coro_slot, *s_value_slot, *s_exc_slot, *s_fileno;
+
+static int slot_offset(PyTypeObject *type, const char *name, Py_ssize_t *offset);
 
 /* A slot of a Thread: a new reference, or NULL with AttributeError when it
  * is unset (as Python's own access would raise). */
@@ -128,6 +141,44 @@ thread_ended(PyObject *sched, PyObject *t, PyObject *retval, PyObject *exc, PyOb
         *stop = Py_NewRef(exc);
         return 0;
     }
+    return 1;
+}
+
+/* Scheduler._sys_park for its common case, written out: ``handler`` is the
+ * scheduler's own _sys_park, no interrupt is pending and t has no cancel
+ * scope (else 0: call the handler). Does what _sys_park does there: the
+ * queue learns its scheduler, t joins its waiters, t waits in sc. Returns 1
+ * when served, 0 when the handler must be called, -1 on error (nothing
+ * done). */
+static int
+park_inline(PyObject *sched, PyObject *handler, PyObject *pending, PyObject *t, PyObject *sc)
+{
+    if (park_type == NULL || !Py_IS_TYPE(sc, park_type) || !PyMethod_Check(handler) ||
+        PyMethod_GET_FUNCTION(handler) != sys_park_func || PyMethod_GET_SELF(handler) != sched ||
+        PyDict_GET_SIZE(pending) || *(PyObject **)((char *)t + off_scope) != Py_None) {
+        return 0;
+    }
+    PyObject *queue = *(PyObject **)((char *)sc + off_park_queue);
+    if (queue == NULL || !Py_IS_TYPE(queue, waitqueue_type)) {
+        return 0;
+    }
+    PyObject *waiters = *(PyObject **)((char *)queue + off_wq_waiters);
+    if (waiters == NULL) {
+        return 0;
+    }
+    Py_INCREF(waiters);
+    PyObject *r = PyObject_CallMethodOneArg(waiters, s_append, t);
+    Py_DECREF(waiters);
+    if (r == NULL) {
+        return -1;
+    }
+    Py_DECREF(r);
+    /* _sys_park sets _sched first; nothing reads it in between. */
+    PyObject **sched_slot = (PyObject **)((char *)queue + off_wq_sched);
+    if (*sched_slot != sched) {
+        Py_XSETREF(*sched_slot, Py_NewRef(sched));
+    }
+    slot_set(t, off_wait, sc);
     return 1;
 }
 
@@ -283,8 +334,9 @@ run_ready(PyObject *module, PyObject *sched)
         }
         else {
             Py_INCREF(handler);
+            int parked = park_inline(sched, handler, pending, t, sc);
             PyObject *args[2] = {t, sc};
-            r = PyObject_Vectorcall(handler, args, 2, NULL);
+            r = parked > 0 ? Py_NewRef(Py_None) : parked < 0 ? NULL : PyObject_Vectorcall(handler, args, 2, NULL);
             Py_DECREF(handler);
             if (r == NULL) {
                 PyObject *failure = take_exception();
@@ -1136,6 +1188,25 @@ configure(PyObject *module, PyObject *args)
     Py_RETURN_NONE;
 }
 
+static PyObject *
+configure_park(PyObject *module, PyObject *args)
+{
+    PyObject *park, *waitqueue, *func;
+    if (!PyArg_ParseTuple(args, "O!O!O!:configure_park", &PyType_Type, &park, &PyType_Type, &waitqueue,
+                          &PyFunction_Type, &func)) {
+        return NULL;
+    }
+    if (slot_offset((PyTypeObject *)park, "queue", &off_park_queue) < 0 ||
+        slot_offset((PyTypeObject *)waitqueue, "_sched", &off_wq_sched) < 0 ||
+        slot_offset((PyTypeObject *)waitqueue, "_waiters", &off_wq_waiters) < 0) {
+        return NULL;
+    }
+    Py_XSETREF(waitqueue_type, (PyTypeObject *)Py_NewRef(waitqueue));
+    Py_XSETREF(sys_park_func, Py_NewRef(func));
+    Py_XSETREF(park_type, (PyTypeObject *)Py_NewRef(park));
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"run_ready", run_ready, METH_O,
      "run_ready(scheduler) -> bool: Scheduler._run_ready, compiled (see scheduler.py)."},
@@ -1155,6 +1226,8 @@ static PyMethodDef methods[] = {
      "rec_handler(log, ready, start, tid, index) -> bool: a HANDLER record, if its wakes are simple."},
     {"rec_poll", (PyCFunction)(void (*)(void))rec_poll, METH_FASTCALL,
      "rec_poll(log, ready, start, now) -> bool: a POLL record, if its wakes are simple."},
+    {"configure_park", configure_park, METH_VARARGS,
+     "configure_park(Park, WaitQueue, Scheduler._sys_park): what run_ready needs to serve a Park itself."},
     {"configure", configure, METH_VARARGS,
      "configure(YIELD, _PendingInterrupt, mark_retrieved, Thread): the objects run_ready needs."},
     {NULL, NULL, 0, NULL},

@@ -1193,3 +1193,7 @@ class _Drain:
 
 if _speedups is not None:
     _speedups.configure(YIELD, _PendingInterrupt, mark_retrieved, Thread)
+    # The compiled loop serves a Park itself while _handlers[Park] is this
+    # scheduler's own _sys_park (its common case, written out in C).
+    from .waitqueue import WaitQueue
+    _speedups.configure_park(Park, WaitQueue, Scheduler._sys_park)
