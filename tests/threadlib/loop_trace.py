@@ -124,8 +124,53 @@ def parks():
     trace.append(f"parked getter got {(yield from late.join())!r}")
 
 
+def socket_waits():
+    """Waits to read: the compiled loop serves a plain WaitRead on a known
+    fd itself (a reader waits; events that came while nobody waited resume
+    at once) and hands the rest to IOWorker._wait_read (a first wait on an
+    fd, a second reader, a timeout, a cancel)."""
+    from threadlib.io import sockio
+
+    a, b = sockio.socketpair()
+
+    def echo(n):
+        for _ in range(n):
+            data = yield from b.recv(100)
+            yield from b.sendall(data.upper())
+
+    e = yield from threadlib.spawn(echo(3))
+    for word in (b"one", b"two"):
+        yield from a.sendall(word)
+        trace.append(f"echoed {(yield from a.recv(100))!r}")
+
+    # The last read was short, so the next one waits first; the answer
+    # comes while nobody waits: the wait finds its events already there.
+    yield from a.sendall(b"three")
+    yield from e.join()
+    yield from threadlib.sleep(0.25)  # a poll records the answer's events: nobody waits on a
+    trace.append(f"echoed {(yield from a.recv(100))!r}")
+
+    def second_reader():
+        try:
+            yield from a.recv(100)
+        except RuntimeError as exc:
+            trace.append(f"second reader refused: {'already has a reader waiting' in str(exc)}")
+
+    first = yield from threadlib.spawn(a.recv(100))
+    yield from threadlib.spawn(second_reader())
+    yield from threadlib.sleep(0)
+    trace.append(f"cancel waiting reader -> {(yield from first.cancel())}")
+    try:
+        yield from a.recv(100, timeout=0.25)
+    except TimeoutError:
+        trace.append("recv timed out")
+    a.close()
+    b.close()
+
+
 def main():
     yield from parks()
+    yield from socket_waits()
     a = yield from threadlib.spawn(pinger("a", 3))
     b = yield from threadlib.spawn(pinger("b", 2))
     f = yield from threadlib.spawn(fails(2))

@@ -21,10 +21,11 @@
  * closed), never remembered: a remembered number could name another file
  * by the next call.
  *
- * The loop serves the commonest wait itself: a Park whose handler is the
- * scheduler's own _sys_park, with no interrupt pending and no cancel scope
- * (the body of _sys_park for that case, written out; every other Park
- * calls it).
+ * The loop serves the commonest waits itself: a Park whose handler is the
+ * scheduler's own _sys_park, and a WaitRead whose handler is the IO
+ * worker's own _wait_read on an fd it has a record for, with no interrupt
+ * pending and no cancel scope (the handlers' bodies for that case, written
+ * out; every other case calls the handler).
  *
  * And record/replay's recording socket calls (rec_recv, rec_recv_into,
  * rec_send): the same calls, each also appending its record to the log
@@ -63,6 +64,15 @@ static PyTypeObject *park_type;        /* syscalls.Park */
 static PyTypeObject *waitqueue_type;   /* waitqueue.WaitQueue */
 static PyObject *sys_park_func;        /* Scheduler._sys_park, the function */
 static Py_ssize_t off_park_queue, off_wq_sched, off_wq_waiters;
+/* And a WaitRead served by IOWorker._wait_read (fdio.py), its handler
+ * unchanged: served here when the fd's record is the compiled FdWaiters. */
+static PyTypeObject *waitread_type;    /* syscalls.WaitRead */
+static PyObject *wait_read_func;       /* fdio.IOWorker._wait_read, the function */
+static Py_ssize_t off_waitread_fd;
+static PyObject *one;                  /* the int 1 */
+static PyObject *s_fds;
+static int wait_read_inline(PyObject *handler, PyObject *pending, PyObject *append, PyObject *t,
+                            PyObject *sc);
 
 /* Byte offsets of Thread's __slots__ _coro, _value and _exc: read and written
  * directly, as the interpreter's own slot access does. */
@@ -335,6 +345,9 @@ run_ready(PyObject *module, PyObject *sched)
         else {
             Py_INCREF(handler);
             int parked = park_inline(sched, handler, pending, t, sc);
+            if (parked == 0) {
+                parked = wait_read_inline(handler, pending, append, t, sc);
+            }
             PyObject *args[2] = {t, sc};
             r = parked > 0 ? Py_NewRef(Py_None) : parked < 0 ? NULL : PyObject_Vectorcall(handler, args, 2, NULL);
             Py_DECREF(handler);
@@ -784,6 +797,8 @@ typedef struct {
     PyObject *worker;       /* the IOWorker: its `waiting` count */
 } FdWaiters;
 
+static PyTypeObject FdWaitersType;
+
 /* The threads ready[start:] as a record's wake list, for the common case:
  * each woken with None or an int and no exception. rec_handler(log, ready,
  * start, tid, index) writes a HANDLER record and rec_poll(log, ready, start,
@@ -1073,6 +1088,77 @@ fdwaiters_on_events(FdWaiters *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+/* IOWorker._wait_read for its common case, written out: ``handler`` is the
+ * worker's own _wait_read, no interrupt is pending, t has no cancel scope,
+ * and the fd already has its FdWaiters record with no reader (else 0: call
+ * the handler, which also makes records and refuses a second reader).
+ * Events that came while nobody waited resume t at once, as the handler's
+ * sched.resume does; otherwise t becomes the fd's reader and waits in sc.
+ * Returns 1 when served, 0 when the handler must be called, -1 on error. */
+static int
+wait_read_inline(PyObject *handler, PyObject *pending, PyObject *append, PyObject *t, PyObject *sc)
+{
+    if (waitread_type == NULL || !Py_IS_TYPE(sc, waitread_type) || !PyMethod_Check(handler) ||
+        PyMethod_GET_FUNCTION(handler) != wait_read_func || PyDict_GET_SIZE(pending) ||
+        *(PyObject **)((char *)t + off_scope) != Py_None) {
+        return 0;
+    }
+    PyObject *fd = *(PyObject **)((char *)sc + off_waitread_fd);
+    if (fd == NULL) {
+        return 0;
+    }
+    PyObject *worker = PyMethod_GET_SELF(handler);
+    PyObject *fds = PyObject_GetAttr(worker, s_fds);
+    if (fds == NULL) {
+        return -1;
+    }
+    PyObject *rec = PyDict_CheckExact(fds) ? PyDict_GetItemWithError(fds, fd) : NULL;
+    Py_XINCREF(rec);
+    Py_DECREF(fds);
+    if (rec == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    FdWaiters *w = (FdWaiters *)rec;
+    int served = 0;
+    if (!Py_IS_TYPE(rec, &FdWaitersType) || w->reader != Py_None) {
+        goto out;
+    }
+    if (w->read_ready) {
+        PyObject *events = PyLong_FromLong(w->read_ready);
+        if (events == NULL) {
+            served = -1;
+            goto out;
+        }
+        w->read_ready = 0;
+        slot_set(t, off_value, events);
+        Py_DECREF(events);
+        slot_set(t, off_wait, Py_None);
+        PyObject *r = PyObject_CallOneArg(append, t);
+        if (r == NULL) {
+            served = -1;
+            goto out;
+        }
+        Py_DECREF(r);
+        served = 1;
+        goto out;
+    }
+    PyObject *waiting = PyObject_GetAttr(worker, s_waiting);
+    PyObject *more = waiting ? PyNumber_Add(waiting, one) : NULL;
+    Py_XDECREF(waiting);
+    if (more == NULL || PyObject_SetAttr(worker, s_waiting, more) < 0) {
+        Py_XDECREF(more);
+        served = -1;
+        goto out;
+    }
+    Py_DECREF(more);
+    Py_SETREF(w->reader, Py_NewRef(t));
+    slot_set(t, off_wait, sc);
+    served = 1;
+out:
+    Py_DECREF(rec);
+    return served;
+}
+
 static int
 fdwaiters_set_thread(PyObject **field, PyObject *value)
 {
@@ -1189,21 +1275,27 @@ configure(PyObject *module, PyObject *args)
 }
 
 static PyObject *
-configure_park(PyObject *module, PyObject *args)
+configure_waits(PyObject *module, PyObject *args)
 {
-    PyObject *park, *waitqueue, *func;
-    if (!PyArg_ParseTuple(args, "O!O!O!:configure_park", &PyType_Type, &park, &PyType_Type, &waitqueue,
-                          &PyFunction_Type, &func)) {
+    PyObject *park, *waitqueue, *func, *waitread, *read_func;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!O!:configure_waits", &PyType_Type, &park, &PyType_Type, &waitqueue,
+                          &PyFunction_Type, &func, &PyType_Type, &waitread, &PyFunction_Type, &read_func)) {
         return NULL;
     }
     if (slot_offset((PyTypeObject *)park, "queue", &off_park_queue) < 0 ||
         slot_offset((PyTypeObject *)waitqueue, "_sched", &off_wq_sched) < 0 ||
-        slot_offset((PyTypeObject *)waitqueue, "_waiters", &off_wq_waiters) < 0) {
+        slot_offset((PyTypeObject *)waitqueue, "_waiters", &off_wq_waiters) < 0 ||
+        slot_offset((PyTypeObject *)waitread, "fd", &off_waitread_fd) < 0) {
+        return NULL;
+    }
+    if (one == NULL && (one = PyLong_FromLong(1)) == NULL) {
         return NULL;
     }
     Py_XSETREF(waitqueue_type, (PyTypeObject *)Py_NewRef(waitqueue));
     Py_XSETREF(sys_park_func, Py_NewRef(func));
     Py_XSETREF(park_type, (PyTypeObject *)Py_NewRef(park));
+    Py_XSETREF(wait_read_func, Py_NewRef(read_func));
+    Py_XSETREF(waitread_type, (PyTypeObject *)Py_NewRef(waitread));
     Py_RETURN_NONE;
 }
 
@@ -1226,8 +1318,9 @@ static PyMethodDef methods[] = {
      "rec_handler(log, ready, start, tid, index) -> bool: a HANDLER record, if its wakes are simple."},
     {"rec_poll", (PyCFunction)(void (*)(void))rec_poll, METH_FASTCALL,
      "rec_poll(log, ready, start, now) -> bool: a POLL record, if its wakes are simple."},
-    {"configure_park", configure_park, METH_VARARGS,
-     "configure_park(Park, WaitQueue, Scheduler._sys_park): what run_ready needs to serve a Park itself."},
+    {"configure_waits", configure_waits, METH_VARARGS,
+     "configure_waits(Park, WaitQueue, Scheduler._sys_park, WaitRead, IOWorker._wait_read): what run_ready "
+     "needs to serve a Park and a WaitRead itself."},
     {"configure", configure, METH_VARARGS,
      "configure(YIELD, _PendingInterrupt, mark_retrieved, Thread): the objects run_ready needs."},
     {NULL, NULL, 0, NULL},
@@ -1263,6 +1356,7 @@ PyInit__speedups(void)
     INTERN(s_value_slot, "_value");
     INTERN(s_exc_slot, "_exc");
     INTERN(s_fileno, "fileno");
+    INTERN(s_fds, "_fds");
     INTERN(s_waiting, "waiting");
     INTERN(s_resume, "resume");
     INTERN(s_modify_fd, "modify_fd");

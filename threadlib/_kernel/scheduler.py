@@ -1193,7 +1193,9 @@ class _Drain:
 
 if _speedups is not None:
     _speedups.configure(YIELD, _PendingInterrupt, mark_retrieved, Thread)
-    # The compiled loop serves a Park itself while _handlers[Park] is this
-    # scheduler's own _sys_park (its common case, written out in C).
+    # The compiled loop serves a Park and a WaitRead itself while their
+    # handlers are this scheduler's own _sys_park and the IO worker's own
+    # _wait_read (their common cases, written out in C).
+    from ..syscalls import WaitRead
     from .waitqueue import WaitQueue
-    _speedups.configure_park(Park, WaitQueue, Scheduler._sys_park)
+    _speedups.configure_waits(Park, WaitQueue, Scheduler._sys_park, WaitRead, IOWorker._wait_read)
