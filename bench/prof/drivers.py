@@ -9,6 +9,8 @@ clock for a figure (the lead's bench/ suites do that).
     python -m bench.prof.drivers spawn [-n 100000] [--gc default|freeze|off]
     python -m bench.prof.drivers queue [-n 200000] [--maxsize 1]
     python -m bench.prof.drivers echo  [-n 20000] [--flavour gen|green]
+    python -m bench.prof.drivers disk  [-n 20000] [--threads 128] [--file /var/tmp/prof6-disk]
+    python -m bench.prof.drivers splice [-n 256]   (MiB through a loopback TCP splice hop)
 """
 from __future__ import annotations
 
@@ -129,9 +131,97 @@ def echo(n: int, flavour: str) -> dict:
     return green.run(gmain)
 
 
+def disk(n: int, threads: int, path: str) -> dict:
+    """n random 4 KiB O_DIRECT reads of a 64 MiB file by ``threads``
+    threads through threadlib.io.fileio (bench/disk_bench.py's threadlib
+    peer, bounded by a count instead of a time; the file is made once)."""
+    import os
+    import random
+
+    import threadlib
+    from threadlib.io import fileio
+
+    size = 64 << 20
+    if not os.path.exists(path) or os.path.getsize(path) != size:
+        with open(path, "wb") as out:
+            out.write(os.urandom(size))
+    blocks = size // 4096
+    per_thread = n // threads
+
+    def reader(f, seed):
+        rnd = random.Random(seed).randrange
+        pread = f.pread
+        for _ in range(per_thread):
+            yield from pread(4096, rnd(blocks) * 4096)
+
+    def main():
+        f = yield from fileio.open(path)
+        if not f.direct:
+            raise RuntimeError("fileio fell back to the blocking pool (no O_DIRECT or no AIO here)")
+        c0 = time.process_time()
+        ts = []
+        for i in range(threads):
+            ts.append((yield from threadlib.spawn(reader(f, i))))
+        yield from threadlib.join_all(ts)
+        c1 = time.process_time()
+        yield from f.close()
+        return {"cpu_us_per_read": (c1 - c0) / (per_thread * threads) * 1e6, "reads": per_thread * threads}
+
+    return threadlib.run(main())
+
+
+def splice_hop(mib: int) -> dict:
+    """mib MiB from a sender thread through threadlib.io.splice.splice (one
+    loopback TCP connection in, one out) to a reader thread: the proxy
+    hop of bench/proxy_bench.py, in one process; the CPU (process_time) is
+    that of all three threads."""
+    import threadlib
+    from threadlib.io import sockio
+    from threadlib.io import splice as splicing
+
+    chunk = b"x" * (1 << 20)
+
+    def pair():
+        listener = yield from sockio.listen(("127.0.0.1", 0))
+        client = yield from sockio.connect(listener.address)
+        server, _ = yield from listener.accept()
+        listener.close()
+        return client, server
+
+    def sender(conn):
+        for _ in range(mib):
+            yield from conn.sendall(chunk)
+        conn.shutdown()
+
+    def sink(conn):
+        got = 0
+        buf = bytearray(1 << 20)
+        while True:
+            n = yield from conn.recv_into(buf)
+            if not n:
+                return got
+            got += n
+
+    def main():
+        (src_out, src_in), (dst_out, dst_in) = (yield from pair()), (yield from pair())
+        c0 = time.process_time()
+        ts = [(yield from threadlib.spawn(sender(src_out))), (yield from threadlib.spawn(sink(dst_in)))]
+        moved = yield from splicing.splice(src_in, dst_out, half_close=True)
+        got = (yield from threadlib.join_all(ts))[1]
+        c1 = time.process_time()
+        for c in (src_out, src_in, dst_out, dst_in):
+            c.close()
+        assert moved == got == mib << 20, (moved, got)
+        return {"cpu_s_per_gb": (c1 - c0) / (mib / 1024), "zero_copy": splicing.zero_copy(src_in, dst_out)}
+
+    return threadlib.run(main())
+
+
 def main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(prog="bench.prof.drivers")
-    p.add_argument("what", choices=("spawn", "queue", "echo"))
+    p.add_argument("what", choices=("spawn", "queue", "echo", "disk", "splice"))
+    p.add_argument("--threads", type=int, default=128)
+    p.add_argument("--file", default="/var/tmp/prof6-disk")
     p.add_argument("-n", type=int, default=0)
     p.add_argument("--gc", default="default", choices=("default", "off"))
     p.add_argument("--maxsize", type=int, default=1)
@@ -141,8 +231,12 @@ def main(argv: list[str]) -> None:
         r = spawn(a.n or 100_000, a.gc)
     elif a.what == "queue":
         r = queue(a.n or 200_000, a.maxsize)
-    else:
+    elif a.what == "echo":
         r = echo(a.n or 20_000, a.flavour)
+    elif a.what == "disk":
+        r = disk(a.n or 20_000, a.threads, a.file)
+    else:
+        r = splice_hop(a.n or 256)
     from threadlib._kernel.compiled import COMPILED
     r["compiled"] = COMPILED
     print(r)
