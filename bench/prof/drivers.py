@@ -11,6 +11,8 @@ clock for a figure (the lead's bench/ suites do that).
     python -m bench.prof.drivers echo  [-n 20000] [--flavour gen|green]
     python -m bench.prof.drivers disk  [-n 20000] [--threads 128] [--file /var/tmp/prof6-disk]
     python -m bench.prof.drivers splice [-n 256]   (MiB through a loopback TCP splice hop)
+    python -m cProfile -s tottime -m bench.prof.drivers http_user [-n 3] (seconds of wrk -c10 against
+        apps.webserver on the user-level stack over TUN, in a namespace it makes; needs root, wrk)
 """
 from __future__ import annotations
 
@@ -217,9 +219,28 @@ def splice_hop(mib: int) -> dict:
     return threadlib.run(main())
 
 
+def http_user(seconds: int) -> dict:
+    """apps.webserver on tcpsockio (the user-level stack) over a TUN link in
+    a throw-away namespace, wrk -c10 for ``seconds`` from the namespace's
+    kernel side, GET /1k.txt: usertcp_bench's http row, small, to profile
+    the server process (run this under cProfile)."""
+    import tempfile
+
+    from bench import usertcp_bench as U
+
+    with tempfile.TemporaryDirectory() as root:
+        with open(f"{root}/1k.txt", "wb") as f:
+            f.write(b"x" * 1024)
+        cpu0 = time.process_time()
+        res = U.user_http(seconds, 10, root)
+        res["process_cpu_s"] = time.process_time() - cpu0
+        res["cpu_us_per_request"] = res["process_cpu_s"] * 1e6 / max(1, res["req_s"] * seconds)
+        return res
+
+
 def main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(prog="bench.prof.drivers")
-    p.add_argument("what", choices=("spawn", "queue", "echo", "disk", "splice"))
+    p.add_argument("what", choices=("spawn", "queue", "echo", "disk", "splice", "http_user"))
     p.add_argument("--threads", type=int, default=128)
     p.add_argument("--file", default="/var/tmp/prof6-disk")
     p.add_argument("-n", type=int, default=0)
@@ -235,8 +256,10 @@ def main(argv: list[str]) -> None:
         r = echo(a.n or 20_000, a.flavour)
     elif a.what == "disk":
         r = disk(a.n or 20_000, a.threads, a.file)
-    else:
+    elif a.what == "splice":
         r = splice_hop(a.n or 256)
+    else:
+        r = http_user(a.n or 3)
     from threadlib._kernel.compiled import COMPILED
     r["compiled"] = COMPILED
     print(r)
