@@ -17,9 +17,13 @@ The cost, and what it must never do: cyclic garbage among frozen objects
 so memory can stay near the burst's peak that long; freeze and unfreeze are
 O(1) list splices, and the first full collection after a thaw walks the
 thawed objects once (a pause an unfrozen heap pays at every full
-collection). It never freezes while the GC is disabled, and never freezes
-or thaws while the process froze objects itself (a pre-fork server's
-``gc.freeze()`` is not ours to undo).
+collection). It never freezes while the GC is disabled, and never starts
+freezing while the process has frozen objects itself (a pre-fork server's
+``gc.freeze()`` is not ours to undo). The permanent generation is one list
+for the whole process, so a ``gc.freeze()`` the program makes in the middle
+of a burst is undone by the burst's thaw, and one scheduler's thaw also
+thaws a burst of another scheduler in another OS thread (its objects are
+walked again, nothing is lost).
 """
 
 from __future__ import annotations
