@@ -305,21 +305,28 @@ class Queue(Generic[_T]):
         closed (also while waiting). On ``timeout`` (TimeoutError) or
         cancellation the item was not added."""
         # _offer inlined: this is the hot path of every producer.
-        if not self._closed:
-            getters = self._getters
-            if getters._waiters and getters.wake_one(item) is not None:
-                return
-            items = self._items
-            if self.maxsize <= 0 or len(items) < self.maxsize:
-                items.append(item)
-                return
-        offer = self._offer
-        if offer(item):
+        if self._closed:
+            raise QueueClosed("put() on a closed Queue")
+        getters = self._getters
+        if getters._waiters and getters.wake_one(item) is not None:
             return
+        items = self._items
+        if self.maxsize <= 0 or len(items) < self.maxsize:
+            items.append(item)
+            return
+        # Full: wait for a get that makes room (or for close), and retry.
+        # Without a timeout no scope is entered: with maxsize=1 every other
+        # put comes here.
+        offer = self._offer
+        park = self._putters.park
+        if timeout is None:
+            while True:
+                yield park
+                if offer(item):
+                    return
         with _timeout(timeout):
             while True:
-                # Woken by a get that made room (or by close); retry.
-                yield self._putters.park
+                yield park
                 if offer(item):
                     return
 

@@ -81,7 +81,96 @@ def misuses():
         trace.append(f"worker error: {type(exc.__cause__).__name__}")
 
 
+def parks():
+    """Waits in wait queues: the compiled loop serves a plain Park itself,
+    and hands one with a scope or a pending cancel to _sys_park."""
+    q = threadlib.Queue(maxsize=1)
+    ev = threadlib.Event()
+
+    def producer():
+        for i in range(4):
+            yield from q.put(i)
+            trace.append(f"put {i}")
+
+    def consumer():
+        for _ in range(4):
+            trace.append(f"got {(yield from q.get())}")
+
+    def waiter(tag):
+        yield from ev.wait()
+        trace.append(f"{tag} woke")
+
+    def times_out():
+        try:
+            yield from q.get(timeout=0.25)
+        except TimeoutError:
+            trace.append("get timed out")
+
+    ts = [(yield from threadlib.spawn(consumer())), (yield from threadlib.spawn(producer()))]
+    for tag in ("e1", "e2"):
+        ts.append((yield from threadlib.spawn(waiter(tag))))
+    yield from threadlib.join_all(ts[:2])
+    ev.set()
+    yield from threadlib.join_all(ts[2:])
+    yield from (yield from threadlib.spawn(times_out())).join()
+    parked = yield from threadlib.spawn(q.get())
+    yield from threadlib.sleep(0)
+    trace.append(f"cancel parked getter -> {(yield from parked.cancel())}")
+    ready = yield from threadlib.spawn(q.get())  # cancelled before it runs: pending at its park
+    trace.append(f"cancel ready getter -> {(yield from ready.cancel())} {ready.state}")
+    late = yield from threadlib.spawn(q.get())
+    yield from threadlib.sleep(0)
+    q.put_nowait("handed")
+    trace.append(f"parked getter got {(yield from late.join())!r}")
+
+
+def socket_waits():
+    """Waits to read: the compiled loop serves a plain WaitRead on a known
+    fd itself (a reader waits; events that came while nobody waited resume
+    at once) and hands the rest to IOWorker._wait_read (a first wait on an
+    fd, a second reader, a timeout, a cancel)."""
+    from threadlib.io import sockio
+
+    a, b = sockio.socketpair()
+
+    def echo(n):
+        for _ in range(n):
+            data = yield from b.recv(100)
+            yield from b.sendall(data.upper())
+
+    e = yield from threadlib.spawn(echo(3))
+    for word in (b"one", b"two"):
+        yield from a.sendall(word)
+        trace.append(f"echoed {(yield from a.recv(100))!r}")
+
+    # The last read was short, so the next one waits first; the answer
+    # comes while nobody waits: the wait finds its events already there.
+    yield from a.sendall(b"three")
+    yield from e.join()
+    yield from threadlib.sleep(0.25)  # a poll records the answer's events: nobody waits on a
+    trace.append(f"echoed {(yield from a.recv(100))!r}")
+
+    def second_reader():
+        try:
+            yield from a.recv(100)
+        except RuntimeError as exc:
+            trace.append(f"second reader refused: {'already has a reader waiting' in str(exc)}")
+
+    first = yield from threadlib.spawn(a.recv(100))
+    yield from threadlib.spawn(second_reader())
+    yield from threadlib.sleep(0)
+    trace.append(f"cancel waiting reader -> {(yield from first.cancel())}")
+    try:
+        yield from a.recv(100, timeout=0.25)
+    except TimeoutError:
+        trace.append("recv timed out")
+    a.close()
+    b.close()
+
+
 def main():
+    yield from parks()
+    yield from socket_waits()
     a = yield from threadlib.spawn(pinger("a", 3))
     b = yield from threadlib.spawn(pinger("b", 2))
     f = yield from threadlib.spawn(fails(2))

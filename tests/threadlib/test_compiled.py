@@ -38,7 +38,12 @@ def test_both_loops_do_the_same_things_in_the_same_order():
     compiled, pure = run_trace(pure=False)[1:], run_trace(pure=True)[1:]
     assert compiled == pure
     # And what they agree on is right, not merely the same.
-    assert compiled[:4] == ["a0", "a0<-None", "a1", "b0"]
+    assert compiled[:14] == ["put 0", "put 1", "got 0", "got 1", "put 2", "put 3", "got 2", "got 3",
+                             "e1 woke", "e2 woke", "get timed out", "cancel parked getter -> True",
+                             "cancel ready getter -> True cancelled", "parked getter got 'handed'"]
+    assert compiled[14:20] == ["echoed b'ONE'", "echoed b'TWO'", "echoed b'THREE'", "second reader refused: True",
+                               "cancel waiting reader -> True", "recv timed out"]
+    assert compiled[20:24] == ["a0", "a0<-None", "a1", "b0"]
     assert "cancel -> True 'returned from a throw'" in compiled
     assert "joined failure fails" in compiled
     assert any(line.startswith("spinner cancelled at its wait after") for line in compiled)
@@ -46,7 +51,7 @@ def test_both_loops_do_the_same_things_in_the_same_order():
     assert "w2 sees -" in compiled and "main sees -" in compiled
     assert any(line.startswith("unknown call: thread misuses") for line in compiled)
     assert "worker error: ZeroDivisionError" in compiled
-    assert compiled[-2:] == ["now 0.5", "run raised KeyboardInterrupt(from main)"]
+    assert compiled[-2:] == ["now 1.25", "run raised KeyboardInterrupt(from main)"]  # 0.75 s of waits first
 
 
 def _socket_call_outcomes(recv, recv_into, send) -> list:

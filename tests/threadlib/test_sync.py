@@ -477,3 +477,35 @@ def test_full_counts_up_to_maxsize_and_a_full_queue_refuses_more():
         assert not q.full()
         yield from q.put("fits again", timeout=1)
         assert q.full()
+
+
+def test_a_put_waiting_on_a_full_queue_without_timeout_sees_close_and_cancel():
+    """The wait of a put with no timeout (the path that enters no scope):
+    close() raises QueueClosed in it, a cancel ends it, and neither adds
+    the item."""
+    q = threadlib.Queue(maxsize=1)
+    q.put_nowait("first")
+    outcome = []
+
+    def putter(item):
+        try:
+            yield from q.put(item)
+        except threadlib.QueueClosed:
+            outcome.append((item, "closed"))
+            return
+        outcome.append((item, "put"))
+
+    def main():
+        cancelled = yield from threadlib.spawn(putter("cancelled"))
+        closed = yield from threadlib.spawn(putter("closed"))
+        yield from threadlib.sleep(0)
+        yield from cancelled.cancel()
+        assert cancelled.state == "cancelled"
+        q.close()
+        yield from closed.join()
+        assert q.get_nowait() == "first"
+        with pytest.raises(threadlib.QueueClosed):
+            q.get_nowait()  # neither waiting item was added
+        return outcome
+
+    assert threadlib.run(main()) == [("closed", "closed")]

@@ -21,6 +21,12 @@
  * closed), never remembered: a remembered number could name another file
  * by the next call.
  *
+ * The loop serves the commonest waits itself: a Park whose handler is the
+ * scheduler's own _sys_park, and a WaitRead whose handler is the IO
+ * worker's own _wait_read on an fd it has a record for, with no interrupt
+ * pending and no cancel scope (the handlers' bodies for that case, written
+ * out; every other case calls the handler).
+ *
  * And record/replay's recording socket calls (rec_recv, rec_recv_into,
  * rec_send): the same calls, each also appending its record to the log
  * buffer a recording gives (threadlib/replay/sockets.py is their
@@ -52,6 +58,21 @@ static PyObject *yield_singleton;      /* syscalls.YIELD */
 static PyObject *pending_interrupt;    /* scheduler._PendingInterrupt */
 static PyObject *mark_retrieved;       /* threads.mark_retrieved */
 static PyTypeObject *thread_type;      /* threads.Thread */
+/* Set by configure_park(): a Park served by the scheduler's own _sys_park
+ * (its handler unchanged) is served here without calling it. */
+static PyTypeObject *park_type;        /* syscalls.Park */
+static PyTypeObject *waitqueue_type;   /* waitqueue.WaitQueue */
+static PyObject *sys_park_func;        /* Scheduler._sys_park, the function */
+static Py_ssize_t off_park_queue, off_wq_sched, off_wq_waiters;
+/* And a WaitRead served by IOWorker._wait_read (fdio.py), its handler
+ * unchanged: served here when the fd's record is the compiled FdWaiters. */
+static PyTypeObject *waitread_type;    /* syscalls.WaitRead */
+static PyObject *wait_read_func;       /* fdio.IOWorker._wait_read, the function */
+static Py_ssize_t off_waitread_fd;
+static PyObject *one;                  /* the int 1 */
+static PyObject *s_fds;
+static int wait_read_inline(PyObject *handler, PyObject *pending, PyObject *append, PyObject *t,
+                            PyObject *sc);
 
 /* Byte offsets of Thread's __slots__ _coro, _value and _exc: read and written
  * directly, as the interpreter's own slot access does. */
@@ -60,6 +81,8 @@ static Py_ssize_t off_coro, off_value, off_exc, off_wait, off_scope;
 static PyObject *s_ready, *s_handlers, *s_pending, *s_base, *s_twin, *s_current, *s_finish,
     *s_rebase, *s_unknown_call, *s_interrupted_wait, *s_worker_failed, *s_popleft, *s_append,
     *s_throw, *s_exc, *s_value, *s_coro_slot, *s_value_slot, *s_exc_slot, *s_fileno;
+
+static int slot_offset(PyTypeObject *type, const char *name, Py_ssize_t *offset);
 
 /* A slot of a Thread: a new reference, or NULL with AttributeError when it
  * is unset (as Python's own access would raise). */
@@ -128,6 +151,44 @@ thread_ended(PyObject *sched, PyObject *t, PyObject *retval, PyObject *exc, PyOb
         *stop = Py_NewRef(exc);
         return 0;
     }
+    return 1;
+}
+
+/* Scheduler._sys_park for its common case, written out: ``handler`` is the
+ * scheduler's own _sys_park, no interrupt is pending and t has no cancel
+ * scope (else 0: call the handler). Does what _sys_park does there: the
+ * queue learns its scheduler, t joins its waiters, t waits in sc. Returns 1
+ * when served, 0 when the handler must be called, -1 on error (nothing
+ * done). */
+static int
+park_inline(PyObject *sched, PyObject *handler, PyObject *pending, PyObject *t, PyObject *sc)
+{
+    if (park_type == NULL || !Py_IS_TYPE(sc, park_type) || !PyMethod_Check(handler) ||
+        PyMethod_GET_FUNCTION(handler) != sys_park_func || PyMethod_GET_SELF(handler) != sched ||
+        PyDict_GET_SIZE(pending) || *(PyObject **)((char *)t + off_scope) != Py_None) {
+        return 0;
+    }
+    PyObject *queue = *(PyObject **)((char *)sc + off_park_queue);
+    if (queue == NULL || !Py_IS_TYPE(queue, waitqueue_type)) {
+        return 0;
+    }
+    PyObject *waiters = *(PyObject **)((char *)queue + off_wq_waiters);
+    if (waiters == NULL) {
+        return 0;
+    }
+    Py_INCREF(waiters);
+    PyObject *r = PyObject_CallMethodOneArg(waiters, s_append, t);
+    Py_DECREF(waiters);
+    if (r == NULL) {
+        return -1;
+    }
+    Py_DECREF(r);
+    /* _sys_park sets _sched first; nothing reads it in between. */
+    PyObject **sched_slot = (PyObject **)((char *)queue + off_wq_sched);
+    if (*sched_slot != sched) {
+        Py_XSETREF(*sched_slot, Py_NewRef(sched));
+    }
+    slot_set(t, off_wait, sc);
     return 1;
 }
 
@@ -283,8 +344,12 @@ run_ready(PyObject *module, PyObject *sched)
         }
         else {
             Py_INCREF(handler);
+            int parked = park_inline(sched, handler, pending, t, sc);
+            if (parked == 0) {
+                parked = wait_read_inline(handler, pending, append, t, sc);
+            }
             PyObject *args[2] = {t, sc};
-            r = PyObject_Vectorcall(handler, args, 2, NULL);
+            r = parked > 0 ? Py_NewRef(Py_None) : parked < 0 ? NULL : PyObject_Vectorcall(handler, args, 2, NULL);
             Py_DECREF(handler);
             if (r == NULL) {
                 PyObject *failure = take_exception();
@@ -732,6 +797,8 @@ typedef struct {
     PyObject *worker;       /* the IOWorker: its `waiting` count */
 } FdWaiters;
 
+static PyTypeObject FdWaitersType;
+
 /* The threads ready[start:] as a record's wake list, for the common case:
  * each woken with None or an int and no exception. rec_handler(log, ready,
  * start, tid, index) writes a HANDLER record and rec_poll(log, ready, start,
@@ -1021,6 +1088,77 @@ fdwaiters_on_events(FdWaiters *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+/* IOWorker._wait_read for its common case, written out: ``handler`` is the
+ * worker's own _wait_read, no interrupt is pending, t has no cancel scope,
+ * and the fd already has its FdWaiters record with no reader (else 0: call
+ * the handler, which also makes records and refuses a second reader).
+ * Events that came while nobody waited resume t at once, as the handler's
+ * sched.resume does; otherwise t becomes the fd's reader and waits in sc.
+ * Returns 1 when served, 0 when the handler must be called, -1 on error. */
+static int
+wait_read_inline(PyObject *handler, PyObject *pending, PyObject *append, PyObject *t, PyObject *sc)
+{
+    if (waitread_type == NULL || !Py_IS_TYPE(sc, waitread_type) || !PyMethod_Check(handler) ||
+        PyMethod_GET_FUNCTION(handler) != wait_read_func || PyDict_GET_SIZE(pending) ||
+        *(PyObject **)((char *)t + off_scope) != Py_None) {
+        return 0;
+    }
+    PyObject *fd = *(PyObject **)((char *)sc + off_waitread_fd);
+    if (fd == NULL) {
+        return 0;
+    }
+    PyObject *worker = PyMethod_GET_SELF(handler);
+    PyObject *fds = PyObject_GetAttr(worker, s_fds);
+    if (fds == NULL) {
+        return -1;
+    }
+    PyObject *rec = PyDict_CheckExact(fds) ? PyDict_GetItemWithError(fds, fd) : NULL;
+    Py_XINCREF(rec);
+    Py_DECREF(fds);
+    if (rec == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    FdWaiters *w = (FdWaiters *)rec;
+    int served = 0;
+    if (!Py_IS_TYPE(rec, &FdWaitersType) || w->reader != Py_None) {
+        goto out;
+    }
+    if (w->read_ready) {
+        PyObject *events = PyLong_FromLong(w->read_ready);
+        if (events == NULL) {
+            served = -1;
+            goto out;
+        }
+        w->read_ready = 0;
+        slot_set(t, off_value, events);
+        Py_DECREF(events);
+        slot_set(t, off_wait, Py_None);
+        PyObject *r = PyObject_CallOneArg(append, t);
+        if (r == NULL) {
+            served = -1;
+            goto out;
+        }
+        Py_DECREF(r);
+        served = 1;
+        goto out;
+    }
+    PyObject *waiting = PyObject_GetAttr(worker, s_waiting);
+    PyObject *more = waiting ? PyNumber_Add(waiting, one) : NULL;
+    Py_XDECREF(waiting);
+    if (more == NULL || PyObject_SetAttr(worker, s_waiting, more) < 0) {
+        Py_XDECREF(more);
+        served = -1;
+        goto out;
+    }
+    Py_DECREF(more);
+    Py_SETREF(w->reader, Py_NewRef(t));
+    slot_set(t, off_wait, sc);
+    served = 1;
+out:
+    Py_DECREF(rec);
+    return served;
+}
+
 static int
 fdwaiters_set_thread(PyObject **field, PyObject *value)
 {
@@ -1136,6 +1274,31 @@ configure(PyObject *module, PyObject *args)
     Py_RETURN_NONE;
 }
 
+static PyObject *
+configure_waits(PyObject *module, PyObject *args)
+{
+    PyObject *park, *waitqueue, *func, *waitread, *read_func;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!O!:configure_waits", &PyType_Type, &park, &PyType_Type, &waitqueue,
+                          &PyFunction_Type, &func, &PyType_Type, &waitread, &PyFunction_Type, &read_func)) {
+        return NULL;
+    }
+    if (slot_offset((PyTypeObject *)park, "queue", &off_park_queue) < 0 ||
+        slot_offset((PyTypeObject *)waitqueue, "_sched", &off_wq_sched) < 0 ||
+        slot_offset((PyTypeObject *)waitqueue, "_waiters", &off_wq_waiters) < 0 ||
+        slot_offset((PyTypeObject *)waitread, "fd", &off_waitread_fd) < 0) {
+        return NULL;
+    }
+    if (one == NULL && (one = PyLong_FromLong(1)) == NULL) {
+        return NULL;
+    }
+    Py_XSETREF(waitqueue_type, (PyTypeObject *)Py_NewRef(waitqueue));
+    Py_XSETREF(sys_park_func, Py_NewRef(func));
+    Py_XSETREF(park_type, (PyTypeObject *)Py_NewRef(park));
+    Py_XSETREF(wait_read_func, Py_NewRef(read_func));
+    Py_XSETREF(waitread_type, (PyTypeObject *)Py_NewRef(waitread));
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"run_ready", run_ready, METH_O,
      "run_ready(scheduler) -> bool: Scheduler._run_ready, compiled (see scheduler.py)."},
@@ -1155,6 +1318,9 @@ static PyMethodDef methods[] = {
      "rec_handler(log, ready, start, tid, index) -> bool: a HANDLER record, if its wakes are simple."},
     {"rec_poll", (PyCFunction)(void (*)(void))rec_poll, METH_FASTCALL,
      "rec_poll(log, ready, start, now) -> bool: a POLL record, if its wakes are simple."},
+    {"configure_waits", configure_waits, METH_VARARGS,
+     "configure_waits(Park, WaitQueue, Scheduler._sys_park, WaitRead, IOWorker._wait_read): what run_ready "
+     "needs to serve a Park and a WaitRead itself."},
     {"configure", configure, METH_VARARGS,
      "configure(YIELD, _PendingInterrupt, mark_retrieved, Thread): the objects run_ready needs."},
     {NULL, NULL, 0, NULL},
@@ -1190,6 +1356,7 @@ PyInit__speedups(void)
     INTERN(s_value_slot, "_value");
     INTERN(s_exc_slot, "_exc");
     INTERN(s_fileno, "fileno");
+    INTERN(s_fds, "_fds");
     INTERN(s_waiting, "waiting");
     INTERN(s_resume, "resume");
     INTERN(s_modify_fd, "modify_fd");

@@ -73,6 +73,7 @@ from .blocking import BlockingPool
 from .clocks import Clock, MonotonicClock
 from .compiled import COMPILED
 from .compiled import speedups as _speedups
+from . import gcbursts
 from .fdio import IOWorker
 from .interrupts import ConsoleSignals
 from .introspect import HookList, SlowStepDetector, format_dump, hook_lists
@@ -162,6 +163,11 @@ class Scheduler:
         self._head = Thread(None, "<head>")
         self._head._prev = self._head._next = self._head
         self._live = 0
+        # Spawn bursts freeze the GC's view of the heap (gcbursts): the live
+        # count of the next freeze, and the one below which to thaw (0:
+        # nothing frozen by this scheduler).
+        self._gc_freeze_at = gcbursts.STEP
+        self._gc_thaw_below = 0
         self._ids_given = 0  # Thread.id, numbered per scheduler as first asked for
         # The Ctrl-C/SIGTERM handling of run(), while installed.
         self._signals: Any = None
@@ -330,6 +336,8 @@ class Scheduler:
         last._next = t
         head._prev = t
         self._live += 1
+        if self._live >= self._gc_freeze_at:
+            self._gc_freeze_at, self._gc_thaw_below = gcbursts.freeze(self._live, self._gc_thaw_below)
         self._ready.append(t)
         if self._spawn_hooks is not None:
             # Numbered by this scheduler now: a hook may ask for the id
@@ -494,6 +502,8 @@ class Scheduler:
         t._next._prev = t._prev
         del t._prev, t._next  # an ended thread keeps no neighbour alive
         self._live -= 1
+        if self._live < self._gc_thaw_below:
+            self._gc_freeze_at, self._gc_thaw_below = gcbursts.thaw(self._live)
         lineage = t._lineage
         if lineage is not None:
             lineage.thread = None  # its children now have no parent
@@ -1055,6 +1065,8 @@ class Scheduler:
 
     def _close_workers(self) -> None:
         self._closed = True
+        if self._gc_thaw_below:
+            self._gc_freeze_at, self._gc_thaw_below = gcbursts.thaw(self._live)
         for w in reversed(self.workers):
             w.close()
         if self._poller is not None:
@@ -1181,3 +1193,9 @@ class _Drain:
 
 if _speedups is not None:
     _speedups.configure(YIELD, _PendingInterrupt, mark_retrieved, Thread)
+    # The compiled loop serves a Park and a WaitRead itself while their
+    # handlers are this scheduler's own _sys_park and the IO worker's own
+    # _wait_read (their common cases, written out in C).
+    from ..syscalls import WaitRead
+    from .waitqueue import WaitQueue
+    _speedups.configure_waits(Park, WaitQueue, Scheduler._sys_park, WaitRead, IOWorker._wait_read)

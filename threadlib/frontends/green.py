@@ -31,7 +31,7 @@ import greenlet
 from .. import calls
 from ..io import sockio
 from .._kernel.threads import drive as _drive
-from .._kernel import Thread, current_scheduler
+from .._kernel import DONE, Thread, current_scheduler
 from .._kernel.introspect import thread_frames
 
 __all__ = ["thread", "run", "spawn", "call", "sleep", "join", "wrap", "listen", "connect", "current"]
@@ -132,12 +132,17 @@ def call(awaitable: Any) -> Any:
     this green thread. The call's timeouts and cancellation behave as in a
     generator thread: they are raised here."""
     me = _in_green_thread()
-    if isinstance(awaitable, types.CoroutineType):
-        awaitable = awaitable.__await__()
-    elif not isinstance(awaitable, types.GeneratorType):
-        # Other awaitables (Event.wait's ParkOnce, sendall's DONE) iterate
-        # without send/throw: drive them through a generator that has both.
-        awaitable = _drive(awaitable)
+    if type(awaitable) is not types.GeneratorType:
+        if awaitable is DONE:
+            # A call done when made (a sendall whose first send took all):
+            # what driving it would return, without a generator to drive it.
+            return None
+        if isinstance(awaitable, types.CoroutineType):
+            awaitable = awaitable.__await__()
+        else:
+            # Other awaitables (Event.wait's ParkOnce) iterate without
+            # send/throw: drive them through a generator that has both.
+            awaitable = _drive(awaitable)
     send = awaitable.send
     value: Any = None
     error: BaseException | None = None
@@ -197,8 +202,13 @@ _proxy_classes: dict[type, type] = {}
 def _blocking_method(name: str) -> Callable[..., Any]:
     def method(self: Any, *args: Any, **kwargs: Any) -> Any:
         result = getattr(self._target, name)(*args, **kwargs)
-        if isinstance(result, (types.GeneratorType, types.CoroutineType)) or hasattr(result, "__await__"):
+        kind = type(result)
+        if kind is types.GeneratorType or kind is types.CoroutineType or hasattr(result, "__await__"):
             result = call(result)
+        # bytes and None (what recv and sendall give) need no wrapping: one
+        # test instead of a call per blocking call.
+        if result is None or type(result) is bytes:
+            return result
         return _wrap_result(result)
 
     method.__name__ = name

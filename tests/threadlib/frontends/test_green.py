@@ -136,3 +136,45 @@ def test_green_event_wait_blocks_until_set_and_sendall_returns_none():
 
     green.run(main)
     assert log == ["setting", "woke"]
+
+
+def test_blocking_views_return_plain_results_and_wrap_sockets():
+    """What the blocking views give back: bytes and None as they are, a
+    Stream (alone or in a tuple) as a blocking view; a sendall too big for
+    the socket buffer waits for room; outside a green thread even a
+    sendall that sent everything at once is refused."""
+    payload = bytes(range(256)) * 8192  # 2 MiB: more than a socketpair buffers
+
+    def main():
+        listener = green.listen(("127.0.0.1", 0))
+        port = listener.address[1]
+
+        def client():
+            conn = green.connect(("127.0.0.1", port))
+            conn.sendall(payload)
+            conn.close()
+
+        t = green.spawn(client)
+        conn, addr = listener.accept()
+        assert type(conn).__name__ == "GreenStream" and conn.unwrap().peer_address == addr
+        got = bytearray()
+        while True:
+            data = conn.recv(65536)
+            assert type(data) is bytes
+            if not data:
+                break
+            got += data
+        green.join(t)
+        conn.close()
+        listener.close()
+        return bytes(got)
+
+    assert green.run(main) == payload
+    a, b = sockio.socketpair()
+    try:
+        with pytest.raises(RuntimeError, match="green thread"):
+            green.wrap(a).sendall(b"x")  # the send itself went: the call is still refused
+        assert b.socket.recv(1) == b"x"
+    finally:
+        a.close()
+        b.close()
