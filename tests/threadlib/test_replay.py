@@ -129,6 +129,23 @@ def test_the_command_line_checks_a_recording(tmp_path):
     assert info.returncode == 0 and re.search(r"socket\s+\d+", info.stdout)
 
 
+def test_a_log_recorded_on_one_hot_path_replays_on_the_other(tmp_path):
+    # The compiled recorder (socket calls, handler and poll wrappers) and the
+    # pure-Python one write the same log: what one recorded, the other replays.
+    from threadlib.lowlevel import COMPILED
+
+    log, port_file, _ = record_conversation(tmp_path)
+    env = dict(os.environ)
+    if COMPILED:
+        env["THREADLIB_PURE"] = "1"
+    else:
+        env.pop("THREADLIB_PURE", None)
+    other = subprocess.run([sys.executable, "-m", "threadlib.replay", "check", log, "--",
+                            "tests.threadlib.replay_program:serve", port_file, "same", "2"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert other.returncode == 0 and other.stdout.startswith("ok: the program did what the recording did"), other
+
+
 def test_recording_refuses_workers_it_cannot_replay(tmp_path):
     class Gadget(Worker):
         def attach(self, sched):

@@ -872,6 +872,56 @@ put_wakes_c(PyObject *log, PyObject *ready, Py_ssize_t start, Py_ssize_t end)
     return 0;
 }
 
+/* A HANDLER record for thread tid at index, waking ready[start:]: 1 when
+ * written, 0 when a wake is not simple (nothing written), -1 on error. */
+static int
+handler_record(PyObject *log, PyObject *ready, Py_ssize_t start, long long tid, long long index)
+{
+    Py_ssize_t end = PySequence_Size(ready);
+    if (end < 0) {
+        return -1;
+    }
+    int simple = wakes_simple(ready, start, end);
+    if (simple <= 0) {
+        return simple;
+    }
+    unsigned char b[32];
+    int k = 0;
+    b[k++] = REC_HANDLER;
+    k += varint(b + k, (unsigned long long)tid);
+    k += varint(b + k, (unsigned long long)index);
+    if (log_put(log, b, k) < 0 || put_wakes_c(log, ready, start, end) < 0) {
+        return -1;
+    }
+    return 1;
+}
+
+/* A POLL record at now, waking ready[start:]: as handler_record. */
+static int
+poll_record(PyObject *log, PyObject *ready, Py_ssize_t start, double now)
+{
+    Py_ssize_t end = PySequence_Size(ready);
+    if (end < 0) {
+        return -1;
+    }
+    if (end == start) {
+        unsigned char b[2] = {REC_POLL, 0};
+        return log_put(log, b, 2) < 0 ? -1 : 1;
+    }
+    int simple = wakes_simple(ready, start, end);
+    if (simple <= 0) {
+        return simple;
+    }
+    unsigned char b[10];
+    b[0] = REC_POLL;
+    b[1] = 1;
+    memcpy(b + 2, &now, 8);   /* little-endian x86-64, as struct "<d" */
+    if (log_put(log, b, 10) < 0 || put_wakes_c(log, ready, start, end) < 0) {
+        return -1;
+    }
+    return 1;
+}
+
 static PyObject *
 rec_handler(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -881,26 +931,13 @@ rec_handler(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         return NULL;
     }
-    PyObject *log = args[0], *ready = args[1];
     Py_ssize_t start = PyLong_AsSsize_t(args[2]);
-    Py_ssize_t end = PySequence_Size(ready);
     long long tid = PyLong_AsLongLong(args[3]), index = PyLong_AsLongLong(args[4]);
-    if (PyErr_Occurred() || end < 0) {
+    if (PyErr_Occurred()) {
         return NULL;
     }
-    int simple = wakes_simple(ready, start, end);
-    if (simple <= 0) {
-        return simple < 0 ? NULL : Py_NewRef(Py_False);
-    }
-    unsigned char b[32];
-    int k = 0;
-    b[k++] = REC_HANDLER;
-    k += varint(b + k, (unsigned long long)tid);
-    k += varint(b + k, (unsigned long long)index);
-    if (log_put(log, b, k) < 0 || put_wakes_c(log, ready, start, end) < 0) {
-        return NULL;
-    }
-    Py_RETURN_TRUE;
+    int done = handler_record(args[0], args[1], start, tid, index);
+    return done < 0 ? NULL : Py_NewRef(done ? Py_True : Py_False);
 }
 
 static PyObject *
@@ -912,33 +949,304 @@ rec_poll(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         return NULL;
     }
-    PyObject *log = args[0], *ready = args[1];
     Py_ssize_t start = PyLong_AsSsize_t(args[2]);
-    Py_ssize_t end = PySequence_Size(ready);
     double now = PyFloat_AsDouble(args[3]);
-    if (PyErr_Occurred() || end < 0) {
+    if (PyErr_Occurred()) {
         return NULL;
     }
-    if (end == start) {
-        unsigned char b[2] = {REC_POLL, 0};
-        if (log_put(log, b, 2) < 0) {
-            return NULL;
-        }
-        Py_RETURN_TRUE;
-    }
-    int simple = wakes_simple(ready, start, end);
-    if (simple <= 0) {
-        return simple < 0 ? NULL : Py_NewRef(Py_False);
-    }
-    unsigned char b[10];
-    b[0] = REC_POLL;
-    b[1] = 1;
-    memcpy(b + 2, &now, 8);   /* little-endian x86-64, as struct "<d" */
-    if (log_put(log, b, 10) < 0 || put_wakes_c(log, ready, start, end) < 0) {
-        return NULL;
-    }
-    Py_RETURN_TRUE;
+    int done = poll_record(args[0], args[1], start, now);
+    return done < 0 ? NULL : Py_NewRef(done ? Py_True : Py_False);
 }
+
+/* The recorder's wrappers (recorder.py's ``recorded`` and ``poll``
+ * closures are their specification), compiled so that recording adds no
+ * Python frame to a handler call or a poll. Both keep the recording clock
+ * quiet around the call, then write their record (the Python ``slow``
+ * callable writes one whose wakes are not simple) and flush the log when it
+ * has grown past flush_at. */
+
+static PyObject *s_quiet, *s_flush;
+
+static int
+quiet_add(PyObject *clock, long delta)
+{
+    PyObject *q = PyObject_GetAttr(clock, s_quiet);
+    if (q == NULL) {
+        return -1;
+    }
+    long v = PyLong_AsLong(q);
+    Py_DECREF(q);
+    if (v == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    PyObject *nq = PyLong_FromLong(v + delta);
+    if (nq == NULL) {
+        return -1;
+    }
+    int r = PyObject_SetAttr(clock, s_quiet, nq);
+    Py_DECREF(nq);
+    return r;
+}
+
+static int
+maybe_flush(PyObject *log, PyObject *writer, Py_ssize_t flush_at)
+{
+    if (PyByteArray_GET_SIZE(log) < flush_at) {
+        return 0;
+    }
+    PyObject *r = PyObject_CallMethodNoArgs(writer, s_flush);
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
+}
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *inner;      /* the handler, or the scheduler's real _poll */
+    PyObject *ready;      /* the scheduler's ready deque */
+    PyObject *clock;      /* the RecordingClock */
+    PyObject *log;        /* the log's bytearray */
+    PyObject *writer;     /* its LogWriter (flush) */
+    PyObject *slow;       /* writes a record the compiled writer declines */
+    PyObject *extra;      /* handler: unused; poll: [start, polling] state list */
+    PyObject *now;        /* poll: the inner clock's now */
+    long long index;      /* handler: its class's index */
+    Py_ssize_t flush_at;
+} Recorded;
+
+static PyTypeObject RecordedHandlerType, RecordedPollType;
+
+static PyObject *
+recorded_handler_call(Recorded *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargsf) != 2 || kwnames != NULL) {
+        PyErr_SetString(PyExc_TypeError, "a recorded handler takes (thread, syscall)");
+        return NULL;
+    }
+    PyObject *t = args[0];
+    Py_ssize_t start = PyObject_Size(self->ready);
+    if (start < 0 || quiet_add(self->clock, 1) < 0) {
+        return NULL;
+    }
+    PyObject *r = PyObject_Vectorcall(self->inner, args, 2, NULL);
+    PyObject *et = NULL, *ev = NULL, *etb = NULL;
+    if (r == NULL) {
+        PyErr_Fetch(&et, &ev, &etb);
+    }
+    int ok = quiet_add(self->clock, -1) == 0;
+    if (ok) {
+        PyObject *tid = *(PyObject **)((char *)t + off_id);
+        int done = 0;
+        if (tid != NULL && PyLong_CheckExact(tid)) {
+            long long id = PyLong_AsLongLong(tid);
+            done = PyErr_Occurred() ? -1 : handler_record(self->log, self->ready, start, id, self->index);
+        }
+        if (done == 0) {
+            PyObject *pstart = PyLong_FromSsize_t(start);
+            PyObject *w = pstart == NULL ? NULL : PyObject_CallFunctionObjArgs(self->slow, t, pstart, NULL);
+            Py_XDECREF(pstart);
+            Py_XDECREF(w);
+            done = w == NULL ? -1 : 1;
+        }
+        ok = done > 0 && maybe_flush(self->log, self->writer, self->flush_at) == 0;
+    }
+    if (r == NULL) {
+        if (ok) {
+            PyErr_Restore(et, ev, etb);
+        }
+        else {  /* the recorder's own failure replaces the handler's, as a finally block's would */
+            Py_XDECREF(et);
+            Py_XDECREF(ev);
+            Py_XDECREF(etb);
+        }
+        return NULL;
+    }
+    if (!ok) {
+        Py_DECREF(r);
+        return NULL;
+    }
+    return r;
+}
+
+static PyObject *
+recorded_poll_call(Recorded *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargsf) != 0 || kwnames != NULL) {
+        PyErr_SetString(PyExc_TypeError, "a recorded poll takes no arguments");
+        return NULL;
+    }
+    PyObject *state = self->extra;
+    Py_ssize_t before = PyObject_Size(self->ready);
+    if (before < 0 || !PyList_CheckExact(state) || PyList_GET_SIZE(state) != 2) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "a recorded poll's state is a list of two");
+        }
+        return NULL;
+    }
+    PyObject *pbefore = PyLong_FromSsize_t(before);
+    if (pbefore == NULL) {
+        return NULL;
+    }
+    PyList_SetItem(state, 0, pbefore);
+    PyList_SetItem(state, 1, Py_NewRef(Py_True));
+    if (quiet_add(self->clock, 1) < 0) {
+        return NULL;
+    }
+    PyObject *r = PyObject_CallNoArgs(self->inner);
+    PyObject *et = NULL, *ev = NULL, *etb = NULL;
+    if (r == NULL) {
+        PyErr_Fetch(&et, &ev, &etb);
+    }
+    int ok = quiet_add(self->clock, -1) == 0;
+    PyList_SetItem(state, 1, Py_NewRef(Py_False));
+    if (r == NULL) {  /* the Python poll() writes nothing when the poll raised */
+        if (ok) {
+            PyErr_Restore(et, ev, etb);
+        }
+        else {
+            Py_XDECREF(et);
+            Py_XDECREF(ev);
+            Py_XDECREF(etb);
+        }
+        return NULL;
+    }
+    Py_DECREF(r);
+    if (!ok) {
+        return NULL;
+    }
+    /* The start may have moved: a user-stack worker inside the poll writes
+     * the wakes before its own and moves it past them. */
+    Py_ssize_t start = PyLong_AsSsize_t(PyList_GET_ITEM(state, 0));
+    PyObject *pnow = PyObject_CallNoArgs(self->now);
+    if (pnow == NULL || (start == -1 && PyErr_Occurred())) {
+        Py_XDECREF(pnow);
+        return NULL;
+    }
+    double now = PyFloat_AsDouble(pnow);
+    int done = PyErr_Occurred() ? -1 : poll_record(self->log, self->ready, start, now);
+    if (done == 0) {
+        PyObject *pstart = PyLong_FromSsize_t(start);
+        PyObject *w = pstart == NULL ? NULL : PyObject_CallFunctionObjArgs(self->slow, pstart, pnow, NULL);
+        Py_XDECREF(pstart);
+        Py_XDECREF(w);
+        done = w == NULL ? -1 : 1;
+    }
+    Py_DECREF(pnow);
+    if (done < 0 || maybe_flush(self->log, self->writer, self->flush_at) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static int
+recorded_init(Recorded *self, PyObject *args, PyObject *kwds)
+{
+    /* RecordedHandler(handler, ready, clock, log, writer, slow, index, flush_at)
+     * RecordedPoll(poll, ready, clock, log, writer, slow, state, now, flush_at) */
+    PyObject *inner, *ready, *clock, *log, *writer, *slow, *extra = Py_None, *now = Py_None;
+    long long index = 0;
+    Py_ssize_t flush_at;
+    int is_poll = Py_IS_TYPE(self, &RecordedPollType);
+    int ok = is_poll
+        ? PyArg_ParseTuple(args, "OOOO!OOO!On:RecordedPoll", &inner, &ready, &clock, &PyByteArray_Type, &log,
+                           &writer, &slow, &PyList_Type, &extra, &now, &flush_at)
+        : PyArg_ParseTuple(args, "OOOO!OOLn:RecordedHandler", &inner, &ready, &clock, &PyByteArray_Type, &log,
+                           &writer, &slow, &index, &flush_at);
+    if (!ok) {
+        return -1;
+    }
+    Py_XSETREF(self->inner, Py_NewRef(inner));
+    Py_XSETREF(self->ready, Py_NewRef(ready));
+    Py_XSETREF(self->clock, Py_NewRef(clock));
+    Py_XSETREF(self->log, Py_NewRef(log));
+    Py_XSETREF(self->writer, Py_NewRef(writer));
+    Py_XSETREF(self->slow, Py_NewRef(slow));
+    Py_XSETREF(self->extra, Py_NewRef(extra));
+    Py_XSETREF(self->now, Py_NewRef(now));
+    self->index = index;
+    self->flush_at = flush_at;
+    self->vectorcall = (vectorcallfunc)(is_poll ? recorded_poll_call : recorded_handler_call);
+    return 0;
+}
+
+static int
+recorded_traverse(Recorded *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->inner);
+    Py_VISIT(self->ready);
+    Py_VISIT(self->clock);
+    Py_VISIT(self->log);
+    Py_VISIT(self->writer);
+    Py_VISIT(self->slow);
+    Py_VISIT(self->extra);
+    Py_VISIT(self->now);
+    return 0;
+}
+
+static int
+recorded_clear(Recorded *self)
+{
+    Py_CLEAR(self->inner);
+    Py_CLEAR(self->ready);
+    Py_CLEAR(self->clock);
+    Py_CLEAR(self->log);
+    Py_CLEAR(self->writer);
+    Py_CLEAR(self->slow);
+    Py_CLEAR(self->extra);
+    Py_CLEAR(self->now);
+    return 0;
+}
+
+static void
+recorded_dealloc(Recorded *self)
+{
+    PyObject_GC_UnTrack(self);
+    recorded_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+recorded_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    Recorded *self = (Recorded *)PyType_GenericNew(type, args, kwds);
+    if (self != NULL) {
+        self->vectorcall = NULL;
+    }
+    return (PyObject *)self;
+}
+
+static PyObject *
+recorded_tp_call(Recorded *self, PyObject *args, PyObject *kwds)
+{
+    if (self->vectorcall == NULL) {
+        PyErr_SetString(PyExc_TypeError, "not initialised");
+        return NULL;
+    }
+    return PyVectorcall_Call((PyObject *)self, args, kwds);
+}
+
+#define RECORDED_TYPE(cname, pyname, doc)                                              \
+    static PyTypeObject cname = {                                                      \
+        PyVarObject_HEAD_INIT(NULL, 0)                                                 \
+        .tp_name = "threadlib._kernel._speedups." pyname,                              \
+        .tp_basicsize = sizeof(Recorded),                                              \
+        .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL, \
+        .tp_doc = doc,                                                                 \
+        .tp_new = recorded_new,                                                        \
+        .tp_init = (initproc)recorded_init,                                            \
+        .tp_dealloc = (destructor)recorded_dealloc,                                    \
+        .tp_traverse = (traverseproc)recorded_traverse,                                \
+        .tp_clear = (inquiry)recorded_clear,                                           \
+        .tp_vectorcall_offset = offsetof(Recorded, vectorcall),                        \
+        .tp_call = (ternaryfunc)recorded_tp_call,                                      \
+    };
+
+RECORDED_TYPE(RecordedHandlerType, "RecordedHandler",
+              "RecordedHandler(handler, ready, clock, log, writer, slow, index, flush_at): recorder.py's "
+              "recorded handler wrapper, compiled.")
+RECORDED_TYPE(RecordedPollType, "RecordedPoll",
+              "RecordedPoll(poll, ready, clock, log, writer, slow, state, now, flush_at): recorder.py's "
+              "recorded poll, compiled.")
 
 static PyObject *s_waiting, *s_resume, *s_modify_fd, *s__ready, *s_append_name;
 
@@ -1362,6 +1670,8 @@ PyInit__speedups(void)
     INTERN(s_modify_fd, "modify_fd");
     INTERN(s__ready, "_ready");
     INTERN(s_append_name, "append");
+    INTERN(s_quiet, "quiet");
+    INTERN(s_flush, "flush");
 #undef INTERN
     PyObject *socket_module = PyImport_ImportModule("socket");
     if (socket_module == NULL) {
@@ -1373,14 +1683,17 @@ PyInit__speedups(void)
         return NULL;
     }
     crc_init();
-    if (PyType_Ready(&FdWaitersType) < 0) {
+    if (PyType_Ready(&FdWaitersType) < 0 || PyType_Ready(&RecordedHandlerType) < 0 ||
+        PyType_Ready(&RecordedPollType) < 0) {
         return NULL;
     }
     PyObject *module = PyModule_Create(&module_def);
     if (module == NULL) {
         return NULL;
     }
-    if (PyModule_AddObjectRef(module, "FdWaiters", (PyObject *)&FdWaitersType) < 0) {
+    if (PyModule_AddObjectRef(module, "FdWaiters", (PyObject *)&FdWaitersType) < 0 ||
+        PyModule_AddObjectRef(module, "RecordedHandler", (PyObject *)&RecordedHandlerType) < 0 ||
+        PyModule_AddObjectRef(module, "RecordedPoll", (PyObject *)&RecordedPollType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

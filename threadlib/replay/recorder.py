@@ -176,7 +176,17 @@ class Recorder:
         # before it and leaves its own wakes out (userstack).
         poll_state: list[Any] = [0, False]
 
+        def write_poll(start: int, now: float) -> None:
+            buf.append(_log.POLL)
+            if len(ready) == start:
+                buf.append(0)
+            else:
+                put_uint(buf, 1)
+                buf.extend(_log._F64.pack(now))
+                put_wakes(buf, ready, start)
+
         def poll() -> None:
+            # The specification of _speedups.RecordedPoll, used instead when built.
             poll_state[0] = len(ready)
             poll_state[1] = True
             clock.quiet += 1
@@ -186,17 +196,15 @@ class Recorder:
                 clock.quiet -= 1
                 poll_state[1] = False
             start = poll_state[0]
-            if rec_poll is None or not rec_poll(buf, ready, start, inner_now()):
-                if len(ready) == start:
-                    buf.append(_log.POLL)
-                    buf.append(0)
-                else:
-                    buf.append(_log.POLL)
-                    put_uint(buf, 1)
-                    buf.extend(_log._F64.pack(inner_now()))
-                    put_wakes(buf, ready, start)
+            now = inner_now()
+            if rec_poll is None or not rec_poll(buf, ready, start, now):
+                write_poll(start, now)
             if len(buf) >= _log.FLUSH_AT:
                 writer.flush()
+
+        if speedups is not None:
+            poll = speedups.RecordedPoll(real_poll, ready, clock, buf, writer, write_poll, poll_state, inner_now,
+                                         _log.FLUSH_AT)
 
         real_spawn = sched.spawn
 
@@ -247,7 +255,17 @@ class Recorder:
         put_uint = _log.put_uint
         rec_handler = speedups.rec_handler if speedups is not None else None
 
+        def write_handler(t: Any, start: int) -> None:
+            buf.append(_log.HANDLER)
+            put_uint(buf, t._id)
+            put_uint(buf, index)
+            if len(ready) == start:
+                buf.append(0)
+            else:
+                put_wakes(buf, ready, start)
+
         def recorded(t: Any, sc: Any) -> None:
+            # The specification of _speedups.RecordedHandler, used instead when built.
             start = len(ready)
             clock.quiet += 1
             try:
@@ -255,16 +273,14 @@ class Recorder:
             finally:
                 clock.quiet -= 1
                 if rec_handler is None or not rec_handler(buf, ready, start, t._id, index):
-                    buf.append(_log.HANDLER)
-                    put_uint(buf, t._id)
-                    put_uint(buf, index)
-                    if len(ready) == start:
-                        buf.append(0)
-                    else:
-                        put_wakes(buf, ready, start)
+                    write_handler(t, start)
                 if len(buf) >= _log.FLUSH_AT:
                     writer.flush()
 
+        if speedups is not None:
+            compiled: Callable[[Any, Any], None] = speedups.RecordedHandler(
+                handler, ready, clock, buf, writer, write_handler, index, _log.FLUSH_AT)
+            return compiled
         return recorded
 
     def finish(self, value: Any, exc: BaseException | None) -> None:
