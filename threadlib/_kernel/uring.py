@@ -16,7 +16,10 @@ when the scheduler has one (``UringPoller.read``/``write``/``fsync``).
 epoll ones with one log line saying why io_uring cannot be used (not built,
 refused by the kernel or disabled by sysctl, a missing feature). The
 ``THREADLIB_IO`` environment variable (``epoll``, the default, or
-``uring``) chooses what ``default_workers()`` returns.
+``uring``) chooses what ``default_workers()`` returns. The environment
+variable ``THREADLIB_URING_DISABLE`` turns io_uring off as a kernel
+without it would (``all``), for a check of the fallback or to rule the
+ring out while chasing a fault.
 
 What it must never do: block outside the idle wait, wake a thread itself
 (the callbacks of the watchers do), or let the kernel keep an fd open after
@@ -43,7 +46,7 @@ except ImportError:  # not built: no C compiler, headers, or not Linux
     _uring = None
 
 __all__ = ["UringPoller", "UringWorker", "UringUnavailable", "uring_unavailable_reason", "open_ring",
-           "uring_workers", "io_backend"]
+           "uring_workers", "io_backend", "usable_io_backend"]
 
 _FLAG_BITS = select.EPOLLET | select.EPOLLONESHOT | getattr(select, "EPOLLEXCLUSIVE", 1 << 28)
 _ERROR_EVENTS = select.EPOLLERR | select.EPOLLHUP
@@ -57,6 +60,8 @@ class UringUnavailable(OSError):
 def open_ring(entries: int = 256) -> Any:
     """A new ``_uring.Ring`` after checking every feature the worker needs;
     raises ``UringUnavailable`` naming the first one missing."""
+    if _disabled_by_environment():
+        raise UringUnavailable(errno.EPERM, "disabled by THREADLIB_URING_DISABLE")
     if _uring is None:
         raise UringUnavailable(errno.ENOSYS, "the io_uring extension (threadlib._kernel._uring) is not built: "
                                "no C compiler or linux/io_uring.h when threadlib was installed")
@@ -80,6 +85,16 @@ def open_ring(entries: int = 256) -> Any:
         ring.close()
         raise
     return ring
+
+
+def _disabled_by_environment() -> bool:
+    value = os.environ.get("THREADLIB_URING_DISABLE", "").strip().lower()
+    if value in ("", "0", "no", "false"):
+        return False
+    if value in ("1", "all", "yes", "true"):
+        return True
+    raise ValueError(f"THREADLIB_URING_DISABLE must be 'all' (or 1) or empty, got "
+                     f"{os.environ.get('THREADLIB_URING_DISABLE')!r}")
 
 
 _multishot_known: bool | None = None  # a kernel fact: probed once per process
@@ -349,19 +364,43 @@ class UringWorker(IOWorker):
         return f"<UringWorker fds={len(self._fds)}>"
 
 
-def io_backend() -> str:
-    """The IO backend ``default_workers()`` uses: ``THREADLIB_IO`` from the
-    environment (``epoll`` or ``uring``), ``epoll`` when unset; ValueError
-    naming the bad value otherwise."""
-    value = os.environ.get("THREADLIB_IO", "").strip().lower()
-    if value in ("", "epoll"):
+def io_backend(choice: str | None = None) -> str:
+    """The IO backend ``default_workers()`` uses: ``choice`` if given (a
+    program's ``--io``), else ``THREADLIB_IO`` from the environment
+    (``epoll`` or ``uring``), ``epoll`` when unset; ValueError naming the
+    bad value otherwise."""
+    source = "THREADLIB_IO" if choice is None else "the IO backend"
+    raw = os.environ.get("THREADLIB_IO", "") if choice is None else choice
+    value = raw.strip().lower()
+    if value in ("", "epoll") and (value or choice is None):
         return "epoll"
     if value in ("uring", "io_uring"):
         return "uring"
-    raise ValueError(f"THREADLIB_IO must be 'epoll' or 'uring', got {os.environ.get('THREADLIB_IO')!r}")
+    raise ValueError(f"{source} must be 'epoll' or 'uring', got {raw!r}")
 
 
 _fallback_logged: set[str] = set()
+
+
+def _log_fallback(reason: str) -> None:
+    if reason not in _fallback_logged:
+        _fallback_logged.add(reason)
+        log.warning("threadlib: io_uring unavailable (%s); using epoll", reason)
+
+
+def usable_io_backend(choice: str | None = None) -> str:
+    """The backend to build schedulers with for ``choice`` (``epoll``,
+    ``uring``; None: ``THREADLIB_IO``): ``uring`` only if a ring can be
+    set up here, else ``epoll`` with the one log line of the fallback. For
+    a program that forks workers, so the line is written once, by the
+    parent. ValueError names a bad ``choice`` or ``THREADLIB_IO``."""
+    backend = io_backend(choice)
+    if backend == "uring":
+        reason = uring_unavailable_reason()
+        if reason is not None:
+            _log_fallback(reason)
+            return "epoll"
+    return backend
 
 
 def uring_workers() -> list[Any]:
@@ -374,9 +413,6 @@ def uring_workers() -> list[Any]:
     try:
         io: IOWorker = UringWorker()
     except UringUnavailable as exc:
-        reason = exc.strerror or str(exc)
-        if reason not in _fallback_logged:
-            _fallback_logged.add(reason)
-            log.warning("threadlib: io_uring unavailable (%s); using epoll", reason)
+        _log_fallback(exc.strerror or str(exc))
         io = IOWorker()
     return [TimerWorker(), io, BlockingPool()]
