@@ -359,6 +359,42 @@ ring_poll_remove(Ring *r, PyObject *args)
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(cancel_doc,
+"cancel(target, user_data, flags=0)\n\n"
+"Prepare an IORING_OP_ASYNC_CANCEL of the request whose user_data is\n"
+"``target`` (``flags``: IORING_ASYNC_CANCEL_* bits; with ASYNC_CANCEL_FD,\n"
+"``target`` is an fd). The request then completes with -ECANCELED (or its\n"
+"result, when it was already done), the cancel itself with ``user_data``:\n"
+"0 (done), -ENOENT (not found) or -EALREADY (running: retry).\n"
+"Unlike poll_remove, a cancel of a poll whose wake-up is being handled\n"
+"is not refused: the poll is marked and ends.");
+
+static PyObject *
+ring_cancel(Ring *r, PyObject *args)
+{
+    unsigned long long target, ud;
+    unsigned flags = 0;
+    if (!PyArg_ParseTuple(args, "KK|I:cancel", &target, &ud, &flags))
+        return NULL;
+#ifdef IORING_ASYNC_CANCEL_FD
+    int by_fd = (flags & IORING_ASYNC_CANCEL_FD) != 0;
+#else
+    int by_fd = 0;
+#endif
+    if (by_fd && target > 0x7fffffffULL) {
+        PyErr_Format(PyExc_ValueError, "the fd to cancel on must be an int fd, got %llu", target);
+        return NULL;
+    }
+    struct io_uring_sqe *sqe = get_sqe(r, IORING_OP_ASYNC_CANCEL, by_fd ? (int)target : -1, ud);
+    if (sqe == NULL)
+        return NULL;
+    if (!by_fd)
+        sqe->addr = target;
+    sqe->cancel_flags = flags;
+    publish(r);
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 prep_rw(Ring *r, PyObject *args, int opcode, const char *fmt)
 {
@@ -674,6 +710,7 @@ static PyGetSetDef ring_getset[] = {
 static PyMethodDef ring_methods[] = {
     {"poll_add", (PyCFunction)ring_poll_add, METH_VARARGS, poll_add_doc},
     {"poll_remove", (PyCFunction)ring_poll_remove, METH_VARARGS, poll_remove_doc},
+    {"cancel", (PyCFunction)ring_cancel, METH_VARARGS, cancel_doc},
     {"read", (PyCFunction)ring_read, METH_VARARGS, read_doc},
     {"write", (PyCFunction)ring_write, METH_VARARGS, write_doc},
     {"fsync", (PyCFunction)ring_fsync, METH_VARARGS, fsync_doc},
@@ -735,7 +772,8 @@ PyInit__uring(void)
         || PyModule_AddIntConstant(m, "OP_POLL_REMOVE", IORING_OP_POLL_REMOVE) < 0
         || PyModule_AddIntConstant(m, "OP_READ", IORING_OP_READ) < 0
         || PyModule_AddIntConstant(m, "OP_WRITE", IORING_OP_WRITE) < 0
-        || PyModule_AddIntConstant(m, "OP_FSYNC", IORING_OP_FSYNC) < 0) {
+        || PyModule_AddIntConstant(m, "OP_FSYNC", IORING_OP_FSYNC) < 0
+        || PyModule_AddIntConstant(m, "OP_ASYNC_CANCEL", IORING_OP_ASYNC_CANCEL) < 0) {
         Py_DECREF(m);
         return NULL;
     }

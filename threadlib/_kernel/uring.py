@@ -23,8 +23,10 @@ ring out while chasing a fault.
 
 What it must never do: block outside the idle wait, wake a thread itself
 (the callbacks of the watchers do), or let the kernel keep an fd open after
-``unregister`` (the removal is submitted at once, so a socket closed right
-after is really closed).
+``unregister`` (the poll request is cancelled at once, with
+IORING_OP_ASYNC_CANCEL, which the kernel does not refuse while it handles the
+poll's wake-up as it refuses a POLL_REMOVE; so a socket closed right after
+is really closed, and a SO_LINGER 0 reset really leaves).
 """
 
 from __future__ import annotations
@@ -79,6 +81,8 @@ def open_ring(entries: int = 256) -> Any:
                          (_uring.OP_READ, "READ"), (_uring.OP_WRITE, "WRITE"), (_uring.OP_FSYNC, "FSYNC")):
             if not ring.supports(op):
                 raise UringUnavailable(errno.ENOSYS, f"io_uring lacks IORING_OP_{name}")
+        if not ring.supports(_uring.OP_ASYNC_CANCEL):
+            raise UringUnavailable(errno.ENOSYS, "io_uring lacks IORING_OP_ASYNC_CANCEL")
         if not _has_multishot_poll(ring):
             raise UringUnavailable(errno.ENOSYS, "io_uring lacks multishot poll (IORING_POLL_ADD_MULTI; Linux >= 5.13)")
     except BaseException:
@@ -241,7 +245,7 @@ class UringPoller:
         self._arm(watch)
 
     def unregister(self, fd: int) -> None:
-        """Stop watching ``fd`` (quietly if it is not watched). The removal
+        """Stop watching ``fd`` (quietly if it is not watched). The cancel
         is submitted at once: until the kernel drops its poll request, the
         request holds the file open."""
         watch = self._by_fd.get(fd)
@@ -255,7 +259,25 @@ class UringPoller:
 
     def _remove_request(self, watch: _Watch) -> None:
         if self._handlers.pop(watch.token, None) is not None:
-            self._ring.poll_remove(watch.token, 0)
+            self._cancel(watch.token)
+
+    def _cancel(self, target: int, tries: int = 0) -> None:
+        # An ASYNC_CANCEL, not a POLL_REMOVE: the kernel refuses the removal
+        # of a poll whose wake-up it is handling at that moment (EALREADY)
+        # and leaves the poll armed, holding its file: a socket closed after
+        # ``unregister`` then stayed open, and a reset (SO_LINGER 0) was
+        # never sent. A cancel marks such a poll, which ends. EALREADY from
+        # the cancel itself (never seen for polls) is retried, bounded.
+        token = self._token()
+        handlers = self._handlers
+
+        def done(res: int, flags: int) -> None:
+            del handlers[token]
+            if res == -errno.EALREADY and tries < 100:
+                self._cancel(target, tries + 1)
+
+        handlers[token] = done
+        self._ring.cancel(target, token)
 
     def poll(self, timeout: float) -> int:
         """Submit what was prepared, wait up to ``timeout`` seconds (negative:
