@@ -52,7 +52,7 @@ except ImportError:  # not built: no C compiler, headers, or not Linux
 
 __all__ = ["UringPoller", "UringWorker", "UringUnavailable", "uring_unavailable_reason", "open_ring",
            "uring_workers", "io_backend", "usable_io_backend", "UringRecv", "UringSend", "UringAccept",
-           "RecvState", "AcceptState", "SOCKET_FEATURES", "socket_features", "socket_worker"]
+           "RecvState", "AcceptState", "RECV_REQUEST_BYTES", "SOCKET_FEATURES", "socket_features", "socket_worker"]
 
 _FLAG_BITS = select.EPOLLET | select.EPOLLONESHOT | getattr(select, "EPOLLEXCLUSIVE", 1 << 28)
 _ERROR_EVENTS = select.EPOLLERR | select.EPOLLHUP
@@ -514,7 +514,11 @@ class UringAccept(SystemCall):
         self.state = state
 
 
-_RECV_BUFFER_CAP = 256 * 1024  # a recv asked for more gets at most this much per request
+# A waiting recv's request reads into a buffer of the worker's: at most
+# this much (an idle connection holds one while it waits, so it is small;
+# a recv that filled it tries the socket directly next, for the rest).
+RECV_REQUEST_BYTES = 16 * 1024
+_FREE_BUFFERS = 128  # buffers kept for reuse (allocating and zeroing one costs more than the recv)
 _ACCEPT_QUEUE_CAP = 256  # connections taken ahead of accept() before the multishot pauses
 _feature_logged: set[tuple[str, str]] = set()
 
@@ -552,6 +556,7 @@ class UringWorker(IOWorker):
                 _feature_logged.add((name, reason))
                 log.warning("threadlib: io_uring without %s (%s); sockets use readiness for it", name, reason)
         self._rx: dict[int, RecvState] = {}
+        self._free_buffers: list[bytearray] = []
         self._tx: dict[int, list[Any]] = {}  # fd -> [token, thread, data] of the send in flight
         self._accepts: dict[int, AcceptState] = {}
 
@@ -597,10 +602,12 @@ class UringWorker(IOWorker):
     def _submit_recv(self, st: RecvState) -> None:
         poller = self.poller
         token = poller._token()
-        buf = bytearray(min(max(st.want, 0), _RECV_BUFFER_CAP))
+        free = self._free_buffers
+        buf = free.pop() if free else bytearray(RECV_REQUEST_BYTES)
+        want = st.want
         poller._handlers[token] = lambda res, flags: self._recv_done(st, res)
         try:
-            self._ring.recv(st.fd, buf, token)
+            self._ring.recv(st.fd, buf if want >= RECV_REQUEST_BYTES else memoryview(buf)[:max(want, 0)], token)
         except BaseException:
             del poller._handlers[token]
             raise
@@ -613,6 +620,8 @@ class UringWorker(IOWorker):
         st.token = 0
         buf, st.buf = st.buf, None
         thread = st.waiter
+        if buf is not None and len(self._free_buffers) < _FREE_BUFFERS:
+            self._free_buffers.append(buf)  # reaped: the kernel is done with it
         if res > 0:
             assert buf is not None
             data = bytes(memoryview(buf)[:res])

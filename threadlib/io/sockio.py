@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, overload
 from ..calls import timeout as _timeout
 from .._kernel import DONE, forget_fd
 from .._kernel.compiled import sock_recv, sock_recv_into, sock_send
-from .._kernel.uring import AcceptState, RecvState, UringAccept, UringRecv, UringSend, socket_worker
+from .._kernel.uring import RECV_REQUEST_BYTES, AcceptState, RecvState, UringAccept, UringRecv, UringSend, socket_worker
 from ..syscalls import Blocking, Sleep, WaitRead, WaitWrite, Waits
 from .happy_eyeballs import DEFAULT_DELAY, HostTable, Resolver, connect_first, literal_family
 
@@ -470,6 +470,9 @@ class UringStream(Stream):
                     yield call
             got = rx.take(max_bytes)
             if got is not None:
+                # Short of what the request could take: the queue is empty,
+                # so the next read goes straight to the ring (no EAGAIN).
+                self._drained = 0 < len(got) < min(max_bytes, RECV_REQUEST_BYTES) and not rx.pending
                 return got
 
     @types.coroutine
@@ -505,6 +508,7 @@ class UringStream(Stream):
             data = rx.take(want)
             if data is not None:
                 view[:len(data)] = data
+                self._drained = 0 < len(data) < min(want, RECV_REQUEST_BYTES) and not rx.pending
                 return len(data)
 
     @types.coroutine
