@@ -37,6 +37,7 @@ import os
 import select
 import socket
 from collections import deque
+from functools import partial
 from typing import Any, Callable
 
 from .fdio import IOWorker
@@ -569,6 +570,7 @@ class UringWorker(IOWorker):
             self.poller.close()
             raise
         handlers = super().attach(sched)
+        self._ready_append = sched._ready.append
         handlers[UringRecv] = self._recv
         handlers[UringSend] = self._send
         handlers[UringAccept] = self._accept
@@ -597,15 +599,21 @@ class UringWorker(IOWorker):
         self.waiting += 1
         if not st.token:  # else a cancelled request is still out: its result comes here
             self._submit_recv(st)
-        sched.suspend(thread, sc)
+        # Scheduler.suspend, inlined for the common case (no timeout, no
+        # pending cancel), as IOWorker does: this is every waiting read.
+        if sched._pending or thread._scope is not None:
+            sched.suspend(thread, sc)
+        else:
+            thread._wait = sc
 
     def _submit_recv(self, st: RecvState) -> None:
         poller = self.poller
-        token = poller._token()
+        token = poller._next
+        poller._next = token + 1
         free = self._free_buffers
         buf = free.pop() if free else bytearray(RECV_REQUEST_BYTES)
         want = st.want
-        poller._handlers[token] = lambda res, flags: self._recv_done(st, res)
+        poller._handlers[token] = partial(self._recv_done, st)
         try:
             self._ring.recv(st.fd, buf if want >= RECV_REQUEST_BYTES else memoryview(buf)[:max(want, 0)], token)
         except BaseException:
@@ -615,13 +623,11 @@ class UringWorker(IOWorker):
         st.buf = buf
         self._rx[st.fd] = st
 
-    def _recv_done(self, st: RecvState, res: int) -> None:
+    def _recv_done(self, st: RecvState, res: int, flags: int) -> None:
         del self.poller._handlers[st.token]
         st.token = 0
         buf, st.buf = st.buf, None
         thread = st.waiter
-        if buf is not None and len(self._free_buffers) < _FREE_BUFFERS:
-            self._free_buffers.append(buf)  # reaped: the kernel is done with it
         if res > 0:
             assert buf is not None
             data = bytes(memoryview(buf)[:res])
@@ -629,15 +635,24 @@ class UringWorker(IOWorker):
         elif res == 0:
             st.eof = True
         elif res == -errno.ECANCELED:
+            if buf is not None and len(self._free_buffers) < _FREE_BUFFERS:
+                self._free_buffers.append(buf)
             if thread is not None and st.fd >= 0:
                 self._submit_recv(st)  # cancelled for a thread that left; another recv adopted it
             return
         else:
             st.error = OSError(-res, os.strerror(-res))
+        if buf is not None and len(self._free_buffers) < _FREE_BUFFERS:
+            self._free_buffers.append(buf)  # reaped: the kernel is done with it
         if thread is not None:
             st.waiter = None
             self.waiting -= 1
-            self._sched.resume(thread, None)
+            if thread._scope is None:  # Scheduler.resume, inlined (no timer to disarm)
+                thread._value = None
+                thread._wait = None
+                self._ready_append(thread)
+            else:
+                self._sched.resume(thread, None)
 
     # -- send ---------------------------------------------------------------------
     def _send(self, thread: Any, sc: UringSend) -> None:

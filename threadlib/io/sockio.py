@@ -447,7 +447,7 @@ class UringStream(Stream):
         recv request. On ``timeout`` (TimeoutError) or cancellation the
         request is cancelled and what it took is kept for the next recv."""
         rx = self._rx
-        if not rx.pending:
+        if not (rx.token or rx.leftover or rx.eof or rx.error is not None):  # rx.pending, inlined
             if self._drained:
                 self._drained = False
             else:
@@ -468,11 +468,15 @@ class UringStream(Stream):
             else:
                 with _timeout(timeout):
                     yield call
-            got = rx.take(max_bytes)
-            if got is not None:
+            got = rx.leftover
+            if got and len(got) <= max_bytes and not rx.token:  # rx.take, inlined for the common case
+                rx.leftover = b""
                 # Short of what the request could take: the queue is empty,
                 # so the next read goes straight to the ring (no EAGAIN).
-                self._drained = 0 < len(got) < min(max_bytes, RECV_REQUEST_BYTES) and not rx.pending
+                self._drained = len(got) < max_bytes and len(got) < RECV_REQUEST_BYTES
+                return got
+            got = rx.take(max_bytes)
+            if got is not None:
                 return got
 
     @types.coroutine
