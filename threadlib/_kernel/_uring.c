@@ -405,6 +405,8 @@ ring_cancel(Ring *r, PyObject *args)
     Py_RETURN_NONE;
 }
 
+static PyObject *prep_buffer(Ring *r, int opcode, int fd, PyObject *buf, long long offset, unsigned long long ud);
+
 static PyObject *
 prep_rw(Ring *r, PyObject *args, int opcode, const char *fmt)
 {
@@ -414,6 +416,14 @@ prep_rw(Ring *r, PyObject *args, int opcode, const char *fmt)
     unsigned long long ud;
     if (!PyArg_ParseTuple(args, fmt, &fd, &buf, &offset, &ud))
         return NULL;
+    return prep_buffer(r, opcode, fd, buf, offset, ud);
+}
+
+/* A request on ``buf`` (read into it, or write, recv, send from it), its
+ * memoryview held until the completion is reaped. */
+static PyObject *
+prep_buffer(Ring *r, int opcode, int fd, PyObject *buf, long long offset, unsigned long long ud)
+{
     if (check_fd(fd) < 0)
         return NULL;
     if (offset < -1) {
@@ -513,12 +523,7 @@ ring_recv(Ring *r, PyObject *args)
     unsigned long long ud;
     if (!PyArg_ParseTuple(args, "iOK:recv", &fd, &buf, &ud))
         return NULL;
-    PyObject *rw_args = Py_BuildValue("(iOiK)", fd, buf, 0, ud);
-    if (rw_args == NULL)
-        return NULL;
-    PyObject *res = prep_rw(r, rw_args, IORING_OP_RECV, "iOLK:recv");
-    Py_DECREF(rw_args);
-    return res;
+    return prep_buffer(r, IORING_OP_RECV, fd, buf, 0, ud);
 }
 
 PyDoc_STRVAR(send_doc,
@@ -535,12 +540,7 @@ ring_send(Ring *r, PyObject *args)
     unsigned long long ud;
     if (!PyArg_ParseTuple(args, "iOK:send", &fd, &buf, &ud))
         return NULL;
-    PyObject *rw_args = Py_BuildValue("(iOiK)", fd, buf, 0, ud);
-    if (rw_args == NULL)
-        return NULL;
-    PyObject *res = prep_rw(r, rw_args, IORING_OP_SEND, "iOLK:send");
-    Py_DECREF(rw_args);
-    return res;
+    return prep_buffer(r, IORING_OP_SEND, fd, buf, 0, ud);
 }
 
 PyDoc_STRVAR(accept_doc,
