@@ -475,9 +475,9 @@ class UringStream(Stream):
                 # so the next read goes straight to the ring (no EAGAIN).
                 self._drained = len(got) < max_bytes and len(got) < RECV_REQUEST_BYTES
                 return got
-            got = rx.take(max_bytes)
-            if got is not None:
-                return got
+            taken = rx.take(max_bytes)
+            if taken is not None:
+                return taken
 
     @types.coroutine
     def recv_into(self, buffer: Any, nbytes: int = 0, timeout: float | None = None) -> Waits[int]:
