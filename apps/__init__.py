@@ -41,6 +41,31 @@ def cannot_start(program: str, exc: BaseException) -> WorkerStartError:
     return WorkerStartError(f"{program_name(program)}: {reason}")
 
 
+IO_BACKENDS = ("epoll", "uring")
+IO_BACKEND_HELP = ("the kernel interface for socket and file IO: epoll (readiness), or io_uring where the kernel "
+                   "allows it (else epoll, with one log line saying why); default: $THREADLIB_IO or epoll")
+
+
+def add_io_backend_option(parser: argparse.ArgumentParser) -> None:
+    """``--io epoll|uring``: the IO backend of the program's schedulers
+    (argparse names a bad value in its one-line error)."""
+    parser.add_argument("--io", choices=IO_BACKENDS, default=None, help=IO_BACKEND_HELP)
+
+
+def io_backend_of(parser: argparse.ArgumentParser, choice: str | None) -> str:
+    """The backend the program's schedulers will use for ``--io CHOICE``
+    (None: ``$THREADLIB_IO``): ``uring`` falls back to ``epoll`` here,
+    once, with the log line saying why, so N forked workers do not each
+    say it. A bad ``$THREADLIB_IO`` is the parser's one-line error. Call
+    it after logging is set up."""
+    from threadlib.lowlevel import usable_io_backend
+
+    try:
+        return usable_io_backend(choice)
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
 def summary(doc: str | None) -> str:
     """A module docstring's first paragraph, on one line."""
     return " ".join((doc or "").split("\n\n")[0].split())

@@ -1,11 +1,12 @@
 """An echo server in threaded style: one thread per connection.
 
-    python -m apps.echo --port 7000 [--host 0.0.0.0] [--workers N]
+    python -m apps.echo --port 7000 [--host 0.0.0.0] [--workers N] [--io epoll|uring]
 
 The main job before the web server existed, and the smallest complete
 example of the runtime: listen, accept, spawn a thread that loops
 recv/sendall. SIGTERM or SIGINT stops accepting and lets the connections
-in flight finish (``--workers N`` runs N processes on one port).
+in flight finish (``--workers N`` runs N processes on one port; ``--io
+uring`` serves through io_uring where the kernel allows it).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from threadlib.io import sockio
 from threadlib.net import Network
 from threadlib.process import multicore
 
-from . import cannot_start, program_name, summary
+from . import add_io_backend_option, cannot_start, io_backend_of, program_name, summary
 
 log = logging.getLogger("apps.echo")
 
@@ -66,9 +67,13 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
     parser.add_argument("--record", metavar="FILE",
                         help="record the run to FILE for `python -m threadlib.replay check FILE` (one worker)")
+    add_io_backend_option(parser)
     args = parser.parse_args(argv)
     if args.record is not None and args.workers > 1:
         parser.error("--record records one worker: leave out --workers")
+    if args.record is not None and args.io == "uring":
+        parser.error("--record records the epoll worker: leave out --io uring")
+    args.parser = parser
     return args
 
 
@@ -83,8 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    io = io_backend_of(args.parser, args.io)
     return multicore.serve(_body(args), args.workers, record=args.record,
-                           entry="apps.echo:replayed", entry_args=argv)
+                           entry="apps.echo:replayed", entry_args=argv, io=io)
 
 
 def replayed(*argv: str) -> Any:

@@ -3,11 +3,12 @@ sending GET requests one after another (keep-alive, or a new connection per
 request with ``--no-keepalive``) for a duration or a request count.
 
     python -m apps.loadgen URL [URL ...] -c 100 -d 10 [-n 50000] [-R 2000] [--no-keepalive] [--json]
-                           [--cacert FILE | --insecure]
+                           [--cacert FILE | --insecure] [--io epoll|uring]
 
 Like the LoadGen of the original work, it assembles its own scheduler
-from workers: only a timer worker and the epoll IO worker, no blocking
-pool, so the run loop is a tight epoll-plus-timers loop. Names are
+from workers: only a timer worker and the IO worker (epoll, or io_uring
+with ``--io uring``), no blocking pool, so the run loop is a tight
+poll-plus-timers loop. Names are
 resolved once, before the run. It prints requests/s, bytes/s, latency
 percentiles (p50, p90, p99, p99.9) and errors by kind, with a live
 progress line when stdout is a terminal. Latencies go into a bounded
@@ -33,6 +34,7 @@ import dataclasses
 import errno
 import itertools
 import json
+import logging
 import math
 import os
 import socket
@@ -48,9 +50,9 @@ import httptools
 
 import threadlib
 from threadlib.io import sockio, tls
-from threadlib.lowlevel import IOWorker, Scheduler, TimerWorker, WaitWrite
+from threadlib.lowlevel import IOWorker, Scheduler, TimerWorker, UringWorker, WaitWrite, usable_io_backend
 
-from . import positive_seconds, program_name, summary
+from . import add_io_backend_option, io_backend_of, positive_seconds, program_name, summary
 
 __all__ = ["Target", "LoadGen", "LatencyHistogram", "Result", "main"]
 
@@ -369,10 +371,15 @@ class LoadGen:
         self._remaining = requests if requests is not None else -1
         self._deadline = 0.0
 
-    def run(self) -> Result:
-        """Run in a scheduler of its own (timers and epoll) in this OS
-        thread; returns the Result."""
-        sched = Scheduler(workers=[TimerWorker(), IOWorker()])
+    def run(self, io: str | None = None) -> Result:
+        """Run in a scheduler of its own (timers and epoll, or io_uring with
+        ``io="uring"``; None: ``$THREADLIB_IO``) in this OS thread; returns
+        the Result."""
+        if usable_io_backend(io) == "uring":
+            io_worker: IOWorker = UringWorker()
+        else:
+            io_worker = IOWorker()
+        sched = Scheduler(workers=[TimerWorker(), io_worker])
         return sched.run(self.main())
 
     @types.coroutine
@@ -550,7 +557,10 @@ def main(argv: list[str] | None = None) -> int:
     verify = parser.add_mutually_exclusive_group()
     verify.add_argument("--cacert", metavar="FILE", help="https: trust the CA certificates in FILE (PEM)")
     verify.add_argument("--insecure", action="store_true", help="https: do not verify the server's certificate")
+    add_io_backend_option(parser)
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    io = io_backend_of(parser, args.io)
     if args.duration is None and args.requests is None:
         args.duration = 10.0
     if args.duration is not None and args.duration <= 0:
@@ -571,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cacert is not None and isinstance(exc, FileNotFoundError):
             parser.error(f"--cacert {args.cacert}: {exc.strerror}")
         parser.error(str(exc))
-    result = gen.run()
+    result = gen.run(io)
     if args.json:
         print(json.dumps(result.summary()))
     else:

@@ -2,7 +2,7 @@
 
     python -m apps.proxy --listen HOST:PORT --target HOST:PORT
                          [--connect-timeout 5] [--fallback] [--workers N] [--grace 30]
-                         [--tls-cert FILE --tls-key FILE]
+                         [--tls-cert FILE --tls-key FILE] [--io epoll|uring]
 
 One thread per connection connects to the target (giving up after
 --connect-timeout seconds) and runs ``threadlib.io.splice.proxy``: both
@@ -25,7 +25,8 @@ handshake is one log line naming the client and the reason.
 SIGTERM or SIGINT stops accepting at once and lets the transfers in flight
 finish; those still running after --grace seconds are cut. ``--workers N``
 runs N processes sharing the port (SO_REUSEPORT). The first line on stdout
-per worker is ``proxy listening on HOST:PORT -> HOST:PORT``.
+per worker is ``proxy listening on HOST:PORT -> HOST:PORT``. ``--io uring``
+serves through io_uring where the kernel allows it (else epoll, saying why).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from threadlib.io import splice as tsplice
 from threadlib.net import Network
 from threadlib.process import multicore
 
-from . import cannot_start, positive_seconds, program_name, tls_server_context
+from . import add_io_backend_option, cannot_start, io_backend_of, positive_seconds, program_name, tls_server_context
 
 log = logging.getLogger("apps.proxy")
 
@@ -231,7 +232,11 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--record", metavar="FILE",
                         help="record the run to FILE for `python -m threadlib.replay check FILE` (one worker, "
                              "no TLS; copies through user space, as --fallback, so that every byte is seen)")
+    add_io_backend_option(parser)
     args = parser.parse_args(argv)
+    args.parser = parser
+    if args.record is not None and args.io == "uring":
+        parser.error("--record records the epoll worker: leave out --io uring")
     if args.record is not None and (args.workers > 1 or args.tls_cert is not None):
         parser.error("--record records one worker without TLS: leave out --workers and --tls-cert")
     if args.record is not None:
@@ -269,8 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.quiet:
         log.setLevel(logging.WARNING)
+    io = io_backend_of(args.parser, args.io)
     return multicore.serve(_body(args), args.workers, record=args.record, entry="apps.proxy:replayed",
-                           entry_args=argv)
+                           entry_args=argv, io=io)
 
 
 def replayed(*argv: str) -> Any:

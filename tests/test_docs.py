@@ -328,6 +328,8 @@ def test_each_row_names_the_worker_really_serving_the_call():
             cls = classes[name]
             if cls is TcpWait:
                 continue  # served per network: the next test
+            if served_by == "UringWorker":
+                continue  # on an io_uring scheduler only: the next test but one
             owner = sched.worker_for(cls)
             if served_by == "Scheduler":
                 assert owner is None and cls in sched._handlers, \
@@ -339,6 +341,23 @@ def test_each_row_names_the_worker_really_serving_the_call():
     finally:
         sched.run(_nothing())  # ends at once, closing the workers
         loop.close()
+
+
+def test_the_io_uring_calls_are_served_by_the_uring_worker():
+    from threadlib.lowlevel import Scheduler, UringWorker, uring_unavailable_reason, uring_workers
+
+    reason = uring_unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"io_uring unavailable here: {reason}")
+    classes = {cls.__name__: cls for cls in syscall_classes()}
+    rows = [name for name, (served_by, _) in syscall_table().items() if served_by == "UringWorker"]
+    assert sorted(rows) == ["UringAccept", "UringRecv", "UringSend"]
+    sched = Scheduler(workers=uring_workers())
+    try:
+        for name in rows:
+            assert isinstance(sched.worker_for(classes[name]), UringWorker), name
+    finally:
+        sched.run(_nothing())
 
 
 def test_tcp_wait_is_served_by_the_user_tcp_worker_of_each_network():

@@ -31,6 +31,7 @@ from ._kernel import (
     io_backend,
     uring_unavailable_reason,
     uring_workers,
+    usable_io_backend,
 )
 from ._kernel.compiled import COMPILED
 from ._kernel.worker import Handler
@@ -45,4 +46,5 @@ __all__ = [
     "Park", "Unpark", "Blocking", "GetCurrent", "GetScheduler",
     "Instrument", "SlowStepDetector", "COMPILED",
     "UringPoller", "UringUnavailable", "UringWorker", "uring_workers", "uring_unavailable_reason", "io_backend",
+    "usable_io_backend",
 ]

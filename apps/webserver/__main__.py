@@ -12,7 +12,10 @@ the other), on either stack and in every worker. ``--wsgi MODULE:APP`` serves
 that WSGI application instead of files (imported before forking; one that
 does not import is a one-line error); ``--asgi MODULE:APP`` serves an ASGI 3
 application on ``threadlib.loop`` (``asgi.py``), WebSockets included
-(``--ws-max-message``). It must never start serving with a bad
+(``--ws-max-message``). ``--io`` names how file bodies leave the disk
+(``sendfile``, ``aio``) and the kernel interface for IO (``epoll``,
+``uring``: io_uring where the kernel allows it, else epoll saying why);
+it may be given twice (``--io aio --io uring``). It must never start serving with a bad
 option: every mistake is reported before the port is opened.
 """
 
@@ -27,7 +30,7 @@ from typing import Any
 from threadlib.io import sockio
 from threadlib.process import multicore
 
-from .. import cannot_start, positive_seconds, program_name, tls_server_context
+from .. import IO_BACKENDS, cannot_start, io_backend_of, positive_seconds, program_name, tls_server_context
 from .http import Limits
 from .server import IO_MODES, SAMPLE_SITE, WebServer, user_network
 from .wsgi import WSGI_MAX_BODY
@@ -44,8 +47,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1; with --stack user, every "
                                        "address of the user-level stack)")
     parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--io", choices=IO_MODES, default="sendfile",
-                        help="how file bodies leave the disk: sendfile(2) or Linux AIO reads (threadlib.io.fileio)")
+    parser.add_argument("--io", choices=IO_MODES + IO_BACKENDS, action="append", default=[],
+                        help="how file bodies leave the disk: sendfile(2) or Linux AIO reads (threadlib.io.fileio); "
+                             "and/or the kernel interface for IO: epoll, or io_uring where the kernel allows it "
+                             "(default: $THREADLIB_IO or epoll); may be given twice, e.g. --io aio --io uring")
     parser.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
     parser.add_argument("--stack", choices=("kernel", "user"), default="kernel",
                         help="TCP/IP stack: the kernel's, or threadlib's user-level stack")
@@ -84,6 +89,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="record the run to FILE for `python -m threadlib.replay check FILE` "
                              "(static files on either stack, one worker)")
     args = parser.parse_args(argv)
+    modes = [v for v in args.io if v in IO_MODES]
+    backends = [v for v in args.io if v in IO_BACKENDS]
+    if len(set(modes)) > 1 or len(set(backends)) > 1:
+        parser.error(f"--io {' --io '.join(args.io)}: give at most one of {', '.join(IO_MODES)} "
+                     f"and one of {', '.join(IO_BACKENDS)}")
+    args.io = modes[0] if modes else "sendfile"
+    args.io_backend = backends[0] if backends else None
+    args.parser = parser
+    if args.record is not None and args.io_backend == "uring":
+        parser.error("--record records the epoll worker: leave out --io uring")
     if args.record is not None and (args.workers > 1 or args.io != "sendfile"
                                     or args.wsgi or args.asgi or args.tls_cert):
         parser.error("--record covers the static file server (either stack) with --io sendfile, "
@@ -169,10 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(name)s %(message)s")
+    io_backend = args.io_backend = io_backend_of(args.parser, args.io_backend)
     worker, queues, startup_failed = _program(args)
     try:
         status = multicore.serve(worker, args.workers, record=args.record,
-                                 entry="apps.webserver.__main__:replayed", entry_args=argv)
+                                 entry="apps.webserver.__main__:replayed", entry_args=argv, io=io_backend)
         return 3 if startup_failed else status
     finally:
         if queues is not None:
@@ -241,7 +257,8 @@ def _program(args: argparse.Namespace) -> tuple[Any, Any, list[int]]:
                 urls = " ".join(f"{scheme}://{h if ':' not in h else f'[{h}]'}:{port}/"
                                 for scheme, port in endpoints for h in hosts)
                 what = f"WSGI app {args.wsgi}" if args.wsgi_app is not None else root
-                print(f"serving {what} on {urls} (io={args.io}, stack={args.stack}, workers={args.workers})",
+                print(f"serving {what} on {urls} (io={args.io}, {args.io_backend or 'epoll'}, stack={args.stack}, "
+                      f"workers={args.workers})",
                       flush=True)
 
         tls_address = (args.host, args.tls_port) if args.tls_port is not None else None

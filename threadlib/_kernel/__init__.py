@@ -30,7 +30,8 @@ from .pollers import EpollPoller
 from .scheduler import Scheduler, current_scheduler, default_workers, forget_fd, running_scheduler
 from .threads import COROUTINE_TYPES, Thread, ThreadCancelled
 from .timers import TimerWorker
-from .uring import UringPoller, UringUnavailable, UringWorker, io_backend, uring_unavailable_reason, uring_workers
+from .uring import (UringPoller, UringUnavailable, UringWorker, io_backend, uring_unavailable_reason, uring_workers,
+                    usable_io_backend)
 from .waitqueue import DONE, ParkOnce, WaitQueue
 from .worker import Poller, Worker, WorkerError
 
@@ -38,6 +39,6 @@ __all__ = [
     "BlockingPool", "MonotonicClock", "VirtualClock", "IOWorker", "EpollPoller", "Scheduler",
     "current_scheduler", "default_workers", "forget_fd", "running_scheduler", "COROUTINE_TYPES", "Thread",
     "ThreadCancelled", "TimerWorker", "DONE", "ParkOnce", "WaitQueue", "Poller", "Worker", "WorkerError",
-    "Instrument", "SlowStepDetector", "UringPoller", "UringUnavailable", "UringWorker", "io_backend",
+    "Instrument", "SlowStepDetector", "UringPoller", "UringUnavailable", "UringWorker", "io_backend", "usable_io_backend",
     "uring_unavailable_reason", "uring_workers",
 ]

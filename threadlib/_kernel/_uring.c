@@ -6,8 +6,8 @@
  * directly: io_uring_setup, io_uring_enter and io_uring_register through
  * syscall(2), the rings mapped with mmap. No liburing.
  *
- * A Ring prepares submission entries (poll_add, poll_remove, read, write,
- * fsync, nop) in the shared submission ring without a system call; poll()
+ * A Ring prepares submission entries (poll_add, poll_remove, cancel, read,
+ * write, fsync, recv, send, accept, nop) in the shared submission ring without a system call; poll()
  * hands every prepared entry to the kernel in one io_uring_enter, waits
  * (with the GIL released) only when asked to and when no completion is
  * already there, and returns the completions as (user_data, res, flags)
@@ -25,6 +25,7 @@
 #include <errno.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #include <linux/io_uring.h>
@@ -38,6 +39,15 @@
 #endif
 #ifndef IORING_SETUP_TASKRUN_FLAG
 #define IORING_SETUP_TASKRUN_FLAG (1U << 9)
+#endif
+#ifndef IORING_ACCEPT_MULTISHOT
+#define IORING_ACCEPT_MULTISHOT (1U << 0)
+#endif
+#ifndef IORING_ASYNC_CANCEL_ALL
+#define IORING_ASYNC_CANCEL_ALL (1U << 0)
+#endif
+#ifndef IORING_ASYNC_CANCEL_FD
+#define IORING_ASYNC_CANCEL_FD (1U << 1)
 #endif
 #ifndef IORING_SQ_TASKRUN
 #define IORING_SQ_TASKRUN (1U << 2)
@@ -359,6 +369,44 @@ ring_poll_remove(Ring *r, PyObject *args)
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(cancel_doc,
+"cancel(target, user_data, flags=0)\n\n"
+"Prepare an IORING_OP_ASYNC_CANCEL of the request whose user_data is\n"
+"``target`` (``flags``: IORING_ASYNC_CANCEL_* bits; with ASYNC_CANCEL_FD,\n"
+"``target`` is an fd). The request then completes with -ECANCELED (or its\n"
+"result, when it was already done), the cancel itself with ``user_data``:\n"
+"0 (done), -ENOENT (not found) or -EALREADY (running: retry).\n"
+"Unlike poll_remove, a cancel of a poll whose wake-up is being handled\n"
+"is not refused: the poll is marked and ends.");
+
+static PyObject *
+ring_cancel(Ring *r, PyObject *args)
+{
+    unsigned long long target, ud;
+    unsigned flags = 0;
+    if (!PyArg_ParseTuple(args, "KK|I:cancel", &target, &ud, &flags))
+        return NULL;
+#ifdef IORING_ASYNC_CANCEL_FD
+    int by_fd = (flags & IORING_ASYNC_CANCEL_FD) != 0;
+#else
+    int by_fd = 0;
+#endif
+    if (by_fd && target > 0x7fffffffULL) {
+        PyErr_Format(PyExc_ValueError, "the fd to cancel on must be an int fd, got %llu", target);
+        return NULL;
+    }
+    struct io_uring_sqe *sqe = get_sqe(r, IORING_OP_ASYNC_CANCEL, by_fd ? (int)target : -1, ud);
+    if (sqe == NULL)
+        return NULL;
+    if (!by_fd)
+        sqe->addr = target;
+    sqe->cancel_flags = flags;
+    publish(r);
+    Py_RETURN_NONE;
+}
+
+static PyObject *prep_buffer(Ring *r, int opcode, int fd, PyObject *buf, long long offset, unsigned long long ud);
+
 static PyObject *
 prep_rw(Ring *r, PyObject *args, int opcode, const char *fmt)
 {
@@ -368,6 +416,14 @@ prep_rw(Ring *r, PyObject *args, int opcode, const char *fmt)
     unsigned long long ud;
     if (!PyArg_ParseTuple(args, fmt, &fd, &buf, &offset, &ud))
         return NULL;
+    return prep_buffer(r, opcode, fd, buf, offset, ud);
+}
+
+/* A request on ``buf`` (read into it, or write, recv, send from it), its
+ * memoryview held until the completion is reaped. */
+static PyObject *
+prep_buffer(Ring *r, int opcode, int fd, PyObject *buf, long long offset, unsigned long long ud)
+{
     if (check_fd(fd) < 0)
         return NULL;
     if (offset < -1) {
@@ -394,7 +450,7 @@ prep_rw(Ring *r, PyObject *args, int opcode, const char *fmt)
         return NULL;
     }
     Py_buffer *b = PyMemoryView_GET_BUFFER(view);
-    if (opcode == IORING_OP_READ && b->readonly) {
+    if ((opcode == IORING_OP_READ || opcode == IORING_OP_RECV) && b->readonly) {
         PyErr_SetString(PyExc_TypeError, "read needs a writable buffer (bytearray, mmap, writable memoryview)");
         goto fail;
     }
@@ -413,7 +469,13 @@ prep_rw(Ring *r, PyObject *args, int opcode, const char *fmt)
         goto fail;
     sqe->addr = (unsigned long long)(uintptr_t)b->buf;
     sqe->len = (unsigned)b->len;
-    sqe->off = (unsigned long long)offset;
+    if (opcode == IORING_OP_RECV || opcode == IORING_OP_SEND) {
+        /* For sockets ``offset`` is unused: addr2 (its union) must stay 0,
+         * or a send would take it as a destination address. */
+        sqe->msg_flags = opcode == IORING_OP_SEND ? MSG_NOSIGNAL : 0;
+    } else {
+        sqe->off = (unsigned long long)offset;
+    }
     publish(r);
     Py_DECREF(view);
     Py_DECREF(key);
@@ -444,6 +506,67 @@ static PyObject *
 ring_write(Ring *r, PyObject *args)
 {
     return prep_rw(r, args, IORING_OP_WRITE, "iOLK:write");
+}
+
+PyDoc_STRVAR(recv_doc,
+"recv(fd, buffer, user_data)\n\n"
+"Prepare a recv(2) of up to len(buffer) bytes from the socket ``fd`` into\n"
+"the writable ``buffer`` (held until the completion is reaped): the kernel\n"
+"waits for data itself; the completion's res is the byte count, 0 at end\n"
+"of stream, or -errno.");
+
+static PyObject *
+ring_recv(Ring *r, PyObject *args)
+{
+    int fd;
+    PyObject *buf;
+    unsigned long long ud;
+    if (!PyArg_ParseTuple(args, "iOK:recv", &fd, &buf, &ud))
+        return NULL;
+    return prep_buffer(r, IORING_OP_RECV, fd, buf, 0, ud);
+}
+
+PyDoc_STRVAR(send_doc,
+"send(fd, buffer, user_data)\n\n"
+"Prepare a send(2) of ``buffer`` on the socket ``fd`` (MSG_NOSIGNAL; the\n"
+"buffer is held until the completion is reaped): the kernel waits for room\n"
+"itself; res is the byte count sent (maybe fewer) or -errno.");
+
+static PyObject *
+ring_send(Ring *r, PyObject *args)
+{
+    int fd;
+    PyObject *buf;
+    unsigned long long ud;
+    if (!PyArg_ParseTuple(args, "iOK:send", &fd, &buf, &ud))
+        return NULL;
+    return prep_buffer(r, IORING_OP_SEND, fd, buf, 0, ud);
+}
+
+PyDoc_STRVAR(accept_doc,
+"accept(fd, user_data, multishot)\n\n"
+"Prepare an accept on the listening socket ``fd`` (the new fd is\n"
+"non-blocking and close-on-exec; no peer address). A multishot accept\n"
+"(IORING_ACCEPT_MULTISHOT) posts a completion per connection, with\n"
+"IORING_CQE_F_MORE while it stays armed; res is the new fd or -errno.");
+
+static PyObject *
+ring_accept(Ring *r, PyObject *args)
+{
+    int fd, multishot;
+    unsigned long long ud;
+    if (!PyArg_ParseTuple(args, "iKp:accept", &fd, &ud, &multishot))
+        return NULL;
+    if (check_fd(fd) < 0)
+        return NULL;
+    struct io_uring_sqe *sqe = get_sqe(r, IORING_OP_ACCEPT, fd, ud);
+    if (sqe == NULL)
+        return NULL;
+    sqe->accept_flags = SOCK_NONBLOCK | SOCK_CLOEXEC;
+    if (multishot)
+        sqe->ioprio |= IORING_ACCEPT_MULTISHOT;
+    publish(r);
+    Py_RETURN_NONE;
 }
 
 PyDoc_STRVAR(fsync_doc,
@@ -674,9 +797,13 @@ static PyGetSetDef ring_getset[] = {
 static PyMethodDef ring_methods[] = {
     {"poll_add", (PyCFunction)ring_poll_add, METH_VARARGS, poll_add_doc},
     {"poll_remove", (PyCFunction)ring_poll_remove, METH_VARARGS, poll_remove_doc},
+    {"cancel", (PyCFunction)ring_cancel, METH_VARARGS, cancel_doc},
     {"read", (PyCFunction)ring_read, METH_VARARGS, read_doc},
     {"write", (PyCFunction)ring_write, METH_VARARGS, write_doc},
     {"fsync", (PyCFunction)ring_fsync, METH_VARARGS, fsync_doc},
+    {"recv", (PyCFunction)ring_recv, METH_VARARGS, recv_doc},
+    {"send", (PyCFunction)ring_send, METH_VARARGS, send_doc},
+    {"accept", (PyCFunction)ring_accept, METH_VARARGS, accept_doc},
     {"nop", (PyCFunction)ring_nop, METH_O, nop_doc},
     {"poll", (PyCFunction)ring_poll, METH_O, poll_doc},
     {"submit", (PyCFunction)ring_submit, METH_NOARGS, submit_doc},
@@ -735,7 +862,13 @@ PyInit__uring(void)
         || PyModule_AddIntConstant(m, "OP_POLL_REMOVE", IORING_OP_POLL_REMOVE) < 0
         || PyModule_AddIntConstant(m, "OP_READ", IORING_OP_READ) < 0
         || PyModule_AddIntConstant(m, "OP_WRITE", IORING_OP_WRITE) < 0
-        || PyModule_AddIntConstant(m, "OP_FSYNC", IORING_OP_FSYNC) < 0) {
+        || PyModule_AddIntConstant(m, "OP_FSYNC", IORING_OP_FSYNC) < 0
+        || PyModule_AddIntConstant(m, "OP_ASYNC_CANCEL", IORING_OP_ASYNC_CANCEL) < 0
+        || PyModule_AddIntConstant(m, "OP_RECV", IORING_OP_RECV) < 0
+        || PyModule_AddIntConstant(m, "OP_SEND", IORING_OP_SEND) < 0
+        || PyModule_AddIntConstant(m, "OP_ACCEPT", IORING_OP_ACCEPT) < 0
+        || PyModule_AddIntConstant(m, "ASYNC_CANCEL_FD", IORING_ASYNC_CANCEL_FD) < 0
+        || PyModule_AddIntConstant(m, "ASYNC_CANCEL_ALL", IORING_ASYNC_CANCEL_ALL) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -124,11 +124,12 @@ def forget_fd(fd: int) -> None:
         sched.forget_fd(fd)
 
 
-def default_workers() -> list[Worker]:
+def default_workers(io: str | None = None) -> list[Worker]:
     """The standard workers: timers, fd readiness (epoll), the blocking pool.
-    With ``THREADLIB_IO=uring`` in the environment, ``uring_workers()``
-    instead (which falls back to these, saying why, without io_uring)."""
-    if io_backend() == "uring":
+    With ``io="uring"`` (or, when ``io`` is None, ``THREADLIB_IO=uring`` in
+    the environment), ``uring_workers()`` instead (which falls back to
+    these, saying why, without io_uring)."""
+    if io_backend(io) == "uring":
         return uring_workers()
     return [TimerWorker(), IOWorker(), BlockingPool()]
 

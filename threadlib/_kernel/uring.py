@@ -16,12 +16,17 @@ when the scheduler has one (``UringPoller.read``/``write``/``fsync``).
 epoll ones with one log line saying why io_uring cannot be used (not built,
 refused by the kernel or disabled by sysctl, a missing feature). The
 ``THREADLIB_IO`` environment variable (``epoll``, the default, or
-``uring``) chooses what ``default_workers()`` returns.
+``uring``) chooses what ``default_workers()`` returns. The environment
+variable ``THREADLIB_URING_DISABLE`` turns io_uring off as a kernel
+without it would (``all``), for a check of the fallback or to rule the
+ring out while chasing a fault.
 
 What it must never do: block outside the idle wait, wake a thread itself
 (the callbacks of the watchers do), or let the kernel keep an fd open after
-``unregister`` (the removal is submitted at once, so a socket closed right
-after is really closed).
+``unregister`` (the poll request is cancelled at once, with
+IORING_OP_ASYNC_CANCEL, which the kernel does not refuse while it handles the
+poll's wake-up as it refuses a POLL_REMOVE; so a socket closed right after
+is really closed, and a SO_LINGER 0 reset really leaves).
 """
 
 from __future__ import annotations
@@ -30,9 +35,13 @@ import errno
 import logging
 import os
 import select
+import socket
+from collections import deque
+from functools import partial
 from typing import Any, Callable
 
 from .fdio import IOWorker
+from ..syscalls import SystemCall
 from .worker import Handler
 
 log = logging.getLogger("threadlib")
@@ -43,7 +52,8 @@ except ImportError:  # not built: no C compiler, headers, or not Linux
     _uring = None
 
 __all__ = ["UringPoller", "UringWorker", "UringUnavailable", "uring_unavailable_reason", "open_ring",
-           "uring_workers", "io_backend"]
+           "uring_workers", "io_backend", "usable_io_backend", "UringRecv", "UringSend", "UringAccept",
+           "RecvState", "AcceptState", "RECV_REQUEST_BYTES", "SOCKET_FEATURES", "socket_features", "socket_worker"]
 
 _FLAG_BITS = select.EPOLLET | select.EPOLLONESHOT | getattr(select, "EPOLLEXCLUSIVE", 1 << 28)
 _ERROR_EVENTS = select.EPOLLERR | select.EPOLLHUP
@@ -57,6 +67,8 @@ class UringUnavailable(OSError):
 def open_ring(entries: int = 256) -> Any:
     """A new ``_uring.Ring`` after checking every feature the worker needs;
     raises ``UringUnavailable`` naming the first one missing."""
+    if "all" in _disabled_by_environment():
+        raise UringUnavailable(errno.EPERM, "disabled by THREADLIB_URING_DISABLE")
     if _uring is None:
         raise UringUnavailable(errno.ENOSYS, "the io_uring extension (threadlib._kernel._uring) is not built: "
                                "no C compiler or linux/io_uring.h when threadlib was installed")
@@ -74,12 +86,35 @@ def open_ring(entries: int = 256) -> Any:
                          (_uring.OP_READ, "READ"), (_uring.OP_WRITE, "WRITE"), (_uring.OP_FSYNC, "FSYNC")):
             if not ring.supports(op):
                 raise UringUnavailable(errno.ENOSYS, f"io_uring lacks IORING_OP_{name}")
+        if not ring.supports(_uring.OP_ASYNC_CANCEL):
+            raise UringUnavailable(errno.ENOSYS, "io_uring lacks IORING_OP_ASYNC_CANCEL")
         if not _has_multishot_poll(ring):
             raise UringUnavailable(errno.ENOSYS, "io_uring lacks multishot poll (IORING_POLL_ADD_MULTI; Linux >= 5.13)")
     except BaseException:
         ring.close()
         raise
     return ring
+
+
+#: The socket features the worker uses where the kernel has them, each
+#: detected when a ring is set up, each with its fallback (readiness).
+SOCKET_FEATURES = ("recv_send", "multishot_accept")
+
+
+def _disabled_by_environment() -> frozenset[str]:
+    # THREADLIB_URING_DISABLE: "all" (or 1) turns io_uring off; a comma list
+    # of SOCKET_FEATURES turns those off as a kernel without them would.
+    raw = os.environ.get("THREADLIB_URING_DISABLE", "")
+    names = {n.strip().lower() for n in raw.split(",") if n.strip()}
+    if not names or names <= {"0", "no", "false"}:
+        return frozenset()
+    if names & {"1", "all", "yes", "true"}:
+        return frozenset({"all"})
+    unknown = sorted(names - set(SOCKET_FEATURES))
+    if unknown:
+        raise ValueError(f"THREADLIB_URING_DISABLE must be 'all' or a comma list of {', '.join(SOCKET_FEATURES)}, "
+                         f"got {raw!r} ({', '.join(unknown)} unknown)")
+    return frozenset(names)
 
 
 _multishot_known: bool | None = None  # a kernel fact: probed once per process
@@ -120,6 +155,54 @@ def _probe_multishot_poll(ring: Any) -> bool:
     finally:
         os.close(r)
         os.close(w)
+
+
+_accept_multishot_known: bool | None = None
+
+
+def socket_features(ring: Any) -> dict[str, str | None]:
+    """For each of ``SOCKET_FEATURES``: None if the worker may use it on
+    ``ring``, else why not (the kernel lacks it, or
+    ``THREADLIB_URING_DISABLE`` turned it off)."""
+    global _accept_multishot_known
+    off = _disabled_by_environment()
+    why: dict[str, str | None] = {}
+    if "recv_send" in off:
+        why["recv_send"] = "disabled by THREADLIB_URING_DISABLE"
+    elif not (ring.supports(_uring.OP_RECV) and ring.supports(_uring.OP_SEND)):
+        why["recv_send"] = "the kernel lacks IORING_OP_RECV/IORING_OP_SEND (Linux >= 5.6)"
+    else:
+        why["recv_send"] = None
+    if "multishot_accept" in off:
+        why["multishot_accept"] = "disabled by THREADLIB_URING_DISABLE"
+    elif not ring.supports(_uring.OP_ACCEPT):
+        why["multishot_accept"] = "the kernel lacks IORING_OP_ACCEPT (Linux >= 5.5)"
+    else:
+        if _accept_multishot_known is None:
+            _accept_multishot_known = _probe_multishot_accept(ring)
+        why["multishot_accept"] = (None if _accept_multishot_known else
+                                   "the kernel refuses IORING_ACCEPT_MULTISHOT (Linux >= 5.19)")
+    return why
+
+
+def _probe_multishot_accept(ring: Any) -> bool:
+    # A multishot accept on a listener nobody connects to stays armed until
+    # cancelled (-ECANCELED); a kernel without it refuses the flag (EINVAL).
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind("")  # an abstract address of the kernel's choosing
+        listener.listen(1)
+        ring.accept(listener.fileno(), 1, True)
+        ring.cancel(1, 2)
+        result: int | None = None
+        cancelled = False
+        for _ in range(10):  # each wait ends at a completion or after 1 s
+            for ud, res, flags in ring.poll(1.0):
+                if ud == 1 and not flags & _uring.CQE_F_MORE:
+                    result = res
+                cancelled = cancelled or ud == 2
+            if result is not None and cancelled:
+                break
+        return result == -errno.ECANCELED
 
 
 def _sysctl_disabled() -> str | None:
@@ -226,7 +309,7 @@ class UringPoller:
         self._arm(watch)
 
     def unregister(self, fd: int) -> None:
-        """Stop watching ``fd`` (quietly if it is not watched). The removal
+        """Stop watching ``fd`` (quietly if it is not watched). The cancel
         is submitted at once: until the kernel drops its poll request, the
         request holds the file open."""
         watch = self._by_fd.get(fd)
@@ -240,7 +323,25 @@ class UringPoller:
 
     def _remove_request(self, watch: _Watch) -> None:
         if self._handlers.pop(watch.token, None) is not None:
-            self._ring.poll_remove(watch.token, 0)
+            self._cancel(watch.token)
+
+    def _cancel(self, target: int, tries: int = 0) -> None:
+        # An ASYNC_CANCEL, not a POLL_REMOVE: the kernel refuses the removal
+        # of a poll whose wake-up it is handling at that moment (EALREADY)
+        # and leaves the poll armed, holding its file: a socket closed after
+        # ``unregister`` then stayed open, and a reset (SO_LINGER 0) was
+        # never sent. A cancel marks such a poll, which ends. EALREADY from
+        # the cancel itself (never seen for polls) is retried, bounded.
+        token = self._token()
+        handlers = self._handlers
+
+        def done(res: int, flags: int) -> None:
+            del handlers[token]
+            if res == -errno.EALREADY and tries < 100:
+                self._cancel(target, tries + 1)
+
+        handlers[token] = done
+        self._ring.cancel(target, token)
 
     def poll(self, timeout: float) -> int:
         """Submit what was prepared, wait up to ``timeout`` seconds (negative:
@@ -323,45 +424,449 @@ def _check_io(fd: Any, offset: Any) -> None:
         raise ValueError(f"offset must be a non-negative int, got {offset!r}")
 
 
+class RecvState:
+    """The completion-based receive side of one socket (``sockio``'s
+    io_uring streams hold one): the recv request in flight, its waiter, and
+    what arrived for a recv whose thread was cancelled meanwhile, which the
+    next recv on the socket gets first (no byte is lost or reordered)."""
+
+    __slots__ = ("fd", "waiter", "want", "token", "buf", "leftover", "eof", "error")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.waiter: Any = None
+        self.want = 0
+        self.token = 0  # the recv request in flight (0: none)
+        self.buf: bytearray | None = None
+        self.leftover = b""
+        self.eof = False
+        self.error: OSError | None = None
+
+    def take(self, nbytes: int) -> bytes | None:
+        """Up to ``nbytes`` of what was received (b'' at end of stream, the
+        error raised), or None if nothing is there."""
+        data = self.leftover
+        if data:
+            if len(data) <= nbytes:
+                self.leftover = b""
+                return data
+            self.leftover = data[nbytes:]
+            return data[:nbytes]
+        if self.error is not None:
+            exc, self.error = self.error, None
+            raise exc
+        return b"" if self.eof else None
+
+    @property
+    def pending(self) -> bool:
+        """Whether a recv must go through the worker (a request still in
+        flight, or what one left): a direct recv(2) could reorder bytes."""
+        return bool(self.token or self.leftover or self.eof or self.error is not None)
+
+
+class AcceptState:
+    """The multishot accept of one listener: its request, the connections
+    it delivered that no accept has taken yet, and the waiting thread."""
+
+    __slots__ = ("fd", "waiter", "token", "ready", "error", "closed")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.waiter: Any = None
+        self.token = 0
+        self.ready: deque[int] = deque()
+        self.error: OSError | None = None
+        self.closed = False
+
+
+class UringRecv(SystemCall):
+    """Resume (with None) once an IORING_OP_RECV of up to ``nbytes`` on
+    ``state``'s socket has received something, end of stream or an error,
+    which the thread then takes with ``state.take``: the kernel waits for
+    the data and copies it in one step. Served by ``UringWorker``."""
+
+    __slots__ = ("state", "nbytes")
+
+    def __init__(self, state: RecvState, nbytes: int) -> None:
+        self.state = state
+        self.nbytes = nbytes
+
+
+class UringSend(SystemCall):
+    """Resume with how many bytes of ``data`` an IORING_OP_SEND on ``fd``
+    sent (the kernel waits for room itself). Served by ``UringWorker``."""
+
+    __slots__ = ("fd", "data")
+
+    def __init__(self, fd: int, data: Any) -> None:
+        self.fd = fd
+        self.data = data
+
+
+class UringAccept(SystemCall):
+    """Resume (with None) once the listener's multishot accept
+    (IORING_ACCEPT_MULTISHOT) has queued a connection in ``state.ready``
+    (or an error in ``state.error``), which the thread then takes. Served
+    by ``UringWorker``."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, state: AcceptState) -> None:
+        self.state = state
+
+
+# A waiting recv's request reads into a buffer of the worker's: at most
+# this much (an idle connection holds one while it waits, so it is small;
+# a recv that filled it tries the socket directly next, for the rest).
+RECV_REQUEST_BYTES = 16 * 1024
+_FREE_BUFFERS = 128  # buffers kept for reuse (allocating and zeroing one costs more than the recv)
+_ACCEPT_QUEUE_CAP = 256  # connections taken ahead of accept() before the multishot pauses
+_feature_logged: set[tuple[str, str]] = set()
+
+
 class UringWorker(IOWorker):
     """``WaitRead``/``WaitWrite`` served through an io_uring ring, which is
-    also where the scheduler idles (it installs a ``UringPoller``).
+    also where the scheduler idles (it installs a ``UringPoller``), and the
+    completion-based socket calls ``UringRecv``, ``UringSend`` and
+    ``UringAccept`` that ``sockio`` uses on such a scheduler.
 
     ``UringWorker()`` opens its ring at once and raises ``UringUnavailable``
     when it cannot; ``uring_workers()`` catches that and falls back to
-    epoll. Attach it before anything watches an fd (``uring_workers()``
-    puts it first after the timers)."""
+    epoll. Each socket feature (``SOCKET_FEATURES``) is detected at once
+    too: one the kernel lacks (or ``THREADLIB_URING_DISABLE`` names) is
+    left out with one log line naming it, and sockio keeps the readiness
+    path for it. Attach it before anything watches an fd
+    (``uring_workers()`` puts it first after the timers)."""
 
     def __init__(self, entries: int = 256) -> None:
         super().__init__()
-        self.poller = UringPoller(open_ring(entries))
+        ring = open_ring(entries)
+        try:
+            why = socket_features(ring)
+        except BaseException:
+            ring.close()
+            raise
+        self.poller = UringPoller(ring)
+        self._ring = ring
+        #: The socket features in use (names from SOCKET_FEATURES).
+        self.features = frozenset(name for name, reason in why.items() if reason is None)
+        self.recv_send = "recv_send" in self.features
+        self.multishot_accept = "multishot_accept" in self.features
+        for name, reason in why.items():
+            if reason is not None and (name, reason) not in _feature_logged:
+                _feature_logged.add((name, reason))
+                log.warning("threadlib: io_uring without %s (%s); sockets use readiness for it", name, reason)
+        self._rx: dict[int, RecvState] = {}
+        self._free_buffers: list[bytearray] = []
+        self._tx: dict[int, list[Any]] = {}  # fd -> [token, thread, data] of the send in flight
+        self._accepts: dict[int, AcceptState] = {}
 
     def attach(self, sched: Any) -> dict[type, Handler]:
-        """Install the ring as the scheduler's poller; serve WaitRead/WaitWrite."""
+        """Install the ring as the scheduler's poller; serve WaitRead/WaitWrite
+        and the completion-based socket calls."""
         try:
             sched.use_poller(self.poller)
         except RuntimeError:
             self.poller.close()
             raise
-        return super().attach(sched)
+        handlers = super().attach(sched)
+        self._ready_append = sched._ready.append
+        handlers[UringRecv] = self._recv
+        handlers[UringSend] = self._send
+        handlers[UringAccept] = self._accept
+        return handlers
+
+    # -- recv ---------------------------------------------------------------------
+    # What a recv request received is kept in its RecvState and the thread
+    # resumed with None; the thread takes the bytes itself once it runs. A
+    # thread cancelled after its request completed but before it ran (the
+    # cancel replaces the value it was resumed with) so loses nothing: the
+    # bytes wait for the next recv.
+    def _recv(self, thread: Any, sc: UringRecv) -> None:
+        st = sc.state
+        sched = self._sched
+        if st.waiter is not None:
+            sched.throw(thread, RuntimeError(f"fd {st.fd} already has a reader waiting: {st.waiter!r}"))
+            return
+        if st.leftover or st.eof or st.error is not None:
+            sched.resume(thread, None)
+            return
+        if st.fd < 0:
+            sched.throw(thread, OSError(errno.EBADF, "the socket was closed"))
+            return
+        st.waiter = thread
+        st.want = sc.nbytes
+        self.waiting += 1
+        if not st.token:  # else a cancelled request is still out: its result comes here
+            self._submit_recv(st)
+        # Scheduler.suspend, inlined for the common case (no timeout, no
+        # pending cancel), as IOWorker does: this is every waiting read.
+        if sched._pending or thread._scope is not None:
+            sched.suspend(thread, sc)
+        else:
+            thread._wait = sc
+
+    def _submit_recv(self, st: RecvState) -> None:
+        poller = self.poller
+        token = poller._next
+        poller._next = token + 1
+        free = self._free_buffers
+        buf = free.pop() if free else bytearray(RECV_REQUEST_BYTES)
+        want = st.want
+        poller._handlers[token] = partial(self._recv_done, st)
+        try:
+            self._ring.recv(st.fd, buf if want >= RECV_REQUEST_BYTES else memoryview(buf)[:max(want, 0)], token)
+        except BaseException:
+            del poller._handlers[token]
+            raise
+        st.token = token
+        st.buf = buf
+        self._rx[st.fd] = st
+
+    def _recv_done(self, st: RecvState, res: int, flags: int) -> None:
+        del self.poller._handlers[st.token]
+        st.token = 0
+        buf, st.buf = st.buf, None
+        thread = st.waiter
+        if res > 0:
+            assert buf is not None
+            data = bytes(memoryview(buf)[:res])
+            st.leftover = st.leftover + data if st.leftover else data
+        elif res == 0:
+            st.eof = True
+        elif res == -errno.ECANCELED:
+            if buf is not None and len(self._free_buffers) < _FREE_BUFFERS:
+                self._free_buffers.append(buf)
+            if thread is not None and st.fd >= 0:
+                self._submit_recv(st)  # cancelled for a thread that left; another recv adopted it
+            return
+        else:
+            st.error = OSError(-res, os.strerror(-res))
+        if buf is not None and len(self._free_buffers) < _FREE_BUFFERS:
+            self._free_buffers.append(buf)  # reaped: the kernel is done with it
+        if thread is not None:
+            st.waiter = None
+            self.waiting -= 1
+            if thread._scope is None:  # Scheduler.resume, inlined (no timer to disarm)
+                thread._value = None
+                thread._wait = None
+                self._ready_append(thread)
+            else:
+                self._sched.resume(thread, None)
+
+    # -- send ---------------------------------------------------------------------
+    def _send(self, thread: Any, sc: UringSend) -> None:
+        if sc.fd in self._tx:
+            self._sched.throw(thread, RuntimeError(f"fd {sc.fd} already has a writer waiting"))
+            return
+        poller = self.poller
+        token = poller._token()
+        entry = [token, thread]
+        poller._handlers[token] = lambda res, flags: self._send_done(sc.fd, entry, res)
+        try:
+            self._ring.send(sc.fd, sc.data, token)
+        except BaseException as exc:
+            del poller._handlers[token]
+            self._sched.throw(thread, exc)
+            return
+        self._tx[sc.fd] = entry
+        self.waiting += 1
+        self._sched.suspend(thread, sc)
+
+    def _send_done(self, fd: int, entry: list[Any], res: int) -> None:
+        del self.poller._handlers[entry[0]]
+        thread = entry[1]
+        if thread is None:
+            return  # its thread left: sendall's contract is an unknown prefix sent
+        entry[1] = None
+        if self._tx.get(fd) is entry:
+            del self._tx[fd]
+        self.waiting -= 1
+        if res >= 0:
+            self._sched.resume(thread, res)
+        else:
+            self._sched.throw(thread, OSError(-res, os.strerror(-res)))
+
+    # -- accept -------------------------------------------------------------------
+    def _accept(self, thread: Any, sc: UringAccept) -> None:
+        st = sc.state
+        sched = self._sched
+        if st.waiter is not None:
+            sched.throw(thread, RuntimeError(f"listener fd {st.fd} already has a thread accepting"))
+            return
+        if st.closed:
+            sched.throw(thread, OSError(errno.EBADF, f"listener fd {st.fd} was closed"))
+            return
+        if st.ready or st.error is not None:
+            sched.resume(thread, None)  # the thread takes it (sockio.UringListener)
+            return
+        st.waiter = thread
+        self.waiting += 1
+        if not st.token:
+            self._arm_accept(st)
+        sched.suspend(thread, sc)
+
+    def _arm_accept(self, st: AcceptState) -> None:
+        poller = self.poller
+        token = poller._token()
+        poller._handlers[token] = lambda res, flags: self._accepted(st, token, res, flags)
+        self._ring.accept(st.fd, token, True)
+        st.token = token
+        self._accepts[st.fd] = st
+
+    def _accepted(self, st: AcceptState, token: int, res: int, flags: int) -> None:
+        if not flags & _uring.CQE_F_MORE:
+            del self.poller._handlers[token]
+            if st.token == token:
+                st.token = 0
+        if st.closed:
+            if res >= 0:
+                os.close(res)  # delivered as the listener closed: nobody will take it
+            return
+        if res >= 0:
+            st.ready.append(res)
+            if len(st.ready) >= _ACCEPT_QUEUE_CAP and st.token:
+                # Nobody is accepting: stop taking connections off the
+                # kernel's queue (the backlog bounds them again).
+                self.poller._cancel(st.token)
+        elif res != -errno.ECANCELED:
+            st.error = OSError(-res, os.strerror(-res))
+        thread = st.waiter
+        if thread is None:
+            return
+        if st.ready or st.error is not None:
+            st.waiter = None
+            self.waiting -= 1
+            self._sched.resume(thread, None)
+        elif not st.token:
+            # The request ended (paused, cancelled, or stopped by the
+            # kernel) while a thread waits for it: arm a new one.
+            self._arm_accept(st)
+
+    # -- leaving ------------------------------------------------------------------
+    def withdraw(self, thread: Any, syscall: Any) -> None:
+        """Free the waiter's place; a recv, send or accept request in flight
+        for it is cancelled (what a cancelled recv still receives goes to
+        the next recv on the socket; accepted connections stay queued)."""
+        cls = type(syscall)
+        if cls is UringRecv:
+            st = syscall.state
+            if st.waiter is thread:
+                st.waiter = None
+                self.waiting -= 1
+                if st.token:
+                    self.poller._cancel(st.token)
+        elif cls is UringSend:
+            entry = self._tx.get(syscall.fd)
+            if entry is not None and entry[1] is thread:
+                del self._tx[syscall.fd]
+                entry[1] = None
+                self.waiting -= 1
+                self.poller._cancel(entry[0])
+        elif cls is UringAccept:
+            st = syscall.state
+            if st.waiter is thread:
+                st.waiter = None
+                self.waiting -= 1
+        else:
+            super().withdraw(thread, syscall)
+
+    def forget_fd(self, fd: int) -> None:
+        """Stop watching ``fd`` (call before closing it): its poll, recv,
+        send and accept requests are cancelled at once, connections
+        accepted ahead are closed, and threads waiting on it get
+        OSError(EBADF)."""
+        super().forget_fd(fd)
+        closed = OSError(errno.EBADF, f"fd {fd} was closed while a thread waited on it")
+        cancelled = False
+        st = self._rx.pop(fd, None)
+        if st is not None:
+            st.fd = -1
+            if st.token:
+                self.poller._cancel(st.token)
+                cancelled = True
+            if st.waiter is not None:
+                thread, st.waiter = st.waiter, None
+                self.waiting -= 1
+                self._sched.throw(thread, closed)
+        entry = self._tx.pop(fd, None)
+        if entry is not None:
+            self.poller._cancel(entry[0])
+            cancelled = True
+            if entry[1] is not None:
+                thread, entry[1] = entry[1], None
+                self.waiting -= 1
+                self._sched.throw(thread, closed)
+        acc = self._accepts.pop(fd, None)
+        if acc is not None:
+            acc.closed = True
+            if acc.token:
+                self.poller._cancel(acc.token)
+                cancelled = True
+            while acc.ready:
+                os.close(acc.ready.popleft())
+            if acc.waiter is not None:
+                thread, acc.waiter = acc.waiter, None
+                self.waiting -= 1
+                self._sched.throw(thread, closed)
+        if cancelled:
+            # Now, not at the next pass: until the kernel drops them, the
+            # requests hold the socket open past the caller's close().
+            self._ring.submit()
 
     def __repr__(self) -> str:
-        return f"<UringWorker fds={len(self._fds)}>"
+        return f"<UringWorker fds={len(self._fds)} features={sorted(self.features)}>"
 
 
-def io_backend() -> str:
-    """The IO backend ``default_workers()`` uses: ``THREADLIB_IO`` from the
-    environment (``epoll`` or ``uring``), ``epoll`` when unset; ValueError
-    naming the bad value otherwise."""
-    value = os.environ.get("THREADLIB_IO", "").strip().lower()
-    if value in ("", "epoll"):
+def socket_worker() -> UringWorker | None:
+    """The ``UringWorker`` of the scheduler running in this OS thread, if
+    it has one (sockio then makes completion-based sockets)."""
+    from .scheduler import _local
+
+    sched = getattr(_local, "scheduler", None)
+    if sched is None:
+        return None
+    worker: UringWorker | None = sched.worker(UringWorker)
+    return worker
+
+
+def io_backend(choice: str | None = None) -> str:
+    """The IO backend ``default_workers()`` uses: ``choice`` if given (a
+    program's ``--io``), else ``THREADLIB_IO`` from the environment
+    (``epoll`` or ``uring``), ``epoll`` when unset; ValueError naming the
+    bad value otherwise."""
+    source = "THREADLIB_IO" if choice is None else "the IO backend"
+    raw = os.environ.get("THREADLIB_IO", "") if choice is None else choice
+    value = raw.strip().lower()
+    if value in ("", "epoll") and (value or choice is None):
         return "epoll"
     if value in ("uring", "io_uring"):
         return "uring"
-    raise ValueError(f"THREADLIB_IO must be 'epoll' or 'uring', got {os.environ.get('THREADLIB_IO')!r}")
+    raise ValueError(f"{source} must be 'epoll' or 'uring', got {raw!r}")
 
 
 _fallback_logged: set[str] = set()
+
+
+def _log_fallback(reason: str) -> None:
+    if reason not in _fallback_logged:
+        _fallback_logged.add(reason)
+        log.warning("threadlib: io_uring unavailable (%s); using epoll", reason)
+
+
+def usable_io_backend(choice: str | None = None) -> str:
+    """The backend to build schedulers with for ``choice`` (``epoll``,
+    ``uring``; None: ``THREADLIB_IO``): ``uring`` only if a ring can be
+    set up here, else ``epoll`` with the one log line of the fallback. For
+    a program that forks workers, so the line is written once, by the
+    parent. ValueError names a bad ``choice`` or ``THREADLIB_IO``."""
+    backend = io_backend(choice)
+    if backend == "uring":
+        reason = uring_unavailable_reason()
+        if reason is not None:
+            _log_fallback(reason)
+            return "epoll"
+    return backend
 
 
 def uring_workers() -> list[Any]:
@@ -374,9 +879,6 @@ def uring_workers() -> list[Any]:
     try:
         io: IOWorker = UringWorker()
     except UringUnavailable as exc:
-        reason = exc.strerror or str(exc)
-        if reason not in _fallback_logged:
-            _fallback_logged.add(reason)
-            log.warning("threadlib: io_uring unavailable (%s); using epoll", reason)
+        _log_fallback(exc.strerror or str(exc))
         io = IOWorker()
     return [TimerWorker(), io, BlockingPool()]

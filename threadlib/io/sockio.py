@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, overload
 from ..calls import timeout as _timeout
 from .._kernel import DONE, forget_fd
 from .._kernel.compiled import sock_recv, sock_recv_into, sock_send
+from .._kernel.uring import RECV_REQUEST_BYTES, AcceptState, RecvState, UringAccept, UringRecv, UringSend, socket_worker
 from ..syscalls import Blocking, Sleep, WaitRead, WaitWrite, Waits
 from .happy_eyeballs import DEFAULT_DELAY, HostTable, Resolver, connect_first, literal_family
 
@@ -43,6 +44,8 @@ __all__ = [
     "kernel",
     "Stream",
     "Listener",
+    "UringStream",
+    "UringListener",
     "DatagramSocket",
     "listen",
     "connect",
@@ -175,6 +178,15 @@ class Stream(_SocketBase):
     """
 
     __slots__ = ("_drained", "_hung_up")
+
+    def __new__(cls, sock: socket.socket) -> Any:
+        # Made inside a scheduler whose ring can receive and send on
+        # sockets: the completion-based kind (UringStream).
+        if cls is Stream:
+            worker = socket_worker()
+            if worker is not None and worker.recv_send:
+                return object.__new__(UringStream)
+        return object.__new__(cls)
 
     def __init__(self, sock: socket.socket) -> None:
         super().__init__(sock)
@@ -342,6 +354,15 @@ class Listener(_SocketBase):
 
     __slots__ = ("_nodelay", "_backoff")
 
+    def __new__(cls, sock: socket.socket, nodelay: bool = True) -> Any:
+        # Made inside a scheduler whose ring has multishot accept: the
+        # completion-based kind (UringListener).
+        if cls is Listener:
+            worker = socket_worker()
+            if worker is not None and worker.multishot_accept:
+                return object.__new__(UringListener)
+        return object.__new__(cls)
+
     def __init__(self, sock: socket.socket, nodelay: bool = True) -> None:
         super().__init__(sock)
         self._nodelay = nodelay and sock.family in (socket.AF_INET, socket.AF_INET6)
@@ -390,6 +411,184 @@ class Listener(_SocketBase):
                 if self._nodelay:
                     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 return Stream(conn), addr
+
+
+class UringStream(Stream):
+    """A ``Stream`` made inside a scheduler with an io_uring worker that
+    can receive and send (``Stream(sock)`` gives one there): a read that
+    has to wait hands the kernel an IORING_OP_RECV (``UringRecv``), which
+    waits for the data and copies it in one step, instead of a poll
+    followed by a recv(2); the rest of a ``sendall`` that has to wait is an
+    IORING_OP_SEND (``UringSend``). The first attempt of each call is still
+    the plain non-blocking system call, which costs nothing when data is
+    there.
+
+    A thread cancelled (or timed out) while its recv request is in flight
+    gets the request cancelled; bytes the kernel had already taken go to
+    the next recv on this stream, before anything newer, so nothing is
+    lost or reordered. Mixing this stream's recv with raw reads of its fd
+    (splice, a bare socket.recv) right after such a cancellation may
+    reorder; sockio's own calls never do. ``send`` and ``sendfile`` keep
+    the readiness path: ``send``'s promise that a cancelled send sent
+    nothing needs it."""
+
+    __slots__ = ("_rx", "_recv_call")
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(sock)
+        self._rx = RecvState(self._fd)
+        self._recv_call = UringRecv(self._rx, 0)
+
+    @types.coroutine
+    def recv(self, max_bytes: int = 65536, timeout: float | None = None) -> Waits[bytes]:
+        """Up to ``max_bytes`` bytes; b'' once the peer has closed its side.
+
+        Tries recv(2) once; if nothing is buffered, waits in an io_uring
+        recv request. On ``timeout`` (TimeoutError) or cancellation the
+        request is cancelled and what it took is kept for the next recv."""
+        rx = self._rx
+        if not (rx.token or rx.leftover or rx.eof or rx.error is not None):  # rx.pending, inlined
+            if self._drained:
+                self._drained = False
+            else:
+                try:
+                    data = _recv(self._sock, max_bytes)
+                except BlockingIOError:
+                    pass
+                else:
+                    # After a short read the queue is empty: the next read
+                    # goes straight to the ring (no edge to miss there).
+                    self._drained = 0 < len(data) < max_bytes
+                    return data
+        call = self._recv_call
+        while True:
+            call.nbytes = max_bytes
+            if timeout is None:
+                yield call
+            else:
+                with _timeout(timeout):
+                    yield call
+            got = rx.leftover
+            if got and len(got) <= max_bytes and not rx.token:  # rx.take, inlined for the common case
+                rx.leftover = b""
+                # Short of what the request could take: the queue is empty,
+                # so the next read goes straight to the ring (no EAGAIN).
+                self._drained = len(got) < max_bytes and len(got) < RECV_REQUEST_BYTES
+                return got
+            taken = rx.take(max_bytes)
+            if taken is not None:
+                return taken
+
+    @types.coroutine
+    def recv_into(self, buffer: Any, nbytes: int = 0, timeout: float | None = None) -> Waits[int]:
+        """Read into ``buffer`` (up to ``nbytes``, 0 for its size); the count,
+        0 at end of stream. Waits like ``recv`` (the ring's request reads
+        into a buffer of its own, copied into ``buffer``: a cancelled
+        request never writes into the caller's memory later)."""
+        view = memoryview(buffer).cast("B")
+        want = nbytes or len(view)
+        if want > len(view):
+            raise ValueError(f"nbytes {nbytes} is larger than the buffer ({len(view)} bytes)")
+        rx = self._rx
+        if not rx.pending:
+            if self._drained:
+                self._drained = False
+            else:
+                try:
+                    n = _recv_into(self._sock, buffer, nbytes)
+                except BlockingIOError:
+                    pass
+                else:
+                    self._drained = 0 < n < want
+                    return n
+        call = self._recv_call
+        while True:
+            call.nbytes = want
+            if timeout is None:
+                yield call
+            else:
+                with _timeout(timeout):
+                    yield call
+            data = rx.take(want)
+            if data is not None:
+                view[:len(data)] = data
+                self._drained = 0 < len(data) < min(want, RECV_REQUEST_BYTES) and not rx.pending
+                return len(data)
+
+    @types.coroutine
+    def _send_rest(self, data: Any, sent: int, timeout: float | None) -> Waits[None]:
+        sock = self._sock
+        view = memoryview(data).cast("B")
+        total = len(view)
+        with _timeout(timeout):
+            while sent < total:
+                try:
+                    sent += _send(sock, view[sent:])
+                except BlockingIOError:
+                    sent += yield UringSend(self._fd, view[sent:])
+
+
+class UringListener(Listener):
+    """A ``Listener`` made inside a scheduler whose io_uring worker has
+    multishot accept (``Listener(sock)`` gives one there): one
+    IORING_ACCEPT_MULTISHOT request takes connections off the kernel's
+    queue as they come, and ``accept`` hands them out (``UringAccept``)
+    without an accept(2) each. The request is armed at the first accept
+    and pauses when 256 connections wait untaken. A cancelled accept
+    takes nothing: the connections stay queued. The peer address costs
+    one getpeername(2) (a multishot accept cannot return it)."""
+
+    __slots__ = ("_accept_call",)
+
+    def __init__(self, sock: socket.socket, nodelay: bool = True) -> None:
+        super().__init__(sock, nodelay)
+        self._accept_call = UringAccept(AcceptState(self._fd))
+
+    @types.coroutine
+    def accept(self, timeout: float | None = None) -> Waits[tuple[Stream, Any]]:
+        """The next connection and its peer address; waits while none is
+        pending. Errors as ``Listener.accept``: resource shortages back off
+        and retry, connections aborted before they were taken are skipped."""
+        sock = self._sock
+        with _timeout(timeout):
+            while True:
+                try:
+                    fd = yield from self._next_fd()
+                except OSError as exc:
+                    if exc.errno in _ACCEPT_CONNECTION_ERRORS:
+                        continue
+                    if exc.errno not in _ACCEPT_RESOURCE_ERRORS:
+                        raise
+                    self._backoff = min(1.0, max(0.01, self._backoff * 2))
+                    log.warning("accept on %s: %s; retrying in %.2fs", self.address, exc.strerror, self._backoff)
+                    yield Sleep(self._backoff)
+                    continue
+                self._backoff = 0.0
+                conn = _new_socket(sock.family, sock.type, sock.proto, fileno=fd)
+                try:
+                    addr = conn.getpeername()
+                except OSError:
+                    conn.close()  # reset before it was taken: as ECONNABORTED
+                    continue
+                if self._nodelay:
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                return Stream(conn), addr
+
+
+    @types.coroutine
+    def _next_fd(self) -> Waits[int]:
+        # The worker queues what its accept request delivered and resumes
+        # this thread with None: a thread cancelled before it ran leaves
+        # the connection queued for the next accept (none is lost).
+        call = self._accept_call
+        state = call.state
+        while True:
+            yield call
+            if state.ready:
+                return state.ready.popleft()
+            if state.error is not None:
+                exc, state.error = state.error, None
+                raise exc
 
 
 class DatagramSocket(_SocketBase):

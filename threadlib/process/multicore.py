@@ -75,13 +75,16 @@ def worker_thread(main: Callable[[int, Event], Any], index: int = 0) -> Any:
 
 
 def run_worker(main: Callable[[int, Event], Any], index: int = 0, record: str | None = None,
-               entry: str | None = None, entry_args: list[str] | None = None) -> Any:
+               entry: str | None = None, entry_args: list[str] | None = None, io: str | None = None) -> Any:
     """Run ``main(index, shutdown)`` in this process with SIGTERM/SIGINT
     setting ``shutdown``; return main's result. With ``record`` (a path)
     the run is recorded there, naming ``entry`` (``MODULE:FUNCTION``) and
     ``entry_args`` as what ``python -m threadlib.replay check`` replays it
-    against."""
-    sched = signals.scheduler()
+    against. ``io`` (``epoll`` or ``uring``; None: ``THREADLIB_IO``)
+    chooses the IO worker (``threadlib.lowlevel.default_workers``)."""
+    from .._kernel import default_workers
+
+    sched = signals.scheduler(default_workers(io))
     if record is None:
         return sched.run(worker_thread(main, index))
     from ..replay import run_recorded
@@ -97,17 +100,19 @@ def _as_generator(coro: Any) -> Waits[Any]:
 
 
 def serve(main: Callable[[int, Event], Any], workers: int, restart_limit: int = 10,
-          record: str | None = None, entry: str | None = None, entry_args: list[str] | None = None) -> int:
+          record: str | None = None, entry: str | None = None, entry_args: list[str] | None = None,
+          io: str | None = None) -> int:
     """Fork ``workers`` processes each running ``run_worker(main, i)`` and
     supervise them until SIGINT/SIGTERM. Returns an exit status: 0 after
     a requested stop, 1 when a worker could not start (``WorkerStartError``,
     reported in one log line) or the restart limit was reached. ``record``
-    (one worker only) records the run (``run_worker``)."""
+    (one worker only) records the run (``run_worker``); ``io`` chooses
+    the workers' IO backend (``run_worker``)."""
     if record is not None and workers > 1:
         raise ValueError("recording is for one worker: a recording is one process's run")
     if workers <= 1:
         try:
-            run_worker(main, 0, record, entry, entry_args)
+            run_worker(main, 0, record, entry, entry_args, io)
         except WorkerStartError as exc:
             log.error("%s", exc)
             return 1
@@ -144,7 +149,7 @@ def serve(main: Callable[[int, Event], Any], workers: int, restart_limit: int = 
                 # A stop that came before this worker could listen for one
                 # ends it now, by the default action.
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
-                run_worker(main, index)
+                run_worker(main, index, io=io)
             except WorkerStartError as exc:
                 # One write below PIPE_BUF is atomic: lines never interleave.
                 os.write(reasons_w, (" ".join(str(exc).split()) + "\n").encode()[:512])
