@@ -221,3 +221,17 @@ app.router.routes.extend([
     WebSocketRoute("/ws/hold", ws_hold),
     WebSocketRoute("/ws/release", ws_release),
 ])
+
+
+BIG_PIECE = bytes(range(256)) * 2048  # 512 KiB
+
+
+async def big_stream(scope, receive, send):
+    """64 pieces of 512 KiB (32 MiB) with a Content-Length: far more than a
+    socket buffer holds, so most pieces wait for the client to read."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", str(64 * len(BIG_PIECE)).encode())]})
+    for i in range(64):
+        await send({"type": "http.response.body", "body": BIG_PIECE, "more_body": i < 63})

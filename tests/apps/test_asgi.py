@@ -136,6 +136,35 @@ def test_request_bodies_stream_in_and_out():
         assert client.post("/echo", content=body).content == body
 
 
+def test_a_response_larger_than_the_socket_takes_arrives_whole_to_a_slow_reader():
+    # The app's task writes what the socket takes at once and hands the
+    # rest to the connection thread: with a 4 KiB receive buffer nearly
+    # every piece waits, and the bytes must still arrive whole and in order,
+    # twice on one keep-alive connection.
+    with Background(asgi_apps.big_stream) as base:
+        host, port = base.removeprefix("http://").split(":")
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(30)
+        with sock:
+            sock.connect((host, int(port)))
+            expected = hashlib.sha256(asgi_apps.BIG_PIECE * 64).hexdigest()
+            for _ in range(2):
+                sock.sendall(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += sock.recv(1)
+                assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                digest, got = hashlib.sha256(), 0
+                while got < length:
+                    chunk = sock.recv(min(65536, length - got))
+                    assert chunk, "the server closed mid-body"
+                    digest.update(chunk)
+                    got += len(chunk)
+                assert digest.hexdigest() == expected
+
+
 def test_pipelined_requests_are_answered_in_order():
     with Background(asgi_apps.app) as base:
         reply = raw(base, b"POST /digest HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc"

@@ -319,3 +319,37 @@ def test_a_failed_connect_leaves_no_stale_wait_on_its_fd_number():
         listener.close()
 
     threadlib.run(main())
+
+
+def test_completed_at_call_tells_a_sendall_the_socket_took_at_once_from_one_that_must_wait():
+    from threadlib.net import completed_at_call
+
+    def main():
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        b.setblocking(False)
+        ours, theirs = sockio.Stream(a), sockio.Stream(b)
+        small = ours.sendall(b"hello")
+        assert completed_at_call(small)
+        yield from small  # does nothing more
+        assert (yield from theirs.recv(100)) == b"hello"
+        big = b"x" * (64 << 20)  # more than any socket buffer takes at once
+        pending = ours.sendall(big)
+        assert not completed_at_call(pending)
+        reader = yield from threadlib.spawn(_read_exactly(theirs, len(big)))
+        yield from pending  # the rest goes as the reader drains
+        assert (yield from reader.join()) == len(big)
+        assert not completed_at_call(threadlib.sleep(0))  # a call that has not run yet
+        ours.close()
+        theirs.close()
+
+    threadlib.run(main)
+
+
+def _read_exactly(stream, n):
+    got = 0
+    while got < n:
+        data = yield from stream.recv(1 << 20)
+        assert data
+        got += len(data)
+    return got
