@@ -36,8 +36,10 @@ The callbacks run in one threadlib thread, the *loop thread*: each step
 runs the batch of handles that were ready when it began (asyncio's
 ``_run_once`` minus the select), then the thread yields a ``_LoopWait``
 served by ``_LoopWorker``, which resumes it when an fd fires, a timer is
-due, or (through a zero-timeout poll, as asyncio does) when callbacks are
-already waiting. One generator step per loop iteration, no generator per
+due, a threadlib thread calls ``call_soon`` (a task created or a future
+settled from a thread runs in the same pass of the scheduler), or
+(through a zero-timeout poll, as asyncio does) when callbacks scheduled by
+callbacks are waiting. One generator step per loop iteration, no generator per
 callback. ``run_forever`` drives the scheduler (``Scheduler.run_while``)
 until the loop thread has seen ``stop()``; threadlib threads spawned from
 asyncio code keep their state between runs and are cancelled by

@@ -10,13 +10,15 @@ read and send timeouts), exactly as the static server's connections do.
 Each request's app call is an asyncio task on the scheduler's
 ``ThreadlibEventLoop``, because ASGI frameworks need one (anyio, under
 Starlette, asks for ``asyncio.current_task()``). The two meet in a
-``_Exchange``: the app's ``receive`` and ``send`` leave orders (read more
-body, write these bytes) and wait on asyncio futures; the connection
-thread waits on an asyncio future too (the loop's worker serves them as
-system calls), carries the orders out on the stream, and settles the
-futures. The thread reads only when the app asks for body, so a client
-can never make the server hold more than one read beyond what the app
-has taken.
+``_Exchange``. A response the socket takes at once is written by the
+app's task itself (a stream's ``sendall`` makes its first attempt at the
+call), so a small response costs no hand-off; otherwise the app's
+``receive`` and ``send`` leave orders (read more body, finish this write)
+and wait on asyncio futures, and the connection thread, parked on a
+``WaitQueue`` the task wakes with a plain call, carries the orders out on
+the stream and settles the futures. The thread reads only when the app
+asks for body, so a client can never make the server hold more than one
+read beyond what the app has taken.
 
 A WebSocket is the same meeting with a reader added: after the 101, a
 second thread reads and parses the client's frames (answering pings and

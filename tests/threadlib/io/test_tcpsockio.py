@@ -435,11 +435,14 @@ def test_kernel_ping_with_fragments_is_reassembled_and_answered(env, family):
     the user stack reassembles it (iolib/tcp/fragments.py) and answers."""
     ns, net = env
     target = USER4 if family == "-4" else USER6
-    cmd = ["ip", "netns", "exec", ns.name, "ping", family, "-c", "1", "-s", "3000", "-W", "2", target]
+    # -W bounds only a hang: an IPv6 ping first resolves the neighbour
+    # (NS/NA through the user stack), which on a loaded machine took longer
+    # than the 2 s this test once allowed.
+    cmd = ["ip", "netns", "exec", ns.name, "ping", family, "-c", "1", "-s", "3000", "-W", "15", target]
 
     def main():
         net.attach()            # nothing else here would make the network join the scheduler
-        peer = Peer(lambda: subprocess.run(cmd, capture_output=True, timeout=10))
+        peer = Peer(lambda: subprocess.run(cmd, capture_output=True, timeout=25))
         return (yield from wait_for(peer))
 
     done = threadlib.run(main())
