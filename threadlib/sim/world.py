@@ -54,6 +54,7 @@ from .snapshot import Snapshot, SnapshotError, SnapshotMismatch
 from .trace import Trace, TraceInstrument
 
 _R = TypeVar("_R")
+_STALE: Any = object()  # a host's deadline memo when it must be asked again
 
 
 class SimulationError(RuntimeError):
@@ -279,6 +280,11 @@ class Host:
         self.crashes = 0
         self._life: _Incarnation | None = None
         self._incarnations = 0
+        # The earliest worker deadline, remembered while the host does not
+        # run (_STALE: not known). Between its runs only a packet delivered
+        # to it, a planned or deferred action, or the driver can change it:
+        # each of those forgets it.
+        self._deadline_memo: Any = _STALE
 
     # -- what a scenario uses ----------------------------------------------
     @property
@@ -394,6 +400,7 @@ class Host:
             sched._ready = _CountedReady(self)
         sched.add_instrument(TraceInstrument(world._trace, self.name, number, world._clock_now))
         self._life = _Incarnation(number, stack, device, network, sched, ready_rng)
+        self._deadline_memo = _STALE
         world._trace.event("boot", world.now, self.name, number)
         if self.start is not None:
             self.spawn(self.start, self, name=f"{self.name}-start")
@@ -431,11 +438,16 @@ class Host:
         life = self._life
         if life is None or not life.alive:
             return None
+        best = self._deadline_memo
+        if best is not _STALE:
+            return best  # type: ignore[no-any-return]
         best = None
-        for w in life.sched.workers:
+        for w in life.sched._timed:  # the other workers never have a deadline
             d = w.next_deadline()
             if d is not None and (best is None or d < best):
                 best = d
+        if self.world._running is None:  # while it runs, its threads move it at every step
+            self._deadline_memo = best
         return best
 
     def _next_event(self) -> float | None:
@@ -475,7 +487,11 @@ class Host:
         """Run this host's threads and workers until nothing is due."""
         life = self._life
         assert life is not None
-        life.sched.run_while(self._keep_going)
+        self._deadline_memo = _STALE
+        try:
+            life.sched.run_while(self._keep_going)
+        finally:
+            self._deadline_memo = _STALE
 
     def __repr__(self) -> str:
         state = "up" if self.up else "down"
@@ -578,6 +594,10 @@ class World:
         self._seq = 0
         self._running: Host | None = None  # the host whose threads run now
         self._deferred: list[Callable[[], None]] = []
+        # Bound once, so that _settle tells a packet's delivery (which
+        # forgets only its host's deadline memo) from a planned action.
+        self._deliver_event = self._deliver
+        self._deliver_local_event = self._deliver_local
         self._homes: dict[Thread, tuple[Host, _Incarnation]] = {}
         self._closed = False
         self._trace.event("world", repr(seed), self.shuffle)
@@ -775,7 +795,7 @@ class World:
 
         def release() -> None:
             self._trace.event("release", self.now, d.name, len(d.held))
-            d.release(self.now, lambda t, p: self._schedule(t, self._deliver, d, p), self._report)
+            d.release(self.now, lambda t, p: self._schedule(t, self._deliver_event, d, p), self._report)
 
         self._apply(release)
 
@@ -875,7 +895,12 @@ class World:
                                        f"{timeout} s after t={start:.6f} s.\n{self.waiting_threads()}")
                 self._advance(nxt)
 
+    def _forget_deadlines(self) -> None:
+        for host in self._hosts.values():
+            host._deadline_memo = _STALE
+
     def _check_runnable(self) -> None:
+        self._forget_deadlines()  # the driver may have changed any host since the last run
         if self._closed:
             raise RuntimeError("this world is closed")
         if self._running is not None or current_scheduler() is not None:
@@ -1132,7 +1157,7 @@ class World:
             return
         if dst is src:  # to itself: the loopback, no link
             self._trace.packet(packet, "sent", now, src.name, src.name)
-            self._schedule(now, self._deliver_local, src, packet)
+            self._schedule(now, self._deliver_local_event, src, packet)
             return
         self._trace.packet(packet, "sent", now, src.name, dst.name)
         if (src.name, dst.name) in self._cut:
@@ -1142,7 +1167,7 @@ class World:
         if d is None:
             self._trace.packet(packet, "no-link", now, src.name, dst.name)
             return
-        d.transmit(now, packet, lambda t, p: self._schedule(t, self._deliver, d, p), self._report)
+        d.transmit(now, packet, lambda t, p: self._schedule(t, self._deliver_event, d, p), self._report)
 
     def _report(self, kind: str, *fields: Any) -> None:
         packet = fields[-1]
@@ -1156,15 +1181,17 @@ class World:
         self._trace.packet(packet, "delivered", self.now, d.name)
         assert host._life is not None
         host._life.device.deliver(packet)
+        host._deadline_memo = _STALE  # its stack has input to read
 
     def _deliver_local(self, host: Host, packet: bytes) -> None:
         if host.up:
             self._trace.packet(packet, "delivered", self.now, host.name)
             assert host._life is not None
             host._life.device.deliver(packet)
+            host._deadline_memo = _STALE
 
     def _schedule_delivery(self, d: Direction, when: float, packet: bytes) -> None:
-        self._schedule(when, self._deliver, d, packet)
+        self._schedule(when, self._deliver_event, d, packet)
 
     def _schedule(self, when: float, fn: Callable[..., None], *args: Any) -> None:
         self._seq += 1
@@ -1233,6 +1260,7 @@ class World:
     def _settle(self) -> None:
         """Run everything due at the current time until nothing is."""
         events = self._events
+        deliver, deliver_local = self._deliver_event, self._deliver_local_event
         self._mid_instant = True  # until this instant is settled (an exception may stop it)
         while True:
             if self._violation is not None:
@@ -1242,6 +1270,8 @@ class World:
                 _when, _seq, fn, args = heapq.heappop(events)
                 fn(*args)
                 progressed = True
+                if fn is not deliver and fn is not deliver_local:
+                    self._forget_deadlines()  # a planned action may have touched any host
             hosts = [host for host in self._hosts.values() if host._has_work()]
             if self.shuffle and len(hosts) > 1:
                 # Drawn only when there is an order to choose: how the driver
@@ -1257,6 +1287,8 @@ class World:
                         deferred, self._deferred = self._deferred, []
                         for action in deferred:
                             action()
+                        if deferred:
+                            self._forget_deadlines()
                     progressed = True
             if not progressed:
                 if self._violation is not None:
