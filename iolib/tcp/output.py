@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import struct
 
+from .checksum import ones_sum
 from .segment import ACK, FIN, PSH, SYN, URG, opt_sack
 from .seq import MASK
 from .states import SENDING, SYN_RECEIVED, SYN_SENT
@@ -96,10 +97,7 @@ class Output:
             if olen:
                 total += int.from_bytes(options, "big")
             if plen:
-                if plen & 1:
-                    total += int.from_bytes(payload, "big") << 8
-                else:
-                    total += int.from_bytes(payload, "big")
+                total += ones_sum(payload)
             cks = 0xFFFF - total % 0xFFFF
         if self._iphead is not None:
             ip_total = 20 + tcp_len
