@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import functools
 import hashlib
 import heapq
 import inspect
@@ -598,6 +597,7 @@ class World:
         # forgets only its host's deadline memo) from a planned action.
         self._deliver_event = self._deliver
         self._deliver_local_event = self._deliver_local
+        self._schedulers: dict[Direction, Callable[[float, bytes], None]] = {}
         self._homes: dict[Thread, tuple[Host, _Incarnation]] = {}
         self._closed = False
         self._trace.event("world", repr(seed), self.shuffle)
@@ -795,7 +795,7 @@ class World:
 
         def release() -> None:
             self._trace.event("release", self.now, d.name, len(d.held))
-            d.release(self.now, lambda t, p: self._schedule(t, self._deliver_event, d, p), self._report)
+            d.release(self.now, self._arrivals(d), self._report)
 
         self._apply(release)
 
@@ -856,7 +856,7 @@ class World:
             self._cut.clear()
             for d in self._directions.values():
                 if d.holding or d.held:
-                    d.release(self.now, functools.partial(self._schedule_delivery, d), self._report)
+                    d.release(self.now, self._arrivals(d), self._report)
             for host in self._hosts.values():
                 host.paused_until = None
                 if not host.up and host.incarnation:
@@ -1144,9 +1144,11 @@ class World:
     # -- packets ---------------------------------------------------------------------
     def _transmit(self, src: Host, packet: bytes) -> None:
         now = self.now
-        if len(packet) >= 20 and packet[0] >> 4 == 4:
+        n = len(packet)
+        version = packet[0] >> 4 if n else 0
+        if version == 4 and n >= 20:
             dst_addr = packet[16:20]
-        elif len(packet) >= 40 and packet[0] >> 4 == 6:
+        elif version == 6 and n >= 40:
             dst_addr = packet[24:40]
         else:
             self._trace.packet(packet, "malformed", now, src.name)
@@ -1160,14 +1162,32 @@ class World:
             self._schedule(now, self._deliver_local_event, src, packet)
             return
         self._trace.packet(packet, "sent", now, src.name, dst.name)
-        if (src.name, dst.name) in self._cut:
+        pair = (src.name, dst.name)
+        if self._cut and pair in self._cut:
             self._trace.packet(packet, "partitioned", now, src.name, dst.name)
             return
-        d = self._directions.get((src.name, dst.name))
+        d = self._directions.get(pair)
         if d is None:
             self._trace.packet(packet, "no-link", now, src.name, dst.name)
             return
-        d.transmit(now, packet, lambda t, p: self._schedule(t, self._deliver_event, d, p), self._report)
+        d.transmit(now, packet, self._arrivals(d), self._report)
+
+    def _arrivals(self, d: Direction) -> Callable[[float, bytes], None]:
+        """``schedule(when, packet)``: ``packet`` arrives over ``d`` at
+        ``when`` (made once per direction: one per packet would be an
+        allocation on the hot path)."""
+        schedule = self._schedulers.get(d)
+        if schedule is None:
+            events = self._events
+            deliver = self._deliver_event
+            push = heapq.heappush
+
+            def schedule(when: float, packet: bytes) -> None:
+                self._seq += 1
+                push(events, (when, self._seq, deliver, (d, packet)))
+
+            self._schedulers[d] = schedule
+        return schedule
 
     def _report(self, kind: str, *fields: Any) -> None:
         packet = fields[-1]
@@ -1175,12 +1195,12 @@ class World:
 
     def _deliver(self, d: Direction, packet: bytes) -> None:
         host = d.dst
-        if not host.up:
+        life = host._life
+        if life is None or not life.alive:
             self._trace.packet(packet, "dropped-down", self.now, host.name)
             return
         self._trace.packet(packet, "delivered", self.now, d.name)
-        assert host._life is not None
-        host._life.device.deliver(packet)
+        life.device.deliver(packet)
         host._deadline_memo = _STALE  # its stack has input to read
 
     def _deliver_local(self, host: Host, packet: bytes) -> None:
@@ -1189,9 +1209,6 @@ class World:
             assert host._life is not None
             host._life.device.deliver(packet)
             host._deadline_memo = _STALE
-
-    def _schedule_delivery(self, d: Direction, when: float, packet: bytes) -> None:
-        self._schedule(when, self._deliver_event, d, packet)
 
     def _schedule(self, when: float, fn: Callable[..., None], *args: Any) -> None:
         self._seq += 1
