@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import hashlib
 import heapq
 import inspect
@@ -284,6 +285,7 @@ class Host:
         # to it, a planned or deferred action, or the driver can change it:
         # each of those forgets it.
         self._deadline_memo: Any = _STALE
+        self._last_deadline: Any = _STALE  # what the last _keep_going of a run found
 
     # -- what a scenario uses ----------------------------------------------
     @property
@@ -388,7 +390,7 @@ class Host:
         # Checksums on (no offload): a corrupted packet must be caught by
         # the stack, as a real NIC without offload would leave it to.
         stack = Stack(self.addresses, rng=rng, mtu=self.mtu, offload=False, **options)
-        device = SimDevice(f"{self.name}#{number}", lambda packet: world._transmit(self, packet))
+        device = SimDevice(f"{self.name}#{number}", functools.partial(world._transmit, self))
         network = SimNetwork(self, device, stack, world._resolve)
         sched = Scheduler(workers=[TimerWorker(), network.worker, SimDiskWorker(self.disk)], clock=self.clock)
         ready_rng = None
@@ -445,8 +447,10 @@ class Host:
             d = w.next_deadline()
             if d is not None and (best is None or d < best):
                 best = d
-        if self.world._running is None:  # while it runs, its threads move it at every step
+        if self.world._running is None:
             self._deadline_memo = best
+        else:  # while it runs, its threads move it at every step
+            self._last_deadline = best
         return best
 
     def _next_event(self) -> float | None:
@@ -474,12 +478,15 @@ class Host:
             self.world._trace.event("resume", self.world.now, self.name)
         if life.sched._ready:
             return True
-        d = self._deadline()
+        d = self._deadline_memo
+        if d is _STALE:
+            d = self._deadline()
         return d is not None and d <= self.clock.now()
 
     def _keep_going(self) -> bool:
         # A fault asked for from inside (a crash, a pause) is applied once
         # the pass of ready threads in progress ends.
+        self._last_deadline = _STALE
         return not self.world._deferred and self._has_work()
 
     def _run(self) -> None:
@@ -487,10 +494,14 @@ class Host:
         life = self._life
         assert life is not None
         self._deadline_memo = _STALE
+        ended = False
         try:
             life.sched.run_while(self._keep_going)
+            ended = True
         finally:
-            self._deadline_memo = _STALE
+            # The run ends at a _keep_going that said no: the deadline it
+            # found (if it had to look) still holds.
+            self._deadline_memo = self._last_deadline if ended else _STALE
 
     def __repr__(self) -> str:
         state = "up" if self.up else "down"
@@ -1199,13 +1210,13 @@ class World:
         if life is None or not life.alive:
             self._trace.packet(packet, "dropped-down", self.now, host.name)
             return
-        self._trace.packet(packet, "delivered", self.now, d.name)
+        self._trace.delivery(packet, "delivered", self.now, d.name)
         life.device.deliver(packet)
         host._deadline_memo = _STALE  # its stack has input to read
 
     def _deliver_local(self, host: Host, packet: bytes) -> None:
         if host.up:
-            self._trace.packet(packet, "delivered", self.now, host.name)
+            self._trace.delivery(packet, "delivered", self.now, host.name)
             assert host._life is not None
             host._life.device.deliver(packet)
             host._deadline_memo = _STALE
@@ -1294,8 +1305,8 @@ class World:
                 # Drawn only when there is an order to choose: how the driver
                 # slices time into runs must not move the stream.
                 self._shuffler.shuffle(hosts)
-            for host in hosts:
-                if host._has_work():  # still: an earlier host's fault may have stopped it
+            for i, host in enumerate(hosts):
+                if not i or host._has_work():  # still: an earlier host's fault may have stopped it
                     self._running = host
                     try:
                         host._run()
