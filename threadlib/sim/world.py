@@ -411,6 +411,7 @@ class Host:
         if life is None or not life.alive:
             return
         life.alive = False
+        self._deadline_memo = _STALE
         self.crashes += 1
         self.paused_until = None
         self.world._trace.event("crash", self.world.now, self.name, life.number)
@@ -453,20 +454,6 @@ class Host:
             self._last_deadline = best
         return best
 
-    def _next_event(self) -> float | None:
-        """When (world time) this host next needs to run, or None."""
-        life = self._life
-        if life is None or not life.alive:
-            return None
-        if self.paused_until is not None:
-            return self.paused_until
-        if life.sched._ready:
-            return self.world.now
-        d = self._deadline()
-        if d is None:
-            return None
-        return self.world.now if d == -math.inf else max(self.world.now, self.clock.world_time(d))
-
     def _has_work(self) -> bool:
         life = self._life
         if life is None or not life.alive:
@@ -481,7 +468,7 @@ class Host:
         d = self._deadline_memo
         if d is _STALE:
             d = self._deadline()
-        return d is not None and d <= self.clock.now()
+        return d is not None and d <= self.clock._now  # clock.now(), without the call
 
     def _keep_going(self) -> bool:
         # A fault asked for from inside (a crash, a pause) is applied once
@@ -1326,9 +1313,24 @@ class World:
 
     def _next_time(self) -> float | None:
         best = self._events[0][0] if self._events else None
+        now = self.now
         for host in self._hosts.values():
-            t = host._next_event()
-            if t is not None and (best is None or t < best):
+            # When (world time) the host next needs to run, if ever.
+            life = host._life
+            if life is None or not life.alive:
+                continue
+            if host.paused_until is not None:
+                t = host.paused_until
+            elif life.sched._ready:
+                t = now
+            else:
+                d = host._deadline_memo
+                if d is _STALE:
+                    d = host._deadline()
+                if d is None:
+                    continue
+                t = now if d == -math.inf else max(now, host.clock.world_time(d))
+            if best is None or t < best:
                 best = t
         return best
 
@@ -1341,9 +1343,18 @@ class World:
             self._steps = 0
         when = self.now
         for host in self._hosts.values():
-            d = host._deadline()
-            due = d if d is not None and d != -math.inf and host.clock.world_time(d) <= when else None
-            host.clock.follow(when, due)
+            d = host._deadline_memo
+            if d is _STALE:
+                d = host._deadline()
+            clock = host.clock
+            if clock._identity:
+                # follow() on an unskewed clock: a due deadline is never
+                # past the world's time, so the host's time is the world's.
+                if when > clock._now:
+                    clock._now = when
+                continue
+            due = d if d is not None and d != -math.inf and clock.world_time(d) <= when else None
+            clock.follow(when, due)
 
     # -- looking at it ------------------------------------------------------------------
     def trace_hash(self) -> str:
