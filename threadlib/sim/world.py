@@ -440,10 +440,10 @@ class Host:
         life = self._life
         if life is None or not life.alive:
             return None
-        best = self._deadline_memo
-        if best is not _STALE:
-            return best  # type: ignore[no-any-return]
-        best = None
+        memo = self._deadline_memo
+        if memo is not _STALE:
+            return memo  # type: ignore[no-any-return]
+        best: float | None = None
         for w in life.sched._timed:  # the other workers never have a deadline
             d = w.next_deadline()
             if d is not None and (best is None or d < best):
