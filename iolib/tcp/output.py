@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import struct
 
+from .checksum import ones_sum
 from .segment import ACK, FIN, PSH, SYN, URG, opt_sack
 from .seq import MASK
 from .states import SENDING, SYN_RECEIVED, SYN_SENT
@@ -35,6 +36,12 @@ _V4TCP = struct.Struct("!BBHHHBBH4s4sHHIIBBHHH")
 _V6TCP = struct.Struct("!IHBB16s16sHHIIBBHHH")
 _TS_PREFIX = b"\x01\x01\x08\x0a"
 _TS = struct.Struct("!II")
+# The header with a timestamp option alone (NOP, NOP, TS, 10), as most
+# segments of a connection that negotiated timestamps carry: one pack.
+_V4TCP_TS = struct.Struct("!BBHHHBBH4s4sHHIIBBHHHIII")
+_V6TCP_TS = struct.Struct("!IHBB16s16sHHIIBBHHHIII")
+_TS_PREFIX_WORD = int.from_bytes(_TS_PREFIX, "big")
+_TS_PREFIX_SUM = 0x0101 + 0x080A  # the prefix's two 16-bit words
 # With offload, the most payload one emitted packet carries: its IPv4 total
 # length (or IPv6 payload length) must stay within 16 bits with a 60-byte
 # TCP header, and Linux's TUN takes GSO packets up to 64 KiB.
@@ -53,12 +60,15 @@ class Output:
         With offload, a payload longer than `gso_size` is one packet the
         device cuts into `gso_size`-byte segments (RFC 9293 §3.7.1 still
         holds on the wire: each piece carries at most the effective MSS)."""
+        tsval = -1  # >= 0: the options are the timestamp alone, packed with the header
         if options is None:
             options = b""
             if self.ts_ok:
-                options = _TS_PREFIX + _TS.pack((int(now * 1000) + self.ts_offset) & MASK,
-                                                self.ts_recent)
+                tsval = (int(now * 1000) + self.ts_offset) & MASK
             if self.sack_recent and self.sack_ok:
+                if tsval >= 0:
+                    options = _TS_PREFIX + _TS.pack(tsval, self.ts_recent)
+                    tsval = -1
                 options += opt_sack(self.sack_recent[:3 if self.ts_ok else 4])
         if flags & SYN:
             wnd = min(self.options.rcvbuf, 0xFFFF)   # RFC 7323 §2.2: never scaled
@@ -74,7 +84,7 @@ class Output:
         else:
             ack = 0
         # build_segment() inlined: this is the per-segment hot path.
-        olen = len(options)
+        olen = len(options) if tsval < 0 else 12
         hlen = 20 + olen
         urg = 0
         if self.snd_up > seq and not flags & SYN:
@@ -93,28 +103,42 @@ class Output:
         else:
             total = (self._port_sum + (seq >> 16) + (seq & 0xFFFF) + (ack >> 16) + (ack & 0xFFFF)
                      + (hlen << 10 | flags) + wnd + tcp_len + urg)
-            if olen:
+            if tsval >= 0:
+                tsecr = self.ts_recent
+                total += _TS_PREFIX_SUM + (tsval >> 16) + (tsval & 0xFFFF) + (tsecr >> 16) + (tsecr & 0xFFFF)
+            elif olen:
                 total += int.from_bytes(options, "big")
             if plen:
-                if plen & 1:
-                    total += int.from_bytes(payload, "big") << 8
-                else:
-                    total += int.from_bytes(payload, "big")
+                total += ones_sum(payload)
             cks = 0xFFFF - total % 0xFFFF
-        if self._iphead is not None:
-            ip_total = 20 + tcp_len
-            head = _V4TCP.pack(0x45, 0, ip_total, 0, 0x4000, self.ttl, 6,
-                               0xFFFF - (self._iphead + ip_total) % 0xFFFF, self.laddr, self.raddr,
-                               self.lport, self.rport, seq, ack, hlen << 2, flags, wnd, cks, urg)
+        if tsval >= 0:
+            # The usual segment: the timestamp option packed with the header.
+            if self._iphead is not None:
+                ip_total = 20 + tcp_len
+                head = _V4TCP_TS.pack(0x45, 0, ip_total, 0, 0x4000, self.ttl, 6,
+                                      0xFFFF - (self._iphead + ip_total) % 0xFFFF, self.laddr, self.raddr,
+                                      self.lport, self.rport, seq, ack, hlen << 2, flags, wnd, cks, urg,
+                                      _TS_PREFIX_WORD, tsval, self.ts_recent)
+            else:
+                head = _V6TCP_TS.pack(0x60000000, tcp_len, 6, self.ttl, self.laddr, self.raddr,
+                                      self.lport, self.rport, seq, ack, hlen << 2, flags, wnd, cks, urg,
+                                      _TS_PREFIX_WORD, tsval, self.ts_recent)
+            packet = head + payload if plen else head
         else:
-            head = _V6TCP.pack(0x60000000, tcp_len, 6, self.ttl, self.laddr, self.raddr,
-                               self.lport, self.rport, seq, ack, hlen << 2, flags, wnd, cks, urg)
-        if olen:
-            packet = b"".join((head, options, payload))
-        elif plen:
-            packet = head + payload
-        else:
-            packet = head
+            if self._iphead is not None:
+                ip_total = 20 + tcp_len
+                head = _V4TCP.pack(0x45, 0, ip_total, 0, 0x4000, self.ttl, 6,
+                                   0xFFFF - (self._iphead + ip_total) % 0xFFFF, self.laddr, self.raddr,
+                                   self.lport, self.rport, seq, ack, hlen << 2, flags, wnd, cks, urg)
+            else:
+                head = _V6TCP.pack(0x60000000, tcp_len, 6, self.ttl, self.laddr, self.raddr,
+                                   self.lport, self.rport, seq, ack, hlen << 2, flags, wnd, cks, urg)
+            if olen:
+                packet = b"".join((head, options, payload))
+            elif plen:
+                packet = head + payload
+            else:
+                packet = head
         if self.offload:
             self.out.append((packet, gso_size if plen > gso_size else 0))
         else:

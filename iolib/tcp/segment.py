@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import struct
 
-from .checksum import finish
+from .checksum import finish, ones_sum
 from .ip import Malformed
 
 FIN = 0x01
@@ -194,9 +194,6 @@ def build_segment(sport: int, dport: int, seq: int, ack: int, flags: int, wnd: i
     # stand (both are 16-bit aligned).
     total = int.from_bytes(fixed + options, "big") + urg + pseudo + hlen + len(payload)
     if payload:
-        p = int.from_bytes(payload, "big")
-        if len(payload) & 1:
-            p <<= 8
-        total += p
+        total += ones_sum(payload)
     return b"".join((fixed, finish(total).to_bytes(2, "big"), urg.to_bytes(2, "big"),
                      options, payload))

@@ -33,7 +33,7 @@ import socket
 import struct
 
 from . import connection as C
-from .checksum import partial_sum
+from .checksum import ones_sum
 from .connection import Connection
 from .errors import AddressInUse, BadArgument, InvalidState, NetUnreachable
 from .fragments import MAX_BYTES, MAX_DATAGRAMS, Reassembler
@@ -351,18 +351,15 @@ class Stack:
                     return
                 if total != n:
                     packet = packet[:total]
-                if int.from_bytes(packet[:20], "big") % 0xFFFF:
+                if ones_sum(packet, 0, 20):
                     stats.dropped_bad_checksum += 1
                     return
                 # The valid IP header sums to zero, so the whole packet's sum
                 # is the TCP segment's sum: no slicing needed.
-                if not checksum_ok:
-                    whole = int.from_bytes(packet, "big")
-                    if total & 1:
-                        whole <<= 8
-                    if (whole + int.from_bytes(packet[12:20], "big") + PROTO_TCP + total - 20) % 0xFFFF:
-                        stats.dropped_bad_checksum += 1
-                        return
+                if not checksum_ok and (ones_sum(packet) + ones_sum(packet, 12, 20) + PROTO_TCP + total
+                                        - 20) % 0xFFFF:
+                    stats.dropped_bad_checksum += 1
+                    return
                 try:
                     seg = parse_segment(packet, 20, total)
                 except Malformed as e:
@@ -412,7 +409,7 @@ class Stack:
 
     def _receive_tcp(self, now: float, ip, packet, checksum_ok: bool = False) -> None:
         start, end = ip.start, ip.end
-        if not checksum_ok and (partial_sum(packet[start:end]) + int.from_bytes(ip.src + ip.dst, "big")
+        if not checksum_ok and (ones_sum(packet, start, end) + int.from_bytes(ip.src + ip.dst, "big")
                                 + PROTO_TCP + end - start) % 0xFFFF:
             raise Malformed("bad_checksum", "TCP")
         seg = parse_segment(packet, start, end)

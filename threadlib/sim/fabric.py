@@ -136,11 +136,13 @@ class Direction:
     random stream and its state (the transmitter's backlog, the last
     arrival time that keeps packets in order, packets held)."""
 
-    __slots__ = ("src", "dst", "params", "rng", "busy_until", "departures", "last_arrival", "held", "holding",
-                 "faults", "sent")
+    __slots__ = ("src", "dst", "name", "params", "rng", "busy_until", "departures", "last_arrival", "held",
+                 "holding", "faults", "sent")
 
     def __init__(self, src: Host, dst: Host, params: LinkParams, seed: Any, faults: FaultSchedule) -> None:
         self.src = src
+        #: ``"src->dst"`` (a host's name never changes).
+        self.name = f"{src.name}->{dst.name}"
         self.faults = faults
         self.sent = 0  # packets decided on so far: the number in a fault's id
         self.dst = dst
@@ -151,11 +153,6 @@ class Direction:
         self.last_arrival = 0.0
         self.held: list[bytes] = []
         self.holding = False
-
-    @property
-    def name(self) -> str:
-        """``"src->dst"``."""
-        return f"{self.src.name}->{self.dst.name}"
 
     def transmit(self, now: float, packet: bytes, schedule: Schedule, report: Report) -> None:
         """Decide ``packet``'s fate, sent at ``now``: report each decision
@@ -227,7 +224,7 @@ class Direction:
             schedule(again, packet)
 
     def _fault_id(self, kind: str) -> str:
-        return f"{self.src.name}->{self.dst.name}#{self.sent}:{kind}"
+        return f"{self.name}#{self.sent}:{kind}"
 
     def release(self, now: float, schedule: Schedule, report: Report) -> None:
         """Stop holding: the held packets go now, in the order they were sent."""

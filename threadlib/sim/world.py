@@ -54,6 +54,7 @@ from .snapshot import Snapshot, SnapshotError, SnapshotMismatch
 from .trace import Trace, TraceInstrument
 
 _R = TypeVar("_R")
+_STALE: Any = object()  # a host's deadline memo when it must be asked again
 
 
 class SimulationError(RuntimeError):
@@ -279,6 +280,12 @@ class Host:
         self.crashes = 0
         self._life: _Incarnation | None = None
         self._incarnations = 0
+        # The earliest worker deadline, remembered while the host does not
+        # run (_STALE: not known). Between its runs only a packet delivered
+        # to it, a planned or deferred action, or the driver can change it:
+        # each of those forgets it.
+        self._deadline_memo: Any = _STALE
+        self._last_deadline: Any = _STALE  # what the last _keep_going of a run found
 
     # -- what a scenario uses ----------------------------------------------
     @property
@@ -383,7 +390,7 @@ class Host:
         # Checksums on (no offload): a corrupted packet must be caught by
         # the stack, as a real NIC without offload would leave it to.
         stack = Stack(self.addresses, rng=rng, mtu=self.mtu, offload=False, **options)
-        device = SimDevice(f"{self.name}#{number}", lambda packet: world._transmit(self, packet))
+        device = SimDevice(f"{self.name}#{number}", functools.partial(world._transmit, self))
         network = SimNetwork(self, device, stack, world._resolve)
         sched = Scheduler(workers=[TimerWorker(), network.worker, SimDiskWorker(self.disk)], clock=self.clock)
         ready_rng = None
@@ -394,6 +401,7 @@ class Host:
             sched._ready = _CountedReady(self)
         sched.add_instrument(TraceInstrument(world._trace, self.name, number, world._clock_now))
         self._life = _Incarnation(number, stack, device, network, sched, ready_rng)
+        self._deadline_memo = _STALE
         world._trace.event("boot", world.now, self.name, number)
         if self.start is not None:
             self.spawn(self.start, self, name=f"{self.name}-start")
@@ -403,6 +411,7 @@ class Host:
         if life is None or not life.alive:
             return
         life.alive = False
+        self._deadline_memo = _STALE
         self.crashes += 1
         self.paused_until = None
         self.world._trace.event("crash", self.world.now, self.name, life.number)
@@ -431,26 +440,19 @@ class Host:
         life = self._life
         if life is None or not life.alive:
             return None
-        best = None
-        for w in life.sched.workers:
+        memo = self._deadline_memo
+        if memo is not _STALE:
+            return memo  # type: ignore[no-any-return]
+        best: float | None = None
+        for w in life.sched._timed:  # the other workers never have a deadline
             d = w.next_deadline()
             if d is not None and (best is None or d < best):
                 best = d
+        if self.world._running is None:
+            self._deadline_memo = best
+        else:  # while it runs, its threads move it at every step
+            self._last_deadline = best
         return best
-
-    def _next_event(self) -> float | None:
-        """When (world time) this host next needs to run, or None."""
-        life = self._life
-        if life is None or not life.alive:
-            return None
-        if self.paused_until is not None:
-            return self.paused_until
-        if life.sched._ready:
-            return self.world.now
-        d = self._deadline()
-        if d is None:
-            return None
-        return self.world.now if d == -math.inf else max(self.world.now, self.clock.world_time(d))
 
     def _has_work(self) -> bool:
         life = self._life
@@ -463,19 +465,30 @@ class Host:
             self.world._trace.event("resume", self.world.now, self.name)
         if life.sched._ready:
             return True
-        d = self._deadline()
-        return d is not None and d <= self.clock.now()
+        d = self._deadline_memo
+        if d is _STALE:
+            d = self._deadline()
+        return d is not None and d <= self.clock._now  # clock.now(), without the call
 
     def _keep_going(self) -> bool:
         # A fault asked for from inside (a crash, a pause) is applied once
         # the pass of ready threads in progress ends.
+        self._last_deadline = _STALE
         return not self.world._deferred and self._has_work()
 
     def _run(self) -> None:
         """Run this host's threads and workers until nothing is due."""
         life = self._life
         assert life is not None
-        life.sched.run_while(self._keep_going)
+        self._deadline_memo = _STALE
+        ended = False
+        try:
+            life.sched.run_while(self._keep_going)
+            ended = True
+        finally:
+            # The run ends at a _keep_going that said no: the deadline it
+            # found (if it had to look) still holds.
+            self._deadline_memo = self._last_deadline if ended else _STALE
 
     def __repr__(self) -> str:
         state = "up" if self.up else "down"
@@ -578,6 +591,11 @@ class World:
         self._seq = 0
         self._running: Host | None = None  # the host whose threads run now
         self._deferred: list[Callable[[], None]] = []
+        # Bound once, so that _settle tells a packet's delivery (which
+        # forgets only its host's deadline memo) from a planned action.
+        self._deliver_event = self._deliver
+        self._deliver_local_event = self._deliver_local
+        self._schedulers: dict[Direction, Callable[[float, bytes], None]] = {}
         self._homes: dict[Thread, tuple[Host, _Incarnation]] = {}
         self._closed = False
         self._trace.event("world", repr(seed), self.shuffle)
@@ -775,7 +793,7 @@ class World:
 
         def release() -> None:
             self._trace.event("release", self.now, d.name, len(d.held))
-            d.release(self.now, lambda t, p: self._schedule(t, self._deliver, d, p), self._report)
+            d.release(self.now, self._arrivals(d), self._report)
 
         self._apply(release)
 
@@ -836,7 +854,7 @@ class World:
             self._cut.clear()
             for d in self._directions.values():
                 if d.holding or d.held:
-                    d.release(self.now, functools.partial(self._schedule_delivery, d), self._report)
+                    d.release(self.now, self._arrivals(d), self._report)
             for host in self._hosts.values():
                 host.paused_until = None
                 if not host.up and host.incarnation:
@@ -875,7 +893,12 @@ class World:
                                        f"{timeout} s after t={start:.6f} s.\n{self.waiting_threads()}")
                 self._advance(nxt)
 
+    def _forget_deadlines(self) -> None:
+        for host in self._hosts.values():
+            host._deadline_memo = _STALE
+
     def _check_runnable(self) -> None:
+        self._forget_deadlines()  # the driver may have changed any host since the last run
         if self._closed:
             raise RuntimeError("this world is closed")
         if self._running is not None or current_scheduler() is not None:
@@ -1119,9 +1142,11 @@ class World:
     # -- packets ---------------------------------------------------------------------
     def _transmit(self, src: Host, packet: bytes) -> None:
         now = self.now
-        if len(packet) >= 20 and packet[0] >> 4 == 4:
+        n = len(packet)
+        version = packet[0] >> 4 if n else 0
+        if version == 4 and n >= 20:
             dst_addr = packet[16:20]
-        elif len(packet) >= 40 and packet[0] >> 4 == 6:
+        elif version == 6 and n >= 40:
             dst_addr = packet[24:40]
         else:
             self._trace.packet(packet, "malformed", now, src.name)
@@ -1132,17 +1157,35 @@ class World:
             return
         if dst is src:  # to itself: the loopback, no link
             self._trace.packet(packet, "sent", now, src.name, src.name)
-            self._schedule(now, self._deliver_local, src, packet)
+            self._schedule(now, self._deliver_local_event, src, packet)
             return
         self._trace.packet(packet, "sent", now, src.name, dst.name)
-        if (src.name, dst.name) in self._cut:
+        pair = (src.name, dst.name)
+        if self._cut and pair in self._cut:
             self._trace.packet(packet, "partitioned", now, src.name, dst.name)
             return
-        d = self._directions.get((src.name, dst.name))
+        d = self._directions.get(pair)
         if d is None:
             self._trace.packet(packet, "no-link", now, src.name, dst.name)
             return
-        d.transmit(now, packet, lambda t, p: self._schedule(t, self._deliver, d, p), self._report)
+        d.transmit(now, packet, self._arrivals(d), self._report)
+
+    def _arrivals(self, d: Direction) -> Callable[[float, bytes], None]:
+        """``schedule(when, packet)``: ``packet`` arrives over ``d`` at
+        ``when`` (made once per direction: one per packet would be an
+        allocation on the hot path)."""
+        schedule = self._schedulers.get(d)
+        if schedule is None:
+            events = self._events
+            deliver = self._deliver_event
+            push = heapq.heappush
+
+            def schedule(when: float, packet: bytes) -> None:
+                self._seq += 1
+                push(events, (when, self._seq, deliver, (d, packet)))
+
+            self._schedulers[d] = schedule
+        return schedule
 
     def _report(self, kind: str, *fields: Any) -> None:
         packet = fields[-1]
@@ -1150,21 +1193,20 @@ class World:
 
     def _deliver(self, d: Direction, packet: bytes) -> None:
         host = d.dst
-        if not host.up:
+        life = host._life
+        if life is None or not life.alive:
             self._trace.packet(packet, "dropped-down", self.now, host.name)
             return
-        self._trace.packet(packet, "delivered", self.now, d.name)
-        assert host._life is not None
-        host._life.device.deliver(packet)
+        self._trace.delivery(packet, "delivered", self.now, d.name)
+        life.device.deliver(packet)
+        host._deadline_memo = _STALE  # its stack has input to read
 
     def _deliver_local(self, host: Host, packet: bytes) -> None:
         if host.up:
-            self._trace.packet(packet, "delivered", self.now, host.name)
+            self._trace.delivery(packet, "delivered", self.now, host.name)
             assert host._life is not None
             host._life.device.deliver(packet)
-
-    def _schedule_delivery(self, d: Direction, when: float, packet: bytes) -> None:
-        self._schedule(when, self._deliver, d, packet)
+            host._deadline_memo = _STALE
 
     def _schedule(self, when: float, fn: Callable[..., None], *args: Any) -> None:
         self._seq += 1
@@ -1233,6 +1275,7 @@ class World:
     def _settle(self) -> None:
         """Run everything due at the current time until nothing is."""
         events = self._events
+        deliver, deliver_local = self._deliver_event, self._deliver_local_event
         self._mid_instant = True  # until this instant is settled (an exception may stop it)
         while True:
             if self._violation is not None:
@@ -1242,13 +1285,15 @@ class World:
                 _when, _seq, fn, args = heapq.heappop(events)
                 fn(*args)
                 progressed = True
+                if fn is not deliver and fn is not deliver_local:
+                    self._forget_deadlines()  # a planned action may have touched any host
             hosts = [host for host in self._hosts.values() if host._has_work()]
             if self.shuffle and len(hosts) > 1:
                 # Drawn only when there is an order to choose: how the driver
                 # slices time into runs must not move the stream.
                 self._shuffler.shuffle(hosts)
-            for host in hosts:
-                if host._has_work():  # still: an earlier host's fault may have stopped it
+            for i, host in enumerate(hosts):
+                if not i or host._has_work():  # still: an earlier host's fault may have stopped it
                     self._running = host
                     try:
                         host._run()
@@ -1257,6 +1302,8 @@ class World:
                         deferred, self._deferred = self._deferred, []
                         for action in deferred:
                             action()
+                        if deferred:
+                            self._forget_deadlines()
                     progressed = True
             if not progressed:
                 if self._violation is not None:
@@ -1266,9 +1313,24 @@ class World:
 
     def _next_time(self) -> float | None:
         best = self._events[0][0] if self._events else None
+        now = self.now
         for host in self._hosts.values():
-            t = host._next_event()
-            if t is not None and (best is None or t < best):
+            # When (world time) the host next needs to run, if ever.
+            life = host._life
+            if life is None or not life.alive:
+                continue
+            if host.paused_until is not None:
+                t = host.paused_until
+            elif life.sched._ready:
+                t = now
+            else:
+                d = host._deadline_memo
+                if d is _STALE:
+                    d = host._deadline()
+                if d is None:
+                    continue
+                t = now if d == -math.inf else max(now, host.clock.world_time(d))
+            if best is None or t < best:
                 best = t
         return best
 
@@ -1281,9 +1343,18 @@ class World:
             self._steps = 0
         when = self.now
         for host in self._hosts.values():
-            d = host._deadline()
-            due = d if d is not None and d != -math.inf and host.clock.world_time(d) <= when else None
-            host.clock.follow(when, due)
+            d = host._deadline_memo
+            if d is _STALE:
+                d = host._deadline()
+            clock = host.clock
+            if clock._identity:
+                # follow() on an unskewed clock: a due deadline is never
+                # past the world's time, so the host's time is the world's.
+                if when > clock._now:
+                    clock._now = when
+                continue
+            due = d if d is not None and d != -math.inf and clock.world_time(d) <= when else None
+            clock.follow(when, due)
 
     # -- looking at it ------------------------------------------------------------------
     def trace_hash(self) -> str:

@@ -1,12 +1,16 @@
 """Wire formats: checksum, sequence arithmetic, IP and TCP headers and options
 (RFC 1071, RFC 9293 §3.1-3.4, RFC 791, RFC 8200)."""
 
+import os
 import random
 import struct
+from pathlib import Path
 
 import pytest
 
-from iolib.tcp.checksum import checksum, partial_sum, verify
+import iolib
+from iolib.tcp import checksum as checksum_module
+from iolib.tcp.checksum import checksum, ones_sum, partial_sum, verify
 from iolib.tcp.ip import (PROTO_TCP, Malformed, build_icmp, build_ip, ipv4_header, parse_icmp_error,
                           parse_ip, pseudo_sum)
 from iolib.tcp.segment import (ACK, SYN, build_segment, opt_mss, opt_sack, opt_sack_ok,
@@ -47,6 +51,61 @@ def test_partial_sums_add_across_split_points():
     data = bytes(range(256)) * 5
     whole = partial_sum(data)
     assert (partial_sum(data[:100]) + partial_sum(data[100:])) % 0xFFFF == whole % 0xFFFF
+
+
+def reference_sum(data: bytes) -> int:
+    """The big-endian 16-bit word sum, word by word, modulo 0xFFFF."""
+    if len(data) % 2:
+        data += b"\0"
+    return sum(w for (w,) in struct.iter_unpack("!H", data)) % 0xFFFF
+
+
+def compiled_ones_sum():
+    """iolib/_checksum.c's ones_sum, whichever one the package chose
+    (THREADLIB_PURE), so that both are tested in both modes."""
+    if not any(Path(iolib.__file__).parent.glob("_checksum.*.so")):
+        pytest.skip("iolib/_checksum.c is not built here (no C compiler at install)")
+    from iolib import _checksum
+    return _checksum.ones_sum
+
+
+ONES_SUMS = [pytest.param(lambda: checksum_module._ones_sum, id="pure"), pytest.param(compiled_ones_sum, id="compiled")]
+
+
+@pytest.mark.parametrize("get_impl", ONES_SUMS)
+def test_ones_sum_of_regions_matches_the_word_by_word_sum(get_impl):
+    impl = get_impl()
+    rng = random.Random(7)
+    sizes = list(range(0, 40)) + [1459, 1460, 1500, 9001, 65536]
+    for n in sizes:
+        data = rng.randbytes(n)
+        assert impl(data) == reference_sum(data)
+        for start in range(0, min(n, 8) + 1, 2):
+            end = rng.randint(start, n)
+            assert impl(data, start, end) == reference_sum(data[start:end])
+            assert impl(memoryview(data), start, end) == impl(bytearray(data), start, end)
+    # Sums that wrap many times: all ones (the one's-complement zero) and
+    # long buffers that must not overflow an accumulator.
+    assert impl(b"\xff" * 100_001) == reference_sum(b"\xff" * 100_001)
+    big = rng.randbytes(5_000_000)
+    assert impl(big) == int.from_bytes(big, "big") % 0xFFFF
+
+
+@pytest.mark.parametrize("get_impl", ONES_SUMS)
+@pytest.mark.parametrize("start, end", [(-2, 4), (4, 2), (0, 11), (12, 12)])
+def test_ones_sum_refuses_a_region_outside_the_buffer(get_impl, start, end):
+    impl = get_impl()
+    with pytest.raises(ValueError, match=r"region \[-?\d+:\d+\] is not within the 10-byte buffer"):
+        impl(bytes(10), start, end)
+
+
+def test_ones_sum_is_the_compiled_helper_when_it_is_built():
+    built = any(Path(iolib.__file__).parent.glob("_checksum.*.so"))
+    pure = os.environ.get("THREADLIB_PURE", "") not in ("", "0")
+    if not built:
+        pytest.skip("iolib/_checksum.c is not built here (no C compiler at install)")
+    assert checksum_module.COMPILED is (not pure)
+    assert (ones_sum is checksum_module._ones_sum) is pure
 
 
 def test_sequence_comparisons_wrap_modulo_2_32():
