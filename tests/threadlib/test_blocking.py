@@ -118,3 +118,41 @@ def test_a_call_still_running_does_not_keep_the_process_from_exiting():
     )
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout) == (0, "gave up\n"), done.stderr
+
+
+def test_a_call_that_waits_for_another_call_in_the_same_burst_gets_its_own_os_thread():
+    # Two calls handed to the pool in one scheduler pass: the first waits
+    # (bounded) for the second to set the event.  Each needs an OS thread
+    # of its own; were the second queued behind the first, the first would
+    # wait its whole bound and return False.
+    handoff = threading.Event()
+
+    def main():
+        waiter = yield from threadlib.spawn(threadlib.blocking(handoff.wait, 10))
+        setter = yield from threadlib.spawn(threadlib.blocking(handoff.set))
+        return (yield from threadlib.join_all([waiter, setter]))
+
+    assert threadlib.run(main()) == [True, None]
+
+
+def test_calls_beyond_max_threads_queue_for_a_thread_and_all_complete():
+    # max_threads=2 and five calls in one burst: no more than two OS
+    # threads ever run them, and every caller gets its own result.
+    pool = BlockingPool(max_threads=2)
+    sched = Scheduler(workers=[TimerWorker(), pool])
+    ran_on = set()
+    lock = threading.Lock()
+
+    def job(i):
+        with lock:
+            ran_on.add(threading.current_thread())
+        return i * 10
+
+    def main():
+        threads = []
+        for i in range(5):
+            threads.append((yield from threadlib.spawn(threadlib.blocking(job, i))))
+        return (yield from threadlib.join_all(threads))
+
+    assert sched.run(main()) == [0, 10, 20, 30, 40]
+    assert 1 <= len(ran_on) <= 2
