@@ -156,3 +156,32 @@ def test_calls_beyond_max_threads_queue_for_a_thread_and_all_complete():
 
     assert sched.run(main()) == [0, 10, 20, 30, 40]
     assert 1 <= len(ran_on) <= 2
+
+
+def test_a_call_that_ends_after_its_scheduler_writes_nothing_anywhere():
+    # The caller gives up, the scheduler ends (closing the pool and its
+    # eventfd), then the call ends: its OS thread must write its wake-up to
+    # no fd at all (not stdout, not stdin, not a closed number) and end
+    # quietly.
+    import subprocess
+    import sys
+
+    program = (
+        "import threading, threadlib\n"
+        "gate = threading.Event()\n"
+        "def main():\n"
+        "    try:\n"
+        "        with threadlib.timeout(0.05):\n"
+        "            yield from threadlib.blocking(gate.wait, 30)\n"
+        "    except TimeoutError:\n"
+        "        print('gave up', flush=True)\n"
+        "threadlib.run(main())\n"
+        "pool = [t for t in threading.enumerate() if t.name == 'threadlib-blocking']\n"
+        "gate.set()\n"
+        "for t in pool:\n"
+        "    t.join(10)\n"
+        "print('ended', len(pool), sum(t.is_alive() for t in pool), flush=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"gave up\nended 1 0\n", b"")
