@@ -1076,3 +1076,23 @@ def test_an_instrument_that_raises_is_removed_and_the_run_goes_on(caplog):
         assert sched.run(main()) == [1, 1]
     failures = [r for r in caplog.records if "failed in thread_spawned and was removed" in r.getMessage()]
     assert len(failures) == 1
+
+
+def test_the_deadlock_error_goes_to_the_main_thread_even_when_another_waits_first():
+    # "worker" was spawned before run() (so it is listed before main): the
+    # deadlock error is still raised in main, and worker is only cancelled
+    # when run() ends.
+    sched = Scheduler()
+
+    def waiter():
+        yield from threadlib.Event().wait()
+
+    worker = sched.spawn(waiter(), name="worker")
+
+    def main():
+        yield from threadlib.Event().wait()
+
+    with pytest.raises(RuntimeError, match="deadlock"):
+        sched.run(main())
+    with pytest.raises(ThreadCancelled):
+        worker.result()
