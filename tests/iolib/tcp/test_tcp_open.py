@@ -374,3 +374,49 @@ def test_accepted_connections_take_the_listeners_options():
     h.at(start + 0.3)
     h.rport = REMOTE_PORT + 1
     h.expect(seg(ACK, second.iss + 1, REMOTE_ISS + 2, 65535))
+
+
+# ------------------------------------------------------------ connection options
+
+def test_connection_option_defaults_are_the_documented_ones():
+    """docs/tcp-conformance.md lists every `ConnOptions` default."""
+    assert Stack(["10.0.0.1/24"], rng=1).options.as_dict() == {
+        "nodelay": False, "keepalive": False, "keepidle": 7200.0, "keepintvl": 75.0, "keepcnt": 9,
+        "user_timeout": 300.0, "sndbuf": 262144, "rcvbuf": 262144, "sack": True, "timestamps": True,
+        "window_scaling": True, "ack_delay": 0.04, "min_rto": 1.0, "max_rto": 60.0, "initial_rto": 1.0,
+        "msl": 30.0, "fin_wait2_timeout": 60.0, "initial_window": 0,
+    }
+
+
+FLOORS = [("keepidle", 0.001), ("keepintvl", 0.001), ("keepcnt", 1), ("user_timeout", 0.001),
+          ("sndbuf", 1), ("rcvbuf", 256), ("ack_delay", 0.0), ("min_rto", 0.001), ("max_rto", 0.001),
+          ("initial_rto", 0.001), ("msl", 0.0), ("fin_wait2_timeout", 0.0), ("initial_window", 0)]
+
+
+@pytest.mark.parametrize("name, floor", FLOORS)
+def test_a_numeric_option_takes_its_documented_floor_and_refuses_less_naming_it(name, floor):
+    h = Harness()
+    c = h.established_active()
+    h.stack.set_options(c, **{name: floor})
+    assert getattr(c.options, name) == floor
+    below = floor - (1 if isinstance(floor, int) else 0.0005)
+    with pytest.raises(ValueError, match=rf"TCP option {name} must be >= {floor}, got"):
+        h.stack.set_options(c, **{name: below})
+    with pytest.raises(ValueError, match=rf"TCP option {name} must be >= {floor}"):
+        Stack(["10.0.0.1/24"], rng=1, **{name: below})
+    assert getattr(c.options, name) == floor                     # the refused value was not applied
+
+
+@pytest.mark.parametrize("name, value, complaint", [
+    ("keepidle", True, "must be a number"), ("keepcnt", "9", "must be a number"),
+    ("msl", None, "must be a number"), ("keepcnt", 2.5, "must be an integer"),
+    ("nodelay", 1, "must be a bool"), ("sack", "yes", "must be a bool"),
+    ("no_such_option", 1, "unknown TCP option 'no_such_option'"),
+])
+def test_an_option_of_the_wrong_kind_is_refused_naming_it(name, value, complaint):
+    h = Harness()
+    c = h.established_active()
+    before = c.options.as_dict()
+    with pytest.raises(ValueError, match=complaint):
+        h.stack.set_options(c, keepalive=True, **{name: value})
+    assert c.options.as_dict() == before                          # nothing half-applied
