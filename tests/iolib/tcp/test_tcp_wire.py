@@ -58,6 +58,16 @@ def test_sequence_comparisons_wrap_modulo_2_32():
     assert not seq_lt(0, 0x80000001) or seq_lt(0, 0x7FFFFFFF)
 
 
+
+@pytest.mark.parametrize("a", [0, 1, 0x7FFFFFFF, 0x80000000, MOD - 1])
+def test_every_comparison_agrees_with_the_signed_distance_one_step_either_side(a):
+    """RFC 9293 §3.4: a < b when b - a, modulo 2**32, is below 2**31; the
+    four comparisons at distances -2..2 around any point, across the wrap."""
+    for d in (-2, -1, 0, 1, 2):
+        b = seq_add(a, d)
+        assert seq_diff(b, a) == d
+        assert (seq_lt(b, a), seq_le(b, a), seq_gt(b, a), seq_ge(b, a)) == (d < 0, d <= 0, d > 0, d >= 0), d
+
 def test_unwrap_picks_the_nearest_value_across_the_wrap():
     ref = (1 << 32) * 3 + MOD - 100      # an unwrapped number just below a wrap
     assert unwrap(50, ref) == ref + 150
