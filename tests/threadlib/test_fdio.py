@@ -13,6 +13,7 @@ import sys
 import threading
 
 import threadlib
+from threadlib.io import sockio
 from threadlib.lowlevel import WaitRead, WaitWrite
 
 
@@ -33,7 +34,7 @@ def test_a_reader_of_a_pipe_wakes_when_the_write_end_closes():
 
     def main():
         threading.Timer(0.05, os.close, [w]).start()
-        with threadlib.timeout(10):
+        with threadlib.timeout(5):
             events = yield WaitRead(r)
         return bool(events & select.EPOLLHUP), os.read(r, 10)
 
@@ -52,7 +53,7 @@ def test_a_writer_of_a_full_pipe_wakes_when_the_read_end_closes():
 
     def main():
         threading.Timer(0.05, os.close, [r]).start()
-        with threadlib.timeout(10):
+        with threadlib.timeout(5):
             events = yield WaitWrite(w)
         return bool(events & select.EPOLLERR)
 
@@ -68,37 +69,91 @@ def test_a_writer_of_a_full_pipe_wakes_when_the_read_end_closes():
         os.close(w)
 
 
-def test_a_second_wait_for_room_wakes_after_room_came_while_nobody_waited():
-    # Room comes (the peer drains) while no writer waits: the worker stops
-    # watching for room then.  The next writer that finds the buffer full
-    # must be woken again when room comes.
+def test_a_writer_wakes_for_room_not_for_data_and_again_after_unwatched_room():
+    # A writer waits for room while data arrives for a reader of the same
+    # socket: the data wakes the reader only, the room wakes the writer,
+    # with EPOLLOUT in its events.  More room then comes while nobody
+    # waits (the worker stops watching for room); the next writer that
+    # finds the buffer full must still be woken by room.
     a, b = socket.socketpair()
     a.setblocking(False)
-    drained = threading.Event()
+
+    def reader(both_waiting, ping_seen):
+        both_waiting.set()
+        with threadlib.timeout(10):
+            yield WaitRead(a.fileno())
+        ping_seen.set()
+        return a.recv(100)
 
     def drain_all():
         b.settimeout(0.2)
         try:
-            while True:
-                if not b.recv(1 << 20):
-                    return
-        except TimeoutError:
-            drained.set()
+            while b.recv(1 << 20):
+                pass
+        except TimeoutError:  # nothing more for 0.2 s: all read
+            pass
+
+    def peer(both_waiting, ping_seen, writer_woke, drained):
+        both_waiting.wait(10)
+        b.sendall(b"ping")  # data for a's reader, no room for its writer
+        ping_seen.wait(10)
+        drain_all()  # room: wakes the writer
+        writer_woke.wait(10)
+        drain_all()  # room again (the writer wrote more), while nobody waits for it
+        drained.set()
 
     def main():
-        for round_ in range(3):
+        for _ in range(3):
             fill(a.fileno())
-            threading.Thread(target=drain_all, daemon=True).start()
+            both_waiting, ping_seen, writer_woke, drained = (threading.Event() for _ in range(4))
+            r = yield from threadlib.spawn(reader(both_waiting, ping_seen))
+            threading.Thread(target=peer, args=(both_waiting, ping_seen, writer_woke, drained),
+                             daemon=True).start()
             with threadlib.timeout(10):
-                yield WaitWrite(a.fileno())
-                # more room comes while nobody waits for it
+                events = yield WaitWrite(a.fileno())
+                assert events & select.EPOLLOUT, f"woken without room: events {events:#x}"
+                os.write(a.fileno(), b"y" * 65536)  # the buffer is no longer writable
+                writer_woke.set()
+                assert (yield from r.join()) == b"ping"
                 while not drained.is_set():
                     yield from threadlib.sleep(0.01)
-            drained.clear()
         return "ok"
 
     try:
         assert threadlib.run(main()) == "ok"
+    finally:
+        a.close()
+        b.close()
+
+
+def test_the_end_that_comes_with_the_last_data_is_seen_while_a_writer_waits():
+    # While a writer waits for room, the fd is watched for room too; the
+    # peer's last data and its end then arrive as one event.  The reader
+    # must learn of the end from it (its next read returns b"" instead of
+    # waiting for an event that never comes), and the writer, which got no
+    # room, must not be woken.
+    a, b = sockio.socketpair()
+    fill(a.fileno())
+    woken = []
+
+    def writer():
+        events = yield WaitWrite(a.fileno())
+        woken.append(events)
+
+    def main():
+        w = yield from threadlib.spawn(writer())
+        r = yield from threadlib.spawn(a.recv(100))
+        yield from threadlib.sleep(0)  # both wait now
+        b.socket.send(b"last words")
+        b.socket.shutdown(socket.SHUT_WR)
+        with threadlib.timeout(5):
+            first = yield from r.join()
+            rest = yield from a.recv(100)
+        yield from w.cancel()
+        return first, rest, woken
+
+    try:
+        assert threadlib.run(main()) == (b"last words", b"", [])
     finally:
         a.close()
         b.close()
@@ -154,6 +209,6 @@ threadlib.run(main())
 
 
 def test_the_scheduler_waits_for_fd_waiters_and_reports_a_deadlock_once_none_waits():
-    done = subprocess.run([sys.executable, "-c", PROGRAM], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", PROGRAM], capture_output=True, text=True, timeout=20)
     assert done.stdout == "waits done\n", done.stderr
     assert done.returncode == 1 and "deadlock" in done.stderr, done.stderr
