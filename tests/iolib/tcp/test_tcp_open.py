@@ -8,7 +8,7 @@ import pytest
 
 from iolib.tcp import (EV_ACCEPT, EV_CONNECTED, EV_ERROR, EV_REFUSED, EV_WRITABLE, AddressInUse,
                        ConnectionRefused, ConnectionTimedOut, NetUnreachable, Stack)
-from .testkit import ACK, ANY, REMOTE_ISS, REMOTE_PORT, RST, SYN, Harness, seg
+from .testkit import ACK, ANY, FIN, PSH, REMOTE_ISS, REMOTE_PORT, RST, SYN, Harness, seg
 
 M = 0xFFFFFFFF
 
@@ -221,6 +221,17 @@ def test_segments_to_a_closed_port_get_resets():
     h.expect_none()
     assert h.stack.stats.rst_sent == 2
 
+
+
+@pytest.mark.parametrize("flags, payload, occupies", [
+    (FIN, b"", 1), (FIN | PSH, b"bye", 4), (SYN | FIN, b"", 2), (SYN | FIN, b"xy", 4), (PSH, b"data", 4),
+])
+def test_a_reset_to_a_closed_port_acknowledges_all_the_sequence_space_the_segment_took(flags, payload, occupies):
+    """RFC 9293 §3.10.7.1: without ACK, <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>,
+    where SEG.LEN counts SYN and FIN as one each."""
+    h = Harness()
+    h.send(seg(flags, REMOTE_ISS, 0, 4000, payload))
+    h.expect(seg(RST | ACK, 0, REMOTE_ISS + occupies, 0))
 
 def test_ack_to_listener_gets_reset_and_rst_is_ignored():
     """RFC 9293 §3.10.7.2."""

@@ -144,6 +144,41 @@ def test_ipv6_header_and_extension_headers():
     assert e.value.reason == "fragment"
 
 
+
+def test_ipv6_extension_header_bounds_are_checked_naming_the_fault():
+    """RFC 8200 §4: an extension header must lie inside the payload; one
+    that ends exactly at the payload's end is fine."""
+    src, dst = bytes(15) + b"\1", bytes(15) + b"\2"
+
+    def v6(nxt, body):
+        return struct.pack("!IHBB16s16s", 0x60000000, len(body), nxt, 64, src, dst) + body
+
+    no_next = 59                                                  # RFC 8200 §4.7
+    exact = parse_ip(v6(0, bytes([no_next, 1]) + bytes(14)))      # 16-byte hop-by-hop, nothing after
+    assert (exact.proto, exact.start, exact.end) == (no_next, 56, 56)
+    for packet, detail in [
+        (v6(0, bytes([PROTO_TCP, 2]) + bytes(14)), "IPv6 extension header length"),   # claims 24 bytes
+        (v6(0, bytes([PROTO_TCP, 0, 0, 0])), "IPv6 extension header truncated"),
+        (v6(44, bytes([PROTO_TCP, 0, 0, 0])), "IPv6 fragment header truncated"),
+    ]:
+        with pytest.raises(Malformed, match=detail) as e:
+            parse_ip(packet, fragments=True)
+        assert e.value.reason == "malformed"
+
+
+@pytest.mark.parametrize("options", [b"", bytes([1]), bytes([1, 1]), bytes([3, 3, 7]), opt_mss(1400)])
+def test_built_options_are_padded_to_32_bits_and_a_segment_checksums_on_its_own(options):
+    """RFC 9293 §3.1: the header ends on a 32-bit boundary (options padded
+    with zeros); without a pseudo-header sum the checksum covers the
+    segment and its length only (the length is the one pseudo-header
+    field build_segment adds itself)."""
+    tcp = build_segment(1, 2, 3, 4, ACK, 100, options, b"odd")
+    hlen = (tcp[12] >> 4) * 4
+    assert hlen == 20 + (len(options) + 3) // 4 * 4 == len(tcp) - 3
+    assert tcp[20:20 + len(options)] == options and not any(tcp[20 + len(options):hlen])
+    assert verify(tcp, len(tcp))
+    assert parse_segment(tcp, 0, len(tcp)).payload == b"odd"
+
 def test_tcp_header_roundtrip_with_every_option():
     src, dst = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
     opts = opt_mss(1460) + opt_sack_ok() + opt_timestamp(7, 9) + opt_wscale(7) + opt_sack([(100, 200)])
