@@ -271,3 +271,36 @@ def test_user_timeout_ends_when_the_start_time_does_not_add_up_exactly():
         stack.timer(deadline)
     assert isinstance(conn.error, ConnectionTimedOut)
     assert stack.next_deadline() is None
+
+
+def test_karn_a_fast_retransmission_forgets_only_the_sample_it_makes_ambiguous():
+    """MUST-18 (RFC 6298 §3) for fast retransmits: resending the timed
+    segment forgets its sample; resending another segment does not."""
+    h = Harness(initial_window=10)
+    c = h.established_active(mss=1000)
+    h.stack.send(h.now, c, b"f" * 20000)
+    assert len(h.out()) == 10                          # the first one is timed
+    h.at(h.now + 0.1)
+    h.send(seg(ACK, R, c.iss + 1001, 65535))           # sample 0.1; two new segments, the first timed
+    srtt = c.rtt.srtt
+    assert len(h.out()) == 2
+    for _ in range(3):                                  # segment 1 lost
+        h.send(seg(ACK, R, c.iss + 1001, 65535))
+    assert sent_offsets(h, c)[-1] == (1000, 1000)       # fast retransmit of segment 1 only
+    h.at(h.now + 0.2)
+    h.send(seg(ACK, R, c.iss + 12001, 65535))          # covers the timed segment: sample 0.2
+    assert c.rtt.srtt == pytest.approx(0.875 * srtt + 0.125 * 0.2)
+
+
+def test_karn_the_ack_of_a_fast_retransmitted_timed_segment_gives_no_sample():
+    h = Harness(initial_window=10)
+    c = h.established_active(mss=1000)
+    srtt = c.rtt.srtt
+    h.stack.send(h.now, c, b"f" * 10000)
+    assert len(h.out()) == 10                          # the first one is timed, and lost
+    for _ in range(3):
+        h.send(seg(ACK, R, c.iss + 1, 65535))
+    assert sent_offsets(h, c)[-1] == (0, 1000)          # fast retransmit of the timed segment
+    h.at(h.now + 0.3)
+    h.send(seg(ACK, R, c.iss + 10001, 65535))
+    assert c.rtt.srtt == srtt
