@@ -364,3 +364,16 @@ def test_keepalive_does_not_probe_while_data_waits_for_an_ack():
         h.at(h.stack.next_deadline())
         sent += h.out()
     assert sent and all(s.payload == b"d" * 100 and s.seq == c.iss + 1 for s in sent)
+
+
+def test_fast_retransmit_with_one_segment_in_flight_keeps_ssthresh_at_two_segments():
+    """RFC 5681 §3.2 step 2: ssthresh = max(FlightSize / 2, 2*SMSS)."""
+    h = Harness()
+    c = h.established_active(mss=1000)
+    h.stack.send(h.now, c, b"o" * 1000)
+    h.out()
+    for _ in range(3):
+        h.send(seg(ACK, R, c.iss + 1, 65535))
+    h.expect(seg(ACK | PSH, c.iss + 1, R, 65535, b"o" * 1000))
+    assert (c.ssthresh, c.cwnd) == (2000, 5000)
+    assert (c.fast_retransmits, h.stack.stats.fast_retransmits) == (1, 1)
