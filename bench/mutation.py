@@ -118,7 +118,7 @@ TARGETS: dict[str, list[str]] = {
                                        "test_introspect", "test_interrupts"),
     "threadlib/_kernel/scheduler.py": _t("test_kernel", "test_sync", "test_waitqueue", "test_timers",
                                          "test_scopes", "test_groups", "test_interrupts",
-                                         "test_contextvars", "test_introspect", "test_uring"),
+                                         "test_contextvars", "test_introspect"),
     "threadlib/_kernel/worker.py": _t("test_kernel", "test_sync", "test_scopes", "test_groups"),
     "threadlib/_kernel/clocks.py": _t("test_clocks", "test_sim", "test_scopes", "test_kernel"),
     "threadlib/_kernel/fdio.py": _t("test_fdio", "io/test_sockio", "test_kernel", "test_net_contract"),
