@@ -229,3 +229,38 @@ def test_the_pools_eventfd_is_not_inherited_by_child_processes():
         return listing.stdout
 
     assert "eventfd" not in threadlib.run(main())
+
+
+def test_a_late_result_dropped_does_not_hold_back_the_next_callers_result():
+    # Two calls end together: first the one whose caller gave up, then one
+    # whose caller waits.  The late result is dropped and the waiting
+    # caller still gets its own.
+    gate = threading.Event()
+    late_done = threading.Event()
+    second_done = threading.Event()
+
+    def late():
+        gate.wait(30)
+        late_done.set()
+        return "late"
+
+    def second():
+        late_done.wait(30)
+        second_done.set()
+        return "second"
+
+    def main():
+        with pytest.raises(TimeoutError):
+            with threadlib.timeout(0.05):
+                yield from threadlib.blocking(late)
+        waiter = yield from threadlib.spawn(threadlib.blocking(second))
+        yield from threadlib.sleep(0)  # handed to the pool
+        gate.set()
+        # hold the scheduler (not a thread of it) until both results are
+        # queued, so that one wake-up delivers both
+        second_done.wait(10)
+        time.sleep(0.05)
+        with threadlib.timeout(5):
+            return (yield from waiter.join())
+
+    assert threadlib.run(main()) == "second"
