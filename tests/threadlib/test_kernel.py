@@ -998,7 +998,7 @@ def test_a_deadlock_is_reported_at_once_after_long_timeouts_ended_early():
     import sys
 
     done = subprocess.run([sys.executable, "-c", DEADLOCK_AFTER_SCOPES], capture_output=True,
-                          text=True, timeout=30)
+                          text=True, timeout=15)
     assert done.stdout == "scopes done\n", done.stderr
     assert done.returncode == 1 and "deadlock" in done.stderr, done.stderr
 
