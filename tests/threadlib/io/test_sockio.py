@@ -5,6 +5,7 @@ import errno
 import hashlib
 import logging
 import os
+import re
 import resource
 import socket
 import tempfile
@@ -319,3 +320,70 @@ def test_a_failed_connect_leaves_no_stale_wait_on_its_fd_number():
         listener.close()
 
     threadlib.run(main())
+
+
+@pytest.mark.parametrize("host, shown", [("127.0.0.1", "127.0.0.1:{port}"), ("::1", "[::1]:{port}")])
+def test_listening_on_a_taken_port_names_the_address_and_port(host, shown):
+    def main():
+        first = yield from sockio.listen((host, 0))
+        port = first.address[1]
+        try:
+            with pytest.raises(OSError, match=rf"cannot listen on {re.escape(shown.format(port=port))}: ") as e:
+                yield from sockio.listen((host, port))
+            assert e.value.errno == errno.EADDRINUSE
+        finally:
+            first.close()
+        return "refused"
+
+    assert threadlib.run(main()) == "refused"
+
+
+@pytest.mark.parametrize("nodelay", [True, False])
+def test_accepted_streams_have_nagle_off_unless_the_listener_says_otherwise(nodelay):
+    def main():
+        listener = yield from sockio.listen(("127.0.0.1", 0), nodelay=nodelay)
+        client = yield from sockio.connect(listener.address)
+        conn, _ = yield from listener.accept()
+        try:
+            return conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        finally:
+            for s in (conn, client, listener):
+                s.close()
+
+    assert bool(threadlib.run(main())) is nodelay
+
+
+def test_sendfile_from_an_offset_without_a_count_sends_the_rest_of_the_file():
+    content = bytes(range(256)) * 400  # 102,400 bytes
+    with tempfile.TemporaryFile() as f:
+        f.write(content)
+        f.flush()
+
+        def main():
+            a, b = sockio.socketpair()
+            with a, b:
+                def reader():
+                    got = bytearray()
+                    while True:
+                        chunk = yield from b.recv(1 << 16)
+                        if not chunk:
+                            return bytes(got)
+                        got += chunk
+
+                r = yield from threadlib.spawn(reader())
+                with threadlib.timeout(10):
+                    sent = yield from a.sendfile(f, offset=1000)
+                    a.shutdown()
+                    return sent, (yield from r.join())
+
+        assert threadlib.run(main()) == (len(content) - 1000, content[1000:])
+
+
+def test_shutting_down_a_closed_stream_raises_but_a_disconnected_one_does_not():
+    a, b = sockio.socketpair()
+    b.close()
+    a.shutdown()  # the peer is gone: no error (ENOTCONN, where the kernel says so, is not one)
+    a.close()
+    with pytest.raises(OSError) as e:
+        a.shutdown()
+    assert e.value.errno == errno.EBADF
