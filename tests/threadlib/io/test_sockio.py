@@ -353,7 +353,8 @@ def test_accepted_streams_have_nagle_off_unless_the_listener_says_otherwise(node
     assert bool(threadlib.run(main())) is nodelay
 
 
-def test_sendfile_from_an_offset_without_a_count_sends_the_rest_of_the_file():
+@pytest.mark.parametrize("offset", [0, 1000])
+def test_sendfile_from_an_offset_without_a_count_sends_the_rest_of_the_file(offset):
     content = bytes(range(256)) * 400  # 102,400 bytes
     with tempfile.TemporaryFile() as f:
         f.write(content)
@@ -372,11 +373,11 @@ def test_sendfile_from_an_offset_without_a_count_sends_the_rest_of_the_file():
 
                 r = yield from threadlib.spawn(reader())
                 with threadlib.timeout(10):
-                    sent = yield from a.sendfile(f, offset=1000)
+                    sent = yield from a.sendfile(f, offset=offset)
                     a.shutdown()
                     return sent, (yield from r.join())
 
-        assert threadlib.run(main()) == (len(content) - 1000, content[1000:])
+        assert threadlib.run(main()) == (len(content) - offset, content[offset:])
 
 
 def test_shutting_down_a_closed_stream_raises_but_a_disconnected_one_does_not():
