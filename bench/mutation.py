@@ -124,7 +124,7 @@ TARGETS: dict[str, list[str]] = {
     "threadlib/_kernel/fdio.py": _t("test_fdio", "io/test_sockio", "test_kernel", "test_net_contract"),
     "threadlib/_kernel/pollers.py": _t("io/test_sockio", "test_kernel"),
     "threadlib/_kernel/blocking.py": _t("test_blocking", "test_kernel", "io/test_sockio", "test_contextvars"),
-    "threadlib/io/sockio.py": _t("io/test_sockio", "test_net_contract"),
+    "threadlib/io/sockio.py": _t("io/test_sockio", "test_net_contract", "test_fdio"),
 }
 for _path in sorted((ROOT / "iolib" / "tcp").glob("*.py")):
     if _path.stem in _TCP_FIRST:

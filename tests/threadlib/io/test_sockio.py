@@ -388,3 +388,30 @@ def test_shutting_down_a_closed_stream_raises_but_a_disconnected_one_does_not():
     with pytest.raises(OSError) as e:
         a.shutdown()
     assert e.value.errno == errno.EBADF
+
+
+@pytest.mark.parametrize("into", [False, True])
+def test_a_read_that_fills_its_buffer_leaves_the_rest_readable_at_once(into):
+    # The reader waits first (its edge is used up), then 20 bytes come: a
+    # 10-byte read may have left more behind, so the next read must try
+    # the socket, not wait for an edge that will not come.
+    def main():
+        a, b = sockio.socketpair()
+        with a, b:
+            def read10():
+                if into:
+                    buf = bytearray(10)
+                    n = yield from a.recv_into(buf)
+                    return bytes(buf[:n])
+                return (yield from a.recv(10))
+
+            def reader():
+                with threadlib.timeout(5):
+                    return [(yield from read10()), (yield from read10())]
+
+            r = yield from threadlib.spawn(reader())
+            yield from threadlib.sleep(0)  # it waits now
+            b.socket.sendall(b"0123456789abcdefghij")
+            return (yield from r.join())
+
+    assert threadlib.run(main()) == [b"0123456789", b"abcdefghij"]
