@@ -415,3 +415,17 @@ def test_a_read_that_fills_its_buffer_leaves_the_rest_readable_at_once(into):
             return (yield from r.join())
 
     assert threadlib.run(main()) == [b"0123456789", b"abcdefghij"]
+
+
+def test_a_connected_datagram_socket_sends_and_says_how_much_went():
+    def main():
+        server = yield from sockio.udp(bind=("127.0.0.1", 0))
+        client = yield from sockio.udp()
+        with server, client:
+            client.connect(server.local_address)
+            sent = yield from client.send(b"datagram")
+            with threadlib.timeout(5):
+                data, _ = yield from server.recvfrom()
+            return sent, data
+
+    assert threadlib.run(main()) == (8, b"datagram")
