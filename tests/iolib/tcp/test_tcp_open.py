@@ -106,7 +106,7 @@ def test_rst_with_acceptable_ack_in_syn_sent_refuses_the_connection():
     h.expect_none()
     assert c.state == "CLOSED"
     assert EV_REFUSED in h.kinds(c)
-    with pytest.raises(ConnectionRefused):
+    with pytest.raises(ConnectionRefused, match=rf"connection to 10\.0\.0\.2 port {REMOTE_PORT} refused"):
         h.stack.recv(c)
     assert h.stack.connections() == []
 

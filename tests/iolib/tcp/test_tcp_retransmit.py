@@ -106,6 +106,14 @@ def test_initial_window_for_1460_byte_segments():
     assert c.cwnd == 3 * 1460 and len(h.out()) == 3
 
 
+def test_initial_window_for_jumbo_segments_is_two_segments():
+    """RFC 5681 §3.1: IW = 2 * SMSS above 2190 bytes."""
+    h = Harness(mtu=9000)
+    c = h.established_active(mss=8960)
+    h.stack.send(h.now, c, b"j" * 40000)
+    assert c.cwnd == 2 * c.smss and len(h.out()) == 2
+
+
 def test_congestion_avoidance_adds_about_one_segment_per_window():
     """RFC 5681 §3.1 eq. (3) with byte counting."""
     h = Harness(initial_window=10)
