@@ -49,6 +49,18 @@ def test_partial_sums_add_across_split_points():
     assert (partial_sum(data[:100]) + partial_sum(data[100:])) % 0xFFFF == whole % 0xFFFF
 
 
+
+@pytest.mark.parametrize("n", [0, 1, 7, 20, 1500])
+def test_a_partial_sum_passed_in_counts_as_bytes_in_front(n):
+    """RFC 1071 §2: sums of pieces add, so a pseudo-header given as its
+    partial sum checksums like its bytes placed before the data."""
+    rng = random.Random(n)
+    front = bytes(rng.randrange(256) for _ in range(12))
+    data = bytes(rng.randrange(256) for _ in range(n))
+    assert checksum(data, partial_sum(front)) == checksum(front + data)
+    stamped = data + (b"\0" if n & 1 else b"") + checksum(data + (b"\0" if n & 1 else b""), partial_sum(front)).to_bytes(2, "big")
+    assert verify(stamped, partial_sum(front)) and not verify(stamped, partial_sum(front) + 1)
+
 def test_sequence_comparisons_wrap_modulo_2_32():
     top = MOD - 10
     assert seq_lt(top, 5) and seq_gt(5, top)
