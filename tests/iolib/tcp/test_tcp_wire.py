@@ -10,7 +10,7 @@ from iolib.tcp.checksum import checksum, partial_sum, verify
 from iolib.tcp.ip import (PROTO_TCP, Malformed, build_icmp, build_ip, ipv4_header, parse_icmp_error,
                           parse_ip, pseudo_sum)
 from iolib.tcp.segment import (ACK, SYN, build_segment, opt_mss, opt_sack, opt_sack_ok,
-                               opt_timestamp, opt_wscale, parse_segment)
+                               flags_str, opt_timestamp, opt_wscale, parse_segment)
 from iolib.tcp.seq import MOD, seq_add, seq_diff, seq_ge, seq_gt, seq_le, seq_lt, unwrap, wrap
 
 
@@ -60,6 +60,14 @@ def test_a_partial_sum_passed_in_counts_as_bytes_in_front(n):
     assert checksum(data, partial_sum(front)) == checksum(front + data)
     stamped = data + (b"\0" if n & 1 else b"") + checksum(data + (b"\0" if n & 1 else b""), partial_sum(front)).to_bytes(2, "big")
     assert verify(stamped, partial_sum(front)) and not verify(stamped, partial_sum(front) + 1)
+
+
+def test_flags_are_named_one_by_one_in_header_order():
+    """RFC 9293 §3.1 control bits (and RFC 3168's ECE, CWR), as messages show them."""
+    names = ["FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR"]
+    for bit, name in enumerate(names):
+        assert flags_str(1 << bit) == name
+    assert flags_str(0) == "0" and flags_str(0xFF) == "SYN|FIN|RST|PSH|ACK|URG|ECE|CWR"
 
 def test_sequence_comparisons_wrap_modulo_2_32():
     top = MOD - 10
