@@ -429,3 +429,31 @@ def test_a_connected_datagram_socket_sends_and_says_how_much_went():
             return sent, data
 
     assert threadlib.run(main()) == (8, b"datagram")
+
+
+@pytest.mark.parametrize("into", [False, True])
+def test_the_end_that_comes_with_the_last_data_is_read_at_once(into):
+    # The reader waits; the peer's last data and its end come as one
+    # event.  A short read then must not make the next read wait for an
+    # event that will not come: it returns the end at once.
+    def main():
+        a, b = sockio.socketpair()
+        with a, b:
+            def read():
+                if into:
+                    buf = bytearray(100)
+                    n = yield from a.recv_into(buf)
+                    return bytes(buf[:n])
+                return (yield from a.recv(100))
+
+            def reader():
+                with threadlib.timeout(5):
+                    return [(yield from read()), (yield from read())]
+
+            r = yield from threadlib.spawn(reader())
+            yield from threadlib.sleep(0)  # it waits now
+            b.socket.send(b"last words")
+            b.socket.shutdown(socket.SHUT_WR)
+            return (yield from r.join())
+
+    assert threadlib.run(main()) == [b"last words", b""]
