@@ -346,6 +346,7 @@ def test_an_rto_with_one_segment_in_flight_keeps_ssthresh_at_two_segments():
     h.at(1.0)
     h.expect(seg(ACK | PSH, c.iss + 1, R, 65535, b"o" * 1000))
     assert (c.ssthresh, c.cwnd) == (2000, 1000)
+    assert (c.retransmits, h.stack.stats.retransmits, h.stack.stats.rto_timeouts) == (1, 1, 1)
 
 
 def test_a_resent_syn_counts_as_a_retransmission():
