@@ -222,6 +222,7 @@ def test_segments_to_a_closed_port_get_resets():
     h.send(seg(RST, 5, 777, 0))
     h.expect_none()
     assert h.stack.stats.rst_sent == 2
+    assert (h.stack.stats.dropped_no_connection, h.stack.stats.packets_in) == (3, 3)
 
 
 
@@ -433,3 +434,10 @@ def test_an_option_of_the_wrong_kind_is_refused_naming_it(name, value, complaint
     with pytest.raises(ValueError, match=complaint):
         h.stack.set_options(c, keepalive=True, **{name: value})
     assert c.options.as_dict() == before                          # nothing half-applied
+
+
+@pytest.mark.parametrize("mtu", [575, 65536])
+def test_an_mtu_outside_576_to_65535_is_refused_naming_it(mtu):
+    with pytest.raises(ValueError, match=rf"mtu must be in 576\.\.65535, got {mtu}"):
+        Stack(["10.0.0.1/24"], rng=1, mtu=mtu)
+    assert Stack(["10.0.0.1/24"], rng=1, mtu=65535).mtu == 65535
