@@ -80,12 +80,3 @@ def verify(data, initial: int = 0) -> bool:
     """True when `data` (checksum field included) sums to zero."""
     return (ones_sum(data) + initial) % _FOLD == 0
 
-
-def pseudo_sum_v4(src: bytes, dst: bytes, proto: int, length: int) -> int:
-    """Partial sum of the IPv4 pseudo-header (RFC 9293 §3.1)."""
-    return int.from_bytes(src + dst, "big") + proto + length
-
-
-def pseudo_sum_v6(src: bytes, dst: bytes, proto: int, length: int) -> int:
-    """Partial sum of the IPv6 pseudo-header (RFC 8200 §8.1)."""
-    return int.from_bytes(src + dst, "big") + proto + length

@@ -4,6 +4,7 @@ system calls and workers: through the public API."""
 import gc
 import logging
 import os
+import select
 import signal
 import types
 
@@ -891,3 +892,207 @@ def test_ctrl_c_in_a_thread_still_runs_the_others_finally_blocks_and_closes_work
     assert cleaned == ["bystander"]
     assert signal.getsignal(signal.SIGTERM) is before  # the SignalWorker was closed
     assert not [r for r in caplog.records if "nobody joined" in r.getMessage()]
+
+
+def test_an_fd_unwatched_can_be_watched_again_and_unwatching_without_a_poller_is_quiet():
+    # A scheduler that never watched an fd has no poller: unwatch_fd is a
+    # no-op there.  An fd unwatched is out of the poller: watching it
+    # again is allowed and its events reach the new callback.
+    Scheduler(workers=[]).unwatch_fd(0)
+    r, w = os.pipe()
+    seen = []
+    sched = Scheduler()
+
+    def main():
+        sched.watch_fd(r, select.EPOLLIN, lambda events: seen.append("first"))
+        sched.unwatch_fd(r)
+        sched.watch_fd(r, select.EPOLLIN, lambda events: seen.append("second"))
+        os.write(w, b"x")
+        with threadlib.timeout(10):
+            while not seen:
+                yield from threadlib.sleep(0.001)
+        sched.unwatch_fd(r)
+        return seen[0]
+
+    try:
+        assert sched.run(main()) == "second"
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_spawning_an_object_without_send_and_throw_is_refused():
+    class SendOnly:
+        def send(self, value):
+            return None
+
+    with pytest.raises(TypeError, match="a thread needs a generator or coroutine object"):
+        Scheduler().spawn(SendOnly())
+
+
+def test_run_calls_a_generator_function_given_without_arguments():
+    def main():
+        yield from threadlib.sleep(0)
+        return "called"
+
+    assert Scheduler().run(main) == "called"
+    assert threadlib.run(main) == "called"
+
+
+def test_a_thread_may_await_asyncio_code_inside_run():
+    import asyncio
+
+    async def main():
+        await asyncio.sleep(0.001)
+        return asyncio.get_running_loop() is not None
+
+    assert threadlib.run(main()) is True
+
+
+@pytest.mark.parametrize("others", [1, 6])
+def test_the_deadlock_error_names_at_most_five_waiting_threads(others):
+    names = []
+
+    def main():
+        for i in range(others):
+            yield from threadlib.spawn(threadlib.Event().wait(), name=f"stuck{i}")
+        yield from threadlib.sleep(0)
+        yield from threadlib.Event().wait()
+
+    with pytest.raises(RuntimeError, match="deadlock") as caught:
+        threadlib.run(main())
+    message = str(caught.value)
+    names = [f"stuck{i}" for i in range(others) if f"stuck{i}" in message]
+    if others + 1 > 5:
+        assert message.endswith(" ...") and len(names) == 4
+    else:
+        assert not message.endswith("...") and len(names) == others
+
+
+DEADLOCK_AFTER_SCOPES = r"""
+import threadlib
+
+def main():
+    # a deadline moved while the thread ran (no wait in progress): no timer
+    with threadlib.timeout(3600) as scope:
+        scope.deadline = scope.deadline + 60
+    def quick():
+        yield from threadlib.sleep(0)
+        return "quick"
+    # a long timeout whose wait (a join) ended early: its timer goes with it
+    with threadlib.timeout(3600):
+        t = yield from threadlib.spawn(quick())
+        assert (yield from t.join()) == "quick"
+    print("scopes done", flush=True)
+    yield from threadlib.Event().wait()
+
+threadlib.run(main())
+"""
+
+
+def test_a_deadlock_is_reported_at_once_after_long_timeouts_ended_early():
+    # No timer of a finished wait or of a deadline moved between waits may
+    # stay armed: the scheduler would wait for it (an hour) instead of
+    # reporting the deadlock.
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", DEADLOCK_AFTER_SCOPES], capture_output=True,
+                          text=True, timeout=15)
+    assert done.stdout == "scopes done\n", done.stderr
+    assert done.returncode == 1 and "deadlock" in done.stderr, done.stderr
+
+
+def test_a_cancel_of_a_ready_thread_is_raised_at_its_next_wait_and_others_yield_undisturbed():
+    # A thread woken (ready, not waiting) when it is cancelled gets the
+    # value of the wait it was woken from; the cancel is raised at its
+    # next wait.  Another thread's yields meanwhile are not disturbed.
+    from threadlib.lowlevel import Yield
+
+    log = []
+
+    def sleeper(ev):
+        yield from ev.wait()
+        log.append("returned from its wait")
+        yield from threadlib.Event().wait()
+        log.append("never: the cancel is raised at this wait")
+
+    def yielder():
+        for _ in range(3):
+            yield Yield()  # a Yield of its own, while t's cancel is pending
+        log.append("yielder done")
+
+    def main():
+        ev = threadlib.Event()
+        t = yield from threadlib.spawn(sleeper(ev))
+        yield from threadlib.sleep(0)
+        y = yield from threadlib.spawn(yielder())
+        ev.set()  # t is ready now, not waiting: its cancel waits for its resumption
+        assert (yield from t.cancel()) is True
+        yield from y.join()
+        return log
+
+    assert sorted(threadlib.run(main())) == ["returned from its wait", "yielder done"]
+
+
+def test_unpark_wakes_a_parked_thread_with_its_value_and_leaves_others_alone():
+    from threadlib.lowlevel import Park, Unpark, WaitQueue
+
+    def parked(q):
+        return (yield Park(q))
+
+    def main():
+        q = WaitQueue()
+        p = yield from threadlib.spawn(parked(q))
+        s = yield from threadlib.spawn(threadlib.sleep(0.01))
+        yield from threadlib.sleep(0)
+        yield Unpark(s, "ignored")  # not parked: nothing happens to it
+        yield Unpark(p, 42)
+        return (yield from p.join()), (yield from s.join()), len(q)
+
+    assert threadlib.run(main()) == (42, None, 0)
+
+
+def test_an_instrument_that_raises_is_removed_and_the_run_goes_on(caplog):
+    class Broken:
+        def thread_spawned(self, thread):
+            raise ValueError("broken instrument")
+
+    sched = Scheduler()
+    broken = Broken()
+
+    def child():
+        yield from threadlib.sleep(0)
+        return 1
+
+    def main():
+        sched.add_instrument(broken)
+        yield from threadlib.sleep(0)
+        a = yield from threadlib.spawn(child())
+        b = yield from threadlib.spawn(child())
+        return (yield from threadlib.join_all([a, b]))
+
+    with caplog.at_level(logging.ERROR, logger="threadlib"):
+        assert sched.run(main()) == [1, 1]
+    failures = [r for r in caplog.records if "failed in thread_spawned and was removed" in r.getMessage()]
+    assert len(failures) == 1
+
+
+def test_the_deadlock_error_goes_to_the_main_thread_even_when_another_waits_first():
+    # "worker" was spawned before run() (so it is listed before main): the
+    # deadlock error is still raised in main, and worker is only cancelled
+    # when run() ends.
+    sched = Scheduler()
+
+    def waiter():
+        yield from threadlib.Event().wait()
+
+    worker = sched.spawn(waiter(), name="worker")
+
+    def main():
+        yield from threadlib.Event().wait()
+
+    with pytest.raises(RuntimeError, match="deadlock"):
+        sched.run(main())
+    with pytest.raises(ThreadCancelled):
+        worker.result()

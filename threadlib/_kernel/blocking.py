@@ -37,7 +37,8 @@ class BlockingPool(Worker):
         # (thread, syscall, (ok, result or exception)) from the OS threads
         self._done: collections.deque[tuple[Thread, Blocking, tuple[bool, Any]]] = collections.deque()
         self._os_threads: list[threading.Thread] = []
-        self._idle = 0
+        # Calls handed over and not yet delivered back (queued, running, or
+        # done and waiting in _done); only the scheduler's thread changes it.
         self._pending = 0
         self._efd = -1
         # Guards _efd against close(): an OS thread still running a call the
@@ -62,10 +63,17 @@ class BlockingPool(Worker):
             self._start()
         self._sched.suspend(thread, sc)
         self._pending += 1
-        if self._idle == 0 and len(self._os_threads) < self.max_threads:
+        # An OS thread runs one call at a time, so while there are no more
+        # calls outstanding than OS threads, every queued call has a thread
+        # free to take it: a call that waits for another one never waits
+        # behind it.  Counted here, on the scheduler's thread alone (a count
+        # of idle threads kept by the OS threads themselves lags behind: a
+        # burst of calls then started one thread and queued the rest behind
+        # the first).  Past max_threads, calls queue.
+        threads = len(self._os_threads)
+        if self._pending > threads and threads < self.max_threads:
             t = threading.Thread(target=self._serve, name="threadlib-blocking", daemon=True)
             self._os_threads.append(t)
-            self._idle += 1
             t.start()
         self._jobs.put((thread, sc))
 
@@ -77,7 +85,6 @@ class BlockingPool(Worker):
             job = jobs.get()
             if job is None:
                 return
-            self._idle -= 1  # racy by design: only a hint for spawning more OS threads
             thread, sc = job
             try:
                 ctx = sc.context
@@ -85,7 +92,6 @@ class BlockingPool(Worker):
             except BaseException as exc:  # handed to the caller, not swallowed
                 outcome = (False, exc)
             done.append((thread, sc, outcome))
-            self._idle += 1
             with efd_lock:
                 if self._efd < 0:
                     return  # the pool closed while the call ran: nobody waits for it

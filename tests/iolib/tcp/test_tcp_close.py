@@ -327,3 +327,17 @@ def test_closing_a_shut_down_connection_in_fin_wait_2_starts_the_timeout():
     assert c.state == "FIN-WAIT-2"
     h.at(120.0)
     assert c.state == "CLOSED" and h.stack.connections() == []
+
+
+def test_closing_a_listener_leaves_another_listeners_half_open_connections_alone():
+    h = Harness()
+    lst80, lst81 = h.stack.listen(80), h.stack.listen(81)
+    h.send(seg(SYN, REMOTE_ISS, 0, 4000, dport=81), sport=7005)
+    (synack81,) = h.out()
+    h.send(seg(SYN, REMOTE_ISS, 0, 4000), sport=7001)
+    h.out()
+    h.stack.close(h.now, lst80)
+    assert [(s.sport, s.dport, s.flags) for s in h.out()] == [(80, 7001, RST | ACK)]
+    h.send(seg(ACK, R, synack81.seq + 1, 4000, dport=81), sport=7005)
+    c = h.stack.accept(lst81)
+    assert c is not None and (c.lport, c.rport, c.state) == (81, 7005, "ESTABLISHED")

@@ -247,7 +247,9 @@ def test_zero_window_is_probed_with_backoff_forever():
     h.stack.send(h.now, c, b"0123456789")
     h.expect_none()
     probes = []
-    while h.now < 2000:
+    for _ in range(100):  # bounded: a deadline that stops moving fails here
+        if h.now >= 2000:
+            break
         h.at(h.stack.next_deadline())
         for s in h.out():
             probes.append((h.now, s.seq, s.payload))
@@ -366,7 +368,9 @@ def test_user_timeout_aborts_when_data_stays_unacknowledged():
     """MUST-20/21: R2 closes the connection; the error names the cause."""
     h, c = established(user_timeout=10)
     h.stack.send(h.now, c, b"data")
-    while c.state != "CLOSED":
+    for _ in range(100):  # bounded: a deadline that stops moving fails here
+        if c.state == "CLOSED":
+            break
         h.at(h.stack.next_deadline())
     assert h.now == 10
     assert c.retransmits == 3                    # at 1, 3 and 7 s

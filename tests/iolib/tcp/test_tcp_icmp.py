@@ -63,6 +63,7 @@ def test_port_unreachable_aborts_a_connection_attempt():
     h.stack.receive(0.1, icmp_error(h, syn, 3, 3))
     assert c.state == "CLOSED" and isinstance(c.error, HostUnreachable)
     assert "port" in str(c.error) and EV_ERROR in h.kinds(c)
+    assert h.stack.stats.icmp_errors == 1
 
 
 def test_ipv6_port_unreachable_aborts_a_connection_attempt():

@@ -8,7 +8,7 @@ import pytest
 
 from iolib.tcp import (EV_ACCEPT, EV_CONNECTED, EV_ERROR, EV_REFUSED, EV_WRITABLE, AddressInUse,
                        ConnectionRefused, ConnectionTimedOut, NetUnreachable, Stack)
-from .testkit import ACK, ANY, REMOTE_ISS, REMOTE_PORT, RST, SYN, Harness, seg
+from .testkit import ACK, ANY, FIN, PSH, REMOTE_ISS, REMOTE_PORT, RST, SYN, Harness, seg
 
 M = 0xFFFFFFFF
 
@@ -106,7 +106,7 @@ def test_rst_with_acceptable_ack_in_syn_sent_refuses_the_connection():
     h.expect_none()
     assert c.state == "CLOSED"
     assert EV_REFUSED in h.kinds(c)
-    with pytest.raises(ConnectionRefused):
+    with pytest.raises(ConnectionRefused, match=rf"connection to 10\.0\.0\.2 port {REMOTE_PORT} refused"):
         h.stack.recv(c)
     assert h.stack.connections() == []
 
@@ -188,7 +188,9 @@ def test_syn_retransmission_backs_off_until_the_user_timeout():
     h.out()
     times = []
     t = 0.0
-    while c.state != "CLOSED" and t < 400:
+    for _ in range(100):  # bounded: a deadline that stops moving fails here
+        if c.state == "CLOSED" or t >= 400:
+            break
         d = h.stack.next_deadline()
         h.at(d)
         t = d
@@ -220,7 +222,19 @@ def test_segments_to_a_closed_port_get_resets():
     h.send(seg(RST, 5, 777, 0))
     h.expect_none()
     assert h.stack.stats.rst_sent == 2
+    assert (h.stack.stats.dropped_no_connection, h.stack.stats.packets_in) == (3, 3)
 
+
+
+@pytest.mark.parametrize("flags, payload, occupies", [
+    (FIN, b"", 1), (FIN | PSH, b"bye", 4), (SYN | FIN, b"", 2), (SYN | FIN, b"xy", 4), (PSH, b"data", 4),
+])
+def test_a_reset_to_a_closed_port_acknowledges_all_the_sequence_space_the_segment_took(flags, payload, occupies):
+    """RFC 9293 §3.10.7.1: without ACK, <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>,
+    where SEG.LEN counts SYN and FIN as one each."""
+    h = Harness()
+    h.send(seg(flags, REMOTE_ISS, 0, 4000, payload))
+    h.expect(seg(RST | ACK, 0, REMOTE_ISS + occupies, 0))
 
 def test_ack_to_listener_gets_reset_and_rst_is_ignored():
     """RFC 9293 §3.10.7.2."""
@@ -374,3 +388,56 @@ def test_accepted_connections_take_the_listeners_options():
     h.at(start + 0.3)
     h.rport = REMOTE_PORT + 1
     h.expect(seg(ACK, second.iss + 1, REMOTE_ISS + 2, 65535))
+
+
+# ------------------------------------------------------------ connection options
+
+def test_connection_option_defaults_are_the_documented_ones():
+    """docs/tcp-conformance.md lists every `ConnOptions` default."""
+    assert Stack(["10.0.0.1/24"], rng=1).options.as_dict() == {
+        "nodelay": False, "keepalive": False, "keepidle": 7200.0, "keepintvl": 75.0, "keepcnt": 9,
+        "user_timeout": 300.0, "sndbuf": 262144, "rcvbuf": 262144, "sack": True, "timestamps": True,
+        "window_scaling": True, "ack_delay": 0.04, "min_rto": 1.0, "max_rto": 60.0, "initial_rto": 1.0,
+        "msl": 30.0, "fin_wait2_timeout": 60.0, "initial_window": 0,
+    }
+
+
+FLOORS = [("keepidle", 0.001), ("keepintvl", 0.001), ("keepcnt", 1), ("user_timeout", 0.001),
+          ("sndbuf", 1), ("rcvbuf", 256), ("ack_delay", 0.0), ("min_rto", 0.001), ("max_rto", 0.001),
+          ("initial_rto", 0.001), ("msl", 0.0), ("fin_wait2_timeout", 0.0), ("initial_window", 0)]
+
+
+@pytest.mark.parametrize("name, floor", FLOORS)
+def test_a_numeric_option_takes_its_documented_floor_and_refuses_less_naming_it(name, floor):
+    h = Harness()
+    c = h.established_active()
+    h.stack.set_options(c, **{name: floor})
+    assert getattr(c.options, name) == floor
+    below = floor - (1 if isinstance(floor, int) else 0.0005)
+    with pytest.raises(ValueError, match=rf"TCP option {name} must be >= {floor}, got"):
+        h.stack.set_options(c, **{name: below})
+    with pytest.raises(ValueError, match=rf"TCP option {name} must be >= {floor}"):
+        Stack(["10.0.0.1/24"], rng=1, **{name: below})
+    assert getattr(c.options, name) == floor                     # the refused value was not applied
+
+
+@pytest.mark.parametrize("name, value, complaint", [
+    ("keepidle", True, "must be a number"), ("keepcnt", "9", "must be a number"),
+    ("msl", None, "must be a number"), ("keepcnt", 2.5, "must be an integer"),
+    ("nodelay", 1, "must be a bool"), ("sack", "yes", "must be a bool"),
+    ("no_such_option", 1, "unknown TCP option 'no_such_option'"),
+])
+def test_an_option_of_the_wrong_kind_is_refused_naming_it(name, value, complaint):
+    h = Harness()
+    c = h.established_active()
+    before = c.options.as_dict()
+    with pytest.raises(ValueError, match=complaint):
+        h.stack.set_options(c, keepalive=True, **{name: value})
+    assert c.options.as_dict() == before                          # nothing half-applied
+
+
+@pytest.mark.parametrize("mtu", [575, 65536])
+def test_an_mtu_outside_576_to_65535_is_refused_naming_it(mtu):
+    with pytest.raises(ValueError, match=rf"mtu must be in 576\.\.65535, got {mtu}"):
+        Stack(["10.0.0.1/24"], rng=1, mtu=mtu)
+    assert Stack(["10.0.0.1/24"], rng=1, mtu=65535).mtu == 65535

@@ -38,7 +38,9 @@ def test_rto_is_at_least_one_second_by_default_and_at_most_max_rto():
     assert c.rtt.rto == 1.0
     h.stack.send(h.now, c, b"x")
     h.out()
-    while h.now < 200:    # (the user timeout ends it at 300 s)
+    for _ in range(100):  # bounded; (the user timeout ends it at 300 s)
+        if h.now >= 200:
+            break
         h.at(h.stack.next_deadline())
         h.out()
     assert c.rtt.rto == 60.0
@@ -102,6 +104,14 @@ def test_initial_window_for_1460_byte_segments():
     c = h.established_active(mss=1460)
     h.stack.send(h.now, c, b"s" * 20000)
     assert c.cwnd == 3 * 1460 and len(h.out()) == 3
+
+
+def test_initial_window_for_jumbo_segments_is_two_segments():
+    """RFC 5681 §3.1: IW = 2 * SMSS above 2190 bytes."""
+    h = Harness(mtu=9000)
+    c = h.established_active(mss=8960)
+    h.stack.send(h.now, c, b"j" * 40000)
+    assert c.cwnd == 2 * c.smss and len(h.out()) == 2
 
 
 def test_congestion_avoidance_adds_about_one_segment_per_window():
@@ -271,3 +281,108 @@ def test_user_timeout_ends_when_the_start_time_does_not_add_up_exactly():
         stack.timer(deadline)
     assert isinstance(conn.error, ConnectionTimedOut)
     assert stack.next_deadline() is None
+
+
+def test_karn_a_fast_retransmission_forgets_only_the_sample_it_makes_ambiguous():
+    """MUST-18 (RFC 6298 §3) for fast retransmits: resending the timed
+    segment forgets its sample; resending another segment does not."""
+    h = Harness(initial_window=10)
+    c = h.established_active(mss=1000)
+    h.stack.send(h.now, c, b"f" * 20000)
+    assert len(h.out()) == 10                          # the first one is timed
+    h.at(h.now + 0.1)
+    h.send(seg(ACK, R, c.iss + 1001, 65535))           # sample 0.1; two new segments, the first timed
+    srtt = c.rtt.srtt
+    assert len(h.out()) == 2
+    for _ in range(3):                                  # segment 1 lost
+        h.send(seg(ACK, R, c.iss + 1001, 65535))
+    assert sent_offsets(h, c)[-1] == (1000, 1000)       # fast retransmit of segment 1 only
+    h.at(h.now + 0.2)
+    h.send(seg(ACK, R, c.iss + 12001, 65535))          # covers the timed segment: sample 0.2
+    assert c.rtt.srtt == pytest.approx(0.875 * srtt + 0.125 * 0.2)
+
+
+def test_karn_the_ack_of_a_fast_retransmitted_timed_segment_gives_no_sample():
+    h = Harness(initial_window=10)
+    c = h.established_active(mss=1000)
+    srtt = c.rtt.srtt
+    h.stack.send(h.now, c, b"f" * 10000)
+    assert len(h.out()) == 10                          # the first one is timed, and lost
+    for _ in range(3):
+        h.send(seg(ACK, R, c.iss + 1, 65535))
+    assert sent_offsets(h, c)[-1] == (0, 1000)          # fast retransmit of the timed segment
+    h.at(h.now + 0.3)
+    h.send(seg(ACK, R, c.iss + 10001, 65535))
+    assert c.rtt.srtt == srtt
+
+
+def test_an_rto_during_fast_recovery_halves_the_flight_then_and_the_next_keeps_it():
+    """RFC 6582 §3.2 (6) / RFC 5681 §3.1 (4): the first RTO sets ssthresh to
+    half the flight at that time, even in fast recovery; a second RTO in a
+    row (RFC 5681: "retransmitted more than once") keeps it."""
+    h = Harness(initial_window=10)
+    c = h.established_active(mss=1000)
+    h.stack.send(h.now, c, b"p" * 10000)
+    h.out()
+    h.send(seg(ACK, R, c.iss + 1001, 65535))        # 1 and 4 lost
+    for _ in range(3):
+        h.send(seg(ACK, R, c.iss + 1001, 65535))
+    h.send(seg(ACK, R, c.iss + 4001, 65535))        # partial ACK: 6000 in flight
+    h.out()
+    assert c.recovery.in_recovery and c.ssthresh == 4500
+    h.at(h.stack.next_deadline())                   # the retransmission is lost too: RTO
+    assert (c.ssthresh, c.cwnd) == (3000, 1000)
+    h.out()
+    h.at(h.stack.next_deadline())                   # and again
+    assert (c.ssthresh, c.cwnd) == (3000, 1000)
+
+
+def test_an_rto_with_one_segment_in_flight_keeps_ssthresh_at_two_segments():
+    """RFC 5681 §3.1 (4): ssthresh = max(FlightSize / 2, 2*SMSS)."""
+    h = Harness()
+    c = h.established_active(mss=1000)
+    h.stack.send(h.now, c, b"o" * 1000)
+    h.out()
+    h.at(1.0)
+    h.expect(seg(ACK | PSH, c.iss + 1, R, 65535, b"o" * 1000))
+    assert (c.ssthresh, c.cwnd) == (2000, 1000)
+    assert (c.retransmits, h.stack.stats.retransmits, h.stack.stats.rto_timeouts) == (1, 1, 1)
+
+
+def test_a_resent_syn_counts_as_a_retransmission():
+    h = Harness()
+    c = h.connect()
+    h.out()
+    h.at(1.0)
+    (again,) = h.out()
+    assert again.flags == 0x02
+    assert (c.retransmits, h.stack.stats.retransmits, h.stack.stats.rto_timeouts) == (1, 1, 1)
+
+
+def test_keepalive_does_not_probe_while_data_waits_for_an_ack():
+    """RFC 1122 §4.2.3.6: keep-alives are for idle connections; while data is
+    unacknowledged, retransmission is already probing."""
+    h = Harness(keepalive=True, keepidle=10, keepintvl=5, user_timeout=100)
+    c = h.established_active(mss=1000)
+    h.stack.send(h.now, c, b"d" * 100)
+    h.out()
+    sent = []
+    for _ in range(100):
+        if h.now >= 90:
+            break
+        h.at(h.stack.next_deadline())
+        sent += h.out()
+    assert sent and all(s.payload == b"d" * 100 and s.seq == c.iss + 1 for s in sent)
+
+
+def test_fast_retransmit_with_one_segment_in_flight_keeps_ssthresh_at_two_segments():
+    """RFC 5681 §3.2 step 2: ssthresh = max(FlightSize / 2, 2*SMSS)."""
+    h = Harness()
+    c = h.established_active(mss=1000)
+    h.stack.send(h.now, c, b"o" * 1000)
+    h.out()
+    for _ in range(3):
+        h.send(seg(ACK, R, c.iss + 1, 65535))
+    h.expect(seg(ACK | PSH, c.iss + 1, R, 65535, b"o" * 1000))
+    assert (c.ssthresh, c.cwnd) == (2000, 5000)
+    assert (c.fast_retransmits, h.stack.stats.fast_retransmits) == (1, 1)

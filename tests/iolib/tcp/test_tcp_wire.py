@@ -14,7 +14,7 @@ from iolib.tcp.checksum import checksum, ones_sum, partial_sum, verify
 from iolib.tcp.ip import (PROTO_TCP, Malformed, build_icmp, build_ip, ipv4_header, parse_icmp_error,
                           parse_ip, pseudo_sum)
 from iolib.tcp.segment import (ACK, SYN, build_segment, opt_mss, opt_sack, opt_sack_ok,
-                               opt_timestamp, opt_wscale, parse_segment)
+                               flags_str, opt_timestamp, opt_wscale, parse_segment)
 from iolib.tcp.seq import MOD, seq_add, seq_diff, seq_ge, seq_gt, seq_le, seq_lt, unwrap, wrap
 
 
@@ -108,6 +108,26 @@ def test_ones_sum_is_the_compiled_helper_when_it_is_built():
     assert (ones_sum is checksum_module._ones_sum) is pure
 
 
+
+@pytest.mark.parametrize("n", [0, 1, 7, 20, 1500])
+def test_a_partial_sum_passed_in_counts_as_bytes_in_front(n):
+    """RFC 1071 §2: sums of pieces add, so a pseudo-header given as its
+    partial sum checksums like its bytes placed before the data."""
+    rng = random.Random(n)
+    front = bytes(rng.randrange(256) for _ in range(12))
+    data = bytes(rng.randrange(256) for _ in range(n))
+    assert checksum(data, partial_sum(front)) == checksum(front + data)
+    stamped = data + (b"\0" if n & 1 else b"") + checksum(data + (b"\0" if n & 1 else b""), partial_sum(front)).to_bytes(2, "big")
+    assert verify(stamped, partial_sum(front)) and not verify(stamped, partial_sum(front) + 1)
+
+
+def test_flags_are_named_one_by_one_in_header_order():
+    """RFC 9293 §3.1 control bits (and RFC 3168's ECE, CWR), as messages show them."""
+    names = ["FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR"]
+    for bit, name in enumerate(names):
+        assert flags_str(1 << bit) == name
+    assert flags_str(0) == "0" and flags_str(0xFF) == "SYN|FIN|RST|PSH|ACK|URG|ECE|CWR"
+
 def test_sequence_comparisons_wrap_modulo_2_32():
     top = MOD - 10
     assert seq_lt(top, 5) and seq_gt(5, top)
@@ -116,6 +136,16 @@ def test_sequence_comparisons_wrap_modulo_2_32():
     assert seq_add(top, 20) == 10
     assert not seq_lt(0, 0x80000001) or seq_lt(0, 0x7FFFFFFF)
 
+
+
+@pytest.mark.parametrize("a", [0, 1, 0x7FFFFFFF, 0x80000000, MOD - 1])
+def test_every_comparison_agrees_with_the_signed_distance_one_step_either_side(a):
+    """RFC 9293 §3.4: a < b when b - a, modulo 2**32, is below 2**31; the
+    four comparisons at distances -2..2 around any point, across the wrap."""
+    for d in (-2, -1, 0, 1, 2):
+        b = seq_add(a, d)
+        assert seq_diff(b, a) == d
+        assert (seq_lt(b, a), seq_le(b, a), seq_gt(b, a), seq_ge(b, a)) == (d < 0, d <= 0, d > 0, d >= 0), d
 
 def test_unwrap_picks_the_nearest_value_across_the_wrap():
     ref = (1 << 32) * 3 + MOD - 100      # an unwrapped number just below a wrap
@@ -192,6 +222,41 @@ def test_ipv6_header_and_extension_headers():
         parse_ip(frag)
     assert e.value.reason == "fragment"
 
+
+
+def test_ipv6_extension_header_bounds_are_checked_naming_the_fault():
+    """RFC 8200 §4: an extension header must lie inside the payload; one
+    that ends exactly at the payload's end is fine."""
+    src, dst = bytes(15) + b"\1", bytes(15) + b"\2"
+
+    def v6(nxt, body):
+        return struct.pack("!IHBB16s16s", 0x60000000, len(body), nxt, 64, src, dst) + body
+
+    no_next = 59                                                  # RFC 8200 §4.7
+    exact = parse_ip(v6(0, bytes([no_next, 1]) + bytes(14)))      # 16-byte hop-by-hop, nothing after
+    assert (exact.proto, exact.start, exact.end) == (no_next, 56, 56)
+    for packet, detail in [
+        (v6(0, bytes([PROTO_TCP, 2]) + bytes(14)), "IPv6 extension header length"),   # claims 24 bytes
+        (v6(0, bytes([PROTO_TCP, 0, 0, 0])), "IPv6 extension header truncated"),
+        (v6(44, bytes([PROTO_TCP, 0, 0, 0])), "IPv6 fragment header truncated"),
+    ]:
+        with pytest.raises(Malformed, match=detail) as e:
+            parse_ip(packet, fragments=True)
+        assert e.value.reason == "malformed"
+
+
+@pytest.mark.parametrize("options", [b"", bytes([1]), bytes([1, 1]), bytes([3, 3, 7]), opt_mss(1400)])
+def test_built_options_are_padded_to_32_bits_and_a_segment_checksums_on_its_own(options):
+    """RFC 9293 §3.1: the header ends on a 32-bit boundary (options padded
+    with zeros); without a pseudo-header sum the checksum covers the
+    segment and its length only (the length is the one pseudo-header
+    field build_segment adds itself)."""
+    tcp = build_segment(1, 2, 3, 4, ACK, 100, options, b"odd")
+    hlen = (tcp[12] >> 4) * 4
+    assert hlen == 20 + (len(options) + 3) // 4 * 4 == len(tcp) - 3
+    assert tcp[20:20 + len(options)] == options and not any(tcp[20 + len(options):hlen])
+    assert verify(tcp, len(tcp))
+    assert parse_segment(tcp, 0, len(tcp)).payload == b"odd"
 
 def test_tcp_header_roundtrip_with_every_option():
     src, dst = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])

@@ -5,6 +5,7 @@ import errno
 import hashlib
 import logging
 import os
+import re
 import resource
 import socket
 import tempfile
@@ -353,3 +354,140 @@ def _read_exactly(stream, n):
         assert data
         got += len(data)
     return got
+
+
+@pytest.mark.parametrize("host, shown", [("127.0.0.1", "127.0.0.1:{port}"), ("::1", "[::1]:{port}")])
+def test_listening_on_a_taken_port_names_the_address_and_port(host, shown):
+    def main():
+        first = yield from sockio.listen((host, 0))
+        port = first.address[1]
+        try:
+            with pytest.raises(OSError, match=rf"cannot listen on {re.escape(shown.format(port=port))}: ") as e:
+                yield from sockio.listen((host, port))
+            assert e.value.errno == errno.EADDRINUSE
+        finally:
+            first.close()
+        return "refused"
+
+    assert threadlib.run(main()) == "refused"
+
+
+@pytest.mark.parametrize("nodelay", [True, False])
+def test_accepted_streams_have_nagle_off_unless_the_listener_says_otherwise(nodelay):
+    def main():
+        listener = yield from sockio.listen(("127.0.0.1", 0), nodelay=nodelay)
+        client = yield from sockio.connect(listener.address)
+        conn, _ = yield from listener.accept()
+        try:
+            return conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        finally:
+            for s in (conn, client, listener):
+                s.close()
+
+    assert bool(threadlib.run(main())) is nodelay
+
+
+@pytest.mark.parametrize("offset", [0, 1000])
+def test_sendfile_from_an_offset_without_a_count_sends_the_rest_of_the_file(offset):
+    content = bytes(range(256)) * 400  # 102,400 bytes
+    with tempfile.TemporaryFile() as f:
+        f.write(content)
+        f.flush()
+
+        def main():
+            a, b = sockio.socketpair()
+            with a, b:
+                def reader():
+                    got = bytearray()
+                    while True:
+                        chunk = yield from b.recv(1 << 16)
+                        if not chunk:
+                            return bytes(got)
+                        got += chunk
+
+                r = yield from threadlib.spawn(reader())
+                with threadlib.timeout(10):
+                    sent = yield from a.sendfile(f, offset=offset)
+                    a.shutdown()
+                    return sent, (yield from r.join())
+
+        assert threadlib.run(main()) == (len(content) - offset, content[offset:])
+
+
+def test_shutting_down_a_closed_stream_raises_but_a_disconnected_one_does_not():
+    a, b = sockio.socketpair()
+    b.close()
+    a.shutdown()  # the peer is gone: no error (ENOTCONN, where the kernel says so, is not one)
+    a.close()
+    with pytest.raises(OSError) as e:
+        a.shutdown()
+    assert e.value.errno == errno.EBADF
+
+
+@pytest.mark.parametrize("into", [False, True])
+def test_a_read_that_fills_its_buffer_leaves_the_rest_readable_at_once(into):
+    # The reader waits first (its edge is used up), then 20 bytes come: a
+    # 10-byte read may have left more behind, so the next read must try
+    # the socket, not wait for an edge that will not come.
+    def main():
+        a, b = sockio.socketpair()
+        with a, b:
+            def read10():
+                if into:
+                    buf = bytearray(10)
+                    n = yield from a.recv_into(buf)
+                    return bytes(buf[:n])
+                return (yield from a.recv(10))
+
+            def reader():
+                with threadlib.timeout(5):
+                    return [(yield from read10()), (yield from read10())]
+
+            r = yield from threadlib.spawn(reader())
+            yield from threadlib.sleep(0)  # it waits now
+            b.socket.sendall(b"0123456789abcdefghij")
+            return (yield from r.join())
+
+    assert threadlib.run(main()) == [b"0123456789", b"abcdefghij"]
+
+
+def test_a_connected_datagram_socket_sends_and_says_how_much_went():
+    def main():
+        server = yield from sockio.udp(bind=("127.0.0.1", 0))
+        client = yield from sockio.udp()
+        with server, client:
+            client.connect(server.local_address)
+            sent = yield from client.send(b"datagram")
+            with threadlib.timeout(5):
+                data, _ = yield from server.recvfrom()
+            return sent, data
+
+    assert threadlib.run(main()) == (8, b"datagram")
+
+
+@pytest.mark.parametrize("into", [False, True])
+def test_the_end_that_comes_with_the_last_data_is_read_at_once(into):
+    # The reader waits; the peer's last data and its end come as one
+    # event.  A short read then must not make the next read wait for an
+    # event that will not come: it returns the end at once.
+    def main():
+        a, b = sockio.socketpair()
+        with a, b:
+            def read():
+                if into:
+                    buf = bytearray(100)
+                    n = yield from a.recv_into(buf)
+                    return bytes(buf[:n])
+                return (yield from a.recv(100))
+
+            def reader():
+                with threadlib.timeout(5):
+                    return [(yield from read()), (yield from read())]
+
+            r = yield from threadlib.spawn(reader())
+            yield from threadlib.sleep(0)  # it waits now
+            b.socket.send(b"last words")
+            b.socket.shutdown(socket.SHUT_WR)
+            return (yield from r.join())
+
+    assert threadlib.run(main()) == [b"last words", b""]
