@@ -528,9 +528,10 @@ class ThreadlibEventLoop(_SelectorEventLoop):  # type: ignore[misc]
         if self._debug:
             self._check_thread()
             self._check_callback(callback, "call_soon")
-        handle: Any = events.Handle(callback, args, self, context)  # _source_traceback is not in typeshed
-        if handle._source_traceback:
-            del handle._source_traceback[-1]
+        handle = events.Handle(callback, args, self, context)
+        untyped: Any = handle  # _source_traceback is not in typeshed
+        if untyped._source_traceback:
+            del untyped._source_traceback[-1]
         self._ready.append(handle)
         worker = self._worker
         if worker.thread is not None:

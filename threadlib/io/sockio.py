@@ -375,6 +375,21 @@ class Listener(_SocketBase):
         return addr[:2] if isinstance(addr, tuple) else addr
 
     @types.coroutine
+    def _accept_failed(self, exc: OSError) -> Waits[None]:
+        """After a failed accept: skip a connection aborted before it was
+        taken, back off (up to a second) from a resource shortage, raise
+        anything else. The pending connection stays queued; with
+        edge-triggered epoll no new event will come for it, hence the
+        sleep before retrying."""
+        if exc.errno in _ACCEPT_CONNECTION_ERRORS:
+            return
+        if exc.errno not in _ACCEPT_RESOURCE_ERRORS:
+            raise exc
+        self._backoff = min(1.0, max(0.01, self._backoff * 2))
+        log.warning("accept on %s: %s; retrying in %.2fs", self.address, exc.strerror, self._backoff)
+        yield Sleep(self._backoff)
+
+    @types.coroutine
     def accept(self, timeout: float | None = None) -> Waits[tuple[Stream, Any]]:
         """The next connection and its peer address.
 
@@ -396,15 +411,7 @@ class Listener(_SocketBase):
                     yield self._wait_read
                     continue
                 except OSError as exc:
-                    if exc.errno in _ACCEPT_CONNECTION_ERRORS:
-                        continue
-                    if exc.errno not in _ACCEPT_RESOURCE_ERRORS:
-                        raise
-                    # The pending connection stays queued; with edge-triggered
-                    # epoll no new event will come for it, so sleep and retry.
-                    self._backoff = min(1.0, max(0.01, self._backoff * 2))
-                    log.warning("accept on %s: %s; retrying in %.2fs", self.address, exc.strerror, self._backoff)
-                    yield Sleep(self._backoff)
+                    yield from self._accept_failed(exc)
                     continue
                 self._backoff = 0.0
                 conn = _new_socket(sock.family, sock.type, sock.proto, fileno=fd)
@@ -555,13 +562,7 @@ class UringListener(Listener):
                 try:
                     fd = yield from self._next_fd()
                 except OSError as exc:
-                    if exc.errno in _ACCEPT_CONNECTION_ERRORS:
-                        continue
-                    if exc.errno not in _ACCEPT_RESOURCE_ERRORS:
-                        raise
-                    self._backoff = min(1.0, max(0.01, self._backoff * 2))
-                    log.warning("accept on %s: %s; retrying in %.2fs", self.address, exc.strerror, self._backoff)
-                    yield Sleep(self._backoff)
+                    yield from self._accept_failed(exc)
                     continue
                 self._backoff = 0.0
                 conn = _new_socket(sock.family, sock.type, sock.proto, fileno=fd)
