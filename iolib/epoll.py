@@ -24,12 +24,17 @@ class Epoll:
 
     __slots__ = ("_ep", "poll", "register", "modify", "closed")
 
-    def __init__(self, max_events: int = 1024) -> None:
+    def __init__(self, max_events: int = -1) -> None:
         self._ep = select.epoll()
         ep = self._ep
         self.register = ep.register
         self.modify = ep.modify
         self.closed = False
+        if max_events == -1:
+            # select's own default (FD_SETSIZE - 1 events a call): the bound
+            # method itself, with no Python frame around every poll.
+            self.poll = ep.poll
+            return
         poll = ep.poll
 
         def poll_events(timeout: float = -1.0, _poll=poll, _max=max_events) -> list[tuple[int, int]]:

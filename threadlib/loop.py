@@ -389,6 +389,7 @@ class ThreadlibEventLoop(_SelectorEventLoop):  # type: ignore[misc]
         self._sched = sched = scheduler if scheduler is not None else Scheduler()
         self._hosted = False  # True: sched.run drives it (threadlib.loop.run)
         self._halted = False  # the loop thread has seen stop(): run_forever returns
+        self._going: list[bool] = []  # non-empty while run_forever should go on (see _halt)
         self._escaped: BaseException | None = None  # Ctrl-C/exit from a callback
         self._child_fds: dict[int, int] = {}  # pid -> pidfd
         self._clock_now = sched.clock.now
@@ -440,13 +441,13 @@ class ThreadlibEventLoop(_SelectorEventLoop):  # type: ignore[misc]
                 if self._hosted:
                     raise
                 self._escaped = exc  # run_forever raises it; the loop stays usable
-                self._halted = True
+                self._halt()
                 continue
             if self._stopping:
                 if self._hosted:
                     self._stopping = False
                 else:
-                    self._halted = True
+                    self._halt()
 
     def _run_batch_debug(self) -> None:
         ready = self._ready
@@ -465,8 +466,11 @@ class ThreadlibEventLoop(_SelectorEventLoop):  # type: ignore[misc]
             finally:
                 self._current_handle = None
 
-    def _keep_going(self) -> bool:
-        return not self._halted
+    def _halt(self) -> None:
+        # run_forever's scheduler asks _going.__len__ (a C call, twice a
+        # pass) whether to go on: emptied here, refilled by run_forever.
+        self._halted = True
+        self._going.clear()
 
     def run_forever(self) -> None:
         """Run until ``stop()``: drive the scheduler (its threads run too)."""
@@ -482,7 +486,8 @@ class ThreadlibEventLoop(_SelectorEventLoop):  # type: ignore[misc]
                                    finalizer=self._asyncgen_finalizer_hook)
             events._set_running_loop(self)
             self._halted = False
-            self._sched.run_while(self._keep_going)
+            self._going[:] = (True,)
+            self._sched.run_while(self._going.__len__)
             escaped, self._escaped = self._escaped, None
             if escaped is not None:
                 raise escaped
