@@ -481,8 +481,9 @@ class Scheduler:
 
     def interrupt(self, thread: Thread, exc: BaseException) -> None:
         """Withdraw ``thread`` from whatever it waits on and raise ``exc``
-        there. If it is ready or running, ``exc`` is raised at its next
-        resumption instead of the value it was given."""
+        there. If it is ready or running, it first resumes with the value
+        it was given, and ``exc`` is raised at its next wait (the next
+        system call that would suspend it)."""
         if thread._coro is None:
             return
         wait = thread._wait
