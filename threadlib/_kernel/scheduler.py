@@ -681,7 +681,7 @@ class Scheduler:
             for withdraw in reversed(withdrawals):
                 withdraw()
 
-    def run_while(self, keep_going: Callable[[], bool]) -> None:
+    def run_while(self, keep_going: Callable[[], object]) -> None:
         """Run threads and workers while ``keep_going()`` is true (asked
         after every pass and before every poll); then return, leaving every
         thread and worker as it is for a later ``run_while`` or ``close``.
@@ -722,7 +722,7 @@ class Scheduler:
         self.current = None
         self._origin = self._base = self._twin = None
 
-    def _loop_while(self, keep_going: Callable[[], bool]) -> bool:
+    def _loop_while(self, keep_going: Callable[[], object]) -> bool:
         # _loop with a condition in place of a thread to wait for.
         run_pass = self._run_pass
         poll = self._poll
