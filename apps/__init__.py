@@ -33,6 +33,17 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+def positive_count(text: str) -> int:
+    """An argparse ``type`` for sizes and counts: a whole number above zero."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a whole number above zero")
+    return value
+
+
 def cannot_start(program: str, exc: BaseException) -> WorkerStartError:
     """The one-line ``WorkerStartError`` for a program whose listener could
     not open: the reason (``cannot listen on HOST:PORT: Address already in

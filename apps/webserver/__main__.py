@@ -30,7 +30,7 @@ from typing import Any
 from threadlib.io import sockio
 from threadlib.process import multicore
 
-from .. import IO_BACKENDS, cannot_start, io_backend_of, positive_seconds, program_name, tls_server_context
+from .. import IO_BACKENDS, cannot_start, io_backend_of, positive_count, positive_seconds, program_name, tls_server_context
 from .http import Limits
 from .server import IO_MODES, SAMPLE_SITE, WebServer, user_network
 from .wsgi import WSGI_MAX_BODY
@@ -60,6 +60,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                                         "network namespace (default $TL_NETNS or none)")
     parser.add_argument("--access-log", metavar="FILE", help="append one line per request (common log format); '-' is stdout")
     parser.add_argument("--header-timeout", type=positive_seconds, default=10.0, help="seconds a client has to send a whole request head")
+    parser.add_argument("--backlog", type=positive_count, default=1024,
+                        help="connections the kernel (or the user-level stack) holds for accept, and "
+                             "on the user-level stack its half-open connections too (default 1024)")
     parser.add_argument("--keepalive-timeout", type=positive_seconds, default=15.0, help="seconds an idle keep-alive connection stays open")
     parser.add_argument("--send-timeout", type=positive_seconds, default=30.0, help="seconds a response may wait for the client to read")
     parser.add_argument("--drain-timeout", type=positive_seconds, default=10.0, help="seconds responses in flight get after SIGTERM")
@@ -264,7 +267,7 @@ def _program(args: argparse.Namespace) -> tuple[Any, Any, list[int]]:
         tls_address = (args.host, args.tls_port) if args.tls_port is not None else None
         try:
             yield from server.serve((args.host, args.port), shutdown, reuse_port=args.workers > 1, ready=ready,
-                                    tls_address=tls_address)
+                                    tls_address=tls_address, backlog=args.backlog)
         except OSError as exc:
             if server.address is not None:  # failed while serving: a fault, not a start-up error
                 raise
@@ -296,7 +299,8 @@ def _program(args: argparse.Namespace) -> tuple[Any, Any, list[int]]:
                       f"(stack={args.stack}, workers={args.workers})", flush=True)
 
         try:
-            yield from server.serve((args.host, args.port), shutdown, reuse_port=args.workers > 1, ready=ready)
+            yield from server.serve((args.host, args.port), shutdown, reuse_port=args.workers > 1, ready=ready,
+                                    backlog=args.backlog)
         except LifespanFailed as exc:
             log.error("%s", exc)
             startup_failed.append(index)

@@ -710,9 +710,10 @@ class AsgiServer:
     # -- life cycle ----------------------------------------------------------------
     @types.coroutine
     def serve(self, address: tuple[str, int], shutdown: threadlib.Event | None = None,
-              reuse_port: bool = False, ready: Callable[[Any], None] | None = None) -> Any:
+              reuse_port: bool = False, ready: Callable[[Any], None] | None = None, backlog: int = 1024) -> Any:
         """Run the lifespan startup, then serve ``address`` until
-        ``shutdown`` is set; ``ready(address)`` once listening."""
+        ``shutdown`` is set; ``ready(address)`` once listening. ``backlog``
+        is the listener's."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -724,7 +725,7 @@ class AsgiServer:
         if self.lifespan != "off":
             yield from lifespan.startup()
         try:
-            listener = yield from self.network.listen(address, reuse_port=reuse_port)
+            listener = yield from self.network.listen(address, backlog, reuse_port=reuse_port)
             if self.tls_context is not None:
                 listener = tls.TlsListener(listener, self.tls_context, handshake_timeout=self.handshake_timeout,
                                            ragged_eof=True)

@@ -178,21 +178,23 @@ class WebServer:
         reuse_port: bool = False,
         ready: Callable[[Any], None] | None = None,
         tls_address: tuple[str, int] | None = None,
+        backlog: int = 1024,
     ) -> Any:
         """Serve until ``shutdown`` is set. With a ``tls_context``,
         ``address`` serves HTTPS; or, given ``tls_address`` too, HTTP on
         ``address`` and HTTPS on ``tls_address``. ``ready(address)`` is
         called once every listener is open (``self.tls_address`` then
-        holds the HTTPS one's)."""
+        holds the HTTPS one's). ``backlog`` is each listener's (on the
+        user-level stack, its SYN backlog too)."""
         if tls_address is not None and self.tls_context is None:
             raise ValueError("tls_address needs a WebServer made with a tls_context")
         listeners = []
         try:
             if tls_address is None:
-                listeners.append(self._secure((yield from self.network.listen(address, reuse_port=reuse_port))))
+                listeners.append(self._secure((yield from self.network.listen(address, backlog, reuse_port=reuse_port))))
             else:
-                listeners.append((yield from self.network.listen(address, reuse_port=reuse_port)))
-                listeners.append(self._secure((yield from self.network.listen(tls_address, reuse_port=reuse_port))))
+                listeners.append((yield from self.network.listen(address, backlog, reuse_port=reuse_port)))
+                listeners.append(self._secure((yield from self.network.listen(tls_address, backlog, reuse_port=reuse_port))))
         except BaseException:
             for listener in listeners:
                 listener.close()

@@ -114,3 +114,17 @@ def test_every_cli_rejects_a_timeout_that_is_not_positive(program, option, value
     err = capsys.readouterr().err
     assert exited.value.code == 2, err
     assert f"argument {option}: '{value}'" in lines(err)[-1], err
+
+
+@pytest.mark.parametrize("value, says", [("0", "must be a whole number above zero"),
+                                         ("-5", "must be a whole number above zero"),
+                                         ("lots", "is not a whole number"), ("1.5", "is not a whole number")])
+def test_the_webserver_rejects_a_backlog_that_is_not_a_positive_count(value, says, capsys):
+    main = importlib.import_module("apps.webserver.__main__").main
+    with pytest.raises(SystemExit) as exited:
+        main(["--port", "0", f"--backlog={value}"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2, err
+    last = lines(err)[-1]
+    assert last.startswith("python -m apps.webserver: error: argument --backlog: ") and f"'{value}'" in last, err
+    assert last.endswith(says), err
