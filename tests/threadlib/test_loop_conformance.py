@@ -6,7 +6,9 @@ passes on the stock loop on this machine must pass on the threadlib loop,
 except those listed with a reason in ``asyncio_conformance_exceptions.txt``.
 
 Both runs happen in subprocesses side by side (``asyncio_conformance``),
-each bounded in time."""
+each bounded in time, on the venv's Python and on every newer Python the
+machine has (``.venv-py3.N``, made by ``setup.sh``; ``tests/pythons.py``):
+CPython's tests of each version against the loop on that version."""
 
 from __future__ import annotations
 
@@ -19,11 +21,12 @@ import sys
 import pytest
 
 from tests import REPO_ROOT
+from tests.pythons import newer_pythons
 
 HERE = pathlib.Path(__file__).parent
 EXCEPTIONS = HERE / "asyncio_conformance_exceptions.txt"
 
-pytestmark = pytest.mark.timeout(400)
+pytestmark = pytest.mark.timeout(420)
 
 
 def listed_exceptions() -> dict[str, str]:
@@ -38,25 +41,48 @@ def listed_exceptions() -> dict[str, str]:
     return found
 
 
-def test_the_threadlib_loop_passes_what_the_stock_loop_passes(tmp_path):
+PYTHONS = [(f"{sys.version_info.major}.{sys.version_info.minor}", pathlib.Path(sys.executable)), *newer_pythons()]
+
+
+@pytest.fixture(scope="module")
+def conformance_runs(tmp_path_factory):
+    """Every Python's stock and threadlib runs, started together (they
+    mostly wait on timeouts and peers: side by side they take the time of
+    one). Yields {(version, kind): (process, out path, log path)}."""
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    base = tmp_path_factory.mktemp("conformance")
     runs = {}
-    for kind in ("stock", "threadlib"):
-        out = tmp_path / f"{kind}.json"
-        log = open(tmp_path / f"{kind}.log", "w")
-        proc = subprocess.Popen([sys.executable, "-m", "tests.threadlib.asyncio_conformance", kind, str(out)],
-                                cwd=REPO_ROOT, env=env, stdout=log, stderr=log)
-        runs[kind] = (proc, out, log)
+    for version, python in PYTHONS:
+        if not python.exists():
+            continue  # its test fails, naming the missing venv
+        for kind in ("stock", "threadlib"):
+            out, log_path = base / f"{version}-{kind}.json", base / f"{version}-{kind}.log"
+            with open(log_path, "w") as log:
+                proc = subprocess.Popen([str(python), "-m", "tests.threadlib.asyncio_conformance", kind, str(out)],
+                                        cwd=REPO_ROOT, env=env, stdout=log, stderr=log)
+            runs[version, kind] = (proc, out, log_path)
+    try:
+        yield runs
+    finally:
+        for proc, _, _ in runs.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize("version, python", PYTHONS, ids=[version for version, _ in PYTHONS])
+def test_the_threadlib_loop_passes_what_the_stock_loop_passes(conformance_runs, version, python):
+    assert python.exists(), f"no venv for Python {version}: setup.sh makes {python.parent.parent.name}"
     results = {}
-    for kind, (proc, out, log) in runs.items():
+    for kind in ("stock", "threadlib"):
+        proc, out, log_path = conformance_runs[version, kind]
         try:
-            proc.wait(timeout=170)
+            proc.wait(timeout=330)  # about 75 s on a quiet machine, all six side by side
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-            log.close()
-        assert proc.returncode == 0, (tmp_path / f"{kind}.log").read_text()[-5000:]
+        assert proc.returncode == 0, log_path.read_text()[-5000:]
         results[kind] = json.loads(out.read_text())
     stock, ours = results["stock"], results["threadlib"]
     assert ours.pop("loops created") > 500  # the loop under test really ran the tests
@@ -67,9 +93,9 @@ def test_the_threadlib_loop_passes_what_the_stock_loop_passes(tmp_path):
     assert len(passed_stock) > 900
     exceptions = listed_exceptions()
     missing = sorted(passed_stock - passed_ours - set(exceptions))
-    log = (tmp_path / "threadlib.log").read_text()
+    log = conformance_runs[version, "threadlib"][2].read_text()
     assert not missing, f"pass on the stock loop, not on threadlib's: {missing}\n{log[-8000:]}"
     stale = sorted(t for t in exceptions if t in passed_ours)
     assert not stale, f"listed as unable to pass, yet they pass: {stale}"
-    print(f"\nstock loop: {len(passed_stock)}/{len(stock)} passed; "
+    print(f"\nPython {version}: stock loop: {len(passed_stock)}/{len(stock)} passed; "
           f"threadlib loop: {len(passed_ours)}/{len(ours)} passed")
