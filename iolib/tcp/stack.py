@@ -300,7 +300,14 @@ class Stack:
         # Lazy timer heap: push only when the connection's deadline moved
         # earlier than the entry already queued; a later deadline is found
         # when the old entry pops (timer() then re-queues it).
-        t = conn.deadline()
+        # conn.deadline() inlined: this runs after every segment and call.
+        t = conn.t_rtx
+        if conn.t_dack < t:
+            t = conn.t_dack
+        if conn.t_keep < t:
+            t = conn.t_keep
+        if conn.t_rack < t:
+            t = conn.t_rack
         if t < conn._sched and conn.state != C.CLOSED:
             conn._sched = t
             self._heap_n += 1
@@ -371,7 +378,15 @@ class Stack:
                 conn = self._conns.get((dst, seg.dport, src, seg.sport))
                 if conn is not None and conn.state != C.TIME_WAIT:
                     conn.on_segment(now, seg)
-                    if conn.deadline() < conn._sched:
+                    # conn.deadline() inlined: this is the per-segment path.
+                    t = conn.t_rtx
+                    if conn.t_dack < t:
+                        t = conn.t_dack
+                    if conn.t_keep < t:
+                        t = conn.t_keep
+                    if conn.t_rack < t:
+                        t = conn.t_rack
+                    if t < conn._sched:
                         self._after(conn)
                     return
                 self._demux_tcp(now, IPPacket(4, src, dst, PROTO_TCP, 20, total, ttl), seg)

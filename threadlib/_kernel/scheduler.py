@@ -724,13 +724,19 @@ class Scheduler:
 
     def _loop_while(self, keep_going: Callable[[], object]) -> bool:
         # _loop with a condition in place of a thread to wait for.
+        # With no thread ready a pass would do nothing and keep_going could
+        # not have changed its mind: straight to the poll (the simulator
+        # wakes a host for a packet with no thread ready, thousands of
+        # times per simulated second).
         run_pass = self._run_pass
         poll = self._poll
+        ready = self._ready
         while keep_going():
-            if run_pass():
-                return True
-            if not keep_going():
-                break
+            if ready:
+                if run_pass():
+                    return True
+                if not keep_going():
+                    break
             poll()
         return False
 
@@ -826,7 +832,8 @@ class Scheduler:
         base = self._base
         twin = self._twin
         # The hooks are called in place, not through _report: the slow-step
-        # detector runs in production, and a Python call per hook counts.
+        # detector runs in production, and the simulator's trace reports
+        # every step; a Python call per hook counts.
         while ready:
             t = ready.popleft()
             self.current = t
@@ -849,8 +856,11 @@ class Scheduler:
                     hook(t)
                 except Exception:
                     self._instrument_failed(owner, "after_step")
-            if calls:
-                self._report("system_call", t, sc)
+            for owner, hook in calls:
+                try:
+                    hook(t, sc)
+                except Exception:
+                    self._instrument_failed(owner, "system_call")
             if base != twin:
                 return self._rebase(t, sc)
             self._dispatch(t, sc)
@@ -966,9 +976,8 @@ class Scheduler:
         if self._ready:
             timeout = 0.0
         elif deadline is not None:
-            timeout = max(0.0, deadline - clock.now())
-            if clock.virtual:
-                timeout = 0.0
+            # A virtual clock never sleeps: time moves by advance_to below.
+            timeout = 0.0 if clock.virtual else max(0.0, deadline - clock.now())
         else:
             timeout = -1.0
             if self._poller is None or not self._any_worker_busy():
