@@ -1309,7 +1309,18 @@ class World:
                 progressed = True
                 if fn is not deliver and fn is not deliver_local:
                     self._forget_deadlines()  # a planned action may have touched any host
-            hosts = [host for host in self._hosts.values() if host._has_work()]
+            hosts = []
+            for host in self._hosts.values():
+                d = host._deadline_memo
+                if d is _STALE or host.paused_until is not None:
+                    if host._has_work():
+                        hosts.append(host)
+                    continue
+                # _has_work() for a host whose deadline is known, without
+                # the call: asked of every host twice or more per instant.
+                life = host._life
+                if life is not None and life.alive and (life.sched._ready or d is not None and d <= host.clock._now):
+                    hosts.append(host)
             if self.shuffle and len(hosts) > 1:
                 # Drawn only when there is an order to choose: how the driver
                 # slices time into runs must not move the stream.
