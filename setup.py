@@ -1,11 +1,11 @@
 """The optional compiled parts: the run loop (threadlib/_kernel/_speedups.c),
-the Internet checksum's sum (iolib/_checksum.c) and the io_uring ring
+the Internet checksum's sum and the stack's IPv4/TCP fast parse (iolib/_checksum.c) and the io_uring ring
 (threadlib/_kernel/_uring.c, Linux only).
 
 Everything else about the package is in pyproject.toml. The extensions are
 optional: without a C compiler or Python's headers the build says so and
 installs the pure-Python package, which behaves the same (scheduler.py is
-the specification the C loop follows, iolib/tcp/checksum.py the C sum's);
+the specification the C loop follows, iolib/tcp/checksum.py the C sum's, iolib/tcp/segment.py's _parse_tcp4 the C parse's);
 without _uring, `uring_workers()` falls back to epoll and says why. _uring needs linux/io_uring.h (Debian's
 linux-libc-dev), not liburing."""
 

@@ -4,7 +4,10 @@ RFC 2018).
 `parse_segment` turns the TCP part of an IP packet into a `Segment` (plain
 data, wire sequence numbers); `build_segment` does the reverse including the
 checksum over the pseudo-header.  The common shapes (no options, or
-NOP,NOP,Timestamps as Linux sends them) take a fast path.  This module must
+NOP,NOP,Timestamps as Linux sends them) take a fast path.  `parse_tcp4`
+checks and parses the stack's usual input (IPv4 without options carrying
+TCP) in one call: iolib/_checksum.c's when it is built and THREADLIB_PURE
+is unset, else `_parse_tcp4` here, its specification.  This module must
 never interpret sequence numbers or keep state.
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import struct
 
+from . import checksum as _checksum_mod
 from .checksum import finish, ones_sum
 from .ip import Malformed
 
@@ -149,6 +153,68 @@ def parse_segment(buf, start: int, end: int) -> Segment:
     elif hlen > 20:
         _parse_options(seg, buf[start + 20:start + hlen])
     return seg
+
+
+_V4_FAST = struct.Struct("!BBHHHBB")
+
+# parse_tcp4's answers other than None and a tuple.
+TCP4_NOT_LOCAL = 1
+TCP4_BAD_CHECKSUM = 2
+TCP4_MALFORMED = 3
+
+
+def _parse_tcp4(packet: bytes, local, checksum_ok: bool):
+    """The stack's per-packet fast path in one call, and the specification
+    of iolib/_checksum.c's ``parse_tcp4``, which must do exactly this.
+
+    For ``packet`` (bytes) that is an IPv4 packet without options carrying
+    a whole, unfragmented TCP segment (40 <= total length <= its size):
+    ``TCP4_NOT_LOCAL`` if its destination is not in ``local``;
+    ``TCP4_BAD_CHECKSUM`` if the IP header's checksum fails or, unless
+    ``checksum_ok``, the TCP checksum over ``packet[:total]``;
+    ``TCP4_MALFORMED`` for a TCP data offset outside the segment; else
+    ``(src, dst, ttl, total, sport, dport, seq, ack, flags, wnd, urg,
+    payload, hlen, tsval, tsecr)``, where tsval and tsecr are None unless
+    the options are exactly NOP, NOP, Timestamps (others are left to the
+    caller: ``packet[40:20 + hlen]``). Any other packet: None."""
+    n = len(packet)
+    if n < 40 or packet[0] != 0x45:
+        return None
+    _vihl, _tos, total, _ident, frag, ttl, proto = _V4_FAST.unpack_from(packet, 0)
+    if proto != 6 or frag & 0x3FFF or not 40 <= total <= n:
+        return None
+    dst = packet[16:20]
+    if dst not in local:
+        return TCP4_NOT_LOCAL
+    if ones_sum(packet, 0, 20):
+        return TCP4_BAD_CHECKSUM
+    # The valid IP header sums to zero, so the packet's sum is the TCP
+    # segment's: add the pseudo-header's addresses, protocol and length.
+    if not checksum_ok and (ones_sum(packet, 0, total) + ones_sum(packet, 12, 20) + 6 + total - 20) % 0xFFFF:
+        return TCP4_BAD_CHECKSUM
+    sport, dport, seq, ack, off, flags, wnd, _cks, urg = _HDR.unpack_from(packet, 20)
+    hlen = (off >> 4) * 4
+    if hlen < 20 or 20 + hlen > total:
+        return TCP4_MALFORMED
+    tsval = tsecr = None
+    if hlen == 32 and packet[40:44] == _TS_PREFIX:
+        tsval, tsecr = _TS.unpack_from(packet, 44)
+    return (packet[12:16], dst, ttl, total, sport, dport, seq, ack, flags, wnd, urg, packet[20 + hlen:total],
+            hlen, tsval, tsecr)
+
+
+def _load_parse_tcp4():
+    # The compiled one when the compiled sum is in use (THREADLIB_PURE
+    # unset) and the built module has it; else the specification.
+    if _checksum_mod.COMPILED:
+        from .. import _checksum  # type: ignore[attr-defined]
+        compiled = getattr(_checksum, "parse_tcp4", None)
+        if compiled is not None:
+            return compiled
+    return _parse_tcp4
+
+
+parse_tcp4 = _load_parse_tcp4()
 
 
 # ---------------------------------------------------------------- building

@@ -42,13 +42,14 @@ from .ip import (ICMP6_ECHO_REPLY, ICMP6_ECHO_REQUEST, ICMP6_TIME_EXCEEDED, ICMP
                  IPPacket, Malformed, build_icmp, icmp_checksum_ok, ipv4_header, ipv6_header,
                  parse_icmp_error, parse_ip)
 from .options import ConnOptions
-from .segment import ACK, RST, SYN, build_segment, parse_segment
+from .segment import (ACK, RST, SYN, TCP4_BAD_CHECKSUM, TCP4_NOT_LOCAL, Segment, build_segment, parse_segment,
+                      parse_tcp4)
+from .segment import _parse_options as parse_options
 from .seq import HALF, MASK, unwrap
 from .timers import INF
 
 EPHEMERAL_LOW = 49152   # RFC 6335 dynamic range
 EPHEMERAL_HIGH = 65535
-_V4_FAST = struct.Struct("!BBHHHBB")
 CHALLENGE_ACK_LIMIT = 1000   # per second and stack (RFC 5961 §7; Linux's default)
 
 
@@ -300,7 +301,14 @@ class Stack:
         # Lazy timer heap: push only when the connection's deadline moved
         # earlier than the entry already queued; a later deadline is found
         # when the old entry pops (timer() then re-queues it).
-        t = conn.deadline()
+        # conn.deadline() inlined: this runs after every segment and call.
+        t = conn.t_rtx
+        if conn.t_dack < t:
+            t = conn.t_dack
+        if conn.t_keep < t:
+            t = conn.t_keep
+        if conn.t_rack < t:
+            t = conn.t_rack
         if t < conn._sched and conn.state != C.CLOSED:
             conn._sched = t
             self._heap_n += 1
@@ -339,43 +347,48 @@ class Stack:
         stats.packets_in += 1
         if type(packet) is not bytes:
             packet = bytes(packet)
-        n = len(packet)
-        if n >= 40 and packet[0] == 0x45:
-            # Fast path: IPv4 without options carrying TCP to an existing
-            # connection; the same checks as parse_ip() + _receive_tcp().
-            _vihl, _tos, total, _ident, frag, ttl, proto = _V4_FAST.unpack_from(packet, 0)
-            if proto == PROTO_TCP and not frag & 0x3FFF and 40 <= total <= n:
-                dst = packet[16:20]
-                if dst not in self._local:
+        # Fast path: IPv4 without options carrying TCP, checked and parsed
+        # in one call (compiled, or segment._parse_tcp4): the same checks
+        # as parse_ip() + _receive_tcp(), in the same order.
+        fast = parse_tcp4(packet, self._local, checksum_ok)
+        if fast is not None:
+            if fast.__class__ is int:
+                if fast == TCP4_NOT_LOCAL:
                     stats.dropped_not_for_us += 1
-                    return
-                if total != n:
-                    packet = packet[:total]
-                if ones_sum(packet, 0, 20):
+                elif fast == TCP4_BAD_CHECKSUM:
                     stats.dropped_bad_checksum += 1
-                    return
-                # The valid IP header sums to zero, so the whole packet's sum
-                # is the TCP segment's sum: no slicing needed.
-                if not checksum_ok and (ones_sum(packet) + ones_sum(packet, 12, 20) + PROTO_TCP + total
-                                        - 20) % 0xFFFF:
-                    stats.dropped_bad_checksum += 1
-                    return
+                else:
+                    stats.dropped_malformed += 1
+                return
+            src, dst, ttl, total, sport, dport, seq, ack, flags, wnd, urg, payload, hlen, tsval, tsecr = fast
+            seg = Segment(sport, dport, seq, ack, flags, wnd, urg, payload)
+            if tsval is not None:
+                seg.tsval = tsval
+                seg.tsecr = tsecr
+            elif hlen > 20:
                 try:
-                    seg = parse_segment(packet, 20, total)
+                    parse_options(seg, packet[40:20 + hlen])
                 except Malformed as e:
                     name = "dropped_" + e.reason
                     setattr(stats, name, getattr(stats, name) + 1)
                     return
-                stats.segments_in += 1
-                src = packet[12:16]
-                conn = self._conns.get((dst, seg.dport, src, seg.sport))
-                if conn is not None and conn.state != C.TIME_WAIT:
-                    conn.on_segment(now, seg)
-                    if conn.deadline() < conn._sched:
-                        self._after(conn)
-                    return
-                self._demux_tcp(now, IPPacket(4, src, dst, PROTO_TCP, 20, total, ttl), seg)
+            stats.segments_in += 1
+            conn = self._conns.get((dst, seg.dport, src, seg.sport))
+            if conn is not None and conn.state != C.TIME_WAIT:
+                conn.on_segment(now, seg)
+                # conn.deadline() inlined: this is the per-segment path.
+                t = conn.t_rtx
+                if conn.t_dack < t:
+                    t = conn.t_dack
+                if conn.t_keep < t:
+                    t = conn.t_keep
+                if conn.t_rack < t:
+                    t = conn.t_rack
+                if t < conn._sched:
+                    self._after(conn)
                 return
+            self._demux_tcp(now, IPPacket(4, src, dst, PROTO_TCP, 20, total, ttl), seg)
+            return
         try:
             ip = parse_ip(packet, True)
             if ip.dst not in self._local:

@@ -64,7 +64,8 @@ class Timers:
 
     def deadline(self) -> float:
         """The earliest of this connection's timers (the stack's timer heap
-        keys on it)."""
+        keys on it). Stack._after and Stack.receive's fast path inline
+        this: a timer added here must be added there."""
         t = self.t_rtx
         if self.t_dack < t:
             t = self.t_dack

@@ -724,13 +724,19 @@ class Scheduler:
 
     def _loop_while(self, keep_going: Callable[[], object]) -> bool:
         # _loop with a condition in place of a thread to wait for.
+        # With no thread ready a pass would do nothing and keep_going could
+        # not have changed its mind: straight to the poll (the simulator
+        # wakes a host for a packet with no thread ready, thousands of
+        # times per simulated second).
         run_pass = self._run_pass
         poll = self._poll
+        ready = self._ready
         while keep_going():
-            if run_pass():
-                return True
-            if not keep_going():
-                break
+            if ready:
+                if run_pass():
+                    return True
+                if not keep_going():
+                    break
             poll()
         return False
 
@@ -826,7 +832,8 @@ class Scheduler:
         base = self._base
         twin = self._twin
         # The hooks are called in place, not through _report: the slow-step
-        # detector runs in production, and a Python call per hook counts.
+        # detector runs in production, and the simulator's trace reports
+        # every step; a Python call per hook counts.
         while ready:
             t = ready.popleft()
             self.current = t
@@ -849,8 +856,11 @@ class Scheduler:
                     hook(t)
                 except Exception:
                     self._instrument_failed(owner, "after_step")
-            if calls:
-                self._report("system_call", t, sc)
+            for owner, hook in calls:
+                try:
+                    hook(t, sc)
+                except Exception:
+                    self._instrument_failed(owner, "system_call")
             if base != twin:
                 return self._rebase(t, sc)
             self._dispatch(t, sc)
@@ -959,16 +969,17 @@ class Scheduler:
         clock = self.clock
         deadline = None
         timed = self._timed  # the others' next_deadline is Worker's: always None
+        asked = []
         for w in timed:
             d = w.next_deadline()
+            asked.append(d)
             if d is not None and (deadline is None or d < deadline):
                 deadline = d
         if self._ready:
             timeout = 0.0
         elif deadline is not None:
-            timeout = max(0.0, deadline - clock.now())
-            if clock.virtual:
-                timeout = 0.0
+            # A virtual clock never sleeps: time moves by advance_to below.
+            timeout = 0.0 if clock.virtual else max(0.0, deadline - clock.now())
         else:
             timeout = -1.0
             if self._poller is None or not self._any_worker_busy():
@@ -988,10 +999,17 @@ class Scheduler:
             if clock.virtual and not self._ready and not events:
                 clock.advance_to(deadline)
             now = clock.now()
-            for w in timed:
-                d = w.next_deadline()
+            # On a virtual clock without a poller or signals nothing ran
+            # since the deadlines were asked, so they still hold until the
+            # first expire (which may move the others'): the simulator
+            # polls a few times per packet, and asking twice was a tenth
+            # of a host's poll.
+            fresh = poller is None and clock.virtual and self._signals is None
+            for i, w in enumerate(timed):
+                d = asked[i] if fresh else w.next_deadline()
                 if d is not None and d <= now:
                     w.expire(now)
+                    fresh = False
 
     def _any_worker_busy(self) -> bool:
         # Asked at every poll that may block: a loop, not any() over a

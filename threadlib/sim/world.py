@@ -55,6 +55,7 @@ from .trace import Trace, TraceInstrument
 
 _R = TypeVar("_R")
 _STALE: Any = object()  # a host's deadline memo when it must be asked again
+_NEG_INF = -math.inf
 
 
 class SimulationError(RuntimeError):
@@ -474,7 +475,25 @@ class Host:
         # A fault asked for from inside (a crash, a pause) is applied once
         # the pass of ready threads in progress ends.
         self._last_deadline = _STALE
-        return not self.world._deferred and self._has_work()
+        if self.world._deferred:
+            return False
+        life = self._life
+        if life is None or not life.alive or self.paused_until is not None:
+            return self._has_work()
+        sched = life.sched
+        if sched._ready:
+            return True
+        # _has_work and _deadline inlined: the scheduler asks this three or
+        # four times per run, a few times per packet. While the host runs
+        # its deadline memo is stale (its threads move the deadline at
+        # every step), so the workers are asked each time.
+        best: float | None = None
+        for w in sched._timed:
+            d = w.next_deadline()
+            if d is not None and (best is None or d < best):
+                best = d
+        self._last_deadline = best
+        return best is not None and best <= self.clock._now
 
     def _run(self) -> None:
         """Run this host's threads and workers until nothing is due."""
@@ -1168,7 +1187,10 @@ class World:
         if d is None:
             self._trace.packet(packet, "no-link", now, src.name, dst.name)
             return
-        d.transmit(now, packet, self._arrivals(d), self._report)
+        schedule = self._schedulers.get(d)
+        if schedule is None:
+            schedule = self._arrivals(d)
+        d.transmit(now, packet, schedule, self._report)
 
     def _arrivals(self, d: Direction) -> Callable[[float, bytes], None]:
         """``schedule(when, packet)``: ``packet`` arrives over ``d`` at
@@ -1287,7 +1309,18 @@ class World:
                 progressed = True
                 if fn is not deliver and fn is not deliver_local:
                     self._forget_deadlines()  # a planned action may have touched any host
-            hosts = [host for host in self._hosts.values() if host._has_work()]
+            hosts = []
+            for host in self._hosts.values():
+                d = host._deadline_memo
+                if d is _STALE or host.paused_until is not None:
+                    if host._has_work():
+                        hosts.append(host)
+                    continue
+                # _has_work() for a host whose deadline is known, without
+                # the call: asked of every host twice or more per instant.
+                life = host._life
+                if life is not None and life.alive and (life.sched._ready or d is not None and d <= host.clock._now):
+                    hosts.append(host)
             if self.shuffle and len(hosts) > 1:
                 # Drawn only when there is an order to choose: how the driver
                 # slices time into runs must not move the stream.
@@ -1329,7 +1362,13 @@ class World:
                     d = host._deadline()
                 if d is None:
                     continue
-                t = now if d == -math.inf else max(now, host.clock.world_time(d))
+                if d == _NEG_INF:
+                    t = now
+                else:
+                    clock = host.clock
+                    t = d if clock._identity else clock.world_time(d)  # world_time() without the call
+                    if t < now:
+                        t = now
             if best is None or t < best:
                 best = t
         return best

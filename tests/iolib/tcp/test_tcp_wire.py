@@ -10,6 +10,7 @@ import pytest
 
 import iolib
 from iolib.tcp import checksum as checksum_module
+from iolib.tcp import segment as segment_module
 from iolib.tcp.checksum import checksum, ones_sum, partial_sum, verify
 from iolib.tcp.ip import (PROTO_TCP, Malformed, build_icmp, build_ip, ipv4_header, parse_icmp_error,
                           parse_ip, pseudo_sum)
@@ -352,3 +353,143 @@ def test_icmp_error_kinds(v6, icmp_type, code, kind, mtu):
         assert err is None
     else:
         assert (err.kind, err.code, err.mtu, err.src, err.sport, err.seq) == (kind, code, mtu, me, 5555, 779)
+
+
+# ---------------------------------------------------------------- the receive fast path in one call
+
+def compiled_parse_tcp4():
+    """iolib/_checksum.c's parse_tcp4, in both modes (see compiled_ones_sum)."""
+    compiled_ones_sum()
+    from iolib import _checksum
+    return _checksum.parse_tcp4
+
+
+def _tcp4_packets(rng: random.Random) -> list[bytes]:
+    """Valid IPv4/TCP packets of every option shape, then each damaged in
+    the ways a link or an attacker would: flipped bits anywhere, cut
+    short, padded, other versions, protocols, fragments, data offsets."""
+    src, dst = bytes([10, 0, 0, 2]), bytes([10, 0, 0, 1])
+    shapes = [b"", opt_timestamp(7, 9), opt_mss(1460) + opt_wscale(7) + opt_sack_ok() + opt_timestamp(1, 0),
+              opt_sack([(100, 200), (300, 400)]), opt_timestamp(5, 6) + opt_sack([(1, 2)]), b"\x01\x01\x08\x0a"]
+    valid = []
+    for options in shapes:
+        for size in (0, 1, 2, 3, 536, 1460):
+            payload = rng.randbytes(size)
+            tcp = build_segment(rng.randrange(1 << 16), rng.randrange(1 << 16), rng.randrange(1 << 32),
+                                rng.randrange(1 << 32), rng.choice([ACK, SYN, ACK | 0x08, 0x3F]), rng.randrange(1 << 16),
+                                options, payload, pseudo_sum(src, dst, PROTO_TCP, 0), urg=rng.choice([0, 1, 0xFFFF]))
+            valid.append(ipv4_header(src, dst, PROTO_TCP, len(tcp), 64) + tcp)
+    elsewhere = bytes([10, 0, 0, 9])  # a valid packet for another host
+    tcp = build_segment(1, 2, 3, 4, ACK, 5, b"", b"x", pseudo_sum(src, elsewhere, PROTO_TCP, 0))
+    valid.append(ipv4_header(src, elsewhere, PROTO_TCP, len(tcp), 64) + tcp)
+    packets = list(valid)
+    for packet in valid:
+        packets.append(packet + bytes(rng.randrange(1, 8)))  # link padding beyond the total length
+        packets.append(packet[:rng.randrange(0, len(packet))])
+        for _ in range(12):
+            damaged = bytearray(packet)
+            at = rng.randrange(0, min(len(packet), 60)) if rng.random() < 0.8 else rng.randrange(len(packet))
+            damaged[at] ^= 1 << rng.randrange(8)
+            packets.append(bytes(damaged))
+        for at, value in ((0, 0x46), (0, 0x65), (9, 17), (6, 0x20), (7, 1), (32, 0x40), (32, 0x10), (32, 0xF0)):
+            damaged = bytearray(packet)
+            damaged[at] = value
+            packets.append(bytes(damaged))
+    return packets
+
+
+@pytest.mark.parametrize("get_impl", [pytest.param(lambda: segment_module._parse_tcp4, id="pure"),
+                                      pytest.param(compiled_parse_tcp4, id="compiled")])
+def test_parse_tcp4_answers_as_parse_ip_and_parse_segment_do(get_impl):
+    impl = get_impl()
+    local = {bytes([10, 0, 0, 1])}
+    rng = random.Random(11)
+    seen = set()
+    for packet in _tcp4_packets(rng):
+        for checksum_ok in (False, True):
+            got = impl(packet, local, checksum_ok)
+            # What the general path makes of the same packet.
+            try:
+                ip = parse_ip(packet)
+            except Malformed:
+                ip = None
+            if ip is None or ip.version != 4 or ip.start != 20 or ip.proto != PROTO_TCP or packet[0] != 0x45:
+                # A damaged IP header may still have the fast path's shape:
+                # refused for its destination (checked first) or checksum.
+                if got == segment_module.TCP4_NOT_LOCAL:
+                    assert packet[16:20] not in local
+                elif got is not None:
+                    assert got == segment_module.TCP4_BAD_CHECKSUM, packet.hex()
+                seen.add("other" if got is None else "bad")
+                continue
+            if ip.dst not in local:
+                assert got == segment_module.TCP4_NOT_LOCAL
+                seen.add("not-local")
+                continue
+            tcp_ok = verify(packet[ip.start:ip.end], pseudo_sum(ip.src, ip.dst, PROTO_TCP, ip.end - ip.start))
+            if not (tcp_ok or checksum_ok):
+                assert got == segment_module.TCP4_BAD_CHECKSUM
+                seen.add("bad")
+                continue
+            try:
+                seg = parse_segment(packet, ip.start, ip.end)
+            except Malformed:
+                hlen = (packet[32] >> 4) * 4
+                if hlen < 20 or 20 + hlen > ip.end:
+                    assert got == segment_module.TCP4_MALFORMED
+                    seen.add("malformed")
+                    continue
+                seg = None  # bad options: the caller parses them
+            src, dst, ttl, total, sport, dport, seq, ack, flags, wnd, urg, payload, hlen, tsval, tsecr = got
+            assert (src, dst, ttl, total) == (ip.src, ip.dst, ip.hop_limit, ip.end)
+            if seg is not None:
+                assert (sport, dport, seq, ack, flags, wnd, urg, payload) == (
+                    seg.sport, seg.dport, seg.seq, seg.ack, seg.flags, seg.wnd, seg.urg, seg.payload)
+                if tsval is not None:
+                    assert (tsval, tsecr) == (seg.tsval, seg.tsecr) and hlen == 32
+            seen.add("parsed")
+    assert seen == {"other", "bad", "not-local", "malformed", "parsed"}
+
+
+def test_compiled_parse_tcp4_matches_its_specification_byte_for_byte():
+    compiled = compiled_parse_tcp4()
+    rng = random.Random(5)
+    locals_ = [set(), {bytes([10, 0, 0, 1])}, frozenset({bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])})]
+    for packet in _tcp4_packets(rng):
+        for local in locals_:
+            for checksum_ok in (False, True):
+                assert compiled(packet, local, checksum_ok) == segment_module._parse_tcp4(packet, local, checksum_ok), (
+                    packet.hex())
+    with pytest.raises(TypeError):
+        compiled(bytearray(40), set(), False)
+
+
+def test_the_stack_uses_the_compiled_parse_tcp4_when_it_is_built():
+    built = any(Path(iolib.__file__).parent.glob("_checksum.*.so"))
+    pure = os.environ.get("THREADLIB_PURE", "") not in ("", "0")
+    if not built:
+        pytest.skip("iolib/_checksum.c is not built here (no C compiler at install)")
+    assert (segment_module.parse_tcp4 is segment_module._parse_tcp4) is pure
+
+
+@pytest.mark.parametrize("offset_words, counter", [(4, "dropped_malformed"), (15, "dropped_malformed"),
+                                                   (5, "segments_in")])
+def test_the_stack_counts_a_bad_tcp_data_offset_on_its_fast_path(offset_words, counter):
+    # A valid IPv4 packet (both checksums right) whose TCP data offset is
+    # below 5 words or beyond the segment: counted as malformed, once.
+    from iolib.tcp import Stack
+
+    stack = Stack(["10.0.0.1/24"], rng=random.Random(1))
+    src, dst = bytes([10, 0, 0, 2]), bytes([10, 0, 0, 1])
+    tcp = bytearray(build_segment(4000, 9, 1, 0, ACK, 100, b"", b"", pseudo_sum(src, dst, PROTO_TCP, 0)))
+    tcp[12] = offset_words << 4
+    tcp[16:18] = b"\0\0"
+    tcp[16:18] = checksum(bytes(tcp), pseudo_sum(src, dst, PROTO_TCP, len(tcp))).to_bytes(2, "big")
+    before = stack.stats.as_dict()
+    stack.receive(0.0, ipv4_header(src, dst, PROTO_TCP, len(tcp), 64) + bytes(tcp))
+    grew = {k: v - before[k] for k, v in stack.stats.as_dict().items() if v != before[k]}
+    grew.pop("packets_in")
+    grew.pop("rst_sent", None)  # the well-formed one reaches no listener and is answered with a RST
+    assert counter in grew and grew[counter] == 1
+    if counter == "dropped_malformed":
+        assert grew == {"dropped_malformed": 1}
