@@ -967,12 +967,13 @@ class Scheduler:
 
     def _poll(self) -> None:
         clock = self.clock
+        if self._poller is None and clock.virtual and self._signals is None:
+            self._poll_simulated(clock)
+            return
         deadline = None
         timed = self._timed  # the others' next_deadline is Worker's: always None
-        asked = []
         for w in timed:
             d = w.next_deadline()
-            asked.append(d)
             if d is not None and (deadline is None or d < deadline):
                 deadline = d
         if self._ready:
@@ -999,14 +1000,37 @@ class Scheduler:
             if clock.virtual and not self._ready and not events:
                 clock.advance_to(deadline)
             now = clock.now()
-            # On a virtual clock without a poller or signals nothing ran
-            # since the deadlines were asked, so they still hold until the
-            # first expire (which may move the others'): the simulator
-            # polls a few times per packet, and asking twice was a tenth
-            # of a host's poll.
-            fresh = poller is None and clock.virtual and self._signals is None
-            for i, w in enumerate(timed):
-                d = asked[i] if fresh else w.next_deadline()
+            for w in timed:
+                d = w.next_deadline()
+                if d is not None and d <= now:
+                    w.expire(now)
+
+    def _poll_simulated(self, clock: Clock) -> None:
+        # _poll for a host of the simulator (a virtual clock, no poller, no
+        # signals), which polls a few times per packet: nothing can run
+        # between asking the workers' deadlines and expiring them, so each
+        # is asked once (twice was a tenth of a host's poll) until the
+        # first expiry, which may move the others'.
+        deadline = None
+        timed = self._timed
+        asked = []
+        for w in timed:
+            d = w.next_deadline()
+            asked.append(d)
+            if d is not None and (deadline is None or d < deadline):
+                deadline = d
+        if deadline is None and not self._ready:
+            self._deadlock()  # no fd to wait on, no deadline: nothing could wake a thread
+            return
+        clock.idle(0.0)  # a virtual clock never sleeps: time moves by advance_to
+        if deadline is not None:
+            if not self._ready:
+                clock.advance_to(deadline)
+            now = clock.now()
+            fresh = True
+            for w, d in zip(timed, asked):
+                if not fresh:
+                    d = w.next_deadline()
                 if d is not None and d <= now:
                     w.expire(now)
                     fresh = False
