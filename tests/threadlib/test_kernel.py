@@ -223,7 +223,7 @@ def test_cancel_sleep():
     assert _cancel_while(lambda: threadlib.sleep(60)) == (["finally"], "cancelled")
 
 
-def test_sleep_0_goes_through_a_due_timeout_and_delivers_a_pending_cancel():
+def test_sleep_0_goes_through_a_due_timeout():
     # api.md: sleep(0) (or a negative value) "is never interrupted by a
     # timeout". The scope here is due from the start (and stays due), so
     # the first wait that suspends raises; the yields before it do not.

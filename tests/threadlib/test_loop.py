@@ -666,3 +666,36 @@ def test_the_loop_never_calls_select():
     assert done.returncode == 0, done.stderr[-3000:]
     expected = (True, "timer", 6, b"child", 0)
     assert done.stdout.strip() == f"{expected} {expected} []", done.stdout + done.stderr[-2000:]
+
+
+def test_asyncio_signal_handlers_and_a_signal_worker_on_one_scheduler_are_refused():
+    # design.md §17: a process has one signal wake-up fd, so asyncio's signal
+    # handlers and threadlib's SignalWorker cannot share a scheduler; the
+    # second to ask is refused, whichever it is, and each works once the
+    # other has let go.
+    from threadlib.process import signals
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        worker = threadlib.current_scheduler().worker(signals.SignalWorker)
+        got = loop.create_future()
+        loop.add_signal_handler(signal.SIGUSR1, got.set_result, "usr1")
+        with pytest.raises(RuntimeError, match="asyncio loop has signal handlers"):
+            with threadlib.timeout(10):  # a bound on the wait if it were let through
+                await signals.wait_signal(signal.SIGUSR2)
+        with pytest.raises(RuntimeError, match="asyncio loop has signal handlers"):
+            worker.on_signal(signal.SIGUSR2, lambda signum: None)
+        assert not worker.catching
+        os.kill(os.getpid(), signal.SIGUSR1)  # the loop's handler still gets its signal
+        assert await asyncio.wait_for(got, 10) == "usr1"
+        assert loop.remove_signal_handler(signal.SIGUSR1)
+        # the other way round: the worker now holds the wake-up fd
+        waiter = await threadlib.spawn(signals.wait_signal(signal.SIGUSR2))
+        await threadlib.sleep(0)
+        assert worker.catching
+        with pytest.raises(RuntimeError, match="SignalWorker .* owns"):
+            loop.add_signal_handler(signal.SIGUSR1, got.set_result, "again")
+        os.kill(os.getpid(), signal.SIGUSR2)
+        return await waiter.join()
+
+    assert tloop.run(main, scheduler=signals.scheduler()) == signal.SIGUSR2
