@@ -502,6 +502,21 @@ class ThreadlibEventLoop(_SelectorEventLoop):  # type: ignore[misc]
     def _run_once(self) -> None:
         raise RuntimeError("the threadlib loop runs its callbacks in its loop thread")
 
+    def add_signal_handler(self, sig: int, callback: Callable[..., Any], *args: Any) -> None:
+        """asyncio's ``add_signal_handler``, refused (``RuntimeError``) on a
+        scheduler whose ``SignalWorker`` already catches signals: a process
+        has one signal wake-up fd, and each would take it from the other."""
+        # Looked up, not imported: if nobody imported threadlib.process.signals,
+        # no SignalWorker exists.
+        signals = sys.modules.get("threadlib.process.signals")
+        if signals is not None:
+            worker = self._sched.worker(signals.SignalWorker)
+            if worker is not None and worker.catching:
+                raise RuntimeError("this scheduler's SignalWorker (wait_signal, on_signal, dump signals) "
+                                   "owns the process's one signal wake-up fd: asyncio signal handlers "
+                                   "cannot be added on the same scheduler")
+        super().add_signal_handler(sig, callback, *args)
+
     def close(self) -> None:
         """Close the loop: cancel the threadlib threads still alive on its
         scheduler (their ``finally`` blocks run), close the workers, then
@@ -660,6 +675,15 @@ class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
     """asyncio's default policy, making ``ThreadlibEventLoop`` loops."""
 
     _loop_factory = ThreadlibEventLoop
+
+
+def _handles_signals(sched: Scheduler) -> bool:
+    """Whether an asyncio loop on ``sched`` has signal handlers (asked by
+    ``threadlib.process.signals``, which refuses to share the wake-up fd)."""
+    for worker in sched.workers:
+        if isinstance(worker, _LoopWorker) and worker._loop._signal_handlers:
+            return True
+    return False
 
 
 def new_event_loop() -> ThreadlibEventLoop:

@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -525,3 +526,66 @@ def test_program_refuses_an_app_that_does_not_import(tmp_path):
                            capture_output=True, text=True, timeout=30)
         assert r.returncode == 2 and r.stdout == "", (spec, r)
         assert len(r.stderr.splitlines()) == 1 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+# ------------------------------------------------- the iterable's close()
+
+
+class _ClosingBody:
+    """A WSGI response iterable (not a list, not a generator) that records
+    its close() and how many blocks were taken before it."""
+
+    def __init__(self, name, closed, blocks, fail_at=None):
+        self.name, self.closed, self.blocks, self.fail_at = name, closed, blocks, fail_at
+        self.taken = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.taken == self.fail_at:
+            raise RuntimeError(f"{self.name} fails mid-iteration")
+        if self.taken == self.blocks:
+            raise StopIteration
+        self.taken += 1
+        return b"x" * 65536
+
+    def close(self):
+        self.closed.append((self.name, self.taken))
+
+
+def test_the_iterables_close_is_called_on_success_on_an_exception_and_when_the_client_is_gone(serve_app, caplog):
+    # api.md: "the iterable's close() is always called" (PEP 3333): after a
+    # whole body, after the iterable raised mid-body, and after the client
+    # went away mid-body (a reset; the iterable would go on for ever).
+    closed = []
+
+    def app(environ, start_response):
+        path = environ["PATH_INFO"]
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        if path == "/whole":
+            return _ClosingBody("whole", closed, 3)
+        if path == "/fails":
+            return _ClosingBody("fails", closed, 10, fail_at=2)
+        return _ClosingBody("endless", closed, 10**9)
+
+    address = serve_app(app)
+    status, _, body = request(address, "GET", "/whole")
+    assert status == 200 and body == b"x" * 3 * 65536
+    wait_until(lambda: ("whole", 3) in closed, what="close() after a whole body")
+
+    with caplog.at_level(logging.ERROR, logger="apps.webserver"):
+        answer = raw_exchange(address, b"GET /fails HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")  # the head had gone: the connection is cut
+    assert any("fails mid-iteration" in str(r.exc_info[1]) or "fails mid-iteration" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
+    wait_until(lambda: ("fails", 2) in closed, what="close() after the iterable raised")
+
+    s = socket.create_connection(address, timeout=10)
+    s.sendall(b"GET /endless HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert s.recv(65536).startswith(b"HTTP/1.1 200 OK\r\n")
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+    s.close()
+    gone = wait_until(lambda: [c for c in closed if c[0] == "endless"], what="close() after the client left")
+    assert 1 <= gone[0][1] < 10**9
+    assert [name for name, _ in closed] == ["whole", "fails", "endless"]  # once each

@@ -93,6 +93,48 @@ def test_layers_import_only_downward(layer, forbidden):
             assert name.split(".")[0] not in forbidden, f"{path.relative_to(ROOT)} imports {name}"
 
 
+def _scheduler_and_worker_modules() -> set[str]:
+    from threadlib.lowlevel import Scheduler, Worker
+
+    found = {Scheduler.__module__}
+    todo = [Worker]
+    while todo:
+        cls = todo.pop()
+        found.add(cls.__module__)
+        todo.extend(cls.__subclasses__())
+    # every worker threadlib ships, imported so that its class is seen
+    assert {"threadlib._kernel.timers", "threadlib._kernel.scheduler"} <= found
+    return {m for m in found if m.startswith("threadlib")}
+
+
+def test_syscalls_never_imports_the_scheduler_or_a_worker():
+    # design.md §2: threadlib.syscalls is the vocabulary both sides share
+    # and must never import the scheduler or a worker. Two checks: every
+    # import statement in the file (also inside functions), and what
+    # importing it alone really loads (threadlib's __init__ is kept out with
+    # an empty package, so only syscalls.py and what it pulls in run).
+    for name in ("threadlib.process.signals", "threadlib.io.aioworker", "threadlib.loop",
+                 "threadlib.io.tcpsockio", "threadlib.io.splice"):
+        importlib.import_module(name)  # so that their workers are among the subclasses
+    forbidden = _scheduler_and_worker_modules()
+    path = ROOT / "threadlib" / "syscalls.py"
+    for name in _imports(path):
+        assert not any(name == m or m.startswith(name + ".") or name.startswith(m + ".") for m in forbidden
+                       if name != "threadlib"), f"threadlib/syscalls.py imports {name}"
+    probe = (
+        "import sys, types\n"
+        f"package = types.ModuleType('threadlib'); package.__path__ = [{str(ROOT / 'threadlib')!r}]\n"
+        "sys.modules['threadlib'] = package\n"
+        "import threadlib.syscalls\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('threadlib'))))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    loaded = set(done.stdout.split())
+    assert "threadlib.syscalls" in loaded
+    assert not loaded & forbidden, f"importing threadlib.syscalls loads {sorted(loaded & forbidden)}"
+
+
 def test_the_kernel_is_private_to_threadlib():
     for path in sorted((ROOT / "apps").rglob("*.py")):
         for name in _imports(path):

@@ -409,6 +409,82 @@ def test_the_slow_step_detector_names_the_thread_that_blocked_and_where(caplog):
     assert detector.slow_steps == len(warnings) and isinstance(detector, SlowStepDetector)
 
 
+def _mixed_workload(trace, detector_threshold=None):
+    """Threads that yield, sleep on the clock, hand items over a bounded
+    queue, take turns on a mutex, wait on an event and time out; each step
+    appends to ``trace``. Returns the installed detector (or None)."""
+    def producer(q, n):
+        for i in range(n):
+            yield from q.put(i)
+            trace.append(("put", i, threadlib.now()))
+            yield from threadlib.sleep(0 if i % 2 else 0.5)
+        q.close()
+
+    def consumer(q, name):
+        while True:
+            try:
+                item = yield from q.get()
+            except threadlib.QueueClosed:
+                return
+            trace.append((name, item, threadlib.now()))
+            yield from threadlib.sleep(0)
+
+    def locker(m, name, ev):
+        for i in range(3):
+            yield from m.acquire()
+            trace.append((name, "in", i, threadlib.now()))
+            yield from threadlib.sleep(0.25)
+            m.release()
+        yield from ev.wait()
+        trace.append((name, "woke", threadlib.now()))
+
+    def impatient(ev):
+        try:
+            with threadlib.timeout(1.5):
+                yield from ev.wait()
+        except TimeoutError:
+            trace.append(("impatient", "timed out", threadlib.now()))
+
+    def main():
+        detector = None
+        if detector_threshold is not None:
+            quiet = logging.getLogger("tests.slowsteps.quiet")
+            quiet.propagate = False
+            quiet.addHandler(logging.NullHandler())
+            detector = threadlib.current_scheduler().warn_slow_steps(detector_threshold, quiet)
+        q = threadlib.Queue(2)
+        m = threadlib.Mutex()
+        ev = threadlib.Event()
+        threads = [(yield from threadlib.spawn(producer(q, 8)))]
+        for name in ("c1", "c2"):
+            threads.append((yield from threadlib.spawn(consumer(q, name))))
+        for name in ("l1", "l2", "l3"):
+            threads.append((yield from threadlib.spawn(locker(m, name, ev))))
+        threads.append((yield from threadlib.spawn(impatient(ev))))
+        yield from threadlib.sleep(3)
+        ev.set()
+        yield from threadlib.join_all(threads)
+        return detector
+
+    return threadlib.run(main(), scheduler=Scheduler(clock=VirtualClock()))
+
+
+def test_the_slow_step_detector_changes_no_order():
+    # design.md §13: the detector only measures; it never decides when
+    # anything runs. The same program, with and without it (and with a
+    # threshold so low that every step is reported), takes the same steps
+    # in the same order at the same clock times.
+    alone = []
+    assert _mixed_workload(alone) is None
+    assert len(alone) > 25 and {e[0] for e in alone} >= {"put", "c1", "c2", "l1", "l2", "l3", "impatient"}
+    for threshold in (0.1, 1e-9):
+        watched = []
+        detector = _mixed_workload(watched, threshold)
+        assert watched == alone, threshold
+        if threshold < 0.1:
+            assert detector.slow_steps > 30  # it did report, and reading frames changed nothing
+
+
 def test_the_slow_step_detector_reports_no_step_under_its_threshold(caplog):
     def main():
         # 0.2 s of blocking against a 60 s threshold: only a hang could cross it.

@@ -108,6 +108,41 @@ def test_joined_exception_is_not_logged(caplog):
     assert not [r for r in caplog.records if "nobody joined" in r.getMessage()]
 
 
+def test_a_thread_ending_in_thread_cancelled_is_never_logged_as_unjoined(caplog):
+    # design.md §7: ThreadCancelled is how a thread is told to stop, so a
+    # thread that ends in it, however it got there, is not a failure
+    # nobody heard of. One thread that fails for real is the control: it
+    # is logged, so the silence about the others means something.
+    from threadlib.lowlevel import Cancel
+
+    def gives_up():
+        raise ThreadCancelled()
+        yield
+
+    def sleeps():
+        yield from threadlib.sleep(3600)
+
+    def fails():
+        raise RuntimeError("the control")
+        yield
+
+    def main():
+        yield from threadlib.spawn(gives_up(), name="gives-up")
+        told = yield from threadlib.spawn(sleeps(), name="told")
+        yield from threadlib.spawn(sleeps(), name="left-running")  # cancelled when main returns
+        yield from threadlib.spawn(fails(), name="control")
+        yield from threadlib.sleep(0)
+        yield Cancel(told)  # told to stop, and nobody joins it
+        yield from told.wait()
+        assert told.state == "cancelled"
+
+    with caplog.at_level(logging.ERROR, logger="threadlib"):
+        threadlib.run(main(), scheduler=Scheduler(clock=VirtualClock()))
+        gc.collect()
+    hits = [r.getMessage() for r in caplog.records if "nobody joined" in r.getMessage()]
+    assert len(hits) == 1 and "control" in hits[0], hits
+
+
 def test_yielding_a_non_syscall_raises_typeerror_in_that_thread_only():
     def confused():
         yield 5  # forgot `yield from`
@@ -186,6 +221,37 @@ def _cancel_while(waiting_body):
 
 def test_cancel_sleep():
     assert _cancel_while(lambda: threadlib.sleep(60)) == (["finally"], "cancelled")
+
+
+def test_sleep_0_goes_through_a_due_timeout():
+    # api.md: sleep(0) (or a negative value) "is never interrupted by a
+    # timeout". The scope here is due from the start (and stays due), so
+    # the first wait that suspends raises; the yields before it do not.
+    order = []
+
+    def other():
+        for i in range(3):
+            order.append(f"other {i}")
+            yield from threadlib.sleep(0)
+
+    def main():
+        yield from threadlib.spawn(other())
+        with pytest.raises(TimeoutError):
+            with threadlib.timeout(0) as scope:
+                for i in range(3):
+                    yield from threadlib.sleep(0)
+                    order.append(f"main {i}")
+                yield from threadlib.sleep(-1)
+                order.append("main negative")
+                yield from threadlib.sleep(1)
+        assert scope.expired
+        order.append("timed out")
+
+    threadlib.run(main(), scheduler=Scheduler(clock=VirtualClock()))
+    # every sleep(0) let the other thread run once (it ran first while main
+    # was resumed from spawn), and none raised
+    assert order == ["other 0", "other 1", "main 0", "other 2", "main 1", "main 2", "main negative",
+                     "timed out"]
 
 
 def test_cancel_event_wait_and_mutex_and_queue_and_semaphore():

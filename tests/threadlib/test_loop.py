@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import ssl
+import subprocess
 import sys
 import tempfile
 import threading
@@ -21,6 +22,7 @@ import trustme
 
 import threadlib
 import threadlib.loop as tloop
+from tests import REPO_ROOT
 from threadlib.io import sockio
 from threadlib.lowlevel import BlockingPool, Scheduler, TimerWorker, VirtualClock
 
@@ -588,3 +590,112 @@ def test_a_raising_callback_goes_to_the_loop_exception_handler():
     for context in reported:
         assert isinstance(context["exception"], ValueError)
         assert "broken" in repr(context["handle"])
+
+
+_NO_SELECT_PROGRAM = r'''
+import select, selectors, sys
+
+called = []
+
+
+def recorded(name, real):
+    # Records the call and then does it, so that a select that crept in
+    # shows up in the output instead of hanging the program.
+    def stub(*args, **kwargs):
+        called.append(name)
+        return real(*args, **kwargs)
+    return stub
+
+
+# Every way asyncio (or anything under it) could select, replaced before
+# asyncio or threadlib is imported; select.epoll stays: it is the
+# scheduler's own poller (iolib.epoll), the one poll that serves both worlds.
+select.select = recorded("select.select", select.select)
+select.poll = recorded("select.poll", select.poll)
+for cls in (selectors.SelectSelector, selectors.PollSelector, selectors.EpollSelector):
+    cls.select = recorded(cls.__name__ + ".select", cls.select)
+
+import asyncio
+import threadlib
+import threadlib.loop as tloop
+
+
+async def echo(reader, writer):
+    while data := await reader.read(65536):
+        writer.write(data)
+        await writer.drain()
+    writer.close()
+
+
+async def main():
+    loop = asyncio.get_running_loop()
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    sent = bytes(range(256)) * 4096
+    writer.write(sent)
+    await writer.drain()
+    got = await reader.readexactly(len(sent))
+    writer.close()
+    await writer.wait_closed()
+    server.close()
+    await server.wait_closed()
+    later = loop.create_future()
+    loop.call_later(0.01, later.set_result, "timer")
+    await asyncio.sleep(0.01)
+    in_pool = await loop.run_in_executor(None, sum, [1, 2, 3])
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", "print('child')",
+                                                stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    return got == sent, await later, in_pool, out.strip(), proc.returncode
+
+
+with asyncio.Runner(loop_factory=tloop.new_event_loop) as runner:   # asyncio first
+    first = runner.run(main())
+second = tloop.run(main)                                             # threadlib first
+print(first, second, called)
+'''
+
+
+def test_the_loop_never_calls_select():
+    # design.md §17: "select is never called". A program whose every
+    # select entry point is recorded runs streams, a server,
+    # timers, the executor and a child process, both ways round.
+    done = subprocess.run([sys.executable, "-c", _NO_SELECT_PROGRAM], capture_output=True, text=True,
+                          timeout=50, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    expected = (True, "timer", 6, b"child", 0)
+    assert done.stdout.strip() == f"{expected} {expected} []", done.stdout + done.stderr[-2000:]
+
+
+def test_asyncio_signal_handlers_and_a_signal_worker_on_one_scheduler_are_refused():
+    # design.md §17: a process has one signal wake-up fd, so asyncio's signal
+    # handlers and threadlib's SignalWorker cannot share a scheduler; the
+    # second to ask is refused, whichever it is, and each works once the
+    # other has let go.
+    from threadlib.process import signals
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        worker = threadlib.current_scheduler().worker(signals.SignalWorker)
+        got = loop.create_future()
+        loop.add_signal_handler(signal.SIGUSR1, got.set_result, "usr1")
+        with pytest.raises(RuntimeError, match="asyncio loop has signal handlers"):
+            with threadlib.timeout(10):  # a bound on the wait if it were let through
+                await signals.wait_signal(signal.SIGUSR2)
+        with pytest.raises(RuntimeError, match="asyncio loop has signal handlers"):
+            worker.on_signal(signal.SIGUSR2, lambda signum: None)
+        assert not worker.catching
+        os.kill(os.getpid(), signal.SIGUSR1)  # the loop's handler still gets its signal
+        assert await asyncio.wait_for(got, 10) == "usr1"
+        assert loop.remove_signal_handler(signal.SIGUSR1)
+        # the other way round: the worker now holds the wake-up fd
+        waiter = await threadlib.spawn(signals.wait_signal(signal.SIGUSR2))
+        await threadlib.sleep(0)
+        assert worker.catching
+        with pytest.raises(RuntimeError, match="SignalWorker .* owns"):
+            loop.add_signal_handler(signal.SIGUSR1, got.set_result, "again")
+        os.kill(os.getpid(), signal.SIGUSR2)
+        return await waiter.join()
+
+    assert tloop.run(main, scheduler=signals.scheduler()) == signal.SIGUSR2

@@ -381,3 +381,33 @@ def test_a_thread_outside_any_scope_has_no_deadline():
         yield from threadlib.sleep(0)
 
     run(main())
+
+
+def test_timeout_none_never_fires_and_hides_no_outer_deadline():
+    # api.md: timeout(None) "does nothing"; design.md §5: it is inert. On the
+    # virtual clock an hour-long sleep inside it ends normally, and inside
+    # an outer timeout it is the outer scope, not the inert one, that fires.
+    def main():
+        me = yield from threadlib.current()
+        with threadlib.timeout(None) as inert:
+            assert me.deadline is None and inert.deadline is None
+            yield from threadlib.sleep(3600)
+            ev = threadlib.Event()
+
+            def setter():
+                yield from threadlib.sleep(7200)
+                ev.set()
+
+            yield from threadlib.spawn(setter())
+            yield from ev.wait()  # a park, which a scope would end with its timer
+        assert not inert.expired and threadlib.now() == 3600 + 7200
+        start = threadlib.now()
+        with pytest.raises(TimeoutError) as caught:
+            with threadlib.timeout(5) as outer:
+                with threadlib.timeout(None) as inner:
+                    assert me.deadline == start + 5
+                    yield from threadlib.sleep(60)
+        assert caught.value.scope is outer and outer.expired and not inner.expired
+        assert threadlib.now() == start + 5
+
+    run(main())

@@ -13,7 +13,11 @@ thread dump) can have a callback run in the scheduler for a signal
 instead (``SignalWorker.on_signal``). Nothing here runs in the signal
 handler but CPython's own write to the wake-up fd.
 
-Signal handlers can only be installed from the main OS thread.
+Signal handlers can only be installed from the main OS thread. A process
+has one wake-up fd, so a scheduler whose asyncio loop (``threadlib.loop``)
+has signal handlers cannot also have a ``SignalWorker`` catching signals:
+whichever comes second is refused with ``RuntimeError``, never left to
+steal the other's signals silently.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import logging
 import signal
 import socket
+import sys
 import types
 from typing import Any, Callable, Iterable
 
@@ -61,7 +66,20 @@ class SignalWorker(Worker):
         self._sched = sched
         return {WaitSignal: self._wait_signal}
 
+    @property
+    def catching(self) -> bool:
+        """Whether the worker has taken the process's signal wake-up fd (from
+        the first ``wait_signal`` or ``on_signal`` until ``close``)."""
+        return self._reader is not None
+
     def _start(self) -> None:
+        # threadlib.loop is looked up, not imported: if no code imported it,
+        # no asyncio loop of ours can hold signal handlers.
+        loop_module = sys.modules.get("threadlib.loop")
+        if loop_module is not None and loop_module._handles_signals(self._sched):
+            raise RuntimeError("this scheduler's asyncio loop has signal handlers (add_signal_handler), "
+                               "which own the process's one signal wake-up fd: wait_signal and "
+                               "SignalWorker.on_signal cannot be used on the same scheduler")
         self._reader, self._writer = socket.socketpair()
         self._reader.setblocking(False)
         self._writer.setblocking(False)
@@ -77,7 +95,11 @@ class SignalWorker(Worker):
 
     def _wait_signal(self, thread: Thread, sc: WaitSignal) -> None:
         if self._reader is None:
-            self._start()
+            try:
+                self._start()
+            except RuntimeError as exc:  # the asyncio loop's signal handlers: the thread's mistake
+                self._sched.throw(thread, exc)
+                return
         try:
             for signum in sc.signums:
                 self._catch(signum)

@@ -4,6 +4,7 @@ kernel's own sockets (made inside that namespace) as the peer."""
 
 from __future__ import annotations
 
+import ast
 import errno
 import hashlib
 import os
@@ -628,3 +629,57 @@ def test_the_device_lives_until_its_last_queue_closes(mq_env):
     assert exists()
     net.close()
     assert not exists()
+
+
+def _syn_ports_and_isns(stack) -> tuple[list[int], int]:
+    """Four ephemeral ports the stack picks, and the ISN it gives a fixed
+    4-tuple at time 0 (RFC 6528: then only its secret key decides), read
+    from the SYNs it would send (never written to the device)."""
+    for rport in (80, 81, 82, 83):
+        stack.connect(0.0, KERNEL4, rport)
+    stack.connect(0.0, KERNEL4, 84, local_port=40000)
+    fields = []
+    for item in stack.take_packets():
+        packet = bytes(item[0] if isinstance(item, tuple) else item)
+        ihl = (packet[0] & 0x0F) * 4
+        fields.append(struct.unpack("!HHI", packet[ihl:ihl + 8]))
+    assert [dport for _, dport, _ in fields] == [80, 81, 82, 83, 84]
+    return [sport for sport, _, _ in fields[:4]], fields[4][2]
+
+
+def test_forked_workers_never_share_isns_or_ports():
+    # design.md §13: open_network(queues=N) without a seed gives each
+    # queue's stack fresh entropy when the worker makes it (for_queue, after
+    # the fork), so workers forked from one parent never share ISN secrets
+    # or ephemeral ports. Two workers forked as multicore forks them.
+    with temporary_netns("tcpmqseed") as ns:
+        handle = tcpsockio.open_network(tun="tlmqs0", netns=ns.name, queues=2)
+        try:
+            children = []
+            for index in range(2):
+                reader, writer = os.pipe()
+                pid = os.fork()
+                if pid == 0:  # the worker: report, then leave without running pytest's cleanup
+                    code = 1
+                    try:
+                        os.close(reader)
+                        ports, isn = _syn_ports_and_isns(handle.for_queue(index).stack)
+                        os.write(writer, repr((ports, isn)).encode())
+                        code = 0
+                    finally:
+                        os._exit(code)
+                os.close(writer)
+                children.append((pid, reader))
+            seen = []
+            for pid, reader in children:
+                with os.fdopen(reader, "rb") as r:
+                    seen.append(r.read())
+                assert os.waitpid(pid, 0)[1] == 0
+        finally:
+            handle.close()
+    (ports0, isn0), (ports1, isn1) = (ast.literal_eval(s.decode()) for s in seen)
+    assert len(set(ports0)) == 4 and len(set(ports1)) == 4
+    # Shared entropy would make both lists and both ISNs equal; distinct
+    # entropy makes a match a 2**-32 (ISN) and about 28,000**-4 (ports) chance.
+    assert ports0 != ports1, (ports0, ports1)
+    assert isn0 != isn1, (isn0, isn1)
