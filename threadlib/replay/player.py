@@ -152,7 +152,8 @@ class ReplayWorker(Worker):
         fd = getattr(sc, "fd", None)
         if type(fd) is int:
             self._fd_waiters.setdefault(fd, []).append(t)
-        player.apply(wakes)
+        if wakes:
+            player.apply(wakes)
 
     def withdraw(self, thread: Any, syscall: Any) -> None:
         """Forget a wait that was withdrawn (a timeout, a cancel)."""
@@ -552,12 +553,24 @@ def replay(path: Any, main: Any, *args: Any, trusted: bool = False) -> Any:
             player.spawned(t)
             return t
 
+        reader, clock = player.reader, player.clock
+
         def poll() -> None:
-            player.clock.quiet += 1
+            clock.quiet += 1
             try:
-                player.poll()
+                # The common poll record in one call; the rest (a failure to
+                # repeat, user-stack runs, more records of this poll, anything
+                # wrong) is Player.poll's.
+                got = reader.poll() if player.failure is None else None
+                if got is None:
+                    player.poll()
+                elif got[0]:
+                    clock.current = got[1]
+                    player.apply(got[2])
+                    if got[0] == 2:
+                        player.poll()
             finally:
-                player.clock.quiet -= 1
+                clock.quiet -= 1
 
         real_add_worker = sched.add_worker
 
