@@ -505,16 +505,68 @@ crc32_of(const unsigned char *p, Py_ssize_t n)
     return c ^ 0xFFFFFFFFu;
 }
 
-/* Append n bytes to the bytearray (which over-allocates as it grows). */
+/* Append n bytes to the bytearray: in place while its allocation has room
+ * (log_clear keeps the allocation when the writer flushes), else grown by
+ * half again (bytearray's own growth is an eighth: most of a log's bytes
+ * would be copied eight times on the way to a flush). Growing by a half
+ * leaves it more than half full, so that the Python appends in between
+ * (bytearray.append, +=) never shrink it. A bytearray with buffer exports
+ * takes the ordinary path, which refuses to resize it. */
 static int
 log_put(PyObject *log, const void *data, Py_ssize_t n)
 {
-    Py_ssize_t old = PyByteArray_GET_SIZE(log);
-    if (PyByteArray_Resize(log, old + n) < 0) {
-        return -1;
+    PyByteArrayObject *b = (PyByteArrayObject *)log;
+    Py_ssize_t old = Py_SIZE(log);
+    Py_ssize_t room = b->ob_alloc - (b->ob_start - b->ob_bytes);
+    if (b->ob_exports > 0 || old + n + 1 > room) {
+        Py_ssize_t want = old + n;
+        Py_ssize_t grown = b->ob_exports > 0 ? want : want + want / 2 + 64;
+        if (PyByteArray_Resize(log, grown) < 0) {
+            return -1;
+        }
+        Py_SET_SIZE(log, old);
     }
-    memcpy(PyByteArray_AS_STRING(log) + old, data, (size_t)n);
+    char *at = b->ob_start;   /* not PyByteArray_AS_STRING: that is a shared "" while the size is 0 */
+    memcpy(at + old, data, (size_t)n);
+    Py_SET_SIZE(log, old + n);
+    at[old + n] = '\0';   /* bytearray's trailing NUL */
     return 0;
+}
+
+/* log_clear(log): empty the bytearray, keeping its allocation (del log[:]
+ * gives it back, and the next records regrow it from nothing). */
+static PyObject *
+log_clear(PyObject *module, PyObject *log)
+{
+    if (!PyByteArray_CheckExact(log)) {
+        PyErr_SetString(PyExc_TypeError, "log_clear(bytearray)");
+        return NULL;
+    }
+    PyByteArrayObject *b = (PyByteArrayObject *)log;
+    if (b->ob_exports > 0 || b->ob_bytes == NULL) {
+        if (PyByteArray_Resize(log, 0) < 0) {
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    b->ob_start = b->ob_bytes;
+    Py_SET_SIZE(log, 0);
+    b->ob_bytes[0] = '\0';
+    Py_RETURN_NONE;
+}
+
+/* log_append(log, data): data appended by log_put (RecordingClock's records). */
+static PyObject *
+log_append(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyByteArray_CheckExact(args[0]) || !PyBytes_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "log_append(bytearray, bytes)");
+        return NULL;
+    }
+    if (log_put(args[0], PyBytes_AS_STRING(args[1]), PyBytes_GET_SIZE(args[1])) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
 }
 
 static int
@@ -970,6 +1022,30 @@ rec_poll(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
  * has grown past flush_at. */
 
 static PyObject *s_quiet, *s_flush;
+static int quiet_add(PyObject *clock, long delta);
+
+/* quiet_add on a clock whose `quiet` is a __slots__ member at `offset`
+ * (RecordingClock's): the slot itself, no attribute lookup; else by name. */
+static int
+quiet_add_at(PyObject *clock, Py_ssize_t offset, long delta)
+{
+    if (offset > 0) {
+        PyObject **slot = (PyObject **)((char *)clock + offset);
+        if (*slot != NULL && PyLong_CheckExact(*slot)) {
+            long v = PyLong_AsLong(*slot);
+            if (v == -1 && PyErr_Occurred()) {
+                return -1;
+            }
+            PyObject *nq = PyLong_FromLong(v + delta);
+            if (nq == NULL) {
+                return -1;
+            }
+            Py_SETREF(*slot, nq);
+            return 0;
+        }
+    }
+    return quiet_add(clock, delta);
+}
 
 static int
 quiet_add(PyObject *clock, long delta)
@@ -1016,6 +1092,7 @@ typedef struct {
     PyObject *now;        /* poll: the inner clock's now */
     long long index;      /* handler: its class's index */
     Py_ssize_t flush_at;
+    Py_ssize_t quiet_at;  /* the clock's `quiet` slot offset, or 0: by name */
 } Recorded;
 
 static PyTypeObject RecordedHandlerType, RecordedPollType;
@@ -1029,7 +1106,7 @@ recorded_handler_call(Recorded *self, PyObject *const *args, size_t nargsf, PyOb
     }
     PyObject *t = args[0];
     Py_ssize_t start = PyObject_Size(self->ready);
-    if (start < 0 || quiet_add(self->clock, 1) < 0) {
+    if (start < 0 || quiet_add_at(self->clock, self->quiet_at, 1) < 0) {
         return NULL;
     }
     PyObject *r = PyObject_Vectorcall(self->inner, args, 2, NULL);
@@ -1037,7 +1114,7 @@ recorded_handler_call(Recorded *self, PyObject *const *args, size_t nargsf, PyOb
     if (r == NULL) {
         PyErr_Fetch(&et, &ev, &etb);
     }
-    int ok = quiet_add(self->clock, -1) == 0;
+    int ok = quiet_add_at(self->clock, self->quiet_at, -1) == 0;
     if (ok) {
         PyObject *tid = *(PyObject **)((char *)t + off_id);
         int done = 0;
@@ -1093,7 +1170,7 @@ recorded_poll_call(Recorded *self, PyObject *const *args, size_t nargsf, PyObjec
     }
     PyList_SetItem(state, 0, pbefore);
     PyList_SetItem(state, 1, Py_NewRef(Py_True));
-    if (quiet_add(self->clock, 1) < 0) {
+    if (quiet_add_at(self->clock, self->quiet_at, 1) < 0) {
         return NULL;
     }
     PyObject *r = PyObject_CallNoArgs(self->inner);
@@ -1101,7 +1178,7 @@ recorded_poll_call(Recorded *self, PyObject *const *args, size_t nargsf, PyObjec
     if (r == NULL) {
         PyErr_Fetch(&et, &ev, &etb);
     }
-    int ok = quiet_add(self->clock, -1) == 0;
+    int ok = quiet_add_at(self->clock, self->quiet_at, -1) == 0;
     PyList_SetItem(state, 1, Py_NewRef(Py_False));
     if (r == NULL) {  /* the Python poll() writes nothing when the poll raised */
         if (ok) {
@@ -1169,6 +1246,15 @@ recorded_init(Recorded *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->now, Py_NewRef(now));
     self->index = index;
     self->flush_at = flush_at;
+    /* A `quiet` that is a plain object slot, reached the usual way: its offset. */
+    self->quiet_at = 0;
+    PyTypeObject *clock_type = Py_TYPE(clock);
+    PyObject *descr = _PyType_Lookup(clock_type, s_quiet);
+    if (descr != NULL && Py_IS_TYPE(descr, &PyMemberDescr_Type) &&
+            ((PyMemberDescrObject *)descr)->d_member->type == T_OBJECT_EX &&
+            clock_type->tp_getattro == PyObject_GenericGetAttr && clock_type->tp_setattro == PyObject_GenericSetAttr) {
+        self->quiet_at = ((PyMemberDescrObject *)descr)->d_member->offset;
+    }
     self->vectorcall = (vectorcallfunc)(is_poll ? recorded_poll_call : recorded_handler_call);
     return 0;
 }
@@ -2608,6 +2694,9 @@ static PyMethodDef methods[] = {
      "rec_handler(log, ready, start, tid, index) -> bool: a HANDLER record, if its wakes are simple."},
     {"rec_poll", (PyCFunction)(void (*)(void))rec_poll, METH_FASTCALL,
      "rec_poll(log, ready, start, now) -> bool: a POLL record, if its wakes are simple."},
+    {"log_clear", log_clear, METH_O, "log_clear(log): empty the log's bytearray, keeping its allocation."},
+    {"log_append", (PyCFunction)(void (*)(void))log_append, METH_FASTCALL,
+     "log_append(log, data): append bytes to the log's bytearray as the compiled recorders do."},
     {"log_configure", log_configure, METH_VARARGS,
      "log_configure(LogError, ScopeRaised): the classes LogCore raises and returns (threadlib.replay.log)."},
     {"configure_waits", configure_waits, METH_VARARGS,

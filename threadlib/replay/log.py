@@ -64,8 +64,16 @@ T_NONE, T_INT, T_BYTES, T_STR, T_PICKLE, T_OSERROR, T_EXC, T_SCOPE, T_OPAQUE = r
 FLUSH_AT = 1 << 16
 
 _F64 = struct.Struct("<d")
+_KIND_F64 = struct.Struct("<Bd")  # a clock record: its kind, then its time
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
+
+
+# Emptying the writer's buffer: compiled, the allocation is kept for the
+# next records (del buf[:] gives it back and they regrow it).
+_clear: Any = speedups.log_clear if speedups is not None else bytearray.clear
+#: Appending a record's bytes to the buffer: compiled, as the compiled recorders append.
+append: Any = speedups.log_append if speedups is not None else bytearray.extend
 
 
 class LogError(Exception):
@@ -119,7 +127,7 @@ class LogWriter:
         if buf:
             self._file.write(buf)
             self.written += len(buf)
-            del buf[:]
+            _clear(buf)
         self._file.flush()
 
     def close(self) -> None:
