@@ -281,3 +281,22 @@ def test_a_send_decoder_checks_the_bytes_against_the_recorded_crc():
         assert r.check_sent(S.SEND, 4, b"hellO there") is None and r.records == 0
         assert r.check_sent(S.SEND, 4, b"hel") is None  # fewer bytes than were sent
         assert r.check_sent(S.SEND, 4, memoryview(b"hello there")) == 5 and r.at_end()
+
+
+def test_the_send_decoder_computes_zlibs_crc_for_every_length_and_alignment():
+    # The compiled CRC-32 takes eight bytes a step: every remainder and
+    # every start offset within a buffer must give zlib's value.
+    import zlib
+
+    c_reader = _compiled_reader()
+    rng = random.Random(3)
+    blob = bytes(rng.randrange(256) for _ in range(5000))
+    for n in [*range(0, 80), 255, 1000, 4097]:
+        start = rng.randrange(8)
+        data = memoryview(blob)[start:start + n]
+        length = bytearray()
+        L.put_uint(length, n)
+        body = bytes([L.SOCK, S.SEND, 4, 0]) + bytes(length) + struct.pack("<I", zlib.crc32(data)) + \
+            bytes([min(n, 32)]) + bytes(data[:32])
+        for cls in (c_reader, L.PyLogReader):
+            assert cls(io.BytesIO(HEADER + body)).check_sent(S.SEND, 4, data) == n, (cls, n)
