@@ -355,3 +355,47 @@ def test_the_compiled_recording_calls_write_the_records_the_python_ones_do():
     assert ops[0] == ("send", (11, zlib.crc32(b"hello world"), b"hello world"))
     assert ops[1] == ("recv", b"hello") and ("recv", errno.EAGAIN) in ops and ("send", errno.EPIPE) in ops
     assert ops[-2:] == [("recv", errno.EBADF), ("send", errno.EBADF)]
+
+
+def test_the_log_buffer_keeps_every_byte_across_flushes_however_it_is_appended_to(tmp_path):
+    # The compiled recorders append in place and a flush keeps the buffer's
+    # allocation (log_clear): bytes appended by them, by log.append and by
+    # the bytearray's own methods, flushed at any moment, reach the file in
+    # order; and nothing is written outside the bytearray (an empty one is
+    # still empty).
+    import random
+
+    from threadlib._kernel.compiled import speedups
+    from threadlib.replay import log as L
+
+    rng = random.Random(7)
+    writer = L.LogWriter(tmp_path / "buf.tlrec", {})
+    expected = bytearray(writer.buf)
+    a, b = socket.socketpair()
+    try:
+        for i in range(3000):
+            piece = bytes([i % 251]) * rng.randrange(1, 700)
+            how = rng.randrange(4)
+            if how == 0:
+                L.append(writer.buf, piece)
+                expected += piece
+            elif how == 1:
+                writer.buf += piece
+                expected += piece
+            elif how == 2:
+                writer.buf.append(piece[0])
+                expected.append(piece[0])
+            elif speedups is not None:
+                a.send(piece[:200])
+                before = len(writer.buf)
+                data = speedups.rec_recv(writer.buf, b, 4096)
+                expected += writer.buf[before:]  # the record it wrote: SOCK | RECV | fd | 0 | bytes
+                assert writer.buf[before:before + 2] == bytes([L.SOCK, 2]) and writer.buf.endswith(data)
+            if rng.randrange(40) == 0 or len(writer.buf) >= L.FLUSH_AT:
+                writer.flush()
+        writer.close()
+    finally:
+        a.close()
+        b.close()
+    assert (tmp_path / "buf.tlrec").read_bytes() == bytes(expected)
+    assert bytearray() == b"" and bytes(bytearray(0)) == b""

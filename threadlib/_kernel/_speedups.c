@@ -32,6 +32,10 @@
  * buffer a recording gives (threadlib/replay/sockets.py is their
  * specification).
  *
+ * And record/replay's log reader, LogCore: the primitives and the
+ * per-record decoders of threadlib/replay/log.py's _ReaderCore (their
+ * specification), the base class of LogReader.
+ *
  * And fdio's per-fd record, FdWaiters: fdio._FdWaiters with its
  * on_events (the callback the poller runs for every event on a watched
  * fd) in C; the same fields, readable and writable from Python.
@@ -477,7 +481,10 @@ buffer_size(PyObject *arg, const char *negative)
 #define REC_OSERROR 5
 #define REC_PREFIX 32
 
-static uint32_t crc_table[256];
+/* zlib's CRC-32, eight bytes a step ("slicing by 8": crc_table[k][b] is the
+ * CRC of byte b followed by k zero bytes); a 64-byte send costs a third of
+ * the byte-at-a-time loop. */
+static uint32_t crc_table[8][256];
 
 static void
 crc_init(void)
@@ -487,7 +494,13 @@ crc_init(void)
         for (int k = 0; k < 8; k++) {
             c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
         }
-        crc_table[i] = c;
+        crc_table[0][i] = c;
+    }
+    for (int k = 1; k < 8; k++) {
+        for (uint32_t i = 0; i < 256; i++) {
+            uint32_t c = crc_table[k - 1][i];
+            crc_table[k][i] = (c >> 8) ^ crc_table[0][c & 0xFF];
+        }
     }
 }
 
@@ -495,22 +508,83 @@ static uint32_t
 crc32_of(const unsigned char *p, Py_ssize_t n)
 {
     uint32_t c = 0xFFFFFFFFu;
+    while (n >= 8) {
+        uint32_t one = c ^ ((uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24));
+        uint32_t two = (uint32_t)p[4] | ((uint32_t)p[5] << 8) | ((uint32_t)p[6] << 16) | ((uint32_t)p[7] << 24);
+        c = crc_table[7][one & 0xFF] ^ crc_table[6][(one >> 8) & 0xFF] ^ crc_table[5][(one >> 16) & 0xFF] ^
+            crc_table[4][one >> 24] ^ crc_table[3][two & 0xFF] ^ crc_table[2][(two >> 8) & 0xFF] ^
+            crc_table[1][(two >> 16) & 0xFF] ^ crc_table[0][two >> 24];
+        p += 8;
+        n -= 8;
+    }
     while (n-- > 0) {
-        c = crc_table[(c ^ *p++) & 0xFF] ^ (c >> 8);
+        c = crc_table[0][(c ^ *p++) & 0xFF] ^ (c >> 8);
     }
     return c ^ 0xFFFFFFFFu;
 }
 
-/* Append n bytes to the bytearray (which over-allocates as it grows). */
+/* Append n bytes to the bytearray: in place while its allocation has room
+ * (log_clear keeps the allocation when the writer flushes), else grown by
+ * half again (bytearray's own growth is an eighth: most of a log's bytes
+ * would be copied eight times on the way to a flush). Growing by a half
+ * leaves it more than half full, so that the Python appends in between
+ * (bytearray.append, +=) never shrink it. A bytearray with buffer exports
+ * takes the ordinary path, which refuses to resize it. */
 static int
 log_put(PyObject *log, const void *data, Py_ssize_t n)
 {
-    Py_ssize_t old = PyByteArray_GET_SIZE(log);
-    if (PyByteArray_Resize(log, old + n) < 0) {
-        return -1;
+    PyByteArrayObject *b = (PyByteArrayObject *)log;
+    Py_ssize_t old = Py_SIZE(log);
+    Py_ssize_t room = b->ob_alloc - (b->ob_start - b->ob_bytes);
+    if (b->ob_exports > 0 || old + n + 1 > room) {
+        Py_ssize_t want = old + n;
+        Py_ssize_t grown = b->ob_exports > 0 ? want : want + want / 2 + 64;
+        if (PyByteArray_Resize(log, grown) < 0) {
+            return -1;
+        }
+        Py_SET_SIZE(log, old);
     }
-    memcpy(PyByteArray_AS_STRING(log) + old, data, (size_t)n);
+    char *at = b->ob_start;   /* not PyByteArray_AS_STRING: that is a shared "" while the size is 0 */
+    memcpy(at + old, data, (size_t)n);
+    Py_SET_SIZE(log, old + n);
+    at[old + n] = '\0';   /* bytearray's trailing NUL */
     return 0;
+}
+
+/* log_clear(log): empty the bytearray, keeping its allocation (del log[:]
+ * gives it back, and the next records regrow it from nothing). */
+static PyObject *
+log_clear(PyObject *module, PyObject *log)
+{
+    if (!PyByteArray_CheckExact(log)) {
+        PyErr_SetString(PyExc_TypeError, "log_clear(bytearray)");
+        return NULL;
+    }
+    PyByteArrayObject *b = (PyByteArrayObject *)log;
+    if (b->ob_exports > 0 || b->ob_bytes == NULL) {
+        if (PyByteArray_Resize(log, 0) < 0) {
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    b->ob_start = b->ob_bytes;
+    Py_SET_SIZE(log, 0);
+    b->ob_bytes[0] = '\0';
+    Py_RETURN_NONE;
+}
+
+/* log_append(log, data): data appended by log_put (RecordingClock's records). */
+static PyObject *
+log_append(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyByteArray_CheckExact(args[0]) || !PyBytes_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "log_append(bytearray, bytes)");
+        return NULL;
+    }
+    if (log_put(args[0], PyBytes_AS_STRING(args[1]), PyBytes_GET_SIZE(args[1])) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
 }
 
 static int
@@ -966,6 +1040,30 @@ rec_poll(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
  * has grown past flush_at. */
 
 static PyObject *s_quiet, *s_flush;
+static int quiet_add(PyObject *clock, long delta);
+
+/* quiet_add on a clock whose `quiet` is a __slots__ member at `offset`
+ * (RecordingClock's): the slot itself, no attribute lookup; else by name. */
+static int
+quiet_add_at(PyObject *clock, Py_ssize_t offset, long delta)
+{
+    if (offset > 0) {
+        PyObject **slot = (PyObject **)((char *)clock + offset);
+        if (*slot != NULL && PyLong_CheckExact(*slot)) {
+            long v = PyLong_AsLong(*slot);
+            if (v == -1 && PyErr_Occurred()) {
+                return -1;
+            }
+            PyObject *nq = PyLong_FromLong(v + delta);
+            if (nq == NULL) {
+                return -1;
+            }
+            Py_SETREF(*slot, nq);
+            return 0;
+        }
+    }
+    return quiet_add(clock, delta);
+}
 
 static int
 quiet_add(PyObject *clock, long delta)
@@ -1012,6 +1110,7 @@ typedef struct {
     PyObject *now;        /* poll: the inner clock's now */
     long long index;      /* handler: its class's index */
     Py_ssize_t flush_at;
+    Py_ssize_t quiet_at;  /* the clock's `quiet` slot offset, or 0: by name */
 } Recorded;
 
 static PyTypeObject RecordedHandlerType, RecordedPollType;
@@ -1025,7 +1124,7 @@ recorded_handler_call(Recorded *self, PyObject *const *args, size_t nargsf, PyOb
     }
     PyObject *t = args[0];
     Py_ssize_t start = PyObject_Size(self->ready);
-    if (start < 0 || quiet_add(self->clock, 1) < 0) {
+    if (start < 0 || quiet_add_at(self->clock, self->quiet_at, 1) < 0) {
         return NULL;
     }
     PyObject *r = PyObject_Vectorcall(self->inner, args, 2, NULL);
@@ -1033,7 +1132,7 @@ recorded_handler_call(Recorded *self, PyObject *const *args, size_t nargsf, PyOb
     if (r == NULL) {
         PyErr_Fetch(&et, &ev, &etb);
     }
-    int ok = quiet_add(self->clock, -1) == 0;
+    int ok = quiet_add_at(self->clock, self->quiet_at, -1) == 0;
     if (ok) {
         PyObject *tid = *(PyObject **)((char *)t + off_id);
         int done = 0;
@@ -1089,7 +1188,7 @@ recorded_poll_call(Recorded *self, PyObject *const *args, size_t nargsf, PyObjec
     }
     PyList_SetItem(state, 0, pbefore);
     PyList_SetItem(state, 1, Py_NewRef(Py_True));
-    if (quiet_add(self->clock, 1) < 0) {
+    if (quiet_add_at(self->clock, self->quiet_at, 1) < 0) {
         return NULL;
     }
     PyObject *r = PyObject_CallNoArgs(self->inner);
@@ -1097,7 +1196,7 @@ recorded_poll_call(Recorded *self, PyObject *const *args, size_t nargsf, PyObjec
     if (r == NULL) {
         PyErr_Fetch(&et, &ev, &etb);
     }
-    int ok = quiet_add(self->clock, -1) == 0;
+    int ok = quiet_add_at(self->clock, self->quiet_at, -1) == 0;
     PyList_SetItem(state, 1, Py_NewRef(Py_False));
     if (r == NULL) {  /* the Python poll() writes nothing when the poll raised */
         if (ok) {
@@ -1165,6 +1264,15 @@ recorded_init(Recorded *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->now, Py_NewRef(now));
     self->index = index;
     self->flush_at = flush_at;
+    /* A `quiet` that is a plain object slot, reached the usual way: its offset. */
+    self->quiet_at = 0;
+    PyTypeObject *clock_type = Py_TYPE(clock);
+    PyObject *descr = _PyType_Lookup(clock_type, s_quiet);
+    if (descr != NULL && Py_IS_TYPE(descr, &PyMemberDescr_Type) &&
+            ((PyMemberDescrObject *)descr)->d_member->type == T_OBJECT_EX &&
+            clock_type->tp_getattro == PyObject_GenericGetAttr && clock_type->tp_setattro == PyObject_GenericSetAttr) {
+        self->quiet_at = ((PyMemberDescrObject *)descr)->d_member->offset;
+    }
     self->vectorcall = (vectorcallfunc)(is_poll ? recorded_poll_call : recorded_handler_call);
     return 0;
 }
@@ -1607,6 +1715,984 @@ configure_waits(PyObject *module, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* -- record/replay: the log reader -------------------------------------------
+ *
+ * LogCore: threadlib/replay/log.py's _ReaderCore (its specification) in C,
+ * the base of LogReader when this module is built: a window of the log file
+ * (`data`, the file offset of its first byte `base`, the next byte `pos`),
+ * the primitives (uint, sint, u32, f64, blob, text, kind, begin, peek,
+ * at_end, _take, _fill) with the same values and the same LogError messages
+ * and offsets, and the per-record decoders the player calls once per record
+ * (clock, handler, poll, sock_result, check_sent). A decoder either reads a
+ * whole record of the common kind and returns what it holds, or, on
+ * anything else (another record, a mismatch, a rare value tag, a record cut
+ * short), puts the reader back where it was and returns None: the player's
+ * Python then reads that record with the primitives and says what is wrong.
+ * The window keeps the current record's bytes (from record_start) so that a
+ * decoder can always go back. */
+
+#define REC_CLOCK 3
+#define REC_WALL 4
+#define REC_END 6
+#define REC_USER 7
+#define REC_DEVIN 8
+#define REC_DEVOUT 9
+#define REC_UCLOCK 10
+#define REC_USERSTATE 11
+#define REC_T_BYTES 2
+#define REC_T_STR 3
+#define REC_T_OSERROR 5
+#define REC_T_SCOPE 7
+#define OP_NEW 1
+#define OP_SENDFILE 15
+#define OP_CONNECT 6
+#define OP_CONNECT_EX 7
+#define OP_BIND 8
+#define OP_LISTEN 9
+#define OP_SETSOCKOPT 10
+#define OP_SHUTDOWN 14
+#define OP_SENDTO 17
+
+static PyObject *log_error_class;     /* log.LogError */
+static PyObject *scope_raised_class;  /* log.ScopeRaised */
+static PyObject *s_threadlib_replayed;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *file;
+    PyObject *data;           /* bytes: the window */
+    Py_ssize_t pos;           /* the next byte, in data */
+    Py_ssize_t base;          /* the file offset of data[0] */
+    Py_ssize_t chunk;
+    Py_ssize_t record_start;  /* the file offset of the record being read */
+    Py_ssize_t records;       /* records begun */
+} LogCore;
+
+static int
+core_kind_known(int kind)
+{
+    return kind >= 1 && kind <= 11;
+}
+
+/* Raise LogError(message, offset); always NULL. */
+static PyObject *
+core_error(PyObject *message, Py_ssize_t offset)
+{
+    if (message == NULL) {
+        return NULL;
+    }
+    if (log_error_class == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "the log reader is not configured (log_configure)");
+        Py_DECREF(message);
+        return NULL;
+    }
+    PyObject *exc = PyObject_CallFunction(log_error_class, "On", message, offset);
+    Py_DECREF(message);
+    if (exc != NULL) {
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        Py_DECREF(exc);
+    }
+    return NULL;
+}
+
+static PyObject *
+core_cut_short(LogCore *self, const char *what)
+{
+    return core_error(PyUnicode_FromFormat("the log ends inside %s (it was cut short or damaged)", what),
+                      self->record_start);
+}
+
+/* Keep at least `need` bytes after pos, reading more of the file: 1, 0 at
+ * the end of the file, -1 on error. */
+static int
+core_fill(LogCore *self, Py_ssize_t need)
+{
+    while (PyBytes_GET_SIZE(self->data) - self->pos < need) {
+        PyObject *more = PyObject_CallMethod(self->file, "read", "n", self->chunk > need ? self->chunk : need);
+        if (more == NULL) {
+            return -1;
+        }
+        Py_buffer view;
+        if (PyObject_GetBuffer(more, &view, PyBUF_SIMPLE) < 0) {
+            Py_DECREF(more);
+            return -1;
+        }
+        if (view.len == 0) {
+            PyBuffer_Release(&view);
+            Py_DECREF(more);
+            return 0;
+        }
+        Py_ssize_t keep = self->record_start - self->base;
+        if (keep > self->pos || keep < 0) {
+            keep = self->pos;
+        }
+        Py_ssize_t rest = PyBytes_GET_SIZE(self->data) - keep;
+        PyObject *data = PyBytes_FromStringAndSize(NULL, rest + view.len);
+        if (data == NULL) {
+            PyBuffer_Release(&view);
+            Py_DECREF(more);
+            return -1;
+        }
+        memcpy(PyBytes_AS_STRING(data), PyBytes_AS_STRING(self->data) + keep, (size_t)rest);
+        memcpy(PyBytes_AS_STRING(data) + rest, view.buf, (size_t)view.len);
+        PyBuffer_Release(&view);
+        Py_DECREF(more);
+        Py_SETREF(self->data, data);
+        self->base += keep;
+        self->pos -= keep;
+    }
+    return 1;
+}
+
+static inline const unsigned char *
+core_at(LogCore *self)
+{
+    return (const unsigned char *)PyBytes_AS_STRING(self->data) + self->pos;
+}
+
+/* n bytes, or NULL: at the end of the data (*short set, no exception) or on
+ * an error. */
+static const unsigned char *
+core_get(LogCore *self, Py_ssize_t n, int *cut)
+{
+    *cut = 0;
+    if (PyBytes_GET_SIZE(self->data) - self->pos < n) {
+        int got = core_fill(self, n);
+        if (got <= 0) {
+            *cut = got == 0;
+            return NULL;
+        }
+    }
+    const unsigned char *p = core_at(self);
+    self->pos += n;
+    return p;
+}
+
+/* An unsigned varint: 1 with *out (and *big NULL) when it fits 63 bits, 1
+ * with *big (a new int) when longer, 0 when the data ends inside it, -2 when
+ * it is too long, -1 on error. */
+static int
+core_varint(LogCore *self, unsigned long long *out, PyObject **big)
+{
+    unsigned char groups[11];
+    int count = 0;
+    *big = NULL;
+    for (;;) {
+        if (self->pos >= PyBytes_GET_SIZE(self->data)) {
+            int got = core_fill(self, 1);
+            if (got <= 0) {
+                return got;
+            }
+        }
+        unsigned char b = core_at(self)[0];
+        self->pos++;
+        groups[count++] = b & 0x7F;
+        if (b < 0x80) {
+            break;
+        }
+        if (7 * count > 70) {
+            return -2;
+        }
+    }
+    if (count <= 9) {
+        unsigned long long n = 0;
+        for (int i = count - 1; i >= 0; i--) {
+            n = (n << 7) | groups[i];
+        }
+        *out = n;
+        return 1;
+    }
+    PyObject *n = PyLong_FromLong(0);
+    for (int i = count - 1; i >= 0 && n != NULL; i--) {
+        PyObject *seven = PyLong_FromLong(7), *g = PyLong_FromLong(groups[i]);
+        PyObject *shifted = (seven && g) ? PyNumber_Lshift(n, seven) : NULL;
+        PyObject *next = shifted ? PyNumber_Or(shifted, g) : NULL;
+        Py_XDECREF(seven);
+        Py_XDECREF(g);
+        Py_XDECREF(shifted);
+        Py_SETREF(n, next);
+    }
+    if (n == NULL) {
+        return -1;
+    }
+    *big = n;
+    return 1;
+}
+
+/* core_varint for the primitives: a new int, or NULL with LogError. */
+static PyObject *
+core_uint_obj(LogCore *self)
+{
+    unsigned long long n;
+    PyObject *big;
+    int r = core_varint(self, &n, &big);
+    if (r == 1) {
+        return big != NULL ? big : PyLong_FromUnsignedLongLong(n);
+    }
+    if (r == 0) {
+        return core_error(PyUnicode_FromString("the log ends inside a record (it was cut short or damaged)"),
+                          self->record_start);
+    }
+    if (r == -2) {
+        return core_error(PyUnicode_FromString("a number in a record is too long (damaged log)"),
+                          self->record_start);
+    }
+    return NULL;
+}
+
+static PyObject *
+core_take_obj(LogCore *self, Py_ssize_t n, const char *what)
+{
+    int cut;
+    const unsigned char *p = core_get(self, n, &cut);
+    if (p == NULL) {
+        return cut ? core_cut_short(self, what) : NULL;
+    }
+    return PyBytes_FromStringAndSize((const char *)p, n);
+}
+
+static PyObject *
+core_blob_obj(LogCore *self)
+{
+    PyObject *n = core_uint_obj(self);
+    if (n == NULL) {
+        return NULL;
+    }
+    int overflow;
+    long long size = PyLong_AsLongLongAndOverflow(n, &overflow);
+    if (overflow || size > (1LL << 31)) {
+        return core_error(PyUnicode_FromFormat("a byte string of %S bytes (damaged log)", n), self->record_start);
+    }
+    Py_DECREF(n);
+    return core_take_obj(self, (Py_ssize_t)size, "a record");
+}
+
+static int
+logcore_init(LogCore *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *file;
+    Py_ssize_t chunk = 1 << 16;
+    static char *kwlist[] = {"file", "chunk", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|n:LogCore", kwlist, &file, &chunk)) {
+        return -1;
+    }
+    PyObject *empty = PyBytes_FromStringAndSize(NULL, 0);
+    if (empty == NULL) {
+        return -1;
+    }
+    Py_XSETREF(self->file, Py_NewRef(file));
+    Py_XSETREF(self->data, empty);
+    self->pos = self->base = self->record_start = self->records = 0;
+    self->chunk = chunk > 0 ? chunk : 1;
+    return 0;
+}
+
+static int
+logcore_traverse(LogCore *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->file);
+    return 0;
+}
+
+static int
+logcore_clear(LogCore *self)
+{
+    Py_CLEAR(self->file);
+    Py_CLEAR(self->data);
+    return 0;
+}
+
+static void
+logcore_dealloc(LogCore *self)
+{
+    PyObject_GC_UnTrack(self);
+    logcore_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+core_ready(LogCore *self)
+{
+    if (self->data == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "LogCore.__init__ was not called");
+        return -1;
+    }
+    return 0;
+}
+
+#define READY(self) if (core_ready(self) < 0) return NULL
+
+static PyObject *
+logcore_fill(LogCore *self, PyObject *arg)
+{
+    READY(self);
+    Py_ssize_t need = PyLong_AsSsize_t(arg);
+    if (need == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    int got = core_fill(self, need);
+    return got < 0 ? NULL : PyBool_FromLong(got);
+}
+
+static PyObject *
+logcore_take(LogCore *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    READY(self);
+    if (nargs < 1 || nargs > 2 || (nargs == 2 && !PyUnicode_Check(args[1]))) {
+        PyErr_SetString(PyExc_TypeError, "_take(n, what='a record')");
+        return NULL;
+    }
+    Py_ssize_t n = PyLong_AsSsize_t(args[0]);
+    if (n == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    const char *what = nargs == 2 ? PyUnicode_AsUTF8(args[1]) : "a record";
+    return what == NULL ? NULL : core_take_obj(self, n, what);
+}
+
+static PyObject *
+logcore_at_end(LogCore *self, PyObject *unused)
+{
+    READY(self);
+    int got = core_fill(self, 1);
+    return got < 0 ? NULL : PyBool_FromLong(!got);
+}
+
+static PyObject *
+logcore_peek(LogCore *self, PyObject *unused)
+{
+    READY(self);
+    int got = core_fill(self, 1);
+    if (got < 0) {
+        return NULL;
+    }
+    return PyLong_FromLong(got ? core_at(self)[0] : -1);
+}
+
+static PyObject *
+logcore_kind(LogCore *self, PyObject *unused)
+{
+    READY(self);
+    int got = core_fill(self, 1);
+    if (got <= 0) {
+        return got < 0 ? NULL : PyLong_FromLong(0);
+    }
+    int kind = core_at(self)[0];
+    if (!core_kind_known(kind)) {
+        return core_error(PyUnicode_FromFormat("unknown record kind %d", kind), self->base + self->pos);
+    }
+    return PyLong_FromLong(kind);
+}
+
+/* begin(): -1 on error (LogError set), else the kind. */
+static int
+core_begin(LogCore *self)
+{
+    self->record_start = self->base + self->pos;
+    int cut;
+    const unsigned char *p = core_get(self, 1, &cut);
+    if (p == NULL) {
+        if (cut) {
+            core_cut_short(self, "a record");
+        }
+        return -1;
+    }
+    int kind = p[0];
+    if (!core_kind_known(kind)) {
+        core_error(PyUnicode_FromFormat("unknown record kind %d", kind), self->record_start);
+        return -1;
+    }
+    self->records++;
+    return kind;
+}
+
+static PyObject *
+logcore_begin(LogCore *self, PyObject *unused)
+{
+    READY(self);
+    int kind = core_begin(self);
+    return kind < 0 ? NULL : PyLong_FromLong(kind);
+}
+
+static PyObject *
+logcore_uint(LogCore *self, PyObject *unused)
+{
+    READY(self);
+    return core_uint_obj(self);
+}
+
+static PyObject *
+zigzag_obj(PyObject *n)
+{
+    /* (n >> 1) if not n & 1 else -((n + 1) >> 1), on a Python int */
+    PyObject *one_ = PyLong_FromLong(1);
+    if (one_ == NULL) {
+        return NULL;
+    }
+    PyObject *odd = PyNumber_And(n, one_), *result = NULL;
+    if (odd != NULL) {
+        int is_odd = PyObject_IsTrue(odd);
+        if (!is_odd) {
+            result = PyNumber_Rshift(n, one_);
+        }
+        else {
+            PyObject *plus = PyNumber_Add(n, one_);
+            PyObject *half = plus ? PyNumber_Rshift(plus, one_) : NULL;
+            result = half ? PyNumber_Negative(half) : NULL;
+            Py_XDECREF(plus);
+            Py_XDECREF(half);
+        }
+        Py_DECREF(odd);
+    }
+    Py_DECREF(one_);
+    return result;
+}
+
+static PyObject *
+logcore_sint(LogCore *self, PyObject *unused)
+{
+    READY(self);
+    PyObject *n = core_uint_obj(self);
+    if (n == NULL) {
+        return NULL;
+    }
+    PyObject *r = zigzag_obj(n);
+    Py_DECREF(n);
+    return r;
+}
+
+static PyObject *
+logcore_u32(LogCore *self, PyObject *unused)
+{
+    READY(self);
+    int cut;
+    const unsigned char *p = core_get(self, 4, &cut);
+    if (p == NULL) {
+        return cut ? core_cut_short(self, "a record") : NULL;
+    }
+    return PyLong_FromUnsignedLong((unsigned long)p[0] | ((unsigned long)p[1] << 8) |
+                                   ((unsigned long)p[2] << 16) | ((unsigned long)p[3] << 24));
+}
+
+static PyObject *
+logcore_f64(LogCore *self, PyObject *unused)
+{
+    READY(self);
+    int cut;
+    const unsigned char *p = core_get(self, 8, &cut);
+    if (p == NULL) {
+        return cut ? core_cut_short(self, "a record") : NULL;
+    }
+    double x = PyFloat_Unpack8((const char *)p, 1);
+    return x == -1.0 && PyErr_Occurred() ? NULL : PyFloat_FromDouble(x);
+}
+
+static PyObject *
+logcore_blob(LogCore *self, PyObject *unused)
+{
+    READY(self);
+    return core_blob_obj(self);
+}
+
+static PyObject *
+logcore_text(LogCore *self, PyObject *unused)
+{
+    READY(self);
+    PyObject *blob = core_blob_obj(self);
+    if (blob == NULL) {
+        return NULL;
+    }
+    PyObject *text = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(blob), PyBytes_GET_SIZE(blob), "surrogateescape");
+    Py_DECREF(blob);
+    return text;
+}
+
+/* -- the per-record decoders ---------------------------------------------------
+ * Each returns 1 with what it decoded, 0 to give up (the reader is put back
+ * by the caller), -1 on an error that is not the log's (memory, the file). */
+
+typedef struct {
+    Py_ssize_t offset, record_start, records;
+} CoreMark;
+
+static CoreMark
+core_mark(LogCore *self)
+{
+    CoreMark m = {self->base + self->pos, self->record_start, self->records};
+    return m;
+}
+
+/* Put the reader back at the mark: None (nothing decoded), or NULL when an
+ * error is pending (never the log's: the decoders give up on those). */
+static PyObject *
+core_back(LogCore *self, CoreMark m)
+{
+    self->pos = m.offset - self->base;
+    self->record_start = m.record_start;
+    self->records = m.records;
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static int
+dec_uint(LogCore *self, unsigned long long *out)
+{
+    PyObject *big;
+    int r = core_varint(self, out, &big);
+    if (r == 1 && big != NULL) {
+        Py_DECREF(big);
+        return 0;
+    }
+    return r == -2 ? 0 : r;
+}
+
+static int
+dec_bytes(LogCore *self, const unsigned char **p, Py_ssize_t *n)
+{
+    unsigned long long size;
+    int r = dec_uint(self, &size);
+    if (r <= 0) {
+        return r;
+    }
+    if (size > (1ULL << 31)) {
+        return 0;
+    }
+    int cut;
+    *p = core_get(self, (Py_ssize_t)size, &cut);
+    *n = (Py_ssize_t)size;
+    return *p == NULL ? (cut ? 0 : -1) : 1;
+}
+
+static int
+dec_blob(LogCore *self, PyObject **out)
+{
+    const unsigned char *p;
+    Py_ssize_t n;
+    int r = dec_bytes(self, &p, &n);
+    if (r <= 0) {
+        return r;
+    }
+    *out = PyBytes_FromStringAndSize((const char *)p, n);
+    return *out == NULL ? -1 : 1;
+}
+
+/* An outcome of the common kinds: None, an int, bytes, a str; an OSError;
+ * a cancel scope's. *value and *exc are new references (one of them None). */
+static int
+dec_outcome(LogCore *self, PyObject **value, PyObject **exc)
+{
+    int cut;
+    const unsigned char *p = core_get(self, 1, &cut);
+    if (p == NULL) {
+        return cut ? 0 : -1;
+    }
+    int tag = p[0];
+    unsigned long long n;
+    int r;
+    *value = *exc = NULL;
+    switch (tag) {
+    case REC_T_NONE:
+        *value = Py_NewRef(Py_None);
+        break;
+    case REC_T_INT:
+        if ((r = dec_uint(self, &n)) <= 0) {
+            return r;
+        }
+        *value = (n & 1) ? PyLong_FromLongLong(-(long long)((n >> 1) + 1)) : PyLong_FromUnsignedLongLong(n >> 1);
+        break;
+    case REC_T_BYTES:
+        if ((r = dec_blob(self, value)) <= 0) {
+            return r;
+        }
+        break;
+    case REC_T_STR: {
+        const unsigned char *s;
+        Py_ssize_t len;
+        if ((r = dec_bytes(self, &s, &len)) <= 0) {
+            return r;
+        }
+        *value = PyUnicode_DecodeUTF8((const char *)s, len, "surrogateescape");
+        break;
+    }
+    case REC_T_OSERROR: {
+        if ((r = dec_uint(self, &n)) <= 0) {
+            return r;
+        }
+        if (!(n > 0 && n < 4096)) {
+            return 0;
+        }
+        const unsigned char *s;
+        Py_ssize_t len;
+        if ((r = dec_bytes(self, &s, &len)) <= 0) {
+            return r;
+        }
+        PyObject *text = len ? PyUnicode_DecodeUTF8((const char *)s, len, "surrogateescape")
+                             : PyUnicode_DecodeLocale(strerror((int)n), "surrogateescape");
+        if (text == NULL) {
+            return -1;
+        }
+        PyObject *e = PyObject_CallFunction(PyExc_OSError, "iO", (int)n, text);
+        Py_DECREF(text);
+        if (e == NULL || PyObject_SetAttr(e, s_threadlib_replayed, Py_True) < 0) {
+            Py_XDECREF(e);
+            return -1;
+        }
+        *exc = e;
+        *value = Py_NewRef(Py_None);
+        return 1;
+    }
+    case REC_T_SCOPE:
+        if ((r = dec_uint(self, &n)) <= 0) {
+            return r;
+        }
+        *exc = PyObject_CallFunction(scope_raised_class, "K", n);
+        if (*exc == NULL) {
+            return -1;
+        }
+        *value = Py_NewRef(Py_None);
+        return 1;
+    default:
+        return 0;
+    }
+    if (*value == NULL) {
+        return -1;
+    }
+    *exc = Py_NewRef(Py_None);
+    return 1;
+}
+
+/* A wake list: a new list of (tid, value, exception-or-None). */
+static int
+dec_wakes(LogCore *self, PyObject **out)
+{
+    unsigned long long count;
+    int r = dec_uint(self, &count);
+    if (r <= 0) {
+        return r;
+    }
+    PyObject *wakes = PyList_New(0);
+    if (wakes == NULL) {
+        return -1;
+    }
+    for (unsigned long long i = 0; i < count; i++) {
+        unsigned long long tid;
+        PyObject *value, *exc;
+        if ((r = dec_uint(self, &tid)) <= 0 || (r = dec_outcome(self, &value, &exc)) <= 0) {
+            Py_DECREF(wakes);
+            return r;
+        }
+        PyObject *id = PyLong_FromUnsignedLongLong(tid);
+        PyObject *wake = id ? PyTuple_Pack(3, id, value, exc) : NULL;
+        Py_XDECREF(id);
+        Py_DECREF(value);
+        Py_DECREF(exc);
+        if (wake == NULL || PyList_Append(wakes, wake) < 0) {
+            Py_XDECREF(wake);
+            Py_DECREF(wakes);
+            return -1;
+        }
+        Py_DECREF(wake);
+    }
+    *out = wakes;
+    return 1;
+}
+
+/* begin() on a record of `kind` only: 1, 0 (another kind, the end, a
+ * damaged kind byte), -1. */
+static int
+dec_begin(LogCore *self, int kind)
+{
+    int got = core_fill(self, 1);
+    if (got <= 0) {
+        return got;
+    }
+    if (core_at(self)[0] != kind) {
+        return 0;
+    }
+    self->record_start = self->base + self->pos;
+    self->pos++;
+    self->records++;
+    return 1;
+}
+
+static PyObject *
+logcore_clock(LogCore *self, PyObject *arg)
+{
+    READY(self);
+    long kind = PyLong_AsLong(arg);
+    if (kind == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    CoreMark m = core_mark(self);
+    int cut, r = dec_begin(self, (int)kind);
+    const unsigned char *p = r > 0 ? core_get(self, 8, &cut) : NULL;
+    if (p == NULL) {
+        return core_back(self, m);
+    }
+    double x = PyFloat_Unpack8((const char *)p, 1);
+    return x == -1.0 && PyErr_Occurred() ? NULL : PyFloat_FromDouble(x);
+}
+
+static PyObject *
+logcore_handler(LogCore *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    READY(self);
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "handler(tid, index)");
+        return NULL;
+    }
+    unsigned long long tid = PyLong_AsUnsignedLongLong(args[0]), index = PyLong_AsUnsignedLongLong(args[1]);
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    CoreMark m = core_mark(self);
+    unsigned long long rtid, rindex;
+    PyObject *wakes;
+    int r = dec_begin(self, REC_HANDLER);
+    if (r > 0 && (r = dec_uint(self, &rtid)) > 0 && (r = dec_uint(self, &rindex)) > 0) {
+        r = rtid == tid && rindex == index ? dec_wakes(self, &wakes) : 0;
+    }
+    return r > 0 ? wakes : core_back(self, m);
+}
+
+static PyObject *
+logcore_poll(LogCore *self, PyObject *unused)
+{
+    READY(self);
+    CoreMark m = core_mark(self);
+    unsigned long long flag;
+    int r = dec_begin(self, REC_POLL);
+    if (r > 0 && (r = dec_uint(self, &flag)) > 0) {
+        if (flag == 0) {
+            return Py_BuildValue("(iOO)", 0, Py_None, Py_None);
+        }
+        int cut;
+        const unsigned char *p = core_get(self, 8, &cut);
+        if (p == NULL) {
+            return core_back(self, m);
+        }
+        double when = PyFloat_Unpack8((const char *)p, 1);
+        PyObject *wakes;
+        if ((r = dec_wakes(self, &wakes)) > 0) {
+            PyObject *result = Py_BuildValue("(KdN)", flag, when, wakes);
+            return result;
+        }
+    }
+    return core_back(self, m);
+}
+
+/* A SOCK record of op on fd (any fd when fd < 0): 1 with *ok and *result. */
+static int
+dec_sock(LogCore *self, unsigned long long op, long long fd, int *ok, PyObject **result)
+{
+    unsigned long long rop, rfd, failed;
+    int r = dec_begin(self, REC_SOCK);
+    if (r <= 0 || (r = dec_uint(self, &rop)) <= 0 || (r = dec_uint(self, &rfd)) <= 0) {
+        return r;
+    }
+    if (rop != op || (fd >= 0 && rfd != (unsigned long long)fd)) {
+        return 0;
+    }
+    if ((r = dec_uint(self, &failed)) <= 0) {
+        return r;
+    }
+    if (failed) {
+        PyObject *value, *exc;
+        if ((r = dec_outcome(self, &value, &exc)) <= 0) {
+            return r;
+        }
+        Py_DECREF(value);
+        if (!PyExceptionInstance_Check(exc)) {   /* recorded without its error: the Python says so */
+            Py_DECREF(exc);
+            return 0;
+        }
+        *ok = 0;
+        *result = exc;
+        return 1;
+    }
+    *ok = 1;
+    switch (op) {
+    case OP_CONNECT: case OP_BIND: case OP_LISTEN: case OP_SETSOCKOPT: case OP_SHUTDOWN:
+        *result = Py_NewRef(Py_None);
+        return 1;
+    case OP_NEW: case OP_CONNECT_EX: case OP_SENDFILE: {
+        unsigned long long n;
+        if ((r = dec_uint(self, &n)) <= 0) {
+            return r;
+        }
+        *result = PyLong_FromUnsignedLongLong(n);
+        return *result == NULL ? -1 : 1;
+    }
+    case REC_RECV: case REC_RECV_INTO:
+        return dec_blob(self, result);
+    case REC_SEND: case OP_SENDTO: {
+        unsigned long long count;
+        int cut;
+        PyObject *prefix;
+        if ((r = dec_uint(self, &count)) <= 0) {
+            return r;
+        }
+        const unsigned char *p = core_get(self, 4, &cut);
+        if (p == NULL) {
+            return cut ? 0 : -1;
+        }
+        unsigned long crc = (unsigned long)p[0] | ((unsigned long)p[1] << 8) | ((unsigned long)p[2] << 16) |
+                            ((unsigned long)p[3] << 24);
+        if ((r = dec_blob(self, &prefix)) <= 0) {
+            return r;
+        }
+        *result = Py_BuildValue("(KkN)", count, crc, prefix);
+        return *result == NULL ? -1 : 1;
+    }
+    default:   /* a value, an accepted peer, a datagram: the Python reads those */
+        return 0;
+    }
+}
+
+static int
+sock_args(PyObject *const *args, unsigned long long *op, long long *fd)
+{
+    *op = PyLong_AsUnsignedLongLong(args[0]);
+    *fd = PyLong_AsLongLong(args[1]);
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *
+logcore_sock_result(LogCore *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    READY(self);
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "sock_result(op, fd)");
+        return NULL;
+    }
+    unsigned long long op;
+    long long fd;
+    if (!sock_args(args, &op, &fd)) {
+        Py_RETURN_NONE;
+    }
+    CoreMark m = core_mark(self);
+    int ok;
+    PyObject *result;
+    int r = dec_sock(self, op, fd, &ok, &result);
+    if (r <= 0) {
+        return core_back(self, m);
+    }
+    return Py_BuildValue("(NN)", PyBool_FromLong(ok), result);
+}
+
+static PyObject *
+logcore_check_sent(LogCore *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    READY(self);
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "check_sent(op, fd, data)");
+        return NULL;
+    }
+    unsigned long long op;
+    long long fd;
+    if (!sock_args(args, &op, &fd) || (op != REC_SEND && op != OP_SENDTO)) {
+        Py_RETURN_NONE;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[2], &view, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    CoreMark m = core_mark(self);
+    int ok;
+    PyObject *result = NULL;
+    int r = dec_sock(self, op, fd, &ok, &result);
+    if (r > 0 && ok) {
+        unsigned long long count = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(result, 0));
+        unsigned long crc = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(result, 1));
+        if (!PyErr_Occurred() && count <= (unsigned long long)view.len &&
+                crc32_of(view.buf, (Py_ssize_t)count) == crc) {
+            PyBuffer_Release(&view);
+            Py_DECREF(result);
+            return PyLong_FromUnsignedLongLong(count);
+        }
+    }
+    PyBuffer_Release(&view);
+    Py_XDECREF(result);
+    return core_back(self, m);
+}
+
+static PyObject *
+logcore_get_offset(LogCore *self, void *closure)
+{
+    return PyLong_FromSsize_t(self->base + self->pos);
+}
+
+static PyGetSetDef logcore_getset[] = {
+    {"offset", (getter)logcore_get_offset, NULL, "The file offset of the next byte to read.", NULL},
+    {NULL},
+};
+
+static PyMemberDef logcore_members[] = {
+    {"record_start", T_PYSSIZET, offsetof(LogCore, record_start), 0, "The file offset of the record being read."},
+    {"records", T_PYSSIZET, offsetof(LogCore, records), 0, "Records begun so far."},
+    {"_file", T_OBJECT, offsetof(LogCore, file), READONLY, "The log file."},
+    {NULL},
+};
+
+#define FAST(name, doc) {#name, (PyCFunction)(void (*)(void))logcore_##name, METH_FASTCALL, doc}
+static PyMethodDef logcore_methods[] = {
+    {"_fill", (PyCFunction)logcore_fill, METH_O, "_fill(need) -> bool: at least need bytes are buffered."},
+    {"_take", (PyCFunction)(void (*)(void))logcore_take, METH_FASTCALL, "_take(n, what='a record') -> bytes."},
+    {"at_end", (PyCFunction)logcore_at_end, METH_NOARGS, "Whether every byte of the file has been read."},
+    {"peek", (PyCFunction)logcore_peek, METH_NOARGS, "The next byte, not consumed; -1 at the end."},
+    {"kind", (PyCFunction)logcore_kind, METH_NOARGS, "The next record's kind, not consumed; 0 at the end."},
+    {"begin", (PyCFunction)logcore_begin, METH_NOARGS, "Consume the next record's kind byte and return it."},
+    {"uint", (PyCFunction)logcore_uint, METH_NOARGS, "An unsigned varint."},
+    {"sint", (PyCFunction)logcore_sint, METH_NOARGS, "A zigzag-encoded signed varint."},
+    {"u32", (PyCFunction)logcore_u32, METH_NOARGS, "A little-endian unsigned 32-bit integer."},
+    {"f64", (PyCFunction)logcore_f64, METH_NOARGS, "A little-endian double."},
+    {"blob", (PyCFunction)logcore_blob, METH_NOARGS, "A length-prefixed byte string."},
+    {"text", (PyCFunction)logcore_text, METH_NOARGS, "A length-prefixed UTF-8 string."},
+    {"clock", (PyCFunction)logcore_clock, METH_O, "clock(kind) -> float or None: a clock record of kind."},
+    FAST(handler, "handler(tid, index) -> wakes or None: a HANDLER record of thread tid in call class index."),
+    {"poll", (PyCFunction)logcore_poll, METH_NOARGS, "poll() -> (flag, time, wakes) or None: a POLL record."},
+    FAST(sock_result, "sock_result(op, fd) -> (ok, result or exception) or None: a SOCK record of op on fd."),
+    FAST(check_sent, "check_sent(op, fd, data) -> count or None: a SOCK record of a send that data matches."),
+    {NULL},
+};
+#undef FAST
+
+static PyTypeObject LogCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "threadlib._kernel._speedups.LogCore",
+    .tp_basicsize = sizeof(LogCore),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "threadlib.replay.log._ReaderCore, compiled: the log reader's primitives and record decoders.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)logcore_init,
+    .tp_dealloc = (destructor)logcore_dealloc,
+    .tp_traverse = (traverseproc)logcore_traverse,
+    .tp_clear = (inquiry)logcore_clear,
+    .tp_methods = logcore_methods,
+    .tp_members = logcore_members,
+    .tp_getset = logcore_getset,
+};
+
+static PyObject *
+log_configure(PyObject *module, PyObject *args)
+{
+    PyObject *error, *scope;
+    if (!PyArg_ParseTuple(args, "OO:log_configure", &error, &scope)) {
+        return NULL;
+    }
+    Py_XSETREF(log_error_class, Py_NewRef(error));
+    Py_XSETREF(scope_raised_class, Py_NewRef(scope));
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"run_ready", run_ready, METH_O,
      "run_ready(scheduler) -> bool: Scheduler._run_ready, compiled (see scheduler.py)."},
@@ -1626,6 +2712,11 @@ static PyMethodDef methods[] = {
      "rec_handler(log, ready, start, tid, index) -> bool: a HANDLER record, if its wakes are simple."},
     {"rec_poll", (PyCFunction)(void (*)(void))rec_poll, METH_FASTCALL,
      "rec_poll(log, ready, start, now) -> bool: a POLL record, if its wakes are simple."},
+    {"log_clear", log_clear, METH_O, "log_clear(log): empty the log's bytearray, keeping its allocation."},
+    {"log_append", (PyCFunction)(void (*)(void))log_append, METH_FASTCALL,
+     "log_append(log, data): append bytes to the log's bytearray as the compiled recorders do."},
+    {"log_configure", log_configure, METH_VARARGS,
+     "log_configure(LogError, ScopeRaised): the classes LogCore raises and returns (threadlib.replay.log)."},
     {"configure_waits", configure_waits, METH_VARARGS,
      "configure_waits(Park, WaitQueue, Scheduler._sys_park, WaitRead, IOWorker._wait_read): what run_ready "
      "needs to serve a Park and a WaitRead itself."},
@@ -1672,6 +2763,7 @@ PyInit__speedups(void)
     INTERN(s_append_name, "append");
     INTERN(s_quiet, "quiet");
     INTERN(s_flush, "flush");
+    INTERN(s_threadlib_replayed, "threadlib_replayed");
 #undef INTERN
     PyObject *socket_module = PyImport_ImportModule("socket");
     if (socket_module == NULL) {
@@ -1684,7 +2776,7 @@ PyInit__speedups(void)
     }
     crc_init();
     if (PyType_Ready(&FdWaitersType) < 0 || PyType_Ready(&RecordedHandlerType) < 0 ||
-        PyType_Ready(&RecordedPollType) < 0) {
+        PyType_Ready(&RecordedPollType) < 0 || PyType_Ready(&LogCoreType) < 0) {
         return NULL;
     }
     PyObject *module = PyModule_Create(&module_def);
@@ -1693,7 +2785,8 @@ PyInit__speedups(void)
     }
     if (PyModule_AddObjectRef(module, "FdWaiters", (PyObject *)&FdWaitersType) < 0 ||
         PyModule_AddObjectRef(module, "RecordedHandler", (PyObject *)&RecordedHandlerType) < 0 ||
-        PyModule_AddObjectRef(module, "RecordedPoll", (PyObject *)&RecordedPollType) < 0) {
+        PyModule_AddObjectRef(module, "RecordedPoll", (PyObject *)&RecordedPollType) < 0 ||
+        PyModule_AddObjectRef(module, "LogCore", (PyObject *)&LogCoreType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -33,7 +33,10 @@ import pickle
 import pickletools
 import struct
 import sys
-from typing import Any, BinaryIO
+import zlib
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from .._kernel.compiled import speedups
 
 MAGIC = b"TLREC\n"
 VERSION = 1
@@ -61,8 +64,16 @@ T_NONE, T_INT, T_BYTES, T_STR, T_PICKLE, T_OSERROR, T_EXC, T_SCOPE, T_OPAQUE = r
 FLUSH_AT = 1 << 16
 
 _F64 = struct.Struct("<d")
+_KIND_F64 = struct.Struct("<Bd")  # a clock record: its kind, then its time
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
+
+
+# Emptying the writer's buffer: compiled, the allocation is kept for the
+# next records (del buf[:] gives it back and they regrow it).
+_clear: Any = speedups.log_clear if speedups is not None else bytearray.clear
+#: Appending a record's bytes to the buffer: compiled, as the compiled recorders append.
+append: Any = speedups.log_append if speedups is not None else bytearray.extend
 
 
 class LogError(Exception):
@@ -116,7 +127,7 @@ class LogWriter:
         if buf:
             self._file.write(buf)
             self.written += len(buf)
-            del buf[:]
+            _clear(buf)
         self._file.flush()
 
     def close(self) -> None:
@@ -236,60 +247,54 @@ def _check_memo(data: bytes) -> None:
             raise _Refused(f"memo index {arg} in a {len(data)}-byte pickle")
 
 
-class LogReader:
-    """Reads a log record by record. ``offset`` is where the next record
-    starts; every read past the end of the data or of a record raises
-    ``LogError`` with the offset of the record being read."""
+class _Bail(Exception):
+    """A record decoder met what it does not decode itself (another record,
+    a mismatch, a rare value tag, the end of the data): it puts the reader
+    back and returns None, and the player's Python reads that record."""
 
-    def __init__(self, path: str | os.PathLike[str] | BinaryIO, chunk: int = 1 << 16,
-                 trusted: bool = False) -> None:
-        self.trusted = trusted
-        if hasattr(path, "read"):
-            self.path = getattr(path, "name", "<stream>")
-            self._file: BinaryIO = path  # type: ignore[assignment]
-        else:
-            self.path = os.fspath(path)
-            try:
-                self._file = open(path, "rb")
-            except OSError as exc:
-                raise LogError(f"cannot open {self.path}: {exc.strerror}", 0) from None
-        self._chunk = chunk
+
+class _ReaderCore:
+    """The reader's window on the file, its primitives and its per-record
+    decoders. This pure Python is the specification of
+    ``_speedups.LogCore``, which replaces it when compiled: same values,
+    same ``LogError`` messages and offsets. ``offset`` is where the next
+    record starts; every read past the end of the data or of a record
+    raises ``LogError`` with the offset of the record being read.
+
+    A decoder (``clock``, ``handler``, ``poll``, ``sock_result``,
+    ``check_sent``) reads one whole record of the common kind and returns
+    what it holds, or puts the reader back where it was and returns None:
+    the player then reads that record with the primitives, which raise
+    the errors. The window keeps the current record's bytes so that a
+    decoder can go back."""
+
+    def __init__(self, file: BinaryIO, chunk: int = 1 << 16) -> None:
+        self._file = file
+        self._chunk = max(1, chunk)
         self._data = b""
         self._pos = 0        # in _data
         self._base = 0       # file offset of _data[0]
         self.record_start = 0
         self.records = 0
-        head = self._take(len(MAGIC), "the header")
-        if head != MAGIC:
-            raise LogError(f"not a threadlib replay log (starts with {head!r})", 0)
-        version = _U16.unpack(self._take(2, "the header"))[0]
-        if version != VERSION:
-            raise LogError(f"log version {version}, this threadlib reads version {VERSION}", len(MAGIC))
-        length = _U32.unpack(self._take(4, "the header"))[0]
-        try:
-            self.meta: dict[str, Any] = json.loads(self._take(length, "the header"))
-        except ValueError:
-            raise LogError("the header's metadata is not JSON", len(MAGIC) + 6) from None
-        self.record_start = self.offset
 
     @property
     def offset(self) -> int:
         """The file offset of the next byte to read."""
         return self._base + self._pos
 
-    def close(self) -> None:
-        """Close the file."""
-        self._file.close()
-
     def _fill(self, need: int) -> bool:
-        # Keep at least `need` bytes after _pos, reading more of the file.
+        # Keep at least `need` bytes after _pos, reading more of the file;
+        # what is dropped is before both _pos and the record's start.
         while len(self._data) - self._pos < need:
             more = self._file.read(max(self._chunk, need))
             if not more:
                 return False
-            self._base += self._pos
-            self._data = self._data[self._pos:] + more
-            self._pos = 0
+            keep = self.record_start - self._base
+            if not 0 <= keep <= self._pos:
+                keep = self._pos
+            self._base += keep
+            self._data = self._data[keep:] + more
+            self._pos -= keep
         return True
 
     def _take(self, n: int, what: str = "a record") -> bytes:
@@ -302,6 +307,10 @@ class LogReader:
     def at_end(self) -> bool:
         """Whether every byte of the file has been read."""
         return not self._fill(1)
+
+    def peek(self) -> int:
+        """The next byte, without consuming it; -1 at the end of the file."""
+        return self._data[self._pos] if self._fill(1) else -1
 
     def kind(self) -> int:
         """The next record's kind, without consuming it; 0 at the end of the file."""
@@ -363,6 +372,178 @@ class LogReader:
         """A length-prefixed UTF-8 string."""
         return self.blob().decode("utf-8", "surrogateescape")
 
+    # -- the per-record decoders ------------------------------------------------
+    def _decoded(self, decode: Any, *args: Any) -> Any:
+        # Run a decoder; on _Bail or LogError, put the reader back: None.
+        mark, record_start, records = self.offset, self.record_start, self.records
+        try:
+            return decode(*args)
+        except (_Bail, LogError):
+            self._pos = mark - self._base
+            self.record_start, self.records = record_start, records
+            return None
+
+    def _begin_kind(self, kind: int) -> None:
+        if self.peek() != kind:
+            raise _Bail
+        self.begin()
+
+    def _uint63(self) -> int:
+        n = self.uint()
+        if n >> 63:  # the compiled decoders read 63 bits; longer ones are the Python's
+            raise _Bail
+        return n
+
+    def _outcome(self) -> tuple[Any, Any]:
+        # The common outcomes: None, an int, bytes, a str, an OSError, a scope's.
+        tag = self._take(1)[0]
+        if tag == T_NONE:
+            return None, None
+        if tag == T_INT:
+            n = self._uint63()
+            return ((n >> 1) if not n & 1 else -((n + 1) >> 1)), None
+        if tag == T_BYTES:
+            return self._blob63(), None
+        if tag == T_STR:
+            return self._blob63().decode("utf-8", "surrogateescape"), None
+        if tag == T_OSERROR:
+            err = self._uint63()
+            if not 0 < err < 4096:
+                raise _Bail
+            exc = OSError(err, self._blob63().decode("utf-8", "surrogateescape") or os.strerror(err))
+            exc.threadlib_replayed = True  # type: ignore[attr-defined]
+            return None, exc
+        if tag == T_SCOPE:
+            return None, ScopeRaised(self._uint63())
+        raise _Bail
+
+    def _blob63(self) -> bytes:
+        n = self._uint63()
+        if n > 1 << 31:
+            raise _Bail
+        return self._take(n)
+
+    def _wakes(self) -> list[tuple[int, Any, Any]]:
+        return [(self._uint63(), *self._outcome()) for _ in range(self._uint63())]
+
+    def _clock(self, kind: int) -> float:
+        self._begin_kind(kind)
+        return self.f64()
+
+    def clock(self, kind: int) -> float | None:
+        """A clock record of ``kind``: its time."""
+        return self._decoded(self._clock, kind)  # type: ignore[no-any-return]
+
+    def _handler(self, tid: int, index: int) -> list[tuple[int, Any, Any]]:
+        self._begin_kind(HANDLER)
+        if self._uint63() != tid or self._uint63() != index:
+            raise _Bail
+        return self._wakes()
+
+    def handler(self, tid: int, index: int) -> list[tuple[int, Any, Any]] | None:
+        """A HANDLER record of thread ``tid`` waiting in call class ``index``:
+        its wakes, ``(thread id, value, exception or None)``."""
+        return self._decoded(self._handler, tid, index)  # type: ignore[no-any-return]
+
+    def _poll(self) -> tuple[int, Any, Any]:
+        self._begin_kind(POLL)
+        flag = self._uint63()
+        if not flag:
+            return 0, None, None
+        return flag, self.f64(), self._wakes()
+
+    def poll(self) -> tuple[int, Any, Any] | None:
+        """A POLL record: ``(flag, time, wakes)`` (time and wakes None when the flag is 0)."""
+        return self._decoded(self._poll)  # type: ignore[no-any-return]
+
+    def _sock(self, op: int, fd: int) -> tuple[bool, Any]:
+        self._begin_kind(SOCK)
+        recorded_op, recorded_fd = self._uint63(), self._uint63()
+        if recorded_op != op or (fd >= 0 and recorded_fd != fd):
+            raise _Bail
+        if self._uint63():
+            _, exc = self._outcome()
+            if not isinstance(exc, BaseException):
+                raise _Bail
+            return False, exc
+        if op in (6, 8, 9, 10, 14):     # connect, bind, listen, setsockopt, shutdown: no result
+            return True, None
+        if op in (1, 7, 15):            # socket, connect_ex, sendfile: a number
+            return True, self._uint63()
+        if op in (2, 3):                # recv, recv_into: the bytes
+            return True, self._blob63()
+        if op in (4, 17):               # send, sendto: count, CRC, prefix
+            return True, (self._uint63(), self.u32(), self._blob63())
+        raise _Bail                     # a value, a peer, a datagram: the Python's
+
+    def sock_result(self, op: int, fd: int) -> tuple[bool, Any] | None:
+        """A SOCK record of socket operation ``op`` on ``fd`` (any fd if
+        ``fd`` < 0): ``(True, result)`` or ``(False, exception)``."""
+        return self._decoded(self._sock, op, fd)  # type: ignore[no-any-return]
+
+    def _sent(self, op: int, fd: int, data: Any) -> int:
+        if op not in (4, 17):  # send, sendto
+            raise _Bail
+        try:
+            view = memoryview(data).cast("B")
+        except (TypeError, ValueError):
+            raise _Bail from None
+        ok, result = self._sock(op, fd)
+        if not ok:
+            raise _Bail
+        count, crc, _ = result
+        if count > len(view) or zlib.crc32(view[:count]) != crc:
+            raise _Bail
+        return int(count)
+
+    def check_sent(self, op: int, fd: int, data: Any) -> int | None:
+        """A SOCK record of a send (``op`` on ``fd``) whose recorded count and
+        CRC ``data`` matches: the count."""
+        return self._decoded(self._sent, op, fd, data)  # type: ignore[no-any-return]
+
+
+# For the type checker _Records extends the core it is mixed with (the
+# Python one or the compiled one, which has the same methods).
+if TYPE_CHECKING:
+    _CoreForTyping = _ReaderCore
+else:
+    _CoreForTyping = object
+
+
+class _Records(_CoreForTyping):
+    """What LogReader adds to its core: the header, values and outcomes
+    (pickles, exceptions), closing."""
+
+    def __init__(self, path: str | os.PathLike[str] | BinaryIO, chunk: int = 1 << 16,
+                 trusted: bool = False) -> None:
+        self.trusted = trusted
+        if hasattr(path, "read"):
+            self.path = getattr(path, "name", "<stream>")
+            file: BinaryIO = path  # type: ignore[assignment]
+        else:
+            self.path = os.fspath(path)
+            try:
+                file = open(path, "rb")
+            except OSError as exc:
+                raise LogError(f"cannot open {self.path}: {exc.strerror}", 0) from None
+        super().__init__(file, chunk)
+        head = self._take(len(MAGIC), "the header")
+        if head != MAGIC:
+            raise LogError(f"not a threadlib replay log (starts with {head!r})", 0)
+        version = _U16.unpack(self._take(2, "the header"))[0]
+        if version != VERSION:
+            raise LogError(f"log version {version}, this threadlib reads version {VERSION}", len(MAGIC))
+        length = _U32.unpack(self._take(4, "the header"))[0]
+        try:
+            self.meta: dict[str, Any] = json.loads(self._take(length, "the header"))
+        except ValueError:
+            raise LogError("the header's metadata is not JSON", len(MAGIC) + 6) from None
+        self.record_start = self.offset
+
+    def close(self) -> None:
+        """Close the file."""
+        self._file.close()
+
     def _unpickle(self, data: bytes) -> Any:
         try:
             if self.trusted:
@@ -394,9 +575,9 @@ class LogReader:
 
     def outcome(self) -> tuple[Any, BaseException | ScopeRaised | Opaque | None]:
         """``(value, None)`` or ``(None, exception)``."""
-        tag = self._data[self._pos] if self._fill(1) else -1
+        tag = self.peek()
         if tag in (T_OSERROR, T_EXC, T_SCOPE):
-            self._pos += 1
+            self._take(1)
             return None, self._raised(tag)
         return self.value(), None
 
@@ -420,6 +601,20 @@ class LogReader:
         if tag == T_SCOPE:
             return ScopeRaised(self.uint())
         raise LogError(f"unknown value tag {tag}", self.record_start)
+
+
+class PyLogReader(_Records, _ReaderCore):
+    """The log reader on the pure-Python core (the specification)."""
+
+
+if speedups is not None:
+    speedups.log_configure(LogError, ScopeRaised)
+
+    class LogReader(_Records, speedups.LogCore):  # type: ignore[misc]
+        """Reads a log record by record (see ``_ReaderCore``), its core compiled."""
+else:
+    class LogReader(PyLogReader):  # type: ignore[no-redef]
+        """Reads a log record by record (see ``_ReaderCore``)."""
 
 
 def describe(path: str | os.PathLike[str] | BinaryIO) -> dict[str, Any]:

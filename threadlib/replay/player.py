@@ -134,8 +134,10 @@ class ReplayWorker(Worker):
         index = self._index.get(cls)
         if index is None:  # a subclass served through its base
             index = next(i for c, i in self._index.items() if isinstance(sc, c))
+        wakes = player.reader.handler(t._id, index)  # the common record in one call; else the Python's
         try:
-            wakes = player.handler_record(t, index, sc)
+            if wakes is None:
+                wakes = player.handler_record(t, index, sc)
         except (Divergence, _log.LogError):
             # Not raised here (the scheduler would take it for this worker's
             # bug): the thread waits for good and the next poll raises it.
@@ -150,7 +152,8 @@ class ReplayWorker(Worker):
         fd = getattr(sc, "fd", None)
         if type(fd) is int:
             self._fd_waiters.setdefault(fd, []).append(t)
-        player.apply(wakes)
+        if wakes:
+            player.apply(wakes)
 
     def withdraw(self, thread: Any, syscall: Any) -> None:
         """Forget a wait that was withdrawn (a timeout, a cancel)."""
@@ -259,13 +262,21 @@ class Player:
         self.diverged(got, kind_text)
 
     # -- the records -----------------------------------------------------------
-    @_guarded
+    # Each question first asks the reader's decoder for the common record
+    # (one call, compiled when built); None sends it to the Python below,
+    # which reads that record field by field and reports what is wrong.
     def clock_read(self, kind: int, what: str) -> float:
         """The next record, a clock read of ``kind``."""
+        t: float | None = self.reader.clock(kind)
+        return self._clock_read(kind, what) if t is None else t
+
+    @_guarded
+    def _clock_read(self, kind: int, what: str) -> float:
         if self.reader.kind() != kind:
             self._unexpected(what)
         self.reader.begin()
-        return self.reader.f64()
+        t: float = self.reader.f64()
+        return t
 
     @_guarded
     def handler_record(self, t: Any, index: int, sc: Any) -> list[tuple[int, Any, Any]]:
@@ -321,6 +332,15 @@ class Player:
             raise self.failure
         reader = self.reader
         while True:
+            got = reader.poll()
+            if got is not None:
+                flag, when, wakes = got
+                if flag:
+                    self.clock.current = when
+                    self.apply(wakes)
+                if flag != 2:
+                    return
+                continue
             kind = reader.kind()
             if kind == _log.USER:
                 reader.begin()
@@ -412,7 +432,7 @@ class Player:
             self.diverged(f"a write of {len(packets)} packets to user network #{index + 1}, the first starting {got!r}",
                           f"a write of {given} packets to user network #{recorded_index + 1}, the first starting "
                           f"{first!r} (record at offset {start})")
-        return written
+        return int(written)
 
     @_guarded
     def socket_result(self, op: int, fd: int, what: str) -> tuple[bool, Any]:
@@ -533,12 +553,24 @@ def replay(path: Any, main: Any, *args: Any, trusted: bool = False) -> Any:
             player.spawned(t)
             return t
 
+        reader, clock = player.reader, player.clock
+
         def poll() -> None:
-            player.clock.quiet += 1
+            clock.quiet += 1
             try:
-                player.poll()
+                # The common poll record in one call; the rest (a failure to
+                # repeat, user-stack runs, more records of this poll, anything
+                # wrong) is Player.poll's.
+                got = reader.poll() if player.failure is None else None
+                if got is None:
+                    player.poll()
+                elif got[0]:
+                    clock.current = got[1]
+                    player.apply(got[2])
+                    if got[0] == 2:
+                        player.poll()
             finally:
-                player.clock.quiet -= 1
+                clock.quiet -= 1
 
         real_add_worker = sched.add_worker
 
@@ -552,6 +584,7 @@ def replay(path: Any, main: Any, *args: Any, trusted: bool = False) -> Any:
         sched.add_worker = add_worker  # type: ignore[method-assign]
         sched.watch_fd = sched.modify_fd = sched.unwatch_fd = _ignore_fd  # type: ignore[method-assign, assignment]
         _sockets._Replaying.player = player
+        _sockets._Replaying.reader = player.reader
         previous = sockio._use_socket_layer(_sockets.REPLAY_LAYER)
         network_module = _user_network_module(bool(player.meta.get("user_stack")))
         previous_device = None
@@ -579,5 +612,6 @@ def replay(path: Any, main: Any, *args: Any, trusted: bool = False) -> Any:
             if network_module is not None:
                 network_module._new_device = previous_device
             _sockets._Replaying.player = None
+            _sockets._Replaying.reader = None
     finally:
         player.reader.close()

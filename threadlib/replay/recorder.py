@@ -58,7 +58,11 @@ def _recordable(worker: Any) -> bool:
 
 class RecordingClock:
     """The scheduler's clock while recording: the program's reads are
-    written down; the workers' and the scheduler's own (``quiet``) are not."""
+    written down; the workers' and the scheduler's own (``quiet``) are not.
+    Slots: the compiled recorders (RecordedHandler, RecordedPoll) count
+    ``quiet`` up and down in its slot, around every handler call and poll."""
+
+    __slots__ = ("inner", "virtual", "_writer", "quiet", "_now")
 
     def __init__(self, inner: Any, writer: _log.LogWriter) -> None:
         self.inner = inner
@@ -79,8 +83,7 @@ class RecordingClock:
         t = read()
         if not self.quiet:
             buf = self._writer.buf
-            buf.append(kind)
-            buf += _log._F64.pack(t)
+            _log.append(buf, _log._KIND_F64.pack(kind, t))
             if len(buf) >= _log.FLUSH_AT:
                 self._writer.flush()
         return t
