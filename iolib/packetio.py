@@ -185,6 +185,26 @@ def _offload_header(packet: bytes, gso_size: int, size: int) -> bytes:
                         ip_len + tcp_len, gso_size, ip_len, 16).pack(size)
 
 
+_IFA_F_TENTATIVE = 0x40
+
+
+def _wait_until_not_tentative(ipr, index: int, name: str) -> None:
+    """Device setup only: with DAD off a new IPv6 address still starts
+    tentative and is made usable by the kernel's address workqueue once the
+    link is up; on a busy machine a bind could come first and fail with
+    EADDRNOTAVAIL. Waits for it, at most about five seconds (counted in
+    naps, not read off a clock)."""
+    import socket
+    import time
+
+    for _ in range(500):
+        if not any((msg.get_attr("IFA_FLAGS") or msg["flags"]) & _IFA_F_TENTATIVE
+                   for msg in ipr.get_addr(index=index, family=socket.AF_INET6)):
+            return
+        time.sleep(0.01)
+    raise OSError(errno.EADDRNOTAVAIL, f"the IPv6 addresses of {name} stayed tentative for 5 s")
+
+
 def _parse_interface(address: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
     try:
         return ipaddress.ip_interface(address)
@@ -312,6 +332,8 @@ class TunDevice:
                     ipr.addr("add", index=index, address=str(interface.ip),
                              prefixlen=interface.network.prefixlen)
                 ipr.link("set", index=index, state="up")
+                if any(i.version == 6 for i in self.addresses):
+                    _wait_until_not_tentative(ipr, index, self.name)
             return fd
         except BaseException:
             os.close(fd)
