@@ -687,7 +687,8 @@ def test_asyncio_signal_handlers_and_a_signal_worker_on_one_scheduler_are_refuse
             worker.on_signal(signal.SIGUSR2, lambda signum: None)
         assert not worker.catching
         os.kill(os.getpid(), signal.SIGUSR1)  # the loop's handler still gets its signal
-        assert await asyncio.wait_for(got, 10) == "usr1"
+        # wait_for needs a task from 3.12 on (it is built on asyncio.timeout)
+        assert await tloop.from_asyncio(asyncio.wait_for(got, 10)) == "usr1"
         assert loop.remove_signal_handler(signal.SIGUSR1)
         # the other way round: the worker now holds the wake-up fd
         waiter = await threadlib.spawn(signals.wait_signal(signal.SIGUSR2))
