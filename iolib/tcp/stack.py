@@ -30,7 +30,6 @@ import heapq
 import ipaddress
 import random
 import socket
-import struct
 
 from . import connection as C
 from .checksum import ones_sum

@@ -57,6 +57,20 @@ KIND_NAMES = {HANDLER: "handler", POLL: "poll", CLOCK: "clock", WALL: "wall", SO
               USER: "user-stack event", DEVIN: "device read", DEVOUT: "device write", UCLOCK: "user-stack clock",
               USERSTATE: "user-stack start"}
 
+# A SOCK record's operation codes, and what its result holds when the call succeeded.
+NEW, RECV, RECV_INTO, SEND, ACCEPT, CONNECT, CONNECT_EX, BIND, LISTEN, SETSOCKOPT, GETSOCKOPT, \
+    GETSOCKNAME, GETPEERNAME, SHUTDOWN, SENDFILE, RECVFROM, SENDTO = range(1, 18)
+OP_NAMES = {NEW: "socket", RECV: "recv", RECV_INTO: "recv_into", SEND: "send", ACCEPT: "accept",
+            CONNECT: "connect", CONNECT_EX: "connect_ex", BIND: "bind", LISTEN: "listen",
+            SETSOCKOPT: "setsockopt", GETSOCKOPT: "getsockopt", GETSOCKNAME: "getsockname",
+            GETPEERNAME: "getpeername", SHUTDOWN: "shutdown", SENDFILE: "sendfile",
+            RECVFROM: "recvfrom", SENDTO: "sendto"}
+SOCK_NOTHING = frozenset({CONNECT, BIND, LISTEN, SETSOCKOPT, SHUTDOWN})   # ok carries no result
+SOCK_VALUE = frozenset({GETSOCKOPT, GETSOCKNAME, GETPEERNAME})             # ok carries one value
+SOCK_NUMBER = frozenset({NEW, CONNECT_EX, SENDFILE})                       # ok carries a number
+SOCK_BYTES = frozenset({RECV, RECV_INTO})                                   # ok carries the bytes
+SOCK_SENT = frozenset({SEND, SENDTO})                                       # ok carries count, CRC, prefix
+
 # Value and outcome tags.
 T_NONE, T_INT, T_BYTES, T_STR, T_PICKLE, T_OSERROR, T_EXC, T_SCOPE, T_OPAQUE = range(9)
 
@@ -466,13 +480,13 @@ class _ReaderCore:
             if not isinstance(exc, BaseException):
                 raise _Bail
             return False, exc
-        if op in (6, 8, 9, 10, 14):     # connect, bind, listen, setsockopt, shutdown: no result
+        if op in SOCK_NOTHING:
             return True, None
-        if op in (1, 7, 15):            # socket, connect_ex, sendfile: a number
+        if op in SOCK_NUMBER:
             return True, self._uint63()
-        if op in (2, 3):                # recv, recv_into: the bytes
+        if op in SOCK_BYTES:
             return True, self._blob63()
-        if op in (4, 17):               # send, sendto: count, CRC, prefix
+        if op in SOCK_SENT:
             return True, (self._uint63(), self.u32(), self._blob63())
         raise _Bail                     # a value, a peer, a datagram: the Python's
 
@@ -482,7 +496,7 @@ class _ReaderCore:
         return self._decoded(self._sock, op, fd)  # type: ignore[no-any-return]
 
     def _sent(self, op: int, fd: int, data: Any) -> int:
-        if op not in (4, 17):  # send, sendto
+        if op not in SOCK_SENT:
             raise _Bail
         try:
             view = memoryview(data).cast("B")

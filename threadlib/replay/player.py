@@ -244,7 +244,7 @@ class Player:
             reader.begin()
             op = reader.uint()
             fd = reader.uint()
-            return f"{_sockets.OP_NAMES.get(op, op)} on fd {fd} (record at offset {start})"
+            return f"{_log.OP_NAMES.get(op, op)} on fd {fd} (record at offset {start})"
         if kind == _log.HANDLER:
             reader.begin()
             tid = reader.uint()
@@ -446,7 +446,7 @@ class Player:
         recorded_fd = reader.uint()
         if recorded_op != op or (fd >= 0 and recorded_fd != fd):
             self.diverged(f"{what} on fd {fd}" if fd >= 0 else what,
-                          f"{_sockets.OP_NAMES.get(recorded_op, recorded_op)} on fd {recorded_fd} "
+                          f"{_log.OP_NAMES.get(recorded_op, recorded_op)} on fd {recorded_fd} "
                           f"(record at offset {start})")
         if reader.uint():
             _, exc = reader.outcome()

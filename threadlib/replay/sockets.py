@@ -30,22 +30,14 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .._kernel.compiled import speedups
 from . import log as _log
+# The operation codes are the log format's (its compiled decoders know them too).
+from .log import (ACCEPT, BIND, CONNECT, CONNECT_EX, GETPEERNAME, GETSOCKNAME, GETSOCKOPT, LISTEN, NEW, OP_NAMES,
+                  RECV, RECV_INTO, RECVFROM, SEND, SENDFILE, SENDTO, SETSOCKOPT, SHUTDOWN, SOCK_BYTES, SOCK_NOTHING,
+                  SOCK_NUMBER, SOCK_SENT, SOCK_VALUE)
 
 if TYPE_CHECKING:
     from .player import Player
     from .recorder import Recorder
-
-# Operation codes.
-NEW, RECV, RECV_INTO, SEND, ACCEPT, CONNECT, CONNECT_EX, BIND, LISTEN, SETSOCKOPT, GETSOCKOPT, \
-    GETSOCKNAME, GETPEERNAME, SHUTDOWN, SENDFILE, RECVFROM, SENDTO = range(1, 18)
-OP_NAMES = {NEW: "socket", RECV: "recv", RECV_INTO: "recv_into", SEND: "send", ACCEPT: "accept",
-            CONNECT: "connect", CONNECT_EX: "connect_ex", BIND: "bind", LISTEN: "listen",
-            SETSOCKOPT: "setsockopt", GETSOCKOPT: "getsockopt", GETSOCKNAME: "getsockname",
-            GETPEERNAME: "getpeername", SHUTDOWN: "shutdown", SENDFILE: "sendfile",
-            RECVFROM: "recvfrom", SENDTO: "sendto"}
-_NOTHING = {CONNECT, BIND, LISTEN, SETSOCKOPT, SHUTDOWN}   # ok carries no result
-_VALUE = {GETSOCKOPT, GETSOCKNAME, GETPEERNAME}             # ok carries one value
-_SENT = {SEND, SENDTO}
 
 #: How many bytes of each output are kept in the log for the report (< 0x80: one length byte).
 PREFIX = 32
@@ -68,15 +60,15 @@ def skip_record(reader: _log.LogReader) -> None:
 
 
 def _read_result(reader: _log.LogReader, op: int) -> Any:
-    if op in _NOTHING:
+    if op in SOCK_NOTHING:
         return None
-    if op in _VALUE:
+    if op in SOCK_VALUE:
         return reader.value()
-    if op in (NEW, CONNECT_EX, SENDFILE):
+    if op in SOCK_NUMBER:
         return reader.uint()
-    if op in (RECV, RECV_INTO):
+    if op in SOCK_BYTES:
         return reader.blob()
-    if op in _SENT:
+    if op in SOCK_SENT:
         return reader.uint(), reader.u32(), reader.blob()
     if op == ACCEPT:
         return reader.uint(), reader.value()
@@ -138,7 +130,7 @@ def _recorded(op: int, method: Callable[..., Any]) -> Callable[..., Any]:
             raise
         buf = _begin(op, fd)
         buf.append(0)
-        if op in _VALUE:
+        if op in SOCK_VALUE:
             _log.put_value(buf, result)
         elif op == CONNECT_EX:
             _log.put_uint(buf, result)
