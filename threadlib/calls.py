@@ -29,6 +29,7 @@ from ._kernel.scopes import move_on_at as move_on_at
 from ._kernel.scopes import timeout as timeout
 from ._kernel.scopes import timeout_at as timeout_at
 from ._kernel.threads import as_coroutine as _as_coroutine
+from ._kernel.waitqueue import ParkOnce
 from .syscalls import GET_CURRENT, YIELD, Blocking, JoinAny, Sleep, Spawn
 from .syscalls import Waits as Waits  # re-exported: users annotate their own waiting calls with it
 
@@ -44,15 +45,20 @@ def spawn(target: Any, *args: Any, name: str | None = None) -> Waits[Thread]:
     return thread
 
 
-@types.coroutine
-def sleep(seconds: float) -> Waits[None]:
+def sleep(seconds: float) -> ParkOnce:
     """Wait ``seconds`` on the scheduler's clock; ``sleep(0)`` lets every
     other ready thread run first. An enclosing ``timeout`` that falls
-    earlier ends it with TimeoutError."""
+    earlier ends it with TimeoutError. (``yield from`` or ``await`` it.)"""
+    # Not a generator: the one system call in a one-item tuple, which
+    # ``yield from`` iterates in C. ``sleep(0)`` is the commonest switch,
+    # and a generator made and finished per call was a quarter of it.
     if seconds <= 0:
-        yield YIELD
-    else:
-        yield Sleep(seconds)
+        return _YIELD_ONCE
+    return _new_tuple(ParkOnce, (Sleep(seconds),))  # ParkOnce(...) without its Python __new__
+
+
+_YIELD_ONCE = ParkOnce(YIELD)
+_new_tuple = tuple.__new__
 
 
 @types.coroutine

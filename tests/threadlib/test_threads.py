@@ -99,10 +99,14 @@ def test_spawn_takes_a_generator_a_coroutine_an_awaitable_or_a_function():
         c = yield from threadlib.spawn(coro("d"))
         d = yield from threadlib.spawn(ev.wait())  # an awaitable, driven to its end
         e = yield from threadlib.spawn(sleeper, 2)
+        # A function returning an awaitable that is no generator (sleep's
+        # shared ParkOnce, Event.wait's): what it returns is driven.
+        f = yield from threadlib.spawn(threadlib.sleep, 3)
+        g = yield from threadlib.spawn(ev.wait)
         ev.set()
-        return (yield from threadlib.join_all([a, b, c, d, e]))
+        return (yield from threadlib.join_all([a, b, c, d, e, f, g]))
 
-    assert run(main()) == [1, "c", "d", None, 2]
+    assert run(main()) == [1, "c", "d", None, 2, None, None]
 
 
 def test_spawn_refuses_arguments_for_a_running_generator_and_non_callables():

@@ -65,6 +65,8 @@ static PyTypeObject *thread_type;      /* threads.Thread */
 /* Set by configure_park(): a Park served by the scheduler's own _sys_park
  * (its handler unchanged) is served here without calling it. */
 static PyTypeObject *park_type;        /* syscalls.Park */
+static PyTypeObject *scheduler_type;   /* scheduler.Scheduler, whose ``current`` is a slot */
+static Py_ssize_t off_current;
 static PyTypeObject *waitqueue_type;   /* waitqueue.WaitQueue */
 static PyObject *sys_park_func;        /* Scheduler._sys_park, the function */
 static Py_ssize_t off_park_queue, off_wq_sched, off_wq_waiters;
@@ -216,6 +218,9 @@ run_ready(PyObject *module, PyObject *sched)
         PyErr_SetString(PyExc_TypeError, "run_ready: the scheduler's _handlers and _pending must be dicts");
         goto done;
     }
+    /* sched.current is written at every step: through its slot, not a
+     * generic setattr (a fifth of a sleep(0) switch). */
+    const int current_slot = scheduler_type != NULL && PyObject_TypeCheck(sched, scheduler_type);
 
     for (;;) {
         Py_ssize_t queued = PyObject_Length(ready);
@@ -226,7 +231,13 @@ run_ready(PyObject *module, PyObject *sched)
             break;
         }
         t = PyObject_CallNoArgs(popleft);
-        if (t == NULL || PyObject_SetAttr(sched, s_current, t) < 0) {
+        if (t == NULL) {
+            goto done;
+        }
+        if (current_slot) {
+            slot_set(sched, off_current, t);
+        }
+        else if (PyObject_SetAttr(sched, s_current, t) < 0) {
             goto done;
         }
         if (!PyObject_TypeCheck(t, thread_type)) {
@@ -375,7 +386,10 @@ run_ready(PyObject *module, PyObject *sched)
         Py_CLEAR(sc);
         Py_CLEAR(t);
     }
-    if (PyObject_SetAttr(sched, s_current, Py_None) < 0) {
+    if (current_slot) {
+        slot_set(sched, off_current, Py_None);
+    }
+    else if (PyObject_SetAttr(sched, s_current, Py_None) < 0) {
         goto done;
     }
     if (stop != NULL) {
@@ -1691,6 +1705,20 @@ configure(PyObject *module, PyObject *args)
 }
 
 static PyObject *
+configure_scheduler(PyObject *module, PyObject *type)
+{
+    if (!PyType_Check(type)) {
+        PyErr_SetString(PyExc_TypeError, "configure_scheduler(Scheduler)");
+        return NULL;
+    }
+    if (slot_offset((PyTypeObject *)type, "current", &off_current) < 0) {
+        return NULL;
+    }
+    Py_XSETREF(scheduler_type, (PyTypeObject *)Py_NewRef(type));
+    Py_RETURN_NONE;
+}
+
+static PyObject *
 configure_waits(PyObject *module, PyObject *args)
 {
     PyObject *park, *waitqueue, *func, *waitread, *read_func;
@@ -1712,6 +1740,30 @@ configure_waits(PyObject *module, PyObject *args)
     Py_XSETREF(park_type, (PyTypeObject *)Py_NewRef(park));
     Py_XSETREF(wait_read_func, Py_NewRef(read_func));
     Py_XSETREF(waitread_type, (PyTypeObject *)Py_NewRef(waitread));
+    Py_RETURN_NONE;
+}
+
+/* ParkOnce and DONE are tuples awaited as they are iterated. Their Python
+ * classes say so with ``__await__ = tuple.__iter__``, which CPython can only
+ * reach through its generic slot (a type lookup and a wrapper call per
+ * ``await``); this points the types' await slot at tuple's iterator itself.
+ * Nothing else changes: the same iterator, the same values. */
+static PyObject *
+configure_awaitables(PyObject *module, PyObject *args)
+{
+    Py_ssize_t n = PyTuple_GET_SIZE(args);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *type = PyTuple_GET_ITEM(args, i);
+        if (!PyType_Check(type) || !PyType_IsSubtype((PyTypeObject *)type, &PyTuple_Type) ||
+            !(((PyTypeObject *)type)->tp_flags & Py_TPFLAGS_HEAPTYPE) ||
+            ((PyTypeObject *)type)->tp_as_async == NULL) {
+            PyErr_Format(PyExc_TypeError, "configure_awaitables: %R is not a tuple class defined in Python", type);
+            return NULL;
+        }
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        ((PyTypeObject *)PyTuple_GET_ITEM(args, i))->tp_as_async->am_await = PyTuple_Type.tp_iter;
+    }
     Py_RETURN_NONE;
 }
 
@@ -2717,6 +2769,10 @@ static PyMethodDef methods[] = {
      "log_append(log, data): append bytes to the log's bytearray as the compiled recorders do."},
     {"log_configure", log_configure, METH_VARARGS,
      "log_configure(LogError, ScopeRaised): the classes LogCore raises and returns (threadlib.replay.log)."},
+    {"configure_scheduler", configure_scheduler, METH_O,
+     "configure_scheduler(Scheduler): the class whose `current` slot run_ready writes directly."},
+    {"configure_awaitables", configure_awaitables, METH_VARARGS,
+     "configure_awaitables(*tuple_classes): await them through tuple's own iterator, as their __await__ says."},
     {"configure_waits", configure_waits, METH_VARARGS,
      "configure_waits(Park, WaitQueue, Scheduler._sys_park, WaitRead, IOWorker._wait_read): what run_ready "
      "needs to serve a Park and a WaitRead itself."},

@@ -271,7 +271,8 @@ class _Lineage:
 def as_coroutine(target: Any, args: tuple[Any, ...]) -> Any:
     """What ``spawn(target, *args)`` runs: ``target`` itself if it is a
     running generator or coroutine, a driver for another awaitable, or
-    ``target(*args)``; TypeError for anything else."""
+    ``target(*args)`` (driven, if it is an awaitable but no generator);
+    TypeError for anything else."""
     if hasattr(target, "send") and hasattr(target, "throw"):
         if args:
             raise TypeError(f"spawn() got arguments for {target!r}, which is already a running generator")
@@ -279,7 +280,10 @@ def as_coroutine(target: Any, args: tuple[Any, ...]) -> Any:
     if hasattr(target, "__await__") and not args:
         return drive(target)  # an awaitable such as ev.wait() or conn.sendall(data)
     if callable(target):
-        return target(*args)
+        made = target(*args)
+        if hasattr(made, "__await__") and not (hasattr(made, "send") and hasattr(made, "throw")):
+            return drive(made)  # a function returning an awaitable, such as sleep
+        return made
     raise TypeError(f"spawn() needs a generator, a coroutine, or a function returning one; got {target!r}")
 
 

@@ -35,12 +35,13 @@ class ParkOnce(tuple):  # type: ignore[type-arg]
     def __new__(cls, syscall: Any) -> ParkOnce:
         return tuple.__new__(cls, (syscall,))
 
-    def __await__(self) -> Waits[None]:
-        # typing's Awaitable insists on a Generator; any iterator works.
-        return tuple.__iter__(self)  # type: ignore[return-value]
-
     if TYPE_CHECKING:  # for the type checker only: at run time tuple's own (C) __iter__
         def __iter__(self) -> Waits[None]: ...  # noqa: E704
+        def __await__(self) -> Waits[None]: ...  # noqa: E704
+    else:
+        # ``await`` takes the same C iterator: a Python __await__ cost a
+        # frame per wait, more than the generator this tuple replaces.
+        __await__ = tuple.__iter__
 
 
 class _Done(tuple):  # type: ignore[type-arg]
@@ -49,11 +50,11 @@ class _Done(tuple):  # type: ignore[type-arg]
 
     __slots__ = ()
 
-    def __await__(self) -> Waits[None]:
-        return tuple.__iter__(self)  # type: ignore[return-value]
-
     if TYPE_CHECKING:  # as in ParkOnce
         def __iter__(self) -> Waits[None]: ...  # noqa: E704
+        def __await__(self) -> Waits[None]: ...  # noqa: E704
+    else:
+        __await__ = tuple.__iter__
 
 
 DONE = _Done()
