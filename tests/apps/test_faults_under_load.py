@@ -427,6 +427,13 @@ def test_emfile_storm_backs_off_keeps_existing_clients_and_serves_everyone_after
             fds_before = open_fds(srv.pid)
             started = time.monotonic()
             storm.open(1_000)
+            # The storm sends nothing until the server has run out of fds
+            # holding its idle connections: a connection whose request is
+            # already there when it is accepted is served and closed before
+            # the next accept, so a server that fell behind the connects
+            # (a loaded machine) met requests only and never hit the limit.
+            wait_until(lambda: any("Too many open files" in line for line in srv.output),
+                       what="an accept back-off (EMFILE) logged while the storm's connections are idle")
             outcome = {}
             storm_thread = threading.Thread(target=lambda: outcome.update(storm.exchange(GET_SMALL_CLOSE, timeout=120)))
             storm_thread.start()
