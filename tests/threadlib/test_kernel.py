@@ -1005,6 +1005,14 @@ def test_run_calls_a_generator_function_given_without_arguments():
     assert threadlib.run(main) == "called"
 
 
+def test_run_drives_a_function_that_returns_an_awaitable_which_is_no_generator():
+    # sleep returns a ParkOnce (a tuple), not a generator: run(sleep, s)
+    # runs it to its end on the scheduler's clock.
+    clock = VirtualClock()
+    assert Scheduler(clock=clock).run(threadlib.sleep, 5) is None
+    assert clock.now() == 5
+
+
 def test_a_thread_may_await_asyncio_code_inside_run():
     import asyncio
 

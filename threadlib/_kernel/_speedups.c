@@ -62,11 +62,13 @@ static PyObject *yield_singleton;      /* syscalls.YIELD */
 static PyObject *pending_interrupt;    /* scheduler._PendingInterrupt */
 static PyObject *mark_retrieved;       /* threads.mark_retrieved */
 static PyTypeObject *thread_type;      /* threads.Thread */
+/* Set by configure_scheduler(): run_ready writes sched.current through its
+ * slot when sched is one of these. */
+static PyTypeObject *scheduler_type;   /* scheduler.Scheduler */
+static Py_ssize_t off_current;
 /* Set by configure_park(): a Park served by the scheduler's own _sys_park
  * (its handler unchanged) is served here without calling it. */
 static PyTypeObject *park_type;        /* syscalls.Park */
-static PyTypeObject *scheduler_type;   /* scheduler.Scheduler, whose ``current`` is a slot */
-static Py_ssize_t off_current;
 static PyTypeObject *waitqueue_type;   /* waitqueue.WaitQueue */
 static PyObject *sys_park_func;        /* Scheduler._sys_park, the function */
 static Py_ssize_t off_park_queue, off_wq_sched, off_wq_waiters;

@@ -78,7 +78,7 @@ from .fdio import IOWorker
 from .interrupts import ConsoleSignals
 from .introspect import HookList, SlowStepDetector, format_dump, hook_lists
 from .pollers import EpollPoller
-from .threads import COROUTINE_TYPES, InContext, Thread, ThreadCancelled, _Lineage, _Unretrieved, mark_retrieved
+from .threads import COROUTINE_TYPES, InContext, Thread, ThreadCancelled, _Lineage, _Unretrieved, driven, mark_retrieved
 from .timers import TimerWorker
 from .uring import io_backend, uring_workers
 from .worker import Handler, Poller, Worker, WorkerError
@@ -651,7 +651,7 @@ class Scheduler:
         its wait, as a cancel; a second one within 3 s exits at once
         (see ``interrupts``)."""
         if args or (callable(main) and not hasattr(main, "send")):
-            main = main(*args)
+            main = driven(main(*args))  # run(sleep, 1) as well as run(func, *args)
         self._enter()
         withdrawals: list[Callable[[], None]] = []
         try:

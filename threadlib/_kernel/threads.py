@@ -280,11 +280,16 @@ def as_coroutine(target: Any, args: tuple[Any, ...]) -> Any:
     if hasattr(target, "__await__") and not args:
         return drive(target)  # an awaitable such as ev.wait() or conn.sendall(data)
     if callable(target):
-        made = target(*args)
-        if hasattr(made, "__await__") and not (hasattr(made, "send") and hasattr(made, "throw")):
-            return drive(made)  # a function returning an awaitable, such as sleep
-        return made
+        return driven(target(*args))  # sleep(1) is such an awaitable too
     raise TypeError(f"spawn() needs a generator, a coroutine, or a function returning one; got {target!r}")
+
+
+def driven(made: Any) -> Any:
+    """``made``, or a generator driving it if it is an awaitable but no
+    generator (what ``sleep`` or ``Event.wait`` return)."""
+    if hasattr(made, "__await__") and not (hasattr(made, "send") and hasattr(made, "throw")):
+        return drive(made)
+    return made
 
 
 def drive(awaitable: Any) -> Waits[Any]:
