@@ -31,27 +31,12 @@ from iolib.netns import NetNamespace
 from threadlib.io import tcpsockio
 
 from .test_tcp_interop import kernel_peer
+from .test_tcp_kernel_loss import KernelLoss
 
 TUN = "tlr0"
 KERNEL4, USER4 = "10.76.0.1", "10.76.0.2"
 SIZE = 2 << 20
 LOSS = 10
-
-
-def _loss_rules(ns: NetNamespace) -> None:
-    r = ns.exec(["nft", "-f", "-"], capture_output=True, text=True, input=f"""
-table inet tl_loss {{
-    chain to_kernel {{
-        type filter hook input priority -300; policy accept;
-        iifname "{TUN}" numgen random mod 100 < {LOSS} counter drop
-    }}
-    chain to_user {{
-        type filter hook output priority -300; policy accept;
-        oifname "{TUN}" numgen random mod 100 < {LOSS} counter drop
-    }}
-}}""")
-    if r.returncode != 0:
-        raise SystemExit(f"kernel_loss_stall: nft: {r.stderr.strip()}")
 
 
 def _connection_state(stream) -> dict:
@@ -83,7 +68,7 @@ def _round(index: int, downloads: int, limit: float, out: str) -> bool:
         net = tcpsockio.open_network(tun=TUN, peer=f"{KERNEL4}/24", address=f"{USER4}/24", peer6="fd76::1/64",
                                      address6="fd76::2", netns=ns.name, seed=21, offload=False)
         try:
-            _loss_rules(ns)
+            KernelLoss(ns, LOSS, tun=TUN)  # removed with the namespace
             if shutil.which("tcpdump"):
                 capture = ns.popen(["tcpdump", "-i", TUN, "-w", os.path.join(out, "tun.pcap"), "-U", "-s", "120",
                                     "-n"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

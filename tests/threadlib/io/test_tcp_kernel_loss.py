@@ -83,17 +83,17 @@ class KernelLoss:
     """nftables rules in the namespace dropping ``percent`` % of the packets
     crossing the TUN device, each direction counted on its own."""
 
-    def __init__(self, ns, percent: int) -> None:
+    def __init__(self, ns, percent: int, tun: str = TUN) -> None:
         self.ns = ns
         nft(ns, f"""
 table inet tl_loss {{
     chain to_kernel {{
         type filter hook input priority -300; policy accept;
-        iifname "{TUN}" numgen random mod 100 < {percent} counter drop
+        iifname "{tun}" numgen random mod 100 < {percent} counter drop
     }}
     chain to_user {{
         type filter hook output priority -300; policy accept;
-        oifname "{TUN}" numgen random mod 100 < {percent} counter drop
+        oifname "{tun}" numgen random mod 100 < {percent} counter drop
     }}
 }}
 """)
