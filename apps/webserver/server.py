@@ -168,6 +168,7 @@ class WebServer:
         # addresses, so a simulated run closes them alike every time.
         self._open: dict[_Connection, None] = {}
         self._stopping = False
+        self._grace_end = 0.0  # set by the stop: until when idle connections may begin a last request
 
     # -- life cycle -------------------------------------------------------------
     @types.coroutine
@@ -278,7 +279,7 @@ class WebServer:
         begun after the stop says "Connection: close", and its connection
         closes once it is sent (RFC 9112 §9.6)."""
         self._stopping = True
-        grace_end = threadlib.now() + min(_DRAIN_IDLE_GRACE, self.drain_timeout)
+        grace_end = self._grace_end = threadlib.now() + min(_DRAIN_IDLE_GRACE, self.drain_timeout)
         while threadlib.now() < grace_end and any(
                 s.idle and s.thread is not None and s.thread.waiting_on is not None for s in self._open):
             yield from threadlib.sleep(min(0.05, max(0.0, grace_end - threadlib.now())))
@@ -339,9 +340,20 @@ class WebServer:
                     except TimeoutError:
                         yield from self._refuse(conn, peer, None, HttpError(408, "request not received in time"))
                         return
-                else:
-                    if self._stopping:
+                elif self._stopping:
+                    # A response begun before the stop went out without
+                    # "Connection: close", so the client may have sent its
+                    # next request already: closing now would reset it. The
+                    # connection gets what is left of the idle grace to
+                    # begin one (answered with "Connection: close").
+                    left = self._grace_end - threadlib.now()
+                    if left <= 0:
                         return
+                    try:
+                        data = yield from recv(65536, timeout=left)
+                    except TimeoutError:
+                        return
+                else:
                     # Idle between requests: the sweeper closes the
                     # connection after keepalive_timeout (a per-wait timer
                     # would cost every request a heap push and pop).

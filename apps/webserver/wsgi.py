@@ -236,9 +236,18 @@ class _Link:
                 except TimeoutError:
                     self.refuse(None, HttpError(408, "request not received in time"))
                     return None
-            else:
-                if server._stopping:
+            elif server._stopping:
+                # A response begun before the stop lacked "Connection:
+                # close": the client gets what is left of the idle grace to
+                # begin one more request, as in the file server's loop.
+                left = server._grace_end - threadlib.now()
+                if left <= 0:
                     return None
+                try:
+                    data = green.call(self.conn.recv(_RECV_BYTES, timeout=left))
+                except TimeoutError:
+                    return None
+            else:
                 # Idle between requests: the server's sweeper ends it after
                 # keepalive_timeout, as for the file server.
                 state.idle_since = threadlib.now()

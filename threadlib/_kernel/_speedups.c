@@ -221,7 +221,7 @@ run_ready(PyObject *module, PyObject *sched)
         goto done;
     }
     /* sched.current is written at every step: through its slot, not a
-     * generic setattr (a fifth of a sleep(0) switch). */
+     * generic setattr (a ninth of a sleep(0) switch). */
     const int current_slot = scheduler_type != NULL && PyObject_TypeCheck(sched, scheduler_type);
 
     for (;;) {

@@ -146,7 +146,7 @@ class Scheduler:
 
     # ``current`` is a slot (everything else lives in the instance dict):
     # the compiled run loop writes it at every step through the slot's
-    # offset, where a generic attribute store cost a fifth of a switch.
+    # offset, where a generic attribute store cost a ninth of a switch.
     __slots__ = ("current", "__dict__", "__weakref__")
 
     def __init__(self, workers: Iterable[Worker] | None = None, clock: Clock | None = None,
