@@ -279,10 +279,10 @@ class WebServer:
         begun after the stop says "Connection: close", and its connection
         closes once it is sent (RFC 9112 §9.6)."""
         self._stopping = True
-        grace_end = self._grace_end = threadlib.now() + min(_DRAIN_IDLE_GRACE, self.drain_timeout)
-        while threadlib.now() < grace_end and any(
+        self._grace_end = threadlib.now() + min(_DRAIN_IDLE_GRACE, self.drain_timeout)
+        while self._grace_left() > 0 and any(
                 s.idle and s.thread is not None and s.thread.waiting_on is not None for s in self._open):
-            yield from threadlib.sleep(min(0.05, max(0.0, grace_end - threadlib.now())))
+            yield from threadlib.sleep(min(0.05, self._grace_left()))
         for state in list(self._open):
             t = state.thread
             if state.idle and t is not None and t.waiting_on is not None:
@@ -299,6 +299,11 @@ class WebServer:
             for t in busy:
                 if not t.done:
                     yield from t.cancel()
+
+    def _grace_left(self) -> float:
+        """After the stop: the seconds left for a kept-alive connection to
+        begin its last request (0 once the grace is over)."""
+        return max(0.0, self._grace_end - threadlib.now())
 
     # -- one connection -------------------------------------------------------
     @types.coroutine
@@ -346,8 +351,8 @@ class WebServer:
                     # next request already: closing now would reset it. The
                     # connection gets what is left of the idle grace to
                     # begin one (answered with "Connection: close").
-                    left = self._grace_end - threadlib.now()
-                    if left <= 0:
+                    left = self._grace_left()
+                    if not left:
                         return
                     try:
                         data = yield from recv(65536, timeout=left)

@@ -240,8 +240,8 @@ class _Link:
                 # A response begun before the stop lacked "Connection:
                 # close": the client gets what is left of the idle grace to
                 # begin one more request, as in the file server's loop.
-                left = server._grace_end - threadlib.now()
-                if left <= 0:
+                left = server._grace_left()
+                if not left:
                     return None
                 try:
                     data = green.call(self.conn.recv(_RECV_BYTES, timeout=left))
