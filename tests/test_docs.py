@@ -228,8 +228,9 @@ def _check_arguments(qualname: str, arglist: str, obj: object, owner: object) ->
     except (TypeError, ValueError):
         return None  # a builtin without a signature: nothing to compare
     params = list(signature.parameters.values())
-    if isinstance(owner, type) and inspect.isfunction(obj) and params and params[0].name in ("self", "cls"):
-        params = params[1:]  # a method looked up on its class
+    if (isinstance(owner, type) and (inspect.isfunction(obj) or inspect.ismethoddescriptor(obj)) and params
+            and params[0].name in ("self", "cls")):
+        params = params[1:]  # a method looked up on its class (Python, or compiled: Stream.recv)
     documented = []
     for piece in split_arguments(arglist):
         if piece in ("*", "/"):

@@ -7,10 +7,13 @@ deadlock once none does.  Every wait is bounded."""
 
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
 import threading
+
+import pytest
 
 import threadlib
 from threadlib.io import sockio
@@ -212,3 +215,59 @@ def test_the_scheduler_waits_for_fd_waiters_and_reports_a_deadlock_once_none_wai
     done = subprocess.run([sys.executable, "-c", PROGRAM], capture_output=True, text=True, timeout=20)
     assert done.stdout == "waits done\n", done.stderr
     assert done.returncode == 1 and "deadlock" in done.stderr, done.stderr
+
+
+def test_an_exception_raised_by_a_signal_handler_while_the_scheduler_idles_in_its_poll_ends_run():
+    # The scheduler waits in epoll_wait on a pipe nobody writes; SIGUSR1
+    # interrupts the wait and its handler raises: run ends with that
+    # exception (as select.epoll.poll gives it), compiled or pure.
+    class Signalled(Exception):
+        pass
+
+    def on_usr1(signum, frame):
+        raise Signalled("from the handler")
+
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    previous = signal.signal(signal.SIGUSR1, on_usr1)
+    woke = []
+
+    def main():
+        # To the main thread, the one in the poll (another would take a
+        # process-directed signal as readily).
+        threading.Timer(0.05, signal.pthread_kill, [threading.main_thread().ident, signal.SIGUSR1]).start()
+        with threadlib.timeout(10):
+            woke.append((yield WaitRead(r)))
+
+    try:
+        with pytest.raises(Signalled, match="from the handler"):
+            threadlib.run(main(), handle_sigint=False)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+        os.close(r)
+        os.close(w)
+    assert woke == []  # the pipe never became readable
+
+
+def test_a_signal_whose_handler_returns_does_not_end_the_wait_in_the_poll():
+    # The same interrupted epoll_wait with a handler that returns: the poll
+    # comes round again and the reader still wakes for its data.
+    signals = []
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: signals.append(signum))
+
+    def main():
+        threading.Timer(0.02, signal.pthread_kill, [threading.main_thread().ident, signal.SIGUSR1]).start()
+        threading.Timer(0.3, os.write, [w, b"late"]).start()
+        with threadlib.timeout(10):
+            yield WaitRead(r)
+        return os.read(r, 10)
+
+    try:
+        assert threadlib.run(main(), handle_sigint=False) == b"late"
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+        os.close(r)
+        os.close(w)
+    assert signals == [signal.SIGUSR1]

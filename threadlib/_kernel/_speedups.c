@@ -36,12 +36,23 @@
  * per-record decoders of threadlib/replay/log.py's _ReaderCore (their
  * specification), the base class of LogReader.
  *
+ * And sockio's Stream.recv (a method returning RecvCall, the awaitable
+ * its generator would be), for a recv with no timeout on the default
+ * socket layer; sockio.py's recv is its specification and its fallback.
+ *
  * And fdio's per-fd record, FdWaiters: fdio._FdWaiters with its
  * on_events (the callback the poller runs for every event on a watched
  * fd) in C; the same fields, readable and writable from Python.
  *
- * What it must never do: block, read a clock, keep a reference to a thread
- * or a scheduler after it returns, or run with anything but the GIL held.
+ * And the poll step (poll): Scheduler._poll when the poller is the
+ * EpollPoller, with the poller's own poll written out (epoll_wait and the
+ * callbacks of the fds that fired).
+ *
+ * What it must never do: block anywhere but in the poll step's epoll_wait
+ * (where the Python _poll blocks), read a clock but through the
+ * scheduler's clock object as _poll does, keep a reference to a thread or
+ * a scheduler after it returns, or run with anything but the GIL held
+ * outside that wait.
  *
  * Plain C API rather than Cython: one loop of ~150 lines needs no build
  * dependency beyond the compiler, and the exact CPython calls it makes
@@ -52,6 +63,8 @@
 #include <Python.h>
 #include <structmember.h>
 #include <errno.h>
+#include <limits.h>
+#include <math.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <stdint.h>
@@ -1769,6 +1782,877 @@ configure_awaitables(PyObject *module, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* -- sockio's Stream.recv, compiled --------------------------------------------
+ *
+ * Stream.recv (sockio.py, its specification) is the one generator an echo
+ * or a request makes per read. Here it is a method of Stream written in C
+ * that returns a RecvCall: an awaitable (and iterable, for ``yield from``)
+ * that does what the generator's body does, step for step, through the
+ * iterator-send protocol (am_send), so that a read that completes at once
+ * returns its bytes with no generator, no frame and no StopIteration, and
+ * one that must wait yields the stream's WaitRead as the generator would.
+ * A wait is withdrawn by ``throw`` (a cancel, a timeout of an enclosing
+ * scope), which ends the call with that exception; ``close`` ends it.
+ *
+ * It is used only for what the specification does with no ``timeout``, on
+ * the default socket layer (sockio._recv is this module's sock_recv):
+ * with a timeout, under record/replay's socket layer, or for arguments
+ * it does not take as given (keywords, too many), the method calls the
+ * Python recv, which behaves as it always did. */
+static PyTypeObject RecvCallType;
+static PyObject *stream_recv_spec;   /* sockio.Stream.recv, the Python function */
+static PyObject *sockio_namespace;   /* sockio's globals: _recv names the socket layer's recv */
+static PyObject *plain_sock_recv;    /* this module's sock_recv: the default layer's */
+static PyObject *default_max_bytes;  /* 65536, recv's default */
+static long hang_up_events;          /* sockio._HANG_UP */
+static Py_ssize_t off_stream_sock, off_stream_wait_read, off_stream_drained, off_stream_hung_up;
+static PyObject *s__recv, *s__drained, *s__hung_up, *s__sock, *s__wait_read;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *stream;
+    PyObject *max_bytes;    /* as the caller gave it: checked by the recv, as the generator's is */
+    int state;              /* RECV_FRESH, RECV_WAITING (its WaitRead yielded) or RECV_DONE */
+} RecvCall;
+
+enum { RECV_FRESH, RECV_WAITING, RECV_DONE };
+
+/* One recv(2) for the call: the bytes, or NULL with *again set at EAGAIN
+ * (no exception made: the generator's BlockingIOError is caught at once)
+ * or with an exception (the socket module's own). */
+static PyObject *
+recv_or_again(PyObject *sock, PyObject *size_arg, int *again)
+{
+    *again = 0;
+    Py_ssize_t size = buffer_size(size_arg, "negative buffersize in recv");
+    if (size < 0) {
+        return NULL;
+    }
+    int fd = socket_fd(sock);
+    if (fd < 0) {
+        return NULL;
+    }
+    PyObject *data = PyBytes_FromStringAndSize(NULL, size);
+    if (data == NULL) {
+        return NULL;
+    }
+    ssize_t n = transfer(fd, PyBytes_AS_STRING(data), (size_t)size, 0);
+    if (n < 0) {
+        int err = errno;
+        Py_DECREF(data);
+        if (n != -1) {
+            return NULL;
+        }
+        if (err == EAGAIN || err == EWOULDBLOCK) {
+            *again = 1;
+            return NULL;
+        }
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    if (n != size && _PyBytes_Resize(&data, n) < 0) {
+        return NULL;
+    }
+    return data;
+}
+
+/* A slot of the stream as a borrowed reference, or NULL with the
+ * AttributeError Python's own access would raise. */
+static PyObject *
+stream_slot(PyObject *stream, Py_ssize_t off, PyObject *name)
+{
+    PyObject *v = *(PyObject **)((char *)stream + off);
+    if (v == NULL) {
+        PyErr_SetObject(PyExc_AttributeError, name);
+    }
+    return v;
+}
+
+static PySendResult
+recvcall_send(RecvCall *self, PyObject *arg, PyObject **result)
+{
+    PyObject *stream = self->stream;
+    *result = NULL;
+    if (self->state == RECV_DONE) {
+        /* As an exhausted generator: it returns None at once. */
+        *result = Py_NewRef(Py_None);
+        return PYGEN_RETURN;
+    }
+    if (self->state == RECV_WAITING) {
+        /* events = yield self._wait_read; if events and events & _HANG_UP: ... */
+        int any = PyObject_IsTrue(arg);
+        if (any < 0) {
+            goto fail;
+        }
+        if (any) {
+            long events = PyLong_AsLong(arg);
+            if (events == -1 && PyErr_Occurred()) {
+                goto fail;
+            }
+            if (events & hang_up_events) {
+                slot_set(stream, off_stream_hung_up, Py_True);
+            }
+        }
+    }
+    else if (arg != Py_None) {
+        /* Refused, and still not started, as a generator is. */
+        PyErr_SetString(PyExc_TypeError, "can't send non-None value to a just-started generator");
+        return PYGEN_ERROR;
+    }
+    /* The loop's top: if self._drained: self._drained = False (and wait)
+     * else: try the recv. */
+    PyObject *drained = stream_slot(stream, off_stream_drained, s__drained);
+    if (drained == NULL) {
+        goto fail;
+    }
+    int is_drained = PyObject_IsTrue(drained);
+    if (is_drained < 0) {
+        goto fail;
+    }
+    if (is_drained) {
+        slot_set(stream, off_stream_drained, Py_False);
+    }
+    else {
+        PyObject *sock = stream_slot(stream, off_stream_sock, s__sock);
+        if (sock == NULL) {
+            goto fail;
+        }
+        int again;
+        PyObject *data = recv_or_again(sock, self->max_bytes, &again);
+        if (data != NULL) {
+            /* self._drained = 0 < len(data) < max_bytes and not self._hung_up */
+            Py_ssize_t n = PyBytes_GET_SIZE(data);
+            Py_ssize_t most = PyLong_AsSsize_t(self->max_bytes);  /* checked by the recv */
+            int now_drained = 0;
+            if (0 < n && n < most) {
+                PyObject *hung = stream_slot(stream, off_stream_hung_up, s__hung_up);
+                int is_hung = hung == NULL ? -1 : PyObject_IsTrue(hung);
+                if (is_hung < 0) {
+                    Py_DECREF(data);
+                    goto fail;
+                }
+                now_drained = !is_hung;
+            }
+            slot_set(stream, off_stream_drained, now_drained ? Py_True : Py_False);
+            self->state = RECV_DONE;
+            *result = data;
+            return PYGEN_RETURN;
+        }
+        if (!again) {
+            goto fail;
+        }
+    }
+    PyObject *wait = stream_slot(stream, off_stream_wait_read, s__wait_read);
+    if (wait == NULL) {
+        goto fail;
+    }
+    self->state = RECV_WAITING;
+    *result = Py_NewRef(wait);
+    return PYGEN_NEXT;
+fail:
+    self->state = RECV_DONE;
+    return PYGEN_ERROR;
+}
+
+/* send(value) and __next__: a return becomes StopIteration(value). */
+static PyObject *
+recvcall_step(RecvCall *self, PyObject *arg)
+{
+    PyObject *result;
+    PySendResult how = recvcall_send(self, arg, &result);
+    if (how == PYGEN_RETURN) {
+        /* A tuple would be taken for StopIteration's arguments: wrap. */
+        PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, result);
+        Py_DECREF(result);
+        if (stop != NULL) {
+            PyErr_SetObject(PyExc_StopIteration, stop);
+            Py_DECREF(stop);
+        }
+        return NULL;
+    }
+    return result;  /* the yielded wait, or NULL with the exception */
+}
+
+static PyObject *
+recvcall_iternext(RecvCall *self)
+{
+    return recvcall_step(self, Py_None);
+}
+
+static PyObject *
+recvcall_send_method(RecvCall *self, PyObject *arg)
+{
+    return recvcall_step(self, arg);
+}
+
+/* throw(exc) or throw(type[, value[, traceback]]): the generator has no
+ * handler at its wait, so the exception ends the call and comes out. */
+static PyObject *
+recvcall_throw(RecvCall *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "throw expected 1 to 3 arguments");
+        return NULL;
+    }
+    self->state = RECV_DONE;
+    PyObject *typ = args[0], *val = nargs > 1 ? args[1] : Py_None, *tb = nargs > 2 ? args[2] : Py_None;
+    if (tb != Py_None && !PyTraceBack_Check(tb)) {
+        PyErr_SetString(PyExc_TypeError, "throw() third argument must be a traceback object");
+        return NULL;
+    }
+    PyObject *exc;
+    if (PyExceptionInstance_Check(typ)) {
+        if (val != Py_None) {
+            PyErr_SetString(PyExc_TypeError, "instance exception may not have a separate value");
+            return NULL;
+        }
+        exc = Py_NewRef(typ);
+    }
+    else if (PyExceptionClass_Check(typ)) {
+        exc = val == Py_None ? PyObject_CallNoArgs(typ)
+              : PyExceptionInstance_Check(val) && PyObject_IsInstance(val, typ) == 1 ? Py_NewRef(val)
+              : PyTuple_Check(val) ? PyObject_Call(typ, val, NULL)
+              : PyObject_CallOneArg(typ, val);
+        if (exc == NULL) {
+            return NULL;
+        }
+    }
+    else {
+        PyErr_Format(PyExc_TypeError, "exceptions must be classes or instances deriving from BaseException, not %s",
+                     Py_TYPE(typ)->tp_name);
+        return NULL;
+    }
+    if (tb != Py_None && PyException_SetTraceback(exc, tb) < 0) {
+        Py_DECREF(exc);
+        return NULL;
+    }
+    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+    Py_DECREF(exc);
+    return NULL;
+}
+
+static PyObject *
+recvcall_close(RecvCall *self, PyObject *unused)
+{
+    self->state = RECV_DONE;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+recvcall_await(RecvCall *self)
+{
+    return Py_NewRef(self);
+}
+
+static void
+recvcall_dealloc(RecvCall *self)
+{
+    Py_XDECREF(self->stream);
+    Py_XDECREF(self->max_bytes);
+    PyObject_Free(self);
+}
+
+static PyObject *
+recvcall_repr(RecvCall *self)
+{
+    static const char *states[] = {"fresh", "waiting", "done"};
+    return PyUnicode_FromFormat("<recv of %R, %s>", self->stream, states[self->state]);
+}
+
+static PyObject *
+recvcall_where(RecvCall *self, void *unused)
+{
+    return PyUnicode_FromString("Stream.recv");
+}
+
+static PyGetSetDef recvcall_getset[] = {
+    {"where", (getter)recvcall_where, NULL, "The method this call is (for thread dumps, which find no frame).", NULL},
+    {NULL},
+};
+
+static PyMethodDef recvcall_methods[] = {
+    {"send", (PyCFunction)recvcall_send_method, METH_O, "Resume with a value (the events of the wait)."},
+    {"throw", (PyCFunction)(void (*)(void))recvcall_throw, METH_FASTCALL, "Raise an exception at the wait."},
+    {"close", (PyCFunction)recvcall_close, METH_NOARGS, "End the call."},
+    {NULL},
+};
+
+static PyAsyncMethods recvcall_async = {
+    .am_await = (unaryfunc)recvcall_await,
+    .am_send = (sendfunc)recvcall_send,
+};
+
+static PyTypeObject RecvCallType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "threadlib._kernel._speedups.RecvCall",
+    .tp_basicsize = sizeof(RecvCall),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A Stream.recv in progress (sockio.Stream.recv's generator, compiled).",
+    .tp_dealloc = (destructor)recvcall_dealloc,
+    .tp_repr = (reprfunc)recvcall_repr,
+    .tp_as_async = &recvcall_async,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)recvcall_iternext,
+    .tp_methods = recvcall_methods,
+    .tp_getset = recvcall_getset,
+};
+
+/* The Python method a compiled one stands for, called as the method was:
+ * spec(self, *args, **kwargs). */
+static PyObject *
+call_spec(PyObject *spec, PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    Py_ssize_t total = nargs + (kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames));
+    PyObject *small[8];
+    PyObject **all = total + 1 <= 8 ? small : PyMem_New(PyObject *, total + 1);
+    if (all == NULL) {
+        return PyErr_NoMemory();
+    }
+    all[0] = self;
+    for (Py_ssize_t i = 0; i < total; i++) {
+        all[i + 1] = args[i];
+    }
+    PyObject *r = PyObject_Vectorcall(spec, all, (size_t)(nargs + 1), kwnames);
+    if (all != small) {
+        PyMem_Free(all);
+    }
+    return r;
+}
+
+/* Stream.sendall(data, timeout=None), compiled: the first send at the call
+ * (EAGAIN counts as nothing sent, with no exception made), DONE when it
+ * took everything, else what the Python _send_rest returns for the rest.
+ * Under record/replay's socket layer, or for arguments it does not take
+ * as given, the Python sendall runs. */
+static PyObject *stream_sendall_spec;  /* sockio.Stream.sendall, the Python function */
+static PyObject *plain_sock_send;      /* this module's sock_send: the default layer's */
+static PyObject *done_awaitable;       /* sockio's DONE */
+static PyObject *s__send, *s__send_rest;
+
+static PyObject *
+stream_sendall(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *layer = PyDict_GetItemWithError(sockio_namespace, s__send);
+    if (layer == NULL && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (kwnames != NULL || nargs < 1 || nargs > 2 || layer != plain_sock_send) {
+        return call_spec(stream_sendall_spec, self, args, nargs, kwnames);
+    }
+    PyObject *data = args[0], *timeout = nargs == 2 ? args[1] : Py_None;
+    PyObject *sock = stream_slot(self, off_stream_sock, s__sock);
+    if (sock == NULL) {
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    int fd = socket_fd(sock);
+    if (fd < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    ssize_t n = transfer(fd, view.buf, (size_t)view.len, 1);
+    int err = errno;
+    PyBuffer_Release(&view);
+    if (n == -2) {
+        return NULL;
+    }
+    if (n == -1) {
+        if (err != EAGAIN && err != EWOULDBLOCK) {
+            errno = err;
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        n = 0;
+    }
+    Py_ssize_t length = PyObject_Length(data);  /* len(data), as the Python sendall compares */
+    if (length < 0) {
+        return NULL;
+    }
+    if (n == length) {
+        return Py_NewRef(done_awaitable);
+    }
+    PyObject *sent = PyLong_FromSsize_t(n);
+    if (sent == NULL) {
+        return NULL;
+    }
+    PyObject *rest = PyObject_CallMethodObjArgs(self, s__send_rest, data, sent, timeout, NULL);
+    Py_DECREF(sent);
+    return rest;
+}
+
+/* Stream.recv(max_bytes=65536, timeout=None): a RecvCall, or what the
+ * Python recv returns for every case the RecvCall does not cover. */
+static PyObject *
+stream_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *layer = PyDict_GetItemWithError(sockio_namespace, s__recv);
+    if (layer == NULL && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (kwnames != NULL || nargs > 2 || (nargs == 2 && args[1] != Py_None) || layer != plain_sock_recv) {
+        return call_spec(stream_recv_spec, self, args, nargs, kwnames);
+    }
+    RecvCall *call = PyObject_New(RecvCall, &RecvCallType);
+    if (call == NULL) {
+        return NULL;
+    }
+    call->stream = Py_NewRef(self);
+    call->max_bytes = Py_NewRef(nargs >= 1 ? args[0] : default_max_bytes);
+    call->state = RECV_FRESH;
+    return (PyObject *)call;
+}
+
+/* The compiled methods and their Python specifications; each method's
+ * doc is its spec's signature and docstring, kept for the method's life. */
+static PyMethodDef stream_recv_def = {
+    "recv", (PyCFunction)(void (*)(void))stream_recv, METH_FASTCALL | METH_KEYWORDS, NULL,
+};
+static PyMethodDef stream_sendall_def = {
+    "sendall", (PyCFunction)(void (*)(void))stream_sendall, METH_FASTCALL | METH_KEYWORDS, NULL,
+};
+
+/* slot_offset for a slot of the type or of a base that defines it. */
+static int
+inherited_slot_offset(PyTypeObject *type, const char *name, Py_ssize_t *offset)
+{
+    for (PyTypeObject *t = type; t != NULL; t = t->tp_base) {
+        if (PyDict_GetItemString(t->tp_dict, name) != NULL) {
+            return slot_offset(t, name, offset);
+        }
+    }
+    PyErr_Format(PyExc_TypeError, "configure: %s has no slot %s", type->tp_name, name);
+    return -1;
+}
+
+/* Replace type.NAME (a Python function) by the compiled method `def`; the
+ * function becomes type._NAME_spec and *spec_out (a new reference). */
+static int
+install_method(PyTypeObject *type, PyMethodDef *def, const char *signature, PyObject **spec_out)
+{
+    PyObject *spec = PyDict_GetItemString(type->tp_dict, def->ml_name);
+    if (spec == NULL || !PyFunction_Check(spec)) {
+        PyErr_Format(PyExc_TypeError, "configure_stream: %s.%s is not the Python function", type->tp_name,
+                     def->ml_name);
+        return -1;
+    }
+    Py_INCREF(spec);  /* setting the attribute below drops the class's reference */
+    if (def->ml_doc == NULL) {
+        PyObject *doc = PyObject_GetAttrString(spec, "__doc__");
+        const char *text = doc != NULL && PyUnicode_Check(doc) ? PyUnicode_AsUTF8(doc) : "";
+        char *both = text == NULL ? NULL : PyMem_RawMalloc(strlen(signature) + strlen(text) + 1);
+        if (both == NULL) {
+            Py_XDECREF(doc);
+            Py_DECREF(spec);
+            if (!PyErr_Occurred()) {
+                PyErr_NoMemory();
+            }
+            return -1;
+        }
+        strcpy(both, signature);
+        strcat(both, text);
+        Py_XDECREF(doc);
+        def->ml_doc = both;
+    }
+    PyObject *method = PyDescr_NewMethod(type, def);
+    char spec_name[64];
+    PyOS_snprintf(spec_name, sizeof spec_name, "_%s_spec", def->ml_name);
+    if (method == NULL || PyObject_SetAttrString((PyObject *)type, spec_name, spec) < 0 ||
+        PyObject_SetAttrString((PyObject *)type, def->ml_name, method) < 0) {
+        Py_XDECREF(method);
+        Py_DECREF(spec);
+        return -1;
+    }
+    Py_DECREF(method);
+    Py_XSETREF(*spec_out, spec);
+    return 0;
+}
+
+/* configure_stream(Stream, sockio_globals): Stream.recv and Stream.sendall
+ * become the compiled methods; the Python functions they replace stay
+ * their specifications and fallbacks (Stream._recv_spec, _sendall_spec). */
+static PyObject *
+configure_stream(PyObject *module, PyObject *args)
+{
+    PyObject *stream, *namespace;
+    if (!PyArg_ParseTuple(args, "O!O!:configure_stream", &PyType_Type, &stream, &PyDict_Type, &namespace)) {
+        return NULL;
+    }
+    PyTypeObject *type = (PyTypeObject *)stream;
+    PyObject *hang_up = PyDict_GetItemString(namespace, "_HANG_UP");
+    PyObject *recv_layer = PyDict_GetItemString(namespace, "_recv");
+    PyObject *send_layer = PyDict_GetItemString(namespace, "_send");
+    PyObject *done = PyDict_GetItemString(namespace, "DONE");
+    if (hang_up == NULL || !PyLong_Check(hang_up) || recv_layer == NULL || send_layer == NULL || done == NULL) {
+        PyErr_SetString(PyExc_TypeError, "configure_stream: sockio's _HANG_UP, _recv, _send or DONE is missing");
+        return NULL;
+    }
+    if (inherited_slot_offset(type, "_drained", &off_stream_drained) < 0 ||
+        inherited_slot_offset(type, "_hung_up", &off_stream_hung_up) < 0 ||
+        inherited_slot_offset(type, "_sock", &off_stream_sock) < 0 ||
+        inherited_slot_offset(type, "_wait_read", &off_stream_wait_read) < 0) {
+        return NULL;
+    }
+    hang_up_events = PyLong_AsLong(hang_up);
+    if (default_max_bytes == NULL && (default_max_bytes = PyLong_FromLong(65536)) == NULL) {
+        return NULL;
+    }
+    Py_XSETREF(sockio_namespace, Py_NewRef(namespace));
+    Py_XSETREF(plain_sock_recv, Py_NewRef(recv_layer));
+    Py_XSETREF(plain_sock_send, Py_NewRef(send_layer));
+    Py_XSETREF(done_awaitable, Py_NewRef(done));
+    if (install_method(type, &stream_recv_def, "recv($self, /, max_bytes=65536, timeout=None)\n--\n\n",
+                       &stream_recv_spec) < 0 ||
+        install_method(type, &stream_sendall_def, "sendall($self, /, data, timeout=None)\n--\n\n",
+                       &stream_sendall_spec) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* -- the poll step: Scheduler._poll, compiled ----------------------------------
+ *
+ * Scheduler._poll (scheduler.py, its specification) for its common case:
+ * the scheduler's poller is the EpollPoller. It asks the timed workers for
+ * their deadlines (a TimerWorker's earliest live entry is read in place; any
+ * other case calls next_deadline), waits in epoll_wait for at most the time
+ * to the nearest one (with the GIL released unless the timeout is zero),
+ * runs the callbacks of the fds that fired, and expires the workers whose
+ * deadline has come, calling the clock and the workers exactly where _poll
+ * does. Every other poller and the simulator's no-poller case run the Python
+ * _poll itself. This is the one place in this module that blocks, and only
+ * where the Python _poll would: in the poller's wait.
+ *
+ * An epoll_wait cut short by a signal runs the Python signal handlers (an
+ * exception from one comes out, as from select.epoll.poll) and counts as a
+ * poll with no event: the scheduler comes round and polls again. */
+static PyObject *poll_spec;              /* Scheduler._poll, the function */
+static PyTypeObject *epoll_poller_type;  /* pollers.EpollPoller */
+static PyTypeObject *timer_worker_type;  /* timers.TimerWorker */
+static Py_ssize_t off_poller_fd, off_poller_callbacks;
+static PyObject *s_clock, *s__poller, *s__timed, *s_virtual, *s_now, *s_next_deadline, *s_expire, *s__heap,
+    *s_advance_to, *s__any_worker_busy, *s__deadlock;
+
+/* select.epoll.poll's own batch (FD_SETSIZE - 1 events a call), so that the
+ * events come in the batches the Python poller gets. */
+#define POLL_BATCH 1023
+
+/* A timed worker's next_deadline(): 1 with the deadline in *when and its
+ * object in *obj (a new reference), 0 for None, -1 on an error. */
+static int
+worker_deadline(PyObject *w, double *when, PyObject **obj)
+{
+    PyObject *d = NULL;
+    if (Py_IS_TYPE(w, timer_worker_type)) {
+        /* TimerWorker.next_deadline when its earliest entry is live (or the
+         * heap is empty): nothing to pop, so nothing but a read. */
+        PyObject *heap = PyObject_GetAttr(w, s__heap);
+        if (heap == NULL) {
+            return -1;
+        }
+        if (PyList_CheckExact(heap)) {
+            if (PyList_GET_SIZE(heap) == 0) {
+                Py_DECREF(heap);
+                return 0;
+            }
+            PyObject *first = PyList_GET_ITEM(heap, 0);
+            if (PyList_CheckExact(first) && PyList_GET_SIZE(first) >= 3 && PyList_GET_ITEM(first, 2) != Py_None) {
+                d = Py_NewRef(PyList_GET_ITEM(first, 0));
+            }
+        }
+        Py_DECREF(heap);
+    }
+    if (d == NULL) {
+        d = PyObject_CallMethodNoArgs(w, s_next_deadline);
+        if (d == NULL) {
+            return -1;
+        }
+        if (d == Py_None) {
+            Py_DECREF(d);
+            return 0;
+        }
+    }
+    *when = PyFloat_AsDouble(d);
+    if (*when == -1.0 && PyErr_Occurred()) {
+        Py_DECREF(d);
+        return -1;
+    }
+    *obj = d;
+    return 1;
+}
+
+/* clock.now() as a double, or -1 with an exception (*failed set). */
+static double
+clock_now(PyObject *clock, PyObject **now_obj, int *failed)
+{
+    PyObject *now = PyObject_CallMethodNoArgs(clock, s_now);
+    *failed = 1;
+    if (now == NULL) {
+        return -1.0;
+    }
+    double value = PyFloat_AsDouble(now);
+    if (value == -1.0 && PyErr_Occurred()) {
+        Py_DECREF(now);
+        return -1.0;
+    }
+    *failed = 0;
+    if (now_obj != NULL) {
+        *now_obj = now;
+    }
+    else {
+        Py_DECREF(now);
+    }
+    return value;
+}
+
+/* EpollPoller.poll(timeout) with the timeout in milliseconds (-1: none):
+ * the number of events, or -1 with an exception. */
+static int
+epoll_poller_poll(PyObject *poller, int timeout_ms)
+{
+    PyObject *fd_obj = *(PyObject **)((char *)poller + off_poller_fd);
+    PyObject *callbacks = *(PyObject **)((char *)poller + off_poller_callbacks);
+    if (fd_obj == NULL || callbacks == NULL || !PyDict_Check(callbacks)) {
+        PyErr_SetString(PyExc_ValueError, "EpollPoller is not set up");
+        return -1;
+    }
+    long epfd = PyLong_AsLong(fd_obj);
+    if (epfd == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (epfd < 0 || epfd > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "I/O operation on closed epoll object");
+        return -1;
+    }
+    struct epoll_event events[POLL_BATCH];
+    int n;
+    if (timeout_ms == 0) {
+        n = epoll_wait(epfd, events, POLL_BATCH, 0);  /* cannot block: the GIL stays */
+    }
+    else {
+        Py_BEGIN_ALLOW_THREADS
+        n = epoll_wait(epfd, events, POLL_BATCH, timeout_ms);
+        Py_END_ALLOW_THREADS
+    }
+    if (n < 0) {
+        if (errno == EINTR) {
+            return PyErr_CheckSignals() < 0 ? -1 : 0;
+        }
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    Py_INCREF(callbacks);  /* a callback may replace or empty it */
+    for (int i = 0; i < n; i++) {
+        PyObject *key = PyLong_FromLong(events[i].data.fd);
+        if (key == NULL) {
+            goto fail;
+        }
+        PyObject *callback = PyDict_GetItemWithError(callbacks, key);
+        Py_DECREF(key);
+        if (callback == NULL) {
+            if (PyErr_Occurred()) {
+                goto fail;
+            }
+            continue;  /* unregistered by an earlier callback of this batch */
+        }
+        Py_INCREF(callback);  /* it may unregister itself */
+        PyObject *fired = PyLong_FromUnsignedLong(events[i].events);
+        if (fired == NULL) {
+            Py_DECREF(callback);
+            goto fail;
+        }
+        PyObject *r = PyObject_CallOneArg(callback, fired);
+        Py_DECREF(fired);
+        Py_DECREF(callback);
+        if (r == NULL) {
+            goto fail;
+        }
+        Py_DECREF(r);
+    }
+    Py_DECREF(callbacks);
+    return n;
+fail:
+    Py_DECREF(callbacks);
+    return -1;
+}
+
+static PyObject *
+poll_step(PyObject *module, PyObject *sched)
+{
+    if (poll_spec == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "poll: configure_poll() was not called");
+        return NULL;
+    }
+    PyObject *poller = PyObject_GetAttr(sched, s__poller);
+    if (poller == NULL) {
+        return NULL;
+    }
+    if (!Py_IS_TYPE(poller, epoll_poller_type)) {
+        Py_DECREF(poller);
+        return PyObject_CallOneArg(poll_spec, sched);
+    }
+    PyObject *clock = NULL, *timed = NULL, *ready = NULL, *deadline = NULL, *now_obj = NULL;
+    PyObject *result = NULL;
+    double deadline_at = 0.0;
+    int failed, virtual = -1;  /* clock.virtual, read when _poll reads it */
+    clock = PyObject_GetAttr(sched, s_clock);
+    timed = clock == NULL ? NULL : PyObject_GetAttr(sched, s__timed);
+    if (timed == NULL) {
+        goto done;
+    }
+    if (!PyList_CheckExact(timed)) {
+        PyErr_SetString(PyExc_TypeError, "poll: Scheduler._timed is not a list");
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(timed); i++) {
+        PyObject *w = Py_NewRef(PyList_GET_ITEM(timed, i));
+        double when;
+        PyObject *obj;
+        int r = worker_deadline(w, &when, &obj);
+        Py_DECREF(w);
+        if (r < 0) {
+            goto done;
+        }
+        if (r > 0) {
+            if (deadline == NULL || when < deadline_at) {
+                Py_XSETREF(deadline, obj);
+                deadline_at = when;
+            }
+            else {
+                Py_DECREF(obj);
+            }
+        }
+    }
+    ready = PyObject_GetAttr(sched, s_ready);
+    if (ready == NULL) {
+        goto done;
+    }
+    int any_ready = PyObject_IsTrue(ready);
+    if (any_ready < 0) {
+        goto done;
+    }
+    int timeout_ms;
+    if (any_ready) {
+        timeout_ms = 0;
+    }
+    else if (deadline != NULL) {
+        PyObject *v = PyObject_GetAttr(clock, s_virtual);
+        virtual = v == NULL ? -1 : PyObject_IsTrue(v);
+        Py_XDECREF(v);
+        if (virtual < 0) {
+            goto done;
+        }
+        if (virtual) {
+            timeout_ms = 0;
+        }
+        else {
+            double now = clock_now(clock, NULL, &failed);
+            if (failed) {
+                goto done;
+            }
+            /* select.epoll.poll's rounding: up to the next millisecond. */
+            double ms = ceil((deadline_at - now) * 1e3);
+            timeout_ms = ms <= 0.0 ? 0 : ms >= (double)INT_MAX ? INT_MAX : (int)ms;
+        }
+    }
+    else {
+        timeout_ms = -1;
+        PyObject *busy = PyObject_CallMethodNoArgs(sched, s__any_worker_busy);
+        int is_busy = busy == NULL ? -1 : PyObject_IsTrue(busy);
+        Py_XDECREF(busy);
+        if (is_busy < 0) {
+            goto done;
+        }
+        if (!is_busy) {
+            /* Nothing could wake a thread: no deadline, no fd of use. */
+            result = PyObject_CallMethodNoArgs(sched, s__deadlock);
+            if (result != NULL) {
+                Py_SETREF(result, Py_NewRef(Py_None));
+            }
+            goto done;
+        }
+    }
+    int events = epoll_poller_poll(poller, timeout_ms);
+    if (events < 0) {
+        goto done;
+    }
+    if (deadline != NULL) {
+        if (virtual < 0) {
+            PyObject *v = PyObject_GetAttr(clock, s_virtual);
+            virtual = v == NULL ? -1 : PyObject_IsTrue(v);
+            Py_XDECREF(v);
+            if (virtual < 0) {
+                goto done;
+            }
+        }
+        if (virtual && !events) {
+            int still = PyObject_IsTrue(ready);
+            if (still < 0) {
+                goto done;
+            }
+            if (!still) {
+                PyObject *r = PyObject_CallMethodOneArg(clock, s_advance_to, deadline);
+                if (r == NULL) {
+                    goto done;
+                }
+                Py_DECREF(r);
+            }
+        }
+        double now = clock_now(clock, &now_obj, &failed);
+        if (failed) {
+            goto done;
+        }
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(timed); i++) {
+            PyObject *w = Py_NewRef(PyList_GET_ITEM(timed, i));
+            double when;
+            PyObject *obj;
+            int r = worker_deadline(w, &when, &obj);
+            if (r > 0) {
+                Py_DECREF(obj);
+                if (when <= now) {
+                    PyObject *e = PyObject_CallMethodOneArg(w, s_expire, now_obj);
+                    if (e == NULL) {
+                        r = -1;
+                    }
+                    Py_XDECREF(e);
+                }
+            }
+            Py_DECREF(w);
+            if (r < 0) {
+                goto done;
+            }
+        }
+    }
+    result = Py_NewRef(Py_None);
+done:
+    Py_DECREF(poller);
+    Py_XDECREF(clock);
+    Py_XDECREF(timed);
+    Py_XDECREF(ready);
+    Py_XDECREF(deadline);
+    Py_XDECREF(now_obj);
+    return result;
+}
+
+static PyObject *
+configure_poll(PyObject *module, PyObject *args)
+{
+    PyObject *spec, *poller, *timers;
+    if (!PyArg_ParseTuple(args, "O!O!O!:configure_poll", &PyFunction_Type, &spec, &PyType_Type, &poller,
+                          &PyType_Type, &timers)) {
+        return NULL;
+    }
+    if (slot_offset((PyTypeObject *)poller, "_fd", &off_poller_fd) < 0 ||
+        slot_offset((PyTypeObject *)poller, "_callbacks", &off_poller_callbacks) < 0) {
+        return NULL;
+    }
+    Py_XSETREF(poll_spec, Py_NewRef(spec));
+    Py_XSETREF(epoll_poller_type, (PyTypeObject *)Py_NewRef(poller));
+    Py_XSETREF(timer_worker_type, (PyTypeObject *)Py_NewRef(timers));
+    Py_RETURN_NONE;
+}
+
 /* -- record/replay: the log reader -------------------------------------------
  *
  * LogCore: threadlib/replay/log.py's _ReaderCore (its specification) in C,
@@ -2778,6 +3662,13 @@ static PyMethodDef methods[] = {
     {"configure_waits", configure_waits, METH_VARARGS,
      "configure_waits(Park, WaitQueue, Scheduler._sys_park, WaitRead, IOWorker._wait_read): what run_ready "
      "needs to serve a Park and a WaitRead itself."},
+    {"configure_stream", configure_stream, METH_VARARGS,
+     "configure_stream(Stream, sockio_globals): Stream.recv and Stream.sendall become the compiled methods "
+     "(their Python functions stay as Stream._recv_spec and _sendall_spec, the specifications)."},
+    {"poll", poll_step, METH_O,
+     "poll(scheduler): Scheduler._poll, compiled for the EpollPoller (see scheduler.py)."},
+    {"configure_poll", configure_poll, METH_VARARGS,
+     "configure_poll(Scheduler._poll, EpollPoller, TimerWorker): what poll needs, and what it leaves to _poll."},
     {"configure", configure, METH_VARARGS,
      "configure(YIELD, _PendingInterrupt, mark_retrieved, Thread): the objects run_ready needs."},
     {NULL, NULL, 0, NULL},
@@ -2822,6 +3713,24 @@ PyInit__speedups(void)
     INTERN(s_quiet, "quiet");
     INTERN(s_flush, "flush");
     INTERN(s_threadlib_replayed, "threadlib_replayed");
+    INTERN(s_clock, "clock");
+    INTERN(s__recv, "_recv");
+    INTERN(s__send, "_send");
+    INTERN(s__send_rest, "_send_rest");
+    INTERN(s__drained, "_drained");
+    INTERN(s__hung_up, "_hung_up");
+    INTERN(s__sock, "_sock");
+    INTERN(s__wait_read, "_wait_read");
+    INTERN(s__poller, "_poller");
+    INTERN(s__timed, "_timed");
+    INTERN(s_virtual, "virtual");
+    INTERN(s_now, "now");
+    INTERN(s_next_deadline, "next_deadline");
+    INTERN(s_expire, "expire");
+    INTERN(s__heap, "_heap");
+    INTERN(s_advance_to, "advance_to");
+    INTERN(s__any_worker_busy, "_any_worker_busy");
+    INTERN(s__deadlock, "_deadlock");
 #undef INTERN
     PyObject *socket_module = PyImport_ImportModule("socket");
     if (socket_module == NULL) {
@@ -2834,7 +3743,7 @@ PyInit__speedups(void)
     }
     crc_init();
     if (PyType_Ready(&FdWaitersType) < 0 || PyType_Ready(&RecordedHandlerType) < 0 ||
-        PyType_Ready(&RecordedPollType) < 0 || PyType_Ready(&LogCoreType) < 0) {
+        PyType_Ready(&RecordedPollType) < 0 || PyType_Ready(&LogCoreType) < 0 || PyType_Ready(&RecvCallType) < 0) {
         return NULL;
     }
     PyObject *module = PyModule_Create(&module_def);
@@ -2844,7 +3753,8 @@ PyInit__speedups(void)
     if (PyModule_AddObjectRef(module, "FdWaiters", (PyObject *)&FdWaitersType) < 0 ||
         PyModule_AddObjectRef(module, "RecordedHandler", (PyObject *)&RecordedHandlerType) < 0 ||
         PyModule_AddObjectRef(module, "RecordedPoll", (PyObject *)&RecordedPollType) < 0 ||
-        PyModule_AddObjectRef(module, "LogCore", (PyObject *)&LogCoreType) < 0) {
+        PyModule_AddObjectRef(module, "LogCore", (PyObject *)&LogCoreType) < 0 ||
+        PyModule_AddObjectRef(module, "RecvCall", (PyObject *)&RecvCallType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

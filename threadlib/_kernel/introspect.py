@@ -154,6 +154,23 @@ def _where(coro: Any) -> str:
 _MAX_DEPTH = 256  # a yield-from chain longer than this is cut (a cycle cannot happen, a bug might)
 
 
+def compiled_tail(coro: Any) -> str | None:
+    """What a thread waits in when the innermost call of its chain is a
+    compiled one with no frame (a compiled ``Stream.recv`` says
+    ``"Stream.recv"`` as its ``where``), else None."""
+    if type(coro) is InContext:
+        coro = coro.coro
+    for _ in range(_MAX_DEPTH):
+        if isinstance(coro, types.GeneratorType):
+            coro = coro.gi_yieldfrom
+        elif isinstance(coro, types.CoroutineType):
+            coro = coro.cr_await
+        else:
+            where = getattr(coro, "where", None) if coro is not None else None
+            return where if isinstance(where, str) else None
+    return None
+
+
 def thread_frames(coro: Any) -> list[types.FrameType]:
     """The frames of a thread object, outermost first: a generator's or
     coroutine's frame, then those of whatever it delegates to through
@@ -256,6 +273,9 @@ def format_dump(sched: Scheduler) -> str:
     for t in threads:
         frames = thread_frames(t._coro)
         stack = tuple((f.f_code.co_filename, f.f_lineno or 0, f.f_code.co_qualname) for f in frames)
+        tail = compiled_tail(t._coro)
+        if tail is not None:  # a compiled call has no frame: named as one
+            stack += (("<compiled>", 0, tail),)
         state, fields = _describe_wait(t, running, frames, owners)
         groups.setdefault((state, stack), []).append((t, fields))
     ordered = sorted(groups.items(), key=lambda item: (-len(item[1]), item[1][0][0].id))

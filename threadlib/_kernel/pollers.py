@@ -16,12 +16,15 @@ from iolib.epoll import Epoll
 class EpollPoller:
     """The ``Poller`` contract on one epoll instance."""
 
-    __slots__ = ("_epoll", "_callbacks", "modify")
+    # _fd and _callbacks are read by the compiled poll step (_speedups.poll),
+    # which waits on the fd itself: -1 once closed.
+    __slots__ = ("_epoll", "_callbacks", "modify", "_fd")
 
     def __init__(self) -> None:
         self._epoll = Epoll()
         self._callbacks: dict[int, Callable[[int], None]] = {}
         self.modify = self._epoll.modify
+        self._fd = self._epoll.fileno()
 
     def register(self, fd: int, events: int, callback: Callable[[int], None]) -> None:
         """Add ``fd`` to the epoll set; ``callback(events)`` runs when it fires."""
@@ -51,4 +54,5 @@ class EpollPoller:
 
     def close(self) -> None:
         """Close the epoll instance."""
+        self._fd = -1
         self._epoll.close()

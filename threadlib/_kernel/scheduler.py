@@ -213,6 +213,10 @@ class Scheduler:
         self._run_plain: Callable[[], bool] = (self._run_ready if _speedups is None
                                                else types.MethodType(_speedups.run_ready, self))
         self._run_pass: Callable[[], bool] = self._run_plain
+        # The poll step: compiled for the EpollPoller when built (it runs
+        # the Python _poll below for any other poller), else _poll.
+        if _speedups is not None:
+            self._poll = types.MethodType(_speedups.poll, self)  # type: ignore[method-assign]
         self.workers: list[Worker] = []
         self._timed: list[Worker] = []  # the workers with a next_deadline of their own
         workers = default_workers() if workers is None else list(workers)
@@ -971,6 +975,8 @@ class Scheduler:
         self._ready.append(t)
 
     def _poll(self) -> None:
+        # The specification of _speedups.poll, which does exactly this when
+        # the poller is the EpollPoller (and calls this for any other).
         clock = self.clock
         if self._poller is None and clock.virtual and self._signals is None:
             self._poll_simulated(clock)
@@ -1243,6 +1249,7 @@ class _Drain:
 if _speedups is not None:
     _speedups.configure(YIELD, _PendingInterrupt, mark_retrieved, Thread)
     _speedups.configure_scheduler(Scheduler)
+    _speedups.configure_poll(Scheduler._poll, EpollPoller, TimerWorker)
     # The compiled loop serves a Park and a WaitRead itself while their
     # handlers are this scheduler's own _sys_park and the IO worker's own
     # _wait_read (their common cases, written out in C).

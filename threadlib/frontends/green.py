@@ -33,6 +33,10 @@ from ..io import sockio
 from .._kernel.threads import drive as _drive
 from .._kernel import DONE, Thread, current_scheduler
 from .._kernel.introspect import thread_frames
+from .._kernel.compiled import speedups as _speedups
+
+# What a compiled Stream.recv returns: it has send and throw of its own.
+_RECV_CALL = None if _speedups is None else _speedups.RecvCall
 
 __all__ = ["thread", "run", "spawn", "call", "sleep", "join", "wrap", "listen", "connect", "current"]
 
@@ -139,7 +143,7 @@ def call(awaitable: Any) -> Any:
             return None
         if isinstance(awaitable, types.CoroutineType):
             awaitable = awaitable.__await__()
-        else:
+        elif type(awaitable) is not _RECV_CALL:  # a compiled recv has send and throw: driven as it is
             # Other awaitables (Event.wait's ParkOnce) iterate without
             # send/throw: drive them through a generator that has both.
             awaitable = _drive(awaitable)

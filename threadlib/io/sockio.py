@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, overload
 from ..calls import timeout as _timeout
 from .._kernel import DONE, forget_fd
 from .._kernel.compiled import sock_recv, sock_recv_into, sock_send
+from .._kernel.compiled import speedups as _speedups
 from .._kernel.uring import RECV_REQUEST_BYTES, AcceptState, RecvState, UringAccept, UringRecv, UringSend, socket_worker
 from ..syscalls import Blocking, Sleep, WaitRead, WaitWrite, Waits
 from .happy_eyeballs import DEFAULT_DELAY, HostTable, Resolver, connect_first, literal_family
@@ -886,3 +887,12 @@ connect = kernel.connect
 udp = kernel.udp
 unix_listen = kernel.unix_listen
 unix_connect = kernel.unix_connect
+
+
+if _speedups is not None:
+    # Stream.recv with no timeout on the default socket layer, compiled: a
+    # RecvCall (an awaitable doing what the generator does) instead of a
+    # generator per read; and Stream.sendall's first send, in C. The Python
+    # methods above stay the specifications and serve every other case
+    # (Stream._recv_spec, Stream._sendall_spec).
+    _speedups.configure_stream(Stream, globals())

@@ -247,7 +247,8 @@ class Recorder:
             sockio._use_socket_layer(previous)
             _sockets._Recording.recorder = None
             sched.clock = real_clock
-            del sched._poll, sched.spawn, sched.add_worker
+            del sched.spawn, sched.add_worker
+            sched._poll = real_poll  # type: ignore[method-assign]  # the compiled poll step is an attribute of its own
 
         self._undo.append(undo)
 

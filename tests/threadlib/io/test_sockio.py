@@ -491,3 +491,89 @@ def test_the_end_that_comes_with_the_last_data_is_read_at_once(into):
             return (yield from r.join())
 
     assert threadlib.run(main()) == [b"last words", b""]
+
+
+def test_a_read_cancelled_or_timed_out_while_it_waits_consumes_nothing():
+    # A thread waiting in recv is cancelled, another's wait ends in its
+    # scope's timeout, an async def thread's too: the bytes sent after are
+    # all read by the next recv, none lost to the withdrawn waits.
+    def main():
+        a, b = sockio.socketpair()
+
+        def reader():
+            return (yield from a.recv(10))
+
+        async def async_reader():
+            return await a.recv(10)
+
+        t = yield from threadlib.spawn(reader())
+        yield from threadlib.sleep(0)
+        assert (yield from t.cancel()) is True
+        with pytest.raises(TimeoutError):
+            with threadlib.timeout(0.01):
+                yield from a.recv(10)
+        t = yield from threadlib.spawn(async_reader())
+        yield from threadlib.sleep(0)
+        assert (yield from t.cancel()) is True
+        yield from b.sendall(b"kept")
+        got = yield from a.recv(10)
+        a.close()
+        b.close()
+        return got
+
+    assert threadlib.run(main()) == b"kept"
+
+
+def test_a_read_can_be_driven_as_a_generator_can():
+    # What a recv returns is driven by yield from, await, or by hand with
+    # send/throw/close, as a generator is: at once when data is there, one
+    # wait otherwise; an exception thrown at the wait comes out; once done
+    # it returns None; a value sent before it starts is refused.
+    def main():
+        a, b = sockio.socketpair()
+        yield from b.sendall(b"one")
+        first = a.recv(10)
+        assert (yield from first) == b"one"
+        assert (yield from first) is None
+        fresh = a.recv(10)
+        with pytest.raises(TypeError):
+            fresh.send(1)
+        waiting = a.recv(10)
+        wait = waiting.send(None)  # nothing to read: the WaitRead it yields
+        assert type(wait).__name__ == "WaitRead" and wait.fd == a.fileno()
+        with pytest.raises(KeyError, match="thrown"):
+            waiting.throw(KeyError("thrown"))
+        closed = a.recv(10)
+        closed.close()
+        yield from b.sendall(b"two")
+        assert (yield from closed) is None
+
+        async def awaited():
+            return await a.recv(10)
+
+        got = yield from threadlib.spawn(awaited())
+        a.close()
+        b.close()
+        return (yield from got.join())
+
+    assert threadlib.run(main()) == b"two"
+
+
+def test_a_read_past_the_arguments_it_takes_fails_as_the_python_read_does():
+    # Bad arguments fail alike compiled and pure: a negative size when the
+    # read runs, an unknown keyword or too many arguments at the call.
+    def main():
+        a, b = sockio.socketpair()
+        with pytest.raises(ValueError, match="negative buffersize"):
+            yield from a.recv(-1)
+        with pytest.raises(TypeError):
+            a.recv(10, None, None)
+        with pytest.raises(TypeError):
+            a.recv(10, size=3)
+        yield from b.sendall(b"ok")
+        got = yield from a.recv(max_bytes=10, timeout=5)
+        a.close()
+        b.close()
+        return got
+
+    assert threadlib.run(main()) == b"ok"
