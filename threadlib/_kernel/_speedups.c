@@ -713,9 +713,10 @@ log_sent(PyObject *log, int fd, const void *buf, Py_ssize_t n)
 /* The three calls, recording or not: with `log` (a bytearray) each also
  * appends its record (see the record/replay section above); with NULL it is
  * the plain fast path. One body for both, so that a recording run makes
- * exactly the calls an unrecorded one does. */
+ * exactly the calls an unrecorded one does. do_recv's `again`, when given
+ * (not recording), is set at EAGAIN instead of raising BlockingIOError. */
 static PyObject *
-do_recv(PyObject *log, PyObject *sock, PyObject *size_arg)
+do_recv(PyObject *log, PyObject *sock, PyObject *size_arg, int *again)
 {
     Py_ssize_t size = buffer_size(size_arg, "negative buffersize in recv");
     if (size < 0) {
@@ -738,6 +739,10 @@ do_recv(PyObject *log, PyObject *sock, PyObject *size_arg)
         }
         if (log != NULL) {
             return log_failure(log, REC_RECV, fd, err);
+        }
+        if (again != NULL && (err == EAGAIN || err == EWOULDBLOCK)) {
+            *again = 1;  /* no exception made: the caller would catch it at once */
+            return NULL;
         }
         errno = err;
         return PyErr_SetFromErrno(PyExc_OSError);
@@ -794,7 +799,7 @@ do_recv_into(PyObject *log, PyObject *sock, PyObject *buffer, PyObject *nbytes_a
 }
 
 static PyObject *
-do_send(PyObject *log, PyObject *sock, PyObject *data)
+do_send(PyObject *log, PyObject *sock, PyObject *data, int *again)
 {
     Py_buffer view;
     if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
@@ -816,6 +821,10 @@ do_send(PyObject *log, PyObject *sock, PyObject *data)
         if (log != NULL) {
             return log_failure(log, REC_SEND, fd, err);
         }
+        if (again != NULL && (err == EAGAIN || err == EWOULDBLOCK)) {
+            *again = 1;
+            return NULL;
+        }
         errno = err;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
@@ -829,7 +838,7 @@ sock_recv(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "sock_recv(sock, bufsize)");
         return NULL;
     }
-    return do_recv(NULL, args[0], args[1]);
+    return do_recv(NULL, args[0], args[1], NULL);
 }
 
 static PyObject *
@@ -849,7 +858,7 @@ sock_send(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "sock_send(sock, data)");
         return NULL;
     }
-    return do_send(NULL, args[0], args[1]);
+    return do_send(NULL, args[0], args[1], NULL);
 }
 
 static PyObject *
@@ -859,7 +868,7 @@ rec_recv(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "rec_recv(log, sock, bufsize)");
         return NULL;
     }
-    return check_log(args[0]) < 0 ? NULL : do_recv(args[0], args[1], args[2]);
+    return check_log(args[0]) < 0 ? NULL : do_recv(args[0], args[1], args[2], NULL);
 }
 
 static PyObject *
@@ -879,7 +888,7 @@ rec_send(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "rec_send(log, sock, data)");
         return NULL;
     }
-    return check_log(args[0]) < 0 ? NULL : do_send(args[0], args[1], args[2]);
+    return check_log(args[0]) < 0 ? NULL : do_send(args[0], args[1], args[2], NULL);
 }
 
 /* -- fdio's per-fd record ------------------------------------------------- */
@@ -1817,45 +1826,6 @@ typedef struct {
 
 enum { RECV_FRESH, RECV_WAITING, RECV_DONE };
 
-/* One recv(2) for the call: the bytes, or NULL with *again set at EAGAIN
- * (no exception made: the generator's BlockingIOError is caught at once)
- * or with an exception (the socket module's own). */
-static PyObject *
-recv_or_again(PyObject *sock, PyObject *size_arg, int *again)
-{
-    *again = 0;
-    Py_ssize_t size = buffer_size(size_arg, "negative buffersize in recv");
-    if (size < 0) {
-        return NULL;
-    }
-    int fd = socket_fd(sock);
-    if (fd < 0) {
-        return NULL;
-    }
-    PyObject *data = PyBytes_FromStringAndSize(NULL, size);
-    if (data == NULL) {
-        return NULL;
-    }
-    ssize_t n = transfer(fd, PyBytes_AS_STRING(data), (size_t)size, 0);
-    if (n < 0) {
-        int err = errno;
-        Py_DECREF(data);
-        if (n != -1) {
-            return NULL;
-        }
-        if (err == EAGAIN || err == EWOULDBLOCK) {
-            *again = 1;
-            return NULL;
-        }
-        errno = err;
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    if (n != size && _PyBytes_Resize(&data, n) < 0) {
-        return NULL;
-    }
-    return data;
-}
-
 /* A slot of the stream as a borrowed reference, or NULL with the
  * AttributeError Python's own access would raise. */
 static PyObject *
@@ -1917,8 +1887,8 @@ recvcall_send(RecvCall *self, PyObject *arg, PyObject **result)
         if (sock == NULL) {
             goto fail;
         }
-        int again;
-        PyObject *data = recv_or_again(sock, self->max_bytes, &again);
+        int again = 0;
+        PyObject *data = do_recv(NULL, sock, self->max_bytes, &again);  /* EAGAIN: again, no exception */
         if (data != NULL) {
             /* self._drained = 0 < len(data) < max_bytes and not self._hung_up */
             Py_ssize_t n = PyBytes_GET_SIZE(data);
@@ -2144,27 +2114,15 @@ stream_sendall(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject
     if (sock == NULL) {
         return NULL;
     }
-    Py_buffer view;
-    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+    int again = 0;
+    PyObject *count = do_send(NULL, sock, data, &again);  /* EAGAIN: nothing sent, no exception */
+    if (count == NULL && !again) {
         return NULL;
     }
-    int fd = socket_fd(sock);
-    if (fd < 0) {
-        PyBuffer_Release(&view);
-        return NULL;
-    }
-    ssize_t n = transfer(fd, view.buf, (size_t)view.len, 1);
-    int err = errno;
-    PyBuffer_Release(&view);
-    if (n == -2) {
-        return NULL;
-    }
-    if (n == -1) {
-        if (err != EAGAIN && err != EWOULDBLOCK) {
-            errno = err;
-            return PyErr_SetFromErrno(PyExc_OSError);
-        }
-        n = 0;
+    Py_ssize_t n = 0;
+    if (count != NULL) {
+        n = PyLong_AsSsize_t(count);
+        Py_DECREF(count);
     }
     Py_ssize_t length = PyObject_Length(data);  /* len(data), as the Python sendall compares */
     if (length < 0) {
