@@ -458,6 +458,7 @@ SERVERS = {
     "uvloop-protocols": Protocols("uvloop"),
     "threadlib-loop-protocols": Protocols("threadlib-loop"),
     "uvloop-streams": Streams("uvloop"),
+    "threadlib-loop-streams": Streams("threadlib-loop"),
     "gevent": Gevent(),
     "trio": Trio(),
     "curio": Curio(),

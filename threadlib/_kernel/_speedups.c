@@ -38,7 +38,9 @@
  *
  * And sockio's Stream.recv (a method returning RecvCall, the awaitable
  * its generator would be), for a recv with no timeout on the default
- * socket layer; sockio.py's recv is its specification and its fallback.
+ * socket layer, and Stream.sendall's first send (DONE when the socket took
+ * it all); sockio.py's recv and sendall are their specifications and
+ * their fallbacks.
  *
  * And fdio's per-fd record, FdWaiters: fdio._FdWaiters with its
  * on_events (the callback the poller runs for every event on a watched
@@ -2119,24 +2121,24 @@ stream_sendall(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject
     if (count == NULL && !again) {
         return NULL;
     }
-    Py_ssize_t n = 0;
-    if (count != NULL) {
-        n = PyLong_AsSsize_t(count);
-        Py_DECREF(count);
+    if (count == NULL) {
+        count = PyLong_FromLong(0);  /* EAGAIN: nothing sent */
+        if (count == NULL) {
+            return NULL;
+        }
     }
-    Py_ssize_t length = PyObject_Length(data);  /* len(data), as the Python sendall compares */
+    Py_ssize_t n = PyLong_AsSsize_t(count);
+    Py_ssize_t length = n < 0 ? -1 : PyObject_Length(data);  /* len(data), as the Python sendall compares */
     if (length < 0) {
+        Py_DECREF(count);
         return NULL;
     }
     if (n == length) {
+        Py_DECREF(count);
         return Py_NewRef(done_awaitable);
     }
-    PyObject *sent = PyLong_FromSsize_t(n);
-    if (sent == NULL) {
-        return NULL;
-    }
-    PyObject *rest = PyObject_CallMethodObjArgs(self, s__send_rest, data, sent, timeout, NULL);
-    Py_DECREF(sent);
+    PyObject *rest = PyObject_CallMethodObjArgs(self, s__send_rest, data, count, timeout, NULL);
+    Py_DECREF(count);
     return rest;
 }
 
@@ -2435,6 +2437,17 @@ fail:
     return -1;
 }
 
+/* clock.virtual as 1 or 0, or -1 with an exception: read only where _poll
+ * reads it, since a clock's virtual may be a property. */
+static int
+clock_virtual(PyObject *clock)
+{
+    PyObject *v = PyObject_GetAttr(clock, s_virtual);
+    int virtual = v == NULL ? -1 : PyObject_IsTrue(v);
+    Py_XDECREF(v);
+    return virtual;
+}
+
 static PyObject *
 poll_step(PyObject *module, PyObject *sched)
 {
@@ -2495,9 +2508,7 @@ poll_step(PyObject *module, PyObject *sched)
         timeout_ms = 0;
     }
     else if (deadline != NULL) {
-        PyObject *v = PyObject_GetAttr(clock, s_virtual);
-        virtual = v == NULL ? -1 : PyObject_IsTrue(v);
-        Py_XDECREF(v);
+        virtual = clock_virtual(clock);
         if (virtual < 0) {
             goto done;
         }
@@ -2536,13 +2547,8 @@ poll_step(PyObject *module, PyObject *sched)
         goto done;
     }
     if (deadline != NULL) {
-        if (virtual < 0) {
-            PyObject *v = PyObject_GetAttr(clock, s_virtual);
-            virtual = v == NULL ? -1 : PyObject_IsTrue(v);
-            Py_XDECREF(v);
-            if (virtual < 0) {
-                goto done;
-            }
+        if (virtual < 0 && (virtual = clock_virtual(clock)) < 0) {
+            goto done;
         }
         if (virtual && !events) {
             int still = PyObject_IsTrue(ready);

@@ -154,28 +154,14 @@ def _where(coro: Any) -> str:
 _MAX_DEPTH = 256  # a yield-from chain longer than this is cut (a cycle cannot happen, a bug might)
 
 
-def compiled_tail(coro: Any) -> str | None:
-    """What a thread waits in when the innermost call of its chain is a
-    compiled one with no frame (a compiled ``Stream.recv`` says
-    ``"Stream.recv"`` as its ``where``), else None."""
-    if type(coro) is InContext:
-        coro = coro.coro
-    for _ in range(_MAX_DEPTH):
-        if isinstance(coro, types.GeneratorType):
-            coro = coro.gi_yieldfrom
-        elif isinstance(coro, types.CoroutineType):
-            coro = coro.cr_await
-        else:
-            where = getattr(coro, "where", None) if coro is not None else None
-            return where if isinstance(where, str) else None
-    return None
-
-
-def thread_frames(coro: Any) -> list[types.FrameType]:
-    """The frames of a thread object, outermost first: a generator's or
+def thread_chain(coro: Any) -> tuple[list[types.FrameType], str | None]:
+    """The frames of a thread object, outermost first (a generator's or
     coroutine's frame, then those of whatever it delegates to through
-    ``yield from``/``await``; an object with a ``frames()`` method (a green
-    thread) gives its own. Empty for an ended thread."""
+    ``yield from``/``await``; an object with a ``frames()`` method, a green
+    thread, gives its own), and what it waits in when the innermost call is
+    a compiled one with no frame (a compiled ``Stream.recv`` says
+    ``"Stream.recv"`` as its ``where``), else None. ``([], None)`` for an
+    ended thread."""
     frames: list[types.FrameType] = []
     if type(coro) is InContext:
         coro = coro.coro
@@ -188,11 +174,18 @@ def thread_frames(coro: Any) -> list[types.FrameType]:
             own = getattr(coro, "frames", None)
             if own is not None:
                 frames.extend(own())
-            break  # an iterator without frames (ParkOnce's), or the end
+                break
+            where = getattr(coro, "where", None)  # an iterator without frames (ParkOnce's), or compiled
+            return frames, where if isinstance(where, str) else None
         if frame is None:
             break
         frames.append(frame)
-    return frames
+    return frames, None
+
+
+def thread_frames(coro: Any) -> list[types.FrameType]:
+    """The frames of a thread object, outermost first (see thread_chain)."""
+    return thread_chain(coro)[0]
 
 
 _short = reprlib.Repr()
@@ -271,9 +264,8 @@ def format_dump(sched: Scheduler) -> str:
     threads = sched.threads()
     owners: dict[int, str | None] = {}
     for t in threads:
-        frames = thread_frames(t._coro)
+        frames, tail = thread_chain(t._coro)
         stack = tuple((f.f_code.co_filename, f.f_lineno or 0, f.f_code.co_qualname) for f in frames)
-        tail = compiled_tail(t._coro)
         if tail is not None:  # a compiled call has no frame: named as one
             stack += (("<compiled>", 0, tail),)
         state, fields = _describe_wait(t, running, frames, owners)
