@@ -18,7 +18,8 @@ import sys
 from bench import harness as H, peers
 
 PEERS = ("nginx", "asyncio-protocols", "uvloop-protocols", "threadlib-loop-protocols", "gevent", "trio", "curio", "threadlib", "threadlib-pure",
-         "threadlib-async", "threadlib-green")
+         "threadlib-async", "threadlib-green",
+         "threadlib-green-pure")
 ANCHORS = {"nginx": "8.3 µs"}
 TARGET = [("cpu_us", "<=", 8.5, " µs")]
 BODY = b"Hello, World!"

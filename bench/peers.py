@@ -468,6 +468,7 @@ SERVERS = {
     # The same server on the pure-Python hot path (THREADLIB_PURE=1 in its
     # child): what the compiled one buys, side by side.
     "threadlib-pure": Threadlib(),
+    "threadlib-green-pure": ThreadlibGreen(),
     "threadlib-recording": ThreadlibRecording(),
 }
 

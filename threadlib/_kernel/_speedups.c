@@ -61,8 +61,7 @@
  * (PyIter_Send resumes a generator without raising StopIteration at its end)
  * are visible in the source.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_speedups.h"
 #include <structmember.h>
 #include <errno.h>
 #include <limits.h>
@@ -131,7 +130,7 @@ slot_set(PyObject *t, Py_ssize_t off, PyObject *v)
 
 /* The raised exception, normalized, with its traceback attached; the error
  * indicator is cleared. */
-static PyObject *
+PyObject *
 take_exception(void)
 {
     PyObject *type, *value, *tb;
@@ -145,7 +144,7 @@ take_exception(void)
     return value;
 }
 
-static PyObject *
+PyObject *
 call_method(PyObject *obj, PyObject *name, PyObject *a, PyObject *b, PyObject *c, Py_ssize_t n)
 {
     PyObject *args[4] = {obj, a, b, c};
@@ -1810,7 +1809,7 @@ configure_awaitables(PyObject *module, PyObject *args)
  * with a timeout, under record/replay's socket layer, or for arguments
  * it does not take as given (keywords, too many), the method calls the
  * Python recv, which behaves as it always did. */
-static PyTypeObject RecvCallType;
+PyTypeObject RecvCallType;
 static PyObject *stream_recv_spec;   /* sockio.Stream.recv, the Python function */
 static PyObject *sockio_namespace;   /* sockio's globals: _recv names the socket layer's recv */
 static PyObject *plain_sock_recv;    /* this module's sock_recv: the default layer's */
@@ -2054,7 +2053,7 @@ static PyAsyncMethods recvcall_async = {
     .am_send = (sendfunc)recvcall_send,
 };
 
-static PyTypeObject RecvCallType = {
+PyTypeObject RecvCallType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "threadlib._kernel._speedups.RecvCall",
     .tp_basicsize = sizeof(RecvCall),
@@ -3718,7 +3717,7 @@ PyInit__speedups(void)
         PyModule_AddObjectRef(module, "RecordedHandler", (PyObject *)&RecordedHandlerType) < 0 ||
         PyModule_AddObjectRef(module, "RecordedPoll", (PyObject *)&RecordedPollType) < 0 ||
         PyModule_AddObjectRef(module, "LogCore", (PyObject *)&LogCoreType) < 0 ||
-        PyModule_AddObjectRef(module, "RecvCall", (PyObject *)&RecvCallType) < 0) {
+        PyModule_AddObjectRef(module, "RecvCall", (PyObject *)&RecvCallType) < 0 || green_add_to_module(module) < 0) {
         Py_DECREF(module);
         return NULL;
     }

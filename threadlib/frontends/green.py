@@ -31,7 +31,7 @@ import greenlet
 from .. import calls
 from ..io import sockio
 from .._kernel.threads import drive as _drive
-from .._kernel import DONE, Thread, current_scheduler
+from .._kernel import DONE, Thread
 from .._kernel.introspect import thread_frames
 from .._kernel.compiled import speedups as _speedups
 
@@ -43,17 +43,20 @@ __all__ = ["thread", "run", "spawn", "call", "sleep", "join", "wrap", "listen", 
 _T = TypeVar("_T")
 
 
-class GreenThread:
-    """Adapts a greenlet to the coroutine protocol the scheduler drives."""
+class _GreenGlet(greenlet.greenlet):  # type: ignore[misc]  # greenlet is untyped: Any to mypy
+    """The greenlet of a green thread: being one is what lets a blocking
+    call run (a greenlet of the application's own is refused), and while
+    blocked it names the call it is blocked in (for dumps)."""
 
-    __slots__ = ("_glet", "__qualname__")
+    __slots__ = ("_driving",)
 
-    def __init__(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        def body(_first_value: Any) -> Any:
-            return func(*args, **kwargs)
 
-        self._glet = greenlet.greenlet(body)
-        self.__qualname__ = getattr(func, "__qualname__", "green")
+class _PyGreenCoro:
+    """A greenlet as the coroutine the scheduler drives: the specification
+    of the compiled ``_speedups.GreenCoro``."""
+
+    __slots__ = ("_glet",)
+    _glet: Any  # the green thread's greenlet
 
     def send(self, value: Any) -> Any:
         """Run the greenlet until its next system call (returned) or its end
@@ -78,6 +81,23 @@ class GreenThread:
             raise StopIteration(syscall)
         return syscall
 
+
+_GreenCoro: Any = _PyGreenCoro if _speedups is None else _speedups.GreenCoro
+
+
+class GreenThread(_GreenCoro):  # type: ignore[misc]  # a compiled base: Any to mypy
+    """Adapts a greenlet to the coroutine protocol the scheduler drives
+    (``send`` and ``throw``, from its base)."""
+
+    __slots__ = ("__qualname__",)
+
+    def __init__(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        def body(_first_value: Any) -> Any:
+            return func(*args, **kwargs)
+
+        self._glet = _GreenGlet(body)  # type: ignore[misc]  # the base's slot; the base is Any to mypy
+        self.__qualname__ = getattr(func, "__qualname__", "green")
+
     def adopt_context(self, context: contextvars.Context) -> None:
         """Run the greenlet in ``context`` (called by the scheduler at
         spawn, with the thread's own copy of its spawner's context)."""
@@ -100,9 +120,10 @@ class GreenThread:
             frames.append(frame)
             frame = frame.f_back
         frames.reverse()
-        if frames and frames[-1].f_code is call.__code__:
+        driving = getattr(self._glet, "_driving", None)
+        if frames and driving is not None:
             # Blocked in call(): the generator it drives holds the rest.
-            frames.extend(thread_frames(frames[-1].f_locals.get("awaitable")))
+            frames.extend(thread_frames(driving))
         return frames
 
     def close(self) -> None:
@@ -119,13 +140,6 @@ def thread(func: Callable[..., Any], *args: Any, **kwargs: Any) -> GreenThread:
     return GreenThread(func, args, kwargs)
 
 
-def _in_green_thread() -> greenlet.greenlet:
-    me = greenlet.getcurrent()
-    if me.parent is None or current_scheduler() is None:
-        raise RuntimeError("this blocking call needs a green thread (threadlib.frontends.green.thread/spawn)")
-    return me
-
-
 @overload
 def call(awaitable: Awaitable[_T]) -> _T: ...
 @overload
@@ -135,32 +149,40 @@ def call(awaitable: Any) -> Any:
     ``sock.recv(10)``) to completion from a green thread, blocking only
     this green thread. The call's timeouts and cancellation behave as in a
     generator thread: they are raised here."""
-    me = _in_green_thread()
-    if type(awaitable) is not types.GeneratorType:
+    me = greenlet.getcurrent()
+    if type(me) is not _GreenGlet:
+        raise RuntimeError("this blocking call needs a green thread (threadlib.frontends.green.thread/spawn)")
+    kind = type(awaitable)
+    if kind is not types.GeneratorType and kind is not types.CoroutineType and kind is not _RECV_CALL:
         if awaitable is DONE:
             # A call done when made (a sendall whose first send took all):
             # what driving it would return, without a generator to drive it.
             return None
-        if isinstance(awaitable, types.CoroutineType):
-            awaitable = awaitable.__await__()
-        elif type(awaitable) is not _RECV_CALL:  # a compiled recv has send and throw: driven as it is
-            # Other awaitables (Event.wait's ParkOnce) iterate without
-            # send/throw: drive them through a generator that has both.
-            awaitable = _drive(awaitable)
+        # Other awaitables (Event.wait's ParkOnce) iterate without
+        # send/throw: drive them through a generator that has both.
+        awaitable = _drive(awaitable)
     send = awaitable.send
     value: Any = None
     error: BaseException | None = None
-    while True:
-        try:
-            syscall = send(value) if error is None else awaitable.throw(error)
-        except StopIteration as stop:
-            return stop.value
-        error = None
-        try:
-            value = me.parent.switch(syscall)
-        except BaseException as exc:  # delivered by the scheduler: pass it into the call
-            value = None
-            error = exc
+    named = False  # me._driving is awaitable
+    try:
+        while True:
+            try:
+                syscall = send(value) if error is None else awaitable.throw(error)
+            except StopIteration as stop:
+                return stop.value
+            error = None
+            if not named:
+                me._driving = awaitable
+                named = True
+            try:
+                value = me.parent.switch(syscall)
+            except BaseException as exc:  # delivered by the scheduler: pass it into the call
+                value = None
+                error = exc
+    finally:
+        if named:
+            me._driving = None
 
 
 def run(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -203,7 +225,10 @@ def _wrap_result(result: Any) -> Any:
 _proxy_classes: dict[type, type] = {}
 
 
-def _blocking_method(name: str) -> Callable[..., Any]:
+def _py_blocking_method(name: str) -> Callable[..., Any]:
+    """A blocking view's method for the target's method ``name``: the
+    specification of the compiled ``_speedups.BlockingMethod``."""
+
     def method(self: Any, *args: Any, **kwargs: Any) -> Any:
         result = getattr(self._target, name)(*args, **kwargs)
         kind = type(result)
@@ -217,6 +242,16 @@ def _blocking_method(name: str) -> Callable[..., Any]:
 
     method.__name__ = name
     return method
+
+
+_blocking_method: Callable[[str], Callable[..., Any]] = _py_blocking_method
+if _speedups is not None:
+    # The compiled call, views' methods and GreenThread base do what call,
+    # _py_blocking_method and _PyGreenCoro do (their specifications).
+    _speedups.configure_green(_GreenGlet, greenlet.getcurrent, _drive, DONE, _wrap_result)
+    _py_call = call
+    call = _speedups.green_call  # noqa: F811
+    _blocking_method = _speedups.BlockingMethod
 
 
 def _forwarded_attribute(name: str) -> property:

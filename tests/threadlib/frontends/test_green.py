@@ -1,11 +1,16 @@
 """The greenlet front end: plain blocking-style functions on the same
 scheduler as generator and async-def threads."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 import threadlib
 from threadlib.frontends import green
 from threadlib.io import sockio
+from tests import REPO_ROOT
 
 
 def test_green_echo_server_with_generator_and_async_clients():
@@ -178,3 +183,53 @@ def test_blocking_views_return_plain_results_and_wrap_sockets():
     finally:
         a.close()
         b.close()
+
+
+TRACE = os.path.join(os.path.dirname(__file__), "green_trace.py")
+
+
+def run_green_trace(pure: bool) -> list[str]:
+    env = {k: v for k, v in os.environ.items() if k != "THREADLIB_PURE"}
+    if pure:
+        env["THREADLIB_PURE"] = "1"
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    done = subprocess.run([sys.executable, TRACE], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def test_compiled_and_pure_green_front_ends_do_the_same_at_every_edge():
+    """green.call, the views' methods and GreenThread's resume are compiled
+    (_speedups' _green.c) unless THREADLIB_PURE is set; green.py's Python is
+    their specification. Both give the same trace, and the trace is right."""
+    compiled, pure = run_green_trace(pure=False), run_green_trace(pure=True)
+    assert (compiled[0], pure[0]) == ("True", "False")  # the compiled call is the one in use
+    assert compiled[1:] == pure[1:]
+    refused = "RuntimeError: this blocking call needs a green thread (threadlib.frontends.green.thread/spawn)"
+    assert compiled[1:] == [
+        f"outside: sleep -> {refused}",
+        f"outside: sendall -> {refused}",  # refused although the send itself went
+        "sendall -> None",
+        "bound recv(5) -> b'hello'",
+        "recv(max_bytes=3) -> b' wo'",
+        "recv_exactly(3) -> b'rld'",
+        "sendall(str) -> TypeError: a bytes-like object is required, not 'str'",
+        compiled[8],  # the timeout names the fd
+        "fileno is the target's -> True",
+        "unwrap -> True",
+        "accept -> GreenStream, tuple",
+        "accepted recv -> b'ping'",
+        "call(coroutine) -> 42",
+        "call(generator) -> None",
+        "call(Event.wait) -> None",
+        "reader: finally ran",
+        "cancel blocked reader -> True",
+        "reader state -> cancelled",
+        "join returns -> 42",
+        "join fails -> LookupError: green failure",
+        "never_runs ran",
+        "cancel just spawned -> False done",
+        f"raw greenlet in a green thread -> {refused}",
+        "run -> 'main done'",
+    ]
+    assert compiled[8].startswith("recv(timeout=0.05) -> TimeoutError: timed out waiting on WaitRead(fd=")

@@ -1,0 +1,24 @@
+/* What the sources of threadlib._kernel._speedups share: _speedups.c (the
+ * run loop, the poll step, sockio's fast paths; the module) and _green.c
+ * (the greenlet front end's resume and blocking call). Nothing here may
+ * grow state: each source keeps its own. */
+#ifndef THREADLIB_SPEEDUPS_H
+#define THREADLIB_SPEEDUPS_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+/* _speedups.c: a compiled Stream.recv in progress. */
+extern PyTypeObject RecvCallType;
+
+/* _speedups.c: the raised exception, normalized, with its traceback
+ * attached; the error indicator is cleared. */
+PyObject *take_exception(void);
+
+/* _speedups.c: obj.name(a, b, c) with n of them, by vectorcall. */
+PyObject *call_method(PyObject *obj, PyObject *name, PyObject *a, PyObject *b, PyObject *c, Py_ssize_t n);
+
+/* _green.c: readies its types and adds them and its functions to the module. */
+int green_add_to_module(PyObject *module);
+
+#endif
