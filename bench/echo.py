@@ -19,7 +19,7 @@ from bench import harness as H, peers
 PEERS = ("c-epoll", "asyncio-streams", "asyncio-protocols", "uvloop-protocols", "threadlib-loop-protocols", "uvloop-streams",
          "threadlib-loop-streams", "gevent",
          "trio", "curio", "threadlib", "threadlib-pure", "threadlib-async", "threadlib-green",
-         "threadlib-green-pure")
+         "threadlib-green-pure", "threadlib-uring")
 ANCHORS = {"asyncio-streams": "12.0 µs", "uvloop-protocols": "6.5 µs", "c-epoll": "7.0 µs"}
 TARGET = [("cpu_us", "<=", 8.0, " µs")]
 

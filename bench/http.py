@@ -19,7 +19,7 @@ from bench import harness as H, peers
 
 PEERS = ("nginx", "asyncio-protocols", "uvloop-protocols", "threadlib-loop-protocols", "gevent", "trio", "curio", "threadlib", "threadlib-pure",
          "threadlib-async", "threadlib-green",
-         "threadlib-green-pure")
+         "threadlib-green-pure", "threadlib-uring")
 ANCHORS = {"nginx": "8.3 µs"}
 TARGET = [("cpu_us", "<=", 8.5, " µs")]
 BODY = b"Hello, World!"

@@ -469,6 +469,9 @@ SERVERS = {
     # child): what the compiled one buys, side by side.
     "threadlib-pure": Threadlib(),
     "threadlib-green-pure": ThreadlibGreen(),
+    # The same server on the io_uring worker (THREADLIB_IO=uring in its
+    # child): completion-based recv and send, multishot accept.
+    "threadlib-uring": Threadlib(),
     "threadlib-recording": ThreadlibRecording(),
 }
 
@@ -542,8 +545,10 @@ def child_argv(module: str, peer: str, port: int, *args: str) -> list[str]:
     Skip (a 'skipped' row) when a module that peer needs does not import."""
     for name in needs(peer):
         H.import_or_skip(name)
-    pure = ["env", "THREADLIB_PURE=1"] if peer.endswith("-pure") else []
-    return [*pure, sys.executable, "-m", module, "--serve", peer, str(port), *args]
+    env = ["env", "THREADLIB_PURE=1"] if peer.endswith("-pure") else []
+    if peer.endswith("-uring"):
+        env = ["env", "THREADLIB_IO=uring"]
+    return [*env, sys.executable, "-m", module, "--serve", peer, str(port), *args]
 
 
 def c_server_argv(name: str, port: int) -> list[str]:

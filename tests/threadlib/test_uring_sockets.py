@@ -1,6 +1,7 @@
 """Completion-based sockets on the io_uring worker, against real sockets:
 on a scheduler built from ``uring_workers()`` sockio's streams receive
-through IORING_OP_RECV and finish a ``sendall`` through IORING_OP_SEND,
+through one multishot IORING_OP_RECV each into provided buffers (or a
+request per wait) and finish a ``sendall`` through IORING_OP_SEND,
 its listeners take connections through one multishot accept; a recv
 cancelled while its request is in flight loses no byte; a feature the
 kernel lacks (or ``THREADLIB_URING_DISABLE`` names) falls back to the
@@ -275,6 +276,7 @@ _FEATURE_CHILD = textwrap.dedent("""
     ("multishot_accept", "Listener UringStream x"),
     ("recv_send", "UringListener Stream x"),
     ("recv_send,multishot_accept", "Listener Stream x"),
+    ("multishot_recv", "UringListener UringStream x"),
 ])
 def test_each_socket_feature_falls_back_alone_and_says_so_once(off, expected):
     have = features()
@@ -282,21 +284,160 @@ def test_each_socket_feature_falls_back_alone_and_says_so_once(off, expected):
     out = subprocess.run([sys.executable, "-c", _FEATURE_CHILD], env=env, capture_output=True, text=True,
                          timeout=60, cwd=REPO_ROOT)
     assert out.returncode == 0, out.stderr
-    missing = {n for n in off.split(",") if n} | ({"recv_send", "multishot_accept"} - have)
+    missing = {n for n in off.split(",") if n} | ({"recv_send", "multishot_accept", "multishot_recv"} - have)
     if "recv_send" in missing:
         expected = expected.replace("UringStream", "Stream")
     if "multishot_accept" in missing:
         expected = expected.replace("UringListener", "Listener")
     assert out.stdout.splitlines() == [expected] * 2
     logs = [line for line in out.stderr.splitlines() if line.startswith("LOG")]
-    assert len(logs) == len(missing), out.stderr  # one line per feature left out, once per process
+    said = missing - {"multishot_recv"} if "recv_send" in missing else missing  # said with recv_send
+    assert len(logs) == len(said), out.stderr  # one line per feature left out, once per process
     for name in filter(None, off.split(",")):
-        assert (f"LOG threadlib: io_uring without {name} (disabled by THREADLIB_URING_DISABLE); "
-                f"sockets use readiness for it") in logs, out.stderr
+        fallback = ("a recv that waits submits a request each time" if name == "multishot_recv"
+                    else "sockets use readiness for it")
+        assert f"LOG threadlib: io_uring without {name} (disabled by THREADLIB_URING_DISABLE); {fallback}" in logs, \
+            out.stderr
 
 
 def test_a_bad_feature_name_is_refused_naming_it(monkeypatch):
     monkeypatch.setenv("THREADLIB_URING_DISABLE", "recv_send,zerocopy")
     with pytest.raises(ValueError, match=r"THREADLIB_URING_DISABLE must be 'all' or a comma list of "
-                                         r"recv_send, multishot_accept, got 'recv_send,zerocopy' \(zerocopy unknown\)"):
+                                         r"recv_send, multishot_accept, multishot_recv, "
+                                         r"got 'recv_send,zerocopy' \(zerocopy unknown\)"):
         UringWorker()
+
+
+needs_multishot_recv = pytest.mark.skipif(REASON is None and "multishot_recv" not in features(),
+                                          reason="this kernel's io_uring has no multishot receive")
+
+
+@needs_multishot_recv
+def test_one_multishot_receive_takes_every_arrival_in_order_with_no_new_request():
+    """The first recv that waits arms one multishot receive; what arrives
+    later, whether a thread waits or not, is taken from the provided
+    buffers in order, and later recvs get it with no new request."""
+    def main():
+        a, b = sockio.socketpair()
+        assert type(a) is sockio.UringStream
+        reader = yield from threadlib.spawn(a.recv(100))
+        yield from until(lambda: ring_info()["ops"].count(IORING_OP_RECV) == 1, what="the recv request")
+        token = a._rx.token
+        b.socket.send(b"first")
+        assert (yield from reader.join()) == b"first"
+        for word in (b" second", b" third", b" fourth"):  # nobody waits: taken ahead
+            b.socket.send(word)
+        yield from until(lambda: a._rx.leftover == b" second third fourth", what="the arrivals taken ahead")
+        assert (yield from a.recv(8)) == b" second "
+        assert (yield from a.recv(100)) == b"third fourth"
+        b.socket.send(b"!")
+        assert (yield from a.recv(100, timeout=10)) == b"!"
+        assert a._rx.token == token  # the same request all along
+        assert ring_info()["ops"].count(IORING_OP_RECV) == 1
+        b.close()
+        assert (yield from a.recv(100, timeout=10)) == b""
+        a.close()
+
+    uring_scheduler().run(main())
+
+
+@needs_multishot_recv
+def test_a_multishot_receive_stops_taking_ahead_of_a_slow_reader_and_loses_nothing():
+    """A reader that does not read is not a reason to hold the sender's
+    bytes in this process: past RECV_AHEAD_BYTES the request stops, the
+    kernel's socket buffer and TCP's window hold the rest, and a later
+    reader gets every byte in order."""
+    from threadlib._kernel.uring import RECV_AHEAD_BYTES, RECV_BUFFER_BYTES, RECV_BUFFERS
+
+    # What one pass can take before the stop reaches the kernel: every
+    # provided buffer once. 32 MiB is more than that and the kernel's
+    # socket buffers together.
+    most = RECV_AHEAD_BYTES + RECV_BUFFERS * RECV_BUFFER_BYTES
+    payload = hashlib.sha256(b"ahead").digest() * (32 * 1024 * 1024 // 32)
+
+    def main():
+        listener = yield from sockio.listen(("127.0.0.1", 0))
+        client = yield from sockio.connect(listener.address)
+        conn, _ = yield from listener.accept()
+        with pytest.raises(TimeoutError):
+            yield from conn.recv(1, timeout=0.01)  # arms the multishot receive
+        sender = yield from threadlib.spawn(client.sendall(payload))
+        yield from until(lambda: not conn._rx.token, what="the receive to stop")
+        taken = len(conn._rx.leftover)
+        assert RECV_AHEAD_BYTES <= taken <= most
+        yield from threadlib.sleep(0.05)
+        assert len(conn._rx.leftover) == taken  # stopped: the rest waits in the kernel
+        assert not sender.done
+        got = bytearray()
+        while len(got) < len(payload):
+            got += yield from conn.recv(1 << 20, timeout=10)
+        yield from sender.join()
+        for s in (client, conn, listener):
+            s.close()
+        return bytes(got)
+
+    assert uring_scheduler().run(main()) == payload
+
+
+@needs_multishot_recv
+def test_more_arrivals_at_once_than_provided_buffers_lose_nothing():
+    """300 connections, more than the ring's 256 buffers, all get data in
+    one pass: the receives that find no buffer end (ENOBUFS), are armed
+    again when their reader waits, and every byte arrives, in order."""
+    from threadlib._kernel.uring import RECV_BUFFERS
+
+    count = RECV_BUFFERS + 44
+
+    def main():
+        pairs = [sockio.socketpair() for _ in range(count)]
+        readers = []
+        for a, _ in pairs:
+            readers.append((yield from threadlib.spawn(read_all(a, 3 * 5))))
+        yield from until(lambda: ring_info()["ops"].count(IORING_OP_RECV) == count, what="every receive armed")
+        for round_ in range(3):
+            for i, (_, b) in enumerate(pairs):
+                b.socket.send(f"{round_}{i:04d}".encode())
+        got = []
+        for t in readers:
+            got.append((yield from t.join()))
+        for a, b in pairs:
+            a.close()
+            b.close()
+        return got
+
+    def read_all(conn, size):
+        data = b""
+        while len(data) < size:
+            data += yield from conn.recv(100, timeout=10)
+        return data
+
+    got = uring_scheduler().run(main())
+    assert got == [b"".join(f"{r}{i:04d}".encode() for r in range(3)) for i in range(count)]
+
+
+@needs_multishot_recv
+def test_splice_after_a_recv_on_a_uring_stream_copies_in_order():
+    """A stream whose ring holds bytes (or a receive that takes the next
+    ones) is copied through its own recv, not spliced past the ring."""
+    from threadlib.io import splice as tsplice
+
+    def main():
+        a, b = sockio.socketpair()
+        c, d = sockio.socketpair()
+        b.socket.send(b"head ")
+        assert (yield from a.recv(5)) == b"head "
+        with pytest.raises(TimeoutError):
+            yield from a.recv(1, timeout=0.01)  # the multishot receive is armed
+        b.socket.send(b"body one, ")
+        b.socket.send(b"body two")
+        assert not tsplice.zero_copy(a, c)
+        b.shutdown(socket.SHUT_WR)
+        moved = yield from tsplice.splice(a, c, half_close=True)
+        got = b""
+        while chunk := (yield from d.recv(100, timeout=10)):
+            got += chunk
+        for s in (a, b, c, d):
+            s.close()
+        return moved, got
+
+    assert uring_scheduler().run(main()) == (len(b"body one, body two"), b"body one, body two")

@@ -7,12 +7,19 @@
  * syscall(2), the rings mapped with mmap. No liburing.
  *
  * A Ring prepares submission entries (poll_add, poll_remove, cancel, read,
- * write, fsync, recv, send, accept, nop) in the shared submission ring without a system call; poll()
+ * write, fsync, recv, recv_multishot, send, accept, nop) in the shared submission ring without a system call; poll()
  * hands every prepared entry to the kernel in one io_uring_enter, waits
  * (with the GIL released) only when asked to and when no completion is
  * already there, and returns the completions as (user_data, res, flags)
  * tuples. When completions are waiting and nothing is to be submitted it
  * makes no system call at all.
+ *
+ * provide_buffers() registers a ring of provided buffers (group 0) that
+ * multishot receives (recv_multishot) pick from: the kernel posts one
+ * completion per arrival while the request stays armed. reap() copies the
+ * bytes out of the picked buffer into the completion's tuple (in res's
+ * place) and gives the buffer back to the kernel at once, so the buffers
+ * are only ever lent between a completion's posting and its reaping.
  *
  * What it must never do: decide what to watch or whom to wake (uring.py
  * does), let go of a buffer while the kernel may still read or write it
@@ -52,6 +59,11 @@
 #ifndef IORING_SQ_TASKRUN
 #define IORING_SQ_TASKRUN (1U << 2)
 #endif
+#ifndef IORING_RECV_MULTISHOT
+#define IORING_RECV_MULTISHOT (1U << 1)
+#endif
+
+#define BUFFER_GROUP 0  /* the one provided-buffer group of a Ring */
 
 static int
 sys_setup(unsigned entries, struct io_uring_params *p)
@@ -86,11 +98,37 @@ typedef struct {
     struct io_uring_cqe *cqes;
     /* user_data -> memoryview of the buffer the kernel may still touch */
     PyObject *held;
+    /* provided buffers (provide_buffers): their ring, shared with the kernel,
+     * and the memory of the buffers themselves */
+    struct io_uring_buf_ring *br; size_t br_size;
+    char *br_data; size_t br_data_size;
+    unsigned br_entries, br_buf_size;
+    unsigned short br_tail;   /* buffers given to the kernel, published to br->tail */
 } Ring;
+
+/* Drop the provided buffers: unregistered first (under the ring's lock,
+ * so no receive is copying into one), then unmapped. */
+static void
+buffers_unmap(Ring *r)
+{
+    if (r->br == NULL)
+        return;
+    if (r->fd >= 0) {
+        struct io_uring_buf_reg reg;
+        memset(&reg, 0, sizeof reg);
+        reg.bgid = BUFFER_GROUP;
+        sys_register(r->fd, IORING_UNREGISTER_PBUF_RING, &reg, 1);
+    }
+    munmap(r->br, r->br_size);
+    munmap(r->br_data, r->br_data_size);
+    r->br = NULL;
+    r->br_data = NULL;
+}
 
 static void
 ring_unmap(Ring *r)
 {
+    buffers_unmap(r);
     if (r->sqes != NULL && r->sqes != MAP_FAILED)
         munmap(r->sqes, r->sqes_size);
     if (r->cq_map != NULL && r->cq_map != MAP_FAILED && r->cq_map != r->sq_map)
@@ -526,6 +564,115 @@ ring_recv(Ring *r, PyObject *args)
     return prep_buffer(r, IORING_OP_RECV, fd, buf, 0, ud);
 }
 
+PyDoc_STRVAR(recv_multishot_doc,
+"recv_multishot(fd, user_data)\n\n"
+"Prepare a multishot receive on the socket ``fd`` into the provided buffers\n"
+"(provide_buffers() first): a completion per arrival, with IORING_CQE_F_MORE\n"
+"while the request stays armed, whose res is the bytes received (copied\n"
+"out; the buffer goes back to the kernel at once). An int res ends it: 0 at\n"
+"end of stream, -ENOBUFS when every buffer was lent at once, or -errno.");
+
+static PyObject *
+ring_recv_multishot(Ring *r, PyObject *args)
+{
+    int fd;
+    unsigned long long ud;
+    if (!PyArg_ParseTuple(args, "iK:recv_multishot", &fd, &ud))
+        return NULL;
+    if (check_fd(fd) < 0)
+        return NULL;
+    if (r->br == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "recv_multishot needs provide_buffers() first");
+        return NULL;
+    }
+    struct io_uring_sqe *sqe = get_sqe(r, IORING_OP_RECV, fd, ud);
+    if (sqe == NULL)
+        return NULL;
+    sqe->ioprio = IORING_RECV_MULTISHOT;
+    sqe->flags = IOSQE_BUFFER_SELECT;
+    sqe->buf_group = BUFFER_GROUP;
+    publish(r);
+    Py_RETURN_NONE;
+}
+
+/* Give buffer `bid` (back) to the kernel; published by publish_buffers. */
+static void
+lend_buffer(Ring *r, unsigned short bid)
+{
+    struct io_uring_buf *b = &r->br->bufs[r->br_tail & (r->br_entries - 1)];
+    b->addr = (unsigned long long)(uintptr_t)(r->br_data + (size_t)bid * r->br_buf_size);
+    b->len = r->br_buf_size;
+    b->bid = bid;
+    r->br_tail++;
+}
+
+static void
+publish_buffers(Ring *r)
+{
+    __atomic_store_n(&r->br->tail, r->br_tail, __ATOMIC_RELEASE);
+}
+
+PyDoc_STRVAR(provide_buffers_doc,
+"provide_buffers(count, size)\n\n"
+"Register ``count`` (a power of two, at most 32768) buffers of ``size``\n"
+"bytes as the ring's provided-buffer group (IORING_REGISTER_PBUF_RING), for\n"
+"recv_multishot. Once per Ring. OSError when the kernel lacks it.");
+
+static PyObject *
+ring_provide_buffers(Ring *r, PyObject *args)
+{
+    unsigned count, size;
+    if (!PyArg_ParseTuple(args, "II:provide_buffers", &count, &size))
+        return NULL;
+    if (check_open(r) < 0)
+        return NULL;
+    if (count == 0 || count > 32768 || (count & (count - 1)) != 0) {
+        PyErr_Format(PyExc_ValueError, "count must be a power of two in 1..32768, got %u", count);
+        return NULL;
+    }
+    if (size == 0 || size > (1U << 20)) {
+        PyErr_Format(PyExc_ValueError, "size must be in 1..1048576 bytes, got %u", size);
+        return NULL;
+    }
+    if (r->br != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "this Ring already has its provided buffers");
+        return NULL;
+    }
+    size_t ring_size = (size_t)count * sizeof(struct io_uring_buf);
+    size_t data_size = (size_t)count * size;
+    void *ring = mmap(NULL, ring_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (ring == MAP_FAILED)
+        return errno_error(errno, "mmap of the provided-buffer ring");
+    void *data = mmap(NULL, data_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (data == MAP_FAILED) {
+        int err = errno;
+        munmap(ring, ring_size);
+        return errno_error(err, "mmap of the provided buffers");
+    }
+    struct io_uring_buf_reg reg;
+    memset(&reg, 0, sizeof reg);
+    reg.ring_addr = (unsigned long long)(uintptr_t)ring;
+    reg.ring_entries = count;
+    reg.bgid = BUFFER_GROUP;
+    if (sys_register(r->fd, IORING_REGISTER_PBUF_RING, &reg, 1) < 0) {
+        int err = errno;
+        munmap(ring, ring_size);
+        munmap(data, data_size);
+        return errno_error(err, "io_uring_register(PBUF_RING)");
+    }
+    r->br = ring;
+    r->br_size = ring_size;
+    r->br_data = data;
+    r->br_data_size = data_size;
+    r->br_entries = count;
+    r->br_buf_size = size;
+    r->br_tail = 0;
+    for (unsigned i = 0; i < count; i++)
+        lend_buffer(r, (unsigned short)i);
+    publish_buffers(r);
+    Py_RETURN_NONE;
+}
+
 PyDoc_STRVAR(send_doc,
 "send(fd, buffer, user_data)\n\n"
 "Prepare a send(2) of ``buffer`` on the socket ``fd`` (MSG_NOSIGNAL; the\n"
@@ -616,13 +763,29 @@ reap(Ring *r)
     if (out == NULL)
         return NULL;
     Py_ssize_t i = 0;
-    int held = PyDict_GET_SIZE(r->held) > 0;
+    int held = PyDict_GET_SIZE(r->held) > 0, lent = 0;
     for (; head != tail; head++, i++) {
         struct io_uring_cqe *cqe = &r->cqes[head & mask];
-        PyObject *t = Py_BuildValue("(KiI)", (unsigned long long)cqe->user_data, cqe->res, cqe->flags);
+        PyObject *t;
+        if (cqe->flags & IORING_CQE_F_BUFFER && r->br != NULL) {
+            /* A provided buffer holds what arrived: copied out, lent again. */
+            unsigned short bid = (unsigned short)(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
+            PyObject *data = cqe->res > 0
+                ? PyBytes_FromStringAndSize(r->br_data + (size_t)bid * r->br_buf_size, cqe->res)
+                : PyLong_FromLong(cqe->res);
+            t = data == NULL ? NULL : Py_BuildValue("(KNI)", (unsigned long long)cqe->user_data, data, cqe->flags);
+            if (t != NULL) {
+                lend_buffer(r, bid);
+                lent = 1;
+            }
+        } else {
+            t = Py_BuildValue("(KiI)", (unsigned long long)cqe->user_data, cqe->res, cqe->flags);
+        }
         if (t == NULL) {
             /* Keep what is not yet turned into tuples for the next reap. */
             __atomic_store_n(r->cq_head, head, __ATOMIC_RELEASE);
+            if (lent)
+                publish_buffers(r);
             Py_DECREF(out);
             return NULL;
         }
@@ -633,6 +796,8 @@ reap(Ring *r)
                 PyErr_Clear();
         }
     }
+    if (lent)
+        publish_buffers(r);
     __atomic_store_n(r->cq_head, head, __ATOMIC_RELEASE);
     return out;
 }
@@ -802,6 +967,8 @@ static PyMethodDef ring_methods[] = {
     {"write", (PyCFunction)ring_write, METH_VARARGS, write_doc},
     {"fsync", (PyCFunction)ring_fsync, METH_VARARGS, fsync_doc},
     {"recv", (PyCFunction)ring_recv, METH_VARARGS, recv_doc},
+    {"recv_multishot", (PyCFunction)ring_recv_multishot, METH_VARARGS, recv_multishot_doc},
+    {"provide_buffers", (PyCFunction)ring_provide_buffers, METH_VARARGS, provide_buffers_doc},
     {"send", (PyCFunction)ring_send, METH_VARARGS, send_doc},
     {"accept", (PyCFunction)ring_accept, METH_VARARGS, accept_doc},
     {"nop", (PyCFunction)ring_nop, METH_O, nop_doc},
@@ -868,7 +1035,8 @@ PyInit__uring(void)
         || PyModule_AddIntConstant(m, "OP_SEND", IORING_OP_SEND) < 0
         || PyModule_AddIntConstant(m, "OP_ACCEPT", IORING_OP_ACCEPT) < 0
         || PyModule_AddIntConstant(m, "ASYNC_CANCEL_FD", IORING_ASYNC_CANCEL_FD) < 0
-        || PyModule_AddIntConstant(m, "ASYNC_CANCEL_ALL", IORING_ASYNC_CANCEL_ALL) < 0) {
+        || PyModule_AddIntConstant(m, "ASYNC_CANCEL_ALL", IORING_ASYNC_CANCEL_ALL) < 0
+        || PyModule_AddIntConstant(m, "CQE_F_BUFFER", IORING_CQE_F_BUFFER) < 0) {
         Py_DECREF(m);
         return NULL;
     }

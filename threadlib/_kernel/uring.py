@@ -8,7 +8,11 @@ after each report. Entries prepared during a pass of the ready queue are
 submitted together by the next ``poll``, which is also where the scheduler
 idles (``io_uring_enter`` with a timeout); completions already posted are
 reaped without a system call. ``UringWorker`` is the ``IOWorker``
-(``WaitRead``/``WaitWrite``, so sockio runs unchanged) with that poller;
+(``WaitRead``/``WaitWrite``, so sockio runs unchanged) with that poller,
+plus completion-based socket calls: a multishot receive per stream into
+the ring's provided buffers (one buffer ring per worker), a receive
+request per wait where the kernel lacks that, sends, and one multishot
+accept per listener;
 ``threadlib.io.aioworker`` serves its ``Aio*`` file calls on the same ring
 when the scheduler has one (``UringPoller.read``/``write``/``fsync``).
 
@@ -55,6 +59,7 @@ __all__ = ["UringPoller", "UringWorker", "UringUnavailable", "uring_unavailable_
            "uring_workers", "io_backend", "usable_io_backend", "UringRecv", "UringSend", "UringAccept",
            "RecvState", "AcceptState", "RECV_REQUEST_BYTES", "SOCKET_FEATURES", "socket_features", "socket_worker"]
 
+_CQE_F_MORE = 0 if _uring is None else _uring.CQE_F_MORE
 _FLAG_BITS = select.EPOLLET | select.EPOLLONESHOT | getattr(select, "EPOLLEXCLUSIVE", 1 << 28)
 _ERROR_EVENTS = select.EPOLLERR | select.EPOLLHUP
 
@@ -97,8 +102,11 @@ def open_ring(entries: int = 256) -> Any:
 
 
 #: The socket features the worker uses where the kernel has them, each
-#: detected when a ring is set up, each with its fallback (readiness).
-SOCKET_FEATURES = ("recv_send", "multishot_accept")
+#: detected when a ring is set up, each with its fallback.
+SOCKET_FEATURES = ("recv_send", "multishot_accept", "multishot_recv")
+_FALLBACK = {"recv_send": "sockets use readiness for it", "multishot_accept": "sockets use readiness for it",
+             "multishot_recv": "a recv that waits submits a request each time"}
+_NEEDS = {"multishot_recv": "recv_send"}  # a feature that needs another is left out with it
 
 
 def _disabled_by_environment() -> frozenset[str]:
@@ -182,7 +190,58 @@ def socket_features(ring: Any) -> dict[str, str | None]:
             _accept_multishot_known = _probe_multishot_accept(ring)
         why["multishot_accept"] = (None if _accept_multishot_known else
                                    "the kernel refuses IORING_ACCEPT_MULTISHOT (Linux >= 5.19)")
+    why["multishot_recv"] = _multishot_recv_reason(ring, off, why["recv_send"])
     return why
+
+
+_recv_multishot_known: bool | None = None
+
+
+def _multishot_recv_reason(ring: Any, off: frozenset[str], recv_send: str | None) -> str | None:
+    # Needs the ring's provided buffers, registered here (once per ring),
+    # and a kernel that keeps a receive armed (probed once per process).
+    global _recv_multishot_known
+    if "multishot_recv" in off:
+        return "disabled by THREADLIB_URING_DISABLE"
+    if recv_send is not None:
+        return f"it needs recv_send ({recv_send})"
+    try:
+        ring.provide_buffers(RECV_BUFFERS, RECV_BUFFER_BYTES)
+    except OSError as exc:
+        return f"the kernel refuses IORING_REGISTER_PBUF_RING (Linux >= 5.19): {exc.strerror}"
+    if _recv_multishot_known is None:
+        _recv_multishot_known = _probe_multishot_recv(ring)
+    return None if _recv_multishot_known else "the kernel refuses IORING_RECV_MULTISHOT (Linux >= 6.0)"
+
+
+def _probe_multishot_recv(ring: Any) -> bool:
+    # A multishot receive on a socket with a byte waiting posts that byte
+    # and stays armed (IORING_CQE_F_MORE) until cancelled; a kernel without
+    # it refuses the flag (EINVAL).
+    a, b = socket.socketpair()
+    try:
+        b.send(b"x")
+        ring.recv_multishot(a.fileno(), 1)
+        got: Any = None
+        for _ in range(10):  # each wait ends at a completion or after 1 s
+            for ud, res, flags in ring.poll(1.0):
+                if ud == 1 and got is None:
+                    got = (res, bool(flags & _uring.CQE_F_MORE))
+            if got is not None:
+                break
+        if got is not None and got[1]:
+            ring.cancel(1, 2)
+            ended = cancelled = False
+            for _ in range(10):
+                for ud, res, flags in ring.poll(1.0):
+                    ended = ended or (ud == 1 and not flags & _uring.CQE_F_MORE)
+                    cancelled = cancelled or ud == 2
+                if ended and cancelled:
+                    break
+        return bool(got == (b"x", True))
+    finally:
+        a.close()
+        b.close()
 
 
 def _probe_multishot_accept(ring: Any) -> bool:
@@ -430,7 +489,7 @@ class RecvState:
     what arrived for a recv whose thread was cancelled meanwhile, which the
     next recv on the socket gets first (no byte is lost or reordered)."""
 
-    __slots__ = ("fd", "waiter", "want", "token", "buf", "leftover", "eof", "error")
+    __slots__ = ("fd", "waiter", "want", "token", "buf", "leftover", "eof", "error", "stopping")
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
@@ -441,6 +500,7 @@ class RecvState:
         self.leftover = b""
         self.eof = False
         self.error: OSError | None = None
+        self.stopping = False  # the multishot request's cancel is out (it took enough ahead)
 
     def take(self, nbytes: int) -> bytes | None:
         """Up to ``nbytes`` of what was received (b'' at end of stream, the
@@ -519,6 +579,16 @@ class UringAccept(SystemCall):
 # this much (an idle connection holds one while it waits, so it is small;
 # a recv that filled it tries the socket directly next, for the rest).
 RECV_REQUEST_BYTES = 16 * 1024
+# Multishot receives pick from the ring's provided buffers, each lent from
+# an arrival's posting to its reaping: enough for one pass's arrivals (more
+# end the requests with ENOBUFS, re-armed at the next wait; the data waits
+# in the socket). Each receive takes what arrived into at most one buffer.
+RECV_BUFFERS = 256
+RECV_BUFFER_BYTES = 16 * 1024
+# Bytes a multishot receive may take ahead of the stream's reader before it
+# is stopped (re-armed when the reader next waits): TCP's window, not this
+# process's memory, holds back a sender whose reader is slow.
+RECV_AHEAD_BYTES = 256 * 1024
 _FREE_BUFFERS = 128  # buffers kept for reuse (allocating and zeroing one costs more than the recv)
 _ACCEPT_QUEUE_CAP = 256  # connections taken ahead of accept() before the multishot pauses
 _feature_logged: set[tuple[str, str]] = set()
@@ -552,10 +622,13 @@ class UringWorker(IOWorker):
         self.features = frozenset(name for name, reason in why.items() if reason is None)
         self.recv_send = "recv_send" in self.features
         self.multishot_accept = "multishot_accept" in self.features
+        self.multishot_recv = "multishot_recv" in self.features
         for name, reason in why.items():
+            if reason is not None and name in _NEEDS and why[_NEEDS[name]] is not None:
+                continue  # said with the feature it needs
             if reason is not None and (name, reason) not in _feature_logged:
                 _feature_logged.add((name, reason))
-                log.warning("threadlib: io_uring without %s (%s); sockets use readiness for it", name, reason)
+                log.warning("threadlib: io_uring without %s (%s); %s", name, reason, _FALLBACK[name])
         self._rx: dict[int, RecvState] = {}
         self._free_buffers: list[bytearray] = []
         self._tx: dict[int, list[Any]] = {}  # fd -> [token, thread, data] of the send in flight
@@ -597,8 +670,11 @@ class UringWorker(IOWorker):
         st.waiter = thread
         st.want = sc.nbytes
         self.waiting += 1
-        if not st.token:  # else a cancelled request is still out: its result comes here
-            self._submit_recv(st)
+        if not st.token:  # else a request is out (armed, or cancelled): its result comes here
+            if self.multishot_recv:
+                self._arm_recv(st)
+            else:
+                self._submit_recv(st)
         # Scheduler.suspend, inlined for the common case (no timeout, no
         # pending cancel), as IOWorker does: this is every waiting read.
         if sched._pending or thread._scope is not None:
@@ -622,6 +698,62 @@ class UringWorker(IOWorker):
         st.token = token
         st.buf = buf
         self._rx[st.fd] = st
+
+    def _arm_recv(self, st: RecvState) -> None:
+        # A multishot receive: armed at the stream's first wait, it stays
+        # armed, each arrival copied into st.leftover as it is reaped,
+        # whether a thread waits or not (the next recv takes it with no
+        # system call).
+        poller = self.poller
+        token = poller._next
+        poller._next = token + 1
+        poller._handlers[token] = partial(self._recv_more, st)
+        try:
+            self._ring.recv_multishot(st.fd, token)
+        except BaseException:
+            del poller._handlers[token]
+            raise
+        st.token = token
+        self._rx[st.fd] = st
+
+    def _recv_more(self, st: RecvState, res: Any, flags: int) -> None:
+        # res: the bytes that arrived (copied out of the provided buffer),
+        # or an int that ends the request: 0 at end of stream, -ENOBUFS,
+        # -ECANCELED or another -errno.
+        if type(res) is bytes:
+            st.leftover = st.leftover + res if st.leftover else res
+            if flags & _CQE_F_MORE:
+                if len(st.leftover) >= RECV_AHEAD_BYTES and not st.stopping:
+                    st.stopping = True
+                    self.poller._cancel(st.token)  # its end re-arms it if a reader waits
+            else:  # the kernel ended it (its completion queue overflowed)
+                del self.poller._handlers[st.token]
+                st.token = 0
+                st.stopping = False
+        else:
+            del self.poller._handlers[st.token]
+            st.token = 0
+            st.stopping = False
+            if res == 0:
+                st.eof = True
+            elif res == -errno.ENOBUFS or res == -errno.ECANCELED:
+                # Every buffer was lent at once (the data waits in the
+                # socket), or stopped: armed again if a reader waits.
+                if st.waiter is not None and not st.leftover and st.fd >= 0:
+                    self._arm_recv(st)
+                return
+            else:
+                st.error = OSError(-res, os.strerror(-res))
+        thread = st.waiter
+        if thread is not None:
+            st.waiter = None
+            self.waiting -= 1
+            if thread._scope is None:  # Scheduler.resume, inlined (no timer to disarm)
+                thread._value = None
+                thread._wait = None
+                self._ready_append(thread)
+            else:
+                self._sched.resume(thread, None)
 
     def _recv_done(self, st: RecvState, res: int, flags: int) -> None:
         del self.poller._handlers[st.token]
@@ -754,7 +886,7 @@ class UringWorker(IOWorker):
             if st.waiter is thread:
                 st.waiter = None
                 self.waiting -= 1
-                if st.token:
+                if st.token and not self.multishot_recv:  # a multishot one goes on for the next recv
                     self.poller._cancel(st.token)
         elif cls is UringSend:
             entry = self._tx.get(syscall.fd)

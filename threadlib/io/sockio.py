@@ -423,20 +423,23 @@ class Listener(_SocketBase):
 
 class UringStream(Stream):
     """A ``Stream`` made inside a scheduler with an io_uring worker that
-    can receive and send (``Stream(sock)`` gives one there): a read that
-    has to wait hands the kernel an IORING_OP_RECV (``UringRecv``), which
-    waits for the data and copies it in one step, instead of a poll
-    followed by a recv(2); the rest of a ``sendall`` that has to wait is an
-    IORING_OP_SEND (``UringSend``). The first attempt of each call is still
-    the plain non-blocking system call, which costs nothing when data is
-    there.
+    can receive and send (``Stream(sock)`` gives one there): the first
+    read that has to wait arms a multishot receive (IORING_RECV_MULTISHOT
+    into the ring's provided buffers), which from then on takes every
+    arrival as it comes, whether a thread waits or not, so later reads
+    find the bytes with no system call; a kernel without it gets one
+    IORING_OP_RECV (``UringRecv``) per read that waits. Either way the
+    kernel waits for the data and copies it in one step, instead of a poll
+    followed by a recv(2). The rest of a ``sendall`` that has to wait is
+    an IORING_OP_SEND (``UringSend``). The first attempt of each call
+    before the ring holds the stream's bytes is the plain non-blocking
+    system call, which costs nothing when data is there.
 
-    A thread cancelled (or timed out) while its recv request is in flight
-    gets the request cancelled; bytes the kernel had already taken go to
-    the next recv on this stream, before anything newer, so nothing is
-    lost or reordered. Mixing this stream's recv with raw reads of its fd
-    (splice, a bare socket.recv) right after such a cancellation may
-    reorder; sockio's own calls never do. ``send`` and ``sendfile`` keep
+    A thread cancelled (or timed out) while it waits loses nothing: what
+    the ring takes goes to the next recv on this stream, before anything
+    newer. Raw reads of its fd (a bare socket.recv) while the ring holds
+    its bytes would reorder them; sockio's own calls never do, and
+    ``splice`` copies such a stream through its recv. ``send`` and ``sendfile`` keep
     the readiness path: ``send``'s promise that a cancelled send sent
     nothing needs it."""
 
@@ -455,7 +458,13 @@ class UringStream(Stream):
         recv request. On ``timeout`` (TimeoutError) or cancellation the
         request is cancelled and what it took is kept for the next recv."""
         rx = self._rx
-        if not (rx.token or rx.leftover or rx.eof or rx.error is not None):  # rx.pending, inlined
+        if rx.token or rx.leftover or rx.eof or rx.error is not None:  # rx.pending, inlined
+            # What the ring received comes first (a multishot receive's
+            # arrivals, or a cancelled request's): taken with no wait.
+            taken = rx.take(max_bytes)
+            if taken is not None:
+                return taken
+        else:
             if self._drained:
                 self._drained = False
             else:
@@ -498,7 +507,12 @@ class UringStream(Stream):
         if want > len(view):
             raise ValueError(f"nbytes {nbytes} is larger than the buffer ({len(view)} bytes)")
         rx = self._rx
-        if not rx.pending:
+        if rx.pending:
+            data = rx.take(want)  # what the ring received first, with no wait
+            if data is not None:
+                view[:len(data)] = data
+                return len(data)
+        else:
             if self._drained:
                 self._drained = False
             else:

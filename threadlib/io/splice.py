@@ -92,7 +92,15 @@ def zero_copy(src: Any, dst: Any = None, *, fallback: bool = False) -> bool:
     for end in (src, dst) if dst is not None else (src,):
         if not isinstance(end, Stream) or not _nb.splice_capable(end.socket):
             return False
-    return True
+    return not _ring_holds(src)
+
+
+def _ring_holds(src: Any) -> bool:
+    """Whether ``src`` is an io_uring stream whose ring holds bytes of it, or
+    a receive request that takes the next ones: only its own recv keeps
+    them in order (neither splice(2) nor a recv(2) on its socket would)."""
+    rx = getattr(src, "_rx", None)
+    return rx is not None and bool(rx.pending)
 
 
 def _is_pipe(end: Any) -> bool:
@@ -221,7 +229,7 @@ def splice(src: Any, dst: Any, chunk_size: int | None = None, *, fallback: bool 
             yield from _splice_from_pipe(src, dst, chunk_size, stats)
         elif pool is not None and pipe is not None:
             yield from _splice_streams(src, dst, chunk_size, stats, pool, pipe)
-        elif isinstance(src, Stream) and isinstance(dst, Stream):
+        elif isinstance(src, Stream) and isinstance(dst, Stream) and not _ring_holds(src):
             yield from _copy_streams(src, dst, chunk_size or DEFAULT_COPY_CHUNK, stats)
         else:
             yield from _copy_generic(src, dst, chunk_size or DEFAULT_COPY_CHUNK, stats)
@@ -367,7 +375,8 @@ def _copy_streams(src: Stream, dst: Stream, chunk_size: int, stats: Transfer) ->
 def _copy_generic(src: Any, dst: Any, chunk_size: int, stats: Transfer) -> Waits[Any]:
     """The copy loop on anything with ``recv_into``/``recv`` and ``sendall``
     methods that may wait (tcpsockio connections, simulated sockets, a
-    Stream paired with one of those)."""
+    Stream paired with one of those, an io_uring stream whose ring holds
+    its next bytes)."""
     recv_into = getattr(src, "recv_into", None)
     buf = bytearray(chunk_size)
     view = memoryview(buf)
