@@ -13,7 +13,8 @@ import sys
 
 from setuptools import Extension, setup
 
-extensions = [Extension("threadlib._kernel._speedups", ["threadlib/_kernel/_speedups.c", "threadlib/_kernel/_green.c"],
+extensions = [Extension("threadlib._kernel._speedups", ["threadlib/_kernel/_speedups.c", "threadlib/_kernel/_green.c",
+                                                       "threadlib/_kernel/_loop.c"],
                         depends=["threadlib/_kernel/_speedups.h"], optional=True),
               Extension("iolib._checksum", ["iolib/_checksum.c"], optional=True)]
 if sys.platform.startswith("linux"):

@@ -73,6 +73,7 @@ from asyncio import events, futures, unix_events
 from typing import Any, Callable, Generator, Mapping, TypeVar
 
 from ._kernel import Scheduler, Thread, ThreadCancelled, Worker, current_scheduler
+from ._kernel.compiled import speedups as _speedups
 from ._kernel.worker import Handler
 from .syscalls import Blocking, SystemCall
 
@@ -97,11 +98,11 @@ class _LoopWait(SystemCall):
     __slots__ = ()
 
 
-class _Watch:
+class _PyWatch:
     """One fd of the loop in the scheduler's poller: its selector key (whose
     ``data`` is asyncio's ``(reader, writer)`` handles) and the callback the
     poller runs, which queues those handles as asyncio's ``_process_events``
-    would."""
+    would. The specification of the compiled ``_speedups.LoopWatch``."""
 
     __slots__ = ("key", "loop", "ready_append")
 
@@ -132,6 +133,9 @@ class _Watch:
             worker._sched.resume(thread)
 
 
+_Watch: Any = _PyWatch if _speedups is None else _speedups.LoopWatch
+
+
 def _epoll_mask(events: int) -> int:
     mask = 0
     if events & selectors.EVENT_READ:
@@ -149,7 +153,7 @@ class _SchedulerSelector(selectors.BaseSelector):
     def __init__(self, sched: Scheduler, loop: ThreadlibEventLoop) -> None:
         self._sched = sched
         self._loop = loop
-        self._watches: dict[int, _Watch] = {}
+        self._watches: dict[int, _PyWatch] = {}
         self._map = _KeyMap(self._watches)
 
     def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
@@ -220,7 +224,7 @@ class _SchedulerSelector(selectors.BaseSelector):
 
 
 class _KeyMap(Mapping[Any, selectors.SelectorKey]):
-    def __init__(self, watches: dict[int, _Watch]) -> None:
+    def __init__(self, watches: dict[int, _PyWatch]) -> None:
         self._watches = watches
 
     def __len__(self) -> int:
@@ -233,7 +237,7 @@ class _KeyMap(Mapping[Any, selectors.SelectorKey]):
         return iter(self._watches)
 
 
-def _fileobj_to_fd(fileobj: Any, known: dict[int, _Watch] | None = None) -> int:
+def _fileobj_to_fd(fileobj: Any, known: dict[int, _PyWatch] | None = None) -> int:
     if isinstance(fileobj, int):
         fd = fileobj
     else:

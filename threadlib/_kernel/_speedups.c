@@ -3717,7 +3717,8 @@ PyInit__speedups(void)
         PyModule_AddObjectRef(module, "RecordedHandler", (PyObject *)&RecordedHandlerType) < 0 ||
         PyModule_AddObjectRef(module, "RecordedPoll", (PyObject *)&RecordedPollType) < 0 ||
         PyModule_AddObjectRef(module, "LogCore", (PyObject *)&LogCoreType) < 0 ||
-        PyModule_AddObjectRef(module, "RecvCall", (PyObject *)&RecvCallType) < 0 || green_add_to_module(module) < 0) {
+        PyModule_AddObjectRef(module, "RecvCall", (PyObject *)&RecvCallType) < 0 || green_add_to_module(module) < 0 ||
+        loop_add_to_module(module) < 0) {
         Py_DECREF(module);
         return NULL;
     }

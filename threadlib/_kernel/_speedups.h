@@ -1,7 +1,8 @@
 /* What the sources of threadlib._kernel._speedups share: _speedups.c (the
- * run loop, the poll step, sockio's fast paths; the module) and _green.c
- * (the greenlet front end's resume and blocking call). Nothing here may
- * grow state: each source keeps its own. */
+ * run loop, the poll step, sockio's fast paths; the module), _green.c
+ * (the greenlet front end's resume and blocking call) and _loop.c
+ * (threadlib.loop's fd record). Nothing here may grow state: each source
+ * keeps its own. */
 #ifndef THREADLIB_SPEEDUPS_H
 #define THREADLIB_SPEEDUPS_H
 
@@ -20,5 +21,8 @@ PyObject *call_method(PyObject *obj, PyObject *name, PyObject *a, PyObject *b, P
 
 /* _green.c: readies its types and adds them and its functions to the module. */
 int green_add_to_module(PyObject *module);
+
+/* _loop.c: readies LoopWatch and adds it to the module. */
+int loop_add_to_module(PyObject *module);
 
 #endif
