@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -366,3 +367,32 @@ def test_without_io_uring_the_scheduler_falls_back_to_epoll_and_says_why_once():
     logs = [line for line in out.stderr.splitlines() if line.startswith("LOG")]
     assert logs == ["LOG threadlib: io_uring unavailable (io_uring_setup failed: Operation not permitted); "
                     "using epoll"], out.stderr
+
+
+@needs_uring
+def test_a_ring_entered_from_another_os_thread_says_which_thread_it_belongs_to():
+    """The ring is single-issuer where the kernel has it (its completion
+    work is deferred to the thread that enters it): a scheduler made in one
+    OS thread and run in another is refused with an error that says so,
+    not a bare EEXIST."""
+    sched = Scheduler(workers=uring_workers())
+    if not sched.worker(UringWorker).poller._ring.setup_flags & (1 << 12):  # IORING_SETUP_SINGLE_ISSUER
+        sched.close()
+        pytest.skip("this kernel's io_uring has no single-issuer rings: any thread may enter")
+    errors: list[BaseException] = []
+
+    def nap():
+        yield from threadlib.sleep(0.01)
+
+    def elsewhere() -> None:
+        try:
+            sched.run(nap())
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=elsewhere)
+    t.start()
+    t.join(30)
+    assert len(errors) == 1 and isinstance(errors[0], OSError), errors
+    assert "belongs to the OS thread that made it" in str(errors[0])
+    assert "run the scheduler in the thread that made its io_uring worker" in str(errors[0])

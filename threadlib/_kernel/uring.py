@@ -406,15 +406,11 @@ class UringPoller:
         """Submit what was prepared, wait up to ``timeout`` seconds (negative:
         no limit; 0: never) unless completions are already there, run their
         callbacks; return how many completions were reaped."""
-        done = self._ring.poll(timeout)
-        if done:
-            handlers = self._handlers
-            for token, res, flags in done:
-                handler = handlers.get(token)
-                if handler is not None:
-                    handler(res, flags)
-            self.completions += len(done)
-        return len(done)
+        # The ring calls each completion's handler itself (Ring.dispatch):
+        # no list of tuples, no Python loop per completion.
+        done: int = self._ring.dispatch(timeout, self._handlers)
+        self.completions += done
+        return done
 
     def fileno(self) -> int:
         """The ring's fd."""
