@@ -273,6 +273,88 @@ def test_fileio_reads_and_writes_o_direct_through_the_ring(direct_dir):
     assert path.read_bytes() == blob
 
 
+def _registered_buffers(ring_fd: int) -> list[tuple[int, int]]:
+    """The kernel's account of a ring's registered buffers (/proc fdinfo):
+    (address, length) of each slot in use."""
+    with open(f"/proc/self/fdinfo/{ring_fd}") as f:
+        lines = f.read().splitlines()
+    out = []
+    if "UserBufs" in "".join(lines):
+        start = next(i for i, line in enumerate(lines) if line.startswith("UserBufs"))
+        for line in lines[start + 1:]:
+            slot, _, value = line.strip().partition(": ")
+            if not slot.isdigit():
+                break
+            if value != "<none>":
+                address, _, length = value.partition("/")
+                out.append((int(address, 16), int(length)))
+    return out
+
+
+@needs_uring
+def test_fileio_buffers_are_registered_with_the_ring_and_moves_stay_exact(direct_dir):
+    """The aligned pool's arenas are registered with the ring (pages pinned
+    once; reads and writes inside them go in as READ_FIXED/WRITE_FIXED):
+    the kernel lists each as a registered buffer, and data read and
+    written through them is exact, direct and buffered alike."""
+    from threadlib.io import aioworker
+
+    path = direct_dir / "fixed.bin"
+    blob = os.urandom(1_000_003)
+
+    def main():
+        ring = threadlib.current_scheduler().worker(UringWorker).poller._ring
+        f = yield from fileio.open(path, "w+", direct=True)
+        assert (yield from f.pwrite(blob, 0)) == len(blob)
+        reads = []
+        for n, off in ((4096, 0), (100_000, 12_345), (70_000, 999_000)):
+            reads.append((yield from f.pread(n, off)))
+        yield from f.close()
+        g = yield from fileio.open(path)
+        whole = yield from g.pread(len(blob) + 10, 0)
+        yield from g.close()
+        offered = min(len(aioworker.OFFERED_BUFFERS), aioworker.MAX_OFFERED_BUFFERS)
+        return reads, whole, ring.registered_buffers, offered, _registered_buffers(ring.fileno())
+
+    reads, whole, registered, offered, listed = uring_scheduler().run(main())
+    assert reads == [blob[:4096], blob[12_345:112_345], blob[999_000:]]
+    assert whole == blob
+    assert registered == offered > 0  # every arena offered so far, up to the table's size
+    assert len(listed) == registered
+    assert all(length >= 256 * 1024 for _, length in listed)  # whole arenas
+
+
+@needs_uring
+def test_register_buffer_takes_writable_buffers_until_its_table_is_full():
+    import mmap
+
+    from threadlib._kernel import _uring
+
+    ring = _uring.Ring(8)
+    try:
+        with pytest.raises(BufferError, match="not writable"):
+            ring.register_buffer(b"read-only bytes")
+        arenas = [mmap.mmap(-1, 4096) for _ in range(65)]
+        took = [ring.register_buffer(a) for a in arenas]
+        assert took == [True] * 64 + [False]  # 64 slots
+        assert ring.registered_buffers == 64
+        assert len(_registered_buffers(ring.fileno())) == 64
+        buf = memoryview(arenas[3])[100:200]  # inside a registered buffer: a fixed read
+        r, w = os.pipe()
+        os.write(w, b"z" * 100)
+        ring.read(r, buf, -1, 7)
+        done = []
+        for _ in range(10):
+            done += ring.poll(1.0)
+            if done:
+                break
+        assert done == [(7, 100, 0)] and bytes(buf) == b"z" * 100
+        os.close(r)
+        os.close(w)
+    finally:
+        ring.close()
+
+
 @needs_uring
 def test_aio_calls_on_the_ring_refuse_bad_input_and_report_kernel_errors(direct_dir):
     path = direct_dir / "small.bin"

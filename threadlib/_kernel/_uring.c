@@ -15,6 +15,10 @@
  * (found by user_data in a dict) instead. When completions are waiting and nothing is to be submitted it
  * makes no system call at all.
  *
+ * register_buffer() registers a buffer (an arena of fileio's pool) in the
+ * ring's table of fixed buffers: a read or write of any buffer inside one
+ * goes in as READ_FIXED/WRITE_FIXED (pages pinned once, not per request).
+ *
  * provide_buffers() registers a ring of provided buffers (group 0) that
  * multishot receives (recv_multishot) pick from: the kernel posts one
  * completion per arrival while the request stays armed. reap() copies the
@@ -35,6 +39,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 #include <linux/io_uring.h>
 #include <linux/time_types.h>
@@ -65,6 +70,7 @@
 #endif
 
 #define BUFFER_GROUP 0  /* the one provided-buffer group of a Ring */
+#define FIXED_SLOTS 64  /* registered (fixed) buffers a Ring takes */
 
 static int
 sys_setup(unsigned entries, struct io_uring_params *p)
@@ -105,6 +111,12 @@ typedef struct {
     char *br_data; size_t br_data_size;
     unsigned br_entries, br_buf_size;
     unsigned short br_tail;   /* buffers given to the kernel, published to br->tail */
+    /* registered buffers (register_buffer): a sparse table of FIXED_SLOTS,
+     * made at the first registration (-1: the kernel refused it); each
+     * slot's export is held until the ring is closed */
+    int fixed_table;
+    unsigned fixed_count;
+    Py_buffer fixed[FIXED_SLOTS];
 } Ring;
 
 /* Drop the provided buffers: unregistered first (under the ring's lock,
@@ -126,6 +138,16 @@ buffers_unmap(Ring *r)
     r->br_data = NULL;
 }
 
+/* Let go of the registered buffers' exports: only once the ring's fd is
+ * closed (the kernel may read or write them until then). */
+static void
+release_fixed(Ring *r)
+{
+    for (unsigned i = 0; i < r->fixed_count; i++)
+        PyBuffer_Release(&r->fixed[i]);
+    r->fixed_count = 0;
+}
+
 static void
 ring_unmap(Ring *r)
 {
@@ -141,6 +163,7 @@ ring_unmap(Ring *r)
         close(r->fd);
         r->fd = -1;
     }
+    release_fixed(r);
 }
 
 static PyObject *
@@ -520,6 +543,18 @@ prep_buffer(Ring *r, int opcode, int fd, PyObject *buf, long long offset, unsign
         goto fail;
     sqe->addr = (unsigned long long)(uintptr_t)b->buf;
     sqe->len = (unsigned)b->len;
+    if (opcode == IORING_OP_READ || opcode == IORING_OP_WRITE) {
+        /* Inside a registered buffer: the fixed kind, which spares the
+         * kernel pinning the pages for each request. */
+        for (unsigned i = 0; i < r->fixed_count; i++) {
+            char *base = r->fixed[i].buf;
+            if ((char *)b->buf >= base && (char *)b->buf + b->len <= base + r->fixed[i].len) {
+                sqe->opcode = opcode == IORING_OP_READ ? IORING_OP_READ_FIXED : IORING_OP_WRITE_FIXED;
+                sqe->buf_index = (unsigned short)i;
+                break;
+            }
+        }
+    }
     if (opcode == IORING_OP_RECV || opcode == IORING_OP_SEND) {
         /* For sockets ``offset`` is unused: addr2 (its union) must stay 0,
          * or a send would take it as a destination address. */
@@ -684,6 +719,49 @@ ring_provide_buffers(Ring *r, PyObject *args)
         lend_buffer(r, (unsigned short)i);
     publish_buffers(r);
     Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(register_buffer_doc,
+"register_buffer(buffer) -> bool\n\n"
+"Register the writable ``buffer`` (an mmap arena, say) with the kernel\n"
+"(IORING_REGISTER_BUFFERS2/UPDATE; its pages are pinned once): read and\n"
+"write of any buffer inside it are then IORING_OP_READ_FIXED/WRITE_FIXED.\n"
+"The ring holds it until closed. False when the table is full or the\n"
+"kernel refuses (too old, or the memlock limit).");
+
+static PyObject *
+ring_register_buffer(Ring *r, PyObject *obj)
+{
+    if (check_open(r) < 0)
+        return NULL;
+    if (r->fixed_table < 0 || r->fixed_count >= FIXED_SLOTS)
+        Py_RETURN_FALSE;
+    if (r->fixed_table == 0) {
+        struct io_uring_rsrc_register reg;
+        memset(&reg, 0, sizeof reg);
+        reg.nr = FIXED_SLOTS;
+        reg.flags = IORING_RSRC_REGISTER_SPARSE;
+        if (sys_register(r->fd, IORING_REGISTER_BUFFERS2, &reg, sizeof reg) < 0) {
+            r->fixed_table = -1;
+            Py_RETURN_FALSE;
+        }
+        r->fixed_table = 1;
+    }
+    Py_buffer *b = &r->fixed[r->fixed_count];
+    if (PyObject_GetBuffer(obj, b, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    struct iovec iov = {.iov_base = b->buf, .iov_len = (size_t)b->len};
+    struct io_uring_rsrc_update2 up;
+    memset(&up, 0, sizeof up);
+    up.offset = r->fixed_count;
+    up.data = (unsigned long long)(uintptr_t)&iov;
+    up.nr = 1;
+    if (b->len == 0 || sys_register(r->fd, IORING_REGISTER_BUFFERS_UPDATE, &up, sizeof up) < 0) {
+        PyBuffer_Release(b);
+        Py_RETURN_FALSE;
+    }
+    r->fixed_count++;
+    Py_RETURN_TRUE;
 }
 
 PyDoc_STRVAR(send_doc,
@@ -1050,6 +1128,8 @@ static PyObject *
 ring_get_unsubmitted(Ring *r, void *c) { return PyLong_FromUnsignedLong(r->fd < 0 ? 0 : unsubmitted(r)); }
 static PyObject *
 ring_get_closed(Ring *r, void *c) { return PyBool_FromLong(r->fd < 0); }
+static PyObject *
+ring_get_registered_buffers(Ring *r, void *c) { return PyLong_FromUnsignedLong(r->fixed_count); }
 
 static PyGetSetDef ring_getset[] = {
     {"features", (getter)ring_get_features, NULL, "IORING_FEAT_* bits the kernel reported", NULL},
@@ -1059,6 +1139,7 @@ static PyGetSetDef ring_getset[] = {
     {"in_flight", (getter)ring_get_in_flight, NULL, "reads and writes whose buffer is still held", NULL},
     {"unsubmitted", (getter)ring_get_unsubmitted, NULL, "entries prepared and not yet taken by the kernel", NULL},
     {"closed", (getter)ring_get_closed, NULL, "whether close() ran", NULL},
+    {"registered_buffers", (getter)ring_get_registered_buffers, NULL, "buffers registered with register_buffer", NULL},
     {NULL},
 };
 
@@ -1072,6 +1153,7 @@ static PyMethodDef ring_methods[] = {
     {"recv", (PyCFunction)ring_recv, METH_VARARGS, recv_doc},
     {"recv_multishot", (PyCFunction)ring_recv_multishot, METH_VARARGS, recv_multishot_doc},
     {"provide_buffers", (PyCFunction)ring_provide_buffers, METH_VARARGS, provide_buffers_doc},
+    {"register_buffer", (PyCFunction)ring_register_buffer, METH_O, register_buffer_doc},
     {"send", (PyCFunction)ring_send, METH_VARARGS, send_doc},
     {"accept", (PyCFunction)ring_accept, METH_VARARGS, accept_doc},
     {"nop", (PyCFunction)ring_nop, METH_O, nop_doc},

@@ -368,10 +368,29 @@ class AioWorker(Worker):
         self._pending_by_fd.clear()
 
 
+#: Buffer arenas offered for registration with io_uring rings (``fileio``'s
+#: aligned pool offers each of its first arenas): a ring's engine registers
+#: them before its next request, and the kernel then serves reads and writes
+#: inside them as fixed-buffer requests (pages pinned once, not per request).
+#: Registered arenas live as long as the rings that hold them, hence a cap.
+OFFERED_BUFFERS: list[Any] = []
+MAX_OFFERED_BUFFERS = 64  # the ring's table (FIXED_SLOTS in _uring.c)
+_registration_logged = False
+
+
+def offer_buffer(arena: Any) -> None:
+    """Offer a writable, never resized buffer (an mmap arena) for
+    registration with the io_uring rings that serve file IO; quietly
+    ignored past ``MAX_OFFERED_BUFFERS``."""
+    if len(OFFERED_BUFFERS) < MAX_OFFERED_BUFFERS:
+        OFFERED_BUFFERS.append(arena)
+
+
 class _RingEngine:
     """The AioContext interface on the scheduler's io_uring ring: requests
     go into the ring at once (the ring's next poll submits them all in one
-    io_uring_enter), completions are kept until ``reap``."""
+    io_uring_enter), completions are kept until ``reap``. Requests inside a
+    registered buffer (``offer_buffer``) go in as fixed-buffer ones."""
 
     @property
     def eventfd(self) -> int:
@@ -382,6 +401,21 @@ class _RingEngine:
         self._poller = poller
         self._on_completion = on_completion
         self._done: list[tuple[Any, int]] = []
+        self._offered = 0  # OFFERED_BUFFERS already registered (or refused)
+
+    def _register_offered(self) -> None:
+        global _registration_logged
+        ring = self._poller._ring
+        while self._offered < len(OFFERED_BUFFERS):
+            arena = OFFERED_BUFFERS[self._offered]
+            self._offered += 1
+            if not ring.register_buffer(arena):
+                self._offered = MAX_OFFERED_BUFFERS  # full, or refused: plain requests from now on
+                if not _registration_logged and ring.registered_buffers == 0:
+                    _registration_logged = True
+                    log.warning("threadlib: io_uring refuses registered buffers (an old kernel or the "
+                                "memlock limit); file IO uses plain reads and writes")
+                return
 
     def _callback(self, token: Any) -> Callable[[int], None]:
         def done(res: int) -> None:
@@ -391,10 +425,14 @@ class _RingEngine:
 
     def submit_read(self, fd: int, buf: Any, offset: int, token: Any) -> None:
         """Read len(buf) bytes at ``offset`` of ``fd`` into ``buf``."""
+        if self._offered < len(OFFERED_BUFFERS):
+            self._register_offered()
         self._poller.read(fd, _writable(buf), offset, self._callback(token))
 
     def submit_write(self, fd: int, buf: Any, offset: int, token: Any) -> None:
         """Write ``buf`` at ``offset`` of ``fd``."""
+        if self._offered < len(OFFERED_BUFFERS):
+            self._register_offered()
         self._poller.write(fd, buf, offset, self._callback(token))
 
     def submit_fsync(self, fd: int, token: Any, datasync: bool = False) -> None:

@@ -47,7 +47,7 @@ import types
 from typing import Any, Callable, Protocol, TypeVar
 
 from iolib.aio import FSYNC_UNSUPPORTED_ERRNOS, DirectIOUnsupported, open_direct
-from .aioworker import AioClose, AioFsync, AioRead, AioWorker, AioWrite, ensure_aio_worker
+from .aioworker import AioClose, AioFsync, AioRead, AioWorker, AioWrite, ensure_aio_worker, offer_buffer
 from .._kernel import WaitQueue, current_scheduler, running_scheduler
 from ..syscalls import Blocking, Waits
 
@@ -111,6 +111,7 @@ class _AlignedPool:
         if free:
             return free.pop()
         arena = memoryview(mmap.mmap(-1, max(cls, self.ARENA)))
+        offer_buffer(arena)  # io_uring rings register it: fixed-buffer reads and writes
         pieces = [arena[i:i + cls] for i in range(0, len(arena), cls)]
         buf = pieces.pop()
         free.extend(pieces[: self._keep[cls]])
