@@ -8,24 +8,16 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import subprocess
-import sys
 
 import pytest
 
-from tests import REPO_ROOT
+from tests import run_trace_program
 
 TRACE = os.path.join(os.path.dirname(__file__), "loop_trace.py")
 
 
 def run_trace(pure: bool) -> list[str]:
-    env = {k: v for k, v in os.environ.items() if k != "THREADLIB_PURE"}
-    if pure:
-        env["THREADLIB_PURE"] = "1"
-    env["PYTHONPATH"] = str(REPO_ROOT)
-    done = subprocess.run([sys.executable, TRACE], env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.splitlines()
+    return run_trace_program(TRACE, pure)
 
 
 def test_the_compiled_loop_is_built_and_used_unless_pure_is_asked():

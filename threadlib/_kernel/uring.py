@@ -740,16 +740,20 @@ class UringWorker(IOWorker):
                 return
             else:
                 st.error = OSError(-res, os.strerror(-res))
+        if st.waiter is not None:
+            self._wake_reader(st)
+
+    def _wake_reader(self, st: RecvState) -> None:
+        # The reader takes what arrived itself once it runs (see _recv).
         thread = st.waiter
-        if thread is not None:
-            st.waiter = None
-            self.waiting -= 1
-            if thread._scope is None:  # Scheduler.resume, inlined (no timer to disarm)
-                thread._value = None
-                thread._wait = None
-                self._ready_append(thread)
-            else:
-                self._sched.resume(thread, None)
+        st.waiter = None
+        self.waiting -= 1
+        if thread._scope is None:  # Scheduler.resume, inlined (no timer to disarm)
+            thread._value = None
+            thread._wait = None
+            self._ready_append(thread)
+        else:
+            self._sched.resume(thread, None)
 
     def _recv_done(self, st: RecvState, res: int, flags: int) -> None:
         del self.poller._handlers[st.token]
@@ -773,14 +777,7 @@ class UringWorker(IOWorker):
         if buf is not None and len(self._free_buffers) < _FREE_BUFFERS:
             self._free_buffers.append(buf)  # reaped: the kernel is done with it
         if thread is not None:
-            st.waiter = None
-            self.waiting -= 1
-            if thread._scope is None:  # Scheduler.resume, inlined (no timer to disarm)
-                thread._value = None
-                thread._wait = None
-                self._ready_append(thread)
-            else:
-                self._sched.resume(thread, None)
+            self._wake_reader(st)
 
     # -- send ---------------------------------------------------------------------
     def _send(self, thread: Any, sc: UringSend) -> None:

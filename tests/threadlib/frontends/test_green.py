@@ -2,15 +2,13 @@
 scheduler as generator and async-def threads."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 
 import threadlib
 from threadlib.frontends import green
 from threadlib.io import sockio
-from tests import REPO_ROOT
+from tests import run_trace_program
 
 
 def test_green_echo_server_with_generator_and_async_clients():
@@ -189,13 +187,7 @@ TRACE = os.path.join(os.path.dirname(__file__), "green_trace.py")
 
 
 def run_green_trace(pure: bool) -> list[str]:
-    env = {k: v for k, v in os.environ.items() if k != "THREADLIB_PURE"}
-    if pure:
-        env["THREADLIB_PURE"] = "1"
-    env["PYTHONPATH"] = str(REPO_ROOT)
-    done = subprocess.run([sys.executable, TRACE], env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.splitlines()
+    return run_trace_program(TRACE, pure)
 
 
 def test_compiled_and_pure_green_front_ends_do_the_same_at_every_edge():
