@@ -17,6 +17,13 @@ the one the green code is in (``context``: it may be inside a
 frames (``frames``): the greenlet's, then those of the threadlib call it
 is blocked in.
 
+The resume of a green thread, ``call`` and the blocking views' methods
+run compiled when the extension is built (``_speedups``' ``_green.c``);
+the Python here (``_PyGreenCoro``, ``call``, ``_py_blocking_method``) is
+their specification and the pure-Python path. A blocking call is refused
+(RuntimeError) anywhere but in a green thread's own greenlet: outside any
+scheduler, and in a greenlet the application started itself.
+
 Nothing here monkey-patches the standard library.
 """
 
