@@ -493,7 +493,7 @@ class RecvState:
         self.want = 0
         self.token = 0  # the recv request in flight (0: none)
         self.buf: bytearray | None = None
-        self.leftover = b""
+        self.leftover: bytes | bytearray = b""  # a bytearray while arrivals gather
         self.eof = False
         self.error: OSError | None = None
         self.stopping = False  # the multishot request's cancel is out (it took enough ahead)
@@ -505,7 +505,11 @@ class RecvState:
         if data:
             if len(data) <= nbytes:
                 self.leftover = b""
-                return data
+                return data if type(data) is bytes else bytes(data)
+            if isinstance(data, bytearray):  # arrivals gathered: taken from the front, no copy of the rest
+                chunk = bytes(data[:nbytes])
+                del data[:nbytes]
+                return chunk
             self.leftover = data[nbytes:]
             return data[:nbytes]
         if self.error is not None:
@@ -717,7 +721,13 @@ class UringWorker(IOWorker):
         # or an int that ends the request: 0 at end of stream, -ENOBUFS,
         # -ECANCELED or another -errno.
         if type(res) is bytes:
-            st.leftover = st.leftover + res if st.leftover else res
+            left = st.leftover
+            if not left:
+                st.leftover = res
+            elif type(left) is bytearray:
+                left += res  # gathered in place: many arrivals between two reads copy nothing over
+            else:
+                st.leftover = bytearray(left) + res
             if flags & _CQE_F_MORE:
                 if len(st.leftover) >= RECV_AHEAD_BYTES and not st.stopping:
                     st.stopping = True

@@ -486,7 +486,7 @@ class UringStream(Stream):
                 with _timeout(timeout):
                     yield call
             got = rx.leftover
-            if got and len(got) <= max_bytes and not rx.token:  # rx.take, inlined for the common case
+            if got and len(got) <= max_bytes and not rx.token and type(got) is bytes:  # rx.take, inlined
                 rx.leftover = b""
                 # Short of what the request could take: the queue is empty,
                 # so the next read goes straight to the ring (no EAGAIN).
