@@ -399,28 +399,37 @@ def test_threadlib_io_chooses_the_default_workers(monkeypatch):
     Scheduler(workers=workers).close()
 
 
-_SECCOMP_CHILD = textwrap.dedent("""
-    import ctypes, logging, struct, sys
-    # A seccomp filter that makes io_uring_setup (x86-64 syscall 425) fail
-    # with EPERM, as a kernel with io_uring disabled does.
+# Installs a seccomp filter in a child process: ``refuse(checks, errno)``
+# makes the x86-64 system calls the BPF ``checks`` single out fail with
+# that errno (each check jumps to the last two instructions: refuse, allow).
+_SECCOMP_PRELUDE = textwrap.dedent("""
+    import ctypes, struct
     def ins(code, jt, jf, k):
         return struct.pack("HBBI", code, jt, jf, k)
-    prog = b"".join([
-        ins(0x20, 0, 0, 4),                    # A = arch
-        ins(0x15, 1, 0, 0xC000003E),           # x86-64?
-        ins(0x06, 0, 0, 0x7FFF0000),           # other arch: allow
-        ins(0x20, 0, 0, 0),                    # A = syscall number
-        ins(0x15, 0, 1, 425),                  # io_uring_setup?
-        ins(0x06, 0, 0, 0x00050000 | 1),       # errno EPERM
-        ins(0x06, 0, 0, 0x7FFF0000),           # allow
-    ])
-    buf = ctypes.create_string_buffer(prog)
-    class Fprog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-    fprog = Fprog(len(prog) // 8, ctypes.addressof(buf))
-    libc = ctypes.CDLL(None, use_errno=True)
-    assert libc.prctl(38, 1, 0, 0, 0) == 0                      # PR_SET_NO_NEW_PRIVS
-    assert libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) == 0    # PR_SET_SECCOMP, FILTER
+    def refuse(checks, err):
+        prog = b"".join([
+            ins(0x20, 0, 0, 4),                    # A = arch
+            ins(0x15, 1, 0, 0xC000003E),           # x86-64?
+            ins(0x06, 0, 0, 0x7FFF0000),           # other arch: allow
+            *checks,
+            ins(0x06, 0, 0, 0x00050000 | err),     # refused with err
+            ins(0x06, 0, 0, 0x7FFF0000),           # allow
+        ])
+        buf = ctypes.create_string_buffer(prog)
+        class Fprog(ctypes.Structure):
+            _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+        fprog = Fprog(len(prog) // 8, ctypes.addressof(buf))
+        libc = ctypes.CDLL(None, use_errno=True)
+        assert libc.prctl(38, 1, 0, 0, 0) == 0                      # PR_SET_NO_NEW_PRIVS
+        assert libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) == 0    # PR_SET_SECCOMP, FILTER
+""")
+
+_SECCOMP_CHILD = _SECCOMP_PRELUDE + textwrap.dedent("""
+    import logging, sys
+    # io_uring_setup (x86-64 syscall 425) fails with EPERM, as a kernel
+    # with io_uring disabled does.
+    refuse([ins(0x20, 0, 0, 0),                    # A = syscall number
+            ins(0x15, 0, 1, 425)], 1)              # io_uring_setup: refused (EPERM)
     logging.basicConfig(level=logging.WARNING, format="LOG %(message)s")
     import threadlib
     from threadlib.io import sockio
@@ -478,3 +487,42 @@ def test_a_ring_entered_from_another_os_thread_says_which_thread_it_belongs_to()
     assert len(errors) == 1 and isinstance(errors[0], OSError), errors
     assert "belongs to the OS thread that made it" in str(errors[0])
     assert "run the scheduler in the thread that made its io_uring worker" in str(errors[0])
+
+
+_NO_FIXED_BUFFERS_CHILD = _SECCOMP_PRELUDE + textwrap.dedent("""
+    import logging, os, sys
+    # io_uring_register (x86-64 syscall 427) with IORING_REGISTER_BUFFERS2
+    # (15) fails with ENOMEM, as past the memlock limit.
+    refuse([ins(0x20, 0, 0, 0),                    # A = syscall number
+            ins(0x15, 0, 3, 427),                  # io_uring_register? else allow
+            ins(0x20, 0, 0, 24),                   # A = its opcode (args[1])
+            ins(0x15, 0, 1, 15)], 12)              # REGISTER_BUFFERS2: refused (ENOMEM)
+    logging.basicConfig(level=logging.WARNING, format="LOG %(message)s")
+    import threadlib
+    from threadlib.io import fileio
+    from threadlib.lowlevel import Scheduler, UringWorker, uring_workers
+    path = sys.argv[1]
+    def main():
+        f = yield from fileio.open(path)
+        data = yield from f.pread(5000, 100)
+        yield from f.close()
+        ring = threadlib.current_scheduler().worker(UringWorker).poller._ring
+        print("READ", data == open(path, "rb").read()[100:5100], ring.registered_buffers)
+    for _ in range(2):  # a second scheduler: no second log line
+        Scheduler(workers=uring_workers()).run(main())
+""")
+
+
+@needs_uring
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the seccomp filter is written for x86-64")
+def test_a_ring_refused_registered_buffers_reads_plainly_and_says_so_once(tmp_path):
+    path = tmp_path / "plain.bin"
+    path.write_bytes(os.urandom(10_000))
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    out = subprocess.run([sys.executable, "-c", _NO_FIXED_BUFFERS_CHILD, str(path)], env=env, capture_output=True,
+                         text=True, timeout=60, cwd=REPO_ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["READ True 0"] * 2
+    logs = [line for line in out.stderr.splitlines() if line.startswith("LOG")]
+    assert logs == ["LOG threadlib: io_uring refuses registered buffers (an old kernel or the memlock limit); "
+                    "file IO uses plain reads and writes"], out.stderr
