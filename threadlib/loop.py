@@ -735,6 +735,11 @@ class _ProvidedLoop(ThreadlibEventLoop):
             self._dormant = False
             self._make_self_pipe()
             self._start_on_scheduler()
+            # Awake, it is a plain loop: the two checks every asyncio entry
+            # point makes step aside (instance attributes shadow them), a
+            # frame less per call_soon, create_task and future.
+            self._check_closed = super()._check_closed  # type: ignore[method-assign]
+            self.create_future = super().create_future  # type: ignore[method-assign]
 
     def _check_closed(self) -> None:
         self._wake()

@@ -2098,7 +2098,7 @@ call_spec(PyObject *spec, PyObject *self, PyObject *const *args, Py_ssize_t narg
 static PyObject *stream_sendall_spec;  /* sockio.Stream.sendall, the Python function */
 static PyObject *plain_sock_send;      /* this module's sock_send: the default layer's */
 static PyObject *done_awaitable;       /* sockio's DONE */
-static PyObject *s__send, *s__send_rest;
+static PyObject *s__send, *s__send_rest, *s_timeout;
 
 static PyObject *
 stream_sendall(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
@@ -2107,10 +2107,14 @@ stream_sendall(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject
     if (layer == NULL && PyErr_Occurred()) {
         return NULL;
     }
-    if (kwnames != NULL || nargs < 1 || nargs > 2 || layer != plain_sock_send) {
+    /* sendall(data), sendall(data, timeout) or sendall(data, timeout=t):
+     * the web server passes its send timeout by keyword at every send. */
+    int timeout_by_name = kwnames != NULL && PyTuple_GET_SIZE(kwnames) == 1 && nargs == 1 &&
+                          PyUnicode_Compare(PyTuple_GET_ITEM(kwnames, 0), s_timeout) == 0;
+    if ((kwnames != NULL && !timeout_by_name) || nargs < 1 || nargs > 2 || layer != plain_sock_send) {
         return call_spec(stream_sendall_spec, self, args, nargs, kwnames);
     }
-    PyObject *data = args[0], *timeout = nargs == 2 ? args[1] : Py_None;
+    PyObject *data = args[0], *timeout = nargs == 2 || timeout_by_name ? args[1] : Py_None;
     PyObject *sock = stream_slot(self, off_stream_sock, s__sock);
     if (sock == NULL) {
         return NULL;
@@ -3680,6 +3684,7 @@ PyInit__speedups(void)
     INTERN(s__recv, "_recv");
     INTERN(s__send, "_send");
     INTERN(s__send_rest, "_send_rest");
+    INTERN(s_timeout, "timeout");
     INTERN(s__drained, "_drained");
     INTERN(s__hung_up, "_hung_up");
     INTERN(s__sock, "_sock");

@@ -347,6 +347,47 @@ def test_completed_at_call_tells_a_sendall_the_socket_took_at_once_from_one_that
     threadlib.run(main)
 
 
+@pytest.mark.parametrize("how", ["positional", "keyword"])
+def test_a_sendall_with_a_timeout_completes_at_once_or_times_out_having_sent_a_prefix(how):
+    """The send timeout given by position or by name (the web server names
+    it at every send): a sendall the socket takes at once is complete at
+    the call; one a peer that does not read never lets finish raises
+    TimeoutError after the timeout, and what was sent is a prefix."""
+    from threadlib.net import completed_at_call
+
+    def send(stream, data, timeout):
+        return stream.sendall(data, timeout) if how == "positional" else stream.sendall(data, timeout=timeout)
+
+    def main():
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        b.setblocking(False)
+        ours, theirs = sockio.Stream(a), sockio.Stream(b)
+        small = send(ours, b"hello", 5)
+        assert completed_at_call(small)
+        yield from small
+        assert (yield from theirs.recv(100)) == b"hello"
+        big = bytes(range(256)) * (64 << 12)  # 64 MiB: more than the socket buffers take
+        started = threadlib.now()
+        with pytest.raises(TimeoutError):
+            yield from send(ours, big, 0.05)
+        waited = threadlib.now() - started
+        got = bytearray()
+        while True:
+            try:
+                chunk = theirs.socket.recv(1 << 20)
+            except BlockingIOError:
+                break
+            got += chunk
+        ours.close()
+        theirs.close()
+        return waited, bytes(got), big
+
+    waited, got, big = threadlib.run(main)
+    assert 0.05 <= waited < 5
+    assert 0 < len(got) < len(big) and big.startswith(got)
+
+
 def _read_exactly(stream, n):
     got = 0
     while got < n:
