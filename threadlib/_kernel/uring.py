@@ -744,10 +744,11 @@ class UringWorker(IOWorker):
                 st.eof = True
             elif res == -errno.ENOBUFS or res == -errno.ECANCELED:
                 # Every buffer was lent at once (the data waits in the
-                # socket), or stopped: armed again if a reader waits.
+                # socket), or stopped: armed again if a reader waits for
+                # more; a reader with bytes already there is woken below.
                 if st.waiter is not None and not st.leftover and st.fd >= 0:
                     self._arm_recv(st)
-                return
+                    return
             else:
                 st.error = OSError(-res, os.strerror(-res))
         if st.waiter is not None:
