@@ -205,7 +205,7 @@ ring_init(Ring *r, PyObject *args, PyObject *kw)
     /* The richest setup first; older kernels refuse flags they do not know
      * with EINVAL, so each retry drops the newest ones. DEFER_TASKRUN runs
      * the kernel's completion work only when the ring is entered (with
-     * GETEVENTS, as every enter here is), not as it arrives: a tenth less
+     * GETEVENTS, as every enter here is), not as it arrives: a seventh less
      * kernel time per received message on a busy socket; it needs
      * SINGLE_ISSUER (only the OS thread that made the ring enters it). */
     static const unsigned tries[] = {
