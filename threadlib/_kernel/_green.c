@@ -345,21 +345,8 @@ blocking_method_vectorcall(BlockingMethod *m, PyObject *const *args, size_t narg
     if (target == NULL) {
         return NULL;
     }
-    Py_ssize_t total = nargs + (kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames));
-    PyObject *small[8];
-    PyObject **all = total <= 8 ? small : PyMem_New(PyObject *, total);
-    if (all == NULL) {
-        Py_DECREF(target);
-        return PyErr_NoMemory();
-    }
-    all[0] = target;  /* in the view's place */
-    for (Py_ssize_t i = 1; i < total; i++) {
-        all[i] = args[i];
-    }
-    PyObject *result = PyObject_VectorcallMethod(m->name, all, (size_t)nargs, kwnames);
-    if (all != small) {
-        PyMem_Free(all);
-    }
+    /* The target in the view's place. */
+    PyObject *result = call_with_first(NULL, m->name, target, args + 1, nargs - 1, kwnames);
     Py_DECREF(target);
     if (result == NULL || result == Py_None || PyBytes_CheckExact(result)) {
         return result;

@@ -2068,10 +2068,9 @@ PyTypeObject RecvCallType = {
     .tp_getset = recvcall_getset,
 };
 
-/* The Python method a compiled one stands for, called as the method was:
- * spec(self, *args, **kwargs). */
-static PyObject *
-call_spec(PyObject *spec, PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+PyObject *
+call_with_first(PyObject *callable, PyObject *name, PyObject *first, PyObject *const *args, Py_ssize_t nargs,
+                PyObject *kwnames)
 {
     Py_ssize_t total = nargs + (kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames));
     PyObject *small[8];
@@ -2079,15 +2078,24 @@ call_spec(PyObject *spec, PyObject *self, PyObject *const *args, Py_ssize_t narg
     if (all == NULL) {
         return PyErr_NoMemory();
     }
-    all[0] = self;
+    all[0] = first;
     for (Py_ssize_t i = 0; i < total; i++) {
         all[i + 1] = args[i];
     }
-    PyObject *r = PyObject_Vectorcall(spec, all, (size_t)(nargs + 1), kwnames);
+    PyObject *r = callable != NULL ? PyObject_Vectorcall(callable, all, (size_t)(nargs + 1), kwnames)
+                                   : PyObject_VectorcallMethod(name, all, (size_t)(nargs + 1), kwnames);
     if (all != small) {
         PyMem_Free(all);
     }
     return r;
+}
+
+/* The Python method a compiled one stands for, called as the method was:
+ * spec(self, *args, **kwargs). */
+static PyObject *
+call_spec(PyObject *spec, PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    return call_with_first(spec, NULL, self, args, nargs, kwnames);
 }
 
 /* Stream.sendall(data, timeout=None), compiled: the first send at the call

@@ -19,6 +19,12 @@ PyObject *take_exception(void);
 /* _speedups.c: obj.name(a, b, c) with n of them, by vectorcall. */
 PyObject *call_method(PyObject *obj, PyObject *name, PyObject *a, PyObject *b, PyObject *c, Py_ssize_t n);
 
+/* _speedups.c: callable(first, *args, **kwargs), or with callable NULL
+ * first.<name>(*args, **kwargs), from a vectorcall's arguments (nargs
+ * positional, then the values of kwnames). */
+PyObject *call_with_first(PyObject *callable, PyObject *name, PyObject *first, PyObject *const *args,
+                          Py_ssize_t nargs, PyObject *kwnames);
+
 /* _green.c: readies its types and adds them and its functions to the module. */
 int green_add_to_module(PyObject *module);
 

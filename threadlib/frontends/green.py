@@ -256,7 +256,6 @@ if _speedups is not None:
     # The compiled call, views' methods and GreenThread base do what call,
     # _py_blocking_method and _PyGreenCoro do (their specifications).
     _speedups.configure_green(_GreenGlet, greenlet.getcurrent, _drive, DONE, _wrap_result)
-    _py_call = call
     call = _speedups.green_call  # noqa: F811
     _blocking_method = _speedups.BlockingMethod
 

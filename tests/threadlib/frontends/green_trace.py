@@ -112,7 +112,7 @@ def run() -> list[str]:
 
 
 if __name__ == "__main__":
-    print(green.call is not green._py_call if hasattr(green, "_py_call") else False)
+    print(green._speedups is not None and green.call is green._speedups.green_call)
     for line in run():
         print(line)
     sys.stdout.flush()
