@@ -55,6 +55,7 @@ from threadlib.io import sockio, tls
 from threadlib.loop import ThreadlibEventLoop
 from threadlib.lowlevel import WaitQueue
 
+from .connections import ConnectionState, sweep_idle
 from .loading import AppNotFound
 from .loading import load_app as _load_app
 from threadlib.net import Network, completed_at_call
@@ -94,8 +95,8 @@ def load_app(spec: str) -> Any:
 class _Request:
     """One request as parsed: its head, then its body pieces as they come."""
 
-    __slots__ = ("method", "target", "version", "headers", "keep_alive", "upgrade", "expects_continue",
-                 "body", "complete", "body_bytes")
+    __slots__ = ("method", "target", "version", "headers", "keep_alive", "upgrade", "asks_upgrade",
+                 "expects_continue", "body", "complete", "body_bytes")
 
     def __init__(self) -> None:
         self.method = b""
@@ -103,7 +104,8 @@ class _Request:
         self.version = "1.1"
         self.headers: list[tuple[bytes, bytes]] = []
         self.keep_alive = True
-        self.upgrade = False
+        self.upgrade = False  # llhttp's verdict: Connection: upgrade and an Upgrade header
+        self.asks_upgrade = False  # an Upgrade header at all (a WebSocket handshake to check)
         self.expects_continue = False
         self.body: collections.deque[bytes] = collections.deque()
         self.complete = False  # the whole body has been parsed
@@ -165,8 +167,11 @@ class _Parser:
         if self._header_bytes > self.limits.max_header_bytes:
             raise HttpError(431, f"header fields larger than {self.limits.max_header_bytes} bytes in total")
         name = name.lower()
-        if name == b"expect" and value.lower() == b"100-continue":
-            request.expects_continue = True
+        if name == b"expect":
+            if value.lower() == b"100-continue":
+                request.expects_continue = True
+        elif name == b"upgrade":
+            request.asks_upgrade = True
         request.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -192,20 +197,40 @@ class _Parser:
         self.current.complete = True
 
 
+class _Connection:
+    """What the requests of one connection share: its stream, parser and
+    loop, the addresses every scope names, and the queue its thread parks
+    on while an app's task runs (a thread waits for one exchange at a time)."""
+
+    __slots__ = ("stream", "parser", "loop", "client", "server", "waiters")
+
+    def __init__(self, stream: Any, parser: _Parser, loop: asyncio.AbstractEventLoop, peer: Any,
+                 local: Any) -> None:
+        self.stream = stream
+        self.parser = parser
+        self.loop = loop
+        self.client = tuple(peer[:2]) if isinstance(peer, tuple) else None
+        self.server = tuple(local[:2]) if isinstance(local, tuple) else None
+        self.waiters = WaitQueue()
+
+
 class _Exchange:
     """One request/response between the connection thread and the app's
     task. The app side (``receive``, ``send``) runs in the task; the
     thread side (``next_order``, ``settle``) in the connection thread."""
 
-    def __init__(self, server: AsgiServer, conn: Any, request: _Request, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, server: AsgiServer, link: _Connection, request: _Request) -> None:
         self.server = server
-        self.conn = conn
+        self.conn = link.stream
         self.request = request
-        self.loop = loop
+        self.loop = link.loop
         self.writing = False  # the connection thread is in a write (an order, or 100 Continue)
         self.head_only = request.method == b"HEAD"
         self.orders: collections.deque[tuple[Any, ...]] = collections.deque()
-        self.thread_waiters = WaitQueue()  # the connection thread, waiting for an order or the task's end
+        # The connection thread, waiting for an order or the task's end. A
+        # task that outlives its response may still wake it: it looks, finds
+        # nothing of its current exchange to do, and parks again.
+        self.thread_waiters = link.waiters
         self.app_waiter: asyncio.Future[None] | None = None  # receive's wait for body or the end
         self.read_ordered = False
         self.body_ended = False  # receive has returned more_body=False
@@ -317,37 +342,28 @@ class _Exchange:
         self.status = status
         lines = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, "").encode())]
         seen_date = seen_server = False
+        checked = _CHECKED_HEADERS
         for pair in message.get("headers", ()):
             try:
-                name, value = pair
-                if type(name) is not bytes:
-                    name = bytes(name)
-                if type(value) is not bytes:
-                    value = bytes(value)
-            except (TypeError, ValueError):
-                raise ValueError(f"ASGI: response header {pair!r} is not a (name, value) pair of bytes") from None
-            if not name or _FORBIDDEN_IN_NAME.search(name) or _FORBIDDEN_IN_VALUE.search(value):
-                raise ValueError(f"ASGI: response header {name!r}: {value!r} has a forbidden character")
-            lower = name.lower()
-            if lower not in _SERVER_OWNED:
-                lines.append(b"%s: %s\r\n" % (name, value))
-                continue
-            if lower == b"content-length":
-                try:
-                    self.declared_length = int(value)
-                except ValueError:
-                    raise ValueError(f"ASGI: response Content-Length {value!r} is not a number") from None
-            elif lower == b"transfer-encoding":
-                continue  # the server frames the body itself
-            elif lower == b"connection":
-                if b"close" in value.lower():
+                known = checked.get(pair)
+            except TypeError:  # a list, or a bytearray in the pair: not a key
+                known = None
+            owned, line = known or _check_header(pair)
+            if owned is None:
+                lines.append(line)
+            elif owned == b"content-length":
+                self.declared_length = int(line[16:-2])
+                lines.append(line)
+            elif owned == b"connection":
+                if b"close" in line.lower():
                     self.keep_alive = False
-                continue
-            elif lower == b"date":
+            elif owned == b"date":
                 seen_date = True
-            elif lower == b"server":
+                lines.append(line)
+            elif owned == b"server":
                 seen_server = True
-            lines.append(b"%s: %s\r\n" % (name, value))
+                lines.append(line)
+            # transfer-encoding: dropped, the server frames the body itself
         if not (seen_date and seen_server):
             clock = self.server.clock
             clock.tick()
@@ -395,6 +411,41 @@ class _Exchange:
         if self.declared_length is not None and not self.head_only and self.status not in _NO_BODY_STATUSES:
             return self.sent_length == self.declared_length
         return True
+
+
+# Response headers already checked, by their (name, value) pair, so that
+# the few an app sends with every response are checked once: each maps to
+# (its lower-cased name if the server reads or replaces it, else None;
+# its header line). Emptied when full, so an app that varies its values
+# costs a check each, as with no cache.
+_CHECKED_HEADERS: dict[tuple[bytes, bytes], tuple[bytes | None, bytes]] = {}
+_CHECKED_HEADERS_MAX = 1024
+
+
+def _check_header(pair: Any) -> tuple[bytes | None, bytes]:
+    """One response header of ``http.response.start``, checked: (the
+    lower-cased name if in ``_SERVER_OWNED``, else None; its line).
+    ValueError names what is wrong with it."""
+    try:
+        name, value = pair
+        if type(name) is not bytes:
+            name = bytes(name)
+        if type(value) is not bytes:
+            value = bytes(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"ASGI: response header {pair!r} is not a (name, value) pair of bytes") from None
+    if not name or _FORBIDDEN_IN_NAME.search(name) or _FORBIDDEN_IN_VALUE.search(value):
+        raise ValueError(f"ASGI: response header {name!r}: {value!r} has a forbidden character")
+    lower = name.lower()
+    owned = lower if lower in _SERVER_OWNED else None
+    if owned == b"content-length" and not (value.isdigit() and len(value) < 20):
+        raise ValueError(f"ASGI: response Content-Length {value!r} is not a number")
+    known = (owned, b"%s: %s\r\n" % (name, value))
+    if type(pair) is tuple and pair[0] is name and pair[1] is value:  # bytes: immutable, so a fair key
+        if len(_CHECKED_HEADERS) >= _CHECKED_HEADERS_MAX:
+            _CHECKED_HEADERS.clear()
+        _CHECKED_HEADERS[pair] = known
+    return known
 
 
 def _header_lines(pairs: Any, owned: frozenset[bytes], what: str, drop_owned: bool = False) -> list[bytes]:
@@ -704,7 +755,8 @@ class AsgiServer:
         self.connections = 0
         self.app_failures = 0
         self.stopping = False
-        self._busy: dict[Any, bool] = {}  # connection thread -> is a request in progress
+        self._open: dict[ConnectionState, None] = {}
+        self._clock_now: Callable[[], float] = threadlib.now  # bound to the scheduler's clock by serve
         self._websockets: set[_WebSocket] = set()
 
     # -- life cycle ----------------------------------------------------------------
@@ -721,6 +773,9 @@ class AsgiServer:
         if not isinstance(loop, ThreadlibEventLoop):
             raise RuntimeError("AsgiServer.serve runs in a threadlib thread with a threadlib.loop event loop "
                                f"(threadlib.run provides one once asyncio is imported), not with {loop!r}")
+        sched = threadlib.current_scheduler()
+        self._clock_now = sched.clock.now
+        self.clock.bind(sched)
         lifespan = _Lifespan(self, loop)
         if self.lifespan != "off":
             yield from lifespan.startup()
@@ -733,10 +788,13 @@ class AsgiServer:
             if ready is not None:
                 ready(self.address)
             acceptor = yield from threadlib.spawn(self._accept_loop(listener, loop), name="asgi-accept")
+            sweeper = yield from threadlib.spawn(
+                sweep_idle(self._open, self.keepalive_timeout, self.header_timeout), name="asgi-idle-sweeper")
             try:
                 yield from (shutdown or threadlib.Event()).wait()
             finally:
                 yield from acceptor.cancel()
+                yield from sweeper.cancel()
                 listener.close()
                 yield from self._drain()
         finally:
@@ -748,19 +806,20 @@ class AsgiServer:
         while True:
             conn, peer = yield from listener.accept()
             self.connections += 1
-            thread = yield from threadlib.spawn(self._connection(conn, peer, listener.address, loop),
-                                                name="asgi-connection")
-            self._busy.setdefault(thread, False)
+            state = ConnectionState()
+            self._open[state] = None
+            state.thread = yield from threadlib.spawn(self._connection(conn, peer, listener.address, loop, state),
+                                                      name="asgi-connection")
 
     @types.coroutine
     def _drain(self) -> Any:
         self.stopping = True
         for session in self._websockets:
             session.close(websocket.GOING_AWAY, "the server is shutting down")
-        for thread, busy in list(self._busy.items()):
-            if not busy and not thread.done:
-                yield from thread.cancel()
-        busy_threads = [t for t in self._busy if not t.done]
+        for state in list(self._open):
+            if state.waiting_idle:
+                yield from state.thread.cancel()  # type: ignore[union-attr]
+        busy_threads = [s.thread for s in self._open if s.thread is not None and not s.thread.done]
         if not busy_threads:
             return
         try:
@@ -776,10 +835,10 @@ class AsgiServer:
 
     # -- one connection ---------------------------------------------------------------
     @types.coroutine
-    def _connection(self, conn: Any, peer: Any, local: Any, loop: asyncio.AbstractEventLoop) -> Any:
-        me = threadlib.current_thread()
-        self._busy[me] = False
+    def _connection(self, conn: Any, peer: Any, local: Any, loop: asyncio.AbstractEventLoop,
+                    state: ConnectionState) -> Any:
         parser = _Parser(self.limits)
+        link = _Connection(conn, parser, loop, peer, local)
         try:
             if isinstance(conn, tls.TlsStream):
                 try:
@@ -790,18 +849,15 @@ class AsgiServer:
             while not self.stopping:
                 if not parser.heads:
                     try:
-                        request_began = yield from self._read_head(conn, parser)
+                        request_began = yield from self._read_head(conn, parser, state)
                     except HttpError as error:
                         yield from self._refuse(conn, error)
                         return
                     if not request_began:
                         return
                 request = parser.heads.popleft()
-                self._busy[me] = True
-                try:
-                    keep_open = yield from self._exchange(conn, parser, request, peer, local, loop)
-                finally:
-                    self._busy[me] = False
+                state.served = True
+                keep_open = yield from self._exchange(link, request)
                 if not keep_open:
                     return
         except (ConnectionError, TimeoutError):
@@ -813,13 +869,16 @@ class AsgiServer:
         except Exception:
             log.exception("connection from %s failed", peer)
         finally:
-            self._busy.pop(me, None)
+            self._open.pop(state, None)
             conn.close()
 
     @types.coroutine
-    def _read_head(self, conn: Any, parser: _Parser) -> Any:
+    def _read_head(self, conn: Any, parser: _Parser, state: ConnectionState) -> Any:
         """Read until a request head is complete: False if the client closed
-        or idled out before beginning one; HttpError for a bad or late one."""
+        before beginning one; HttpError for a bad or late one. Idle before
+        a request, the thread waits with no timer of its own: the sweeper
+        cancels it after the keep-alive (or, before the first request, the
+        header) timeout."""
         deadline = None
         while not parser.heads:
             if parser.in_head:
@@ -835,10 +894,10 @@ class AsgiServer:
                 if not data:
                     return False
             else:
-                try:
-                    data = yield from conn.recv(65536, timeout=self.keepalive_timeout)
-                except TimeoutError:
-                    return False
+                state.idle_since = self._clock_now()
+                state.idle = True
+                data = yield from conn.recv(65536)
+                state.idle = False
                 if not data:
                     return False
             parser.feed(data)
@@ -852,7 +911,7 @@ class AsgiServer:
         except (OSError, TimeoutError):
             pass
 
-    def _scope(self, request: _Request, peer: Any, local: Any, subprotocols: list[str] | None = None
+    def _scope(self, request: _Request, link: _Connection, subprotocols: list[str] | None = None
                ) -> dict[str, Any]:
         parsed = httptools.parse_url(request.target)
         raw_path = parsed.path or b"/"
@@ -873,8 +932,8 @@ class AsgiServer:
             "query_string": parsed.query or b"",
             "root_path": self.root_path,
             "headers": request.headers,
-            "client": tuple(peer[:2]) if isinstance(peer, tuple) else None,
-            "server": tuple(local[:2]) if isinstance(local, tuple) else None,
+            "client": link.client,
+            "server": link.server,
             "state": dict(self.state),
         }
         if subprotocols is not None:
@@ -884,19 +943,21 @@ class AsgiServer:
         return scope
 
     @types.coroutine
-    def _exchange(self, conn: Any, parser: _Parser, request: _Request, peer: Any, local: Any,
-                  loop: asyncio.AbstractEventLoop) -> Any:
+    def _exchange(self, link: _Connection, request: _Request) -> Any:
         """Serve one request with the app; True if the connection may carry
         the next one."""
         self.requests += 1
-        if websocket.wants_websocket(request.headers):
-            return (yield from self._websocket(conn, parser, request, peer, local, loop))
+        conn = link.stream
+        if request.asks_upgrade and websocket.wants_websocket(request.headers):
+            return (yield from self._websocket(link, request))
         try:
-            scope = self._scope(request, peer, local)
+            scope = self._scope(request, link)
         except HttpError as error:
             yield from self._refuse(conn, error)
             return False
-        exchange = _Exchange(self, conn, request, loop)
+        loop = link.loop
+        parser = link.parser
+        exchange = _Exchange(self, link, request)
         # No done callback: ``_call_app`` wakes this thread in its last step
         # (a task is only cancelled before its first step when the loop
         # shuts down, which ends this thread too).
@@ -959,16 +1020,16 @@ class AsgiServer:
 
     # -- WebSocket -----------------------------------------------------------------------
     @types.coroutine
-    def _websocket(self, conn: Any, parser: _Parser, request: _Request, peer: Any, local: Any,
-                   loop: asyncio.AbstractEventLoop) -> Any:
+    def _websocket(self, link: _Connection, request: _Request) -> Any:
         """Serve a WebSocket handshake and, once the app accepts, the
         connection: this thread writes, a reader thread reads. Always
         False (the connection is over when it returns)."""
+        conn, parser, loop = link.stream, link.parser, link.loop
         try:
             key, offered = websocket.check_handshake(request.method, request.version, request.headers)
             if not request.upgrade:
                 raise websocket.HandshakeError(400, "a WebSocket handshake needs 'Connection: Upgrade'")
-            scope = self._scope(request, peer, local, subprotocols=offered)
+            scope = self._scope(request, link, subprotocols=offered)
         except (websocket.HandshakeError, HttpError) as refused:
             status = refused.status
             headers = b"Sec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n" if status == 426 else b""

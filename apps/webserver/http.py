@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from email.utils import formatdate
-from typing import Any
+from typing import Any, Callable
 
 import httptools
 
@@ -405,18 +405,25 @@ def _parse_error(exc: Exception) -> HttpError:
 class Clock:
     """The Date header and the access log's timestamp, rebuilt once a second."""
 
-    __slots__ = ("second", "date_block", "log_time")
+    __slots__ = ("second", "date_block", "log_time", "_wall")
 
     def __init__(self) -> None:
         self.second = -1
         self.date_block = b""
         self.log_time = ""
+        self._wall: Callable[[], float] = threadlib.wall_time
         self.tick()
+
+    def bind(self, sched: Any) -> None:
+        """Read the time of day from ``sched``'s clock directly (a server
+        calls this once it runs), rather than looking up the running
+        scheduler at every tick."""
+        self._wall = getattr(sched.clock, "wall", None) or threadlib.wall_time
 
     def tick(self) -> float:
         """The time of day through the scheduler's clock (the simulated date
         on a virtual one); refreshes the cached texts when the second changes."""
-        now = threadlib.wall_time()
+        now = self._wall()
         second = int(now)
         if second != self.second:
             self.second = second

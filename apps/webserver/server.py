@@ -33,7 +33,7 @@ import types
 from typing import Any, Callable
 
 import threadlib
-from threadlib import Thread, ThreadCancelled
+from threadlib import ThreadCancelled
 from threadlib.io import sockio, tls
 from threadlib.net import Network
 
@@ -46,6 +46,7 @@ from .files import (
     not_modified,
     range_applies,
 )
+from .connections import ConnectionState, sweep_idle
 from .http import (
     CONTINUE,
     STATUS_LINES,
@@ -85,18 +86,6 @@ _O_READ = os.O_RDONLY | os.O_CLOEXEC
 class _Abort(Exception):
     """The response cannot be completed (its headers are already out):
     the connection must close."""
-
-
-class _Connection:
-    """What shutdown needs to know about one connection."""
-
-    __slots__ = ("thread", "idle", "idle_since", "served")
-
-    def __init__(self) -> None:
-        self.thread: Thread | None = None
-        self.idle = False  # waiting for the first byte of a request
-        self.idle_since = 0.0  # the scheduler's clock when it began waiting
-        self.served = False  # a connection that never sent a request gets only header_timeout
 
 
 class WebServer:
@@ -166,7 +155,7 @@ class WebServer:
         # A dict as an ordered set: the sweeper and shutdown visit the
         # connections in the order they came, not in the order of their
         # addresses, so a simulated run closes them alike every time.
-        self._open: dict[_Connection, None] = {}
+        self._open: dict[ConnectionState, None] = {}
         self._stopping = False
         self._grace_end = 0.0  # set by the stop: until when idle connections may begin a last request
 
@@ -189,6 +178,7 @@ class WebServer:
         user-level stack, its SYN backlog too)."""
         if tls_address is not None and self.tls_context is None:
             raise ValueError("tls_address needs a WebServer made with a tls_context")
+        self.clock.bind(threadlib.current_scheduler())
         listeners = []
         try:
             if tls_address is None:
@@ -208,7 +198,8 @@ class WebServer:
         acceptors = []
         for listener in listeners:
             acceptors.append((yield from threadlib.spawn(self._accept_loop(listener), name="http-accept")))
-        sweeper = yield from threadlib.spawn(self._sweep_idle(), name="http-idle-sweeper")
+        sweeper = yield from threadlib.spawn(sweep_idle(self._open, self.keepalive_timeout, self.header_timeout),
+                                             name="http-idle-sweeper")
         try:
             yield from (shutdown or threadlib.Event()).wait()
         finally:
@@ -236,7 +227,7 @@ class WebServer:
             yield from self._accept_loop_wsgi(listener)
         while True:
             conn, peer = yield from listener.accept()
-            state = _Connection()
+            state = ConnectionState()
             self._open[state] = None
             self.connections += 1
             state.thread = yield from spawn(self._connection(conn, peer, state))
@@ -250,27 +241,10 @@ class WebServer:
         spawn, thread = threadlib.spawn, green.thread
         while True:
             conn, peer = yield from listener.accept()
-            state = _Connection()
+            state = ConnectionState()
             self._open[state] = None
             self.connections += 1
             state.thread = yield from spawn(thread(serve_connection, self, conn, peer, state))
-
-    @types.coroutine
-    def _sweep_idle(self) -> Any:
-        """Close keep-alive connections idle for keepalive_timeout, and new
-        connections that have not begun a request within header_timeout."""
-        keepalive, first = self.keepalive_timeout, min(self.header_timeout, self.keepalive_timeout)
-        period = min(1.0, max(0.01, first / 4))
-        while True:
-            yield from threadlib.sleep(period)
-            now = threadlib.now()
-            for state in list(self._open):
-                t = state.thread
-                # Only a thread blocked in its idle recv: one that was just
-                # handed a request (ready, not waiting) is left alone.
-                limit = keepalive if state.served else first
-                if state.idle and now - state.idle_since >= limit and t is not None and t.waiting_on is not None:
-                    yield from t.cancel()
 
     @types.coroutine
     def _drain(self) -> Any:
@@ -280,13 +254,11 @@ class WebServer:
         closes once it is sent (RFC 9112 §9.6)."""
         self._stopping = True
         self._grace_end = threadlib.now() + min(_DRAIN_IDLE_GRACE, self.drain_timeout)
-        while self._grace_left() > 0 and any(
-                s.idle and s.thread is not None and s.thread.waiting_on is not None for s in self._open):
+        while self._grace_left() > 0 and any(s.waiting_idle for s in self._open):
             yield from threadlib.sleep(min(0.05, self._grace_left()))
         for state in list(self._open):
-            t = state.thread
-            if state.idle and t is not None and t.waiting_on is not None:
-                yield from t.cancel()
+            if state.waiting_idle:
+                yield from state.thread.cancel()  # type: ignore[union-attr]
         busy = [s.thread for s in self._open if s.thread is not None and not s.thread.done]
         if not busy:
             return
@@ -307,7 +279,7 @@ class WebServer:
 
     # -- one connection -------------------------------------------------------
     @types.coroutine
-    def _connection(self, conn: Any, peer: Any, state: _Connection) -> Any:
+    def _connection(self, conn: Any, peer: Any, state: ConnectionState) -> Any:
         reader = RequestReader(self.limits)
         complete = reader.complete
         feed = reader.feed

@@ -235,3 +235,22 @@ async def big_stream(scope, receive, send):
                 "headers": [(b"content-length", str(64 * len(BIG_PIECE)).encode())]})
     for i in range(64):
         await send({"type": "http.response.body", "body": BIG_PIECE, "more_body": i < 63})
+
+
+async def sleepy(scope, receive, send):
+    """Answers after sleeping the seconds its query string names."""
+    if scope["type"] != "http":
+        return
+    await asyncio.sleep(float(scope["query_string"] or 0))
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]})
+    await send({"type": "http.response.body", "body": b"awake"})
+
+
+def header_shapes(headers):
+    """An app that answers with ``headers`` as given (pairs of any shape)."""
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+    return app

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import httpx
 import pytest
@@ -226,6 +227,63 @@ def test_malformed_requests_are_refused():
     with Background(asgi_apps.app) as base:
         assert raw(base, b"GARBAGE\r\n\r\n").startswith(b"HTTP/1.1 400 ")
         assert raw(base, b"GET / HTTP/1.1\r\n" + b"X-A: b\r\n" * 200 + b"\r\n").startswith(b"HTTP/1.1 431 ")
+
+
+def test_response_headers_of_every_shape_checked_alike_every_time(caplog):
+    """Response headers are checked once per (name, value) and remembered:
+    the second and third responses with the same headers go out as the
+    first, pairs given as lists or bytearrays work, and a bad header or
+    Content-Length is refused every time, never remembered."""
+    good = [[b"x-list", b"1"], (bytearray(b"x-bytearray"), b"2"), (b"content-length", b"2"),
+            (b"Transfer-Encoding", b"chunked"), (b"x-tuple", b"3")]
+    with Background(asgi_apps.header_shapes(good), lifespan="off") as base:
+        for _ in range(3):
+            reply = raw(base, b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            assert without_date(reply) == (b"HTTP/1.1 200 OK\r\nServer: threadlib\r\nx-list: 1\r\n"
+                                           b"x-bytearray: 2\r\ncontent-length: 2\r\nx-tuple: 3\r\n"
+                                           b"Connection: close\r\n\r\nok")
+    for bad, why in (((b"content-length", b" 2"), "Content-Length b' 2' is not a number"),
+                     ((b"content-length", b"1_0"), "Content-Length b'1_0' is not a number"),
+                     ((b"x-bad name", b"v"), "has a forbidden character"),
+                     ((b"x-ok", b"v", b"extra"), "is not a (name, value) pair of bytes")):
+        caplog.clear()
+        with Background(asgi_apps.header_shapes([bad]), app_name="shapes", lifespan="off") as base:
+            for _ in range(2):
+                reply = raw(base, b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                assert reply.startswith(b"HTTP/1.1 500 "), (bad, reply)
+        failures = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(failures) == 2 and all(why in str(r.exc_info[1]) for r in failures), (bad, failures)
+
+
+def test_idle_silent_and_slow_connections_are_closed_on_their_clocks():
+    """No timer per wait: the idle sweeper closes a kept-alive connection
+    after keepalive_timeout and a silent new one after header_timeout,
+    never before; a head that trickles in gets a 408; a request whose app
+    takes longer than both timeouts is answered."""
+    with Background(asgi_apps.sleepy, header_timeout=0.5, keepalive_timeout=1.0, lifespan="off") as base:
+        host, port = base.removeprefix("http://").split(":")
+        address = (host, int(port))
+        silent = socket.create_connection(address, timeout=30)
+        t0 = time.monotonic()
+        assert silent.recv(10) == b""
+        assert time.monotonic() - t0 >= 0.45
+        silent.close()
+        kept = socket.create_connection(address, timeout=30)
+        kept.sendall(b"GET /?1.6 HTTP/1.1\r\nHost: t\r\n\r\n")  # the app outlasts both timeouts
+        reply = b""
+        while not reply.endswith(b"awake"):
+            reply += kept.recv(65536)
+        assert reply.startswith(b"HTTP/1.1 200 ")
+        t0 = time.monotonic()
+        assert kept.recv(10) == b""
+        assert time.monotonic() - t0 >= 0.95
+        kept.close()
+        slow = socket.create_connection(address, timeout=30)
+        slow.sendall(b"GET / HTTP/1.1\r\n")
+        t0 = time.monotonic()
+        assert slow.recv(65536).startswith(b"HTTP/1.1 408 ")
+        assert time.monotonic() - t0 >= 0.45
+        slow.close()
 
 
 def test_a_failing_startup_stops_serve():
