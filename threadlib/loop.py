@@ -69,7 +69,7 @@ import sys
 import threading
 import types
 import warnings
-from asyncio import events, futures, unix_events
+from asyncio import events, format_helpers, futures, unix_events
 from typing import Any, Callable, Generator, Mapping, TypeVar
 
 from ._kernel import Scheduler, Thread, ThreadCancelled, Worker, current_scheduler
@@ -90,6 +90,33 @@ _EPOLLERR = 0x008
 _EPOLLHUP = 0x010
 _READ_FIRED = _EPOLLIN | _EPOLLERR | _EPOLLHUP
 _WRITE_FIRED = _EPOLLOUT | _EPOLLERR | _EPOLLHUP
+
+
+def _run_batch(ready: collections.deque[events.Handle]) -> None:
+    """Run the handles that are in ``ready`` now (asyncio's ``_run_once``
+    minus the select); those they schedule wait for the next batch. The
+    specification of the compiled ``_speedups.run_handles``."""
+    popleft = ready.popleft
+    for _ in range(len(ready)):
+        handle = popleft()
+        if not handle._cancelled:
+            handle._run()
+
+
+def _report_callback_error(handle: events.Handle, exc: BaseException) -> None:
+    """What asyncio's ``Handle._run`` does once its callback has raised
+    ``exc`` (not SystemExit or KeyboardInterrupt): the loop's exception
+    handler hears of it. The compiled batch calls this."""
+    untyped: Any = handle
+    if sys.version_info >= (3, 13):
+        where = format_helpers._format_callback_source(untyped._callback, untyped._args,
+                                                       debug=untyped._loop.get_debug())
+    else:
+        where = format_helpers._format_callback_source(untyped._callback, untyped._args)
+    context = {"message": f"Exception in callback {where}", "exception": exc, "handle": handle}
+    if untyped._source_traceback:
+        context["source_traceback"] = untyped._source_traceback
+    untyped._loop.call_exception_handler(context)
 
 
 class _LoopWait(SystemCall):
@@ -425,7 +452,7 @@ class ThreadlibEventLoop(_SelectorEventLoop):  # type: ignore[misc]
     # -- the loop thread ---------------------------------------------------------
     def _serve(self) -> Generator[Any, Any, None]:
         ready = self._ready
-        popleft = ready.popleft
+        run_batch = _run_batch if _speedups is None else _speedups.run_handles
         wait = _LoopWait()
         while True:
             try:
@@ -436,11 +463,7 @@ class ThreadlibEventLoop(_SelectorEventLoop):  # type: ignore[misc]
                 if self._debug:
                     self._run_batch_debug()
                 else:
-                    for _ in range(len(ready)):
-                        handle = popleft()
-                        if not handle._cancelled:
-                            handle._run()
-                    handle = None  # drop the last reference (a cycle through an exception)
+                    run_batch(ready)
             except (KeyboardInterrupt, SystemExit) as exc:
                 if self._hosted:
                     raise
@@ -700,6 +723,14 @@ def install() -> None:
     """Make asyncio's ``new_event_loop`` (and so ``asyncio.run``) use
     ``ThreadlibEventLoop``: sets ``EventLoopPolicy`` as asyncio's policy."""
     asyncio.set_event_loop_policy(EventLoopPolicy())
+
+
+if _speedups is not None:
+    # call_soon and the loop thread's batch, compiled: asyncio's Handle made
+    # and run in place (_call_soon_spec and _run_batch stay the
+    # specifications, and serve a loop in debug mode or still dormant).
+    _speedups.configure_loop(ThreadlibEventLoop, events.Handle, (events.Handle, events.TimerHandle, _TimerHandle),
+                             _report_callback_error)
 
 
 class _ProvidedLoop(ThreadlibEventLoop):

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import types
 
 import pytest
 import trustme
@@ -590,6 +591,67 @@ def test_a_raising_callback_goes_to_the_loop_exception_handler():
     for context in reported:
         assert isinstance(context["exception"], ValueError)
         assert "broken" in repr(context["handle"])
+
+
+def test_a_batch_runs_its_handles_in_order_each_in_its_context():
+    """call_soon and the loop thread's batch (compiled unless THREADLIB_PURE,
+    the specification): callbacks run in the order scheduled, each in its
+    handle's context; a handle cancelled before its turn, even by the
+    callback before it, is skipped; a raising callback reaches the
+    exception handler with its handle and the batch goes on. The same in
+    debug mode, where the report also carries where the handle was made."""
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="-")
+
+    def served(debug):
+        seen, reported = [], []
+
+        async def main():
+            loop = asyncio.get_running_loop()
+            loop.set_debug(debug)
+            loop.set_exception_handler(lambda loop, context: reported.append(context))
+            theirs = contextvars.copy_context()
+            theirs.run(var.set, "theirs")
+
+            def note(tag, *more):
+                seen.append((tag, *more, var.get()))
+
+            def first():
+                note("first")
+                doomed.cancel()  # already queued, after this one
+                loop.call_soon(note, "scheduled by first")
+
+            def broken():
+                raise ValueError("callback broke")
+
+            loop.call_soon(first)
+            doomed = loop.call_soon(note, "cancelled by first")
+            loop.call_soon(note, "theirs", 1, 2, context=theirs)
+            loop.call_soon(note, "cancelled at once").cancel()
+            failing = loop.call_soon(broken)
+            loop.call_soon(note, "after the failure")
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            return failing
+
+        failing = run(main)
+        assert seen == [("first", "-"), ("theirs", 1, 2, "theirs"), ("after the failure", "-"),
+                        ("scheduled by first", "-")]
+        [context] = reported
+        assert context["handle"] is failing and isinstance(context["exception"], ValueError)
+        assert context["message"].startswith("Exception in callback ") and "broken" in context["message"]
+        assert ("source_traceback" in context) == debug
+
+    # Compiled unless pure: then the Python function is kept as the specification.
+    compiled = tloop._speedups is not None
+    assert isinstance(tloop.ThreadlibEventLoop.__dict__["call_soon"], types.FunctionType) != compiled
+    served(debug=False)
+    served(debug=True)
+    loop = tloop.new_event_loop()
+    with pytest.raises(TypeError):
+        loop.call_soon()
+    loop.close()
+    with pytest.raises(RuntimeError, match="Event loop is closed"):
+        loop.call_soon(print)
 
 
 _NO_SELECT_PROGRAM = r'''

@@ -104,7 +104,6 @@ static PyObject *s_ready, *s_handlers, *s_pending, *s_base, *s_twin, *s_current,
     *s_rebase, *s_unknown_call, *s_interrupted_wait, *s_worker_failed, *s_popleft, *s_append,
     *s_throw, *s_exc, *s_value, *s_coro_slot, *s_value_slot, *s_exc_slot, *s_fileno;
 
-static int slot_offset(PyTypeObject *type, const char *name, Py_ssize_t *offset);
 
 /* A slot of a Thread: a new reference, or NULL with AttributeError when it
  * is unset (as Python's own access would raise). */
@@ -1685,7 +1684,7 @@ static PyTypeObject FdWaitersType = {
     .tp_getset = fdwaiters_getset,
 };
 
-static int
+int
 slot_offset(PyTypeObject *type, const char *name, Py_ssize_t *offset)
 {
     PyObject *descr = PyDict_GetItemString(type->tp_dict, name);
@@ -2199,12 +2198,12 @@ inherited_slot_offset(PyTypeObject *type, const char *name, Py_ssize_t *offset)
 
 /* Replace type.NAME (a Python function) by the compiled method `def`; the
  * function becomes type._NAME_spec and *spec_out (a new reference). */
-static int
+int
 install_method(PyTypeObject *type, PyMethodDef *def, const char *signature, PyObject **spec_out)
 {
     PyObject *spec = PyDict_GetItemString(type->tp_dict, def->ml_name);
     if (spec == NULL || !PyFunction_Check(spec)) {
-        PyErr_Format(PyExc_TypeError, "configure_stream: %s.%s is not the Python function", type->tp_name,
+        PyErr_Format(PyExc_TypeError, "configuring %s.%s: it is not the Python function", type->tp_name,
                      def->ml_name);
         return -1;
     }

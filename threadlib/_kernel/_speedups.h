@@ -25,10 +25,19 @@ PyObject *call_method(PyObject *obj, PyObject *name, PyObject *a, PyObject *b, P
 PyObject *call_with_first(PyObject *callable, PyObject *name, PyObject *first, PyObject *const *args,
                           Py_ssize_t nargs, PyObject *kwnames);
 
+/* _speedups.c: type.<def's name> becomes the compiled method def (its
+ * docstring the signature plus the Python function's); the Python function
+ * stays as type._<name>_spec, and *spec_out holds it. 0, or -1. */
+int install_method(PyTypeObject *type, PyMethodDef *def, const char *signature, PyObject **spec_out);
+
+/* _speedups.c: the offset of type's own __slots__ member name (an object
+ * slot), read from its member descriptor. 0, or -1. */
+int slot_offset(PyTypeObject *type, const char *name, Py_ssize_t *offset);
+
 /* _green.c: readies its types and adds them and its functions to the module. */
 int green_add_to_module(PyObject *module);
 
-/* _loop.c: readies LoopWatch and adds it to the module. */
+/* _loop.c: readies LoopWatch and adds it, run_handles and configure_loop to the module. */
 int loop_add_to_module(PyObject *module);
 
 #endif
