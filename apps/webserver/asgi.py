@@ -346,7 +346,7 @@ class _Exchange:
         for pair in message.get("headers", ()):
             try:
                 known = checked.get(pair)
-            except TypeError:  # a list, or a bytearray in the pair: not a key
+            except (TypeError, ValueError):  # a list, or a bytearray or writable memoryview in it: not a key
                 known = None
             owned, line = known or _check_header(pair)
             if owned is None:

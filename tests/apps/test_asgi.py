@@ -235,12 +235,12 @@ def test_response_headers_of_every_shape_checked_alike_every_time(caplog):
     first, pairs given as lists or bytearrays work, and a bad header or
     Content-Length is refused every time, never remembered."""
     good = [[b"x-list", b"1"], (bytearray(b"x-bytearray"), b"2"), (b"content-length", b"2"),
-            (b"Transfer-Encoding", b"chunked"), (b"x-tuple", b"3")]
+            (b"Transfer-Encoding", b"chunked"), (memoryview(bytearray(b"x-view")), b"4"), (b"x-tuple", b"3")]
     with Background(asgi_apps.header_shapes(good), lifespan="off") as base:
         for _ in range(3):
             reply = raw(base, b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
             assert without_date(reply) == (b"HTTP/1.1 200 OK\r\nServer: threadlib\r\nx-list: 1\r\n"
-                                           b"x-bytearray: 2\r\ncontent-length: 2\r\nx-tuple: 3\r\n"
+                                           b"x-bytearray: 2\r\ncontent-length: 2\r\nx-view: 4\r\nx-tuple: 3\r\n"
                                            b"Connection: close\r\n\r\nok")
     for bad, why in (((b"content-length", b" 2"), "Content-Length b' 2' is not a number"),
                      ((b"content-length", b"1_0"), "Content-Length b'1_0' is not a number"),
