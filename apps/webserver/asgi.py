@@ -422,10 +422,9 @@ _CHECKED_HEADERS: dict[tuple[bytes, bytes], tuple[bytes | None, bytes]] = {}
 _CHECKED_HEADERS_MAX = 1024
 
 
-def _check_header(pair: Any) -> tuple[bytes | None, bytes]:
-    """One response header of ``http.response.start``, checked: (the
-    lower-cased name if in ``_SERVER_OWNED``, else None; its line).
-    ValueError names what is wrong with it."""
+def _valid_header(pair: Any, what: str) -> tuple[bytes, bytes, bytes]:
+    """An app's header ``pair`` as (name, value, lower-cased name), bytes;
+    ValueError naming what is wrong with it (``what`` names the message)."""
     try:
         name, value = pair
         if type(name) is not bytes:
@@ -433,10 +432,17 @@ def _check_header(pair: Any) -> tuple[bytes | None, bytes]:
         if type(value) is not bytes:
             value = bytes(value)
     except (TypeError, ValueError):
-        raise ValueError(f"ASGI: response header {pair!r} is not a (name, value) pair of bytes") from None
+        raise ValueError(f"ASGI: {what} header {pair!r} is not a (name, value) pair of bytes") from None
     if not name or _FORBIDDEN_IN_NAME.search(name) or _FORBIDDEN_IN_VALUE.search(value):
-        raise ValueError(f"ASGI: response header {name!r}: {value!r} has a forbidden character")
-    lower = name.lower()
+        raise ValueError(f"ASGI: {what} header {name!r}: {value!r} has a forbidden character")
+    return name, value, name.lower()
+
+
+def _check_header(pair: Any) -> tuple[bytes | None, bytes]:
+    """One response header of ``http.response.start``, checked: (the
+    lower-cased name if in ``_SERVER_OWNED``, else None; its line), and
+    remembered. ValueError names what is wrong with it."""
+    name, value, lower = _valid_header(pair, "response")
     owned = lower if lower in _SERVER_OWNED else None
     if owned == b"content-length" and not (value.isdigit() and len(value) < 20):
         raise ValueError(f"ASGI: response Content-Length {value!r} is not a number")
@@ -454,15 +460,8 @@ def _header_lines(pairs: Any, owned: frozenset[bytes], what: str, drop_owned: bo
     write: left out with ``drop_owned``, a ValueError otherwise."""
     lines = []
     for pair in pairs or ():
-        try:
-            name, value = pair
-            name = bytes(name)
-            value = bytes(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"ASGI: {what} header {pair!r} is not a (name, value) pair of bytes") from None
-        if not name or any(c in name for c in b"\r\n: \t") or b"\r" in value or b"\n" in value:
-            raise ValueError(f"ASGI: {what} header {name!r}: {value!r} has a forbidden character")
-        if name.lower() in owned:
+        name, value, lower = _valid_header(pair, what)
+        if lower in owned:
             if drop_owned:
                 continue
             raise ValueError(f"ASGI: {what} header {name.decode('latin-1')!r} is the server's to send")
