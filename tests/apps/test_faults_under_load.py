@@ -63,7 +63,8 @@ class Server:
 
     def __init__(self, site, *args: str, nofile: int | None = None) -> None:
         self.port = _free_port()
-        argv = [sys.executable, "-m", "apps.webserver", "--root", str(site), "--port", str(self.port), *args]
+        root = ["--root", str(site)] if site is not None else []  # None: an application, no files
+        argv = [sys.executable, "-m", "apps.webserver", *root, "--port", str(self.port), *args]
         if nofile is not None:
             # The child sets its own limit before it runs the program (a
             # preexec_fn is unsafe in a test process with threads).
@@ -104,8 +105,8 @@ class Server:
 def server(site):
     started = []
 
-    def start(*args: str, nofile: int | None = None) -> Server:
-        started.append(Server(site, *args, nofile=nofile))
+    def start(*args: str, nofile: int | None = None, files: bool = True) -> Server:
+        started.append(Server(site if files else None, *args, nofile=nofile))
         return started[-1]
 
     yield start
@@ -219,13 +220,13 @@ class Slowloris:
             ep.close()
 
 
-def _latencies(crowd: Crowd, rounds: int) -> list[float]:
+def _latencies(crowd: Crowd, rounds: int, body: bytes = SMALL) -> list[float]:
     """Rounds of one request on every connection of ``crowd``; each
-    round's time; asserts every response whole."""
+    round's time; asserts every response whole (``body``)."""
     times = []
     for _ in range(rounds):
         started = time.monotonic()
-        bad = _served(crowd.exchange(GET_SMALL))
+        bad = _served(crowd.exchange(GET_SMALL), body)
         times.append(time.monotonic() - started)
         assert not bad, bad[:3]
     return times
@@ -277,6 +278,67 @@ def test_five_thousand_slowloris_clients_are_cut_off_by_the_header_timeout_while
           f"{header_timeout:.0f} s: all {n} answered 408 and closed {reclaimed:.2f} s after the first connected "
           f"({loris.drips} drips); 20 normal keep-alive clients, one request each per round: before {_ms(before)}; "
           f"during {len(during)} rounds, {_ms(during)}; after {_ms(after)}")
+    assert srv.stop() == 0
+
+
+@pytest.mark.skipif(hard_fd_limit() < 3_500, reason="the hard fd limit is below 3,500")
+def test_the_asgi_server_reclaims_idle_and_slowloris_crowds_while_others_are_served(server):
+    """``--asgi``: 2,000 keep-alive connections served once and left idle
+    are closed by the idle sweeper after the keep-alive timeout (3 s) and
+    not before; then 1,000 slowloris clients (a header byte a second) each
+    get a 408 at the header timeout (3 s). Every fd comes back, and 20
+    normal keep-alive clients are served throughout (a request each per
+    round keeps them from idling out)."""
+    n_idle, n_slow, timeout = 2_000, 1_000, 3.0
+    body = b"abcdefghi"  # tests.apps.asgi_apps.fixed_length's
+    srv = server("--quiet", "--asgi", "tests.apps.asgi_apps:fixed_length", "--lifespan", "off",
+                 "--keepalive-timeout", str(timeout), "--header-timeout", str(timeout), nofile=hard_fd_limit(),
+                 files=False)
+    with fd_limit(hard_fd_limit()):
+        normal, idle, slow = Crowd(srv.address), Crowd(srv.address), Crowd(srv.address)
+        try:
+            normal.open(20)
+            before = _latencies(normal, 5, body)
+            fds_before = open_fds(srv.pid)
+            idle.open(n_idle)
+            started = time.monotonic()  # no idle wait of the crowd began before this
+            assert not _served(idle.exchange(GET_SMALL), body)
+            held, first_closed, during = open_fds(srv.pid), None, []
+            assert held == fds_before + n_idle
+            while time.monotonic() - started < 60:
+                during += _latencies(normal, 1, body)
+                fds = open_fds(srv.pid)
+                if first_closed is None and fds < held:
+                    first_closed = time.monotonic() - started
+                if fds <= fds_before:
+                    break
+            idle_reclaimed = time.monotonic() - started
+            assert open_fds(srv.pid) <= fds_before, "idle connections still open after 60 s"
+            assert first_closed is not None and first_closed >= timeout - 0.05, first_closed
+            slow.open(n_slow)
+            slow_started = time.monotonic()
+            loris = Slowloris(slow, 1.0)
+            loris.start()
+            while len(loris.ended) < n_slow and time.monotonic() - slow_started < 60:
+                during += _latencies(normal, 1, body)
+            loris.stop()
+            slow_reclaimed = time.monotonic() - slow_started
+            assert len(loris.ended) == n_slow, f"{n_slow - len(loris.ended)} slow clients still open after 60 s"
+            statuses = {}
+            for sent in loris.ended.values():
+                key = sent[:12].decode("latin-1") if sent.startswith(b"HTTP/1.1 ") else "closed"
+                statuses[key] = statuses.get(key, 0) + 1
+            assert statuses == {"HTTP/1.1 408": n_slow}, statuses
+            wait_until(lambda: open_fds(srv.pid) <= fds_before, what="the slow clients' fds reclaimed")
+            after = _latencies(normal, 5, body)
+        finally:
+            normal.close()
+            idle.close()
+            slow.close()
+    print(f"\nASGI: {n_idle} idle keep-alive connections (timeout {timeout:g} s): the first closed "
+          f"{first_closed:.2f} s after they were served, all {idle_reclaimed:.2f} s; {n_slow} slowloris clients "
+          f"(header timeout {timeout:g} s): all answered 408 and closed in {slow_reclaimed:.2f} s; 20 normal "
+          f"clients: before {_ms(before)}; during {len(during)} rounds, {_ms(during)}; after {_ms(after)}")
     assert srv.stop() == 0
 
 
