@@ -182,6 +182,26 @@ class Slowloris:
         self._stop.set()
         self._thread.join(timeout=30)
 
+    def run_until_all_ended(self, meanwhile, started: float, limit: float = 60.0) -> None:
+        """Start, call ``meanwhile()`` over and over until every connection
+        has ended or ``limit`` seconds have passed since ``started``, then
+        stop; asserts that every one ended."""
+        n = len(self.crowd.socks)
+        self.start()
+        while len(self.ended) < n and time.monotonic() - started < limit:
+            meanwhile()
+        self.stop()
+        assert len(self.ended) == n, f"{n - len(self.ended)} slow clients still open after {limit:g} s"
+
+    def statuses(self) -> dict[str, int]:
+        """How the ended connections ended: the count of each status line
+        the server sent first ("HTTP/1.1 408"), or of "closed" with none."""
+        counts: dict[str, int] = {}
+        for sent in self.ended.values():
+            key = sent[:12].decode("latin-1") if sent.startswith(b"HTTP/1.1 ") else "closed"
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
     def _run(self) -> None:
         import select
 
@@ -255,17 +275,10 @@ def test_five_thousand_slowloris_clients_are_cut_off_by_the_header_timeout_while
             started = time.monotonic()
             slow.open(n)
             loris = Slowloris(slow, drip)
-            loris.start()
-            during = []
-            while len(loris.ended) < n and time.monotonic() - started < 60:
-                during += _latencies(normal, 1)
-            loris.stop()
+            during: list[float] = []
+            loris.run_until_all_ended(lambda: during.extend(_latencies(normal, 1)), started)
             reclaimed = time.monotonic() - started
-            assert len(loris.ended) == n, f"{n - len(loris.ended)} slow clients still open after 60 s"
-            statuses = {}
-            for sent in loris.ended.values():
-                key = sent[:12].decode("latin-1") if sent.startswith(b"HTTP/1.1 ") else "closed"
-                statuses[key] = statuses.get(key, 0) + 1
+            statuses = loris.statuses()
             # Each got the 408 and nothing else (a reset before it arrived
             # would show as "closed"; none is expected on loopback).
             assert statuses == {"HTTP/1.1 408": n}, statuses
@@ -318,16 +331,9 @@ def test_the_asgi_server_reclaims_idle_and_slowloris_crowds_while_others_are_ser
             slow.open(n_slow)
             slow_started = time.monotonic()
             loris = Slowloris(slow, 1.0)
-            loris.start()
-            while len(loris.ended) < n_slow and time.monotonic() - slow_started < 60:
-                during += _latencies(normal, 1, body)
-            loris.stop()
+            loris.run_until_all_ended(lambda: during.extend(_latencies(normal, 1, body)), slow_started)
             slow_reclaimed = time.monotonic() - slow_started
-            assert len(loris.ended) == n_slow, f"{n_slow - len(loris.ended)} slow clients still open after 60 s"
-            statuses = {}
-            for sent in loris.ended.values():
-                key = sent[:12].decode("latin-1") if sent.startswith(b"HTTP/1.1 ") else "closed"
-                statuses[key] = statuses.get(key, 0) + 1
+            statuses = loris.statuses()
             assert statuses == {"HTTP/1.1 408": n_slow}, statuses
             wait_until(lambda: open_fds(srv.pid) <= fds_before, what="the slow clients' fds reclaimed")
             after = _latencies(normal, 5, body)

@@ -85,6 +85,45 @@ queue_side(LoopWatch *self, PyObject *handle, PyObject *fd, PyObject *remove)
     return r == NULL ? -1 : 0;
 }
 
+/* loop._worker.wake() (_LoopWorker.wake, as _PyWatch inlines it): the
+ * waiting loop thread resumed, unless the loop has halted. 0, or -1. */
+static int
+wake_loop_thread(PyObject *loop)
+{
+    PyObject *worker = PyObject_GetAttr(loop, s__worker);
+    if (worker == NULL) {
+        return -1;
+    }
+    PyObject *thread = PyObject_GetAttr(worker, s_thread);
+    if (thread == NULL) {
+        Py_DECREF(worker);
+        return -1;
+    }
+    int wake = 0;
+    if (thread != Py_None) {
+        PyObject *halted = PyObject_GetAttr(loop, s__halted);
+        int is_halted = halted == NULL ? -1 : PyObject_IsTrue(halted);
+        Py_XDECREF(halted);
+        wake = is_halted < 0 ? -1 : !is_halted;
+    }
+    if (wake > 0) {
+        PyObject *sched = NULL;
+        if (PyObject_SetAttr(worker, s_thread, Py_None) < 0 ||
+            (sched = PyObject_GetAttr(worker, s__sched)) == NULL) {
+            wake = -1;
+        }
+        else {
+            PyObject *r = call_method(sched, s_resume, thread, NULL, NULL, 1);
+            wake = r == NULL ? -1 : 1;
+            Py_XDECREF(r);
+        }
+        Py_XDECREF(sched);
+    }
+    Py_DECREF(thread);
+    Py_DECREF(worker);
+    return wake < 0 ? -1 : 0;
+}
+
 static PyObject *
 loopwatch_on_events(LoopWatch *self, PyObject *fired_obj)
 {
@@ -125,39 +164,7 @@ loopwatch_on_events(LoopWatch *self, PyObject *fired_obj)
         queue_side(self, writer, fd, s__remove_writer) < 0) {
         goto done;
     }
-    /* _LoopWorker.wake, as _PyWatch inlines it. */
-    PyObject *worker = PyObject_GetAttr(self->loop, s__worker);
-    if (worker == NULL) {
-        goto done;
-    }
-    PyObject *thread = PyObject_GetAttr(worker, s_thread);
-    if (thread == NULL) {
-        Py_DECREF(worker);
-        goto done;
-    }
-    int wake = 0;
-    if (thread != Py_None) {
-        PyObject *halted = PyObject_GetAttr(self->loop, s__halted);
-        int is_halted = halted == NULL ? -1 : PyObject_IsTrue(halted);
-        Py_XDECREF(halted);
-        wake = is_halted < 0 ? -1 : !is_halted;
-    }
-    if (wake > 0) {
-        PyObject *sched = NULL;
-        if (PyObject_SetAttr(worker, s_thread, Py_None) < 0 ||
-            (sched = PyObject_GetAttr(worker, s__sched)) == NULL) {
-            wake = -1;
-        }
-        else {
-            PyObject *r = call_method(sched, s_resume, thread, NULL, NULL, 1);
-            wake = r == NULL ? -1 : 1;
-            Py_XDECREF(r);
-        }
-        Py_XDECREF(sched);
-    }
-    Py_DECREF(thread);
-    Py_DECREF(worker);
-    if (wake >= 0) {
+    if (wake_loop_thread(self->loop) == 0) {
         result = Py_NewRef(Py_None);
     }
 done:
@@ -240,7 +247,7 @@ static PyObject *plain_handle_types;   /* types whose _run is Handle's: a tuple 
 static PyObject *report_callback_error;
 static PyObject *call_soon_spec;       /* ThreadlibEventLoop._call_soon_spec */
 static Py_ssize_t off_callback, off_args, off_cancelled, off_loop, off_source_traceback, off_repr, off_context;
-static PyObject *s__dormant, *s__debug, *s__closed, *s_wake, *s_popleft, *s__run, *s_context;
+static PyObject *s__dormant, *s__debug, *s__closed, *s_popleft, *s__run, *s_context;
 
 #define SLOT(obj, offset) (*(PyObject **)((char *)(obj) + (offset)))
 
@@ -311,18 +318,10 @@ loop_call_soon(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject
     }
     Py_DECREF(r);
     /* The loop thread, if it waits, is made ready (a call from a threadlib thread). */
-    PyObject *worker = PyObject_GetAttr(self, s__worker);
-    PyObject *thread = worker == NULL ? NULL : PyObject_GetAttr(worker, s_thread);
-    if (thread != NULL && thread != Py_None) {
-        r = call_method(worker, s_wake, NULL, NULL, NULL, 0);
-        Py_XSETREF(thread, r);
-    }
-    Py_XDECREF(worker);
-    if (thread == NULL) {
+    if (wake_loop_thread(self) < 0) {
         Py_DECREF(handle);
         return NULL;
     }
-    Py_DECREF(thread);
     return handle;
 }
 
@@ -487,7 +486,6 @@ loop_add_to_module(PyObject *module)
     INTERN(s__dormant, "_dormant");
     INTERN(s__debug, "_debug");
     INTERN(s__closed, "_closed");
-    INTERN(s_wake, "wake");
     INTERN(s_popleft, "popleft");
     INTERN(s__run, "_run");
     INTERN(s_context, "context");

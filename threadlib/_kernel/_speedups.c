@@ -104,7 +104,6 @@ static PyObject *s_ready, *s_handlers, *s_pending, *s_base, *s_twin, *s_current,
     *s_rebase, *s_unknown_call, *s_interrupted_wait, *s_worker_failed, *s_popleft, *s_append,
     *s_throw, *s_exc, *s_value, *s_coro_slot, *s_value_slot, *s_exc_slot, *s_fileno;
 
-
 /* A slot of a Thread: a new reference, or NULL with AttributeError when it
  * is unset (as Python's own access would raise). */
 static PyObject *
